@@ -1,0 +1,1 @@
+//! Shared helpers for the fluent-ai-candle benchmarks.

@@ -1,0 +1,1 @@
+//! fluent-ai-candle-constraints (work in progress).

@@ -1,0 +1,1 @@
+//! fluent-ai-candle-engine (work in progress).

@@ -1,0 +1,1 @@
+//! fluent-ai-candle (work in progress).

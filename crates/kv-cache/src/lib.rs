@@ -1,0 +1,1 @@
+//! fluent-ai-candle-kv-cache (work in progress).

@@ -1,0 +1,1 @@
+//! fluent-ai-candle-models (work in progress).

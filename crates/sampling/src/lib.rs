@@ -1,0 +1,1 @@
+//! fluent-ai-candle-sampling (work in progress).

@@ -1,0 +1,1 @@
+//! fluent-ai-candle-server (work in progress).
