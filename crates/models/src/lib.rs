@@ -1,1 +1,53 @@
-//! fluent-ai-candle-models (work in progress).
+//! Device selection, GGUF loading, tokenizers and chat templates from GGUF metadata, and the
+//! llama-family decoder of fluent-ai-candle.
+//!
+//! This crate turns a GGUF file into everything a decode loop needs:
+//! - [`GgufFile`]: the file's header with typed errors (missing, not GGUF, truncated);
+//! - [`ModelConfig`]: the architecture's hyper-parameters from metadata;
+//! - [`Llama`]: our decoder on candle-core with quantized weights, run against a preallocated
+//!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
+//! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
+//! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution.
+//!
+//! It knows nothing of sampling policy or HTTP. Loading a real model:
+//!
+//! ```no_run
+//! use fluent_ai_candle_models::{cache, LoadedModel};
+//! use fluent_ai_candle_kv_cache::KvCacheConfig;
+//!
+//! let path = cache::resolve("smollm2-135m-instruct")?;
+//! let model = LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})?;
+//! let ids = model.tokenizer.encode("The capital of France is", false)?;
+//! let mut kv = model.model.new_cache(&KvCacheConfig::default().max_entries(64))?;
+//! let logits = model.model.forward(&ids, &mut kv, false)?;
+//! assert_eq!(logits.dims(), &[model.config().vocab_size]);
+//! # Ok::<(), fluent_ai_candle_models::ModelError>(())
+//! ```
+//!
+//! Bad input is a typed [`ModelError`], never a panic:
+//!
+//! ```
+//! use fluent_ai_candle_models::{cache, ModelError};
+//! assert!(matches!(cache::resolve("no-such-model"), Err(ModelError::UnknownModel { .. })));
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod chat_template;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod tokenizer;
+
+// mod loaded;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use config::ModelConfig;
+pub use device::{auto_device, DeviceType};
+pub use error::{ModelError, Result};
+pub use gguf::GgufFile;
+pub use llama::{LoadProgress, Llama};
+// pub use loaded::LoadedModel;
+pub use tokenizer::GgufTokenizer;

@@ -1,0 +1,87 @@
+//! The models crate's error type.
+
+use std::path::PathBuf;
+
+/// What went wrong while finding, reading or running a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The model file does not exist.
+    #[error("model file not found: {path}")]
+    NotFound {
+        /// The path that was looked for.
+        path: PathBuf,
+    },
+    /// A model name that is neither a file nor a known cached model.
+    #[error("unknown model '{name}': expected a GGUF file path or one of: {known}")]
+    UnknownModel {
+        /// The name the user gave.
+        name: String,
+        /// The names that are known, comma-separated.
+        known: String,
+    },
+    /// A known model name whose file is not in the local model cache.
+    #[error("model '{name}' is not in the model cache ({path}); run `cargo xtask fetch-models`")]
+    NotCached {
+        /// The model name.
+        name: String,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// The file is not a valid GGUF file (bad magic, truncated, corrupt).
+    #[error("invalid GGUF file {path}: {reason}")]
+    InvalidGguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A metadata key the architecture needs is missing or has the wrong type.
+    #[error("GGUF metadata key '{key}' is missing or has the wrong type")]
+    MissingMetadata {
+        /// The key.
+        key: String,
+    },
+    /// A tensor the architecture needs is missing or has the wrong shape.
+    #[error("tensor '{name}': {reason}")]
+    BadTensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The GGUF declares an architecture this crate does not implement.
+    #[error("unsupported architecture '{0}' (supported: llama)")]
+    UnsupportedArchitecture(String),
+    /// The tokenizer could not be built or failed to encode/decode.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be parsed or rendered.
+    #[error("chat template error: {0}")]
+    ChatTemplate(String),
+    /// The prompt plus the tokens to generate do not fit in the model's context.
+    #[error("prompt of {prompt_tokens} tokens does not fit the context of {context_length} tokens")]
+    ContextOverflow {
+        /// Number of tokens in the prompt.
+        prompt_tokens: usize,
+        /// The model's (or cache's) context length.
+        context_length: usize,
+    },
+    /// The KV cache refused an append.
+    #[error(transparent)]
+    KvCache(#[from] fluent_ai_candle_kv_cache::KvCacheError),
+    /// A tensor operation failed inside candle.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Reading a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

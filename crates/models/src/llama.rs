@@ -1,0 +1,418 @@
+//! Our llama-family decoder on candle-core, with quantized weights (`QMatMul`) and a
+//! preallocated per-sequence KV cache.
+//!
+//! The weights are shared (`&self` everywhere): many sequences, each with its own
+//! [`SequenceCache`], run through one [`Llama`]. Grouped-query attention is computed without
+//! repeating keys and values: the query heads that share a key/value head are laid out as
+//! extra rows of one matrix product against that head's cache.
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
+
+use crate::config::ModelConfig;
+use crate::gguf::GgufFile;
+use crate::{ModelError, Result};
+
+/// Progress of loading tensors, reported to a callback.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadProgress {
+    /// Tensors loaded so far.
+    pub loaded: usize,
+    /// Tensors in all.
+    pub total: usize,
+}
+
+/// Token embeddings looked up row by row from the quantized table, so the table is never
+/// dequantized whole (it is also the output projection when the model ties them).
+#[derive(Debug)]
+struct Embedding {
+    table: std::sync::Arc<QTensor>,
+    dtype: GgmlDType,
+    rows: usize,
+    hidden: usize,
+    row_bytes: usize,
+}
+
+impl Embedding {
+    fn new(table: QTensor) -> Result<Self> {
+        let (rows, hidden) = table.shape().dims2().map_err(|e| ModelError::BadTensor {
+            name: "token_embd.weight".into(),
+            reason: e.to_string(),
+        })?;
+        let dtype = table.dtype();
+        let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+        Ok(Self {
+            table: std::sync::Arc::new(table),
+            dtype,
+            rows,
+            hidden,
+            row_bytes,
+        })
+    }
+
+    fn forward(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        let data: Cow<'_, [u8]> = self.table.data()?;
+        let mut out = Vec::with_capacity(tokens.len() * self.hidden);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= self.rows {
+                return Err(ModelError::Tokenizer(format!(
+                    "token id {t} out of range for a vocabulary of {}",
+                    self.rows
+                )));
+            }
+            let raw = &data[t * self.row_bytes..(t + 1) * self.row_bytes];
+            let row = ggml_file::qtensor_from_ggml(self.dtype, raw, vec![self.hidden], &Device::Cpu)?
+                .dequantize(&Device::Cpu)?;
+            out.extend(row.to_vec1::<f32>()?);
+        }
+        Ok(Tensor::from_vec(out, (tokens.len(), self.hidden), device)?)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// A llama-architecture decoder (also SmolLM2, TinyLlama, Llama 2/3...).
+#[derive(Debug)]
+pub struct Llama {
+    config: ModelConfig,
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: QMatMul,
+    /// RoPE tables, `[context_length, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+fn norm_weight(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
+    Ok(gguf.tensor_with_shape(name, &[size], device)?.dequantize(device)?)
+}
+
+fn linear(gguf: &mut GgufFile, name: &str, out: usize, inp: usize, device: &Device) -> Result<QMatMul> {
+    let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
+    Ok(QMatMul::from_qtensor(t)?)
+}
+
+impl Llama {
+    /// Loads the weights of a llama-architecture GGUF onto `device`, calling `progress` after
+    /// each tensor.
+    pub fn load(
+        gguf: &mut GgufFile,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let config = ModelConfig::from_gguf(gguf)?;
+        let c = &config;
+        let total = c.n_layers * 9 + 3;
+        let mut loaded = 0;
+        let mut tick = |n: usize| {
+            loaded += n;
+            progress(LoadProgress { loaded, total });
+        };
+        let embd = gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
+        let embedding = Embedding::new(embd)?;
+        tick(1);
+        let norm = norm_weight(gguf, "output_norm.weight", c.hidden_size, device)?;
+        tick(1);
+        let output = if gguf.has_tensor("output.weight") {
+            linear(gguf, "output.weight", c.vocab_size, c.hidden_size, device)?
+        } else {
+            QMatMul::QTensor(embedding.table.clone())
+        };
+        tick(1);
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = format!("blk.{i}");
+            blocks.push(Block {
+                attn_norm: norm_weight(gguf, &format!("{p}.attn_norm.weight"), c.hidden_size, device)?,
+                wq: linear(gguf, &format!("{p}.attn_q.weight"), q_dim, c.hidden_size, device)?,
+                wk: linear(gguf, &format!("{p}.attn_k.weight"), kv_dim, c.hidden_size, device)?,
+                wv: linear(gguf, &format!("{p}.attn_v.weight"), kv_dim, c.hidden_size, device)?,
+                wo: linear(gguf, &format!("{p}.attn_output.weight"), c.hidden_size, q_dim, device)?,
+                ffn_norm: norm_weight(gguf, &format!("{p}.ffn_norm.weight"), c.hidden_size, device)?,
+                gate: linear(gguf, &format!("{p}.ffn_gate.weight"), c.ffn_size, c.hidden_size, device)?,
+                up: linear(gguf, &format!("{p}.ffn_up.weight"), c.ffn_size, c.hidden_size, device)?,
+                down: linear(gguf, &format!("{p}.ffn_down.weight"), c.hidden_size, c.ffn_size, device)?,
+            });
+            tick(9);
+        }
+        let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, c.context_length, device)?;
+        Ok(Self {
+            config,
+            embedding,
+            blocks,
+            norm,
+            output,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What one token occupies in a KV cache of this model.
+    pub fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            layers: self.config.n_layers,
+            kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+            dtype: DType::F32,
+        }
+    }
+
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
+    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
+        if config.max_entries > self.config.context_length {
+            return Err(ModelError::ContextOverflow {
+                prompt_tokens: config.max_entries,
+                context_length: self.config.context_length,
+            });
+        }
+        Ok(SequenceCache::new(self.cache_shape(), config, &self.device)?)
+    }
+
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
+    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
+    /// `all_logits` is set.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::Tokenizer("no tokens to run".into()));
+        }
+        if n > cache.capacity() {
+            return Err(ModelError::ContextOverflow {
+                prompt_tokens: n,
+                context_length: cache.capacity(),
+            });
+        }
+        let rerotate = |k: &Tensor, _from: usize, delta: isize| self.rerotate(k, delta);
+        cache.make_room(n, &rerotate)?;
+        let pos = cache.len();
+        let start_len = pos;
+        let result = self.forward_inner(tokens, cache, pos, all_logits);
+        match result {
+            Ok(logits) => {
+                cache.commit(n);
+                Ok(logits)
+            }
+            Err(e) => {
+                cache.truncate(start_len);
+                Err(e)
+            }
+        }
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = tokens.len();
+        let eps = c.rms_eps as f32;
+        let mut x = self.embedding.forward(tokens, &self.device)?; // [n, hidden]
+        let cos = self.cos.narrow(0, pos, n)?;
+        let sin = self.sin.narrow(0, pos, n)?;
+        let mask = if n > 1 { Some(causal_mask(n, pos, &self.device)?) } else { None };
+        let rep = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = b.wq.forward(&h)?;
+            let k = b.wk.forward(&h)?;
+            let v = b.wv.forward(&h)?;
+            // [n, heads * d] -> [1, heads, n, d]
+            let q = q.reshape((n, c.n_heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
+            let k = k.reshape((n, c.n_kv_heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
+            let v = v.reshape((n, c.n_kv_heads, c.head_dim))?.transpose(0, 1)?;
+            let q = candle_nn::rotary_emb::rope_i(&q.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
+            let k = candle_nn::rotary_emb::rope_i(&k.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
+            let (keys, values) = cache.append(layer, &k, &v)?; // [kv, L, d]
+            let total = keys.dim(1)?;
+            // Query heads sharing a kv head become rows: [kv, rep * n, d].
+            let q = q.reshape((c.n_kv_heads, rep * n, c.head_dim))?;
+            let att = (q.matmul(&keys.t()?)? * scale)?; // [kv, rep * n, L]
+            let att = match &mask {
+                Some(m) => att
+                    .reshape((c.n_kv_heads, rep, n, total))?
+                    .broadcast_add(m)?
+                    .reshape((c.n_kv_heads, rep * n, total))?,
+                None => att,
+            };
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&values)?; // [kv, rep * n, d]
+            let y = y
+                .reshape((c.n_heads, n, c.head_dim))?
+                .transpose(0, 1)?
+                .reshape((n, c.n_heads * c.head_dim))?;
+            x = (x + b.wo.forward(&y)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let g = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
+            let u = b.up.forward(&h)?;
+            x = (x + b.down.forward(&(g * u)?)?)?;
+        }
+        let x = if all_logits { x } else { x.narrow(0, n - 1, 1)? };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let logits = self.output.forward(&x)?;
+        Ok(if all_logits { logits } else { logits.squeeze(0)? })
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
+    /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
+    /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
+        let bsz = tokens.len();
+        if bsz == 0 || bsz != caches.len() {
+            return Err(ModelError::Tokenizer(format!(
+                "batch of {bsz} tokens for {} caches",
+                caches.len()
+            )));
+        }
+        if bsz == 1 {
+            return self.forward(tokens, caches[0], false)?.unsqueeze(0).map_err(Into::into);
+        }
+        let rerotate = |k: &Tensor, _from: usize, delta: isize| self.rerotate(k, delta);
+        let mut positions = Vec::with_capacity(bsz);
+        for cache in caches.iter_mut() {
+            cache.make_room(1, &rerotate)?;
+            positions.push(cache.len() as u32);
+        }
+        let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        match self.forward_batch_inner(tokens, caches, &positions) {
+            Ok(l) => {
+                for cache in caches.iter_mut() {
+                    cache.commit(1);
+                }
+                Ok(l)
+            }
+            Err(e) => {
+                for (cache, s) in caches.iter_mut().zip(starts) {
+                    cache.truncate(s);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn forward_batch_inner(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SequenceCache],
+        positions: &[u32],
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let bsz = tokens.len();
+        let eps = c.rms_eps as f32;
+        let rep = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let pos = Tensor::new(positions, &self.device)?;
+        let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [b, 1, d/2]
+        let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
+        let mut x = self.embedding.forward(tokens, &self.device)?; // [b, hidden]
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = b.wq.forward(&h)?.reshape((bsz, c.n_heads, 1, c.head_dim))?;
+            let k = b.wk.forward(&h)?.reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+            let v = b.wv.forward(&h)?.reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+            let mut ys = Vec::with_capacity(bsz);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (keys, values) = cache.append(layer, &k.get(i)?, &v.get(i)?)?;
+                let qi = q.get(i)?.reshape((c.n_kv_heads, rep, c.head_dim))?;
+                let att = (qi.matmul(&keys.t()?)? * scale)?;
+                let att = candle_nn::ops::softmax_last_dim(&att)?;
+                ys.push(att.matmul(&values)?.reshape((1, c.n_heads * c.head_dim))?);
+            }
+            let y = Tensor::cat(&ys, 0)?;
+            x = (x + b.wo.forward(&y)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let g = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
+            let u = b.up.forward(&h)?;
+            x = (x + b.down.forward(&(g * u)?)?)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(self.output.forward(&x)?)
+    }
+
+    /// Rotates cached keys (`[kv, n, d]`) by `delta` positions (RoPE composes additively).
+    fn rerotate(&self, keys: &Tensor, delta: isize) -> candle_core::Result<Tensor> {
+        let n = keys.dim(1)?;
+        let half = self.config.head_dim / 2;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for _ in 0..n {
+            for i in 0..half {
+                let freq = 1.0 / self.config.rope_theta.powf(2.0 * i as f64 / self.config.head_dim as f64);
+                let angle = delta as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, half), keys.device())?;
+        let sin = Tensor::from_vec(sin, (n, half), keys.device())?;
+        candle_nn::rotary_emb::rope_i(&keys.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
+    }
+}
+
+/// `[n, pos + n]` additive mask: 0 where query `i` (at position `pos + i`) may attend, -inf after.
+fn causal_mask(n: usize, pos: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let total = pos + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (n, total), device)
+}
+
+fn rope_tables(head_dim: usize, theta: f64, max_pos: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(max_pos * half);
+    let mut sin = Vec::with_capacity(max_pos * half);
+    for p in 0..max_pos {
+        for i in 0..half {
+            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let angle = p as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (max_pos, half), device)?,
+        Tensor::from_vec(sin, (max_pos, half), device)?,
+    ))
+}
+

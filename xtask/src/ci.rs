@@ -1,0 +1,79 @@
+//! `cargo xtask ci`, `demo` and `build-matrix`.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{fetch, util};
+
+/// Everything CI checks, in order; stops at the first failure.
+pub fn run(no_fetch: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    util::run(util::cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if !no_fetch {
+        fetch::run(&fetch::FetchArgs {
+            dir: None,
+            only: Vec::new(),
+        })?;
+    }
+    // The benches crate only holds benchmark binaries (clippy checks it above); building it
+    // in the test profile would compile candle-transformers for nothing.
+    util::run(util::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "fluent-ai-candle-benches",
+    ]))?;
+    // The sampling kernels again with run-time dispatch forced to the scalar twin.
+    util::run(
+        util::cargo()
+            .args(["test", "-p", "fluent-ai-candle-sampling"])
+            .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
+    )?;
+    eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Fetches the default model if missing, builds the CLI in release and streams an answer.
+pub fn demo(prompt: &str) -> Result<()> {
+    fetch::run(&fetch::FetchArgs {
+        dir: None,
+        only: vec!["smollm2-135m-instruct".into()],
+    })?;
+    util::run(util::cargo().args(["build", "--release", "-p", "fluent-ai-candle-cli"]))?;
+    let bin = util::root().join("target/release/fluent-ai-candle");
+    util::run(
+        Command::new(bin)
+            .args(["generate", "--max-tokens", "128", "--temperature", "0"])
+            .arg(prompt),
+    )
+}
+
+/// Builds the CPU configuration, and CUDA / Metal where their toolchains exist.
+pub fn build_matrix() -> Result<()> {
+    util::run(util::cargo().args(["build", "-p", "fluent-ai-candle"]))?;
+    println!("cpu: built");
+    let nvcc = Command::new("nvcc").arg("--version").output();
+    if nvcc.map(|o| o.status.success()).unwrap_or(false) {
+        util::run(util::cargo().args(["build", "-p", "fluent-ai-candle", "--features", "cuda"]))?;
+        println!("cuda: built");
+    } else {
+        println!("cuda: skipped (nvcc not found: no CUDA toolkit on this machine)");
+    }
+    if cfg!(target_os = "macos") {
+        util::run(util::cargo().args(["build", "-p", "fluent-ai-candle", "--features", "metal"]))?;
+        println!("metal: built");
+    } else {
+        println!("metal: skipped (Metal needs macOS; this is {})", std::env::consts::OS);
+    }
+    Ok(())
+}
