@@ -1,0 +1,626 @@
+//! Chat templates (`tokenizer.chat_template`, Jinja) rendered with minijinja.
+//!
+//! The environment mimics the one Hugging Face `transformers` renders chat
+//! templates in: `trim_blocks` and `lstrip_blocks` on, `raise_exception(msg)`,
+//! `strftime_now(fmt)`, a Python-style `tojson` filter (`", "`/`": "`
+//! separators, non-ASCII kept, optional `indent`), and the common Python
+//! string/dict methods (`strip`, `split`, `startswith`, `items`, `get`, ...).
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind, State, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelError, Result};
+
+const TEMPLATE_NAME: &str = "chat";
+
+/// The ChatML template used when a model ships none.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, ...
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A compiled chat template plus the BOS/EOS strings it may reference.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn tmpl_err(e: Error) -> ModelError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    ModelError::ChatTemplate(msg)
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (Jinja). `bos_token`/`eos_token` are exposed to the
+    /// template as `bos_token` and `eos_token`.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.set_unknown_method_callback(python_method);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(tmpl_err)?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The ChatML template (`<|im_start|>role\ncontent<|im_end|>\n`), the
+    /// fallback for a GGUF without `tokenizer.chat_template`.
+    pub fn chatml() -> Self {
+        // The fixed template always compiles; fall back to an empty
+        // environment rather than panicking should that ever change.
+        Self::new(CHATML_TEMPLATE, "", "<|im_end|>").unwrap_or_else(|_| ChatTemplate {
+            env: Environment::new(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".to_string(),
+        })
+    }
+
+    /// The template of a GGUF file (`tokenizer.chat_template`, with BOS/EOS
+    /// texts from the vocabulary), or [`ChatTemplate::chatml`] when it has none.
+    pub fn from_gguf(content: &Content) -> Result<Self> {
+        let md: &HashMap<String, GgufValue> = &content.metadata;
+        let Some(GgufValue::String(source)) = md.get("tokenizer.chat_template") else {
+            return Ok(Self::chatml());
+        };
+        let token_text = |key: &str| -> String {
+            let id = md.get(key).and_then(|v| v.to_u32().ok());
+            let tokens = md
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.to_vec().ok());
+            match (id, tokens) {
+                (Some(id), Some(tokens)) => tokens
+                    .get(id as usize)
+                    .and_then(|t| t.to_string().ok())
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => String::new(),
+            }
+        };
+        Self::new(
+            source,
+            &token_text("tokenizer.ggml.bos_token_id"),
+            &token_text("tokenizer.ggml.eos_token_id"),
+        )
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the template appends
+    /// the opening of an assistant turn.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(tmpl_err)?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+        })
+        .map_err(tmpl_err)
+    }
+
+    /// The BOS text exposed to the template.
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The EOS text exposed to the template.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+// ---- strftime_now ---------------------------------------------------------
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// (year, month 1-12, day 1-31) of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+/// Formats a UTC unix time with the common `strftime` codes.
+fn format_time(secs: i64, fmt: &str) -> String {
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (tod / 3600, (tod / 60) % 60, tod % 60);
+    let wd = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = cum[(m - 1) as usize] + d + u32::from(m > 2 && is_leap(y));
+    let month = MONTHS[(m - 1) as usize];
+    let wday = WEEKDAYS[wd];
+    let h12 = if hh % 12 == 0 { 12 } else { hh % 12 };
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(code) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let s = match code {
+            'Y' => y.to_string(),
+            'y' => format!("{:02}", y.rem_euclid(100)),
+            'm' => format!("{m:02}"),
+            '-' => match chars.next() {
+                Some('d') => d.to_string(),
+                Some('m') => m.to_string(),
+                Some('H') => hh.to_string(),
+                Some('I') => h12.to_string(),
+                Some(o) => format!("%-{o}"),
+                None => "%-".to_string(),
+            },
+            'd' => format!("{d:02}"),
+            'e' => format!("{d:>2}"),
+            'j' => format!("{yday:03}"),
+            'H' => format!("{hh:02}"),
+            'I' => format!("{h12:02}"),
+            'M' => format!("{mm:02}"),
+            'S' => format!("{ss:02}"),
+            'p' => (if hh < 12 { "AM" } else { "PM" }).to_string(),
+            'B' => month.to_string(),
+            'b' | 'h' => month[..3].to_string(),
+            'A' => wday.to_string(),
+            'a' => wday[..3].to_string(),
+            'u' => (wd + 1).to_string(),
+            'w' => ((wd + 1) % 7).to_string(),
+            'F' => format!("{y}-{m:02}-{d:02}"),
+            'T' => format!("{hh:02}:{mm:02}:{ss:02}"),
+            'Z' => "UTC".to_string(),
+            'z' => "+0000".to_string(),
+            '%' => "%".to_string(),
+            o => format!("%{o}"),
+        };
+        out.push_str(&s);
+    }
+    out
+}
+
+fn strftime_now(fmt: String) -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0);
+    format_time(secs, &fmt)
+}
+
+// ---- tojson ---------------------------------------------------------------
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Python `json.dumps(v, ensure_ascii=False, indent=indent)`.
+fn py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        J::Null => out.push_str("null"),
+        J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        J::Number(n) => out.push_str(&n.to_string()),
+        J::String(s) => json_string(s, out),
+        J::Array(a) => {
+            if a.is_empty() {
+                out.push_str("[]");
+                return;
+            }
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                py_json(x, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        J::Object(m) => {
+            if m.is_empty() {
+                out.push_str("{}");
+                return;
+            }
+            out.push('{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                json_string(k, out);
+                out.push_str(": ");
+                py_json(x, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+    }
+}
+
+fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    // Accepted for compatibility; output is always non-ASCII-preserving.
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let mut out = String::new();
+    py_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+// ---- Python methods -------------------------------------------------------
+
+fn arg_str(args: &[Value], i: usize) -> std::result::Result<Option<&str>, Error> {
+    match args.get(i) {
+        None => Ok(None),
+        Some(v) if v.is_none() || v.is_undefined() => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "expected a string argument")),
+    }
+}
+
+fn strip_with<'a>(s: &'a str, chars: Option<&str>, left: bool, right: bool) -> &'a str {
+    let pred = |c: char| match chars {
+        Some(set) => set.contains(c),
+        None => c.is_whitespace(),
+    };
+    let s = if left { s.trim_start_matches(pred) } else { s };
+    if right {
+        s.trim_end_matches(pred)
+    } else {
+        s
+    }
+}
+
+fn affix_match(
+    s: &str,
+    arg: Option<&Value>,
+    f: fn(&str, &str) -> bool,
+) -> std::result::Result<Value, Error> {
+    let Some(arg) = arg else {
+        return Err(Error::new(ErrorKind::MissingArgument, "missing prefix"));
+    };
+    if let Some(p) = arg.as_str() {
+        return Ok(Value::from(f(s, p)));
+    }
+    let iter = arg
+        .try_iter()
+        .map_err(|_| Error::new(ErrorKind::InvalidOperation, "expected str or tuple"))?;
+    for p in iter {
+        if let Some(p) = p.as_str() {
+            if f(s, p) {
+                return Ok(Value::from(true));
+            }
+        }
+    }
+    Ok(Value::from(false))
+}
+
+fn title_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_alpha = false;
+    for c in s.chars() {
+        if prev_alpha {
+            out.extend(c.to_lowercase());
+        } else {
+            out.extend(c.to_uppercase());
+        }
+        prev_alpha = c.is_alphabetic();
+    }
+    out
+}
+
+fn string_method(s: &str, method: &str, args: &[Value]) -> std::result::Result<Value, Error> {
+    let v = match method {
+        "strip" => Value::from(strip_with(s, arg_str(args, 0)?, true, true)),
+        "lstrip" => Value::from(strip_with(s, arg_str(args, 0)?, true, false)),
+        "rstrip" => Value::from(strip_with(s, arg_str(args, 0)?, false, true)),
+        "upper" => Value::from(s.to_uppercase()),
+        "lower" => Value::from(s.to_lowercase()),
+        "title" => Value::from(title_case(s)),
+        "capitalize" => {
+            let mut c = s.chars();
+            Value::from(match c.next() {
+                Some(f) => f
+                    .to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect(),
+                None => String::new(),
+            })
+        }
+        "startswith" => affix_match(s, args.first(), |s, p| s.starts_with(p))?,
+        "endswith" => affix_match(s, args.first(), |s, p| s.ends_with(p))?,
+        "split" | "rsplit" => {
+            let sep = arg_str(args, 0)?;
+            let maxsplit = args
+                .get(1)
+                .and_then(|v| i64::try_from(v.clone()).ok())
+                .filter(|&n| n >= 0)
+                .map(|n| n as usize);
+            let parts: Vec<Value> = match (sep, maxsplit) {
+                (Some(""), _) => {
+                    return Err(Error::new(ErrorKind::InvalidOperation, "empty separator"))
+                }
+                (Some(sep), None) => s.split(sep).map(Value::from).collect(),
+                (Some(sep), Some(n)) if method == "split" => {
+                    s.splitn(n + 1, sep).map(Value::from).collect()
+                }
+                (Some(sep), Some(n)) => {
+                    let mut v: Vec<Value> = s.rsplitn(n + 1, sep).map(Value::from).collect();
+                    v.reverse();
+                    v
+                }
+                (None, _) => s.split_whitespace().map(Value::from).collect(),
+            };
+            Value::from(parts)
+        }
+        "replace" => {
+            let (Some(old), Some(new)) = (arg_str(args, 0)?, arg_str(args, 1)?) else {
+                return Err(Error::new(ErrorKind::MissingArgument, "replace(old, new)"));
+            };
+            match args.get(2).and_then(|v| i64::try_from(v.clone()).ok()) {
+                Some(n) if n >= 0 => Value::from(s.replacen(old, new, n as usize)),
+                _ => Value::from(s.replace(old, new)),
+            }
+        }
+        "find" => {
+            let sub = arg_str(args, 0)?.unwrap_or("");
+            Value::from(s.find(sub).map_or(-1, |i| s[..i].chars().count() as i64))
+        }
+        "count" => {
+            let sub = arg_str(args, 0)?.unwrap_or("");
+            Value::from(if sub.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(sub).count()
+            })
+        }
+        "join" => {
+            let items = args
+                .first()
+                .ok_or_else(|| Error::new(ErrorKind::MissingArgument, "join(iterable)"))?
+                .try_iter()?;
+            let parts: Vec<String> = items.map(|v| v.to_string()).collect();
+            Value::from(parts.join(s))
+        }
+        "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
+        "isalpha" => Value::from(!s.is_empty() && s.chars().all(char::is_alphabetic)),
+        "isalnum" => Value::from(!s.is_empty() && s.chars().all(char::is_alphanumeric)),
+        "isspace" => Value::from(!s.is_empty() && s.chars().all(char::is_whitespace)),
+        "isupper" => {
+            Value::from(s.chars().any(char::is_uppercase) && !s.chars().any(char::is_lowercase))
+        }
+        "islower" => {
+            Value::from(s.chars().any(char::is_lowercase) && !s.chars().any(char::is_uppercase))
+        }
+        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+    };
+    Ok(v)
+}
+
+fn map_method(map: &Value, method: &str, args: &[Value]) -> std::result::Result<Value, Error> {
+    let keys: Vec<Value> = map.try_iter()?.collect();
+    let v = match method {
+        "items" => Value::from(
+            keys.into_iter()
+                .map(|k| {
+                    let v = map.get_item(&k).unwrap_or_default();
+                    Value::from(vec![k, v])
+                })
+                .collect::<Vec<_>>(),
+        ),
+        "keys" => Value::from(keys),
+        "values" => Value::from(
+            keys.iter()
+                .map(|k| map.get_item(k).unwrap_or_default())
+                .collect::<Vec<_>>(),
+        ),
+        "get" => {
+            let key = args
+                .first()
+                .ok_or_else(|| Error::new(ErrorKind::MissingArgument, "get(key)"))?;
+            match map.get_item(key) {
+                Ok(v) if !v.is_undefined() => v,
+                _ => args.get(1).cloned().unwrap_or(Value::from(())),
+            }
+        }
+        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+    };
+    Ok(v)
+}
+
+fn python_method(
+    _state: &State<'_, '_>,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        return string_method(s, method, args);
+    }
+    match value.kind() {
+        ValueKind::Map => map_method(value, method, args),
+        _ => Err(Error::from(ErrorKind::UnknownMethod)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("system", "  Be brief.  "),
+            ChatMessage::new("user", "Hi"),
+        ]
+    }
+
+    #[test]
+    fn chatml_fallback() {
+        let t = ChatTemplate::chatml();
+        assert_eq!(
+            t.render(&msgs()[1..], true).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn hf_features() {
+        let src = "{{ bos_token }}{% for m in messages %}{% if loop.first %}[{{ loop.index0 }}]{% endif %}{{ m.role.upper() }}:{{ m['content'].strip() }}|{% endfor %}{{ messages | tojson }}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        assert_eq!(
+            t.render(&msgs(), false).unwrap(),
+            "<s>[0]SYSTEM:Be brief.|USER:Hi|[{\"content\": \"  Be brief.  \", \"role\": \"system\"}, {\"content\": \"Hi\", \"role\": \"user\"}]"
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}ok";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        match t.render(&msgs(), false) {
+            Err(ModelError::ChatTemplate(m)) => assert!(m.contains("must alternate"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.render(&msgs()[1..], false).unwrap(), "ok");
+    }
+
+    #[test]
+    fn syntax_error_is_typed() {
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(ModelError::ChatTemplate(_))
+        ));
+    }
+
+    #[test]
+    fn python_methods() {
+        let src = "{{ 'a,b,c'.split(',') | join('-') }} {{ 'x y'.split() | length }} {{ 'hello'.startswith(('x', 'he')) }} {{ {'k': 1}.items() | list | length }} {{ {'k': 1}.get('z', 7) }} {{ 'ab'.replace('a', 'z') }} {{ 'héllo wORLD'.title() }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "a-b-c 2 True 1 7 zb Héllo World"
+        );
+    }
+
+    #[test]
+    fn strftime() {
+        // 2024-02-29 13:05:09 UTC, a Thursday.
+        let secs = 1_709_211_909;
+        assert_eq!(
+            format_time(secs, "%Y-%m-%d %H:%M:%S %a %b %-d %j %%"),
+            "2024-02-29 13:05:09 Thu Feb 29 060 %"
+        );
+        assert_eq!(format_time(0, "%d %B %Y %A"), "01 January 1970 Thursday");
+        let t = ChatTemplate::new("{{ strftime_now('%Y') | length }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "4");
+    }
+
+    #[test]
+    fn tojson_indent() {
+        let t = ChatTemplate::new("{{ {'a': [1, 2]} | tojson(indent=2) }}", "", "").unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "{\n  \"a\": [\n    1,\n    2\n  ]\n}"
+        );
+    }
+}
