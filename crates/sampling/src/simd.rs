@@ -960,45 +960,56 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
+    // Some toolchains still declare NEON value intrinsics `unsafe`; the safe `fn`s below
+    // wrap their bodies in `unsafe` blocks for those, which newer toolchains find redundant.
+    #![allow(unused_unsafe)]
     use super::*;
     use std::arch::aarch64::*;
 
     #[target_feature(enable = "neon")]
     fn exp_neon(x: float32x4_t) -> float32x4_t {
-        let valid = vcgeq_f32(x, vdupq_n_f32(EXP_LO));
-        let x = vminq_f32(x, vdupq_n_f32(EXP_HI));
-        let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
-        // vfmaq_f32(a, b, c) = a + b * c, fused.
-        let r = vfmaq_f32(x, n, vdupq_n_f32(-LN2_HI));
-        let r = vfmaq_f32(r, n, vdupq_n_f32(-LN2_LO));
-        let mut p = vdupq_n_f32(P0);
-        p = vfmaq_f32(vdupq_n_f32(P1), p, r);
-        p = vfmaq_f32(vdupq_n_f32(P2), p, r);
-        p = vfmaq_f32(vdupq_n_f32(P3), p, r);
-        p = vfmaq_f32(vdupq_n_f32(P4), p, r);
-        p = vfmaq_f32(vdupq_n_f32(P5), p, r);
-        let r2 = vmulq_f32(r, r);
-        let y = vaddq_f32(vfmaq_f32(r, p, r2), vdupq_n_f32(1.0));
-        let ni = vcvtq_s32_f32(n);
-        let bits = vshlq_n_s32::<23>(vaddq_s32(ni, vdupq_n_s32(127)));
-        let res = vmulq_f32(y, vreinterpretq_f32_s32(bits));
-        vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(res), valid))
+        // SAFETY: NEON is enabled for this function; the only memory accesses are the
+        // bounds-checked loads commented below.
+        unsafe {
+            let valid = vcgeq_f32(x, vdupq_n_f32(EXP_LO));
+            let x = vminq_f32(x, vdupq_n_f32(EXP_HI));
+            let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
+            // vfmaq_f32(a, b, c) = a + b * c, fused.
+            let r = vfmaq_f32(x, n, vdupq_n_f32(-LN2_HI));
+            let r = vfmaq_f32(r, n, vdupq_n_f32(-LN2_LO));
+            let mut p = vdupq_n_f32(P0);
+            p = vfmaq_f32(vdupq_n_f32(P1), p, r);
+            p = vfmaq_f32(vdupq_n_f32(P2), p, r);
+            p = vfmaq_f32(vdupq_n_f32(P3), p, r);
+            p = vfmaq_f32(vdupq_n_f32(P4), p, r);
+            p = vfmaq_f32(vdupq_n_f32(P5), p, r);
+            let r2 = vmulq_f32(r, r);
+            let y = vaddq_f32(vfmaq_f32(r, p, r2), vdupq_n_f32(1.0));
+            let ni = vcvtq_s32_f32(n);
+            let bits = vshlq_n_s32::<23>(vaddq_s32(ni, vdupq_n_s32(127)));
+            let res = vmulq_f32(y, vreinterpretq_f32_s32(bits));
+            vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(res), valid))
+        }
     }
 
     #[target_feature(enable = "neon")]
     pub(super) fn scan_neon(x: &[f32]) -> (f32, bool) {
-        let mut vmax = vdupq_n_f32(f32::NEG_INFINITY);
-        let mut vbad = vdupq_n_f32(0.0);
-        let blocks = x.len() / 4;
-        for i in 0..blocks {
-            // SAFETY: i * 4 + 4 <= x.len().
-            let v = unsafe { vld1q_f32(x.as_ptr().add(i * 4)) };
-            vmax = vmaxq_f32(vmax, v);
-            vbad = vaddq_f32(vbad, vsubq_f32(v, v));
+        // SAFETY: NEON is enabled for this function; the only memory accesses are the
+        // bounds-checked loads commented below.
+        unsafe {
+            let mut vmax = vdupq_n_f32(f32::NEG_INFINITY);
+            let mut vbad = vdupq_n_f32(0.0);
+            let blocks = x.len() / 4;
+            for i in 0..blocks {
+                // SAFETY: i * 4 + 4 <= x.len().
+                let v = unsafe { vld1q_f32(x.as_ptr().add(i * 4)) };
+                vmax = vmaxq_f32(vmax, v);
+                vbad = vaddq_f32(vbad, vsubq_f32(v, v));
+            }
+            let max = vmaxvq_f32(vmax);
+            let bad = vaddvq_f32(vbad);
+            scan_scalar(x, blocks * 4, max, bad)
         }
-        let max = vmaxvq_f32(vmax);
-        let bad = vaddvq_f32(vbad);
-        scan_scalar(x, blocks * 4, max, bad)
     }
 
     /// # Safety
@@ -1022,7 +1033,7 @@ mod arm {
                     // SAFETY: the caller guarantees `p` is writable when `WRITE`.
                     unsafe { vst1q_f32(ptr, e) };
                 }
-                *a = vaddq_f32(*a, e);
+                *a = vaddq_f32(*a, e); // inside an `unsafe fn`
             }
         }
         let mut lanes = [0.0f32; LANES];
@@ -1035,7 +1046,8 @@ mod arm {
 
     #[target_feature(enable = "neon")]
     pub(super) fn scale_neon(x: &mut [f32], s: f32) {
-        let vs = vdupq_n_f32(s);
+        // SAFETY: value intrinsic, NEON enabled here.
+        let vs = unsafe { vdupq_n_f32(s) };
         let blocks = x.len() / 4;
         for i in 0..blocks {
             // SAFETY: the 4 floats at i * 4 are inside `x`, borrowed mutably.
@@ -1054,7 +1066,8 @@ mod arm {
         threshold: f32,
         out: &mut [u32],
     ) -> (usize, usize) {
-        let vt = vdupq_n_f32(threshold);
+        // SAFETY: value intrinsic, NEON enabled here.
+        let vt = unsafe { vdupq_n_f32(threshold) };
         let mut written = 0usize;
         let mut i = start;
         while i + LANES <= x.len() {
@@ -1064,7 +1077,8 @@ mod arm {
             for q in 0..4 {
                 // SAFETY: i + 16 <= x.len(), so the 4 floats at i + q * 4 are inside `x`.
                 let v = unsafe { vld1q_f32(x.as_ptr().add(i + q * 4)) };
-                if vmaxvq_u32(vcgtq_f32(v, vt)) != 0 {
+                // SAFETY: value intrinsics, NEON enabled here.
+                if unsafe { vmaxvq_u32(vcgtq_f32(v, vt)) } != 0 {
                     for j in 0..4 {
                         if x[i + q * 4 + j] > threshold {
                             out[written] = (i + q * 4 + j) as u32;
