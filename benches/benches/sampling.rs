@@ -3,6 +3,8 @@
 //! The logits copy is part of each iteration for ours (the sampler uses its input as
 //! scratch) and candle builds its penalised tensor from the input every iteration.
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented fn
+
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 use candle_transformers::utils::apply_repeat_penalty;
