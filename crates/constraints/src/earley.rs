@@ -1,0 +1,382 @@
+//! Earley parser over lexemes plus the lexer state: the per-sequence machinery behind
+//! [`crate::ConstraintState`]. Everything lives in flat, reused buffers so stepping (during the
+//! token-trie walk) does not allocate once the buffers have grown.
+
+use crate::grammar::{CompiledGrammar, KIND_END, KIND_MASK, KIND_N, KIND_T, VAL_MASK};
+use regex_automata::util::primitives::StateID;
+use std::sync::Arc;
+
+/// Open-addressing set of `u64` keys with generation stamps (clearing is O(1)).
+#[derive(Debug, Clone)]
+struct Dedup {
+    keys: Vec<u64>,
+    stamps: Vec<u32>,
+    gen: u32,
+    count: usize,
+}
+
+impl Dedup {
+    fn new() -> Self {
+        Self {
+            keys: vec![0; 64],
+            stamps: vec![0; 64],
+            gen: 1,
+            count: 0,
+        }
+    }
+    fn clear(&mut self) {
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 {
+            self.stamps.fill(0);
+            self.gen = 1;
+        }
+        self.count = 0;
+    }
+    #[inline]
+    fn hash(k: u64, mask: usize) -> usize {
+        (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 29) as usize & mask
+    }
+    /// Inserts; true when new.
+    fn insert(&mut self, k: u64) -> bool {
+        if (self.count + 1) * 2 > self.keys.len() {
+            self.grow();
+        }
+        let mask = self.keys.len() - 1;
+        let mut i = Self::hash(k, mask);
+        loop {
+            if self.stamps[i] != self.gen {
+                self.stamps[i] = self.gen;
+                self.keys[i] = k;
+                self.count += 1;
+                return true;
+            }
+            if self.keys[i] == k {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+    fn grow(&mut self) {
+        let old: Vec<u64> = self
+            .keys
+            .iter()
+            .zip(&self.stamps)
+            .filter(|(_, &s)| s == self.gen)
+            .map(|(&k, _)| k)
+            .collect();
+        let n = self.keys.len() * 2;
+        self.keys = vec![0; n];
+        self.stamps = vec![0; n];
+        self.gen = 1;
+        self.count = 0;
+        for k in old {
+            self.insert(k);
+        }
+    }
+}
+
+/// A saved position of the parser stacks.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Frame {
+    pub live_start: u32,
+    pub live_end: u32,
+    pub nsets: u32,
+    pub items_len: u32,
+    pub expect_len: u32,
+}
+
+/// Parser + lexer state of one sequence.
+#[derive(Debug, Clone)]
+pub(crate) struct Parser {
+    pub g: Arc<CompiledGrammar>,
+    /// Earley items: (dotted position << 32) | origin set.
+    items: Vec<u64>,
+    set_start: Vec<u32>,
+    expect: Vec<u32>,
+    expect_start: Vec<u32>,
+    /// Live lexemes: (lexeme id, DFA state).
+    pub live: Vec<(u32, StateID)>,
+    dedup: Dedup,
+    matched_mark: Vec<u32>,
+    expect_mark: Vec<u32>,
+    mark_gen: u32,
+    /// The committed state.
+    pub root: Frame,
+    /// True while no byte of the current lexeme has been consumed (only at the start).
+    pub fresh: bool,
+}
+
+impl Parser {
+    pub fn new(g: Arc<CompiledGrammar>) -> Self {
+        let nl = g.lexemes.len();
+        let mut p = Self {
+            g,
+            items: Vec::with_capacity(256),
+            set_start: Vec::with_capacity(64),
+            expect: Vec::with_capacity(64),
+            expect_start: Vec::with_capacity(64),
+            live: Vec::with_capacity(256),
+            dedup: Dedup::new(),
+            matched_mark: vec![0; nl],
+            expect_mark: vec![0; nl],
+            mark_gen: 0,
+            root: Frame::default(),
+            fresh: true,
+        };
+        // set 0
+        p.set_start.push(0);
+        p.expect_start.push(0);
+        p.dedup.clear();
+        p.next_gen();
+        let g = p.g.clone();
+        for &pos in &g.rule_prods[g.start as usize] {
+            p.add(pos, 0);
+        }
+        p.closure(0);
+        let (a, b) = p.expect_range(0);
+        for i in a..b {
+            let l = p.expect[i] as usize;
+            let lx = &g.lexemes[l];
+            p.live.push((l as u32, lx.start));
+        }
+        p.root = p.frame_here(0, p.live.len() as u32);
+        p
+    }
+
+    fn frame_here(&self, live_start: u32, live_end: u32) -> Frame {
+        Frame {
+            live_start,
+            live_end,
+            nsets: self.set_start.len() as u32,
+            items_len: self.items.len() as u32,
+            expect_len: self.expect.len() as u32,
+        }
+    }
+
+    #[inline]
+    fn next_gen(&mut self) {
+        self.mark_gen = self.mark_gen.wrapping_add(1);
+        if self.mark_gen == 0 {
+            self.matched_mark.fill(0);
+            self.expect_mark.fill(0);
+            self.mark_gen = 1;
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, pos: u32, origin: u32) {
+        let k = ((pos as u64) << 32) | origin as u64;
+        if self.dedup.insert(k) {
+            self.items.push(k);
+        }
+    }
+
+    fn set_range(&self, k: usize) -> (usize, usize) {
+        let a = self.set_start[k] as usize;
+        let b = self
+            .set_start
+            .get(k + 1)
+            .map_or(self.items.len(), |&x| x as usize);
+        (a, b)
+    }
+
+    fn expect_range(&self, k: usize) -> (usize, usize) {
+        let a = self.expect_start[k] as usize;
+        let b = self
+            .expect_start
+            .get(k + 1)
+            .map_or(self.expect.len(), |&x| x as usize);
+        (a, b)
+    }
+
+    /// Predict/complete closure of the last set (index `cur`), recording expected lexemes.
+    fn closure(&mut self, cur: u32) {
+        let g = self.g.clone();
+        let mut j = self.set_start[cur as usize] as usize;
+        while j < self.items.len() {
+            let it = self.items[j];
+            let pos = (it >> 32) as u32;
+            let origin = it as u32;
+            let s = g.syms[pos as usize];
+            match s & KIND_MASK {
+                KIND_END => {
+                    if origin != cur {
+                        let lhs = g.prod_lhs[(s & VAL_MASK) as usize];
+                        let want = KIND_N | lhs;
+                        let (a, b) = self.set_range(origin as usize);
+                        for i in a..b {
+                            let it2 = self.items[i];
+                            let p2 = (it2 >> 32) as u32;
+                            if g.syms[p2 as usize] == want {
+                                self.add(p2 + 1, it2 as u32);
+                            }
+                        }
+                    }
+                }
+                KIND_N => {
+                    let r = (s & VAL_MASK) as usize;
+                    for &p in &g.rule_prods[r] {
+                        self.add(p, cur);
+                    }
+                    if g.nullable[r] {
+                        self.add(pos + 1, origin);
+                    }
+                }
+                KIND_T => {
+                    let l = (s & VAL_MASK) as usize;
+                    if self.expect_mark[l] != self.mark_gen {
+                        self.expect_mark[l] = self.mark_gen;
+                        self.expect.push(l as u32);
+                    }
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+    }
+
+    /// Scans the lexemes marked in `matched_mark` (current generation) from the last set into
+    /// a new set. False (and nothing pushed) when no item advances.
+    fn push_set(&mut self) -> bool {
+        let g = self.g.clone();
+        let last = self.set_start.len() - 1;
+        let (a, b) = self.set_range(last);
+        let cur = self.set_start.len() as u32;
+        self.set_start.push(self.items.len() as u32);
+        self.expect_start.push(self.expect.len() as u32);
+        self.dedup.clear();
+        for i in a..b {
+            let it = self.items[i];
+            let pos = (it >> 32) as u32;
+            let s = g.syms[pos as usize];
+            if s & KIND_MASK == KIND_T
+                && self.matched_mark[(s & VAL_MASK) as usize] == self.mark_gen
+            {
+                self.add(pos + 1, it as u32);
+            }
+        }
+        if self.items.len() == self.set_start[cur as usize] as usize {
+            self.set_start.pop();
+            self.expect_start.pop();
+            return false;
+        }
+        self.closure(cur);
+        true
+    }
+
+    fn set_accepts(&self, k: usize) -> bool {
+        let (a, b) = self.set_range(k);
+        let g = &self.g;
+        self.items[a..b].iter().any(|&it| {
+            let s = g.syms[(it >> 32) as usize];
+            s & KIND_MASK == KIND_END
+                && it as u32 == 0
+                && g.prod_lhs[(s & VAL_MASK) as usize] == g.start
+        })
+    }
+
+    /// Restores the stacks to `f` (which must be on the current stack path).
+    #[inline]
+    pub fn restore(&mut self, f: Frame) {
+        self.live.truncate(f.live_end as usize);
+        self.set_start.truncate(f.nsets as usize);
+        self.expect_start.truncate(f.nsets as usize);
+        self.items.truncate(f.items_len as usize);
+        self.expect.truncate(f.expect_len as usize);
+    }
+
+    /// Consumes byte `b` from the state `parent` (the top of the stacks). Returns the new
+    /// frame, or `None` (stacks unchanged) when `b` is not allowed.
+    #[inline]
+    pub fn step(&mut self, parent: Frame, b: u8) -> Option<Frame> {
+        let g = &*self.g;
+        let ls = self.live.len();
+        for i in parent.live_start as usize..parent.live_end as usize {
+            let (l, s) = self.live[i];
+            let lx = &g.lexemes[l as usize];
+            let t = lx.next(s, b);
+            if !lx.is_dead(t) {
+                self.live.push((l, t));
+            }
+        }
+        if self.live.len() > ls {
+            return Some(Frame {
+                live_start: ls as u32,
+                live_end: self.live.len() as u32,
+                ..parent
+            });
+        }
+        self.step_boundary(parent, b)
+    }
+
+    #[cold]
+    fn step_boundary(&mut self, parent: Frame, b: u8) -> Option<Frame> {
+        if !self.mark_matched(parent) {
+            return None;
+        }
+        if !self.push_set() {
+            return None;
+        }
+        let g = self.g.clone();
+        let ls = self.live.len();
+        let k = self.set_start.len() - 1;
+        let (a, e) = self.expect_range(k);
+        for i in a..e {
+            let l = self.expect[i];
+            let lx = &g.lexemes[l as usize];
+            let t = lx.next(lx.start, b);
+            if !lx.is_dead(t) {
+                self.live.push((l, t));
+            }
+        }
+        if self.live.len() == ls {
+            self.restore(parent);
+            return None;
+        }
+        Some(self.frame_here(ls as u32, self.live.len() as u32))
+    }
+
+    /// Marks the live lexemes of `f` that are in a match state; true when any is.
+    fn mark_matched(&mut self, f: Frame) -> bool {
+        self.next_gen();
+        let g = &*self.g;
+        let mut any = false;
+        for i in f.live_start as usize..f.live_end as usize {
+            let (l, s) = self.live[i];
+            if g.lexemes[l as usize].is_match(s) {
+                self.matched_mark[l as usize] = self.mark_gen;
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// True when the text so far is a complete sentence of the grammar.
+    pub fn accepting(&mut self, f: Frame, fresh: bool) -> bool {
+        if fresh && self.set_accepts(f.nsets as usize - 1) {
+            return true;
+        }
+        if !self.mark_matched(f) {
+            return false;
+        }
+        if !self.push_set() {
+            return false;
+        }
+        let acc = self.set_accepts(self.set_start.len() - 1);
+        self.restore(f);
+        acc
+    }
+
+    /// Makes `f` (reached by steps from the root) the new committed root.
+    pub fn commit_frame(&mut self, f: Frame) {
+        let (a, b) = (f.live_start as usize, f.live_end as usize);
+        self.live.copy_within(a..b, 0);
+        self.live.truncate(b - a);
+        self.root = Frame {
+            live_start: 0,
+            live_end: (b - a) as u32,
+            ..f
+        };
+        self.fresh = false;
+    }
+}

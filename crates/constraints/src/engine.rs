@@ -1,0 +1,527 @@
+//! The public engine: compile a [`ConstraintSpec`] once, then run one [`ConstraintState`] per
+//! sequence.
+
+use crate::earley::{Frame, Parser};
+use crate::grammar::{CompiledGrammar, GrammarBuilder, Sym};
+use crate::{ConstraintError, Vocabulary};
+use fluent_ai_candle_mask::TokenMask;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The seed's text-level constraint interface. Adapted into the token-level engine by
+/// [`ConstraintSpec::Custom`]: the mask asks it about every token, so it is slow on large
+/// vocabularies; prefer a grammar where one exists.
+pub trait GenerationConstraint: Send + Sync {
+    /// Whether `next_token` (its text, lossily decoded) may follow `current_text`.
+    fn is_valid_next_token(&self, current_text: &str, next_token: &str) -> bool;
+    /// Whether `text` is a complete output (generation may stop here).
+    fn is_complete(&self, text: &str) -> bool;
+}
+
+/// What to constrain the output to.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ConstraintSpec {
+    /// A JSON value valid under this JSON Schema.
+    JsonSchema(serde_json::Value),
+    /// Any JSON value.
+    JsonObject,
+    /// Text fully matching this regular expression (regex-syntax dialect).
+    Regex(String),
+    /// A context-free grammar in llama.cpp's GBNF format (start rule `root`).
+    Grammar(String),
+    /// A text-level constraint.
+    Custom(Arc<dyn GenerationConstraint>),
+}
+
+impl std::fmt::Debug for ConstraintSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::JsonSchema(v) => f.debug_tuple("JsonSchema").field(v).finish(),
+            Self::JsonObject => f.write_str("JsonObject"),
+            Self::Regex(r) => f.debug_tuple("Regex").field(r).finish(),
+            Self::Grammar(g) => f.debug_tuple("Grammar").field(&g.len()).finish(),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Limits and choices for compilation.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// Wall-clock budget for compiling one constraint.
+    pub max_compile_time: Duration,
+    /// Most grammar rules.
+    pub max_rules: usize,
+    /// Largest single lexeme automaton, in bytes.
+    pub max_dfa_bytes: usize,
+    /// Largest total of all lexeme automata, in bytes.
+    pub max_total_dfa_bytes: usize,
+    /// Largest repetition count unrolled into rules (`minItems`, `{m,n}`, ...).
+    pub max_repeat: usize,
+    /// Largest string length bound compiled into a lexeme (`maxLength`, `minLength`).
+    pub max_length_bound: u32,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            max_compile_time: Duration::from_secs(2),
+            max_rules: 200_000,
+            max_dfa_bytes: 8 << 20,
+            max_total_dfa_bytes: 64 << 20,
+            max_repeat: 2_000,
+            max_length_bound: 2_000,
+        }
+    }
+}
+
+/// Entry point: compiles constraints.
+#[derive(Debug, Clone, Copy)]
+pub struct Constraint;
+
+impl Constraint {
+    /// Compiles `spec` against `vocab`. The result is shared by all sequences using it.
+    pub fn compile(
+        spec: &ConstraintSpec,
+        vocab: Arc<Vocabulary>,
+        opts: &CompileOptions,
+    ) -> Result<Arc<CompiledConstraint>, ConstraintError> {
+        let started = Instant::now();
+        let (kind, schema) = match spec {
+            ConstraintSpec::Custom(c) => (Kind::Custom(c.clone()), None),
+            ConstraintSpec::JsonSchema(v) => {
+                let (b, root) = crate::json_schema::compile(v, opts, started)?;
+                (
+                    Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
+                    Some(v.clone()),
+                )
+            }
+            ConstraintSpec::JsonObject => {
+                let (b, root) = crate::json_schema::compile(&serde_json::json!({}), opts, started)?;
+                (
+                    Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
+                    None,
+                )
+            }
+            ConstraintSpec::Regex(r) => {
+                crate::grammar::check_regex(r)?;
+                let mut b = GrammarBuilder::default();
+                let l = b.lexeme(r);
+                let root = b.rule("root", vec![vec![l]]);
+                (
+                    Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
+                    None,
+                )
+            }
+            ConstraintSpec::Grammar(text) => {
+                let (b, root) = crate::gbnf::compile(text, opts)?;
+                (
+                    Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
+                    None,
+                )
+            }
+        };
+        let _ = Sym::N(0);
+        Ok(Arc::new(CompiledConstraint {
+            vocab,
+            kind,
+            schema,
+            validator: OnceLock::new(),
+        }))
+    }
+}
+
+enum Kind {
+    Grammar(Arc<CompiledGrammar>),
+    Custom(Arc<dyn GenerationConstraint>),
+}
+
+/// A compiled constraint: immutable, `Send + Sync`, shared across sequences.
+pub struct CompiledConstraint {
+    vocab: Arc<Vocabulary>,
+    kind: Kind,
+    schema: Option<serde_json::Value>,
+    validator: OnceLock<Result<jsonschema::Validator, String>>,
+}
+
+impl std::fmt::Debug for CompiledConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledConstraint")
+            .field("vocab_size", &self.vocab.len())
+            .field("json_schema", &self.schema.is_some())
+            .finish()
+    }
+}
+
+impl CompiledConstraint {
+    /// A fresh per-sequence state (cheap).
+    pub fn start(self: &Arc<Self>) -> ConstraintState {
+        let inner = match &self.kind {
+            Kind::Grammar(g) => Inner::Grammar(Box::new(Parser::new(g.clone()))),
+            Kind::Custom(_) => Inner::Custom,
+        };
+        let mut st = ConstraintState {
+            c: self.clone(),
+            inner,
+            text: Vec::new(),
+            accepting: false,
+            eos_done: false,
+            frames: Vec::with_capacity(self.vocab.trie.max_depth + 2),
+        };
+        st.accepting = st.compute_accepting();
+        st
+    }
+
+    /// The vocabulary this constraint was compiled for.
+    pub fn vocabulary(&self) -> &Arc<Vocabulary> {
+        &self.vocab
+    }
+
+    /// The JSON Schema, when this is a JSON Schema constraint.
+    pub fn json_schema(&self) -> Option<&serde_json::Value> {
+        self.schema.as_ref()
+    }
+
+    /// Final check of a JSON-constrained output with the `jsonschema` crate (a no-op `Ok` for
+    /// other constraint kinds). Call it before returning the text.
+    pub fn validate(&self, text: &str) -> Result<(), ConstraintError> {
+        let Some(schema) = &self.schema else {
+            return Ok(());
+        };
+        let v = self.validator.get_or_init(|| {
+            jsonschema::options()
+                .should_validate_formats(true)
+                .build(schema)
+                .map_err(|e| e.to_string())
+        });
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ConstraintError::Validation(format!("not JSON: {e}")))?;
+        match v {
+            Ok(v) => v
+                .validate(&value)
+                .map_err(|e| ConstraintError::Validation(e.to_string())),
+            Err(e) => Err(ConstraintError::Validation(format!(
+                "jsonschema could not compile the schema: {e}"
+            ))),
+        }
+    }
+}
+
+enum Inner {
+    Grammar(Box<Parser>),
+    Custom,
+}
+
+/// The constraint state of one sequence. Follows the sampling loop:
+/// [`compute_mask`](Self::compute_mask) → sample → [`commit_token`](Self::commit_token).
+pub struct ConstraintState {
+    c: Arc<CompiledConstraint>,
+    inner: Inner,
+    text: Vec<u8>,
+    accepting: bool,
+    eos_done: bool,
+    frames: Vec<Frame>,
+}
+
+impl std::fmt::Debug for ConstraintState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConstraintState")
+            .field("bytes", &self.text.len())
+            .field("accepting", &self.accepting)
+            .finish()
+    }
+}
+
+impl ConstraintState {
+    /// The compiled constraint this state runs.
+    pub fn constraint(&self) -> &Arc<CompiledConstraint> {
+        &self.c
+    }
+
+    /// The bytes committed so far.
+    pub fn text_bytes(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// Writes the set of allowed next tokens into `mask` (which must have the vocabulary's
+    /// length). EOS tokens are allowed exactly when the state is accepting. Does not allocate
+    /// once the state's buffers have grown.
+    pub fn compute_mask(&mut self, mask: &mut TokenMask) -> Result<(), ConstraintError> {
+        let vocab = self.c.vocab.clone();
+        if mask.len() != vocab.len() {
+            return Err(ConstraintError::MaskSize {
+                expected: vocab.len(),
+                got: mask.len(),
+            });
+        }
+        mask.set_all(false);
+        if self.eos_done {
+            return Ok(());
+        }
+        match &mut self.inner {
+            Inner::Grammar(p) => {
+                let trie = &vocab.trie;
+                let nodes = &trie.nodes;
+                let root = p.root;
+                let frames = &mut self.frames;
+                frames.clear();
+                frames.push(root);
+                let mut i = 1usize;
+                while i < nodes.len() {
+                    let n = nodes[i];
+                    let d = n.depth as usize;
+                    if frames.len() > d {
+                        frames.truncate(d);
+                        p.restore(frames[d - 1]);
+                    }
+                    match p.step(frames[d - 1], n.byte) {
+                        Some(f) => {
+                            for &t in &trie.tokens[n.tok_start as usize..n.tok_end as usize] {
+                                mask.allow(t);
+                            }
+                            frames.push(f);
+                            i += 1;
+                        }
+                        None => i = n.end as usize,
+                    }
+                }
+                p.restore(root);
+            }
+            Inner::Custom => {
+                let Kind::Custom(c) = &self.c.kind else {
+                    return Ok(());
+                };
+                let cur = String::from_utf8_lossy(&self.text);
+                for id in 0..vocab.len() as u32 {
+                    let b = vocab.token_bytes(id);
+                    if b.is_empty() {
+                        continue;
+                    }
+                    if c.is_valid_next_token(&cur, &String::from_utf8_lossy(b)) {
+                        mask.allow(id);
+                    }
+                }
+            }
+        }
+        if self.accepting {
+            for &e in vocab.eos_ids() {
+                mask.allow(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when `token` is allowed now (without computing a whole mask).
+    pub fn is_token_allowed(&mut self, token: u32) -> bool {
+        let vocab = self.c.vocab.clone();
+        if self.eos_done || token as usize >= vocab.len() {
+            return false;
+        }
+        if vocab.is_eos(token) {
+            return self.accepting;
+        }
+        let bytes = vocab.token_bytes(token);
+        if bytes.is_empty() {
+            return false;
+        }
+        match &mut self.inner {
+            Inner::Grammar(p) => {
+                let root = p.root;
+                let mut f = root;
+                let mut ok = true;
+                for &b in bytes {
+                    match p.step(f, b) {
+                        Some(n) => f = n,
+                        None => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                p.restore(root);
+                ok
+            }
+            Inner::Custom => {
+                let Kind::Custom(c) = &self.c.kind else {
+                    return false;
+                };
+                c.is_valid_next_token(
+                    &String::from_utf8_lossy(&self.text),
+                    &String::from_utf8_lossy(bytes),
+                )
+            }
+        }
+    }
+
+    /// Advances by `token`. An error (state unchanged) when the token is not allowed; EOS is
+    /// allowed only when [`is_accepting`](Self::is_accepting) and finishes the state.
+    pub fn commit_token(&mut self, token: u32) -> Result<(), ConstraintError> {
+        let vocab = self.c.vocab.clone();
+        if token as usize >= vocab.len() {
+            return Err(ConstraintError::UnknownToken {
+                token,
+                vocab_size: vocab.len(),
+            });
+        }
+        if self.eos_done {
+            return Err(ConstraintError::TokenNotAllowed { token });
+        }
+        if vocab.is_eos(token) {
+            if self.accepting {
+                self.eos_done = true;
+                return Ok(());
+            }
+            return Err(ConstraintError::TokenNotAllowed { token });
+        }
+        let bytes = vocab.token_bytes(token);
+        if bytes.is_empty() {
+            return Err(ConstraintError::TokenNotAllowed { token });
+        }
+        self.commit_bytes_inner(bytes, Some(token))
+    }
+
+    /// Advances by raw bytes (for fast-forwarding [`forced_bytes`](Self::forced_bytes), or
+    /// driving the state without a tokenizer).
+    pub fn commit_bytes(&mut self, bytes: &[u8]) -> Result<(), ConstraintError> {
+        if self.eos_done {
+            return Err(ConstraintError::TokenNotAllowed { token: u32::MAX });
+        }
+        self.commit_bytes_inner(bytes, None)
+    }
+
+    fn commit_bytes_inner(
+        &mut self,
+        bytes: &[u8],
+        token: Option<u32>,
+    ) -> Result<(), ConstraintError> {
+        let err = ConstraintError::TokenNotAllowed {
+            token: token.unwrap_or(u32::MAX),
+        };
+        match &mut self.inner {
+            Inner::Grammar(p) => {
+                let root = p.root;
+                let mut f = root;
+                for &b in bytes {
+                    match p.step(f, b) {
+                        Some(n) => f = n,
+                        None => {
+                            p.restore(root);
+                            return Err(err);
+                        }
+                    }
+                }
+                if !bytes.is_empty() {
+                    p.commit_frame(f);
+                }
+            }
+            Inner::Custom => {
+                let Kind::Custom(c) = &self.c.kind else {
+                    return Err(err);
+                };
+                if !c.is_valid_next_token(
+                    &String::from_utf8_lossy(&self.text),
+                    &String::from_utf8_lossy(bytes),
+                ) {
+                    return Err(err);
+                }
+            }
+        }
+        self.text.extend_from_slice(bytes);
+        self.accepting = self.compute_accepting();
+        Ok(())
+    }
+
+    fn compute_accepting(&mut self) -> bool {
+        match &mut self.inner {
+            Inner::Grammar(p) => {
+                let (root, fresh) = (p.root, p.fresh);
+                p.accepting(root, fresh)
+            }
+            Inner::Custom => match &self.c.kind {
+                Kind::Custom(c) => c.is_complete(&String::from_utf8_lossy(&self.text)),
+                Kind::Grammar(_) => false,
+            },
+        }
+    }
+
+    /// True when the text so far is complete: EOS may be sampled here.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// True when generation is over: EOS was committed, or the text is complete and no byte
+    /// can extend it.
+    pub fn is_finished(&mut self) -> bool {
+        if self.eos_done {
+            return true;
+        }
+        if !self.accepting {
+            return false;
+        }
+        match &mut self.inner {
+            Inner::Grammar(p) => {
+                let root = p.root;
+                for b in 0..=255u8 {
+                    if p.step(root, b).is_some() {
+                        p.restore(root);
+                        return false;
+                    }
+                }
+                true
+            }
+            Inner::Custom => false,
+        }
+    }
+
+    /// The bytes the constraint forces next: the longest byte string such that at each point
+    /// exactly one byte is allowed and the text is not yet complete. Empty when there is a
+    /// choice. Committing them (with [`commit_bytes`](Self::commit_bytes)) skips sampling.
+    pub fn forced_bytes(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let Inner::Grammar(p) = &mut self.inner else {
+            return out;
+        };
+        let root = p.root;
+        let mut f = root;
+        let mut fresh = p.fresh;
+        for _ in 0..4096 {
+            if p.accepting(f, fresh) {
+                break;
+            }
+            let mut only: Option<(u8, Frame)> = None;
+            let mut count = 0;
+            for b in 0..=255u8 {
+                if let Some(n) = p.step(f, b) {
+                    count += 1;
+                    p.restore(f);
+                    if count > 1 {
+                        break;
+                    }
+                    only = Some((b, n));
+                }
+            }
+            if count != 1 {
+                break;
+            }
+            let Some((b, _)) = only else { break };
+            match p.step(f, b) {
+                Some(n) => {
+                    out.push(b);
+                    f = n;
+                    fresh = false;
+                }
+                None => break,
+            }
+        }
+        p.restore(root);
+        out
+    }
+
+    /// Forced bytes as tokens (greedy longest-match tokenization of the forced bytes, keeping
+    /// only whole tokens).
+    pub fn forced_tokens(&mut self) -> Vec<u32> {
+        let bytes = self.forced_bytes();
+        self.c.vocab.greedy_tokenize(&bytes)
+    }
+}
