@@ -143,7 +143,7 @@ impl Parser {
         p
     }
 
-    fn frame_here(&self, live_start: u32, live_end: u32) -> Frame {
+    pub fn frame_here(&self, live_start: u32, live_end: u32) -> Frame {
         Frame {
             live_start,
             live_end,
@@ -289,6 +289,15 @@ impl Parser {
     /// frame, or `None` (stacks unchanged) when `b` is not allowed.
     #[inline]
     pub fn step(&mut self, parent: Frame, b: u8) -> Option<Frame> {
+        if let Some(f) = self.lex_step(parent, b) {
+            return Some(f);
+        }
+        self.step_boundary(parent, b)
+    }
+
+    /// The lexer-only part of a step: `b` continues one of the live lexemes.
+    #[inline]
+    pub fn lex_step(&mut self, parent: Frame, b: u8) -> Option<Frame> {
         let g = &*self.g;
         let ls = self.live.len();
         for i in parent.live_start as usize..parent.live_end as usize {
@@ -300,28 +309,45 @@ impl Parser {
             }
         }
         if self.live.len() > ls {
-            return Some(Frame {
+            Some(Frame {
                 live_start: ls as u32,
                 live_end: self.live.len() as u32,
                 ..parent
-            });
+            })
+        } else {
+            None
         }
-        self.step_boundary(parent, b)
     }
 
     #[cold]
     fn step_boundary(&mut self, parent: Frame, b: u8) -> Option<Frame> {
-        if !self.mark_matched(parent) {
+        if !self.boundary_push(parent) {
             return None;
         }
-        if !self.push_set() {
-            return None;
+        match self.start_step(b) {
+            Some(f) => Some(f),
+            None => {
+                self.restore(parent);
+                None
+            }
         }
-        let g = self.g.clone();
+    }
+
+    /// Ends the current lexeme of `parent` (scanning every live lexeme in a match state) and
+    /// pushes the resulting Earley set. False (nothing pushed) when impossible.
+    pub fn boundary_push(&mut self, parent: Frame) -> bool {
+        self.mark_matched(parent) && self.push_set()
+    }
+
+    /// After [`boundary_push`](Self::boundary_push): starts the expected lexemes with byte
+    /// `b`. `None` (live stack unchanged) when none accepts it.
+    #[inline]
+    pub fn start_step(&mut self, b: u8) -> Option<Frame> {
+        let g = &*self.g;
         let ls = self.live.len();
         let k = self.set_start.len() - 1;
-        let (a, e) = self.expect_range(k);
-        for i in a..e {
+        let a = self.expect_start[k] as usize;
+        for i in a..self.expect.len() {
             let l = self.expect[i];
             let lx = &g.lexemes[l as usize];
             let t = lx.next(lx.start, b);
@@ -330,10 +356,33 @@ impl Parser {
             }
         }
         if self.live.len() == ls {
-            self.restore(parent);
             return None;
         }
         Some(self.frame_here(ls as u32, self.live.len() as u32))
+    }
+
+    /// True when some live lexeme of `f` is in a match state.
+    pub fn any_matched(&self, f: Frame) -> bool {
+        let g = &*self.g;
+        self.live[f.live_start as usize..f.live_end as usize]
+            .iter()
+            .any(|&(l, s)| g.lexemes[l as usize].is_match(s))
+    }
+
+    /// Pushes `entries` as the live set of a new frame over the chart of `base` (the top).
+    pub fn push_live(&mut self, base: Frame, entries: &[(u32, StateID)]) -> Frame {
+        let ls = self.live.len();
+        self.live.extend_from_slice(entries);
+        Frame {
+            live_start: ls as u32,
+            live_end: self.live.len() as u32,
+            ..base
+        }
+    }
+
+    /// The live entries of `f`.
+    pub fn live_of(&self, f: Frame) -> &[(u32, StateID)] {
+        &self.live[f.live_start as usize..f.live_end as usize]
     }
 
     /// Marks the live lexemes of `f` that are in a match state; true when any is.

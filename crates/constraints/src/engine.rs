@@ -261,32 +261,45 @@ impl ConstraintState {
         }
         match &mut self.inner {
             Inner::Grammar(p) => {
-                let trie = &vocab.trie;
-                let nodes = &trie.nodes;
+                let nodes = &vocab.trie.nodes;
+                let tokens = &vocab.trie.tokens;
                 let root = p.root;
-                let frames = &mut self.frames;
-                frames.clear();
-                frames.push(root);
-                let mut i = 1usize;
-                while i < nodes.len() {
-                    let n = nodes[i];
-                    let d = n.depth as usize;
-                    if frames.len() > d {
-                        frames.truncate(d);
-                        p.restore(frames[d - 1]);
-                    }
-                    match p.step(frames[d - 1], n.byte) {
-                        Some(f) => {
-                            for &t in &trie.tokens[n.tok_start as usize..n.tok_end as usize] {
-                                mask.allow(t);
+                let g = p.g.clone();
+                let cached = g
+                    .mask_cache
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(p.live_of(root)).cloned());
+                let entry = match cached {
+                    Some(e) => e,
+                    None => {
+                        let e = Arc::new(build_entry(p, &vocab, root, &mut self.frames));
+                        if let Ok(mut m) = g.mask_cache.lock() {
+                            if m.len() < MASK_CACHE_ENTRIES {
+                                m.insert(p.live_of(root).to_vec(), e.clone());
                             }
-                            frames.push(f);
-                            i += 1;
                         }
-                        None => i = n.end as usize,
+                        e
                     }
+                };
+                mask.words_mut().copy_from_slice(&entry.words);
+                for grp in &entry.groups {
+                    let gf = p.push_live(root, &grp.live);
+                    if p.boundary_push(gf) {
+                        let bf = p.frame_here(gf.live_start, gf.live_end);
+                        for &c in &grp.children {
+                            let n = nodes[c as usize];
+                            if let Some(f) = p.start_step(n.byte) {
+                                for &t in &tokens[n.tok_start as usize..n.tok_end as usize] {
+                                    mask.allow(t);
+                                }
+                                walk_subtree(p, &vocab, c as usize, f, &mut self.frames, mask);
+                            }
+                            p.restore(bf);
+                        }
+                    }
+                    p.restore(root);
                 }
-                p.restore(root);
             }
             Inner::Custom => {
                 let Kind::Custom(c) = &self.c.kind else {
@@ -524,4 +537,105 @@ impl ConstraintState {
         let bytes = self.forced_bytes();
         self.c.vocab.greedy_tokenize(&bytes)
     }
+}
+
+/// Most cached mask parts per compiled grammar.
+const MASK_CACHE_ENTRIES: usize = 4096;
+
+/// The part of a mask that depends only on the live lexer states: tokens that stay inside the
+/// current lexemes, plus the trie nodes where a lexeme may end (grouped by the live states
+/// there), which need the parser.
+#[derive(Debug)]
+pub(crate) struct MaskEntry {
+    words: Vec<u64>,
+    groups: Vec<Group>,
+}
+
+#[derive(Debug)]
+struct Group {
+    live: Vec<(u32, regex_automata::util::primitives::StateID)>,
+    children: Vec<u32>,
+}
+
+fn build_entry(p: &mut Parser, vocab: &Vocabulary, root: Frame, frames: &mut Vec<Frame>) -> MaskEntry {
+    let nodes = &vocab.trie.nodes;
+    let tokens = &vocab.trie.tokens;
+    let mut words = vec![0u64; vocab.len().div_ceil(64)];
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: std::collections::HashMap<Vec<(u32, regex_automata::util::primitives::StateID)>, usize> =
+        std::collections::HashMap::new();
+    frames.clear();
+    frames.push(root);
+    let mut i = 1usize;
+    while i < nodes.len() {
+        let n = nodes[i];
+        let d = n.depth as usize;
+        if frames.len() > d {
+            frames.truncate(d);
+            p.restore(frames[d - 1]);
+        }
+        let parent = frames[d - 1];
+        match p.lex_step(parent, n.byte) {
+            Some(f) => {
+                for &t in &tokens[n.tok_start as usize..n.tok_end as usize] {
+                    words[t as usize / 64] |= 1u64 << (t % 64);
+                }
+                frames.push(f);
+                i += 1;
+            }
+            None => {
+                if p.any_matched(parent) {
+                    let key = p.live_of(parent).to_vec();
+                    let gi = *index.entry(key.clone()).or_insert_with(|| {
+                        groups.push(Group {
+                            live: key,
+                            children: Vec::new(),
+                        });
+                        groups.len() - 1
+                    });
+                    groups[gi].children.push(i as u32);
+                }
+                i = n.end as usize;
+            }
+        }
+    }
+    p.restore(root);
+    MaskEntry { words, groups }
+}
+
+/// Walks the trie below node `c` (whose frame is `f`) with full steps, allowing tokens.
+fn walk_subtree(
+    p: &mut Parser,
+    vocab: &Vocabulary,
+    c: usize,
+    f: Frame,
+    frames: &mut Vec<Frame>,
+    mask: &mut TokenMask,
+) {
+    let nodes = &vocab.trie.nodes;
+    let tokens = &vocab.trie.tokens;
+    let base = nodes[c].depth as usize;
+    frames.clear();
+    frames.resize(base + 1, f);
+    let end = nodes[c].end as usize;
+    let mut i = c + 1;
+    while i < end {
+        let n = nodes[i];
+        let d = n.depth as usize;
+        if frames.len() > d {
+            frames.truncate(d);
+            p.restore(frames[d - 1]);
+        }
+        match p.step(frames[d - 1], n.byte) {
+            Some(nf) => {
+                for &t in &tokens[n.tok_start as usize..n.tok_end as usize] {
+                    mask.allow(t);
+                }
+                frames.push(nf);
+                i += 1;
+            }
+            None => i = n.end as usize,
+        }
+    }
+    p.restore(f);
 }

@@ -225,6 +225,8 @@ pub(crate) struct CompiledGrammar {
     pub lexemes: Vec<Lexeme>,
     /// The synthetic start rule.
     pub start: u32,
+    /// Mask parts that depend only on the live lexer states (see `engine::MaskEntry`).
+    pub mask_cache: std::sync::Mutex<HashMap<Vec<(u32, StateID)>, std::sync::Arc<crate::engine::MaskEntry>>>,
 }
 
 pub(crate) fn compile_dfa(
@@ -410,6 +412,7 @@ impl CompiledGrammar {
             nullable,
             lexemes: lex,
             start,
+            mask_cache: std::sync::Mutex::new(HashMap::new()),
         })
     }
 }
