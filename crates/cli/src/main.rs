@@ -1,1 +1,223 @@
-fn main() {}
+//! `fluent-ai-candle`: tokenize, generate and (later) serve from the command line.
+//!
+//! ```text
+//! fluent-ai-candle tokenize [--model M] (--file F | TEXT)
+//! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
+//!                           [--seed S] [--raw] [--json]
+//!                           [--json-schema FILE | --grammar FILE | --regex R]
+//! ```
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fluent_ai_candle_engine::{generate, FinishReason, GenerateParams};
+use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel};
+
+/// Run large language models locally on Candle.
+#[derive(Parser)]
+#[command(name = "fluent-ai-candle", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the token ids of a text as a JSON array (no BOS/EOS; special tokens matched).
+    Tokenize(TokenizeArgs),
+    /// Stream a completion of a prompt to stdout.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A GGUF path or a cached model name (smollm2-135m-instruct, gemma3-270m).
+    #[arg(long, default_value = cache::DEFAULT_MODEL)]
+    model: String,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Read the text from this file.
+    #[arg(long, conflicts_with = "text")]
+    file: Option<PathBuf>,
+    /// The text to tokenize.
+    text: Option<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Read the prompt from this file.
+    #[arg(long, conflicts_with = "prompt")]
+    file: Option<PathBuf>,
+    /// The prompt: a user message in the chat template, or verbatim text with --raw.
+    prompt: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Random seed (sampling is reproducible for a given seed).
+    #[arg(long, default_value_t = 299_792_458)]
+    seed: u64,
+    /// Use the prompt verbatim (BOS only if the GGUF's add_bos_token says so).
+    #[arg(long)]
+    raw: bool,
+    /// Print, as the last line, a JSON object with text, token_ids, finish_reason and usage.
+    #[arg(long)]
+    json: bool,
+    /// Constrain the output to this JSON Schema (a file).
+    #[arg(long, group = "constraint")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output to this GBNF grammar (a file).
+    #[arg(long, group = "constraint")]
+    grammar: Option<PathBuf>,
+    /// Constrain the output to this regular expression.
+    #[arg(long, group = "constraint")]
+    regex: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokenize(a) => tokenize(a),
+        Command::Generate(a) => run_generate(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn input_text(file: &Option<PathBuf>, text: &Option<String>, what: &str) -> Result<String> {
+    match (file, text) {
+        (Some(f), _) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))
+        }
+        (None, Some(t)) => Ok(t.clone()),
+        (None, None) => bail!("give the {what} as an argument or with --file"),
+    }
+}
+
+fn load(model: &str) -> Result<LoadedModel> {
+    let path = cache::resolve(model)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let mut progress = |p: LoadProgress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.loaded as u64);
+    };
+    let loaded = LoadedModel::load(&path, &candle_core::Device::Cpu, &mut progress);
+    bar.finish_and_clear();
+    Ok(loaded?)
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let text = input_text(&a.file, &a.text, "text")?;
+    let path = cache::resolve(&a.model.model)?;
+    let gguf = fluent_ai_candle_models::GgufFile::open(&path)?;
+    let tokenizer = fluent_ai_candle_models::GgufTokenizer::from_gguf(gguf.content())?;
+    let ids = tokenizer.encode(&text, false)?;
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let prompt = input_text(&a.file, &a.prompt, "prompt")?;
+    let loaded = load(&a.model.model)?;
+    let text = if a.raw {
+        prompt
+    } else {
+        loaded.chat_prompt(&prompt)?
+    };
+    let add_bos = a.raw && loaded.tokenizer.add_bos();
+    let prompt_ids = loaded.tokenizer.encode(&text, add_bos)?;
+    let constraint = constraint_spec(&a)?;
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        seed: a.seed,
+        constraint,
+        ..GenerateParams::default()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut write_err = None;
+    let out = generate(&loaded, &prompt_ids, &params, &mut |chunk: &str| {
+        if write_err.is_none() {
+            if let Err(e) = stdout.write_all(chunk.as_bytes()).and_then(|_| stdout.flush()) {
+                write_err = Some(e);
+            }
+        }
+    });
+    let out = out?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    writeln!(stdout)?;
+    if a.json {
+        let finish = match out.finish_reason {
+            FinishReason::Error => "error",
+            other => other.as_str(),
+        };
+        let obj = serde_json::json!({
+            "text": out.text,
+            "token_ids": out.token_ids,
+            "finish_reason": finish,
+            "usage": {
+                "prompt_tokens": out.usage.prompt_tokens,
+                "completion_tokens": out.usage.completion_tokens,
+                "total_tokens": out.usage.total_tokens,
+            },
+        });
+        writeln!(stdout, "{obj}")?;
+    }
+    if let Some(err) = out.error {
+        bail!("generation stopped early: {err}");
+    }
+    Ok(())
+}
+
+fn constraint_spec(a: &GenerateArgs) -> Result<Option<fluent_ai_candle_engine::ConstraintSpec>> {
+    use fluent_ai_candle_engine::ConstraintSpec;
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok(if let Some(p) = &a.json_schema {
+        let schema: serde_json::Value = serde_json::from_str(&read(p)?)
+            .with_context(|| format!("{} is not valid JSON", p.display()))?;
+        Some(ConstraintSpec::JsonSchema(schema))
+    } else if let Some(p) = &a.grammar {
+        Some(ConstraintSpec::Grammar(read(p)?))
+    } else {
+        a.regex.clone().map(ConstraintSpec::Regex)
+    })
+}

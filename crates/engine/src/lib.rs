@@ -1,1 +1,120 @@
-//! fluent-ai-candle-engine (work in progress).
+//! The decode loop of fluent-ai-candle: sampling, constraints, UTF-8-safe streaming and stop
+//! rules around a model from the models crate.
+//!
+//! [`generate`] runs one sequence start to finish and calls back with each piece of text as
+//! soon as it is complete. Every sampling decision is made by `fluent-ai-candle-sampling`;
+//! constrained outputs use `fluent-ai-candle-constraints` (and JSON outputs are validated with
+//! the `jsonschema` crate before they are returned).
+//!
+//! ```no_run
+//! use fluent_ai_candle_engine::{generate, GenerateParams};
+//! use fluent_ai_candle_models::{cache, LoadedModel};
+//!
+//! let model = LoadedModel::load(cache::resolve("smollm2-135m-instruct")?, &candle_core::Device::Cpu, &mut |_| {})?;
+//! let prompt = model.chat_prompt("Name a colour.")?;
+//! let ids = model.tokenizer.encode(&prompt, false)?;
+//! let params = GenerateParams { max_tokens: 16, temperature: 0.0, ..Default::default() };
+//! let out = generate(&model, &ids, &params, &mut |piece| print!("{piece}"))?;
+//! println!("\n{:?} after {} tokens", out.finish_reason, out.usage.completion_tokens);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The building blocks stand alone too:
+//!
+//! ```
+//! use fluent_ai_candle_engine::{Detokenizer, StopMatcher, StopOutcome};
+//!
+//! let mut detok = Detokenizer::new();
+//! let mut text = String::new();
+//! for byte in "😀".as_bytes() {
+//!     detok.push(&[*byte], &mut text); // nothing is emitted until the emoji is whole
+//! }
+//! assert_eq!(text, "😀");
+//!
+//! let mut stops = StopMatcher::new(&["\n\n".to_string()]);
+//! assert_eq!(stops.push("one\n"), StopOutcome::Continue("one".into()));
+//! assert_eq!(stops.push("\ntwo"), StopOutcome::Stopped(String::new()));
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod constraint;
+mod detok;
+mod generate;
+mod stop;
+
+pub use constraint::{ActiveConstraint, ConstraintSpec};
+pub use detok::Detokenizer;
+pub use generate::{generate, GenerateParams, MAX_TOKENS_LIMIT};
+pub use stop::{StopMatcher, StopOutcome};
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// An end-of-generation token, a stop sequence, or a finished constraint.
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+    /// A failure mid-generation; the text so far is kept.
+    Error,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling: `stop`, `length`, `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// Token counts of one generation (OpenAI's `usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Their sum.
+    pub total_tokens: usize,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The generated text (stop sequences cut).
+    pub text: String,
+    /// The generated token ids (without the prompt).
+    pub token_ids: Vec<u32>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Token counts.
+    pub usage: Usage,
+    /// The error that ended it, when `finish_reason` is [`FinishReason::Error`].
+    pub error: Option<String>,
+}
+
+/// What went wrong before any token was produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The request's parameters are invalid.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The model failed (including a prompt longer than the context).
+    #[error(transparent)]
+    Model(#[from] fluent_ai_candle_models::ModelError),
+    /// The KV cache refused (full with eviction off...).
+    #[error(transparent)]
+    KvCache(#[from] fluent_ai_candle_kv_cache::KvCacheError),
+    /// The sampling configuration or a sampling step failed.
+    #[error(transparent)]
+    Sampling(#[from] fluent_ai_candle_sampling::SamplingError),
+    /// The constraint failed to compile or rejected the output.
+    #[error(transparent)]
+    Constraint(#[from] fluent_ai_candle_constraints::ConstraintError),
+    /// A tensor operation failed.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}

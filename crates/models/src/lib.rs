@@ -41,7 +41,7 @@ pub mod gguf;
 pub mod llama;
 pub mod tokenizer;
 
-// mod loaded;
+mod loaded;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::ModelConfig;
@@ -49,5 +49,5 @@ pub use device::{auto_device, DeviceType};
 pub use error::{ModelError, Result};
 pub use gguf::GgufFile;
 pub use llama::{LoadProgress, Llama};
-// pub use loaded::LoadedModel;
+pub use loaded::LoadedModel;
 pub use tokenizer::GgufTokenizer;

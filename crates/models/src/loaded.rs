@@ -35,15 +35,7 @@ impl LoadedModel {
         // The config is checked first so an unknown architecture fails before any work.
         crate::ModelConfig::from_gguf(&gguf)?;
         let tokenizer = GgufTokenizer::from_gguf(gguf.content())?;
-        let token_text = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.inner().id_to_token(i))
-                .unwrap_or_default()
-        };
-        let (bos, eos) = (token_text(tokenizer.bos_id), token_text(tokenizer.eos_id));
-        let chat_template = match gguf.string("tokenizer.chat_template") {
-            Ok(src) => ChatTemplate::new(&src, &bos, &eos)?,
-            Err(_) => ChatTemplate::chatml(),
-        };
+        let chat_template = ChatTemplate::from_gguf(gguf.content())?;
         let model = Llama::load(&mut gguf, device, progress)?;
         Ok(Self {
             model,

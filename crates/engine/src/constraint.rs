@@ -1,0 +1,85 @@
+//! The constraint of one sequence, adapted from the constraints crate to the model's tokenizer.
+
+use std::sync::Arc;
+
+use fluent_ai_candle_constraints::{
+    CompileOptions, CompiledConstraint, Constraint, ConstraintState, Vocabulary,
+};
+use fluent_ai_candle_mask::TokenMask;
+use fluent_ai_candle_models::GgufTokenizer;
+
+pub use fluent_ai_candle_constraints::ConstraintSpec;
+
+use crate::EngineError;
+
+/// The constraints crate's vocabulary for a model's tokenizer: every token's bytes, the
+/// end-of-generation tokens as EOS (allowed exactly where the constraint may end) and the
+/// other control tokens as never allowed.
+pub fn vocabulary_for(tokenizer: &GgufTokenizer) -> Arc<Vocabulary> {
+    let bytes = tokenizer.token_bytes();
+    let eos = tokenizer.eot_ids().to_vec();
+    let special: Vec<u32> = (0..bytes.len() as u32)
+        .filter(|&id| tokenizer.is_control(id) && !eos.contains(&id))
+        .collect();
+    let bytes = bytes
+        .into_iter()
+        .enumerate()
+        .map(|(id, b)| {
+            if tokenizer.is_control(id as u32) {
+                Vec::new()
+            } else {
+                b
+            }
+        })
+        .collect();
+    Arc::new(Vocabulary::new(bytes, &eos, &special))
+}
+
+/// Compiles a constraint for a model's vocabulary.
+pub fn compile(
+    spec: &ConstraintSpec,
+    vocab: Arc<Vocabulary>,
+) -> Result<Arc<CompiledConstraint>, EngineError> {
+    Ok(Constraint::compile(spec, vocab, &CompileOptions::default())?)
+}
+
+/// A running constraint: the per-sequence state of a compiled constraint.
+#[derive(Debug)]
+pub struct ActiveConstraint {
+    state: ConstraintState,
+}
+
+impl ActiveConstraint {
+    /// Compiles `spec` for `tokenizer`'s vocabulary and starts a state.
+    pub fn start(spec: &ConstraintSpec, tokenizer: &GgufTokenizer) -> Result<Self, EngineError> {
+        let compiled = compile(spec, vocabulary_for(tokenizer))?;
+        Ok(Self::from_compiled(&compiled))
+    }
+
+    /// Starts a state of an already compiled constraint.
+    pub fn from_compiled(compiled: &Arc<CompiledConstraint>) -> Self {
+        Self {
+            state: compiled.start(),
+        }
+    }
+
+    /// True when nothing but the end may follow.
+    pub fn is_finished(&mut self) -> bool {
+        self.state.is_finished()
+    }
+
+    /// Writes the allowed tokens into `mask`.
+    pub fn compute_mask(&mut self, mask: &mut TokenMask) -> Result<(), EngineError> {
+        Ok(self.state.compute_mask(mask)?)
+    }
+
+    /// Commits the sampled token.
+    pub fn commit(&mut self, token: u32) -> Result<(), EngineError> {
+        Ok(self.state.commit_token(token)?)
+    }
+
+    /// Final validation of the output (JSON Schema constraints: with the jsonschema crate).
+    pub fn validate_output(&self, text: &str) -> Result<(), EngineError> {
+        Ok(self.state.constraint().validate(text)?)
+    }
+}
