@@ -252,8 +252,14 @@ pub(crate) fn compile_dfa(
         )
         .build(regex)
         .map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("exceeded") || msg.contains("limit") {
+            let mut msg = e.to_string();
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+            while let Some(x) = src {
+                msg.push_str(": ");
+                msg.push_str(&x.to_string());
+                src = x.source();
+            }
+            if msg.contains("exceeded") || msg.contains("limit") || msg.contains("too big") {
                 ConstraintError::Budget(format!("lexeme automaton too large: {msg}"))
             } else {
                 let offset = regex_syntax::ParserBuilder::new()

@@ -432,6 +432,10 @@ impl<'a> Ctx<'a> {
         path: &str,
         depth: usize,
     ) -> Result<Value, ConstraintError> {
+        self.check_budget()?;
+        if depth > 64 {
+            return Err(ConstraintError::Budget("allOf/$ref merging nested too deeply".into()));
+        }
         let a = self.deref(a, path, depth)?;
         let b = self.deref(b, path, depth)?;
         let (a, b) = match (a, b) {
