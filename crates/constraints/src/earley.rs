@@ -199,17 +199,15 @@ impl Parser {
             let origin = it as u32;
             let s = g.syms[pos as usize];
             match s & KIND_MASK {
-                KIND_END => {
-                    if origin != cur {
-                        let lhs = g.prod_lhs[(s & VAL_MASK) as usize];
-                        let want = KIND_N | lhs;
-                        let (a, b) = self.set_range(origin as usize);
-                        for i in a..b {
-                            let it2 = self.items[i];
-                            let p2 = (it2 >> 32) as u32;
-                            if g.syms[p2 as usize] == want {
-                                self.add(p2 + 1, it2 as u32);
-                            }
+                KIND_END if origin != cur => {
+                    let lhs = g.prod_lhs[(s & VAL_MASK) as usize];
+                    let want = KIND_N | lhs;
+                    let (a, b) = self.set_range(origin as usize);
+                    for i in a..b {
+                        let it2 = self.items[i];
+                        let p2 = (it2 >> 32) as u32;
+                        if g.syms[p2 as usize] == want {
+                            self.add(p2 + 1, it2 as u32);
                         }
                     }
                 }

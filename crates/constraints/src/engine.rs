@@ -557,13 +557,20 @@ struct Group {
     children: Vec<u32>,
 }
 
-fn build_entry(p: &mut Parser, vocab: &Vocabulary, root: Frame, frames: &mut Vec<Frame>) -> MaskEntry {
+fn build_entry(
+    p: &mut Parser,
+    vocab: &Vocabulary,
+    root: Frame,
+    frames: &mut Vec<Frame>,
+) -> MaskEntry {
     let nodes = &vocab.trie.nodes;
     let tokens = &vocab.trie.tokens;
     let mut words = vec![0u64; vocab.len().div_ceil(64)];
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: std::collections::HashMap<Vec<(u32, regex_automata::util::primitives::StateID)>, usize> =
-        std::collections::HashMap::new();
+    let mut index: std::collections::HashMap<
+        Vec<(u32, regex_automata::util::primitives::StateID)>,
+        usize,
+    > = std::collections::HashMap::new();
     frames.clear();
     frames.push(root);
     let mut i = 1usize;

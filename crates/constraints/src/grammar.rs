@@ -121,6 +121,10 @@ pub(crate) const KIND_T: u32 = 0x4000_0000;
 pub(crate) const KIND_END: u32 = 0x8000_0000;
 pub(crate) const VAL_MASK: u32 = 0x3FFF_FFFF;
 
+/// Cached lexer-only mask parts, keyed by the live lexer states.
+pub(crate) type MaskCache =
+    std::sync::Mutex<HashMap<Vec<(u32, StateID)>, std::sync::Arc<crate::engine::MaskEntry>>>;
+
 /// One compiled lexeme.
 #[derive(Debug)]
 pub(crate) struct Lexeme {
@@ -226,7 +230,7 @@ pub(crate) struct CompiledGrammar {
     /// The synthetic start rule.
     pub start: u32,
     /// Mask parts that depend only on the live lexer states (see `engine::MaskEntry`).
-    pub mask_cache: std::sync::Mutex<HashMap<Vec<(u32, StateID)>, std::sync::Arc<crate::engine::MaskEntry>>>,
+    pub mask_cache: MaskCache,
 }
 
 pub(crate) fn compile_dfa(

@@ -354,7 +354,7 @@ impl<'a> Ctx<'a> {
                     return Ok(self.nothing());
                 }
             }
-            let v = self.value_literal(c, path)?;
+            let v = self.value_literal(c)?;
             return Ok(self.b.rule("const", vec![vec![v]]));
         }
         if let Some(e) = m.get("enum") {
@@ -369,7 +369,7 @@ impl<'a> Ctx<'a> {
                         && types.contains(&"integer")
                         && v.as_f64().is_some_and(|f| f.fract() == 0.0));
                 if ok {
-                    alts.push(vec![self.value_literal(v, path)?]);
+                    alts.push(vec![self.value_literal(v)?]);
                 }
             }
             return Ok(self.b.rule("enum", alts));
@@ -434,7 +434,9 @@ impl<'a> Ctx<'a> {
     ) -> Result<Value, ConstraintError> {
         self.check_budget()?;
         if depth > 64 {
-            return Err(ConstraintError::Budget("allOf/$ref merging nested too deeply".into()));
+            return Err(ConstraintError::Budget(
+                "allOf/$ref merging nested too deeply".into(),
+            ));
         }
         let a = self.deref(a, path, depth)?;
         let b = self.deref(b, path, depth)?;
@@ -548,7 +550,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// A grammar for exactly this JSON value (with free whitespace between tokens).
-    fn value_literal(&mut self, v: &Value, path: &str) -> Result<Sym, ConstraintError> {
+    fn value_literal(&mut self, v: &Value) -> Result<Sym, ConstraintError> {
         Ok(match v {
             Value::Array(a) => {
                 let mut seq = vec![self.lit("[")];
@@ -556,7 +558,7 @@ impl<'a> Ctx<'a> {
                     if i > 0 {
                         seq.push(self.lit(","));
                     }
-                    seq.push(self.value_literal(x, path)?);
+                    seq.push(self.value_literal(x)?);
                 }
                 seq.push(self.lit("]"));
                 self.b.rule("lit", vec![seq])
@@ -570,7 +572,7 @@ impl<'a> Ctx<'a> {
                     let key = serde_json::to_string(k).unwrap_or_default();
                     seq.push(self.lit(&key));
                     seq.push(self.lit(":"));
-                    seq.push(self.value_literal(x, path)?);
+                    seq.push(self.value_literal(x)?);
                 }
                 seq.push(self.lit("}"));
                 self.b.rule("lit", vec![seq])
@@ -930,7 +932,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+        if b[i] == b'%' && i + 2 < b.len() {
             if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;

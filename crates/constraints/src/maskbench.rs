@@ -330,7 +330,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
             e.1 += c.passing as usize;
         }
         let mut cats: Vec<_> = by_cat.into_iter().filter(|(_, (n, p))| n > p).collect();
-        cats.sort_by(|a, b| (b.1 .0 - b.1 .1).cmp(&(a.1 .0 - a.1 .1)));
+        cats.sort_by_key(|c| std::cmp::Reverse(c.1 .0 - c.1 .1));
         println!("Name categories with the most failures (failing / total):");
         for (k, (n, p)) in cats.iter().take(10) {
             println!("  {:6} / {:6}  {k}", n - p, n);

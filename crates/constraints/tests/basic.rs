@@ -54,37 +54,75 @@ fn simple_schema() {
     assert!(!accepts(&spec, r#"{"a": 1"#).unwrap());
 }
 
-#[test]
-fn debug_where() {
-    let v = byte_vocab();
-    for (schema, text) in [
-        (serde_json::json!({"type":"null"}), "null"),
-        (
-            serde_json::json!({"type":"object", "additionalProperties": false}),
-            "{}",
-        ),
-        (
-            serde_json::json!({"type":"object", "properties": {"a": {"type":"integer"}}, "additionalProperties": false}),
-            "{\"a\":1}",
-        ),
-        (
-            serde_json::json!({"type":"object", "properties": {"a": {"type":"integer"}}}),
-            "{\"a\":1}",
-        ),
-    ] {
-        let c = Constraint::compile(
-            &ConstraintSpec::JsonSchema(schema.clone()),
-            v.clone(),
-            &CompileOptions::default(),
-        )
-        .unwrap();
-        let mut st = c.start();
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            if st.commit_token(b as u32).is_err() {
-                eprintln!("{schema}: fails at byte {i} of {text}");
-                break;
-            }
-        }
-        eprintln!("{schema}: accepting {}", st.is_accepting());
+struct DigitsThenStop;
+
+impl fluent_ai_candle_constraints::GenerationConstraint for DigitsThenStop {
+    fn is_valid_next_token(&self, current_text: &str, next_token: &str) -> bool {
+        current_text.len() + next_token.len() <= 3 && next_token.chars().all(|c| c.is_ascii_digit())
     }
+    fn is_complete(&self, text: &str) -> bool {
+        !text.is_empty()
+    }
+}
+
+#[test]
+fn custom_text_constraint_is_adapted() {
+    let v = byte_vocab();
+    let c = Constraint::compile(
+        &ConstraintSpec::Custom(Arc::new(DigitsThenStop)),
+        v.clone(),
+        &CompileOptions::default(),
+    )
+    .unwrap();
+    let mut st = c.start();
+    let mut mask = TokenMask::forbid_all(v.len());
+    st.compute_mask(&mut mask).unwrap();
+    assert!(mask.is_allowed(b'7' as u32) && !mask.is_allowed(b'a' as u32));
+    assert!(!mask.is_allowed(256), "not complete yet: no EOS");
+    st.commit_token(263).unwrap(); // "12"
+    st.compute_mask(&mut mask).unwrap();
+    assert!(mask.is_allowed(256) && mask.is_allowed(b'3' as u32) && !mask.is_allowed(263));
+    assert!(st.commit_token(b'x' as u32).is_err());
+    st.commit_token(256).unwrap();
+    assert!(st.is_finished());
+}
+
+#[test]
+fn forced_bytes_and_eos() {
+    let v = byte_vocab();
+    let spec = ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"const": "x"}},
+        "required": ["name"],
+        "additionalProperties": false
+    }));
+    let c = Constraint::compile(&spec, v.clone(), &CompileOptions::default()).unwrap();
+    let mut st = c.start();
+    st.commit_token(b'{' as u32).unwrap();
+    // after `{` only whitespace or the key may follow: nothing is forced (whitespace is free)
+    assert!(st.forced_bytes().is_empty());
+    st.commit_bytes(b"\"n").unwrap();
+    assert_eq!(st.forced_bytes(), b"ame\"");
+    let forced = st.forced_tokens();
+    assert!(!forced.is_empty());
+    st.commit_bytes(b"ame\": \"x\"}").unwrap();
+    assert!(st.is_accepting() && st.is_finished());
+    assert!(c.validate(r#"{"name": "x"}"#).is_ok());
+    assert!(c.validate(r#"{"name": "y"}"#).is_err());
+    // special tokens are never allowed
+    let v2 = Arc::new(Vocabulary::new(
+        vec![b"a".to_vec(), b"<s>".to_vec(), vec![]],
+        &[2],
+        &[1],
+    ));
+    let c2 = Constraint::compile(
+        &ConstraintSpec::Regex("(?s:.*)".into()),
+        v2,
+        &CompileOptions::default(),
+    )
+    .unwrap();
+    let mut st2 = c2.start();
+    let mut m = TokenMask::forbid_all(3);
+    st2.compute_mask(&mut m).unwrap();
+    assert_eq!(m.iter_allowed().collect::<Vec<_>>(), vec![0, 2]);
 }

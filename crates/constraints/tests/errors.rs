@@ -49,7 +49,10 @@ fn compile(spec: ConstraintSpec) -> Result<(), ConstraintError> {
 fn unsupported_keywords_are_named() {
     for (schema, kw) in [
         (json!({"type": "array", "uniqueItems": true}), "uniqueItems"),
-        (json!({"type": "object", "patternProperties": {"^a": {}}}), "patternProperties"),
+        (
+            json!({"type": "object", "patternProperties": {"^a": {}}}),
+            "patternProperties",
+        ),
         (json!({"not": {"type": "string"}}), "not"),
         (json!({"type": "number", "multipleOf": 3}), "multipleOf"),
         (json!({"if": {}, "then": {}}), "if"),
@@ -71,14 +74,18 @@ fn malformed_inputs_are_typed_errors() {
         Err(ConstraintError::InvalidSchema { .. })
     ));
     assert!(matches!(
-        compile(ConstraintSpec::JsonSchema(json!({"$ref": "#/definitions/missing"}))),
+        compile(ConstraintSpec::JsonSchema(
+            json!({"$ref": "#/definitions/missing"})
+        )),
         Err(ConstraintError::InvalidSchema { .. })
     ));
     match compile(ConstraintSpec::Regex("ab(c".into())) {
         Err(ConstraintError::Regex { offset, .. }) => assert_eq!(offset, 2),
         other => panic!("{other:?}"),
     }
-    match compile(ConstraintSpec::JsonSchema(json!({"type": "string", "pattern": "a[b"}))) {
+    match compile(ConstraintSpec::JsonSchema(
+        json!({"type": "string", "pattern": "a[b"}),
+    )) {
         Err(ConstraintError::Regex { offset, .. }) => assert_eq!(offset, 1),
         other => panic!("{other:?}"),
     }
@@ -126,9 +133,29 @@ fn recursive_refs_compile() {
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let keys = prop::sample::select(vec![
-        "type", "properties", "required", "items", "enum", "const", "anyOf", "oneOf", "allOf",
-        "$ref", "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
-        "minItems", "maxItems", "additionalProperties", "prefixItems", "$defs", "a", "nullable",
+        "type",
+        "properties",
+        "required",
+        "items",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "minItems",
+        "maxItems",
+        "additionalProperties",
+        "prefixItems",
+        "$defs",
+        "a",
+        "nullable",
         "exclusiveMinimum",
     ]);
     let leaf = prop_oneof![
@@ -137,8 +164,20 @@ fn arb_json() -> impl Strategy<Value = Value> {
         (-1000i64..1000).prop_map(|x| json!(x)),
         (-10.0f64..10.0).prop_map(|x| json!(x)),
         prop::sample::select(vec![
-            "object", "array", "string", "integer", "number", "boolean", "null", "#",
-            "#/$defs/a", "date", "email", "^[a-z]+$", "a(", "uuid",
+            "object",
+            "array",
+            "string",
+            "integer",
+            "number",
+            "boolean",
+            "null",
+            "#",
+            "#/$defs/a",
+            "date",
+            "email",
+            "^[a-z]+$",
+            "a(",
+            "uuid",
         ])
         .prop_map(|s| json!(s)),
     ];

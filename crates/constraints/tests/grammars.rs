@@ -25,7 +25,11 @@ fn run(c: &Arc<fluent_ai_candle_constraints::CompiledConstraint>, text: &str) ->
     for &b in text.as_bytes() {
         st.compute_mask(&mut mask).unwrap();
         let allowed = mask.is_allowed(b as u32);
-        assert_eq!(allowed, st.is_token_allowed(b as u32), "mask vs. check on {text:?}");
+        assert_eq!(
+            allowed,
+            st.is_token_allowed(b as u32),
+            "mask vs. check on {text:?}"
+        );
         if !allowed {
             assert!(st.commit_token(b as u32).is_err());
             return false;
@@ -89,7 +93,9 @@ fn syntax_errors_have_positions() {
             vocab.clone(),
             &CompileOptions::default(),
         ) {
-            Err(fluent_ai_candle_constraints::ConstraintError::GrammarSyntax { position, .. }) => {
+            Err(fluent_ai_candle_constraints::ConstraintError::GrammarSyntax {
+                position, ..
+            }) => {
                 assert_eq!((position.line, position.column), (line, col), "{g:?}");
             }
             Err(fluent_ai_candle_constraints::ConstraintError::InvalidGrammar(_)) if line == 0 => {}

@@ -16,7 +16,10 @@ fn sample_pass_count_floor() {
     assert_eq!(tok.token_to_id("<|endoftext|>"), Some(0));
     let vocab = Arc::new(Vocabulary::from_tokenizer(&tok, &[0, 2]).unwrap());
     assert_eq!(vocab.len(), 49_152);
-    assert!(vocab.token_bytes(1).is_empty(), "<|im_start|> is special: no bytes");
+    assert!(
+        vocab.token_bytes(1).is_empty(),
+        "<|im_start|> is special: no bytes"
+    );
     let id = tok.token_to_id("\u{0120}hello").unwrap();
     assert_eq!(vocab.token_bytes(id), b" hello");
     let cases =
