@@ -270,7 +270,13 @@ impl<'a> Ctx<'a> {
                 let v = &m[k];
                 let trivial = match k.as_str() {
                     "uniqueItems" => v == &Value::Bool(false),
-                    "minProperties" | "minContains" => v.as_u64() == Some(0),
+                    "minContains" => v.as_u64() == Some(0),
+                    "minProperties" => v.as_u64().is_some_and(|n| {
+                        n as usize
+                            <= m.get("required")
+                                .and_then(|r| r.as_array())
+                                .map_or(0, |r| r.len())
+                    }),
                     _ => false,
                 };
                 if !trivial {
@@ -284,6 +290,15 @@ impl<'a> Ctx<'a> {
                 .ok_or_else(|| invalid(path, "allOf must be an array"))?;
             let mut rest = m.clone();
             rest.remove("allOf");
+            let only_annotations = rest.keys().all(|k| ANNOTATIONS.contains(&k.as_str()));
+            let non_trivial: Vec<&Value> = all
+                .iter()
+                .filter(|x| **x != Value::Bool(true) && **x != serde_json::json!({}))
+                .collect();
+            if only_annotations && non_trivial.len() == 1 {
+                // keep `$ref`s as rules (recursion-safe) instead of inlining them
+                return self.schema(non_trivial[0], path);
+            }
             let mut acc = Value::Object(rest);
             for sub in all {
                 acc = self.merge_values(&acc, sub, path, 0)?;
@@ -962,8 +977,8 @@ fn format_regex(f: &str, path: &str) -> Result<Option<String>, ConstraintError> 
         "uuid" => r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
             .to_string(),
         "ipv4" => format!(r"(?:{OCTET}\.){{3}}{OCTET}"),
-        "uri" => r"[a-zA-Z][a-zA-Z0-9+.\-]*:[^\s\x00-\x1F<>`{|}^\\]*".to_string(),
-        "uri-reference" => r"[^\s\x00-\x1F<>`{|}^\\]*".to_string(),
+        "uri" => r#"[a-zA-Z][a-zA-Z0-9+.\-]*:[^\s\x00-\x1F<>`{|}^\\"]*"#.to_string(),
+        "uri-reference" => r#"[^\s\x00-\x1F<>`{|}^\\"]*"#.to_string(),
         "ipv6"
         | "duration"
         | "idn-email"
@@ -1062,7 +1077,13 @@ fn pattern_to_content(p: &str, path: &str) -> Result<String, ConstraintError> {
             HirKind::Look(_) => return Err("anchors or word boundaries inside".into()),
             HirKind::Repetition(r) => {
                 let mut r = r.clone();
-                r.sub = Box::new(map(&r.sub, allowed)?);
+                let sub = map(&r.sub, allowed)?;
+                // group the operand so that printing cannot fuse operators (`+` `?` → `+?`)
+                r.sub = Box::new(Hir::capture(regex_syntax::hir::Capture {
+                    index: 1,
+                    name: None,
+                    sub: Box::new(sub),
+                }));
                 Hir::repetition(r)
             }
             HirKind::Capture(c) => map(&c.sub, allowed)?,
@@ -1421,6 +1442,25 @@ mod tests {
             ("\"ba\"", true),
         ] {
             assert_eq!(full(&re, s), want, "{s}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_search() {
+        for (p, s, want) in [
+            (r"^pbj:([a-z0-9-]+):([a-z0-9\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$", "pbj:gdbots:contexts::app:1-0-0", true),
+            ("^[a-z]+$", "abc", true),
+            ("^[a-z]+$", "abc1", false),
+            ("[0-9]", "x1y", true),
+        ] {
+            let c = pattern_to_content(p, "#").unwrap();
+            let re = regex_automata::meta::Regex::new(&format!("^(?:{c})$")).unwrap();
+            assert_eq!(re.is_match(s), want, "{p} on {s}: {c}");
         }
     }
 }

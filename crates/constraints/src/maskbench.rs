@@ -28,6 +28,8 @@ pub struct CaseResult {
     pub invalid_accepted: usize,
     /// Whether the schema passes.
     pub passing: bool,
+    /// For the first rejected valid instance: the text up to the rejected token, and it.
+    pub first_rejection: Option<String>,
 }
 
 /// Aggregate figures.
@@ -173,6 +175,7 @@ pub fn run(
             valid_rejected: 0,
             invalid_accepted: 0,
             passing: false,
+            first_rejection: None,
         };
         match compiled {
             Err(e) => res.compile_error = Some(e.to_string()),
@@ -188,6 +191,7 @@ pub fn run(
                         .unwrap_or_default();
                     let mut st = c.start();
                     let mut ok = true;
+                    let mut done = 0usize;
                     for &id in &ids {
                         let t1 = Instant::now();
                         let r = st.compute_mask(&mut mask);
@@ -196,9 +200,18 @@ pub fn run(
                             ok = false;
                             break;
                         }
+                        done += 1;
                     }
                     let accepted = ok && st.is_accepting();
                     if valid && !accepted {
+                        if res.first_rejection.is_none() {
+                            let head = tokenizer.decode(&ids[..done], false).unwrap_or_default();
+                            let tok = ids
+                                .get(done)
+                                .and_then(|&t| tokenizer.decode(&[t], false).ok())
+                                .unwrap_or_else(|| "<end>".into());
+                            res.first_rejection = Some(format!("{head} >>>{tok}<<<"));
+                        }
                         res.valid_rejected += 1;
                     }
                     if !valid && accepted {
@@ -235,6 +248,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
     let mut data = None;
     let mut limit = None;
     let mut json = false;
+    let mut errors = false;
     let mut tok_path = String::from("fixtures/reference/smollm2-tokenizer.json");
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -242,13 +256,14 @@ pub fn main_with_args(args: &[String]) -> i32 {
             "--data" => data = it.next().cloned(),
             "--limit" => limit = it.next().and_then(|s| s.parse().ok()),
             "--json" => json = true,
+            "--errors" => errors = true,
             "--tokenizer" => {
                 if let Some(t) = it.next() {
                     tok_path = t.clone();
                 }
             }
             "-h" | "--help" => {
-                eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--tokenizer FILE]");
+                eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--errors] [--tokenizer FILE]");
                 return 0;
             }
             other => {
@@ -258,7 +273,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
         }
     }
     let Some(data) = data else {
-        eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--tokenizer FILE]");
+        eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--errors] [--tokenizer FILE]");
         return 2;
     };
     let tokenizer = match tokenizers::Tokenizer::from_file(&tok_path) {
@@ -289,7 +304,20 @@ pub fn main_with_args(args: &[String]) -> i32 {
     };
     let total = limit.unwrap_or(cases.len()).min(cases.len());
     let started = Instant::now();
-    let s = run(&cases, &tokenizer, vocab, limit, |i, _| {
+    let s = run(&cases, &tokenizer, vocab, limit, |i, r| {
+        if errors && !r.passing {
+            eprintln!(
+                "FAIL {}: {}",
+                r.name,
+                r.compile_error.clone().unwrap_or_else(|| format!(
+                    "{} valid rejected, {} invalid accepted",
+                    r.valid_rejected, r.invalid_accepted
+                ))
+            );
+            if let Some(f) = &r.first_rejection {
+                eprintln!("    at: {}", f.chars().rev().take(120).collect::<Vec<_>>().into_iter().rev().collect::<String>());
+            }
+        }
         if !json && (i + 1) % 500 == 0 {
             eprintln!(
                 "  {}/{} schemas, {:.0} s",
