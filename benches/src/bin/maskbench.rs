@@ -9,5 +9,7 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(fluent_ai_candle_constraints::maskbench::main_with_args(&args));
+    std::process::exit(fluent_ai_candle_constraints::maskbench::main_with_args(
+        &args,
+    ));
 }

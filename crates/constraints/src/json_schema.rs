@@ -1453,7 +1453,11 @@ mod pattern_tests {
     #[test]
     fn patterns_match_like_search() {
         for (p, s, want) in [
-            (r"^pbj:([a-z0-9-]+):([a-z0-9\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$", "pbj:gdbots:contexts::app:1-0-0", true),
+            (
+                r"^pbj:([a-z0-9-]+):([a-z0-9\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$",
+                "pbj:gdbots:contexts::app:1-0-0",
+                true,
+            ),
             ("^[a-z]+$", "abc", true),
             ("^[a-z]+$", "abc1", false),
             ("[0-9]", "x1y", true),

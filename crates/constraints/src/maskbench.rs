@@ -273,7 +273,9 @@ pub fn main_with_args(args: &[String]) -> i32 {
         }
     }
     let Some(data) = data else {
-        eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--errors] [--tokenizer FILE]");
+        eprintln!(
+            "usage: maskbench --data FILE [--limit N] [--json] [--errors] [--tokenizer FILE]"
+        );
         return 2;
     };
     let tokenizer = match tokenizers::Tokenizer::from_file(&tok_path) {
@@ -315,7 +317,16 @@ pub fn main_with_args(args: &[String]) -> i32 {
                 ))
             );
             if let Some(f) = &r.first_rejection {
-                eprintln!("    at: {}", f.chars().rev().take(120).collect::<Vec<_>>().into_iter().rev().collect::<String>());
+                eprintln!(
+                    "    at: {}",
+                    f.chars()
+                        .rev()
+                        .take(120)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<String>()
+                );
             }
         }
         if !json && (i + 1) % 500 == 0 {

