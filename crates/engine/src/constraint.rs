@@ -40,7 +40,11 @@ pub fn compile(
     spec: &ConstraintSpec,
     vocab: Arc<Vocabulary>,
 ) -> Result<Arc<CompiledConstraint>, EngineError> {
-    Ok(Constraint::compile(spec, vocab, &CompileOptions::default())?)
+    Ok(Constraint::compile(
+        spec,
+        vocab,
+        &CompileOptions::default(),
+    )?)
 }
 
 /// A running constraint: the per-sequence state of a compiled constraint.

@@ -37,15 +37,37 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod api;
+mod client;
+mod config;
 pub mod constraint;
 mod detok;
 mod generate;
+mod generator;
+mod metrics;
+mod registry;
+mod scheduler;
+mod sequence;
 mod stop;
 
+pub use api::{
+    CandleCompletion, CandleCompletionChunk, CandleCompletionRequest, CandleCompletionResponse,
+    CandleCompletionStream, ChunkChoice, ChunkDelta, CompletionChoice,
+};
+pub use client::{CandleClientBuilder, Quantization};
+pub use config::{GenerationConfig, StreamingConfig};
 pub use constraint::{ActiveConstraint, ConstraintSpec};
 pub use detok::Detokenizer;
+pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
+pub use fluent_ai_candle_models::DeviceType;
 pub use generate::{generate, GenerateParams, MAX_TOKENS_LIMIT};
+pub use generator::CandleGenerator;
+pub use metrics::{EngineMetrics, MetricsSnapshot};
+pub use registry::ModelRegistry;
 pub use stop::{StopMatcher, StopOutcome};
+
+/// The seed's spelling of [`KvCacheConfig`].
+pub type KVCacheConfig = KvCacheConfig;
 
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,4 +139,21 @@ pub enum EngineError {
     /// A tensor operation failed.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The request queue is full; try again later.
+    #[error("request queue full ({capacity} requests waiting)")]
+    QueueFull {
+        /// Requests the queue holds.
+        capacity: usize,
+    },
+    /// No model is registered under this name.
+    #[error("unknown model '{name}' (loaded: {})", known.join(", "))]
+    UnknownModel {
+        /// The name asked for.
+        name: String,
+        /// The names registered.
+        known: Vec<String>,
+    },
+    /// The generator's scheduler has stopped.
+    #[error("the generator has shut down")]
+    Shutdown,
 }

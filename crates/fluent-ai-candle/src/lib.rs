@@ -1,1 +1,108 @@
-//! fluent-ai-candle (work in progress).
+//! # fluent-ai-candle
+//!
+//! Run large language models locally on [Candle](https://github.com/huggingface/candle):
+//! sampling, constrained generation, streaming, a preallocated KV cache with eviction, and
+//! continuous batching of many requests on one machine.
+//!
+//! The crate is a facade over the workspace's crates; everything a user needs is re-exported
+//! here. A [`CandleGenerator`] owns a model and a scheduler thread that decodes every active
+//! request in one batched forward pass per step (the weights are read once for the whole
+//! batch), admits new requests between steps and frees finished or cancelled ones at once.
+//!
+//! ## Generating and streaming
+//!
+//! ```no_run
+//! use fluent_ai_candle::{
+//!     CandleClientBuilder, CandleCompletionRequest, DeviceType, EvictionStrategy,
+//!     GenerationConfig, KVCacheConfig, StreamingConfig,
+//! };
+//! use futures::StreamExt;
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let generator = CandleClientBuilder::new()
+//!     .model_path(fluent_ai_candle::models::cache::resolve("smollm2-135m-instruct")?)
+//!     .device_type(DeviceType::Auto)
+//!     .max_concurrent_requests(8)
+//!     .generation_config(
+//!         GenerationConfig::builder()
+//!             .temperature(0.7)
+//!             .max_tokens(256)
+//!             .streaming(StreamingConfig::default().chunk_size(1).buffer_timeout(Duration::from_millis(50)))
+//!             .build(),
+//!     )
+//!     .build()?;
+//!
+//! let prompt = generator.model().chat_prompt("Write a haiku about Rust.")?;
+//! let request = CandleCompletionRequest {
+//!     prompt,
+//!     max_tokens: Some(64),
+//!     temperature: Some(0.0),
+//!     stop: vec!["\n\n".into()],
+//!     ..Default::default()
+//! };
+//!
+//! // The whole response at once.
+//! let response = generator.generate(&request).collect().await?;
+//! println!("{} ({})", response.choices[0].text, response.choices[0].finish_reason.as_str());
+//!
+//! // Or chunk by chunk (OpenAI's chunk shape); dropping the stream cancels the request.
+//! let mut stream = generator.generate_stream(&request)?;
+//! while let Some(chunk) = stream.next().await {
+//!     if let Some(text) = &chunk.choices[0].delta.content {
+//!         print!("{text}");
+//!     }
+//!     if let Some(usage) = chunk.usage {
+//!         println!("\n{} tokens", usage.completion_tokens);
+//!     }
+//! }
+//!
+//! // Past the context: attention sinks (StreamingLLM) evict old tokens as it goes.
+//! let long = CandleCompletionRequest {
+//!     kv_cache: Some(
+//!         KVCacheConfig::default()
+//!             .max_entries(2048)
+//!             .eviction_strategy(EvictionStrategy::AttentionSinks { sink_tokens: 4, window: 1024 }),
+//!     ),
+//!     max_tokens: Some(8192),
+//!     ..request.clone()
+//! };
+//! let _ = generator.generate(&long).collect().await?;
+//! println!("{:?}", generator.metrics());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Bad input is a typed error
+//!
+//! ```
+//! use fluent_ai_candle::{EngineError, ModelRegistry};
+//! let registry = ModelRegistry::new();
+//! let err = registry.get("no-such-model").unwrap_err();
+//! assert!(matches!(err, EngineError::UnknownModel { .. }));
+//! ```
+//!
+//! ## The parts
+//! - [`sampling`]: temperature, top-k/p, min-p, penalties, seeded RNG — every sampling decision;
+//! - [`constraints`]: JSON Schema, regex and GBNF constraints compiled to token masks;
+//! - [`kv_cache`]: per-sequence caches with eviction, and the LRU prefix cache;
+//! - [`models`]: GGUF loading, tokenizer, chat templates and the llama-family decoder;
+//! - [`engine`]: the scheduler, streaming, stop rules, metrics and the model registry.
+#![forbid(unsafe_code)]
+
+pub use fluent_ai_candle_constraints as constraints;
+pub use fluent_ai_candle_engine as engine;
+pub use fluent_ai_candle_kv_cache as kv_cache;
+pub use fluent_ai_candle_mask as mask;
+pub use fluent_ai_candle_models as models;
+pub use fluent_ai_candle_sampling as sampling;
+
+pub use fluent_ai_candle_engine::{
+    CandleClientBuilder, CandleCompletion, CandleCompletionChunk, CandleCompletionRequest,
+    CandleCompletionResponse, CandleCompletionStream, CandleGenerator, ChunkChoice, ChunkDelta,
+    CompletionChoice, ConstraintSpec, DeviceType, EngineError, EngineMetrics, EvictionStrategy,
+    FinishReason, GenerationConfig, KVCacheConfig, KvCacheConfig, MetricsSnapshot, ModelRegistry,
+    PrefixCacheConfig, Quantization, StreamingConfig, Usage,
+};
+pub use fluent_ai_candle_models::{LoadedModel, ModelError};
+pub use fluent_ai_candle_sampling::{SamplingConfig, SamplingError};

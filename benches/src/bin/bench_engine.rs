@@ -1,0 +1,175 @@
+//! Engine benchmark: aggregate decode throughput of 1, 4 and 8 concurrent streams through the
+//! continuous-batching scheduler, and time to first token with and without a prefix-cache hit.
+//!
+//! Model: SmolLM2-135M-Instruct (Q4_1) from the model cache, on the CPU. Each stream generates
+//! 128 new tokens (end-of-generation tokens ignored so every stream has the same length) with
+//! seeded sampling at temperature 0.7 from a short chat prompt. Aggregate tokens/s counts the
+//! tokens every stream receives after the last stream's first token (all prefills are done by
+//! then: the scheduler admits queued requests before it steps), over the time until the last
+//! token arrives. Each configuration runs 2 times; the best is reported.
+//!
+//! TTFT: a 512-token prompt on a fresh generator (`ttft_cold_ms`), then a request whose first
+//! 512 tokens are the same, followed by 16 others (`ttft_prefix_ms`): its prefill copies the
+//! cached prefix and runs only the 16 new tokens.
+//!
+//! `cargo xtask bench engine --json` prints one JSON object as its last line:
+//! `{"single_tok_s", "concurrent4_tok_s", "concurrent8_tok_s", "ttft_cold_ms", "ttft_prefix_ms", ...}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fluent_ai_candle_engine::{CandleCompletionRequest, CandleGenerator, GenerationConfig};
+use fluent_ai_candle_models::{cache, LoadedModel};
+
+const NEW_TOKENS: usize = 128;
+const REPEATS: usize = 2;
+
+const PROMPTS: [&str; 8] = [
+    "Write a story about a dragon.",
+    "Explain how a car engine works.",
+    "Describe the city of Paris.",
+    "Write a poem about autumn.",
+    "Explain photosynthesis.",
+    "Tell me about the history of Rome.",
+    "Describe a day at the beach.",
+    "Write a letter to a friend.",
+];
+
+/// Aggregate decode tokens/s of `n` simultaneous streams.
+fn concurrent(model: &Arc<LoadedModel>, n: usize) -> Result<f64> {
+    let g = CandleGenerator::from_loaded(
+        "smollm2",
+        model.clone(),
+        GenerationConfig::default()
+            .max_concurrent_requests(n)
+            .prefix_cache(None),
+    )?;
+    let mut streams = Vec::new();
+    for (i, p) in PROMPTS.iter().take(n).enumerate() {
+        let req = CandleCompletionRequest {
+            prompt: model.chat_prompt(p)?,
+            max_tokens: Some(NEW_TOKENS),
+            temperature: Some(0.7),
+            seed: Some(i as u64 + 1),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        streams.push(g.generate_stream(&req)?);
+    }
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut times = Vec::with_capacity(NEW_TOKENS);
+                while let Some(c) = s.blocking_next() {
+                    let now = Instant::now();
+                    for _ in &c.choices[0].delta.token_ids {
+                        times.push(now);
+                    }
+                }
+                times
+            })
+        })
+        .collect();
+    let times: Vec<Vec<Instant>> = readers
+        .into_iter()
+        .map(|r| r.join().map_err(|_| anyhow::anyhow!("reader panicked")))
+        .collect::<Result<_>>()?;
+    let t0 = times
+        .iter()
+        .filter_map(|t| t.first())
+        .max()
+        .context("no tokens")?;
+    let t1 = times.iter().filter_map(|t| t.last()).max().context("no tokens")?;
+    let tokens: usize = times.iter().map(|t| t.iter().filter(|&x| x > t0).count()).sum();
+    let secs = t1.duration_since(*t0).as_secs_f64();
+    Ok(tokens as f64 / secs)
+}
+
+fn first_token(g: &CandleGenerator, ids: Vec<u32>) -> Result<Duration> {
+    let t = Instant::now();
+    let mut s = g.generate_stream(&CandleCompletionRequest {
+        prompt_tokens: Some(ids),
+        max_tokens: Some(1),
+        temperature: Some(0.0),
+        ..Default::default()
+    })?;
+    s.blocking_next().context("no first chunk")?;
+    let elapsed = t.elapsed();
+    while s.blocking_next().is_some() {}
+    Ok(elapsed)
+}
+
+/// TTFT of a cold 512-token prompt and of a second one sharing its first 512 tokens.
+fn ttft(model: &Arc<LoadedModel>, round: u64) -> Result<(f64, f64)> {
+    let g = CandleGenerator::from_loaded("smollm2", model.clone(), GenerationConfig::default())?;
+    let text = format!(
+        "Round {round}. The quick brown fox jumps over the lazy dog near the river bank while the sun sets behind the hills. "
+    )
+    .repeat(40);
+    let all = g.tokenize(&text)?;
+    anyhow::ensure!(all.len() >= 528, "prompt too short: {}", all.len());
+    let cold = first_token(&g, all[..512].to_vec())?;
+    let warm = first_token(&g, all[..528].to_vec())?;
+    anyhow::ensure!(g.metrics().prefix_cache_hits == 1, "no prefix-cache hit");
+    Ok((cold.as_secs_f64() * 1e3, warm.as_secs_f64() * 1e3))
+}
+
+fn main() -> Result<()> {
+    let json = std::env::args().any(|a| a == "--json");
+    let path = cache::resolve("smollm2-135m-instruct")
+        .context("the model is missing: run `cargo xtask fetch-models` first")?;
+    let model = Arc::new(LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})?);
+    // Warm-up: thread pools, page cache.
+    concurrent(&model, 2)?;
+    let best = |n: usize| -> Result<f64> {
+        let mut best: f64 = 0.0;
+        for _ in 0..REPEATS {
+            best = best.max(concurrent(&model, n)?);
+        }
+        Ok(best)
+    };
+    let single = best(1)?;
+    let c4 = best(4)?;
+    let c8 = best(8)?;
+    let mut cold_ms = f64::INFINITY;
+    let mut prefix_ms = f64::INFINITY;
+    for round in 0..REPEATS as u64 {
+        let (c, p) = ttft(&model, round)?;
+        cold_ms = cold_ms.min(c);
+        prefix_ms = prefix_ms.min(p);
+    }
+    let threads = std::env::var("CANDLE_NUM_THREADS")
+        .or_else(|_| std::env::var("RAYON_NUM_THREADS"))
+        .unwrap_or_else(|_| "default".into());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": "smollm2-135m-instruct",
+                "new_tokens": NEW_TOKENS,
+                "threads": threads,
+                "single_tok_s": round2(single),
+                "concurrent4_tok_s": round2(c4),
+                "concurrent8_tok_s": round2(c8),
+                "speedup4": round2(c4 / single),
+                "speedup8": round2(c8 / single),
+                "ttft_cold_ms": round2(cold_ms),
+                "ttft_prefix_ms": round2(prefix_ms),
+                "ttft_speedup": round2(cold_ms / prefix_ms),
+            })
+        );
+    } else {
+        println!("streams  aggregate tok/s  speedup");
+        println!("1        {single:>15.1}  1.00x");
+        println!("4        {c4:>15.1}  {:.2}x", c4 / single);
+        println!("8        {c8:>15.1}  {:.2}x", c8 / single);
+        println!("TTFT 512-token prompt: cold {cold_ms:.1} ms, prefix hit {prefix_ms:.1} ms ({:.1}x)", cold_ms / prefix_ms);
+    }
+    Ok(())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

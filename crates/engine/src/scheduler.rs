@@ -1,0 +1,414 @@
+//! The scheduler thread: continuous batching of every active sequence.
+//!
+//! One thread per generator owns the decode loop. Each step it
+//! 1. admits queued requests into free slots (prefix-cache lookup, prefill, first token),
+//! 2. delivers buffered chunks and drops sequences whose stream was dropped,
+//! 3. runs one batched forward over every sequence whose consumer has room (the weights are
+//!    read once for the whole batch) and lets each sequence sample from its own row.
+//!
+//! A sequence whose stream buffer is full sits out the step (it pauses; the others go on).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use fluent_ai_candle_kv_cache::{
+    EvictionStrategy, KvCacheConfig, PrefixCache, PrefixCacheConfig, SequenceCache,
+};
+use fluent_ai_candle_models::LoadedModel;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+
+use crate::api::{CandleCompletionChunk, ChunkChoice, ChunkDelta};
+use crate::config::StreamingConfig;
+use crate::metrics::EngineMetrics;
+use crate::sequence::SequenceState;
+use crate::EngineError;
+
+/// A request accepted by a generator, waiting for a slot.
+pub(crate) struct Job {
+    pub(crate) id: String,
+    pub(crate) created: u64,
+    pub(crate) model_name: Arc<str>,
+    pub(crate) prompt_ids: Vec<u32>,
+    pub(crate) seq: SequenceState,
+    pub(crate) kv: KvCacheConfig,
+    pub(crate) streaming: StreamingConfig,
+    pub(crate) tx: Sender<CandleCompletionChunk>,
+    pub(crate) enqueued: Instant,
+}
+
+/// Limits of one scheduler.
+pub(crate) struct SchedulerConfig {
+    pub(crate) max_active: usize,
+    pub(crate) prefix_cache: Option<PrefixCacheConfig>,
+}
+
+/// A sequence holding a slot (or, once `done`, only delivering its last chunks).
+struct Active {
+    id: String,
+    created: u64,
+    model_name: Arc<str>,
+    seq: SequenceState,
+    cache: Option<SequenceCache>,
+    streaming: StreamingConfig,
+    tx: Sender<CandleCompletionChunk>,
+    enqueued: Instant,
+    next: u32,
+    outbox: VecDeque<CandleCompletionChunk>,
+    pending_text: String,
+    sent_tokens: usize,
+    pending_since: Option<Instant>,
+    first_sent: bool,
+    done: bool,
+}
+
+impl Active {
+    fn chunk(&mut self, finish: bool) -> CandleCompletionChunk {
+        let tokens = self.seq.generated()[self.sent_tokens..].to_vec();
+        self.sent_tokens = self.seq.generated().len();
+        let text = std::mem::take(&mut self.pending_text);
+        self.pending_since = None;
+        CandleCompletionChunk {
+            id: self.id.clone(),
+            created: self.created,
+            model: self.model_name.to_string(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: ChunkDelta {
+                    content: if text.is_empty() { None } else { Some(text) },
+                    token_ids: tokens,
+                },
+                finish_reason: if finish {
+                    self.seq.finish_reason()
+                } else {
+                    None
+                },
+                error: if finish {
+                    self.seq.error().map(str::to_string)
+                } else {
+                    None
+                },
+            }],
+            usage: if finish { Some(self.seq.usage()) } else { None },
+        }
+    }
+
+    /// Queues the last chunk and frees the cache.
+    fn finish(&mut self, metrics: &EngineMetrics) {
+        if self.done {
+            return;
+        }
+        let mut tail = String::new();
+        self.seq.finalize(&mut tail);
+        self.pending_text.push_str(&tail);
+        let chunk = self.chunk(true);
+        self.outbox.push_back(chunk);
+        self.done = true;
+        self.cache = None;
+        metrics.completed(self.seq.error().is_some());
+    }
+
+    /// Feeds one row of logits to the sequence and queues what it produced.
+    fn on_logits(&mut self, logits: &mut [f32], metrics: &EngineMetrics) {
+        let before = self.seq.generated().len();
+        let mut text = String::new();
+        match self.seq.advance(logits, &mut text) {
+            Ok(Some(token)) => self.next = token,
+            Ok(None) => {}
+            Err(e) => self.seq.fail(&e),
+        }
+        let produced = self.seq.generated().len() - before;
+        metrics.generated(produced);
+        if produced > 0 && !self.first_sent {
+            self.first_sent = true;
+            metrics.ttft(self.enqueued.elapsed().as_nanos() as u64);
+        }
+        if !text.is_empty() && self.pending_since.is_none() {
+            self.pending_since = Some(Instant::now());
+        }
+        self.pending_text.push_str(&text);
+        if self.seq.is_finished() {
+            self.finish(metrics);
+            return;
+        }
+        let pending_tokens = self.seq.generated().len() - self.sent_tokens;
+        if pending_tokens >= self.streaming.chunk_size {
+            let chunk = self.chunk(false);
+            self.outbox.push_back(chunk);
+        }
+    }
+
+    /// Sends a partial chunk that waited longer than the buffer timeout.
+    fn flush_timeout(&mut self, now: Instant) {
+        if let Some(since) = self.pending_since {
+            if !self.done && now.duration_since(since) >= self.streaming.buffer_timeout {
+                let chunk = self.chunk(false);
+                self.outbox.push_back(chunk);
+            }
+        }
+    }
+
+    /// Delivers queued chunks while the stream has room. Returns false if the stream is gone.
+    fn deliver(&mut self) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        while let Some(chunk) = self.outbox.pop_front() {
+            match self.tx.try_send(chunk) {
+                Ok(()) => {}
+                Err(TrySendError::Full(chunk)) => {
+                    self.outbox.push_front(chunk);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether the sequence may take part in the next step.
+    fn runnable(&mut self, metrics: &EngineMetrics) -> bool {
+        if self.done || !self.outbox.is_empty() {
+            return false;
+        }
+        let full = match &self.cache {
+            Some(c) => {
+                c.config().eviction_strategy == EvictionStrategy::None && c.len() >= c.capacity()
+            }
+            None => true,
+        };
+        if full || !self.seq.wants_forward() {
+            if full {
+                self.seq.end(crate::FinishReason::Length);
+            }
+            self.finish(metrics);
+            return false;
+        }
+        true
+    }
+}
+
+struct Scheduler {
+    model: Arc<LoadedModel>,
+    metrics: Arc<EngineMetrics>,
+    prefix: Option<PrefixCache>,
+    vocab: usize,
+}
+
+fn row_logits(t: &candle_core::Tensor, vocab: usize) -> Result<Vec<Vec<f32>>, EngineError> {
+    let mut rows = t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    for r in &mut rows {
+        r.resize(vocab, f32::NEG_INFINITY);
+    }
+    Ok(rows)
+}
+
+impl Scheduler {
+    /// Takes a job into a slot: prefix lookup, prefill, first token.
+    fn admit(&mut self, job: Job) -> Option<Active> {
+        if job.tx.is_closed() {
+            self.metrics.cancelled();
+            return None;
+        }
+        let mut a = Active {
+            id: job.id,
+            created: job.created,
+            model_name: job.model_name,
+            seq: job.seq,
+            cache: None,
+            streaming: job.streaming,
+            tx: job.tx,
+            enqueued: job.enqueued,
+            next: 0,
+            outbox: VecDeque::new(),
+            pending_text: String::new(),
+            sent_tokens: 0,
+            pending_since: None,
+            first_sent: false,
+            done: false,
+        };
+        self.metrics.prompt(job.prompt_ids.len());
+        match self.prefill(&job.prompt_ids, &job.kv) {
+            Ok((cache, mut logits)) => {
+                a.cache = Some(cache);
+                a.on_logits(&mut logits, &self.metrics);
+            }
+            Err(e) => {
+                a.seq.fail(&e);
+                a.finish(&self.metrics);
+            }
+        }
+        Some(a)
+    }
+
+    fn prefill(
+        &mut self,
+        prompt: &[u32],
+        kv: &KvCacheConfig,
+    ) -> Result<(SequenceCache, Vec<f32>), EngineError> {
+        let mut cache = self.model.model.new_cache(kv)?;
+        let mut start = 0;
+        if let Some(pc) = self.prefix.as_mut() {
+            let mut reused = None;
+            if let Some(hit) = pc.lookup(prompt) {
+                if hit.len < cache.capacity()
+                    && cache
+                        .copy_prefix_from(&hit.keys, &hit.values, hit.len)
+                        .is_ok()
+                {
+                    start = hit.len;
+                    reused = Some(hit.len);
+                } else {
+                    cache.truncate(0);
+                }
+            }
+            self.metrics.prefix(reused);
+        }
+        let logits = self
+            .model
+            .model
+            .forward(&prompt[start..], &mut cache, false)?;
+        let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        logits.resize(self.vocab, f32::NEG_INFINITY);
+        if let Some(pc) = self.prefix.as_mut() {
+            if cache.evicted() == 0 && start + 1 < prompt.len() && cache.len() == prompt.len() {
+                if let Ok((k, v)) = cache.snapshot(prompt.len()) {
+                    pc.insert(prompt.to_vec(), k, v);
+                }
+            }
+        }
+        Ok((cache, logits))
+    }
+
+    /// One batched decode step over `batch`.
+    fn step(&mut self, batch: &mut [&mut Active]) {
+        let tokens: Vec<u32> = batch.iter().map(|a| a.next).collect();
+        let t0 = Instant::now();
+        let result = {
+            let mut caches: Vec<&mut SequenceCache> =
+                batch.iter_mut().filter_map(|a| a.cache.as_mut()).collect();
+            self.model
+                .model
+                .forward_batch(&tokens, &mut caches)
+                .map_err(EngineError::from)
+                .and_then(|t| row_logits(&t, self.vocab))
+        };
+        match result {
+            Ok(rows) => {
+                self.metrics
+                    .decode_step(batch.len(), t0.elapsed().as_nanos() as u64);
+                for (a, mut row) in batch.iter_mut().zip(rows) {
+                    a.on_logits(&mut row, &self.metrics);
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                batch[0].seq.fail(&e);
+                batch[0].finish(&self.metrics);
+            }
+            Err(_) => {
+                // Run each sequence alone so that one failure does not end the others.
+                for a in batch.iter_mut() {
+                    let result = match a.cache.as_mut() {
+                        Some(cache) => self
+                            .model
+                            .model
+                            .forward_batch(&[a.next], &mut [cache])
+                            .map_err(EngineError::from)
+                            .and_then(|t| row_logits(&t, self.vocab)),
+                        None => continue,
+                    };
+                    match result {
+                        Ok(mut rows) => match rows.first_mut() {
+                            Some(row) => a.on_logits(row, &self.metrics),
+                            None => {
+                                a.seq.fail(&EngineError::InvalidRequest("no logits".into()));
+                                a.finish(&self.metrics);
+                            }
+                        },
+                        Err(e) => {
+                            a.seq.fail(&e);
+                            a.finish(&self.metrics);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the decode loop until every generator handle is dropped and every sequence is done.
+pub(crate) fn run(
+    model: Arc<LoadedModel>,
+    rx: Receiver<Job>,
+    metrics: Arc<EngineMetrics>,
+    config: SchedulerConfig,
+) {
+    let vocab = model.config().vocab_size;
+    let mut s = Scheduler {
+        model,
+        metrics,
+        prefix: config.prefix_cache.map(PrefixCache::new),
+        vocab,
+    };
+    let max_active = config.max_active.max(1);
+    let mut active: Vec<Active> = Vec::new();
+    let mut disconnected = false;
+    loop {
+        if active.is_empty() {
+            s.metrics.set_active(0);
+            if disconnected {
+                return;
+            }
+            match rx.recv() {
+                Ok(job) => {
+                    if let Some(a) = s.admit(job) {
+                        active.push(a);
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        while !disconnected && active.iter().filter(|a| !a.done).count() < max_active {
+            match rx.try_recv() {
+                Ok(job) => {
+                    if let Some(a) = s.admit(job) {
+                        active.push(a);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => disconnected = true,
+            }
+        }
+        s.metrics.set_queue_depth(rx.len());
+
+        let now = Instant::now();
+        let metrics = &s.metrics;
+        active.retain_mut(|a| {
+            a.flush_timeout(now);
+            if !a.deliver() {
+                if !a.done {
+                    metrics.cancelled();
+                }
+                return false;
+            }
+            !(a.done && a.outbox.is_empty())
+        });
+        s.metrics
+            .set_active(active.iter().filter(|a| !a.done).count());
+
+        let mut batch: Vec<&mut Active> = active
+            .iter_mut()
+            .filter_map(|a| if a.runnable(metrics) { Some(a) } else { None })
+            .collect();
+        if batch.is_empty() {
+            if !active.is_empty() {
+                // Every sequence waits for its consumer (or just finished): don't spin.
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            continue;
+        }
+        s.step(&mut batch);
+    }
+}

@@ -1,0 +1,247 @@
+//! The per-sequence decode step shared by [`generate`](crate::generate) and the scheduler.
+//!
+//! A [`SequenceState`] holds everything one sequence needs between forward passes except its
+//! KV cache: the sampler with its own seed, the constraint state, the UTF-8-safe detokenizer,
+//! the stop matcher and the token history. The caller runs the model (alone or in a batch) and
+//! hands the logits to [`SequenceState::advance`], so a sequence samples exactly the same way
+//! whether it runs alone or inside a batch.
+
+use std::sync::Arc;
+
+use fluent_ai_candle_mask::TokenMask;
+use fluent_ai_candle_models::LoadedModel;
+use fluent_ai_candle_sampling::Sampler;
+
+use crate::constraint::ActiveConstraint;
+use crate::detok::Detokenizer;
+use crate::generate::GenerateParams;
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::{EngineError, FinishReason, Generation, Usage};
+
+/// The state of one sequence between decode steps.
+pub(crate) struct SequenceState {
+    sampler: Sampler,
+    constraint: Option<ActiveConstraint>,
+    mask: TokenMask,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    token_bytes: Arc<Vec<Vec<u8>>>,
+    eog: Vec<u32>,
+    history: Vec<u32>,
+    prompt_len: usize,
+    generated: Vec<u32>,
+    text: String,
+    max_tokens: usize,
+    finish: Option<FinishReason>,
+    error: Option<String>,
+    stopped_by_sequence: bool,
+    finalized: bool,
+    ignore_eos: bool,
+}
+
+impl SequenceState {
+    /// Starts a sequence for `prompt_ids` (validated by the caller).
+    pub(crate) fn new(
+        model: &LoadedModel,
+        token_bytes: Arc<Vec<Vec<u8>>>,
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+    ) -> Result<Self, EngineError> {
+        let vocab = model.config().vocab_size;
+        let sampler = Sampler::new(params.sampling_config()?, vocab, params.seed)?;
+        let constraint = match &params.constraint {
+            Some(spec) => Some(ActiveConstraint::start(spec, &model.tokenizer)?),
+            None => None,
+        };
+        let mut history = Vec::with_capacity(prompt_ids.len() + params.max_tokens.min(4096));
+        history.extend_from_slice(prompt_ids);
+        let eog = (0..vocab as u32)
+            .filter(|&t| model.tokenizer.is_eog(t))
+            .collect();
+        Ok(Self {
+            sampler,
+            constraint,
+            mask: TokenMask::allow_all(vocab),
+            detok: Detokenizer::new(),
+            stops: StopMatcher::new(&params.stop),
+            token_bytes,
+            eog,
+            history,
+            prompt_len: prompt_ids.len(),
+            generated: Vec::new(),
+            text: String::new(),
+            max_tokens: params.max_tokens,
+            finish: None,
+            error: None,
+            stopped_by_sequence: false,
+            finalized: false,
+            ignore_eos: false,
+        })
+    }
+
+    /// Treats end-of-generation tokens as ordinary tokens (benchmarks: a fixed length).
+    pub(crate) fn set_ignore_eos(&mut self, ignore: bool) {
+        self.ignore_eos = ignore;
+    }
+
+    /// Tokens generated so far.
+    pub(crate) fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Why the sequence ended, once it has.
+    pub(crate) fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// True once the sequence has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Ends the sequence with `reason` (for example when its cache is full).
+    pub(crate) fn end(&mut self, reason: FinishReason) {
+        if self.finish.is_none() {
+            self.finish = Some(reason);
+        }
+    }
+
+    /// Ends the sequence with an error; the text so far is kept.
+    pub(crate) fn fail(&mut self, error: &EngineError) {
+        self.finish = Some(FinishReason::Error);
+        self.error = Some(error.to_string());
+    }
+
+    /// The error that ended the sequence, if any.
+    pub(crate) fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Usage so far.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated.len(),
+            total_tokens: self.prompt_len + self.generated.len(),
+        }
+    }
+
+    /// Whether another forward pass is needed: false (and the sequence ends) once `max_tokens`
+    /// are generated or the constraint admits nothing but the end.
+    pub(crate) fn wants_forward(&mut self) -> bool {
+        if self.finish.is_some() {
+            return false;
+        }
+        if self.generated.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return false;
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            if c.is_finished() {
+                self.finish = Some(FinishReason::Stop);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Samples the next token from `logits` (`[vocab]`, modified in place), commits it and
+    /// appends the text that is now safe to emit to `out`. Returns the token to feed the model
+    /// next, or `None` when the sequence ended (end-of-generation token, stop sequence,
+    /// `max_tokens`). An error leaves the sequence unchanged.
+    pub(crate) fn advance(
+        &mut self,
+        logits: &mut [f32],
+        out: &mut String,
+    ) -> Result<Option<u32>, EngineError> {
+        let mask = match self.constraint.as_mut() {
+            Some(c) => {
+                c.compute_mask(&mut self.mask)?;
+                Some(&self.mask)
+            }
+            None => None,
+        };
+        let sampled = self.sampler.sample(logits, mask, &self.history)?;
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(sampled.token)?;
+        }
+        let token = sampled.token;
+        self.generated.push(token);
+        self.history.push(token);
+        if !self.ignore_eos && self.eog.contains(&token) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(None);
+        }
+        let mut piece = String::new();
+        if let Some(bytes) = self.token_bytes.get(token as usize) {
+            self.detok.push(bytes, &mut piece);
+        }
+        match self.stops.push(&piece) {
+            StopOutcome::Continue(s) => {
+                out.push_str(&s);
+                self.text.push_str(&s);
+            }
+            StopOutcome::Stopped(s) => {
+                out.push_str(&s);
+                self.text.push_str(&s);
+                self.finish = Some(FinishReason::Stop);
+                self.stopped_by_sequence = true;
+                return Ok(None);
+            }
+        }
+        if self.generated.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return Ok(None);
+        }
+        Ok(Some(token))
+    }
+
+    /// Ends the sequence (reason `Length` unless already set): releases held-back text into
+    /// `out` and validates the constraint's output. Idempotent.
+    pub(crate) fn finalize(&mut self, out: &mut String) {
+        if self.finalized {
+            return;
+        }
+        self.finalized = true;
+        if self.finish.is_none() {
+            self.finish = Some(FinishReason::Length);
+        }
+        if !self.stopped_by_sequence {
+            let mut rest = String::new();
+            self.detok.finish(&mut rest);
+            let mut tail = match self.stops.push(&rest) {
+                StopOutcome::Continue(s) => s,
+                StopOutcome::Stopped(s) => {
+                    self.finish = Some(FinishReason::Stop);
+                    self.stopped_by_sequence = true;
+                    s
+                }
+            };
+            if !self.stopped_by_sequence {
+                tail.push_str(&self.stops.finish());
+            }
+            out.push_str(&tail);
+            self.text.push_str(&tail);
+        }
+        if let (Some(c), None) = (self.constraint.as_ref(), self.error.as_ref()) {
+            if let Err(e) = c.validate_output(&self.text) {
+                self.finish = Some(FinishReason::Error);
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// The finished generation.
+    pub(crate) fn into_generation(mut self) -> Generation {
+        let mut sink = String::new();
+        self.finalize(&mut sink);
+        let usage = self.usage();
+        Generation {
+            text: self.text,
+            token_ids: self.generated,
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            usage,
+            error: self.error,
+        }
+    }
+}

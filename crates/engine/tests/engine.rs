@@ -1,0 +1,464 @@
+//! The engine on the real SmolLM2 model: batching, streaming, cancellation, eviction, errors.
+//!
+//! Generations are short (8–128 tokens) and caches small so the whole file runs in well under
+//! a minute in the dev profile.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{chat, generator, smollm2};
+use fluent_ai_candle_engine::{
+    generate, CandleCompletionRequest, CandleGenerator, ConstraintSpec, EngineError,
+    EvictionStrategy, FinishReason, GenerateParams, GenerationConfig, KvCacheConfig, ModelRegistry,
+    StreamingConfig,
+};
+use futures::StreamExt;
+
+fn request(
+    prompt: &str,
+    max_tokens: usize,
+    temperature: f32,
+    seed: u64,
+) -> CandleCompletionRequest {
+    CandleCompletionRequest {
+        prompt: prompt.into(),
+        max_tokens: Some(max_tokens),
+        temperature: Some(temperature),
+        seed: Some(seed),
+        ..Default::default()
+    }
+}
+
+const PROMPTS: [&str; 8] = [
+    "Write a haiku about the sea.",
+    "What is the capital of France?",
+    "List three fruits.",
+    "Explain gravity to a child.",
+    "Say hello in Spanish.",
+    "Count from one to five.",
+    "Name a famous painter.",
+    "What colour is the sky?",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_matches_the_single_sequence_path() {
+    let g = generator(GenerationConfig::default());
+    let prompt = chat("Name a colour.");
+    let response = g
+        .generate(&request(&prompt, 16, 0.0, 1))
+        .collect()
+        .await
+        .unwrap();
+    let model = smollm2();
+    let ids = model
+        .tokenizer
+        .encode(&prompt, model.tokenizer.add_bos())
+        .unwrap();
+    let params = GenerateParams {
+        max_tokens: 16,
+        temperature: 0.0,
+        seed: 1,
+        ..Default::default()
+    };
+    let single = generate(&model, &ids, &params, &mut |_| {}).unwrap();
+    let choice = &response.choices[0];
+    assert_eq!(choice.token_ids, single.token_ids);
+    assert_eq!(choice.text, single.text);
+    assert_eq!(choice.finish_reason, single.finish_reason);
+    assert_eq!(response.usage, single.usage);
+    assert!(!choice.text.is_empty());
+}
+
+/// The same request gives the same tokens alone and inside a batch of 8, greedy and sampled.
+#[test]
+fn batch_invariance_alone_and_in_a_batch_of_8() {
+    for (temperature, seed) in [(0.0, 7), (0.9, 42)] {
+        let g = generator(
+            GenerationConfig::default()
+                .max_concurrent_requests(8)
+                .prefix_cache(None),
+        );
+        let target = request(&chat(PROMPTS[0]), 16, temperature, seed);
+        let alone = g.generate(&target).blocking_collect().unwrap();
+        // Start the 7 others first, then the target, so it decodes in a full batch.
+        let others: Vec<_> = PROMPTS[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                g.generate_stream(&request(&chat(p), 24, temperature, i as u64))
+                    .unwrap()
+            })
+            .collect();
+        let batched = g.generate(&target).blocking_collect().unwrap();
+        for o in others {
+            o.blocking_collect().unwrap();
+        }
+        assert_eq!(
+            alone.choices[0].token_ids, batched.choices[0].token_ids,
+            "T={temperature}"
+        );
+        assert_eq!(alone.choices[0].text, batched.choices[0].text);
+        assert!(g.metrics().decode_steps > 0);
+    }
+}
+
+/// Attention sinks: a 64-token cache (the "context" here) generates 128 tokens, twice its
+/// size, without error. (The real context of SmolLM2 is 8192 tokens; a cache smaller than
+/// the context exercises the same eviction and re-rotation path cheaply.)
+#[test]
+fn attention_sinks_generate_twice_the_cache_length() {
+    let kv = KvCacheConfig::default().max_entries(64).eviction_strategy(
+        EvictionStrategy::AttentionSinks {
+            sink_tokens: 4,
+            window: 32,
+        },
+    );
+    let g = generator(GenerationConfig::default());
+    let mut req = request(&chat("Tell me a long story."), 128, 0.8, 3);
+    req.kv_cache = Some(kv.clone());
+    let r = g.generate(&req).blocking_collect().unwrap();
+    let c = &r.choices[0];
+    assert!(c.error.is_none(), "{:?}", c.error);
+    // Sampling may pick the end token; if it did not, all 128 tokens were generated.
+    if c.finish_reason == FinishReason::Length {
+        assert_eq!(r.usage.completion_tokens, 128);
+        assert!(r.usage.total_tokens > 2 * 64);
+    }
+    // Without eviction the same cache ends the generation at its size.
+    let mut req = request(&chat("Tell me a long story."), 128, 0.8, 3);
+    req.kv_cache = Some(KvCacheConfig::default().max_entries(64));
+    let r = g.generate(&req).blocking_collect().unwrap();
+    // (the last sampled token is returned without being cached)
+    assert!(r.usage.total_tokens <= 64 + 1, "{:?}", r.usage);
+    assert_eq!(r.choices[0].finish_reason, FinishReason::Length);
+}
+
+/// Emoji and CJK whose bytes are split across tokens arrive whole in every chunk.
+#[test]
+fn emoji_and_cjk_split_across_tokens_stream_intact() {
+    let g =
+        generator(GenerationConfig::default().streaming(StreamingConfig::default().chunk_size(1)));
+    let expected = "日本語のテキスト😀🎉";
+    let mut req = request(&chat("Write something."), 64, 0.0, 1);
+    req.constraints = Some(ConstraintSpec::Regex(regex_escape(expected)));
+    let mut stream = g.generate_stream(&req).unwrap();
+    let mut chunks = Vec::new();
+    let mut tokens = Vec::new();
+    while let Some(chunk) = stream.blocking_next() {
+        tokens.extend(chunk.choices[0].delta.token_ids.clone());
+        chunks.push(chunk);
+    }
+    let text: String = chunks.iter().map(|c| c.text()).collect();
+    assert_eq!(text, expected);
+    assert!(chunks.iter().all(|c| !c.text().contains('\u{FFFD}')));
+    // The characters really were split: some token is not valid UTF-8 on its own.
+    let model = smollm2();
+    let split = tokens
+        .iter()
+        .filter_map(|&t| model.tokenizer.token_bytes_of(t))
+        .any(|b| std::str::from_utf8(b).is_err());
+    assert!(split, "no token split a character: {tokens:?}");
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_punctuation() {
+                format!("\\{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A stop string that spans two tokens (two chunks) is cut, and nothing after it is sent.
+#[test]
+fn stop_string_split_across_chunks_is_cut() {
+    let g =
+        generator(GenerationConfig::default().streaming(StreamingConfig::default().chunk_size(1)));
+    let prompt = chat("Write a short poem about the moon.");
+    let free = g
+        .generate(&request(&prompt, 32, 0.0, 1))
+        .blocking_collect()
+        .unwrap();
+    let model = smollm2();
+    let free_text = &free.choices[0].text;
+    // Pick a boundary between two ascii tokens of ≥ 2 characters each, where a 4-character
+    // string straddling it occurs for the first time.
+    let pieces: Vec<String> = free.choices[0]
+        .token_ids
+        .iter()
+        .map(|&t| String::from_utf8_lossy(model.tokenizer.token_bytes_of(t).unwrap()).into_owned())
+        .collect();
+    let (stop, at) = (2..pieces.len().saturating_sub(2))
+        .find_map(|i| {
+            let (a, b) = (&pieces[i], &pieces[i + 1]);
+            if a.len() < 2 || b.len() < 2 || !a.is_ascii() || !b.is_ascii() {
+                return None;
+            }
+            let at = pieces[..=i].concat().len() - 2;
+            let stop = format!("{}{}", &a[a.len() - 2..], &b[..2]);
+            (free_text.find(&stop) == Some(at)).then_some((stop, at))
+        })
+        .expect("a boundary between two ascii pieces");
+    let mut req = request(&prompt, 32, 0.0, 1);
+    req.stop = vec![stop.clone()];
+    let mut stream = g.generate_stream(&req).unwrap();
+    let mut chunks = Vec::new();
+    while let Some(c) = stream.blocking_next() {
+        chunks.push(c);
+    }
+    let text: String = chunks.iter().map(|c| c.text()).collect();
+    assert_eq!(text, &free_text[..at]);
+    assert!(!text.contains(&stop));
+    assert_eq!(
+        chunks.last().unwrap().finish_reason(),
+        Some(FinishReason::Stop)
+    );
+}
+
+/// Dropping a stream frees its slot at once: with one slot, the next request runs.
+#[test]
+fn dropped_stream_frees_its_slot() {
+    let g = generator(GenerationConfig::default().max_concurrent_requests(1));
+    let mut long = g
+        .generate_stream(&request(&chat(PROMPTS[3]), 2000, 0.8, 1))
+        .unwrap();
+    assert!(long.blocking_next().is_some());
+    drop(long);
+    let t = Instant::now();
+    let r = g
+        .generate(&request(&chat(PROMPTS[1]), 8, 0.0, 1))
+        .blocking_collect()
+        .unwrap();
+    assert!(r.usage.completion_tokens > 0);
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let m = g.metrics();
+    assert_eq!(m.cancelled, 1);
+    assert_eq!(m.completed, 1);
+}
+
+/// A consumer that stops reading pauses only its own sequence.
+#[test]
+fn slow_consumer_does_not_slow_the_others() {
+    let config = GenerationConfig::default()
+        .max_concurrent_requests(2)
+        .streaming(StreamingConfig::default().chunk_size(1).buffer_size(2));
+    let g = generator(config);
+    let mut slow = g
+        .generate_stream(&request(&chat(PROMPTS[3]), 64, 0.8, 1))
+        .unwrap();
+    let fast = g
+        .generate(&request(&chat(PROMPTS[4]), 32, 0.8, 2))
+        .blocking_collect()
+        .unwrap();
+    assert!(fast.choices[0].error.is_none());
+    // While nobody read it, the slow stream's sequence paused after filling its buffer.
+    let produced_while_unread = g.metrics().generated_tokens - fast.usage.completion_tokens as u64;
+    assert!(produced_while_unread <= 4, "{produced_while_unread}");
+    // Reading it again resumes it to the end.
+    let mut n = 0;
+    let mut last = None;
+    while let Some(c) = slow.blocking_next() {
+        n += c.choices[0].delta.token_ids.len();
+        last = c.finish_reason();
+    }
+    assert!(last.is_some());
+    assert!(n > produced_while_unread as usize);
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let g = generator(GenerationConfig::default());
+    let p = chat("hi");
+    for max_tokens in [0, usize::MAX] {
+        let e = g
+            .generate_stream(&request(&p, max_tokens, 0.0, 1))
+            .unwrap_err();
+        assert!(matches!(e, EngineError::InvalidRequest(_)), "{e}");
+    }
+    let e = g.generate_stream(&request("", 8, 0.0, 1));
+    // An empty prompt is an error unless the tokenizer adds BOS.
+    if !smollm2().tokenizer.add_bos() {
+        assert!(matches!(e, Err(EngineError::InvalidRequest(_))));
+    }
+    // A prompt over the context (eviction off).
+    let mut req = request("", 8, 0.0, 1);
+    req.prompt_tokens = Some(vec![1; smollm2().config().context_length + 10]);
+    let e = g.generate_stream(&req).unwrap_err();
+    assert!(e.to_string().contains("context"), "{e}");
+    // A prompt over the request's cache.
+    let mut req = request("", 8, 0.0, 1);
+    req.prompt_tokens = Some(vec![1; 100]);
+    req.kv_cache = Some(KvCacheConfig::default().max_entries(64));
+    assert!(g.generate_stream(&req).is_err());
+    // A cache larger than the context, an invalid eviction configuration.
+    req.kv_cache = Some(KvCacheConfig::default().max_entries(1 << 30));
+    assert!(g.generate_stream(&req).is_err());
+    req.kv_cache = Some(
+        KvCacheConfig::default()
+            .max_entries(64)
+            .eviction_strategy(EvictionStrategy::SlidingWindow { window: 100 }),
+    );
+    assert!(g.generate_stream(&req).is_err());
+    // A token id outside the vocabulary.
+    req.kv_cache = None;
+    req.prompt_tokens = Some(vec![u32::MAX]);
+    assert!(matches!(
+        g.generate_stream(&req),
+        Err(EngineError::InvalidRequest(_))
+    ));
+    assert!(g.metrics().rejected >= 7);
+}
+
+/// More requests than the queue holds: typed error, and what was accepted still completes.
+#[test]
+fn full_queue_is_a_typed_error() {
+    let g = generator(
+        GenerationConfig::default()
+            .max_concurrent_requests(1)
+            .max_queued_requests(1),
+    );
+    let mut running = g
+        .generate_stream(&request(&chat(PROMPTS[0]), 24, 0.0, 1))
+        .unwrap();
+    assert!(running.blocking_next().is_some()); // admitted: it left the queue
+    let queued = g
+        .generate_stream(&request(&chat(PROMPTS[1]), 8, 0.0, 1))
+        .unwrap();
+    let e = g
+        .generate_stream(&request(&chat(PROMPTS[2]), 8, 0.0, 1))
+        .unwrap_err();
+    assert!(matches!(e, EngineError::QueueFull { capacity: 1 }), "{e}");
+    let mut rest = 0;
+    while let Some(c) = running.blocking_next() {
+        rest += c.choices[0].delta.token_ids.len();
+        if c.finish_reason().is_some() {
+            break;
+        }
+    }
+    assert!(rest > 0);
+    assert!(queued.blocking_collect().unwrap().usage.completion_tokens > 0);
+}
+
+/// A second request sharing a prompt prefix reuses its keys and values, with the same output.
+#[test]
+fn prefix_cache_hit_gives_the_same_tokens() {
+    let g = generator(GenerationConfig::default());
+    let long = chat(&"Describe the history of the Roman empire in detail. ".repeat(8));
+    let a = g
+        .generate(&request(&long, 8, 0.0, 1))
+        .blocking_collect()
+        .unwrap();
+    let b = g
+        .generate(&request(&long, 8, 0.0, 1))
+        .blocking_collect()
+        .unwrap();
+    let m = g.metrics();
+    assert_eq!(m.prefix_cache_hits, 1);
+    assert!(m.prefix_tokens_reused >= 60, "{m:?}");
+    assert_eq!(a.choices[0].token_ids, b.choices[0].token_ids);
+    // Without the prefix cache: same tokens too.
+    let g2 = generator(GenerationConfig::default().prefix_cache(None));
+    let c = g2
+        .generate(&request(&long, 8, 0.0, 1))
+        .blocking_collect()
+        .unwrap();
+    assert_eq!(a.choices[0].token_ids, c.choices[0].token_ids);
+}
+
+/// A failure mid-generation keeps the text so far: a JSON constraint cut by max_tokens fails
+/// validation and the partial text comes back with finish_reason "error".
+#[test]
+fn failure_mid_generation_returns_the_text_so_far() {
+    let g = generator(GenerationConfig::default());
+    let mut req = request(&chat("Give me a JSON object describing a cat."), 6, 0.0, 1);
+    req.constraints = Some(ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+        "required": ["name", "description"]
+    })));
+    let r = g.generate(&req).blocking_collect().unwrap();
+    let c = &r.choices[0];
+    assert_eq!(c.finish_reason, FinishReason::Error);
+    assert_eq!(c.finish_reason.as_str(), "error");
+    assert!(c.error.is_some());
+    assert!(c.text.starts_with('{'), "{:?}", c.text);
+    assert_eq!(r.usage.completion_tokens, 6);
+}
+
+/// Models are loaded, replaced and unloaded at run time; requests in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_replaces_and_unloads_while_requests_run() {
+    let reg = ModelRegistry::new();
+    reg.insert_model("smol", smollm2(), GenerationConfig::default())
+        .unwrap();
+    let mut in_flight = reg
+        .generate_stream("smol", &request(&chat(PROMPTS[0]), 16, 0.0, 1))
+        .unwrap();
+    let first = in_flight.next().await.unwrap();
+    let old = reg
+        .insert_model("smol", smollm2(), GenerationConfig::default())
+        .unwrap();
+    assert!(old.is_some());
+    drop(old);
+    let unloaded = reg.unload("smol").unwrap();
+    drop(unloaded);
+    let mut text = first.text().to_string();
+    let mut finish = None;
+    while let Some(c) = in_flight.next().await {
+        text.push_str(c.text());
+        finish = c.finish_reason();
+    }
+    assert!(finish.is_some());
+    assert!(!text.is_empty());
+    let e = reg.generate("smol", &request("x", 4, 0.0, 1)).unwrap_err();
+    assert!(matches!(e, EngineError::UnknownModel { .. }), "{e}");
+    assert!(reg.names().is_empty());
+}
+
+#[test]
+fn seed_constructor_and_streaming_chunks() {
+    // `CandleGenerator::new(model, tokenizer, config, device)` with an owned model.
+    let path = fluent_ai_candle_models::cache::model_path("smollm2-135m-instruct").unwrap();
+    let loaded =
+        fluent_ai_candle_models::LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})
+            .unwrap();
+    let g = CandleGenerator::new(
+        loaded.model,
+        loaded.tokenizer,
+        GenerationConfig::builder()
+            .max_tokens(12)
+            .temperature(0.0)
+            .streaming(
+                StreamingConfig::default()
+                    .chunk_size(4)
+                    .buffer_timeout(Duration::from_secs(60)),
+            )
+            .build(),
+        candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut s = g
+        .generate_stream(&CandleCompletionRequest {
+            prompt: chat(PROMPTS[2]),
+            ..Default::default()
+        })
+        .unwrap();
+    let mut sizes = Vec::new();
+    let mut usage = None;
+    while let Some(c) = s.blocking_next() {
+        sizes.push(c.choices[0].delta.token_ids.len());
+        usage = c.usage;
+    }
+    let usage = usage.unwrap();
+    assert!(usage.completion_tokens <= 12);
+    // Every chunk but the last holds chunk_size tokens.
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&n| n == 4),
+        "{sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<usize>(), usage.completion_tokens);
+}
