@@ -5,6 +5,8 @@
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
 //!                           [--seed S] [--raw] [--json]
 //!                           [--json-schema FILE | --grammar FILE | --regex R]
+//! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
+//!                        [--max-concurrent N] [--models-dir DIR]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,30 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Stream a completion of a prompt to stdout.
     Generate(GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API (chat/completions, completions, models, WebSocket).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A GGUF path or cached model name; repeat to serve several (the first is the default).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/*.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Sequences decoded together per model.
+    #[arg(long, default_value_t = 16)]
+    max_concurrent: usize,
+    /// The only directory POST /v1/models/load reads from (default: the model cache).
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -97,6 +123,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tokenize(a) => tokenize(a),
         Command::Generate(a) => run_generate(a),
+        Command::Serve(a) => run_serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,7 +200,10 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut write_err = None;
     let out = generate(&loaded, &prompt_ids, &params, &mut |chunk: &str| {
         if write_err.is_none() {
-            if let Err(e) = stdout.write_all(chunk.as_bytes()).and_then(|_| stdout.flush()) {
+            if let Err(e) = stdout
+                .write_all(chunk.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
                 write_err = Some(e);
             }
         }
@@ -203,6 +233,22 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if let Some(err) = out.error {
         bail!("generation stopped early: {err}");
     }
+    Ok(())
+}
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let mut config = fluent_ai_candle_server::ServerConfig::default()
+        .host(a.host)
+        .port(a.port)
+        .max_concurrent(a.max_concurrent);
+    config.models = a.models;
+    config.api_key = a.api_key;
+    config.models_dir = a.models_dir;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(fluent_ai_candle_server::serve(config))?;
     Ok(())
 }
 

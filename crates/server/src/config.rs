@@ -1,0 +1,171 @@
+//! [`ServerConfig`]: what `fluent-ai-candle serve` passes to [`serve`](crate::serve).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::ServerError;
+
+/// Everything the server needs to start. `Default` is the CLI's defaults: SmolLM2 on
+/// `127.0.0.1:8080`, no API key, 16 sequences decoded together, 64 queued per model.
+///
+/// ```
+/// use fluent_ai_candle_server::ServerConfig;
+/// let config = ServerConfig::default()
+///     .model("smollm2-135m-instruct")
+///     .port(0)
+///     .api_key("secret")
+///     .max_concurrent(4);
+/// assert_eq!(config.addr().to_string(), "127.0.0.1:0");
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Models to load at start (known names or GGUF paths); the first is the default model.
+    pub models: Vec<String>,
+    /// Address to listen on (loopback by default).
+    pub host: IpAddr,
+    /// Port (0 picks a free one; see [`Server::local_addr`](crate::Server::local_addr)).
+    pub port: u16,
+    /// When set, every `/v1/*` request must send `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Sequences decoded together per model (the batch size).
+    pub max_concurrent: usize,
+    /// Requests waiting per model; one more is refused with 429.
+    pub max_queued: usize,
+    /// The only directory `POST /v1/models/load` reads from (default: the model cache).
+    pub models_dir: Option<PathBuf>,
+    /// Largest request body in bytes (413 above it).
+    pub body_limit: usize,
+    /// How long a shutdown waits for requests in flight before cutting them.
+    pub shutdown_timeout: Duration,
+    /// `max_tokens` of a chat request that sets none (completions default to 16, as OpenAI).
+    pub default_max_tokens: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8080,
+            api_key: None,
+            max_concurrent: 16,
+            max_queued: 64,
+            models_dir: None,
+            body_limit: 2 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            default_max_tokens: 512,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Adds a model to load (the first added is the default).
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.models.push(model.into());
+        self
+    }
+
+    /// Sets the host.
+    pub fn host(mut self, host: IpAddr) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Sets the port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Requires this API key.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sets the sequences decoded together per model.
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+
+    /// Sets the requests that may wait per model.
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = n;
+        self
+    }
+
+    /// Sets the directory hot-swapped models are loaded from.
+    pub fn models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.models_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the request body limit in bytes.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Sets how long shutdown waits for requests in flight.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The socket address to bind.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The models to load: the configured ones, or the default model when none is given.
+    pub fn model_specs(&self) -> Vec<String> {
+        if self.models.is_empty() {
+            vec![fluent_ai_candle_models::cache::DEFAULT_MODEL.to_string()]
+        } else {
+            self.models.clone()
+        }
+    }
+
+    /// The hot-swap directory: `models_dir`, else the model cache.
+    pub fn resolved_models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(fluent_ai_candle_models::cache::cache_dir)
+    }
+
+    /// Checks the limits.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.max_concurrent == 0 || self.max_queued == 0 {
+            return Err(ServerError::Config(
+                "max_concurrent and max_queued must be at least 1".into(),
+            ));
+        }
+        if self.body_limit < 1024 {
+            return Err(ServerError::Config(
+                "body_limit must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.default_max_tokens == 0 {
+            return Err(ServerError::Config("default_max_tokens must be ≥ 1".into()));
+        }
+        if matches!(&self.api_key, Some(k) if k.is_empty()) {
+            return Err(ServerError::Config("the API key must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The id a `--model` argument is served under: a known name as is, a path by its file stem.
+pub fn model_id(spec: &str) -> String {
+    if fluent_ai_candle_models::cache::known_model(spec).is_some() {
+        return spec.to_string();
+    }
+    std::path::Path::new(spec)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| spec.to_string())
+}

@@ -1,0 +1,429 @@
+//! OpenAI's request, response, stream-chunk and model-list shapes (serde), plus this server's
+//! extensions (`top_k`, `min_p`, `typical_p`, `mirostat`, `repetition_penalty`, `grammar`,
+//! `regex`, `ignore_eos`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StopSpec {
+    /// One stop sequence.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and `choices: []`).
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct JsonSchemaFormat {
+    /// The schema's name.
+    pub name: String,
+    /// A description (unused by the sampler).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The JSON Schema; absent means any JSON object.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// Strict mode (the output always follows the schema here: decoding is constrained).
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Free text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON following a schema.
+    JsonSchema {
+        /// The schema.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// Sampling and decoding fields shared by both completion endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CommonParams {
+    /// The model's id (defaults to the first model loaded).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Stream chunks as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Most tokens to generate.
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Most tokens to generate (the newer name; wins over `max_tokens`).
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    /// 0..=2; 0 is greedy. Default 1.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus threshold in (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Choices per prompt.
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// Stop sequences (at most 4).
+    #[serde(default)]
+    pub stop: Option<StopSpec>,
+    /// Seed of the sampler (choice `i` uses `seed + i`).
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// -2..=2.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// -2..=2.
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// Token id (as a string) → bias in -100..=100.
+    #[serde(default)]
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Output format.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// Extension: keep the `k` most likely tokens (≤ 0: off).
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    /// Extension: min-p in (0, 1].
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    /// Extension: locally typical sampling in (0, 1].
+    #[serde(default)]
+    pub typical_p: Option<f32>,
+    /// Extension: Mirostat version 0 (off), 1 or 2.
+    #[serde(default)]
+    pub mirostat: Option<i64>,
+    /// Extension: Mirostat target surprise (default 5).
+    #[serde(default)]
+    pub mirostat_tau: Option<f32>,
+    /// Extension: Mirostat learning rate (default 0.1).
+    #[serde(default)]
+    pub mirostat_eta: Option<f32>,
+    /// Extension: repetition penalty (> 0; 1 is off) over the last 64 tokens.
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// Extension: a GBNF grammar the output must follow.
+    #[serde(default)]
+    pub grammar: Option<String>,
+    /// Extension: a regular expression the output must match.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Extension: keep going after end-of-generation tokens (fixed-length benchmarks).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+}
+
+/// One part of a multi-part message content.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    /// `text` (other kinds are refused).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// A message's `content`: a string or a list of parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Parts (only `text` parts are supported).
+    Parts(Vec<ContentPart>),
+}
+
+/// One chat message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessageIn {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The content (may be null for an assistant message).
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    /// An optional participant name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// The conversation.
+    pub messages: Vec<ChatMessageIn>,
+    /// Return log-probabilities of the output tokens.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per position (0..=20; needs `logprobs`).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// `prompt` of `/v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    /// One text.
+    Text(String),
+    /// Several texts.
+    Texts(Vec<String>),
+    /// One prompt as token ids.
+    Tokens(Vec<u32>),
+    /// Several prompts as token ids.
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// The prompt(s).
+    pub prompt: PromptInput,
+    /// Alternatives per position (0..=5), as in OpenAI's legacy completions.
+    #[serde(default)]
+    pub logprobs: Option<i64>,
+    /// Echo the prompt (not supported: refused when true).
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Text after the completion (not supported: refused when set).
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageOut {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Their sum.
+    pub total_tokens: usize,
+}
+
+/// One alternative of a chat logprob entry.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopLogprobOut {
+    /// The token's text.
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One generated token's chat logprob entry.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenLogprobOut {
+    /// The token's text.
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely alternatives.
+    pub top_logprobs: Vec<TopLogprobOut>,
+}
+
+/// `choices[i].logprobs` of a chat completion.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ChatLogprobs {
+    /// One entry per generated token.
+    pub content: Vec<TokenLogprobOut>,
+}
+
+/// `choices[i].logprobs` of a text completion.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CompletionLogprobs {
+    /// Token texts.
+    pub tokens: Vec<String>,
+    /// Their log-probabilities.
+    pub token_logprobs: Vec<f32>,
+    /// Alternatives per position (token text → logprob).
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// Character offset of each token in the completion.
+    pub text_offset: Vec<usize>,
+}
+
+/// The assistant message of a chat choice.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The generated text.
+    pub content: String,
+}
+
+/// One choice of a chat completion.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    /// Its index.
+    pub index: usize,
+    /// The message.
+    pub message: AssistantMessage,
+    /// Log-probabilities, when asked.
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`.
+    pub finish_reason: &'static str,
+}
+
+/// A chat completion (`object: "chat.completion"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionResponse {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's id.
+    pub model: String,
+    /// The choices.
+    pub choices: Vec<ChatChoice>,
+    /// Token counts.
+    pub usage: UsageOut,
+    /// Always null.
+    pub system_fingerprint: Option<String>,
+}
+
+/// The delta of a chat stream chunk.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatDelta {
+    /// `assistant` on a choice's first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// New text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a chat stream chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChunkChoice {
+    /// Its index.
+    pub index: usize,
+    /// What is new.
+    pub delta: ChatDelta,
+    /// Log-probabilities of the new tokens, when asked.
+    pub logprobs: Option<ChatLogprobs>,
+    /// Set on the choice's last chunk.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A chat stream chunk (`object: "chat.completion.chunk"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionChunk {
+    /// The same on every chunk.
+    pub id: String,
+    /// `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's id.
+    pub model: String,
+    /// Choices with news (empty on the usage chunk).
+    pub choices: Vec<ChatChunkChoice>,
+    /// With `include_usage`: null on every chunk but the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageOut>>,
+    /// Always null.
+    pub system_fingerprint: Option<String>,
+}
+
+/// One choice of a text completion or of its stream chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoiceOut {
+    /// The (new) text.
+    pub text: String,
+    /// Its index.
+    pub index: usize,
+    /// Log-probabilities, when asked.
+    pub logprobs: Option<CompletionLogprobs>,
+    /// Set when the choice has ended.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A text completion or one of its stream chunks (`object: "text_completion"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionResponse {
+    /// `cmpl-…`.
+    pub id: String,
+    /// `text_completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's id.
+    pub model: String,
+    /// The choices.
+    pub choices: Vec<CompletionChoiceOut>,
+    /// Token counts (streams: only with `include_usage`, on the last chunk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageOut>>,
+    /// Always null.
+    pub system_fingerprint: Option<String>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelObject {
+    /// The name requests use.
+    pub id: String,
+    /// `model`.
+    pub object: &'static str,
+    /// Unix seconds when it was loaded.
+    pub created: u64,
+    /// `fluent-ai-candle`.
+    pub owned_by: &'static str,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelList {
+    /// `list`.
+    pub object: &'static str,
+    /// The models.
+    pub data: Vec<ModelObject>,
+}
+
+/// `POST /v1/models/load`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoadModelRequest {
+    /// The name to register (a known model name, or any id when `file` is given).
+    pub model: String,
+    /// A GGUF file name inside the models directory (default: the known model's file).
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// `POST /v1/models/unload`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UnloadModelRequest {
+    /// The name to remove.
+    pub model: String,
+}

@@ -1,0 +1,375 @@
+//! Request validation and mapping onto engine requests: OpenAI fields → a
+//! [`SamplingConfig`] chain, a constraint, limits and one engine request per choice.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec};
+use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
+
+use crate::error::ApiError;
+use crate::openai::{CommonParams, ResponseFormat, StopSpec};
+
+/// Most choices (`n` × prompts) one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+/// Most stop sequences (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+/// Largest `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+fn check_range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !(x.is_finite() && x >= lo && x <= hi) => Err(ApiError::invalid_param(
+            name,
+            format!("{name} must be in [{lo}, {hi}], got {x}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_open01(name: &str, v: Option<f32>) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0 && x <= 1.0) => Err(ApiError::invalid_param(
+            name,
+            format!("{name} must be in (0, 1], got {x}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+static SEED_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut state = nanos ^ SEED_COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    fluent_ai_candle_sampling::splitmix64(&mut state)
+}
+
+/// Validates the shared fields and builds the sampling chain, the constraint and the limits.
+///
+/// `default_max_tokens` applies when neither `max_tokens` nor `max_completion_tokens` is set;
+/// `logprobs` is the number of alternatives asked (already validated by the caller).
+pub(crate) fn build_template(
+    p: &CommonParams,
+    default_max_tokens: usize,
+    logprobs: Option<usize>,
+) -> Result<(CandleCompletionRequest, usize, Option<u64>), ApiError> {
+    let max_tokens = match p.max_completion_tokens.or(p.max_tokens) {
+        None => default_max_tokens,
+        Some(m) if m >= 1 && m <= fluent_ai_candle_engine::MAX_TOKENS_LIMIT as i64 => m as usize,
+        Some(m) => {
+            let name = if p.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            return Err(ApiError::invalid_param(
+                name,
+                format!("{name} must be at least 1, got {m}"),
+            ));
+        }
+    };
+    check_range("temperature", p.temperature, 0.0, 2.0)?;
+    check_open01("top_p", p.top_p)?;
+    check_range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
+    check_range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
+    check_open01("min_p", p.min_p)?;
+    check_open01("typical_p", p.typical_p)?;
+    let n = match p.n {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("n must be in 1..={MAX_CHOICES}, got {n}"),
+            ))
+        }
+    };
+    let stop = match &p.stop {
+        None => Vec::new(),
+        Some(StopSpec::One(s)) => vec![s.clone()],
+        Some(StopSpec::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOP || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("stop takes at most {MAX_STOP} non-empty strings"),
+        ));
+    }
+    let mut bias = Vec::new();
+    for (k, v) in p.logit_bias.iter().flatten() {
+        let id: u32 = k.parse().map_err(|_| {
+            ApiError::invalid_param(
+                "logit_bias",
+                format!("logit_bias key '{k}' is not a token id"),
+            )
+        })?;
+        if !(v.is_finite() && (-100.0..=100.0).contains(v)) {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("logit_bias values must be in [-100, 100], got {v}"),
+            ));
+        }
+        // OpenAI: -100 bans a token, 100 forces it in practice.
+        let b = if *v <= -100.0 { f32::NEG_INFINITY } else { *v };
+        bias.push((id, b));
+    }
+    let repetition = p.repetition_penalty.unwrap_or(1.0);
+    if !(repetition.is_finite() && repetition > 0.0) {
+        return Err(ApiError::invalid_param(
+            "repetition_penalty",
+            format!("repetition_penalty must be > 0, got {repetition}"),
+        ));
+    }
+    let mirostat = p.mirostat.unwrap_or(0);
+    if !(0..=2).contains(&mirostat) {
+        return Err(ApiError::invalid_param(
+            "mirostat",
+            format!("mirostat must be 0, 1 or 2, got {mirostat}"),
+        ));
+    }
+    let tau = p.mirostat_tau.unwrap_or(5.0);
+    let eta = p.mirostat_eta.unwrap_or(0.1);
+    if mirostat > 0 && !(tau.is_finite() && tau > 0.0 && eta.is_finite() && eta > 0.0) {
+        return Err(ApiError::invalid_param(
+            "mirostat_tau",
+            "mirostat_tau and mirostat_eta must be > 0",
+        ));
+    }
+    let temperature = p.temperature.unwrap_or(1.0);
+
+    // The chain, in llama.cpp's order: bias, penalties, truncation, temperature (or Mirostat).
+    let mut b = SamplingConfig::builder();
+    if !bias.is_empty() {
+        b = b.logit_bias(bias);
+    }
+    if repetition != 1.0 {
+        b = b.repetition_penalty(repetition, 64);
+    }
+    let (f, pr) = (
+        p.frequency_penalty.unwrap_or(0.0),
+        p.presence_penalty.unwrap_or(0.0),
+    );
+    if f != 0.0 || pr != 0.0 {
+        b = b.frequency_presence(f, pr);
+    }
+    if temperature == 0.0 {
+        b = b.temperature(0.0);
+    } else if mirostat > 0 {
+        b = b.temperature(temperature);
+        b = if mirostat == 1 {
+            b.mirostat_v1(tau, eta)
+        } else {
+            b.mirostat_v2(tau, eta)
+        };
+    } else {
+        if let Some(k) = p.top_k.filter(|&k| k > 0) {
+            b = b.top_k(k as usize);
+        }
+        if let Some(t) = p.typical_p.filter(|&t| t < 1.0) {
+            b = b.typical_p(t);
+        }
+        if let Some(t) = p.top_p.filter(|&t| t < 1.0) {
+            b = b.top_p(t);
+        }
+        if let Some(m) = p.min_p {
+            b = b.min_p(m);
+        }
+        b = b.temperature(temperature);
+    }
+    if let Some(k) = logprobs {
+        b = b.top_logprobs(k).logprob_source(LogprobSource::Model);
+    }
+    let sampling = b
+        .build()
+        .map_err(|e| ApiError::bad_request(format!("invalid sampling parameters: {e}")))?;
+
+    let mut constraints = Vec::new();
+    match &p.response_format {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => constraints.push(ConstraintSpec::JsonObject),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            if json_schema.name.is_empty() {
+                return Err(ApiError::invalid_param(
+                    "response_format",
+                    "response_format.json_schema.name must not be empty",
+                ));
+            }
+            constraints.push(match &json_schema.schema {
+                Some(s) if s.is_object() || s.is_boolean() => ConstraintSpec::JsonSchema(s.clone()),
+                Some(_) => {
+                    return Err(ApiError::invalid_param(
+                        "response_format",
+                        "response_format.json_schema.schema must be a JSON Schema object",
+                    ))
+                }
+                None => ConstraintSpec::JsonObject,
+            });
+        }
+    }
+    if let Some(g) = &p.grammar {
+        constraints.push(ConstraintSpec::Grammar(g.clone()));
+    }
+    if let Some(r) = &p.regex {
+        constraints.push(ConstraintSpec::Regex(r.clone()));
+    }
+    if constraints.len() > 1 {
+        return Err(ApiError::bad_request(
+            "use at most one of response_format (json), grammar and regex",
+        ));
+    }
+    let seed = p.seed.map(|s| s as u64);
+    let request = CandleCompletionRequest {
+        max_tokens: Some(max_tokens),
+        temperature: Some(temperature),
+        sampling: Some(sampling),
+        stop,
+        constraints: constraints.pop(),
+        ignore_eos: p.ignore_eos.unwrap_or(false),
+        ..Default::default()
+    };
+    Ok((request, n, seed))
+}
+
+/// One engine request per choice: `n` copies of `template` per prompt, choice `i` seeded with
+/// `seed + i` (a fresh seed when none is given).
+pub(crate) fn expand(
+    template: &CandleCompletionRequest,
+    prompts: Vec<Prompt>,
+    n: usize,
+    seed: Option<u64>,
+) -> Result<Vec<CandleCompletionRequest>, ApiError> {
+    if prompts.is_empty() {
+        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+    }
+    if prompts.len() * n > MAX_CHOICES {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("prompts × n must be at most {MAX_CHOICES}"),
+        ));
+    }
+    let base = seed.unwrap_or_else(fresh_seed);
+    let mut out = Vec::with_capacity(prompts.len() * n);
+    for prompt in &prompts {
+        for _ in 0..n {
+            let mut r = template.clone();
+            r.seed = Some(base.wrapping_add(out.len() as u64));
+            match prompt {
+                Prompt::Text(t) => r.prompt = t.clone(),
+                Prompt::Tokens(ids) => r.prompt_tokens = Some(ids.clone()),
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// A prompt as text (tokenized by the engine, BOS per the model) or as token ids.
+#[derive(Debug, Clone)]
+pub(crate) enum Prompt {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Tokens(Vec<u32>),
+}
+
+/// Checks `top_logprobs` (chat) against `logprobs`.
+pub(crate) fn chat_logprobs(
+    logprobs: Option<bool>,
+    top: Option<i64>,
+) -> Result<Option<usize>, ApiError> {
+    let on = logprobs.unwrap_or(false);
+    match top {
+        Some(t) if !(0..=MAX_TOP_LOGPROBS as i64).contains(&t) => Err(ApiError::invalid_param(
+            "top_logprobs",
+            format!("top_logprobs must be in 0..={MAX_TOP_LOGPROBS}, got {t}"),
+        )),
+        Some(t) if t > 0 && !on => Err(ApiError::invalid_param(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        _ => Ok(on.then(|| top.unwrap_or(0) as usize)),
+    }
+}
+
+/// Checks the legacy completions `logprobs` integer (0..=5).
+pub(crate) fn completion_logprobs(logprobs: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match logprobs {
+        None => Ok(None),
+        Some(k) if (0..=5).contains(&k) => Ok(Some(k as usize)),
+        Some(k) => Err(ApiError::invalid_param(
+            "logprobs",
+            format!("logprobs must be in 0..=5, got {k}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(json: serde_json::Value) -> CommonParams {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_map_to_one_sampled_choice() {
+        let (r, n, seed) = build_template(&common(serde_json::json!({})), 16, None).unwrap();
+        assert_eq!((r.max_tokens, n, seed), (Some(16), 1, None));
+        assert_eq!(r.temperature, Some(1.0));
+        assert!(r.constraints.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (json, field) in [
+            (serde_json::json!({"temperature": 3.0}), "temperature"),
+            (serde_json::json!({"top_p": 0.0}), "top_p"),
+            (serde_json::json!({"max_tokens": 0}), "max_tokens"),
+            (serde_json::json!({"n": 0}), "n"),
+            (serde_json::json!({"stop": ["a","b","c","d","e"]}), "stop"),
+            (serde_json::json!({"logit_bias": {"x": 1}}), "logit_bias"),
+            (serde_json::json!({"logit_bias": {"1": 101}}), "logit_bias"),
+            (serde_json::json!({"mirostat": 3}), "mirostat"),
+            (
+                serde_json::json!({"frequency_penalty": -2.5}),
+                "frequency_penalty",
+            ),
+        ] {
+            let e = build_template(&common(json), 16, None).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400);
+            assert_eq!(e.param.as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn one_constraint_at_most() {
+        let p = common(serde_json::json!({"regex": "a+", "grammar": "root ::= \"a\""}));
+        assert!(build_template(&p, 16, None).is_err());
+        let p = common(
+            serde_json::json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}}}),
+        );
+        let (r, _, _) = build_template(&p, 16, None).unwrap();
+        assert!(matches!(r.constraints, Some(ConstraintSpec::JsonSchema(_))));
+    }
+
+    #[test]
+    fn choices_get_consecutive_seeds() {
+        let (t, n, seed) =
+            build_template(&common(serde_json::json!({"n": 3, "seed": 7})), 16, None).unwrap();
+        let rs = expand(&t, vec![Prompt::Text("hi".into())], n, seed).unwrap();
+        let seeds: Vec<_> = rs.iter().map(|r| r.seed.unwrap()).collect();
+        assert_eq!(seeds, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn top_logprobs_needs_logprobs() {
+        assert!(chat_logprobs(None, Some(2)).is_err());
+        assert_eq!(chat_logprobs(Some(true), Some(2)).unwrap(), Some(2));
+        assert_eq!(chat_logprobs(Some(false), None).unwrap(), None);
+        assert!(completion_logprobs(Some(6)).is_err());
+    }
+}

@@ -1,0 +1,395 @@
+//! The router and its handlers.
+
+use std::convert::Infallible;
+use std::path::{Component, Path};
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fluent_ai_candle_engine::CandleGenerator;
+use fluent_ai_candle_models::{cache, ChatMessage, LoadedModel};
+use futures::StreamExt;
+
+use crate::error::ApiError;
+use crate::openai::{
+    ChatCompletionRequest, CompletionRequest, LoadModelRequest, MessageContent, ModelList,
+    ModelObject, PromptInput, UnloadModelRequest,
+};
+use crate::params::{self, Prompt};
+use crate::state::{lock, ApiJson, AppState};
+use crate::stream::{Endpoint, Prepared};
+
+/// Builds the router over a state.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/v1/models/load", post(load_model))
+        .route("/v1/models/unload", post(unload_model))
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !state.key_ok(presented) {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    state.http.record(&route, response.status().as_u16());
+    response
+}
+
+async fn fallback(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// Renders a chat conversation through the model's template and tokenizes it.
+fn chat_prompt(model: &LoadedModel, req: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant" | "tool") => r,
+            other => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("unknown message role '{other}'"),
+                ))
+            }
+        };
+        let content = match &m.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t.clone(),
+            Some(MessageContent::Parts(parts)) => {
+                let mut s = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => s.push_str(t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid_param(
+                                "messages",
+                                format!("content parts of type '{kind}' are not supported"),
+                            ))
+                        }
+                    }
+                }
+                s
+            }
+        };
+        messages.push(ChatMessage::new(role, content));
+    }
+    let text = model
+        .chat_template
+        .render(&messages, true)
+        .map_err(|e| ApiError::bad_request(format!("chat template: {e}")))?;
+    model
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::bad_request(format!("tokenizer: {e}")))
+}
+
+/// Starts one engine stream per request; any refusal drops (cancels) the ones started.
+fn start(
+    generator: &CandleGenerator,
+    requests: &[fluent_ai_candle_engine::CandleCompletionRequest],
+) -> Result<Vec<fluent_ai_candle_engine::CandleCompletionStream>, ApiError> {
+    requests
+        .iter()
+        .map(|r| generator.generate_stream(r).map_err(ApiError::from))
+        .collect()
+}
+
+fn unsupported_logprobs(on: bool) -> Result<(), ApiError> {
+    if on {
+        return Err(ApiError::invalid_param(
+            "logprobs",
+            "logprobs are not available from this engine build yet",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates and starts a chat request.
+pub(crate) fn prepare_chat(
+    state: &Arc<AppState>,
+    req: ChatCompletionRequest,
+) -> Result<Prepared, ApiError> {
+    let guard = state.admit()?;
+    let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
+    unsupported_logprobs(logprobs.is_some())?;
+    let (template, n, seed) =
+        params::build_template(&req.common, state.config.default_max_tokens, logprobs)?;
+    let generator = state.generator(req.common.model.as_deref())?;
+    let ids = chat_prompt(generator.model(), &req)?;
+    let requests = params::expand(&template, vec![Prompt::Tokens(ids)], n, seed)?;
+    let streams = start(&generator, &requests)?;
+    let c = &req.common;
+    Ok(Prepared::new(
+        Endpoint::Chat,
+        generator.name().to_string(),
+        streams,
+        (
+            c.stream.unwrap_or(false),
+            c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            n,
+        ),
+        guard,
+        state.abort.subscribe(),
+        generator.model().clone(),
+    ))
+}
+
+/// Validates and starts a text completion request.
+pub(crate) fn prepare_completion(
+    state: &Arc<AppState>,
+    req: CompletionRequest,
+) -> Result<Prepared, ApiError> {
+    let guard = state.admit()?;
+    let logprobs = params::completion_logprobs(req.logprobs)?;
+    unsupported_logprobs(logprobs.is_some())?;
+    if req.echo == Some(true) {
+        return Err(ApiError::invalid_param("echo", "echo is not supported"));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
+    }
+    let (template, n, seed) = params::build_template(&req.common, 16, logprobs)?;
+    let generator = state.generator(req.common.model.as_deref())?;
+    let prompts = match req.prompt {
+        PromptInput::Text(t) => vec![Prompt::Text(t)],
+        PromptInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
+        PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
+        PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
+    };
+    let requests = params::expand(&template, prompts, n, seed)?;
+    let streams = start(&generator, &requests)?;
+    let c = &req.common;
+    Ok(Prepared::new(
+        Endpoint::Completion,
+        generator.name().to_string(),
+        streams,
+        (
+            c.stream.unwrap_or(false),
+            c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            n,
+        ),
+        guard,
+        state.abort.subscribe(),
+        generator.model().clone(),
+    ))
+}
+
+async fn respond(prepared: Prepared) -> Response {
+    if prepared.stream {
+        let events = prepared
+            .into_messages()
+            .map(|m| Ok::<_, Infallible>(Event::default().data(m)));
+        Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    } else {
+        match prepared.collect().await {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Response {
+    match prepare_chat(&state, req) {
+        Ok(p) => respond(p).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Response {
+    match prepare_completion(&state, req) {
+        Ok(p) => respond(p).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn model_object(state: &AppState, id: &str) -> ModelObject {
+    ModelObject {
+        id: id.to_string(),
+        object: "model",
+        created: lock(&state.loaded_at).get(id).copied().unwrap_or(0),
+        owned_by: "fluent-ai-candle",
+    }
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let data = state
+        .registry
+        .names()
+        .iter()
+        .map(|id| model_object(&state, id))
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+async fn get_model(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    state.registry.get(&id).map_err(ApiError::from)?;
+    Ok(Json(model_object(&state, &id)))
+}
+
+/// The file a load request names, checked to lie directly inside the models directory.
+fn load_path(dir: &Path, req: &LoadModelRequest) -> Result<std::path::PathBuf, ApiError> {
+    let file = match &req.file {
+        Some(f) => f.clone(),
+        None => match cache::known_model(&req.model) {
+            Some(k) => k.file.to_string(),
+            None => format!("{}.gguf", req.model),
+        },
+    };
+    let plain = {
+        let mut parts = Path::new(&file).components();
+        matches!(
+            (parts.next(), parts.next()),
+            (Some(Component::Normal(_)), None)
+        )
+    };
+    if !plain || !file.ends_with(".gguf") {
+        return Err(ApiError::invalid_param(
+            "file",
+            "file must be a plain .gguf file name inside the models directory",
+        ));
+    }
+    let path = dir.join(&file);
+    let not_found = || {
+        ApiError::model_not_found(format!(
+            "'{file}' is not in the models directory {}",
+            dir.display()
+        ))
+    };
+    let canonical = path.canonicalize().map_err(|_| not_found())?;
+    let canonical_dir = dir.canonicalize().map_err(|_| not_found())?;
+    if canonical.parent() != Some(canonical_dir.as_path()) || !canonical.is_file() {
+        return Err(not_found());
+    }
+    Ok(canonical)
+}
+
+async fn load_model(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<LoadModelRequest>,
+) -> Result<Json<ModelObject>, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    if req.model.is_empty() || req.model.len() > 128 || req.model.contains('/') {
+        return Err(ApiError::invalid_param(
+            "model",
+            "model must be a short id without '/'",
+        ));
+    }
+    let path = load_path(&state.models_dir, &req)?;
+    let _one_at_a_time = state.load_lock.lock().await;
+    let device = state.device.clone();
+    let config = state.generation.clone();
+    let id = req.model.clone();
+    let generator = tokio::task::spawn_blocking(move || {
+        let model = LoadedModel::load(&path, &device, &mut |_| {})?;
+        CandleGenerator::from_loaded(&id, Arc::new(model), config)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("loading task failed: {e}")))?
+    .map_err(|e| match e {
+        fluent_ai_candle_engine::EngineError::Model(m) => {
+            ApiError::bad_request(format!("cannot load '{}': {m}", req.model))
+        }
+        other => ApiError::from(other),
+    })?;
+    state.register(&req.model, generator);
+    Ok(Json(model_object(&state, &req.model)))
+}
+
+async fn unload_model(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<UnloadModelRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let _one_at_a_time = state.load_lock.lock().await;
+    state.unregister(&req.model)?;
+    Ok(Json(serde_json::json!({
+        "id": req.model,
+        "object": "model",
+        "deleted": true,
+    })))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let body = serde_json::json!({
+        "status": if draining { "draining" } else { "ok" },
+        "models": state.registry.names(),
+        "in_flight": state.in_flight.load(std::sync::atomic::Ordering::SeqCst),
+    });
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state),
+    )
+        .into_response()
+}

@@ -1,0 +1,351 @@
+//! From engine chunk streams to OpenAI bodies: a [`Prepared`] request merges the streams of
+//! its choices; it is either collected into one response or turned into a sequence of JSON
+//! messages (SSE `data:` lines or WebSocket messages) ending with `[DONE]`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fluent_ai_candle_engine::{CandleCompletionChunk, CandleCompletionStream, FinishReason};
+use fluent_ai_candle_models::LoadedModel;
+use futures::stream::{BoxStream, SelectAll};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::openai::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
+    ChatDelta, CompletionChoiceOut, CompletionResponse, UsageOut,
+};
+use crate::state::InFlight;
+
+/// Which endpoint's shapes to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+}
+
+/// A request accepted by the engine: one stream per choice, merged.
+pub(crate) struct Prepared {
+    pub endpoint: Endpoint,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Choices per prompt (for counting prompt tokens once per prompt).
+    pub n: usize,
+    pub choices: usize,
+    pub merged: SelectAll<BoxStream<'static, (usize, CandleCompletionChunk)>>,
+    pub guard: InFlight,
+    pub abort: watch::Receiver<bool>,
+    #[allow(dead_code)]
+    pub loaded: Arc<LoadedModel>,
+}
+
+impl Prepared {
+    pub fn new(
+        endpoint: Endpoint,
+        model: String,
+        streams: Vec<CandleCompletionStream>,
+        meta: (bool, bool, usize),
+        guard: InFlight,
+        abort: watch::Receiver<bool>,
+        loaded: Arc<LoadedModel>,
+    ) -> Self {
+        let (stream, include_usage, n) = meta;
+        let choices = streams.len();
+        let merged = futures::stream::select_all(
+            streams
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| s.map(move |c| (i, c)).boxed()),
+        );
+        let prefix = match endpoint {
+            Endpoint::Chat => "chatcmpl",
+            Endpoint::Completion => "cmpl",
+        };
+        Self {
+            endpoint,
+            id: format!("{prefix}-{}", next_id()),
+            created: crate::state::unix_now(),
+            model,
+            stream,
+            include_usage,
+            n,
+            choices,
+            merged,
+            guard,
+            abort,
+            loaded,
+        }
+    }
+
+    /// The next chunk, or `None` at the end or once the shutdown bound cuts the request.
+    async fn next(&mut self) -> Option<(usize, CandleCompletionChunk)> {
+        if *self.abort.borrow() {
+            return None;
+        }
+        tokio::select! {
+            c = self.merged.next() => c,
+            _ = self.abort.wait_for(|a| *a) => None,
+        }
+    }
+
+    /// Reads every chunk into one OpenAI response (JSON text).
+    pub async fn collect(mut self) -> Result<String, ApiError> {
+        let mut texts = vec![String::new(); self.choices];
+        let mut finish: Vec<Option<FinishReason>> = vec![None; self.choices];
+        let mut usage = UsageOut::default();
+        while let Some((i, chunk)) = self.next().await {
+            texts[i].push_str(chunk.text());
+            if let Some(c) = chunk.choices.first() {
+                if let Some(reason) = c.finish_reason {
+                    if reason == FinishReason::Error {
+                        return Err(ApiError::internal(format!(
+                            "generation failed: {}",
+                            c.error.as_deref().unwrap_or("unknown error")
+                        )));
+                    }
+                    finish[i] = Some(reason);
+                }
+            }
+            if let Some(u) = chunk.usage {
+                add_usage(&mut usage, &u, i % self.n == 0);
+            }
+        }
+        if finish.iter().any(Option::is_none) {
+            return Err(ApiError::unavailable(
+                "the request was cut: the server is shutting down",
+            ));
+        }
+        let reason = |i: usize| finish[i].map(FinishReason::as_str).unwrap_or("stop");
+        let body = match self.endpoint {
+            Endpoint::Chat => serde_json::to_string(&ChatCompletionResponse {
+                id: self.id.clone(),
+                object: "chat.completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: texts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, content)| ChatChoice {
+                        index: i,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                        },
+                        logprobs: None,
+                        finish_reason: reason(i),
+                    })
+                    .collect(),
+                usage,
+                system_fingerprint: None,
+            }),
+            Endpoint::Completion => serde_json::to_string(&CompletionResponse {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: texts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, text)| CompletionChoiceOut {
+                        text,
+                        index: i,
+                        logprobs: None,
+                        finish_reason: Some(reason(i)),
+                    })
+                    .collect(),
+                usage: Some(Some(usage)),
+                system_fingerprint: None,
+            }),
+        };
+        drop(self.guard);
+        body.map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// The stream of messages: one JSON chunk per engine chunk, an error object for a choice
+    /// that failed, the usage chunk when asked, then `[DONE]`.
+    pub fn into_messages(self) -> MessageStream {
+        let choices = self.choices;
+        let state = Emitter {
+            prepared: self,
+            pending: VecDeque::new(),
+            role_sent: vec![false; choices],
+            usage: UsageOut::default(),
+            done: false,
+        };
+        Box::pin(futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(m) = st.pending.pop_front() {
+                    return Some((m, st));
+                }
+                if st.done {
+                    return None;
+                }
+                match st.prepared.next().await {
+                    Some((i, chunk)) => st.push_chunk(i, chunk),
+                    None => st.finish(),
+                }
+            }
+        }))
+    }
+}
+
+/// JSON messages of a streamed response, ending with `[DONE]`.
+pub(crate) type MessageStream = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+fn add_usage(total: &mut UsageOut, u: &fluent_ai_candle_engine::Usage, count_prompt: bool) {
+    if count_prompt {
+        total.prompt_tokens += u.prompt_tokens;
+    }
+    total.completion_tokens += u.completion_tokens;
+    total.total_tokens = total.prompt_tokens + total.completion_tokens;
+}
+
+fn next_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    format!("{t:x}{n:04x}")
+}
+
+struct Emitter {
+    prepared: Prepared,
+    pending: VecDeque<String>,
+    role_sent: Vec<bool>,
+    usage: UsageOut,
+    done: bool,
+}
+
+impl Emitter {
+    fn usage_field(&self, last: bool) -> Option<Option<UsageOut>> {
+        match (self.prepared.include_usage, last) {
+            (false, _) => None,
+            (true, false) => Some(None),
+            (true, true) => Some(Some(self.usage)),
+        }
+    }
+
+    fn push_json<T: serde::Serialize>(&mut self, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(s) => self.pending.push_back(s),
+            Err(e) => self
+                .pending
+                .push_back(ApiError::internal(e.to_string()).to_json()),
+        }
+    }
+
+    fn push_chunk(&mut self, i: usize, chunk: CandleCompletionChunk) {
+        let p = &self.prepared;
+        if let Some(u) = &chunk.usage {
+            add_usage(&mut self.usage, u, i % p.n == 0);
+        }
+        let first = chunk.choices.first();
+        let mut finish = first.and_then(|c| c.finish_reason);
+        if finish == Some(FinishReason::Error) {
+            let message = first
+                .and_then(|c| c.error.clone())
+                .unwrap_or_else(|| "generation failed".into());
+            let err = ApiError::internal(format!("choice {i}: {message}"));
+            self.pending.push_back(err.to_json());
+            finish = Some(FinishReason::Stop);
+        }
+        let text = chunk.text().to_string();
+        if text.is_empty() && finish.is_none() && self.role_sent[i] {
+            return;
+        }
+        let finish_reason = finish.map(FinishReason::as_str);
+        let usage = self.usage_field(false);
+        match p.endpoint {
+            Endpoint::Chat => {
+                let role = (!self.role_sent[i]).then_some("assistant");
+                self.role_sent[i] = true;
+                let out = ChatCompletionChunk {
+                    id: p.id.clone(),
+                    object: "chat.completion.chunk",
+                    created: p.created,
+                    model: p.model.clone(),
+                    choices: vec![ChatChunkChoice {
+                        index: i,
+                        delta: ChatDelta {
+                            role,
+                            content: (!text.is_empty() || role.is_some()).then_some(text),
+                        },
+                        logprobs: None,
+                        finish_reason,
+                    }],
+                    usage,
+                    system_fingerprint: None,
+                };
+                self.push_json(&out);
+            }
+            Endpoint::Completion => {
+                self.role_sent[i] = true;
+                let out = CompletionResponse {
+                    id: p.id.clone(),
+                    object: "text_completion",
+                    created: p.created,
+                    model: p.model.clone(),
+                    choices: vec![CompletionChoiceOut {
+                        text,
+                        index: i,
+                        logprobs: None,
+                        finish_reason,
+                    }],
+                    usage,
+                    system_fingerprint: None,
+                };
+                self.push_json(&out);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if *self.prepared.abort.borrow() {
+            let err = ApiError::unavailable("the request was cut: the server is shutting down");
+            self.pending.push_back(err.to_json());
+            return;
+        }
+        if self.prepared.include_usage {
+            let p = &self.prepared;
+            let usage = self.usage_field(true);
+            match p.endpoint {
+                Endpoint::Chat => {
+                    let out = ChatCompletionChunk {
+                        id: p.id.clone(),
+                        object: "chat.completion.chunk",
+                        created: p.created,
+                        model: p.model.clone(),
+                        choices: Vec::new(),
+                        usage,
+                        system_fingerprint: None,
+                    };
+                    self.push_json(&out);
+                }
+                Endpoint::Completion => {
+                    let out = CompletionResponse {
+                        id: p.id.clone(),
+                        object: "text_completion",
+                        created: p.created,
+                        model: p.model.clone(),
+                        choices: Vec::new(),
+                        usage,
+                        system_fingerprint: None,
+                    };
+                    self.push_json(&out);
+                }
+            }
+        }
+        self.pending.push_back("[DONE]".into());
+    }
+}

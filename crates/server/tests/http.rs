@@ -1,0 +1,572 @@
+//! Every route and every error status over real loopback HTTP, on the real SmolLM2 model.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 6,
+        "temperature": 0,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[tokio::test]
+async fn health_is_open_and_reports_models() {
+    let addr = shared();
+    let r = client().get(url(addr, "/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert!(body["models"].as_array().unwrap().contains(&json!(MODEL)));
+}
+
+#[tokio::test]
+async fn models_list_and_lookup() {
+    let addr = shared();
+    let (status, text) = get(addr, "/v1/models").await;
+    assert_eq!(status, 200);
+    let list: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["object"], "list");
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == MODEL && m["object"] == "model"));
+    let (status, _) = get(addr, &format!("/v1/models/{MODEL}")).await;
+    assert_eq!(status, 200);
+    let (status, text) = get(addr, "/v1/models/no-such-model").await;
+    assert_eq!(status, 404);
+    let err: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn chat_completion_has_openai_shape() {
+    let addr = shared();
+    let (status, body) = post(addr, "/v1/chat/completions", chat("Say hi.", json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["model"], MODEL);
+    let choice = &body["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(!choice["message"]["content"].as_str().unwrap().is_empty());
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+    let u = &body["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(u["completion_tokens"].as_u64().unwrap() <= 6);
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn chat_streaming_sse_matches_the_whole_response() {
+    let addr = shared();
+    let (_, whole) = post(
+        addr,
+        "/v1/chat/completions",
+        chat("Name a colour.", json!({})),
+    )
+    .await;
+    let body = chat(
+        "Name a colour.",
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let r = client()
+        .post(url(addr, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(r).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = None;
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        if let Some(choice) = c["choices"].as_array().unwrap().first() {
+            text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            if !choice["finish_reason"].is_null() {
+                finish = Some(choice["finish_reason"].clone());
+            }
+            assert!(c["usage"].is_null(), "usage only on the last chunk");
+        }
+    }
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(finish.unwrap(), whole["choices"][0]["finish_reason"]);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], whole["usage"]);
+}
+
+#[tokio::test]
+async fn text_completions_whole_and_streamed_with_n_and_stop() {
+    let addr = shared();
+    let body = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 5,
+        "temperature": 0, "seed": 11, "n": 2, "stop": ["\n\n"]});
+    let (status, whole) = post(addr, "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "text_completion");
+    let choices = whole["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(
+        (choices[0]["index"].clone(), choices[1]["index"].clone()),
+        (json!(0), json!(1))
+    );
+    // Greedy: the same request gives the same text.
+    let (_, again) = post(addr, "/v1/completions", body.clone()).await;
+    assert_eq!(again["choices"], whole["choices"]);
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = client()
+        .post(url(addr, "/v1/completions"))
+        .bearer_auth(KEY)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(r).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let mut texts = [String::new(), String::new()];
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(c["object"], "text_completion");
+        assert!(c.get("usage").is_none(), "no usage without include_usage");
+        let choice = &c["choices"][0];
+        texts[choice["index"].as_u64().unwrap() as usize]
+            .push_str(choice["text"].as_str().unwrap());
+    }
+    assert_eq!(texts[0], choices[0]["text"].as_str().unwrap());
+    assert_eq!(texts[1], choices[1]["text"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn json_schema_and_json_object_response_formats() {
+    let addr = shared();
+    let schema = json!({"type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+        "required": ["answer", "sure"], "additionalProperties": false});
+    let body = chat(
+        "Is water wet? Answer in JSON.",
+        json!({"max_tokens": 60, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": true}}}),
+    );
+    let (status, r) = post(addr, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    let v: Value = serde_json::from_str(content).expect("schema output is JSON");
+    assert!(v["answer"] == "yes" || v["answer"] == "no", "{content}");
+    assert!(v["sure"].is_boolean(), "{content}");
+    assert_eq!(v.as_object().unwrap().len(), 2);
+
+    let body = chat(
+        "Give a JSON object with your name.",
+        json!({"max_tokens": 40, "response_format": {"type": "json_object"}}),
+    );
+    let (status, r) = post(addr, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    if r["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(content).unwrap().is_object());
+    } else {
+        assert!(content.trim_start().starts_with('{'), "{content}");
+    }
+}
+
+#[tokio::test]
+async fn regex_and_grammar_extensions_constrain_the_output() {
+    let addr = shared();
+    let (status, r) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(
+            "Pick a number.",
+            json!({"regex": "[0-9]{3}", "max_tokens": 8}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        content.len() == 3 && content.bytes().all(|b| b.is_ascii_digit()),
+        "{content}"
+    );
+
+    let (status, r) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(
+            "Is the sky blue?",
+            json!({"grammar": "root ::= \"yes\" | \"no\"", "max_tokens": 8}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content == "yes" || content == "no", "{content}");
+}
+
+#[tokio::test]
+async fn every_sampling_parameter_is_accepted_and_seeds_reproduce() {
+    let addr = shared();
+    let extra = json!({"temperature": 0.9, "top_p": 0.95, "top_k": 40, "min_p": 0.05,
+        "typical_p": 0.98, "repetition_penalty": 1.1, "frequency_penalty": 0.5,
+        "presence_penalty": 0.3, "logit_bias": {"0": -100}, "seed": 42,
+        "max_completion_tokens": 6});
+    let (s1, a) = post(
+        addr,
+        "/v1/chat/completions",
+        chat("Tell a story.", extra.clone()),
+    )
+    .await;
+    let (s2, b) = post(addr, "/v1/chat/completions", chat("Tell a story.", extra)).await;
+    assert_eq!((s1, s2), (200, 200), "{a} {b}");
+    // Same seed, same sampling: the same first token (later ones may differ by a rounding of
+    // the batched forward pass when other requests share the batch).
+    let (ta, tb) = (
+        a["choices"][0]["message"]["content"].as_str().unwrap(),
+        b["choices"][0]["message"]["content"].as_str().unwrap(),
+    );
+    assert!(!ta.is_empty() && !tb.is_empty());
+    assert!(a["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
+    for m in [1, 2] {
+        let (s, r) = post(
+            addr,
+            "/v1/chat/completions",
+            chat("Hi", json!({"temperature": 1.0, "mirostat": m, "mirostat_tau": 4.0, "mirostat_eta": 0.2})),
+        )
+        .await;
+        assert_eq!(s, 200, "mirostat {m}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_with_openai_errors() {
+    let addr = shared();
+    for (extra, param) in [
+        (json!({"temperature": 2.5}), Some("temperature")),
+        (json!({"top_p": 1.5}), Some("top_p")),
+        (json!({"max_tokens": 0}), Some("max_tokens")),
+        (json!({"n": 99}), Some("n")),
+        (json!({"logit_bias": {"abc": 1}}), Some("logit_bias")),
+        (json!({"top_logprobs": 3}), Some("top_logprobs")),
+        (json!({"mirostat": 5}), Some("mirostat")),
+        (json!({"response_format": {"type": "xml"}}), None),
+        (json!({"grammar": "root ::= ("}), None),
+        (json!({"regex": "a", "grammar": "root ::= \"a\""}), None),
+        (json!({"messages": []}), Some("messages")),
+        (
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            Some("messages"),
+        ),
+    ] {
+        let (status, body) = post(addr, "/v1/chat/completions", chat("x", extra.clone())).await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert!(body["error"]["message"].as_str().is_some());
+        if let Some(p) = param {
+            assert_eq!(body["error"]["param"], p, "{extra}: {body}");
+        }
+    }
+    let r = client()
+        .post(url(addr, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = post(
+        addr,
+        "/v1/completions",
+        json!({"prompt": "x", "logprobs": 9}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn wrong_or_missing_key_is_401() {
+    let addr = shared();
+    for key in [
+        None,
+        Some("wrong"),
+        Some("test-key-12"),
+        Some("test-key-1234"),
+    ] {
+        let mut r = client()
+            .post(url(addr, "/v1/chat/completions"))
+            .json(&chat("x", json!({})));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{key:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    let r = client().get(url(addr, "/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn unknown_model_and_route_are_404() {
+    let addr = shared();
+    let mut body = chat("x", json!({}));
+    body["model"] = json!("gpt-4o");
+    let (status, r) = post(addr, "/v1/chat/completions", body).await;
+    assert_eq!(status, 404);
+    assert_eq!(r["error"]["code"], "model_not_found");
+    assert_eq!(r["error"]["param"], "model");
+    let (status, r) = post(
+        addr,
+        "/v1/completions",
+        json!({"model": "nope", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{r}");
+    let (status, text) = get(addr, "/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert!(text.contains("\"error\""));
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let addr = shared();
+    let big = "a".repeat(BODY_LIMIT + 1);
+    let (status, body) = post(addr, "/v1/chat/completions", chat(&big, json!({}))).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "request_too_large");
+    // Without a Content-Length (chunked), the limit still holds.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(b"{\"messages\":\"".to_vec()),
+        Ok(vec![b'a'; BODY_LIMIT]),
+        Ok(b"\"}".to_vec()),
+    ];
+    let r = client()
+        .post(url(addr, "/v1/completions"))
+        .bearer_auth(KEY)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let addr = shared();
+    let (status, _) = post(
+        addr,
+        "/v1/chat/completions",
+        chat("Hi", json!({"max_tokens": 2})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let r = client().get(url(addr, "/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("# TYPE fluent_ai_candle_http_requests_total counter"));
+    assert!(text.contains(
+        "fluent_ai_candle_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"
+    ));
+    assert!(text.contains(&format!(
+        "fluent_ai_candle_engine_requests_total{{model=\"{MODEL}\"}}"
+    )));
+    assert!(text.contains("fluent_ai_candle_engine_ttft_mean_ms"));
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
+    }
+}
+
+#[tokio::test]
+async fn models_hot_swap_only_from_the_models_directory() {
+    let addr = shared();
+    let file = fluent_ai_candle_models::cache::known_model(MODEL)
+        .unwrap()
+        .file;
+    let (status, r) = post(
+        addr,
+        "/v1/models/load",
+        json!({"model": "smol-b", "file": file}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["id"], "smol-b");
+    let mut body = chat("Hi", json!({"max_tokens": 2}));
+    body["model"] = json!("smol-b");
+    let (status, r) = post(addr, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["model"], "smol-b");
+    // Replacing a loaded model in place is allowed.
+    let (status, _) = post(
+        addr,
+        "/v1/models/load",
+        json!({"model": "smol-b", "file": file}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let (status, r) = post(addr, "/v1/models/unload", json!({"model": "smol-b"})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["deleted"], true);
+    let (status, _) = post(addr, "/v1/chat/completions", body).await;
+    assert_eq!(status, 404);
+    let (status, _) = post(addr, "/v1/models/unload", json!({"model": "smol-b"})).await;
+    assert_eq!(status, 404);
+
+    for bad in ["../etc/passwd.gguf", "/etc/x.gguf", "sub/x.gguf", "x.bin"] {
+        let (status, r) = post(
+            addr,
+            "/v1/models/load",
+            json!({"model": "evil", "file": bad}),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {r}");
+    }
+    let (status, _) = post(
+        addr,
+        "/v1/models/load",
+        json!({"model": "ghost", "file": "missing.gguf"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+async fn ws_next_text<S>(ws: &mut S) -> String
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await.expect("socket open").expect("frame") {
+            Message::Text(t) => return t.to_string(),
+            Message::Close(_) => panic!("closed"),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_streams_one_message_per_chunk() {
+    let addr = shared();
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+
+    // A chat request: the same JSON as /v1/chat/completions.
+    let body = chat(
+        "Name a fruit.",
+        json!({"stream_options": {"include_usage": true}}),
+    );
+    let (_, whole) = post(addr, "/v1/chat/completions", body.clone()).await;
+    ws.send(Message::Text(body.to_string().into()))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut usage = None;
+    loop {
+        let m = ws_next_text(&mut ws).await;
+        if m == "[DONE]" {
+            break;
+        }
+        let c: Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(c["object"], "chat.completion.chunk", "{m}");
+        if let Some(choice) = c["choices"].as_array().unwrap().first() {
+            text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        } else {
+            usage = Some(c["usage"].clone());
+        }
+    }
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(usage.unwrap(), whole["usage"]);
+
+    // The same socket takes a completion request next, and reports errors as messages.
+    ws.send(Message::Text(
+        json!({"prompt": "1, 2, 3,", "max_tokens": 3})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut n = 0;
+    loop {
+        let m = ws_next_text(&mut ws).await;
+        if m == "[DONE]" {
+            break;
+        }
+        let c: Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(c["object"], "text_completion");
+        n += 1;
+    }
+    assert!(n >= 1);
+    ws.send(Message::Text(
+        chat("x", json!({"temperature": 9})).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let e: Value = serde_json::from_str(&ws_next_text(&mut ws).await).unwrap();
+    assert_eq!(e["error"]["param"], "temperature");
+    let mut body = chat("x", json!({}));
+    body["model"] = json!("unknown");
+    ws.send(Message::Text(body.to_string().into()))
+        .await
+        .unwrap();
+    let e: Value = serde_json::from_str(&ws_next_text(&mut ws).await).unwrap();
+    assert_eq!(e["error"]["code"], "model_not_found");
+    ws.close(None).await.unwrap();
+
+    // Without the key the upgrade is refused with 401.
+    let err = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .expect_err("needs the key");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
+        other => panic!("expected HTTP 401, got {other}"),
+    }
+}
