@@ -27,6 +27,9 @@ pub(crate) struct GrammarBuilder {
     pub rule_names: Vec<String>,
     /// Regex prepended to every lexeme (JSON whitespace).
     pub skip: Option<String>,
+    /// Lexemes that are a boolean combination of regexes: (regex, must match) per part; the
+    /// lexeme matches a text when every positive part matches it and no negative one does.
+    pub combos: HashMap<u32, Vec<(String, bool)>>,
 }
 
 impl GrammarBuilder {
@@ -38,6 +41,35 @@ impl GrammarBuilder {
         let id = self.lexemes.len() as u32;
         self.lexemes.push(regex.to_string());
         self.lexeme_ids.insert(regex.to_string(), id);
+        Sym::T(id)
+    }
+
+    /// A lexeme matching the texts every `pos` regex matches and no `neg` regex matches
+    /// (`pos` must not be empty). Each part gets the skip prefix on its own, so the parts
+    /// should start with a character the skip regex cannot match (a quote, for JSON strings).
+    pub fn lexeme_combo(&mut self, pos: &[String], neg: &[String]) -> Sym {
+        let mut pos: Vec<String> = pos.to_vec();
+        pos.sort();
+        pos.dedup();
+        let mut neg: Vec<String> = neg.to_vec();
+        neg.sort();
+        neg.dedup();
+        if pos.len() == 1 && neg.is_empty() {
+            return self.lexeme(&pos[0]);
+        }
+        let parts: Vec<(String, bool)> = pos
+            .into_iter()
+            .map(|p| (p, true))
+            .chain(neg.into_iter().map(|n| (n, false)))
+            .collect();
+        let key = format!("\u{1}{parts:?}");
+        if let Some(&id) = self.lexeme_ids.get(&key) {
+            return Sym::T(id);
+        }
+        let id = self.lexemes.len() as u32;
+        self.lexemes.push(key.clone());
+        self.lexeme_ids.insert(key, id);
+        self.combos.insert(id, parts);
         Sym::T(id)
     }
 
@@ -125,10 +157,28 @@ pub(crate) const VAL_MASK: u32 = 0x3FFF_FFFF;
 pub(crate) type MaskCache =
     std::sync::Mutex<HashMap<Vec<(u32, StateID)>, std::sync::Arc<crate::engine::MaskEntry>>>;
 
+/// A product automaton of several DFAs (see [`GrammarBuilder::lexeme_combo`]); state 0 is dead.
+#[derive(Debug)]
+pub(crate) struct Table {
+    classes: [u8; 256],
+    ncls: usize,
+    trans: Vec<u32>,
+    matching: Vec<bool>,
+}
+
+/// How a lexeme steps: a regex-automata DFA, or a product table.
+// few per grammar, stepped in the hot loop: no boxing
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum LexAuto {
+    Dfa(dense::DFA<Vec<u32>>),
+    Table(Table),
+}
+
 /// One compiled lexeme.
 #[derive(Debug)]
 pub(crate) struct Lexeme {
-    pub dfa: dense::DFA<Vec<u32>>,
+    pub auto: LexAuto,
     pub start: StateID,
     /// Per state (index = id >> stride2): can some continuation still reach a match?
     alive: Vec<bool>,
@@ -192,15 +242,134 @@ impl Lexeme {
             alive[idx(s)] = ok[k];
         }
         Self {
-            dfa,
+            auto: LexAuto::Dfa(dfa),
             start,
             alive,
             stride2,
         }
     }
+
+    /// The product of `parts` (DFA, anchored start, must match): a text matches when every
+    /// positive part matches and no negative part does.
+    fn product(
+        parts: &[(dense::DFA<Vec<u32>>, StateID, bool)],
+        max_bytes: usize,
+    ) -> Result<Self, ConstraintError> {
+        // combined byte classes
+        let mut classes = [0u8; 256];
+        let mut keys: HashMap<Vec<u8>, u8> = HashMap::new();
+        let mut reps: Vec<u8> = Vec::new();
+        for b in 0..=255u8 {
+            let key: Vec<u8> = parts.iter().map(|p| p.0.byte_classes().get(b)).collect();
+            let n = keys.len();
+            let c = *keys.entry(key).or_insert_with(|| {
+                reps.push(b);
+                n as u8
+            });
+            classes[b as usize] = c;
+        }
+        let ncls = reps.len();
+        let dead_part =
+            |i: usize, s: StateID| parts[i].0.is_dead_state(s) || parts[i].0.is_quit_state(s);
+        let start: Vec<StateID> = parts.iter().map(|p| p.1).collect();
+        let mut ids: HashMap<Vec<StateID>, u32> = HashMap::new();
+        let mut order: Vec<Vec<StateID>> = vec![Vec::new(), start.clone()];
+        ids.insert(start, 1);
+        let mut trans: Vec<u32> = vec![0; 2 * ncls];
+        let mut i = 1;
+        while i < order.len() {
+            if trans.len() * 4 > max_bytes {
+                return Err(ConstraintError::Budget(format!(
+                    "lexeme automaton too large: product over {max_bytes} bytes"
+                )));
+            }
+            for (c, &b) in reps.iter().enumerate() {
+                let mut next = Vec::with_capacity(parts.len());
+                let mut dead = false;
+                for (k, p) in parts.iter().enumerate() {
+                    let t = p.0.next_state(order[i][k], b);
+                    if p.2 && dead_part(k, t) {
+                        dead = true;
+                        break;
+                    }
+                    next.push(t);
+                }
+                let id = if dead {
+                    0
+                } else if let Some(&id) = ids.get(&next) {
+                    id
+                } else {
+                    let id = order.len() as u32;
+                    ids.insert(next.clone(), id);
+                    order.push(next);
+                    trans.extend(std::iter::repeat_n(0, ncls));
+                    id
+                };
+                trans[i * ncls + c] = id;
+            }
+            i += 1;
+        }
+        let matching: Vec<bool> = order
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                i > 0
+                    && parts.iter().zip(st).all(|(p, &s)| {
+                        let m = p.0.is_match_state(p.0.next_eoi_state(s));
+                        m == p.2
+                    })
+            })
+            .collect();
+        // alive: can reach a matching state
+        let n = order.len();
+        let mut rev: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for s in 1..n {
+            for c in 0..ncls {
+                let t = trans[s * ncls + c] as usize;
+                if t != 0 {
+                    rev[t].push(s as u32);
+                }
+            }
+        }
+        let mut alive = matching.clone();
+        let mut stack: Vec<usize> = (0..n).filter(|&s| alive[s]).collect();
+        while let Some(s) = stack.pop() {
+            for &p in &rev[s] {
+                if !alive[p as usize] {
+                    alive[p as usize] = true;
+                    stack.push(p as usize);
+                }
+            }
+        }
+        Ok(Self {
+            auto: LexAuto::Table(Table {
+                classes,
+                ncls,
+                trans,
+                matching,
+            }),
+            start: StateID::new_unchecked(1),
+            alive,
+            stride2: 0,
+        })
+    }
+
+    /// Bytes of automaton memory.
+    pub fn memory_usage(&self) -> usize {
+        match &self.auto {
+            LexAuto::Dfa(d) => d.memory_usage(),
+            LexAuto::Table(t) => t.trans.len() * 4 + t.matching.len(),
+        }
+    }
+
     #[inline]
     pub fn next(&self, s: StateID, b: u8) -> StateID {
-        self.dfa.next_state(s, b)
+        match &self.auto {
+            LexAuto::Dfa(d) => d.next_state(s, b),
+            LexAuto::Table(t) => StateID::new_unchecked(
+                t.trans[s.as_usize() * t.ncls + t.classes[b as usize] as usize] as usize,
+            ),
+        }
     }
     /// True when no continuation from `s` can match.
     #[inline]
@@ -213,7 +382,10 @@ impl Lexeme {
     }
     #[inline]
     pub fn is_match(&self, s: StateID) -> bool {
-        self.dfa.is_match_state(self.dfa.next_eoi_state(s))
+        match &self.auto {
+            LexAuto::Dfa(d) => d.is_match_state(d.next_eoi_state(s)),
+            LexAuto::Table(t) => t.matching[s.as_usize()],
+        }
     }
 }
 
@@ -297,6 +469,7 @@ impl CompiledGrammar {
             lexemes,
             mut rules,
             skip,
+            combos,
             ..
         } = b;
         // synthetic start S' -> root
@@ -312,33 +485,51 @@ impl CompiledGrammar {
         // compile lexemes
         let mut lex = Vec::with_capacity(lexemes.len());
         let mut total = 0usize;
-        for re in &lexemes {
+        let anchored = start::Config::new().anchored(Anchored::Yes);
+        let build = |re: &str| -> Result<(dense::DFA<Vec<u32>>, StateID), ConstraintError> {
+            let full = match &skip {
+                Some(s) => format!("(?:{s})(?:{re})"),
+                None => re.to_string(),
+            };
+            let dfa = compile_dfa(&full, opts)?;
+            let st = dfa
+                .start_state(&anchored)
+                .map_err(|e| ConstraintError::Regex {
+                    pattern: re.to_string(),
+                    offset: 0,
+                    message: e.to_string(),
+                })?;
+            Ok((dfa, st))
+        };
+        for (id, re) in lexemes.iter().enumerate() {
             if started.elapsed() > opts.max_compile_time {
                 return Err(ConstraintError::Budget(format!(
                     "compile time over {:?}",
                     opts.max_compile_time
                 )));
             }
-            let full = match &skip {
-                Some(s) => format!("(?:{s})(?:{re})"),
-                None => re.clone(),
+            let lexeme = match combos.get(&(id as u32)) {
+                Some(parts) => {
+                    let mut built = Vec::with_capacity(parts.len());
+                    for (re, pos) in parts {
+                        let (dfa, st) = build(re)?;
+                        built.push((dfa, st, *pos));
+                    }
+                    Lexeme::product(&built, opts.max_dfa_bytes)?
+                }
+                None => {
+                    let (dfa, st) = build(re)?;
+                    Lexeme::new(dfa, st)
+                }
             };
-            let dfa = compile_dfa(&full, opts)?;
-            total += dfa.memory_usage();
+            total += lexeme.memory_usage();
             if total > opts.max_total_dfa_bytes {
                 return Err(ConstraintError::Budget(format!(
                     "lexer automata use over {} bytes",
                     opts.max_total_dfa_bytes
                 )));
             }
-            let st = dfa
-                .start_state(&start::Config::new().anchored(Anchored::Yes))
-                .map_err(|e| ConstraintError::Regex {
-                    pattern: re.clone(),
-                    offset: 0,
-                    message: e.to_string(),
-                })?;
-            lex.push(Lexeme::new(dfa, st));
+            lex.push(lexeme);
         }
         // lexeme productivity: a lexeme whose start is dead matches nothing
         let lex_ok: Vec<bool> = lex.iter().map(|l| !l.is_dead(l.start)).collect();

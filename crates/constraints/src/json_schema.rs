@@ -12,6 +12,14 @@ pub(crate) const STR_CHAR: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-f
 const NUMBER: &str = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?";
 const INTEGER: &str = r"-?(?:0|[1-9][0-9]*)";
 const WS: &str = r"[ \t\n\r]*";
+/// Objects with at most this many declared properties accept them in any order.
+const MAX_FREE_ORDER: usize = 8;
+/// Internal keyword: property names an object may not have (from `not: {required: [..]}`).
+const FORBIDDEN: &str = "$fluent_forbidden";
+/// Internal keyword: values excluded by `not: {enum/const}`.
+const NOT_ENUM: &str = "$fluent_not_enum";
+/// Internal keyword: string patterns excluded by `not: {pattern}`.
+const NOT_PATTERN: &str = "$fluent_not_pattern";
 
 /// Keywords that only annotate (never constrain).
 const ANNOTATIONS: &[&str] = &[
@@ -38,9 +46,7 @@ const ANNOTATIONS: &[&str] = &[
 
 /// Standard validation keywords this compiler does not implement.
 const UNSUPPORTED: &[&str] = &[
-    "patternProperties",
     "propertyNames",
-    "minProperties",
     "maxProperties",
     "dependencies",
     "dependentRequired",
@@ -48,7 +54,6 @@ const UNSUPPORTED: &[&str] = &[
     "if",
     "then",
     "else",
-    "not",
     "contains",
     "minContains",
     "maxContains",
@@ -264,6 +269,13 @@ impl<'a> Ctx<'a> {
             let merged = self.merge_values(&target, &Value::Object(rest), path, 0)?;
             return self.schema(&merged, path);
         }
+        if let Some(n) = m.get("not") {
+            let mut rest = m.clone();
+            rest.remove("not");
+            let n = n.clone();
+            self.negate_into(&mut rest, &n, path, 0)?;
+            return self.schema(&Value::Object(rest), path);
+        }
         for k in m.keys() {
             if UNSUPPORTED.contains(&k.as_str()) {
                 // trivially true forms are fine
@@ -271,12 +283,6 @@ impl<'a> Ctx<'a> {
                 let trivial = match k.as_str() {
                     "uniqueItems" => v == &Value::Bool(false),
                     "minContains" => v.as_u64() == Some(0),
-                    "minProperties" => v.as_u64().is_some_and(|n| {
-                        n as usize
-                            <= m.get("required")
-                                .and_then(|r| r.as_array())
-                                .map_or(0, |r| r.len())
-                    }),
                     _ => false,
                 };
                 if !trivial {
@@ -359,9 +365,17 @@ impl<'a> Ctx<'a> {
         if types.contains(&"number") {
             types.retain(|t| *t != "integer");
         }
+        let not_enum: Vec<Value> = m
+            .get(NOT_ENUM)
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        if not_enum.contains(&Value::Null) {
+            types.retain(|t| *t != "null");
+        }
         let type_ok = |t: &str| types.contains(&t) || (t == "integer" && types.contains(&"number"));
         if let Some(c) = m.get("const") {
-            if !type_ok(type_of(c)) {
+            if !type_ok(type_of(c)) || not_enum.contains(c) {
                 return Ok(self.nothing());
             }
             if let Some(e) = m.get("enum").and_then(|e| e.as_array()) {
@@ -383,7 +397,7 @@ impl<'a> Ctx<'a> {
                     || (ty == "number"
                         && types.contains(&"integer")
                         && v.as_f64().is_some_and(|f| f.fract() == 0.0));
-                if ok {
+                if ok && !not_enum.contains(v) {
                     alts.push(vec![self.value_literal(v)?]);
                 }
             }
@@ -398,8 +412,13 @@ impl<'a> Ctx<'a> {
                 "number" => self.number(m, path, false)?,
                 "integer" => self.number(m, path, true)?,
                 "boolean" => {
-                    let (a, b) = (self.lit("true"), self.lit("false"));
-                    self.b.rule("bool", vec![vec![a], vec![b]])
+                    let mut alts = Vec::new();
+                    for (v, text) in [(true, "true"), (false, "false")] {
+                        if !not_enum.contains(&Value::Bool(v)) {
+                            alts.push(vec![self.lit(text)]);
+                        }
+                    }
+                    self.b.rule("bool", alts)
                 }
                 "null" => self.lit("null"),
                 other => return Err(invalid(path, format!("unknown type {other:?}"))),
@@ -407,6 +426,159 @@ impl<'a> Ctx<'a> {
             alts.push(vec![sym]);
         }
         Ok(self.b.rule("types", alts))
+    }
+
+    /// Adds the negation of schema `n` to the schema `m` (for `not`), as type restrictions,
+    /// forbidden properties or excluded values/patterns; other forms are unsupported.
+    fn negate_into(
+        &self,
+        m: &mut Map<String, Value>,
+        n: &Value,
+        path: &str,
+        depth: usize,
+    ) -> Result<(), ConstraintError> {
+        if depth > 16 {
+            return Err(unsupported("not (nested too deeply)", path));
+        }
+        let n = self.deref(n, path, depth)?;
+        let o = match n {
+            Value::Bool(false) => return Ok(()),
+            Value::Bool(true) => {
+                m.insert("enum".into(), Value::Array(vec![]));
+                return Ok(());
+            }
+            Value::Object(o) => o,
+            _ => return Err(invalid(path, "not must be a schema")),
+        };
+        let keys: Vec<&str> = o
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !ANNOTATIONS.contains(k))
+            .collect();
+        let push = |m: &mut Map<String, Value>, kw: &str, v: Value| {
+            let e = m.entry(kw.to_string()).or_insert(Value::Array(vec![]));
+            if let Value::Array(a) = e {
+                if !a.contains(&v) {
+                    a.push(v);
+                }
+            }
+        };
+        match keys.as_slice() {
+            [] => {
+                m.insert("enum".into(), Value::Array(vec![]));
+                Ok(())
+            }
+            ["not"] => {
+                let merged =
+                    self.merge_values(&Value::Object(m.clone()), &o["not"], path, depth)?;
+                match merged {
+                    Value::Object(x) => *m = x,
+                    _ => {
+                        m.insert("enum".into(), Value::Array(vec![]));
+                    }
+                }
+                Ok(())
+            }
+            ["anyOf"] => {
+                for sub in o["anyOf"].as_array().into_iter().flatten() {
+                    self.negate_into(m, sub, path, depth + 1)?;
+                }
+                Ok(())
+            }
+            ["required"] => match o["required"].as_array().map(|a| a.as_slice()) {
+                Some([one]) if one.is_string() => {
+                    push(m, FORBIDDEN, one.clone());
+                    Ok(())
+                }
+                Some([]) => {
+                    m.insert("enum".into(), Value::Array(vec![]));
+                    Ok(())
+                }
+                _ => Err(unsupported("not (required with several names)", path)),
+            },
+            ["type"] => {
+                let neg: Vec<&str> = match &o["type"] {
+                    Value::String(t) => vec![t.as_str()],
+                    Value::Array(a) => a.iter().filter_map(|t| t.as_str()).collect(),
+                    _ => return Err(invalid(path, "type must be a string or an array")),
+                };
+                let mut cur: Vec<String> = match m.get("type") {
+                    None => ["object", "array", "string", "number", "boolean", "null"]
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect(),
+                    Some(Value::String(t)) => vec![t.clone()],
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|t| t.as_str().map(String::from))
+                        .collect(),
+                    Some(_) => return Err(invalid(path, "type must be a string or an array")),
+                };
+                if m.get("nullable") == Some(&Value::Bool(true)) && !cur.iter().any(|t| t == "null")
+                {
+                    cur.push("null".into());
+                }
+                m.remove("nullable");
+                if neg.contains(&"integer")
+                    && !neg.contains(&"number")
+                    && cur.iter().any(|t| t == "number")
+                {
+                    return Err(unsupported("not (type integer within number)", path));
+                }
+                cur.retain(|t| {
+                    !(neg.contains(&t.as_str()) || t == "integer" && neg.contains(&"number"))
+                });
+                m.insert(
+                    "type".into(),
+                    Value::Array(cur.into_iter().map(Value::String).collect()),
+                );
+                Ok(())
+            }
+            ks if ks.iter().all(|k| matches!(*k, "enum" | "const" | "type")) => {
+                let mut vals: Vec<Value> = o
+                    .get("enum")
+                    .and_then(|e| e.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(c) = o.get("const") {
+                    vals.push(c.clone());
+                }
+                if let Some(t) = o.get("type") {
+                    // `not {type: T, enum: E}` equals `not {enum: E}` when E lies within T
+                    let ts: Vec<&str> = match t {
+                        Value::String(t) => vec![t.as_str()],
+                        Value::Array(a) => a.iter().filter_map(|t| t.as_str()).collect(),
+                        _ => vec![],
+                    };
+                    if !vals.iter().all(|v| {
+                        let ty = type_of(v);
+                        ts.contains(&ty) || (ty == "integer" && ts.contains(&"number"))
+                    }) {
+                        return Err(unsupported("not (type with enum)", path));
+                    }
+                }
+                for v in vals {
+                    match v {
+                        Value::Object(_) | Value::Array(_) => {
+                            return Err(unsupported("not (enum of objects or arrays)", path))
+                        }
+                        v => push(m, NOT_ENUM, v),
+                    }
+                }
+                Ok(())
+            }
+            ks if ks.iter().all(|k| matches!(*k, "pattern" | "type"))
+                && ks.contains(&"pattern")
+                && o.get("type").is_none_or(|t| t == "string") =>
+            {
+                let p = o["pattern"]
+                    .as_str()
+                    .ok_or_else(|| invalid(path, "pattern must be a string"))?;
+                push(m, NOT_PATTERN, Value::String(p.to_string()));
+                Ok(())
+            }
+            _ => Err(unsupported("not", path)),
+        }
     }
 
     fn ref_rule(&mut self, r: &str, path: &str) -> Result<Sym, ConstraintError> {
@@ -556,6 +728,27 @@ impl<'a> Ctx<'a> {
                         .collect(),
                 ),
                 "additionalProperties" | "items" => self.merge_values(&old, v, path, depth + 1)?,
+                "not" => serde_json::json!({ "anyOf": [old, v] }),
+                FORBIDDEN | NOT_ENUM | NOT_PATTERN => {
+                    let mut r = old.as_array().cloned().unwrap_or_default();
+                    for x in v.as_array().into_iter().flatten() {
+                        if !r.contains(x) {
+                            r.push(x.clone());
+                        }
+                    }
+                    Value::Array(r)
+                }
+                "patternProperties" => {
+                    let mut p = old.as_object().cloned().unwrap_or_default();
+                    for (name, s) in v.as_object().into_iter().flatten() {
+                        let new = match p.get(name) {
+                            Some(o) => self.merge_values(o, s, path, depth + 1)?,
+                            None => s.clone(),
+                        };
+                        p.insert(name.clone(), new);
+                    }
+                    Value::Object(p)
+                }
                 "$defs" | "definitions" => old,
                 _ => return Err(unsupported(&format!("allOf (conflicting `{k}`)"), path)),
             };
@@ -621,20 +814,79 @@ impl<'a> Ctx<'a> {
             Some(Value::Bool(_)) => {}
             Some(_) => return Err(invalid(path, "required must be an array")),
         }
+        let forbidden: Vec<&str> = m
+            .get(FORBIDDEN)
+            .and_then(|f| f.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if required.iter().any(|r| forbidden.contains(r)) {
+            return Ok(self.nothing());
+        }
         let additional: Option<Value> = match m.get("additionalProperties") {
             None | Some(Value::Bool(true)) => Some(Value::Bool(true)),
             Some(Value::Bool(false)) => None,
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(_) => return Err(invalid(path, "additionalProperties must be a schema")),
         };
+        // patternProperties: (key regex for the JSON-encoded key, matcher of the content, schema)
+        let mut patterns: Vec<(String, regex_automata::meta::Regex, Value)> = Vec::new();
+        match m.get("patternProperties") {
+            None => {}
+            Some(Value::Object(pp)) => {
+                for (pat, sch) in pp {
+                    let pp_path = format!("{path}/patternProperties");
+                    let content = pattern_to_content(pat, &pp_path)?;
+                    let matcher = regex_automata::meta::Regex::new(&format!("^(?:{content})$"))
+                        .map_err(|e| invalid(&pp_path, format!("pattern {pat:?}: {e}")))?;
+                    patterns.push((format!("\"(?:{content})\""), matcher, sch.clone()));
+                }
+            }
+            Some(_) => return Err(invalid(path, "patternProperties must be an object")),
+        }
+        let min_props = match m.get("minProperties") {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| invalid(path, "minProperties must be a non-negative integer"))?
+                as usize,
+        };
+        if min_props > 32 {
+            return Err(ConstraintError::Budget(format!(
+                "minProperties {min_props} over 32"
+            )));
+        }
+        // the schema a key must satisfy: its property schema and every matching pattern's
+        let key_schema = |c: &Self,
+                          name: &str,
+                          base: Option<&Value>|
+         -> Result<Option<Value>, ConstraintError> {
+            let enc = serde_json::to_string(name).unwrap_or_default();
+            let inner = &enc[1..enc.len() - 1];
+            let mut acc: Option<Value> = base.cloned();
+            for (_, matcher, sch) in &patterns {
+                if matcher.is_match(inner) {
+                    acc = Some(match acc {
+                        None => sch.clone(),
+                        Some(a) => c.merge_values(&a, sch, path, 0)?,
+                    });
+                }
+            }
+            Ok(acc)
+        };
         // (name, schema, required)
         let mut list: Vec<(String, Sym, bool)> = Vec::new();
         for (name, s) in props {
+            if forbidden.contains(&name.as_str()) {
+                continue;
+            }
             let p = format!(
                 "{path}/properties/{}",
                 name.replace('~', "~0").replace('/', "~1")
             );
-            let sym = self.schema(s, &p)?;
+            let sym = match key_schema(self, name, Some(s))? {
+                Some(merged) if !patterns.is_empty() => self.schema(&merged, &p)?,
+                _ => self.schema(s, &p)?,
+            };
             let req =
                 required.contains(&name.as_str()) || s.get("required") == Some(&Value::Bool(true));
             list.push((name.clone(), sym, req));
@@ -645,50 +897,158 @@ impl<'a> Ctx<'a> {
         };
         for r in &required {
             if !props.contains_key(*r) {
-                match add_sym {
-                    Some(a) => list.push((r.to_string(), a, true)),
-                    None => return Ok(self.nothing()),
+                match key_schema(self, r, None)? {
+                    Some(sch) => {
+                        let sym = self.schema(&sch, &format!("{path}/patternProperties"))?;
+                        list.push((r.to_string(), sym, true));
+                    }
+                    None => match add_sym {
+                        Some(a) => list.push((r.to_string(), a, true)),
+                        None => return Ok(self.nothing()),
+                    },
                 }
             }
         }
         let (comma, colon) = (self.lit(","), self.lit(":"));
-        // additional pairs
-        let add_pair = match add_sym {
-            Some(a) => {
-                let names: Vec<String> = list.iter().map(|(n, _, _)| n.clone()).collect();
-                let key = self.b.lexeme(&string_excluding(&names));
-                Some(self.b.rule("addpair", vec![vec![key, colon, a]]))
+        // names that extra pairs may not use
+        let mut names: Vec<String> = list.iter().map(|(n, _, _)| n.clone()).collect();
+        names.extend(forbidden.iter().map(|f| f.to_string()));
+        // extra pairs: keys matching a pattern, then the remaining keys (additionalProperties)
+        let extra_pair = if patterns.is_empty() {
+            match add_sym {
+                Some(a) => {
+                    // long names nest the excluding regex too deeply: exclude them by product
+                    let key = if names.iter().any(|n| n.len() > 40) {
+                        let neg: Vec<String> = names
+                            .iter()
+                            .map(|n| {
+                                regex_syntax::escape(&serde_json::to_string(n).unwrap_or_default())
+                            })
+                            .collect();
+                        self.b.lexeme_combo(&[format!("\"{STR_CHAR}*\"")], &neg)
+                    } else {
+                        self.b.lexeme(&string_excluding(&names))
+                    };
+                    Some(self.b.rule("addpair", vec![vec![key, colon, a]]))
+                }
+                None => None,
             }
-            None => None,
+        } else {
+            let name_res: Vec<String> = names
+                .iter()
+                .map(|n| regex_syntax::escape(&serde_json::to_string(n).unwrap_or_default()))
+                .collect();
+            let mut alts = Vec::new();
+            for (i, (key_re, _, sch)) in patterns.iter().enumerate() {
+                let key = self.b.lexeme_combo(std::slice::from_ref(key_re), &name_res);
+                let v = self.schema(sch, &format!("{path}/patternProperties/{i}"))?;
+                alts.push(vec![key, colon, v]);
+            }
+            if let Some(a) = add_sym {
+                let mut neg = name_res.clone();
+                neg.extend(patterns.iter().map(|p| p.0.clone()));
+                let key = self.b.lexeme_combo(&[format!("\"{STR_CHAR}*\"")], &neg);
+                alts.push(vec![key, colon, a]);
+            }
+            Some(self.b.rule("extrapair", alts))
         };
-        // tail rules: a_n / b_n
-        let (mut a_next, mut b_next) = match add_pair {
+        let (lb, rb) = (self.lit("{"), self.lit("}"));
+        // few declared properties: any order, each at most once (one rule per subset written)
+        let k = list.len();
+        if (1..=MAX_FREE_ORDER).contains(&k) && min_props <= 1 {
+            let full = 1usize << k;
+            // rule ids: subset index for started states, `full` for "nothing written yet"
+            let ids: Vec<u32> = (0..=full).map(|_| self.b.new_rule("props")).collect();
+            let req_mask: usize = list
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.2)
+                .fold(0, |a, (i, _)| a | (1 << i));
+            let keys: Vec<Sym> = list
+                .iter()
+                .map(|(name, _, _)| self.lit(&serde_json::to_string(name).unwrap_or_default()))
+                .collect();
+            for st in 0..=full {
+                let (mask, started) = if st == full { (0, false) } else { (st, true) };
+                let mut alts = Vec::new();
+                for (i, (_, sym, _)) in list.iter().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        continue;
+                    }
+                    let mut seq = if started { vec![comma] } else { vec![] };
+                    seq.extend([keys[i], colon, *sym, Sym::N(ids[mask | (1 << i)])]);
+                    alts.push(seq);
+                }
+                if let Some(p) = extra_pair {
+                    let mut seq = if started { vec![comma] } else { vec![] };
+                    seq.extend([p, Sym::N(ids[mask])]);
+                    alts.push(seq);
+                }
+                if mask & req_mask == req_mask && (min_props == 0 || started) {
+                    alts.push(vec![]);
+                }
+                self.b.set_rule(ids[st], alts);
+            }
+            self.check_budget()?;
+            return Ok(self.b.rule("object", vec![vec![lb, Sym::N(ids[full]), rb]]));
+        }
+        // tails by count of pairs written so far (capped at n); count > 0 means a comma first
+        let n = min_props.max(1);
+        let mut next: Vec<Sym> = Vec::with_capacity(n + 1);
+        match extra_pair {
             Some(p) => {
                 let more = self.b.star(vec![comma, p]);
-                let a = self.b.rule("addA", vec![vec![], vec![p, more]]);
-                (a, more)
+                // built from c = n down to 0
+                let mut rev: Vec<Sym> = Vec::new();
+                for c in (0..=n).rev() {
+                    let sym = if c == n {
+                        if c == 0 {
+                            self.b.rule("addA", vec![vec![], vec![p, more]])
+                        } else {
+                            more
+                        }
+                    } else {
+                        let after = *rev.last().unwrap_or(&more);
+                        let mut seq = if c == 0 { vec![p] } else { vec![comma, p] };
+                        seq.push(after);
+                        let mut alts = vec![seq];
+                        if c >= min_props {
+                            alts.push(vec![]);
+                        }
+                        self.b.rule("addN", alts)
+                    };
+                    rev.push(sym);
+                }
+                rev.reverse();
+                next = rev;
             }
             None => {
-                let e = self.b.rule("empty", vec![vec![]]);
-                (e, e)
+                for c in 0..=n {
+                    let alts = if c >= min_props { vec![vec![]] } else { vec![] };
+                    next.push(self.b.rule("end", alts));
+                }
             }
-        };
+        }
         for (name, sym, req) in list.iter().rev() {
             let key = serde_json::to_string(name).unwrap_or_default();
             let k = self.lit(&key);
-            let pair = [k, colon, *sym];
-            let mut a_alts = vec![vec![pair[0], pair[1], pair[2], b_next]];
-            let mut b_alts = vec![vec![comma, pair[0], pair[1], pair[2], b_next]];
-            if !req {
-                a_alts.push(vec![a_next]);
-                b_alts.push(vec![b_next]);
+            let mut cur = Vec::with_capacity(n + 1);
+            for c in 0..=n {
+                let after = next[(c + 1).min(n)];
+                let mut alts = vec![if c == 0 {
+                    vec![k, colon, *sym, after]
+                } else {
+                    vec![comma, k, colon, *sym, after]
+                }];
+                if !req {
+                    alts.push(vec![next[c]]);
+                }
+                cur.push(self.b.rule("prop", alts));
             }
-            a_next = self.b.rule("propA", a_alts);
-            b_next = self.b.rule("propB", b_alts);
+            next = cur;
             self.check_budget()?;
         }
-        let (lb, rb) = (self.lit("{"), self.lit("}"));
-        Ok(self.b.rule("object", vec![vec![lb, a_next, rb]]))
+        Ok(self.b.rule("object", vec![vec![lb, next[0], rb]]))
     }
 
     fn array(&mut self, m: &Map<String, Value>, path: &str) -> Result<Sym, ConstraintError> {
@@ -813,24 +1173,16 @@ impl<'a> Ctx<'a> {
             None => None,
             Some(f) => format_regex(f, path)?,
         };
+        let mut pos: Vec<String> = Vec::new();
         if let Some(p) = pattern {
             let p = p
                 .as_str()
                 .ok_or_else(|| invalid(path, "pattern must be a string"))?;
-            if min.is_some_and(|x| x > 0) || max.is_some() {
-                return Err(unsupported("pattern with minLength/maxLength", path));
-            }
-            if format_re.is_some() {
-                return Err(unsupported("pattern with format", path));
-            }
             let content = pattern_to_content(p, path)?;
-            return Ok(self.b.lexeme(&format!("\"(?:{content})\"")));
+            pos.push(format!("\"(?:{content})\""));
         }
         if let Some(f) = format_re {
-            if min.is_some_and(|x| x > 0) || max.is_some() {
-                return Err(unsupported("format with minLength/maxLength", path));
-            }
-            return Ok(self.b.lexeme(&format!("\"(?:{f})\"")));
+            pos.push(format!("\"(?:{f})\""));
         }
         let lim = self.opts.max_length_bound as u64;
         if min.unwrap_or(0) > lim || max.unwrap_or(0) > lim {
@@ -838,17 +1190,45 @@ impl<'a> Ctx<'a> {
                 "string length bound over {lim}"
             )));
         }
-        let re = match (min, max) {
-            (None | Some(0), None) => format!("\"{STR_CHAR}*\""),
-            (mn, None) => format!("\"{STR_CHAR}{{{},}}\"", mn.unwrap_or(0)),
+        match (min, max) {
+            (None | Some(0), None) => {}
+            (mn, None) => pos.push(format!("\"{STR_CHAR}{{{},}}\"", mn.unwrap_or(0))),
             (mn, Some(mx)) => {
                 if mn.unwrap_or(0) > mx {
                     return Ok(self.nothing());
                 }
-                format!("\"{STR_CHAR}{{{},{}}}\"", mn.unwrap_or(0), mx)
+                pos.push(format!("\"{STR_CHAR}{{{},{}}}\"", mn.unwrap_or(0), mx));
             }
-        };
-        Ok(self.b.lexeme(&re))
+        }
+        if pos.is_empty() {
+            pos.push(format!("\"{STR_CHAR}*\""));
+        }
+        let mut neg: Vec<String> = Vec::new();
+        for v in m
+            .get(NOT_ENUM)
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Value::String(x) = v {
+                neg.push(regex_syntax::escape(
+                    &serde_json::to_string(x).unwrap_or_default(),
+                ));
+            }
+        }
+        for p in m
+            .get(NOT_PATTERN)
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let p = p
+                .as_str()
+                .ok_or_else(|| invalid(path, "pattern must be a string"))?;
+            let content = pattern_to_content(p, path)?;
+            neg.push(format!("\"(?:{content})\""));
+        }
+        Ok(self.b.lexeme_combo(&pos, &neg))
     }
 
     fn number(
@@ -938,7 +1318,15 @@ impl<'a> Ctx<'a> {
                 None => return Ok(self.nothing()),
             }
         };
-        Ok(self.b.lexeme(&re))
+        let neg: Vec<String> = m
+            .get(NOT_ENUM)
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|v| v.is_number())
+            .map(|v| regex_syntax::escape(&v.to_string()))
+            .collect();
+        Ok(self.b.lexeme_combo(&[re], &neg))
     }
 }
 

@@ -126,3 +126,115 @@ fn forced_bytes_and_eos() {
     st2.compute_mask(&mut m).unwrap();
     assert_eq!(m.iter_allowed().collect::<Vec<_>>(), vec![0, 2]);
 }
+
+#[test]
+fn pattern_properties_and_additional() {
+    let spec = ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {"id": {"type": "integer"}},
+        "patternProperties": {"^x-": {"type": "string"}},
+        "additionalProperties": {"type": "boolean"}
+    }));
+    for (text, want) in [
+        (r#"{"id":1,"x-a":"s"}"#, true),
+        (r#"{"x-a":"s","id":1}"#, true),
+        (r#"{"x-a":1}"#, false),
+        (r#"{"other":true}"#, true),
+        (r#"{"other":"s"}"#, false),
+        (r#"{"id":"s"}"#, false),
+    ] {
+        assert_eq!(accepts(&spec, text).unwrap(), want, "{text}");
+    }
+}
+
+#[test]
+fn not_forms() {
+    let cases = [
+        (serde_json::json!({"not": {"type": "string"}}), "1", true),
+        (
+            serde_json::json!({"not": {"type": "string"}}),
+            "\"a\"",
+            false,
+        ),
+        (
+            serde_json::json!({"type": "string", "not": {"enum": ["a", "b"]}}),
+            "\"a\"",
+            false,
+        ),
+        (
+            serde_json::json!({"type": "string", "not": {"enum": ["a", "b"]}}),
+            "\"ab\"",
+            true,
+        ),
+        (
+            serde_json::json!({"type": "string", "not": {"pattern": "^x"}}),
+            "\"xy\"",
+            false,
+        ),
+        (
+            serde_json::json!({"type": "string", "not": {"pattern": "^x"}}),
+            "\"yx\"",
+            true,
+        ),
+        (
+            serde_json::json!({"type": "object", "not": {"required": ["a"]}}),
+            r#"{"a":1}"#,
+            false,
+        ),
+        (
+            serde_json::json!({"type": "object", "not": {"required": ["a"]}}),
+            r#"{"b":1}"#,
+            true,
+        ),
+        (
+            serde_json::json!({"not": {"not": {"type": "null"}}}),
+            "null",
+            true,
+        ),
+        (
+            serde_json::json!({"not": {"not": {"type": "null"}}}),
+            "1",
+            false,
+        ),
+        (serde_json::json!({"not": {}}), "1", false),
+    ];
+    for (schema, text, want) in cases {
+        let spec = ConstraintSpec::JsonSchema(schema.clone());
+        assert_eq!(accepts(&spec, text).unwrap(), want, "{schema} on {text}");
+    }
+}
+
+#[test]
+fn any_order_min_properties_and_pattern_lengths() {
+    let obj = ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {}},
+        "required": ["a", "b"],
+        "additionalProperties": false,
+        "minProperties": 1
+    }));
+    for (text, want) in [
+        (r#"{"b":1,"a":2}"#, true),
+        (r#"{"c":0,"b":1,"a":2}"#, true),
+        (r#"{"a":1,"a":2}"#, false),
+        (r#"{"a":1}"#, false),
+    ] {
+        assert_eq!(accepts(&obj, text).unwrap(), want, "{text}");
+    }
+    let min2 =
+        ConstraintSpec::JsonSchema(serde_json::json!({"type": "object", "minProperties": 2}));
+    assert!(!accepts(&min2, r#"{"a":1}"#).unwrap());
+    assert!(accepts(&min2, r#"{"a":1,"b":2}"#).unwrap());
+    let s = ConstraintSpec::JsonSchema(serde_json::json!({
+        "type": "string", "pattern": "^[a-z]+$", "minLength": 2, "maxLength": 3
+    }));
+    for (text, want) in [
+        ("\"ab\"", true),
+        ("\"abc\"", true),
+        ("\"a\"", false),
+        ("\"abcd\"", false),
+        ("\"a1\"", false),
+    ] {
+        assert_eq!(accepts(&s, text).unwrap(), want, "{text}");
+    }
+}
