@@ -71,6 +71,10 @@ async fn collect_matches_the_single_sequence_path() {
 }
 
 /// The same request gives the same tokens alone and inside a batch of 8, greedy and sampled.
+///
+/// The prefix cache is off here: a prompt whose prefix comes from the cache runs only its
+/// last tokens through the model, and that smaller matrix product may round differently from
+/// the full prefill (see `prefix_cache_hit_gives_the_same_tokens` for the greedy check).
 #[test]
 fn batch_invariance_alone_and_in_a_batch_of_8() {
     for (temperature, seed) in [(0.0, 7), (0.9, 42)] {
@@ -79,7 +83,7 @@ fn batch_invariance_alone_and_in_a_batch_of_8() {
                 .max_concurrent_requests(8)
                 .prefix_cache(None),
         );
-        let target = request(&chat(PROMPTS[0]), 16, temperature, seed);
+        let target = request(&chat(PROMPTS[0]), 12, temperature, seed);
         let alone = g.generate(&target).blocking_collect().unwrap();
         // Start the 7 others first, then the target, so it decodes in a full batch.
         let others: Vec<_> = PROMPTS[1..]
