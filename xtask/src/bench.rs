@@ -25,11 +25,28 @@ const BENCHES: &[&str] = &["sampling", "decode", "engine", "e2e"];
 /// Builds and runs one benchmark binary in release.
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !BENCHES.contains(&args.name.as_str()) {
-        bail!("unknown bench '{}' (known: {})", args.name, BENCHES.join(", "));
+        bail!(
+            "unknown bench '{}' (known: {})",
+            args.name,
+            BENCHES.join(", ")
+        );
     }
-    let bin = format!("bench-{}", args.name);
+    run_bin(&format!("bench-{}", args.name), &args.args)
+}
+
+/// Builds (release) and runs a binary of the benches crate with `args`.
+pub fn run_bin(bin: &str, args: &[String]) -> Result<()> {
     let mut cmd = util::cargo();
-    cmd.args(["run", "--release", "-q", "-p", "fluent-ai-candle-benches", "--bin", &bin, "--"]);
-    cmd.args(&args.args);
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "fluent-ai-candle-benches",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    cmd.args(args);
     util::run(&mut cmd)
 }

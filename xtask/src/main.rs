@@ -43,6 +43,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Load-test a real server: concurrent streaming chat clients on loopback.
+    Loadtest {
+        /// Arguments passed through, e.g. `--clients 32 --seconds 60`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build the CPU configuration, and CUDA / Metal where their toolchains exist.
     BuildMatrix,
 }
@@ -54,12 +60,8 @@ fn main() -> Result<()> {
         Command::FetchModels(args) => fetch::run(&args).map(|_| ()),
         Command::Demo { prompt } => ci::demo(&prompt),
         Command::Bench(args) => bench::run(&args),
-        Command::Maskbench { args } => {
-            let mut cmd = util::cargo();
-            cmd.args(["run", "--release", "-q", "-p", "fluent-ai-candle-benches", "--bin", "maskbench", "--"]);
-            cmd.args(&args);
-            util::run(&mut cmd)
-        }
+        Command::Maskbench { args } => bench::run_bin("maskbench", &args),
+        Command::Loadtest { args } => bench::run_bin("loadtest", &args),
         Command::BuildMatrix => ci::build_matrix(),
     }
 }

@@ -65,8 +65,9 @@ impl Embedding {
                 )));
             }
             let raw = &data[t * self.row_bytes..(t + 1) * self.row_bytes];
-            let row = ggml_file::qtensor_from_ggml(self.dtype, raw, vec![self.hidden], &Device::Cpu)?
-                .dequantize(&Device::Cpu)?;
+            let row =
+                ggml_file::qtensor_from_ggml(self.dtype, raw, vec![self.hidden], &Device::Cpu)?
+                    .dequantize(&Device::Cpu)?;
             out.extend(row.to_vec1::<f32>()?);
         }
         Ok(Tensor::from_vec(out, (tokens.len(), self.hidden), device)?)
@@ -98,13 +99,22 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    kv_dtype: DType,
 }
 
 fn norm_weight(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
-    Ok(gguf.tensor_with_shape(name, &[size], device)?.dequantize(device)?)
+    Ok(gguf
+        .tensor_with_shape(name, &[size], device)?
+        .dequantize(device)?)
 }
 
-fn linear(gguf: &mut GgufFile, name: &str, out: usize, inp: usize, device: &Device) -> Result<QMatMul> {
+fn linear(
+    gguf: &mut GgufFile,
+    name: &str,
+    out: usize,
+    inp: usize,
+    device: &Device,
+) -> Result<QMatMul> {
     let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
     Ok(QMatMul::from_qtensor(t)?)
 }
@@ -125,7 +135,8 @@ impl Llama {
             loaded += n;
             progress(LoadProgress { loaded, total });
         };
-        let embd = gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
+        let embd =
+            gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
         let embedding = Embedding::new(embd)?;
         tick(1);
         let norm = norm_weight(gguf, "output_norm.weight", c.hidden_size, device)?;
@@ -142,15 +153,67 @@ impl Llama {
         for i in 0..c.n_layers {
             let p = format!("blk.{i}");
             blocks.push(Block {
-                attn_norm: norm_weight(gguf, &format!("{p}.attn_norm.weight"), c.hidden_size, device)?,
-                wq: linear(gguf, &format!("{p}.attn_q.weight"), q_dim, c.hidden_size, device)?,
-                wk: linear(gguf, &format!("{p}.attn_k.weight"), kv_dim, c.hidden_size, device)?,
-                wv: linear(gguf, &format!("{p}.attn_v.weight"), kv_dim, c.hidden_size, device)?,
-                wo: linear(gguf, &format!("{p}.attn_output.weight"), c.hidden_size, q_dim, device)?,
-                ffn_norm: norm_weight(gguf, &format!("{p}.ffn_norm.weight"), c.hidden_size, device)?,
-                gate: linear(gguf, &format!("{p}.ffn_gate.weight"), c.ffn_size, c.hidden_size, device)?,
-                up: linear(gguf, &format!("{p}.ffn_up.weight"), c.ffn_size, c.hidden_size, device)?,
-                down: linear(gguf, &format!("{p}.ffn_down.weight"), c.hidden_size, c.ffn_size, device)?,
+                attn_norm: norm_weight(
+                    gguf,
+                    &format!("{p}.attn_norm.weight"),
+                    c.hidden_size,
+                    device,
+                )?,
+                wq: linear(
+                    gguf,
+                    &format!("{p}.attn_q.weight"),
+                    q_dim,
+                    c.hidden_size,
+                    device,
+                )?,
+                wk: linear(
+                    gguf,
+                    &format!("{p}.attn_k.weight"),
+                    kv_dim,
+                    c.hidden_size,
+                    device,
+                )?,
+                wv: linear(
+                    gguf,
+                    &format!("{p}.attn_v.weight"),
+                    kv_dim,
+                    c.hidden_size,
+                    device,
+                )?,
+                wo: linear(
+                    gguf,
+                    &format!("{p}.attn_output.weight"),
+                    c.hidden_size,
+                    q_dim,
+                    device,
+                )?,
+                ffn_norm: norm_weight(
+                    gguf,
+                    &format!("{p}.ffn_norm.weight"),
+                    c.hidden_size,
+                    device,
+                )?,
+                gate: linear(
+                    gguf,
+                    &format!("{p}.ffn_gate.weight"),
+                    c.ffn_size,
+                    c.hidden_size,
+                    device,
+                )?,
+                up: linear(
+                    gguf,
+                    &format!("{p}.ffn_up.weight"),
+                    c.ffn_size,
+                    c.hidden_size,
+                    device,
+                )?,
+                down: linear(
+                    gguf,
+                    &format!("{p}.ffn_down.weight"),
+                    c.hidden_size,
+                    c.ffn_size,
+                    device,
+                )?,
             });
             tick(9);
         }
@@ -164,6 +227,7 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
+            kv_dtype: DType::F32,
         })
     }
 
@@ -183,8 +247,46 @@ impl Llama {
             layers: self.config.n_layers,
             kv_heads: self.config.n_kv_heads,
             head_dim: self.config.head_dim,
-            dtype: DType::F32,
+            dtype: self.kv_dtype,
         }
+    }
+
+    /// Sets the element type of the KV caches this model creates: `F32` (the default) or
+    /// `F16` (half the memory; attention still computes in f32). Measured on SmolLM2's greedy
+    /// references, f32 agrees with llama.cpp more often.
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+        match dtype {
+            DType::F16 | DType::F32 => {
+                self.kv_dtype = dtype;
+                Ok(())
+            }
+            other => Err(ModelError::BadTensor {
+                name: "kv-cache".into(),
+                reason: format!("unsupported KV cache dtype {other:?} (use F16 or F32)"),
+            }),
+        }
+    }
+
+    /// The element type of the KV caches this model creates.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// Attention of `q` (`[kv, rows, d]`, f32) over cached `keys`/`values` (`[kv, L, d]`, in
+    /// the cache's dtype), with an optional additive mask applied by `masked`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        masked: impl Fn(Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor> {
+        let scale = 1.0 / (self.config.head_dim as f64).sqrt();
+        let keys = keys.to_dtype(DType::F32)?;
+        let values = values.to_dtype(DType::F32)?;
+        let att = (q.matmul(&keys.t()?)? * scale)?;
+        let att = candle_nn::ops::softmax_last_dim(&masked(att)?)?;
+        Ok(att.matmul(&values)?)
     }
 
     /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
@@ -195,7 +297,11 @@ impl Llama {
                 context_length: self.config.context_length,
             });
         }
-        Ok(SequenceCache::new(self.cache_shape(), config, &self.device)?)
+        Ok(SequenceCache::new(
+            self.cache_shape(),
+            config,
+            &self.device,
+        )?)
     }
 
     /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
@@ -247,34 +353,41 @@ impl Llama {
         let mut x = self.embedding.forward(tokens, &self.device)?; // [n, hidden]
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = if n > 1 { Some(causal_mask(n, pos, &self.device)?) } else { None };
+        let mask = if n > 1 {
+            Some(causal_mask(n, pos, &self.device)?)
+        } else {
+            None
+        };
         let rep = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
             let q = b.wq.forward(&h)?;
             let k = b.wk.forward(&h)?;
             let v = b.wv.forward(&h)?;
             // [n, heads * d] -> [1, heads, n, d]
-            let q = q.reshape((n, c.n_heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
-            let k = k.reshape((n, c.n_kv_heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
+            let q = q
+                .reshape((n, c.n_heads, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let k = k
+                .reshape((n, c.n_kv_heads, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?;
             let v = v.reshape((n, c.n_kv_heads, c.head_dim))?.transpose(0, 1)?;
             let q = candle_nn::rotary_emb::rope_i(&q.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope_i(&k.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
-            let (keys, values) = cache.append(layer, &k, &v)?; // [kv, L, d]
+            let kd = self.kv_dtype;
+            let (keys, values) = cache.append(layer, &k.to_dtype(kd)?, &v.to_dtype(kd)?)?; // [kv, L, d]
             let total = keys.dim(1)?;
             // Query heads sharing a kv head become rows: [kv, rep * n, d].
             let q = q.reshape((c.n_kv_heads, rep * n, c.head_dim))?;
-            let att = (q.matmul(&keys.t()?)? * scale)?; // [kv, rep * n, L]
-            let att = match &mask {
+            let y = self.attend(&q, &keys, &values, |att| match &mask {
                 Some(m) => att
                     .reshape((c.n_kv_heads, rep, n, total))?
                     .broadcast_add(m)?
-                    .reshape((c.n_kv_heads, rep * n, total))?,
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&values)?; // [kv, rep * n, d]
+                    .reshape((c.n_kv_heads, rep * n, total)),
+                None => Ok(att),
+            })?; // [kv, rep * n, d]
             let y = y
                 .reshape((c.n_heads, n, c.head_dim))?
                 .transpose(0, 1)?
@@ -285,16 +398,28 @@ impl Llama {
             let u = b.up.forward(&h)?;
             x = (x + b.down.forward(&(g * u)?)?)?;
         }
-        let x = if all_logits { x } else { x.narrow(0, n - 1, 1)? };
+        let x = if all_logits {
+            x
+        } else {
+            x.narrow(0, n - 1, 1)?
+        };
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         let logits = self.output.forward(&x)?;
-        Ok(if all_logits { logits } else { logits.squeeze(0)? })
+        Ok(if all_logits {
+            logits
+        } else {
+            logits.squeeze(0)?
+        })
     }
 
     /// One decode step for several sequences at once: `tokens[i]` is the next token of the
     /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
     /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
-    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
+    pub fn forward_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SequenceCache],
+    ) -> Result<Tensor> {
         let bsz = tokens.len();
         if bsz == 0 || bsz != caches.len() {
             return Err(ModelError::Tokenizer(format!(
@@ -303,7 +428,10 @@ impl Llama {
             )));
         }
         if bsz == 1 {
-            return self.forward(tokens, caches[0], false)?.unsqueeze(0).map_err(Into::into);
+            return self
+                .forward(tokens, caches[0], false)?
+                .unsqueeze(0)
+                .map_err(Into::into);
         }
         let rerotate = |k: &Tensor, _from: usize, delta: isize| self.rerotate(k, delta);
         let mut positions = Vec::with_capacity(bsz);
@@ -338,7 +466,6 @@ impl Llama {
         let bsz = tokens.len();
         let eps = c.rms_eps as f32;
         let rep = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
         let pos = Tensor::new(positions, &self.device)?;
         let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [b, 1, d/2]
         let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
@@ -346,17 +473,22 @@ impl Llama {
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
             let q = b.wq.forward(&h)?.reshape((bsz, c.n_heads, 1, c.head_dim))?;
-            let k = b.wk.forward(&h)?.reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
-            let v = b.wv.forward(&h)?.reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+            let k =
+                b.wk.forward(&h)?
+                    .reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+            let v =
+                b.wv.forward(&h)?
+                    .reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
             let mut ys = Vec::with_capacity(bsz);
             for (i, cache) in caches.iter_mut().enumerate() {
-                let (keys, values) = cache.append(layer, &k.get(i)?, &v.get(i)?)?;
+                let kd = self.kv_dtype;
+                let (keys, values) =
+                    cache.append(layer, &k.get(i)?.to_dtype(kd)?, &v.get(i)?.to_dtype(kd)?)?;
                 let qi = q.get(i)?.reshape((c.n_kv_heads, rep, c.head_dim))?;
-                let att = (qi.matmul(&keys.t()?)? * scale)?;
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                ys.push(att.matmul(&values)?.reshape((1, c.n_heads * c.head_dim))?);
+                let y = self.attend(&qi, &keys, &values, Ok)?;
+                ys.push(y.reshape((1, c.n_heads * c.head_dim))?);
             }
             let y = Tensor::cat(&ys, 0)?;
             x = (x + b.wo.forward(&y)?)?;
@@ -377,7 +509,11 @@ impl Llama {
         let mut sin = Vec::with_capacity(n * half);
         for _ in 0..n {
             for i in 0..half {
-                let freq = 1.0 / self.config.rope_theta.powf(2.0 * i as f64 / self.config.head_dim as f64);
+                let freq = 1.0
+                    / self
+                        .config
+                        .rope_theta
+                        .powf(2.0 * i as f64 / self.config.head_dim as f64);
                 let angle = delta as f64 * freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -385,7 +521,11 @@ impl Llama {
         }
         let cos = Tensor::from_vec(cos, (n, half), keys.device())?;
         let sin = Tensor::from_vec(sin, (n, half), keys.device())?;
-        candle_nn::rotary_emb::rope_i(&keys.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
+        let dtype = keys.dtype();
+        let keys = keys.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
+        candle_nn::rotary_emb::rope_i(&keys, &cos, &sin)?
+            .squeeze(0)?
+            .to_dtype(dtype)
     }
 }
 
@@ -398,7 +538,12 @@ fn causal_mask(n: usize, pos: usize, device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(mask, (n, total), device)
 }
 
-fn rope_tables(head_dim: usize, theta: f64, max_pos: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(
+    head_dim: usize,
+    theta: f64,
+    max_pos: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(max_pos * half);
     let mut sin = Vec::with_capacity(max_pos * half);
@@ -415,4 +560,3 @@ fn rope_tables(head_dim: usize, theta: f64, max_pos: usize, device: &Device) -> 
         Tensor::from_vec(sin, (max_pos, half), device)?,
     ))
 }
-
