@@ -106,3 +106,8 @@ pub use fluent_ai_candle_engine::{
 };
 pub use fluent_ai_candle_models::{LoadedModel, ModelError};
 pub use fluent_ai_candle_sampling::{SamplingConfig, SamplingError};
+
+/// The README's examples, compiled (and the standalone ones run) as doctests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
