@@ -81,8 +81,15 @@ fn concurrent(model: &Arc<LoadedModel>, n: usize) -> Result<f64> {
         .filter_map(|t| t.first())
         .max()
         .context("no tokens")?;
-    let t1 = times.iter().filter_map(|t| t.last()).max().context("no tokens")?;
-    let tokens: usize = times.iter().map(|t| t.iter().filter(|&x| x > t0).count()).sum();
+    let t1 = times
+        .iter()
+        .filter_map(|t| t.last())
+        .max()
+        .context("no tokens")?;
+    let tokens: usize = times
+        .iter()
+        .map(|t| t.iter().filter(|&x| x > t0).count())
+        .sum();
     let secs = t1.duration_since(*t0).as_secs_f64();
     Ok(tokens as f64 / secs)
 }
@@ -120,7 +127,11 @@ fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     let path = cache::resolve("smollm2-135m-instruct")
         .context("the model is missing: run `cargo xtask fetch-models` first")?;
-    let model = Arc::new(LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})?);
+    let model = Arc::new(LoadedModel::load(
+        &path,
+        &candle_core::Device::Cpu,
+        &mut |_| {},
+    )?);
     // Warm-up: thread pools, page cache.
     concurrent(&model, 2)?;
     let best = |n: usize| -> Result<f64> {
@@ -165,7 +176,10 @@ fn main() -> Result<()> {
         println!("1        {single:>15.1}  1.00x");
         println!("4        {c4:>15.1}  {:.2}x", c4 / single);
         println!("8        {c8:>15.1}  {:.2}x", c8 / single);
-        println!("TTFT 512-token prompt: cold {cold_ms:.1} ms, prefix hit {prefix_ms:.1} ms ({:.1}x)", cold_ms / prefix_ms);
+        println!(
+            "TTFT 512-token prompt: cold {cold_ms:.1} ms, prefix hit {prefix_ms:.1} ms ({:.1}x)",
+            cold_ms / prefix_ms
+        );
     }
     Ok(())
 }
