@@ -3,7 +3,7 @@
 use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
 
-/// The hyper-parameters of a llama-family decoder.
+/// The hyper-parameters common to our decoders (llama family, Gemma 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// `general.architecture`, e.g. `llama`.
@@ -26,16 +26,16 @@ pub struct ModelConfig {
     pub ffn_size: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f64,
-    /// RoPE frequency base.
+    /// RoPE frequency base (Gemma 3: of its global layers).
     pub rope_theta: f64,
 }
 
 /// Architectures this crate can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
 impl ModelConfig {
-    /// Reads the config of a llama-family GGUF. An unknown architecture or a missing key is a
-    /// typed error.
+    /// Reads the common config of a supported GGUF (keys under `{architecture}.`). An unknown
+    /// architecture or a missing key is a typed error.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let arch = gguf.architecture()?;
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
@@ -60,7 +60,11 @@ impl ModelConfig {
             Some(v) => v,
             None => match gguf.get("tokenizer.ggml.tokens") {
                 Some(candle_core::quantized::gguf_file::Value::Array(a)) => a.len(),
-                _ => return Err(ModelError::MissingMetadata { key: key("vocab_size") }),
+                _ => {
+                    return Err(ModelError::MissingMetadata {
+                        key: key("vocab_size"),
+                    })
+                }
             },
         };
         Ok(Self {

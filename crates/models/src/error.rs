@@ -42,6 +42,14 @@ pub enum ModelError {
         /// The key.
         key: String,
     },
+    /// A metadata value is present but unusable (inconsistent with another key, out of range).
+    #[error("GGUF metadata key '{key}': {reason}")]
+    InvalidMetadata {
+        /// The key.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// A tensor the architecture needs is missing or has the wrong shape.
     #[error("tensor '{name}': {reason}")]
     BadTensor {
@@ -51,7 +59,7 @@ pub enum ModelError {
         reason: String,
     },
     /// The GGUF declares an architecture this crate does not implement.
-    #[error("unsupported architecture '{0}' (supported: llama)")]
+    #[error("unsupported architecture '{0}' (supported: llama, gemma3)")]
     UnsupportedArchitecture(String),
     /// The tokenizer could not be built or failed to encode/decode.
     #[error("tokenizer error: {0}")]
@@ -60,7 +68,9 @@ pub enum ModelError {
     #[error("chat template error: {0}")]
     ChatTemplate(String),
     /// The prompt plus the tokens to generate do not fit in the model's context.
-    #[error("prompt of {prompt_tokens} tokens does not fit the context of {context_length} tokens")]
+    #[error(
+        "prompt of {prompt_tokens} tokens does not fit the context of {context_length} tokens"
+    )]
     ContextOverflow {
         /// Number of tokens in the prompt.
         prompt_tokens: usize,

@@ -1,11 +1,13 @@
 //! Device selection, GGUF loading, tokenizers and chat templates from GGUF metadata, and the
-//! llama-family decoder of fluent-ai-candle.
+//! decoders (llama family, Gemma 3) of fluent-ai-candle.
 //!
 //! This crate turns a GGUF file into everything a decode loop needs:
 //! - [`GgufFile`]: the file's header with typed errors (missing, not GGUF, truncated);
 //! - [`ModelConfig`]: the architecture's hyper-parameters from metadata;
 //! - [`Llama`]: our decoder on candle-core with quantized weights, run against a preallocated
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
+//! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU), and
+//!   [`Decoder`], either of them as `general.architecture` says;
 //! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
 //! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution.
 //!
@@ -35,8 +37,10 @@
 pub mod cache;
 pub mod chat_template;
 pub mod config;
+pub mod decoder;
 pub mod device;
 pub mod error;
+pub mod gemma3;
 pub mod gguf;
 pub mod llama;
 pub mod tokenizer;
@@ -45,9 +49,11 @@ mod loaded;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::ModelConfig;
+pub use decoder::Decoder;
 pub use device::{auto_device, DeviceType};
 pub use error::{ModelError, Result};
+pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::GgufFile;
-pub use llama::{LoadProgress, Llama};
+pub use llama::{Llama, LoadProgress};
 pub use loaded::LoadedModel;
 pub use tokenizer::GgufTokenizer;

@@ -5,19 +5,21 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::decoder::Decoder;
 use crate::gguf::GgufFile;
-use crate::llama::{LoadProgress, Llama};
+use crate::llama::LoadProgress;
 use crate::tokenizer::GgufTokenizer;
 use crate::{ModelConfig, Result};
 
 /// Everything loaded from one GGUF file.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The decoder.
-    pub model: Llama,
+    /// The decoder (llama or Gemma 3, as `general.architecture` says).
+    pub model: Decoder,
     /// The tokenizer from `tokenizer.ggml.*`.
     pub tokenizer: GgufTokenizer,
-    /// The chat template from `tokenizer.chat_template` (ChatML when the file has none).
+    /// The chat template from `tokenizer.chat_template` (when the file has none: Gemma's turns
+    /// for Gemma 3, ChatML otherwise).
     pub chat_template: ChatTemplate,
     /// File size in bytes.
     pub file_size: u64,
@@ -35,8 +37,23 @@ impl LoadedModel {
         // The config is checked first so an unknown architecture fails before any work.
         crate::ModelConfig::from_gguf(&gguf)?;
         let tokenizer = GgufTokenizer::from_gguf(gguf.content())?;
-        let chat_template = ChatTemplate::from_gguf(gguf.content())?;
-        let model = Llama::load(&mut gguf, device, progress)?;
+        let chat_template = if gguf.architecture()? == crate::gemma3::ARCHITECTURE
+            && gguf.get("tokenizer.chat_template").is_none()
+        {
+            let text = |id: Option<u32>| {
+                id.and_then(|id| tokenizer.token_bytes_of(id))
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            ChatTemplate::new(
+                crate::gemma3::CHAT_TEMPLATE,
+                &text(tokenizer.bos_id()),
+                &text(tokenizer.eos_id()),
+            )?
+        } else {
+            ChatTemplate::from_gguf(gguf.content())?
+        };
+        let model = Decoder::load(&mut gguf, device, progress)?;
         Ok(Self {
             model,
             tokenizer,

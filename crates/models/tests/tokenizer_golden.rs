@@ -159,12 +159,9 @@ proptest::proptest! {
     }
 }
 
-/// Gemma 3's SPM vocabulary against its reference tokenizations. Ignored
-/// until the Gemma file is in the default model set; run with `--ignored`
-/// after `cargo xtask fetch-models` (it fails, naming that command, when the
-/// file is absent).
+/// Gemma 3's SPM vocabulary against its reference tokenizations (fails, naming
+/// `cargo xtask fetch-models`, when the file is absent).
 #[test]
-#[ignore = "needs gemma3-270m in the model cache (cargo xtask fetch-models)"]
 fn gemma3_encode_matches_reference() {
     let path = fluent_ai_candle_models::cache::model_path("gemma3-270m")
         .expect("gemma3-270m is a known model");

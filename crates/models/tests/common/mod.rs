@@ -14,6 +14,18 @@ pub fn smollm2_path() -> PathBuf {
     path
 }
 
+/// The real Gemma 3 270M file from the model cache, or a failure naming the command that
+/// fetches it.
+pub fn gemma3_path() -> PathBuf {
+    let path = fluent_ai_candle_models::cache::model_path("gemma3-270m").unwrap();
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask fetch-models` first",
+        path.display()
+    );
+    path
+}
+
 /// A file of `fixtures/`.
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

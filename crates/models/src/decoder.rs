@@ -1,0 +1,108 @@
+//! [`Decoder`]: any of our decoders behind one type, chosen by `general.architecture`.
+
+use candle_core::{Device, Tensor};
+use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
+
+use crate::config::ModelConfig;
+use crate::gemma3::Gemma3;
+use crate::gguf::GgufFile;
+use crate::llama::{Llama, LoadProgress};
+use crate::{ModelError, Result};
+
+/// One of the decoders this crate implements. Every method forwards to the decoder inside, with
+/// the same signature as on [`Llama`] and [`Gemma3`].
+#[derive(Debug)]
+pub enum Decoder {
+    /// A llama-architecture decoder (SmolLM2, TinyLlama, Llama 2/3...).
+    Llama(Llama),
+    /// A Gemma 3 decoder.
+    Gemma3(Gemma3),
+}
+
+impl From<Llama> for Decoder {
+    fn from(m: Llama) -> Self {
+        Self::Llama(m)
+    }
+}
+
+impl From<Gemma3> for Decoder {
+    fn from(m: Gemma3) -> Self {
+        Self::Gemma3(m)
+    }
+}
+
+impl Decoder {
+    /// Loads the decoder that `general.architecture` names; an architecture this crate does not
+    /// implement is [`ModelError::UnsupportedArchitecture`].
+    pub fn load(
+        gguf: &mut GgufFile,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        match gguf.architecture()?.as_str() {
+            "llama" => Ok(Self::Llama(Llama::load(gguf, device, progress)?)),
+            crate::gemma3::ARCHITECTURE => Ok(Self::Gemma3(Gemma3::load(gguf, device, progress)?)),
+            other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Self::Llama(m) => m.config(),
+            Self::Gemma3(m) => m.config(),
+        }
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Llama(m) => m.device(),
+            Self::Gemma3(m) => m.device(),
+        }
+    }
+
+    /// What one token occupies in a KV cache of this model.
+    pub fn cache_shape(&self) -> CacheShape {
+        match self {
+            Self::Llama(m) => m.cache_shape(),
+            Self::Gemma3(m) => m.cache_shape(),
+        }
+    }
+
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
+    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
+        match self {
+            Self::Llama(m) => m.new_cache(config),
+            Self::Gemma3(m) => m.new_cache(config),
+        }
+    }
+
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
+    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
+    /// `all_logits` is set.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Llama(m) => m.forward(tokens, cache, all_logits),
+            Self::Gemma3(m) => m.forward(tokens, cache, all_logits),
+        }
+    }
+
+    /// One decode step for several sequences at once (`tokens[i]` continues `caches[i]`).
+    /// Returns logits `[batch, vocab]`.
+    pub fn forward_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SequenceCache],
+    ) -> Result<Tensor> {
+        match self {
+            Self::Llama(m) => m.forward_batch(tokens, caches),
+            Self::Gemma3(m) => m.forward_batch(tokens, caches),
+        }
+    }
+}

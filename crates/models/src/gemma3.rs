@@ -1,0 +1,746 @@
+//! Our Gemma 3 decoder on candle-core, with quantized weights (`QMatMul`) and the same
+//! preallocated per-sequence KV cache as [`Llama`](crate::Llama).
+//!
+//! What sets Gemma 3 apart from the llama family, as llama.cpp runs its GGUF files:
+//! - token embeddings are scaled by `sqrt(hidden)` before the first block;
+//! - every block has four RMSNorms: before and after attention, before and after the
+//!   feed-forward (the post-norms apply to the branch output, before the residual add);
+//! - queries and keys are RMS-normalized per head (QK-norm) before RoPE;
+//! - RoPE is the NEOX (half-split) variant;
+//! - attention layers interleave: five sliding-window ("local") layers, whose keys are limited
+//!   to the last `sliding_window` positions and rotate with base 10 000, then one global layer
+//!   with the file's `rope.freq_base` (and its linear RoPE scaling, when the file has one);
+//! - queries are scaled by `1/sqrt(head_dim)` (`1/sqrt(hidden / heads)` for the 62-layer 27B,
+//!   whose `query_pre_attn_scalar` differs);
+//! - the feed-forward is gated with GELU (tanh approximation), not SiLU;
+//! - the output projection is tied to the token embedding; no final logit soft-capping.
+//!
+//! The norm weights are used as stored: the GGUF converter already folded Gemma's `1 + w` into
+//! them.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
+
+use crate::config::ModelConfig;
+use crate::gguf::GgufFile;
+use crate::llama::LoadProgress;
+use crate::{ModelError, Result};
+
+/// The `general.architecture` this module runs.
+pub const ARCHITECTURE: &str = "gemma3";
+
+/// Every `SWA_PATTERN`-th layer (the last of each group) is global; the others slide.
+pub const SWA_PATTERN: usize = 6;
+
+/// RoPE base of the sliding-window layers (the GGUF's `rope.freq_base` is the global layers').
+pub const LOCAL_ROPE_THETA: f64 = 10_000.0;
+
+/// Gemma's chat turns, used when a Gemma 3 GGUF carries no `tokenizer.chat_template`.
+///
+/// It renders `<bos><start_of_turn>user\n{content}<end_of_turn>\n` per turn (assistant turns
+/// are `model` turns; a leading system message is prepended to the first user turn, as Gemma
+/// has no system role) and, with `add_generation_prompt`, opens `<start_of_turn>model\n`.
+/// It emits `{{ bos_token }}` itself, so the rendered prompt is encoded without adding BOS.
+pub const CHAT_TEMPLATE: &str = concat!(
+    "{{ bos_token }}",
+    "{%- if messages and messages[0]['role'] == 'system' -%}",
+    "{%- set prefix = messages[0]['content'] ~ '\\n\\n' -%}",
+    "{%- set turns = messages[1:] -%}",
+    "{%- else -%}",
+    "{%- set prefix = '' -%}",
+    "{%- set turns = messages -%}",
+    "{%- endif -%}",
+    "{%- for m in turns -%}",
+    "{%- if m['role'] == 'assistant' -%}{%- set role = 'model' -%}",
+    "{%- else -%}{%- set role = m['role'] -%}{%- endif -%}",
+    "{{ '<start_of_turn>' ~ role ~ '\\n' }}",
+    "{%- if loop.first -%}{{ prefix }}{%- endif -%}",
+    "{{ m['content'] | trim }}{{ '<end_of_turn>\\n' }}",
+    "{%- endfor -%}",
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}",
+);
+
+/// The hyper-parameters of a Gemma 3 decoder: the common [`ModelConfig`] plus what only Gemma
+/// 3 has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gemma3Config {
+    /// The common hyper-parameters (`rope_theta` is the global layers' base).
+    pub base: ModelConfig,
+    /// Keys a sliding-window layer sees: the last `sliding_window` positions, its own included.
+    pub sliding_window: usize,
+    /// RoPE base of the sliding-window layers.
+    pub rope_theta_local: f64,
+    /// RoPE position scale of the global layers (`1 / rope.scaling.factor`, 1 when unscaled).
+    pub rope_scale_global: f64,
+    /// Factor applied to queries before the key product.
+    pub attention_scale: f64,
+}
+
+impl Gemma3Config {
+    /// Reads a Gemma 3 config. Another architecture, a missing key and inconsistent head
+    /// sizes are typed errors naming the problem.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let arch = gguf.architecture()?;
+        if arch != ARCHITECTURE {
+            return Err(ModelError::UnsupportedArchitecture(arch));
+        }
+        let key = |k: &str| format!("{ARCHITECTURE}.{k}");
+        // Keys Gemma 3 cannot run without; the common reader has fallbacks for some of them.
+        for k in [
+            "context_length",
+            "embedding_length",
+            "block_count",
+            "feed_forward_length",
+            "attention.head_count",
+            "attention.head_count_kv",
+            "attention.key_length",
+            "attention.value_length",
+            "attention.sliding_window",
+        ] {
+            gguf.usize(&key(k))?;
+        }
+        let eps_key = key("attention.layer_norm_rms_epsilon");
+        gguf.f64_opt(&eps_key)
+            .ok_or(ModelError::MissingMetadata { key: eps_key })?;
+        let base = ModelConfig::from_gguf(gguf)?;
+        let value_length = gguf.usize(&key("attention.value_length"))?;
+        if value_length != base.head_dim {
+            return Err(ModelError::InvalidMetadata {
+                key: key("attention.value_length"),
+                reason: format!(
+                    "{value_length} differs from attention.key_length {}",
+                    base.head_dim
+                ),
+            });
+        }
+        if base.head_dim == 0 || base.head_dim % 2 != 0 {
+            return Err(ModelError::InvalidMetadata {
+                key: key("attention.key_length"),
+                reason: format!("{} is not a positive even head size", base.head_dim),
+            });
+        }
+        let sliding_window = gguf.usize(&key("attention.sliding_window"))?;
+        if sliding_window == 0 {
+            return Err(ModelError::InvalidMetadata {
+                key: key("attention.sliding_window"),
+                reason: "must be positive".into(),
+            });
+        }
+        let rope_scale_global = match gguf.f64_opt(&key("rope.scaling.factor")) {
+            Some(f) if f > 0.0 => 1.0 / f,
+            Some(f) => {
+                return Err(ModelError::InvalidMetadata {
+                    key: key("rope.scaling.factor"),
+                    reason: format!("{f} is not positive"),
+                })
+            }
+            None => 1.0,
+        };
+        // llama.cpp: the 27B (62 layers) scales by its query_pre_attn_scalar = hidden / heads.
+        let attention_scale = if base.n_layers == 62 {
+            1.0 / ((base.hidden_size / base.n_heads) as f64).sqrt()
+        } else {
+            1.0 / (base.head_dim as f64).sqrt()
+        };
+        Ok(Self {
+            base,
+            sliding_window,
+            rope_theta_local: LOCAL_ROPE_THETA,
+            rope_scale_global,
+            attention_scale,
+        })
+    }
+
+    /// True for the sliding-window layers (all but every [`SWA_PATTERN`]-th).
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        layer % SWA_PATTERN < SWA_PATTERN - 1
+    }
+
+    /// RoPE base and position scale of `layer`.
+    pub fn rope_of(&self, layer: usize) -> (f64, f64) {
+        if self.is_sliding(layer) {
+            (self.rope_theta_local, 1.0)
+        } else {
+            (self.base.rope_theta, self.rope_scale_global)
+        }
+    }
+}
+
+/// Token embeddings looked up row by row from the quantized table (which is also the output
+/// projection), so the table is never dequantized whole.
+#[derive(Debug)]
+struct Embedding {
+    table: Arc<QTensor>,
+    dtype: GgmlDType,
+    rows: usize,
+    hidden: usize,
+    row_bytes: usize,
+}
+
+impl Embedding {
+    fn new(table: QTensor, rows: usize, hidden: usize) -> Self {
+        let dtype = table.dtype();
+        let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+        Self {
+            table: Arc::new(table),
+            dtype,
+            rows,
+            hidden,
+            row_bytes,
+        }
+    }
+
+    fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        let data: Cow<'_, [u8]> = self.table.data()?;
+        let mut out = Vec::with_capacity(tokens.len() * self.hidden);
+        for &t in tokens {
+            let row = t as usize;
+            if row >= self.rows {
+                return Err(ModelError::Tokenizer(format!(
+                    "token id {t} out of range for a vocabulary of {}",
+                    self.rows
+                )));
+            }
+            let raw = &data[row * self.row_bytes..(row + 1) * self.row_bytes];
+            let v = ggml_file::qtensor_from_ggml(self.dtype, raw, vec![self.hidden], &Device::Cpu)?
+                .dequantize(&Device::Cpu)?;
+            out.extend(v.to_vec1::<f32>()?);
+        }
+        Ok(Tensor::from_vec(out, (tokens.len(), self.hidden), device)?)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    wo: QMatMul,
+    post_attn_norm: Tensor,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    post_ffn_norm: Tensor,
+}
+
+/// A Gemma 3 decoder (text part), e.g. `gemma-3-270m`.
+#[derive(Debug)]
+pub struct Gemma3 {
+    config: Gemma3Config,
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: QMatMul,
+    device: Device,
+}
+
+fn norm_weight(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
+    Ok(gguf
+        .tensor_with_shape(name, &[size], device)?
+        .dequantize(device)?)
+}
+
+fn linear(
+    gguf: &mut GgufFile,
+    name: &str,
+    out: usize,
+    inp: usize,
+    device: &Device,
+) -> Result<QMatMul> {
+    let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
+    Ok(QMatMul::from_qtensor(t)?)
+}
+
+/// Tensors per block (for progress).
+const TENSORS_PER_BLOCK: usize = 13;
+
+impl Gemma3 {
+    /// Loads the weights of a Gemma 3 GGUF onto `device`, calling `progress` after each tensor.
+    /// A missing tensor or one of the wrong shape is a [`ModelError::BadTensor`] naming it.
+    pub fn load(
+        gguf: &mut GgufFile,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let config = Gemma3Config::from_gguf(gguf)?;
+        let c = &config.base;
+        let total = c.n_layers * TENSORS_PER_BLOCK + 3;
+        let mut loaded = 0;
+        let mut tick = |n: usize| {
+            loaded += n;
+            progress(LoadProgress { loaded, total });
+        };
+        let embd =
+            gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
+        if c.hidden_size % embd.dtype().block_size() != 0 {
+            return Err(ModelError::BadTensor {
+                name: "token_embd.weight".into(),
+                reason: format!(
+                    "rows of {} values do not split into {:?} blocks",
+                    c.hidden_size,
+                    embd.dtype()
+                ),
+            });
+        }
+        // Lookups read rows on the host: on an accelerator, keep a host copy of the table for
+        // them (reading the device copy back would move the whole table at every step).
+        let (embedding, output_table) = if device.is_cpu() {
+            let e = Embedding::new(embd, c.vocab_size, c.hidden_size);
+            let t = e.table.clone();
+            (e, t)
+        } else {
+            let host = gguf.tensor("token_embd.weight", &Device::Cpu)?;
+            (
+                Embedding::new(host, c.vocab_size, c.hidden_size),
+                Arc::new(embd),
+            )
+        };
+        tick(1);
+        let norm = norm_weight(gguf, "output_norm.weight", c.hidden_size, device)?;
+        tick(1);
+        let output = if gguf.has_tensor("output.weight") {
+            linear(gguf, "output.weight", c.vocab_size, c.hidden_size, device)?
+        } else {
+            QMatMul::QTensor(output_table)
+        };
+        tick(1);
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let q_dim = c.n_heads * d;
+        let kv_dim = c.n_kv_heads * d;
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let name = |t: &str| format!("blk.{i}.{t}.weight");
+            blocks.push(Block {
+                attn_norm: norm_weight(gguf, &name("attn_norm"), h, device)?,
+                wq: linear(gguf, &name("attn_q"), q_dim, h, device)?,
+                wk: linear(gguf, &name("attn_k"), kv_dim, h, device)?,
+                wv: linear(gguf, &name("attn_v"), kv_dim, h, device)?,
+                q_norm: norm_weight(gguf, &name("attn_q_norm"), d, device)?,
+                k_norm: norm_weight(gguf, &name("attn_k_norm"), d, device)?,
+                wo: linear(gguf, &name("attn_output"), h, q_dim, device)?,
+                post_attn_norm: norm_weight(gguf, &name("post_attention_norm"), h, device)?,
+                ffn_norm: norm_weight(gguf, &name("ffn_norm"), h, device)?,
+                gate: linear(gguf, &name("ffn_gate"), c.ffn_size, h, device)?,
+                up: linear(gguf, &name("ffn_up"), c.ffn_size, h, device)?,
+                down: linear(gguf, &name("ffn_down"), h, c.ffn_size, device)?,
+                post_ffn_norm: norm_weight(gguf, &name("post_ffw_norm"), h, device)?,
+            });
+            tick(TENSORS_PER_BLOCK);
+        }
+        Ok(Self {
+            config,
+            embedding,
+            blocks,
+            norm,
+            output,
+            device: device.clone(),
+        })
+    }
+
+    /// The common hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config.base
+    }
+
+    /// All of Gemma 3's hyper-parameters.
+    pub fn gemma_config(&self) -> &Gemma3Config {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What one token occupies in a KV cache of this model.
+    pub fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            layers: self.config.base.n_layers,
+            kv_heads: self.config.base.n_kv_heads,
+            head_dim: self.config.base.head_dim,
+            dtype: DType::F32,
+        }
+    }
+
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
+    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
+        let context_length = self.config.base.context_length;
+        if config.max_entries > context_length {
+            return Err(ModelError::ContextOverflow {
+                prompt_tokens: config.max_entries,
+                context_length,
+            });
+        }
+        Ok(SequenceCache::new(
+            self.cache_shape(),
+            config,
+            &self.device,
+        )?)
+    }
+
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
+    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
+    /// `all_logits` is set.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::Tokenizer("no tokens to run".into()));
+        }
+        if n > cache.capacity() {
+            return Err(ModelError::ContextOverflow {
+                prompt_tokens: n,
+                context_length: cache.capacity(),
+            });
+        }
+        self.make_room(cache, n)?;
+        let start = cache.len();
+        match self.forward_inner(tokens, cache, start, all_logits) {
+            Ok(logits) => {
+                cache.commit(n);
+                Ok(logits)
+            }
+            Err(e) => {
+                cache.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Evicts per the cache's strategy, re-rotating kept keys with each layer's own RoPE.
+    fn make_room(&self, cache: &mut SequenceCache, n: usize) -> Result<usize> {
+        // The cache re-rotates layer after layer, in order, without naming the layer: count.
+        let layers = self.config.base.n_layers;
+        let next_layer = Cell::new(0usize);
+        let rerotate = |k: &Tensor, _from: usize, delta: isize| {
+            let layer = next_layer.get() % layers;
+            next_layer.set(layer + 1);
+            self.rerotate(k, layer, delta)
+        };
+        Ok(cache.make_room(n, &rerotate)?)
+    }
+
+    /// `[n, head_dim / 2]` cos and sin tables of `positions` for `layer`'s RoPE.
+    fn rope_tables(&self, layer: usize, positions: &[f64]) -> Result<(Tensor, Tensor)> {
+        let d = self.config.base.head_dim;
+        let half = d / 2;
+        let (theta, scale) = self.config.rope_of(layer);
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for i in 0..half {
+                let freq = theta.powf(-2.0 * i as f64 / d as f64);
+                let angle = p * scale * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (positions.len(), half), &self.device)?,
+            Tensor::from_vec(sin, (positions.len(), half), &self.device)?,
+        ))
+    }
+
+    /// Both RoPE tables (local, global) for consecutive positions `pos..pos + n`.
+    fn tables_for_range(&self, pos: usize, n: usize) -> Result<[(Tensor, Tensor); 2]> {
+        let positions: Vec<f64> = (pos..pos + n).map(|p| p as f64).collect();
+        let local = self.rope_tables(0, &positions)?;
+        let global = self.rope_tables(SWA_PATTERN - 1, &positions)?;
+        Ok([local, global])
+    }
+
+    /// The first key position a sliding layer needs for queries starting at `pos`.
+    fn window_start(&self, pos: usize) -> usize {
+        (pos + 1).saturating_sub(self.config.sliding_window)
+    }
+
+    /// Normalizes `[heads, n, d]`-shaped per-head vectors given as `[n, heads * d]`, applies
+    /// RoPE, and returns `[heads, n, d]`.
+    fn qk(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        norm: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config.base;
+        let n = x.dim(0)?;
+        let x = x.reshape((n, heads, c.head_dim))?;
+        let x = candle_nn::ops::rms_norm(&x, norm, c.rms_eps as f32)?;
+        let x = x.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+        Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?.squeeze(0)?)
+    }
+
+    /// Attention of `q` (`[heads, n, d]`, scaled) over `keys`/`values` (`[kv, L, d]`) with an
+    /// optional additive `[n, L]` mask; returns `[n, heads * d]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.config.base;
+        let n = q.dim(1)?;
+        let total = keys.dim(1)?;
+        let rep = c.n_heads / c.n_kv_heads;
+        // Query heads sharing a kv head become rows: [kv, rep * n, d].
+        let q = q.reshape((c.n_kv_heads, rep * n, c.head_dim))?;
+        let att = q.matmul(&keys.t()?)?; // [kv, rep * n, L]
+        let att = match mask {
+            Some(m) => att
+                .reshape((c.n_kv_heads, rep, n, total))?
+                .broadcast_add(m)?
+                .reshape((c.n_kv_heads, rep * n, total))?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&values.contiguous()?)?; // [kv, rep * n, d]
+        Ok(y.reshape((c.n_heads, n, c.head_dim))?
+            .transpose(0, 1)?
+            .reshape((n, c.n_heads * c.head_dim))?)
+    }
+
+    /// The feed-forward branch and both residual adds of a block, given the attention output.
+    fn finish_block(&self, b: &Block, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let eps = self.config.base.rms_eps as f32;
+        let attn = candle_nn::ops::rms_norm(&b.wo.forward(attn)?, &b.post_attn_norm, eps)?;
+        let x = (x + attn)?;
+        let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+        let g = b.gate.forward(&h)?.gelu()?;
+        let u = b.up.forward(&h)?;
+        let f = candle_nn::ops::rms_norm(&b.down.forward(&(g * u)?)?, &b.post_ffn_norm, eps)?;
+        Ok((x + f)?)
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        let x = self.embedding.lookup(tokens, &self.device)?;
+        Ok((x * f64::from((self.config.base.hidden_size as f32).sqrt()))?)
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = candle_nn::ops::rms_norm(x, &self.norm, self.config.base.rms_eps as f32)?;
+        Ok(self.output.forward(&x)?)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        let c = &self.config.base;
+        let eps = c.rms_eps as f32;
+        let n = tokens.len();
+        let total = pos + n;
+        let window = self.config.sliding_window;
+        let local_start = self.window_start(pos);
+        let tables = self.tables_for_range(pos, n)?;
+        let (global_mask, local_mask) = if n > 1 {
+            (
+                Some(attention_mask(n, pos, 0, usize::MAX, &self.device)?),
+                Some(attention_mask(n, pos, local_start, window, &self.device)?),
+            )
+        } else {
+            (None, None)
+        };
+        let mut x = self.embed(tokens)?; // [n, hidden]
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let sliding = self.config.is_sliding(layer);
+            let (cos, sin) = &tables[usize::from(!sliding)];
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = self.qk(&b.wq.forward(&h)?, c.n_heads, &b.q_norm, cos, sin)?;
+            let q = (q * self.config.attention_scale)?;
+            let k = self.qk(&b.wk.forward(&h)?, c.n_kv_heads, &b.k_norm, cos, sin)?;
+            let v =
+                b.wv.forward(&h)?
+                    .reshape((n, c.n_kv_heads, c.head_dim))?
+                    .transpose(0, 1)?;
+            let (keys, values) = cache.append(layer, &k, &v)?; // [kv, total, d]
+            let y = if sliding {
+                let keys = keys.narrow(1, local_start, total - local_start)?;
+                let values = values.narrow(1, local_start, total - local_start)?;
+                self.attend(&q, &keys, &values, local_mask.as_ref())?
+            } else {
+                self.attend(&q, &keys, &values, global_mask.as_ref())?
+            };
+            x = self.finish_block(b, &x, &y)?;
+        }
+        if all_logits {
+            self.logits(&x)
+        } else {
+            Ok(self.logits(&x.narrow(0, n - 1, 1)?)?.squeeze(0)?)
+        }
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
+    /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
+    /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
+    pub fn forward_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SequenceCache],
+    ) -> Result<Tensor> {
+        let bsz = tokens.len();
+        if bsz == 0 || bsz != caches.len() {
+            return Err(ModelError::Tokenizer(format!(
+                "batch of {bsz} tokens for {} caches",
+                caches.len()
+            )));
+        }
+        if bsz == 1 {
+            return Ok(self.forward(tokens, caches[0], false)?.unsqueeze(0)?);
+        }
+        for cache in caches.iter_mut() {
+            self.make_room(cache, 1)?;
+        }
+        let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        match self.forward_batch_inner(tokens, caches, &starts) {
+            Ok(l) => {
+                for cache in caches.iter_mut() {
+                    cache.commit(1);
+                }
+                Ok(l)
+            }
+            Err(e) => {
+                for (cache, s) in caches.iter_mut().zip(starts) {
+                    cache.truncate(s);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn forward_batch_inner(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut SequenceCache],
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let c = &self.config.base;
+        let bsz = tokens.len();
+        let eps = c.rms_eps as f32;
+        let pos_f: Vec<f64> = positions.iter().map(|&p| p as f64).collect();
+        // [b, 1, d/2] tables: one position per sequence.
+        let table = |layer: usize| -> Result<(Tensor, Tensor)> {
+            let (cos, sin) = self.rope_tables(layer, &pos_f)?;
+            Ok((cos.unsqueeze(1)?, sin.unsqueeze(1)?))
+        };
+        let tables = [table(0)?, table(SWA_PATTERN - 1)?];
+        let rope = |x: &Tensor,
+                    heads: usize,
+                    norm: &Tensor,
+                    cos: &Tensor,
+                    sin: &Tensor|
+         -> Result<Tensor> {
+            let x = x.reshape((bsz, heads, 1, c.head_dim))?;
+            let x = candle_nn::ops::rms_norm(&x, norm, eps)?;
+            Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?)
+        };
+        let mut x = self.embed(tokens)?; // [b, hidden]
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let sliding = self.config.is_sliding(layer);
+            let (cos, sin) = &tables[usize::from(!sliding)];
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = rope(&b.wq.forward(&h)?, c.n_heads, &b.q_norm, cos, sin)?;
+            let q = (q * self.config.attention_scale)?;
+            let k = rope(&b.wk.forward(&h)?, c.n_kv_heads, &b.k_norm, cos, sin)?;
+            let v =
+                b.wv.forward(&h)?
+                    .reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+            let mut ys = Vec::with_capacity(bsz);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (keys, values) = cache.append(layer, &k.get(i)?, &v.get(i)?)?;
+                let (keys, values) = if sliding {
+                    let start = self.window_start(positions[i]);
+                    let len = positions[i] + 1 - start;
+                    (keys.narrow(1, start, len)?, values.narrow(1, start, len)?)
+                } else {
+                    (keys, values)
+                };
+                ys.push(self.attend(&q.get(i)?, &keys, &values, None)?);
+            }
+            let y = Tensor::cat(&ys, 0)?;
+            x = self.finish_block(b, &x, &y)?;
+        }
+        self.logits(&x)
+    }
+
+    /// Rotates cached keys (`[kv, n, d]`) of `layer` by `delta` positions (RoPE composes
+    /// additively).
+    fn rerotate(&self, keys: &Tensor, layer: usize, delta: isize) -> candle_core::Result<Tensor> {
+        let n = keys.dim(1)?;
+        let (cos, sin) = self
+            .rope_tables(layer, &vec![delta as f64; n])
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        candle_nn::rotary_emb::rope(&keys.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
+    }
+}
+
+/// `[n, total - first]` additive mask over key positions `first..pos + n`: query `i` (at
+/// position `pos + i`) sees key `j` when `j <= pos + i` and `pos + i - j < window`.
+fn attention_mask(
+    n: usize,
+    pos: usize,
+    first: usize,
+    window: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let total = pos + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let q = pos + i;
+            (first..total).map(move |j| {
+                if j <= q && q - j < window {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (n, total - first), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_pattern_has_every_sixth_layer_global() {
+        let globals: Vec<usize> = (0..18)
+            .filter(|&l| l % SWA_PATTERN == SWA_PATTERN - 1)
+            .collect();
+        assert_eq!(globals, vec![5, 11, 17]);
+    }
+
+    #[test]
+    fn sliding_mask_keeps_the_last_window_positions() {
+        // Queries at positions 3 and 4, window 2: each sees itself and one before.
+        let m = attention_mask(2, 3, 2, 2, &Device::Cpu).unwrap();
+        let m: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m, vec![vec![0.0, 0.0, inf], vec![inf, 0.0, 0.0]]);
+        // The global mask is plain causal.
+        let g: Vec<Vec<f32>> = attention_mask(2, 1, 0, usize::MAX, &Device::Cpu)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(g, vec![vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+    }
+}
