@@ -216,12 +216,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
-/// Whether every model is present (without hashing).
-pub fn all_present() -> bool {
-    let dir = cache_dir();
-    SOURCES.iter().all(|s| dir.join(s.file).is_file())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

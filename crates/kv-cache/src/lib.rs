@@ -139,7 +139,9 @@ impl KvCacheConfig {
     /// Checks the configuration is consistent.
     pub fn validate(&self) -> Result<()> {
         if self.max_entries == 0 {
-            return Err(KvCacheError::InvalidConfig("max_entries must be > 0".into()));
+            return Err(KvCacheError::InvalidConfig(
+                "max_entries must be > 0".into(),
+            ));
         }
         match self.eviction_strategy {
             EvictionStrategy::None => Ok(()),
@@ -359,7 +361,12 @@ impl SequenceCache {
 
     /// Copies the first `len` cached tokens of `other` into this (empty or longer) cache, so a
     /// sequence can start from a cached prefix.
-    pub fn copy_prefix_from(&mut self, keys: &[Tensor], values: &[Tensor], len: usize) -> Result<()> {
+    pub fn copy_prefix_from(
+        &mut self,
+        keys: &[Tensor],
+        values: &[Tensor],
+        len: usize,
+    ) -> Result<()> {
         if keys.len() != self.shape.layers || values.len() != self.shape.layers {
             return Err(KvCacheError::InvalidConfig(format!(
                 "prefix has {} layers, cache has {}",
@@ -414,7 +421,13 @@ mod tests {
     }
 
     fn contents(c: &SequenceCache) -> Vec<f32> {
-        c.layer(0).unwrap().0.flatten_all().unwrap().to_vec1().unwrap()
+        c.layer(0)
+            .unwrap()
+            .0
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     fn push(c: &mut SequenceCache, x: f32) -> Result<usize> {
@@ -450,12 +463,12 @@ mod tests {
 
     #[test]
     fn sinks_are_kept_and_keys_rerotated() {
-        let cfg = KvCacheConfig::default()
-            .max_entries(5)
-            .eviction_strategy(EvictionStrategy::AttentionSinks {
+        let cfg = KvCacheConfig::default().max_entries(5).eviction_strategy(
+            EvictionStrategy::AttentionSinks {
                 sink_tokens: 1,
                 window: 2,
-            });
+            },
+        );
         let mut c = SequenceCache::new(shape(), &cfg, &Device::Cpu).unwrap();
         for i in 0..5 {
             push(&mut c, i as f32).unwrap();
@@ -464,7 +477,14 @@ mod tests {
         let shift = |t: &Tensor, _: usize, d: isize| t.affine(1.0, d as f64);
         assert_eq!(c.make_room(1, &shift).unwrap(), 2);
         assert_eq!(contents(&c), vec![0.0, 1.0, 2.0]);
-        let v: Vec<f32> = c.layer(0).unwrap().1.flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = c
+            .layer(0)
+            .unwrap()
+            .1
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(v, vec![0.0, 3.0, 4.0]);
         assert_eq!(c.len(), 3);
         assert_eq!(c.evicted(), 2);
@@ -477,12 +497,12 @@ mod tests {
             KvCacheConfig::default()
                 .max_entries(4)
                 .eviction_strategy(EvictionStrategy::SlidingWindow { window: 4 }),
-            KvCacheConfig::default()
-                .max_entries(4)
-                .eviction_strategy(EvictionStrategy::AttentionSinks {
+            KvCacheConfig::default().max_entries(4).eviction_strategy(
+                EvictionStrategy::AttentionSinks {
                     sink_tokens: 2,
                     window: 2,
-                }),
+                },
+            ),
         ];
         for cfg in bad {
             assert!(SequenceCache::new(shape(), &cfg, &Device::Cpu).is_err());

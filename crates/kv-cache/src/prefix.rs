@@ -128,8 +128,7 @@ impl PrefixCache {
             bytes,
             last_used: self.clock,
         });
-        while self.entries.len() > self.config.max_entries || self.bytes() > self.config.max_bytes
-        {
+        while self.entries.len() > self.config.max_entries || self.bytes() > self.config.max_bytes {
             let oldest = self
                 .entries
                 .iter()

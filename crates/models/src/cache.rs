@@ -115,6 +115,8 @@ mod tests {
             resolve("/nonexistent/file.gguf"),
             Err(ModelError::NotFound { .. })
         ));
-        assert!(model_path("gemma3-270m").unwrap().ends_with("gemma-3-270m-q4_k_m.gguf"));
+        assert!(model_path("gemma3-270m")
+            .unwrap()
+            .ends_with("gemma-3-270m-q4_k_m.gguf"));
     }
 }

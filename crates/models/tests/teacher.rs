@@ -44,6 +44,9 @@ fn teacher_forced_argmax_matches_llama_cpp() {
         "teacher-forced argmax: {agree}/{total} positions agree ({:.1}%), {confident_agree}/{confident} with margin >= 0.5",
         100.0 * agree as f64 / total as f64
     );
-    assert!(worst.is_empty(), "confident positions that disagree: {worst:?}");
+    assert!(
+        worst.is_empty(),
+        "confident positions that disagree: {worst:?}"
+    );
     assert!(agree * 100 >= total * 95, "{agree}/{total} < 95%");
 }
