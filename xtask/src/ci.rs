@@ -27,12 +27,18 @@ pub fn run(no_fetch: bool) -> Result<()> {
     }
     // The benches crate only holds benchmark binaries (clippy checks it above); building it
     // in the test profile would compile candle-transformers for nothing.
-    util::run(util::cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "fluent-ai-candle-benches",
-    ]))?;
+    // One test at a time: real-model tests each use every core through candle's thread pool,
+    // whose spinning barriers slow to a crawl when two of them share two cores.
+    util::run(
+        util::cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "fluent-ai-candle-benches",
+            ])
+            .env("RUST_TEST_THREADS", "1"),
+    )?;
     // The sampling kernels again with run-time dispatch forced to the scalar twin.
     util::run(
         util::cargo()
