@@ -72,13 +72,25 @@ fn generation_always_validates_on_maskbench_schemas() {
         for (temperature, seed) in settings {
             runs += 1;
             let params = GenerateParams {
-                max_tokens: 256,
+                max_tokens: 160,
                 temperature,
                 seed,
                 constraint: Some(ConstraintSpec::JsonSchema(schema.clone())),
                 ..Default::default()
             };
-            let out = match generate(&model, &prompt_ids, &params, &mut |_| {}) {
+            let t0 = std::time::Instant::now();
+            let result = generate(&model, &prompt_ids, &params, &mut |_| {});
+            if let Ok(g) = &result {
+                eprintln!(
+                    "{name} (t={temperature}): {} tokens in {:.1} s, {:?} {:?}: {}",
+                    g.token_ids.len(),
+                    t0.elapsed().as_secs_f64(),
+                    g.finish_reason,
+                    g.error,
+                    g.text
+                );
+            }
+            let out = match result {
                 Ok(g) => g,
                 Err(e) => {
                     failures.push(format!("{name} (t={temperature}): error {e}"));
