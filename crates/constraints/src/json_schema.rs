@@ -1,5 +1,6 @@
 //! JSON Schema → grammar. Objects list their properties in the schema's order (optional ones
-//! may be skipped); whitespace between tokens is free (at least what `json.dumps` writes).
+//! may be skipped; objects with few properties take them in any order); whitespace between
+//! tokens is free up to 20 characters per gap (at least what `json.dumps` writes).
 
 use crate::grammar::{GrammarBuilder, Sym};
 use crate::{CompileOptions, ConstraintError};
@@ -11,7 +12,9 @@ use std::time::Instant;
 pub(crate) const STR_CHAR: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})"#;
 const NUMBER: &str = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?";
 const INTEGER: &str = r"-?(?:0|[1-9][0-9]*)";
-const WS: &str = r"[ \t\n\r]*";
+/// Whitespace between JSON tokens: bounded, so a model cannot loop on blank space (room for a
+/// newline plus indentation).
+const WS: &str = r"[ \t\n\r]{0,20}";
 /// Objects with at most this many declared properties accept them in any order.
 const MAX_FREE_ORDER: usize = 8;
 /// Internal keyword: property names an object may not have (from `not: {required: [..]}`).
