@@ -301,9 +301,11 @@ impl SequenceCache {
             let from = sinks + removed;
             for layer in 0..self.shape.layers {
                 let k = self.keys[layer].narrow(1, from, keep)?.contiguous()?;
-                let k = rerotate(&k, from, -(removed as isize))?.contiguous()?;
+                // A fresh copy: a contiguous view (one KV head) would share the storage
+                // that `slice_set` writes into.
+                let k = rerotate(&k, from, -(removed as isize))?.copy()?;
                 self.keys[layer].slice_set(&k, 1, sinks)?;
-                let v = self.values[layer].narrow(1, from, keep)?.contiguous()?;
+                let v = self.values[layer].narrow(1, from, keep)?.copy()?;
                 self.values[layer].slice_set(&v, 1, sinks)?;
             }
         }
