@@ -300,12 +300,15 @@ impl SequenceCache {
         if removed > 0 && keep > 0 {
             let from = sinks + removed;
             for layer in 0..self.shape.layers {
+                // Fresh contiguous storage each time: a view (one KV head, or an identity
+                // re-rotation) would share the storage `slice_set` writes into, and
+                // `slice_set` only takes contiguous sources (several KV heads).
                 let k = self.keys[layer].narrow(1, from, keep)?.contiguous()?;
-                // A fresh copy: a contiguous view (one KV head) would share the storage
-                // that `slice_set` writes into.
-                let k = rerotate(&k, from, -(removed as isize))?.copy()?;
+                let k = rerotate(&k, from, -(removed as isize))?.force_contiguous()?;
                 self.keys[layer].slice_set(&k, 1, sinks)?;
-                let v = self.values[layer].narrow(1, from, keep)?.copy()?;
+                let v = self.values[layer]
+                    .narrow(1, from, keep)?
+                    .force_contiguous()?;
                 self.values[layer].slice_set(&v, 1, sinks)?;
             }
         }
@@ -490,6 +493,37 @@ mod tests {
         assert_eq!(v, vec![0.0, 3.0, 4.0]);
         assert_eq!(c.len(), 3);
         assert_eq!(c.evicted(), 2);
+    }
+
+    #[test]
+    fn eviction_with_several_kv_heads() {
+        // Two heads make the kept range a strided view: the path CI caught on a real model.
+        let shape = CacheShape {
+            layers: 1,
+            kv_heads: 2,
+            head_dim: 1,
+            dtype: DType::F32,
+        };
+        let cfg = KvCacheConfig::default().max_entries(4).eviction_strategy(
+            EvictionStrategy::AttentionSinks {
+                sink_tokens: 1,
+                window: 2,
+            },
+        );
+        let mut c = SequenceCache::new(shape, &cfg, &Device::Cpu).unwrap();
+        let ident = |t: &Tensor, _: usize, _: isize| Ok(t.clone());
+        for i in 0..5 {
+            c.make_room(1, &ident).unwrap();
+            let x = i as f32;
+            let t = Tensor::new(&[[[x]], [[x + 10.0]]], &Device::Cpu).unwrap();
+            c.append(0, &t, &t).unwrap();
+            c.commit(1);
+        }
+        let k: Vec<Vec<f32>> = c.layer(0).unwrap().0.squeeze(2).unwrap().to_vec2().unwrap();
+        assert_eq!(
+            k,
+            vec![vec![0.0, 2.0, 3.0, 4.0], vec![10.0, 12.0, 13.0, 14.0]]
+        );
     }
 
     #[test]
