@@ -563,13 +563,14 @@ mod tests {
         );
     }
 
+    /// `tojson` keeps keys in insertion order, as Python's `json.dumps` of a dict does.
     #[test]
     fn hf_features() {
         let src = "{{ bos_token }}{% for m in messages %}{% if loop.first %}[{{ loop.index0 }}]{% endif %}{{ m.role.upper() }}:{{ m['content'].strip() }}|{% endfor %}{{ messages | tojson }}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         assert_eq!(
             t.render(&msgs(), false).unwrap(),
-            "<s>[0]SYSTEM:Be brief.|USER:Hi|[{\"content\": \"  Be brief.  \", \"role\": \"system\"}, {\"content\": \"Hi\", \"role\": \"user\"}]"
+            "<s>[0]SYSTEM:Be brief.|USER:Hi|[{\"role\": \"system\", \"content\": \"  Be brief.  \"}, {\"role\": \"user\", \"content\": \"Hi\"}]"
         );
     }
 
