@@ -8,7 +8,7 @@ use fluent_ai_candle_sampling::SamplingConfig;
 use futures::Stream;
 
 use crate::constraint::ConstraintSpec;
-use crate::{EngineError, FinishReason, Usage};
+use crate::{EngineError, FinishReason, TokenLogprob, Usage};
 
 /// One completion request. Unset fields take the generator's [`GenerationConfig`] defaults:
 ///
@@ -50,6 +50,9 @@ pub struct CandleCompletionRequest {
     pub kv_cache: Option<KvCacheConfig>,
     /// Keep generating after an end-of-generation token (benchmarks of a fixed length).
     pub ignore_eos: bool,
+    /// Report each token's log-probability (and the `top_logprobs` alternatives of `sampling`)
+    /// in chunks and in the response.
+    pub logprobs: bool,
 }
 
 /// One choice of a finished completion.
@@ -65,6 +68,8 @@ pub struct CompletionChoice {
     pub finish_reason: FinishReason,
     /// The error that ended it, when `finish_reason` is [`FinishReason::Error`].
     pub error: Option<String>,
+    /// Per-token log-probabilities, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A finished completion (OpenAI's `text_completion` object).
@@ -83,12 +88,14 @@ pub struct CandleCompletionResponse {
 }
 
 /// New content of a stream chunk.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChunkDelta {
     /// Text generated since the previous chunk (always whole characters).
     pub content: Option<String>,
     /// Tokens generated since the previous chunk.
     pub token_ids: Vec<u32>,
+    /// Their log-probabilities (one per entry of `token_ids`), when the request asked.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// One choice of a stream chunk.
@@ -208,6 +215,7 @@ struct Accumulator {
     model: String,
     text: String,
     token_ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
     error: Option<String>,
     usage: Option<Usage>,
@@ -226,6 +234,7 @@ impl Accumulator {
                 self.text.push_str(&t);
             }
             self.token_ids.extend(c.delta.token_ids);
+            self.logprobs.extend(c.delta.logprobs);
             if c.finish_reason.is_some() {
                 self.finish = c.finish_reason;
                 self.error = c.error;
@@ -245,6 +254,7 @@ impl Accumulator {
                 token_ids: self.token_ids,
                 finish_reason: finish,
                 error: self.error,
+                logprobs: self.logprobs,
             }],
             usage: self.usage.unwrap_or_default(),
         })

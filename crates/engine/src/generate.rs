@@ -33,6 +33,11 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// An output constraint (JSON Schema, grammar, regex...).
     pub constraint: Option<ConstraintSpec>,
+    /// Record each generated token's log-probability (and the `top_logprobs` alternatives the
+    /// sampling configuration asks for) in [`Generation::logprobs`] and in stream chunks.
+    ///
+    /// [`Generation::logprobs`]: crate::Generation::logprobs
+    pub logprobs: bool,
 }
 
 impl Default for GenerateParams {
@@ -46,6 +51,7 @@ impl Default for GenerateParams {
             seed: 299_792_458,
             stop: Vec::new(),
             constraint: None,
+            logprobs: false,
         }
     }
 }

@@ -184,6 +184,7 @@ impl CandleGenerator {
                 request.stop.clone()
             },
             constraint: request.constraints.clone(),
+            logprobs: request.logprobs,
         };
         params.validate()?;
         let prompt_ids = match &request.prompt_tokens {

@@ -60,6 +60,7 @@ pub use constraint::{ActiveConstraint, ConstraintSpec};
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::DeviceType;
+pub use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
 pub use generate::{generate, GenerateParams, MAX_TOKENS_LIMIT};
 pub use generator::CandleGenerator;
 pub use metrics::{EngineMetrics, MetricsSnapshot};
@@ -115,6 +116,25 @@ pub struct Generation {
     pub usage: Usage,
     /// The error that ended it, when `finish_reason` is [`FinishReason::Error`].
     pub error: Option<String>,
+    /// One entry per generated token when [`GenerateParams::logprobs`] is set, else empty.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// The log-probability of one generated token, and the most probable alternatives at its
+/// position (OpenAI's `logprobs.content[i]`, as token ids).
+///
+/// Which distribution the numbers describe is the sampling configuration's
+/// [`LogprobSource`](fluent_ai_candle_sampling::LogprobSource): the one the token was drawn
+/// from (after temperature, top-p...) by default, or the model's raw softmax.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The generated token.
+    pub token: u32,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// The most probable tokens with their natural-log probabilities, most probable first
+    /// (as many as `top_logprobs` asks).
+    pub top_logprobs: Vec<(u32, f32)>,
 }
 
 /// What went wrong before any token was produced.

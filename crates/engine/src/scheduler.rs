@@ -67,6 +67,12 @@ struct Active {
 impl Active {
     fn chunk(&mut self, finish: bool) -> CandleCompletionChunk {
         let tokens = self.seq.generated()[self.sent_tokens..].to_vec();
+        let logprobs = self
+            .seq
+            .logprobs()
+            .get(self.sent_tokens..)
+            .unwrap_or_default()
+            .to_vec();
         self.sent_tokens = self.seq.generated().len();
         let text = std::mem::take(&mut self.pending_text);
         self.pending_since = None;
@@ -79,6 +85,7 @@ impl Active {
                 delta: ChunkDelta {
                     content: if text.is_empty() { None } else { Some(text) },
                     token_ids: tokens,
+                    logprobs,
                 },
                 finish_reason: if finish {
                     self.seq.finish_reason()

@@ -16,7 +16,7 @@ use crate::constraint::ActiveConstraint;
 use crate::detok::Detokenizer;
 use crate::generate::GenerateParams;
 use crate::stop::{StopMatcher, StopOutcome};
-use crate::{EngineError, FinishReason, Generation, Usage};
+use crate::{EngineError, FinishReason, Generation, TokenLogprob, Usage};
 
 /// The state of one sequence between decode steps.
 pub(crate) struct SequenceState {
@@ -37,6 +37,8 @@ pub(crate) struct SequenceState {
     stopped_by_sequence: bool,
     finalized: bool,
     ignore_eos: bool,
+    record_logprobs: bool,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl SequenceState {
@@ -76,6 +78,8 @@ impl SequenceState {
             stopped_by_sequence: false,
             finalized: false,
             ignore_eos: false,
+            record_logprobs: params.logprobs,
+            logprobs: Vec::new(),
         })
     }
 
@@ -87,6 +91,11 @@ impl SequenceState {
     /// Tokens generated so far.
     pub(crate) fn generated(&self) -> &[u32] {
         &self.generated
+    }
+
+    /// One entry per generated token when logprobs were asked for, else empty.
+    pub(crate) fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
     }
 
     /// Why the sequence ended, once it has.
@@ -166,6 +175,13 @@ impl SequenceState {
             c.commit(sampled.token)?;
         }
         let token = sampled.token;
+        if self.record_logprobs {
+            self.logprobs.push(TokenLogprob {
+                token,
+                logprob: sampled.logprob,
+                top_logprobs: sampled.top_logprobs.to_vec(),
+            });
+        }
         self.generated.push(token);
         self.history.push(token);
         if !self.ignore_eos && self.eog.contains(&token) {
@@ -223,7 +239,11 @@ impl SequenceState {
             out.push_str(&tail);
             self.text.push_str(&tail);
         }
-        if let (Some(c), None) = (self.constraint.as_ref(), self.error.as_ref()) {
+        // A constrained output is validated when it claims to be complete. One cut by
+        // `max_tokens` keeps `finish_reason: length` (as OpenAI reports a truncated JSON
+        // response): the reason already says it is unfinished, and the text so far is kept.
+        let complete = self.finish == Some(FinishReason::Stop);
+        if let (Some(c), None, true) = (self.constraint.as_ref(), self.error.as_ref(), complete) {
             if let Err(e) = c.validate_output(&self.text) {
                 self.finish = Some(FinishReason::Error);
                 self.error = Some(e.to_string());
@@ -242,6 +262,7 @@ impl SequenceState {
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             usage,
             error: self.error,
+            logprobs: self.logprobs,
         }
     }
 }

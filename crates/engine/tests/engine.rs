@@ -70,6 +70,58 @@ async fn collect_matches_the_single_sequence_path() {
     assert!(!choice.text.is_empty());
 }
 
+/// Logprobs: one entry per generated token in the chunks and in the collected response; with
+/// the model's distribution as the source, a greedy token is the most probable alternative and
+/// the alternatives are sorted, log-probabilities ≤ 0 and their probabilities sum to ≤ 1.
+#[test]
+fn logprobs_describe_every_generated_token() {
+    let g = generator(GenerationConfig::default());
+    let sampling = fluent_ai_candle_engine::SamplingConfig::builder()
+        .temperature(0.0)
+        .top_logprobs(3)
+        .logprob_source(fluent_ai_candle_engine::LogprobSource::Model)
+        .build()
+        .unwrap();
+    let req = CandleCompletionRequest {
+        sampling: Some(sampling),
+        logprobs: true,
+        ..request(&chat("Name a colour."), 10, 0.0, 1)
+    };
+    let mut stream = g.generate_stream(&req).unwrap();
+    let mut from_chunks = Vec::new();
+    while let Some(chunk) = stream.blocking_next() {
+        let delta = &chunk.choices[0].delta;
+        assert_eq!(delta.logprobs.len(), delta.token_ids.len());
+        for (lp, &t) in delta.logprobs.iter().zip(&delta.token_ids) {
+            assert_eq!(lp.token, t);
+        }
+        from_chunks.extend(delta.logprobs.iter().cloned());
+    }
+    let response = g.generate(&req).blocking_collect().unwrap();
+    let choice = &response.choices[0];
+    assert_eq!(choice.logprobs, from_chunks);
+    assert_eq!(choice.logprobs.len(), choice.token_ids.len());
+    assert!(!choice.logprobs.is_empty());
+    for lp in &choice.logprobs {
+        assert_eq!(lp.top_logprobs.len(), 3);
+        assert_eq!(
+            lp.top_logprobs[0].0, lp.token,
+            "greedy picks the most probable"
+        );
+        assert!((lp.top_logprobs[0].1 - lp.logprob).abs() < 1e-6);
+        assert!(lp.logprob <= 0.0 && lp.logprob.is_finite());
+        assert!(lp.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1));
+        let mass: f32 = lp.top_logprobs.iter().map(|(_, l)| l.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+    }
+    // Without the flag nothing is recorded.
+    let plain = g
+        .generate(&request(&chat("Name a colour."), 4, 0.0, 1))
+        .blocking_collect()
+        .unwrap();
+    assert!(plain.choices[0].logprobs.is_empty());
+}
+
 /// The same request gives the same tokens alone and inside a batch of 8, greedy and sampled.
 ///
 /// The prefix cache is off here: a prompt whose prefix comes from the cache runs only its

@@ -180,6 +180,7 @@ pub(crate) fn build_template(
         b = b.temperature(temperature);
     }
     if let Some(k) = logprobs {
+        // OpenAI reports the model's distribution, before temperature and truncation.
         b = b.top_logprobs(k).logprob_source(LogprobSource::Model);
     }
     let sampling = b
@@ -228,6 +229,7 @@ pub(crate) fn build_template(
         stop,
         constraints: constraints.pop(),
         ignore_eos: p.ignore_eos.unwrap_or(false),
+        logprobs: logprobs.is_some(),
         ..Default::default()
     };
     Ok((request, n, seed))

@@ -138,16 +138,6 @@ fn start(
         .collect()
 }
 
-fn unsupported_logprobs(on: bool) -> Result<(), ApiError> {
-    if on {
-        return Err(ApiError::invalid_param(
-            "logprobs",
-            "logprobs are not available from this engine build yet",
-        ));
-    }
-    Ok(())
-}
-
 /// Validates and starts a chat request.
 pub(crate) fn prepare_chat(
     state: &Arc<AppState>,
@@ -155,7 +145,6 @@ pub(crate) fn prepare_chat(
 ) -> Result<Prepared, ApiError> {
     let guard = state.admit()?;
     let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
-    unsupported_logprobs(logprobs.is_some())?;
     let (template, n, seed) =
         params::build_template(&req.common, state.config.default_max_tokens, logprobs)?;
     let generator = state.generator(req.common.model.as_deref())?;
@@ -175,7 +164,8 @@ pub(crate) fn prepare_chat(
         guard,
         state.abort.subscribe(),
         generator.model().clone(),
-    ))
+    )
+    .with_logprobs(logprobs.is_some()))
 }
 
 /// Validates and starts a text completion request.
@@ -185,7 +175,6 @@ pub(crate) fn prepare_completion(
 ) -> Result<Prepared, ApiError> {
     let guard = state.admit()?;
     let logprobs = params::completion_logprobs(req.logprobs)?;
-    unsupported_logprobs(logprobs.is_some())?;
     if req.echo == Some(true) {
         return Err(ApiError::invalid_param("echo", "echo is not supported"));
     }
@@ -215,7 +204,8 @@ pub(crate) fn prepare_completion(
         guard,
         state.abort.subscribe(),
         generator.model().clone(),
-    ))
+    )
+    .with_logprobs(logprobs.is_some()))
 }
 
 async fn respond(prepared: Prepared) -> Response {

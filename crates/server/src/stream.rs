@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use fluent_ai_candle_engine::{CandleCompletionChunk, CandleCompletionStream, FinishReason};
+use fluent_ai_candle_engine::{
+    CandleCompletionChunk, CandleCompletionStream, FinishReason, TokenLogprob,
+};
 use fluent_ai_candle_models::LoadedModel;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
@@ -15,7 +17,8 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
-    ChatDelta, CompletionChoiceOut, CompletionResponse, UsageOut,
+    ChatDelta, ChatLogprobs, CompletionChoiceOut, CompletionLogprobs, CompletionResponse,
+    TokenLogprobOut, TopLogprobOut, UsageOut,
 };
 use crate::state::InFlight;
 
@@ -42,8 +45,10 @@ pub(crate) struct Prepared {
     pub merged: SelectAll<BoxStream<'static, (usize, CandleCompletionChunk)>>,
     pub guard: InFlight,
     pub abort: watch::Receiver<bool>,
-    #[allow(dead_code)]
+    /// The model, for the text of tokens in logprobs.
     pub loaded: Arc<LoadedModel>,
+    /// Whether the response carries `logprobs`.
+    pub logprobs: bool,
 }
 
 impl Prepared {
@@ -81,7 +86,83 @@ impl Prepared {
             guard,
             abort,
             loaded,
+            logprobs: false,
         }
+    }
+
+    /// Makes the response carry `logprobs` (the engine requests must have asked for them).
+    pub fn with_logprobs(mut self, on: bool) -> Self {
+        self.logprobs = on;
+        self
+    }
+
+    /// The bytes and (lossy) text of a token.
+    fn token_text(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self
+            .loaded
+            .tokenizer
+            .token_bytes_of(id)
+            .unwrap_or_default()
+            .to_vec();
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// Chat `logprobs` of some tokens.
+    fn chat_logprobs(&self, entries: &[TokenLogprob]) -> Option<ChatLogprobs> {
+        if !self.logprobs {
+            return None;
+        }
+        let content = entries
+            .iter()
+            .map(|e| {
+                let (token, bytes) = self.token_text(e.token);
+                TokenLogprobOut {
+                    token,
+                    logprob: e.logprob,
+                    bytes,
+                    top_logprobs: e
+                        .top_logprobs
+                        .iter()
+                        .map(|&(id, logprob)| {
+                            let (token, bytes) = self.token_text(id);
+                            TopLogprobOut {
+                                token,
+                                logprob,
+                                bytes,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Some(ChatLogprobs { content })
+    }
+
+    /// Legacy completions `logprobs` of some tokens; `offset` is the character offset of the
+    /// first one in the choice's text.
+    fn completion_logprobs(
+        &self,
+        entries: &[TokenLogprob],
+        mut offset: usize,
+    ) -> Option<CompletionLogprobs> {
+        if !self.logprobs {
+            return None;
+        }
+        let mut out = CompletionLogprobs::default();
+        for e in entries {
+            let (token, _) = self.token_text(e.token);
+            out.text_offset.push(offset);
+            offset += token.chars().count();
+            out.tokens.push(token);
+            out.token_logprobs.push(e.logprob);
+            out.top_logprobs.push(
+                e.top_logprobs
+                    .iter()
+                    .map(|&(id, lp)| (self.token_text(id).0, lp))
+                    .collect(),
+            );
+        }
+        Some(out)
     }
 
     /// The next chunk, or `None` at the end or once the shutdown bound cuts the request.
@@ -98,11 +179,13 @@ impl Prepared {
     /// Reads every chunk into one OpenAI response (JSON text).
     pub async fn collect(mut self) -> Result<String, ApiError> {
         let mut texts = vec![String::new(); self.choices];
+        let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); self.choices];
         let mut finish: Vec<Option<FinishReason>> = vec![None; self.choices];
         let mut usage = UsageOut::default();
         while let Some((i, chunk)) = self.next().await {
             texts[i].push_str(chunk.text());
             if let Some(c) = chunk.choices.first() {
+                logprobs[i].extend(c.delta.logprobs.iter().cloned());
                 if let Some(reason) = c.finish_reason {
                     if reason == FinishReason::Error {
                         return Err(ApiError::internal(format!(
@@ -138,7 +221,7 @@ impl Prepared {
                             role: "assistant",
                             content,
                         },
-                        logprobs: None,
+                        logprobs: self.chat_logprobs(&logprobs[i]),
                         finish_reason: reason(i),
                     })
                     .collect(),
@@ -156,7 +239,7 @@ impl Prepared {
                     .map(|(i, text)| CompletionChoiceOut {
                         text,
                         index: i,
-                        logprobs: None,
+                        logprobs: self.completion_logprobs(&logprobs[i], 0),
                         finish_reason: Some(reason(i)),
                     })
                     .collect(),
@@ -176,6 +259,7 @@ impl Prepared {
             prepared: self,
             pending: VecDeque::new(),
             role_sent: vec![false; choices],
+            offsets: vec![0; choices],
             usage: UsageOut::default(),
             done: false,
         };
@@ -222,6 +306,8 @@ struct Emitter {
     prepared: Prepared,
     pending: VecDeque<String>,
     role_sent: Vec<bool>,
+    /// Characters of token text already reported per choice (completions' `text_offset`).
+    offsets: Vec<usize>,
     usage: UsageOut,
     done: bool,
 }
@@ -260,7 +346,11 @@ impl Emitter {
             finish = Some(FinishReason::Stop);
         }
         let text = chunk.text().to_string();
-        if text.is_empty() && finish.is_none() && self.role_sent[i] {
+        let entries = first
+            .map(|c| c.delta.logprobs.as_slice())
+            .unwrap_or_default();
+        let no_logprobs = !p.logprobs || entries.is_empty();
+        if text.is_empty() && finish.is_none() && self.role_sent[i] && no_logprobs {
             return;
         }
         let finish_reason = finish.map(FinishReason::as_str);
@@ -280,7 +370,7 @@ impl Emitter {
                             role,
                             content: (!text.is_empty() || role.is_some()).then_some(text),
                         },
-                        logprobs: None,
+                        logprobs: p.chat_logprobs(entries),
                         finish_reason,
                     }],
                     usage,
@@ -289,6 +379,14 @@ impl Emitter {
                 self.push_json(&out);
             }
             Endpoint::Completion => {
+                let logprobs = p.completion_logprobs(entries, self.offsets[i]);
+                if let Some(l) = &logprobs {
+                    self.offsets[i] = l
+                        .text_offset
+                        .last()
+                        .zip(l.tokens.last())
+                        .map_or(self.offsets[i], |(o, t)| o + t.chars().count());
+                }
                 self.role_sent[i] = true;
                 let out = CompletionResponse {
                     id: p.id.clone(),
@@ -298,7 +396,7 @@ impl Emitter {
                     choices: vec![CompletionChoiceOut {
                         text,
                         index: i,
-                        logprobs: None,
+                        logprobs,
                         finish_reason,
                     }],
                     usage,

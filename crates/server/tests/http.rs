@@ -170,6 +170,90 @@ async fn text_completions_whole_and_streamed_with_n_and_stop() {
     assert_eq!(texts[1], choices[1]["text"].as_str().unwrap());
 }
 
+/// `logprobs` + `top_logprobs`: chat (whole and streamed) and legacy completions shapes.
+#[tokio::test]
+async fn logprobs_whole_streamed_and_legacy() {
+    let addr = shared();
+    let extra = json!({"logprobs": true, "top_logprobs": 2});
+    let (status, whole) = post(addr, "/v1/chat/completions", chat("Name a colour.", extra)).await;
+    assert_eq!(status, 200, "{whole}");
+    let content = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        content.len() as u64,
+        whole["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let mut text = String::new();
+    for entry in content {
+        let lp = entry["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{entry}");
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        // Greedy: the chosen token is the most probable one.
+        assert_eq!(top[0]["token"], entry["token"]);
+        assert!(top[0]["logprob"].as_f64().unwrap() >= top[1]["logprob"].as_f64().unwrap());
+        let bytes: Vec<u8> = entry["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            entry["token"].as_str().unwrap()
+        );
+        text.push_str(entry["token"].as_str().unwrap());
+    }
+    let message = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with(message), "{text:?} vs {message:?}");
+    // Without the flag: null.
+    let (_, plain) = post(
+        addr,
+        "/v1/chat/completions",
+        chat("Name a colour.", json!({})),
+    )
+    .await;
+    assert!(plain["choices"][0]["logprobs"].is_null());
+
+    // Streamed: the chunks' entries add up to the whole response's.
+    let body = chat(
+        "Name a colour.",
+        json!({"logprobs": true, "top_logprobs": 2, "stream": true}),
+    );
+    let r = client()
+        .post(url(addr, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(r).await;
+    let mut streamed = Vec::new();
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        if let Some(l) = c["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(l.iter().cloned());
+        }
+    }
+    assert_eq!(&streamed, content);
+
+    // Legacy completions: parallel arrays and character offsets.
+    let body = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 5,
+        "temperature": 0, "logprobs": 3});
+    let (status, done) = post(addr, "/v1/completions", body).await;
+    assert_eq!(status, 200, "{done}");
+    let l = &done["choices"][0]["logprobs"];
+    let tokens = l["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(l["token_logprobs"].as_array().unwrap().len(), 5);
+    assert_eq!(l["text_offset"][0], 0);
+    let top = l["top_logprobs"].as_array().unwrap();
+    assert!(top.iter().all(|m| m.as_object().unwrap().len() <= 3));
+    let joined: String = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(joined, done["choices"][0]["text"].as_str().unwrap());
+}
+
 #[tokio::test]
 async fn json_schema_and_json_object_response_formats() {
     let addr = shared();
@@ -201,6 +285,19 @@ async fn json_schema_and_json_object_response_formats() {
     } else {
         assert!(content.trim_start().starts_with('{'), "{content}");
     }
+
+    // Cut by max_tokens: 200 with the partial JSON and finish_reason "length", not an error.
+    let body = chat(
+        "Is water wet? Answer in JSON.",
+        json!({"max_tokens": 3, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema}}}),
+    );
+    let (status, r) = post(addr, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length", "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with('{'), "{content}");
+    assert!(serde_json::from_str::<Value>(content).is_err(), "{content}");
 }
 
 #[tokio::test]
