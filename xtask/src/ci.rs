@@ -36,6 +36,8 @@ pub fn run(no_fetch: bool) -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "fluent-ai-candle-benches",
+                // Every failing test binary in one run, not just the first.
+                "--no-fail-fast",
             ])
             .env("RUST_TEST_THREADS", "1"),
     )?;

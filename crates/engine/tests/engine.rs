@@ -425,10 +425,36 @@ fn prefix_cache_hit_gives_the_same_tokens() {
     assert_eq!(a.choices[0].token_ids, c.choices[0].token_ids);
 }
 
-/// A failure mid-generation keeps the text so far: a JSON constraint cut by max_tokens fails
-/// validation and the partial text comes back with finish_reason "error".
+/// A failure mid-generation keeps the text so far: a custom constraint that admits nothing
+/// once the text is 12 bytes long (and never calls it complete) leaves the sampler no token,
+/// and the partial text comes back with finish_reason "error" and the error.
 #[test]
 fn failure_mid_generation_returns_the_text_so_far() {
+    struct Dead;
+    impl fluent_ai_candle_engine::GenerationConstraint for Dead {
+        fn is_valid_next_token(&self, current_text: &str, next_token: &str) -> bool {
+            !next_token.is_empty() && current_text.len() + next_token.len() <= 12
+        }
+        fn is_complete(&self, _text: &str) -> bool {
+            false
+        }
+    }
+    let g = generator(GenerationConfig::default());
+    let mut req = request(&chat("Tell me a story."), 40, 0.0, 1);
+    req.constraints = Some(ConstraintSpec::Custom(std::sync::Arc::new(Dead)));
+    let r = g.generate(&req).blocking_collect().unwrap();
+    let c = &r.choices[0];
+    assert_eq!(c.finish_reason, FinishReason::Error);
+    assert_eq!(c.finish_reason.as_str(), "error");
+    assert!(c.error.is_some());
+    assert!(!c.text.is_empty() && c.text.len() <= 12, "{:?}", c.text);
+    assert!(r.usage.completion_tokens >= 1 && r.usage.completion_tokens < 40);
+}
+
+/// A JSON constraint cut by max_tokens keeps the partial text with finish_reason "length"
+/// (as OpenAI reports truncated JSON): not an error, and not validated.
+#[test]
+fn constrained_output_cut_by_max_tokens_ends_with_length() {
     let g = generator(GenerationConfig::default());
     let mut req = request(&chat("Give me a JSON object describing a cat."), 6, 0.0, 1);
     req.constraints = Some(ConstraintSpec::JsonSchema(serde_json::json!({
@@ -438,9 +464,8 @@ fn failure_mid_generation_returns_the_text_so_far() {
     })));
     let r = g.generate(&req).blocking_collect().unwrap();
     let c = &r.choices[0];
-    assert_eq!(c.finish_reason, FinishReason::Error);
-    assert_eq!(c.finish_reason.as_str(), "error");
-    assert!(c.error.is_some());
+    assert_eq!(c.finish_reason, FinishReason::Length);
+    assert!(c.error.is_none());
     assert!(c.text.starts_with('{'), "{:?}", c.text);
     assert_eq!(r.usage.completion_tokens, 6);
 }
