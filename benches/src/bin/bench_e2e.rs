@@ -3,7 +3,8 @@
 //! a 128-token prompt, then 128 new tokens, median of 3 runs, on candle's CPU thread pool.
 //!
 //! With `--json`, one line per model: `{"model", "path", "prefill_tok_s", "decode_tok_s",
-//! "threads", "peak_rss_mb", "model_file_mb", "kv_cache_mb", "rss_over_file_and_kv"}`.
+//! "threads", "peak_rss_mb" (the peak while decoding), "load_peak_rss_mb", "model_file_mb",
+//! "kv_cache_mb", "rss_over_file_and_kv"}`.
 //! Without `--model`, each model runs in its own child process so that its peak resident set
 //! (`VmHWM`) is its own.
 
@@ -53,12 +54,22 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resets the peak resident set to the current one (Linux: `5` to `/proc/self/clear_refs`),
+/// so the next [`peak_rss`] is the peak since now. False where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn bench_one(name: &str, json: bool) -> Result<()> {
     let path = cache::resolve(name).context("run `cargo xtask fetch-models`")?;
     let prompt = prompt_ids(&path, PROMPT)?;
     let mut gguf = GgufFile::open(&path)?;
     let model = Decoder::load(&mut gguf, &Device::Cpu, &mut |_| {})?;
     drop(gguf);
+    let load_peak = peak_rss();
+    // The peak while decoding is what the KV cache and the weights cost; loading has a
+    // transient peak of its own (a tensor is read before it is repacked).
+    let reset = reset_peak_rss();
     let mut runs = Vec::new();
     let mut kv_bytes = 0;
     for _ in 0..RUNS {
@@ -69,7 +80,8 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
     let s = Speed::median_of(&runs);
     let mb = |b: f64| b / 1e6;
     let file = std::fs::metadata(&path)?.len() as f64;
-    let rss = peak_rss().map(|b| b as f64);
+    let rss = if reset { peak_rss() } else { None }.map(|b| b as f64);
+    let load_peak = load_peak.map(|b| b as f64);
     let threads = candle_core::utils::get_num_threads();
     if json {
         println!(
@@ -81,6 +93,7 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
                 "decode_tok_s": s.decode_tok_s,
                 "threads": threads,
                 "peak_rss_mb": rss.map(mb),
+                "load_peak_rss_mb": load_peak.map(mb),
                 "model_file_mb": mb(file),
                 "kv_cache_mb": mb(kv_bytes as f64),
                 "rss_over_file_and_kv": rss.map(|r| r / (file + kv_bytes as f64)),
@@ -89,11 +102,12 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
     } else {
         println!(
             "{name}: prefill {:.1} tok/s, decode {:.1} tok/s ({PROMPT}-token prompt, {NEW} new \
-             tokens, {threads} threads, median of {RUNS}); peak RSS {} MB for a {:.1} MB file \
-             + {:.1} MB KV cache",
+             tokens, {threads} threads, median of {RUNS}); peak RSS while decoding {} MB (while \
+             loading {} MB) for a {:.1} MB file + {:.1} MB KV cache",
             s.prefill_tok_s,
             s.decode_tok_s,
             rss.map_or("?".into(), |r| format!("{:.1}", mb(r))),
+            load_peak.map_or("?".into(), |r| format!("{:.1}", mb(r))),
             mb(file),
             mb(kv_bytes as f64),
         );

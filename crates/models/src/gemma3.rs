@@ -1,4 +1,4 @@
-//! Our Gemma 3 decoder on candle-core, with quantized weights (`QMatMul`) and the same
+//! Our Gemma 3 decoder on candle-core, with quantized weights ([`QLinear`](crate::QLinear)) and the same
 //! preallocated per-sequence KV cache as [`Llama`](crate::Llama).
 //!
 //! What sets Gemma 3 apart from the llama family, as llama.cpp runs its GGUF files:
@@ -18,11 +18,10 @@
 //! The norm weights are used as stored: the GGUF converter already folded Gemma's `1 + w` into
 //! them.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 
-use candle_core::quantized::{ggml_file, GgmlDType, QMatMul, QTensor};
+use crate::quant::{Embedding, QLinear};
 use candle_core::{DType, Device, Module, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 
@@ -171,64 +170,20 @@ impl Gemma3Config {
     }
 }
 
-/// Token embeddings looked up row by row from the quantized table (which is also the output
-/// projection), so the table is never dequantized whole.
-#[derive(Debug)]
-struct Embedding {
-    table: Arc<QTensor>,
-    dtype: GgmlDType,
-    rows: usize,
-    hidden: usize,
-    row_bytes: usize,
-}
-
-impl Embedding {
-    fn new(table: QTensor, rows: usize, hidden: usize) -> Self {
-        let dtype = table.dtype();
-        let row_bytes = hidden / dtype.block_size() * dtype.type_size();
-        Self {
-            table: Arc::new(table),
-            dtype,
-            rows,
-            hidden,
-            row_bytes,
-        }
-    }
-
-    fn lookup(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
-        let data: Cow<'_, [u8]> = self.table.data()?;
-        let mut out = Vec::with_capacity(tokens.len() * self.hidden);
-        for &t in tokens {
-            let row = t as usize;
-            if row >= self.rows {
-                return Err(ModelError::Tokenizer(format!(
-                    "token id {t} out of range for a vocabulary of {}",
-                    self.rows
-                )));
-            }
-            let raw = &data[row * self.row_bytes..(row + 1) * self.row_bytes];
-            let v = ggml_file::qtensor_from_ggml(self.dtype, raw, vec![self.hidden], &Device::Cpu)?
-                .dequantize(&Device::Cpu)?;
-            out.extend(v.to_vec1::<f32>()?);
-        }
-        Ok(Tensor::from_vec(out, (tokens.len(), self.hidden), device)?)
-    }
-}
-
 #[derive(Debug)]
 struct Block {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
     q_norm: Tensor,
     k_norm: Tensor,
-    wo: QMatMul,
+    wo: QLinear,
     post_attn_norm: Tensor,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
     post_ffn_norm: Tensor,
 }
 
@@ -239,7 +194,7 @@ pub struct Gemma3 {
     embedding: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
-    output: QMatMul,
+    output: QLinear,
     device: Device,
 }
 
@@ -255,9 +210,9 @@ fn linear(
     out: usize,
     inp: usize,
     device: &Device,
-) -> Result<QMatMul> {
+) -> Result<QLinear> {
     let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
-    Ok(QMatMul::from_qtensor(t)?)
+    Ok(QLinear::from_qtensor(std::sync::Arc::new(t))?)
 }
 
 /// Tensors per block (for progress).
@@ -293,16 +248,13 @@ impl Gemma3 {
         }
         // Lookups read rows on the host: on an accelerator, keep a host copy of the table for
         // them (reading the device copy back would move the whole table at every step).
-        let (embedding, output_table) = if device.is_cpu() {
-            let e = Embedding::new(embd, c.vocab_size, c.hidden_size);
-            let t = e.table.clone();
-            (e, t)
+        let (embedding, output) = if device.is_cpu() {
+            let e = Embedding::new(embd)?;
+            let o = e.output()?;
+            (e, o)
         } else {
             let host = gguf.tensor("token_embd.weight", &Device::Cpu)?;
-            (
-                Embedding::new(host, c.vocab_size, c.hidden_size),
-                Arc::new(embd),
-            )
+            (Embedding::new(host)?, QLinear::shared(Arc::new(embd))?)
         };
         tick(1);
         let norm = norm_weight(gguf, "output_norm.weight", c.hidden_size, device)?;
@@ -310,7 +262,7 @@ impl Gemma3 {
         let output = if gguf.has_tensor("output.weight") {
             linear(gguf, "output.weight", c.vocab_size, c.hidden_size, device)?
         } else {
-            QMatMul::QTensor(output_table)
+            output
         };
         tick(1);
         let (h, d) = (c.hidden_size, c.head_dim);
@@ -440,12 +392,15 @@ impl Gemma3 {
         let (theta, scale) = self.config.rope_of(layer);
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
+        // As GGML computes it (f32, the frequency stepped by repeated multiplication), so
+        // near-tied logits break the way llama.cpp's do.
+        let step = (theta as f32).powf(-2.0 / d as f32);
         for &p in positions {
-            for i in 0..half {
-                let freq = theta.powf(-2.0 * i as f64 / d as f64);
-                let angle = p * scale * freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+            let mut angle = p as f32 * scale as f32;
+            for _ in 0..half {
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+                angle *= step;
             }
         }
         Ok((

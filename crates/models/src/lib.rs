@@ -32,7 +32,8 @@
 //! use fluent_ai_candle_models::{cache, ModelError};
 //! assert!(matches!(cache::resolve("no-such-model"), Err(ModelError::UnknownModel { .. })));
 //! ```
-#![forbid(unsafe_code)]
+// `unsafe` is denied (workspace lints) everywhere but the SIMD kernels in `quant::x86`.
+#![deny(unsafe_code)]
 
 pub mod cache;
 pub mod chat_template;
@@ -43,6 +44,7 @@ pub mod error;
 pub mod gemma3;
 pub mod gguf;
 pub mod llama;
+pub mod quant;
 pub mod tokenizer;
 
 mod loaded;
@@ -56,4 +58,5 @@ pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::GgufFile;
 pub use llama::{Llama, LoadProgress};
 pub use loaded::LoadedModel;
+pub use quant::QLinear;
 pub use tokenizer::GgufTokenizer;

@@ -77,7 +77,7 @@ fn teacher_forced_argmax_matches_llama_cpp() {
     // The goal is every confident position; this file's logits move by ~0.2 under f16-level
     // perturbations (measured: rounding the KV cache or GELU to f16 flips different positions
     // of margin 0.5-1.0), so the floor is what we reach: 318 of 320 (misses at margins 0.60
-    // and 0.55), 442 of 461 overall.
+    // and 0.55), 440 of 461 overall (our AVX2 kernels, RoPE angles computed as GGML does).
     assert!(
         confident_agree + 2 >= confident,
         "{confident_agree}/{confident} confident positions agree: {worst:?}"
@@ -132,9 +132,9 @@ fn greedy_continuations_agree_with_llama_cpp() {
 }
 
 /// Floor at what our decoder reached when this test was written (identical continuations).
-const GREEDY_IDENTICAL_FLOOR: usize = 15;
+const GREEDY_IDENTICAL_FLOOR: usize = 20;
 /// Floor at what our decoder reached when this test was written (mean agreeing prefix).
-const GREEDY_PREFIX_FLOOR: f64 = 23.0;
+const GREEDY_PREFIX_FLOOR: f64 = 27.5;
 
 #[test]
 fn loaded_model_renders_gemma_turns_with_one_bos() {

@@ -52,14 +52,15 @@ fn greedy_continuations_agree_with_llama_cpp() {
         "greedy48: {identical} of {} identical, mean agreeing prefix {mean:.1} tokens",
         lines.len()
     );
-    // Reached: 13 of 34 identical, mean prefix 22.56 (f32 KV cache). candle-transformers'
-    // quantized llama: 12 of 34 identical, mean prefix 23.0. The guard is the figure reached.
+    // Reached: 12 of 34 identical, mean prefix 23.0 (f32 KV cache, our AVX2 Q4_1 kernels,
+    // RoPE angles computed as GGML does). candle-transformers' quantized llama: 12 of 34
+    // identical, mean prefix 23.0. The guard is the figure reached.
     assert!(
-        identical >= 13,
-        "only {identical} identical continuations (reached 13)"
+        identical >= 12,
+        "only {identical} identical continuations (reached 12)"
     );
     assert!(
-        mean >= 22.5,
-        "mean agreeing prefix {mean:.2} < 22.5 (reached 22.56)"
+        mean >= 22.95,
+        "mean agreeing prefix {mean:.2} < 22.95 (reached 23.0)"
     );
 }

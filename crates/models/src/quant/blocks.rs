@@ -1,0 +1,172 @@
+//! Quantized blocks in GGML's formats, read safely from a tensor's bytes, and the 8-bit
+//! quantization of activations that the integer dot products consume.
+//!
+//! Weight blocks keep the file's bit layout (scales as f16 bits), so a weight matrix takes
+//! the same memory as in the GGUF file, give or take alignment padding.
+
+use half::f16;
+
+/// Values per block in every format here.
+pub(crate) const QK: usize = 32;
+
+/// GGML `Q4_1`: `value = d * q + m`, `q` in 0..16; element `j` is the low nibble of
+/// `qs[j]`, element `j + 16` its high nibble. 20 bytes in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BlockQ4_1 {
+    pub(crate) d: u16,
+    pub(crate) m: u16,
+    pub(crate) qs: [u8; 16],
+}
+
+/// GGML `Q5_0`: `value = d * (q - 16)`, `q` in 0..32: the nibbles as in `Q4_1`, plus bit `j`
+/// of `qh` as the fifth bit of element `j`. 22 bytes in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BlockQ5_0 {
+    pub(crate) d: u16,
+    pub(crate) qh: u32,
+    pub(crate) qs: [u8; 16],
+}
+
+/// GGML `Q8_0`: `value = d * q`, `q` in -127..=127. 34 bytes in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BlockQ8_0 {
+    pub(crate) d: u16,
+    pub(crate) qs: [i8; 32],
+}
+
+/// One block of an activation row quantized to 8 bits (GGML's `Q8_0`/`Q8_1`): `d` and `s`
+/// hold the values GGML stores as f16 (so products round as llama.cpp's do), `sum` is the
+/// exact sum of `qs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ActBlock {
+    pub(crate) d: f32,
+    pub(crate) s: f32,
+    pub(crate) sum: i32,
+    pub(crate) qs: [i8; 32],
+}
+
+impl Default for ActBlock {
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            s: 0.0,
+            sum: 0,
+            qs: [0; 32],
+        }
+    }
+}
+
+/// A weight format with a fast path here.
+pub(crate) trait WeightBlock: Copy + Send + Sync + 'static {
+    /// Bytes per block in the file.
+    const BYTES: usize;
+    /// Reads one block from exactly `Self::BYTES` bytes.
+    fn read(b: &[u8]) -> Self;
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+impl WeightBlock for BlockQ4_1 {
+    const BYTES: usize = 20;
+    fn read(b: &[u8]) -> Self {
+        let mut qs = [0u8; 16];
+        qs.copy_from_slice(&b[4..20]);
+        Self {
+            d: u16_at(b, 0),
+            m: u16_at(b, 2),
+            qs,
+        }
+    }
+}
+
+impl WeightBlock for BlockQ5_0 {
+    const BYTES: usize = 22;
+    fn read(b: &[u8]) -> Self {
+        let mut qs = [0u8; 16];
+        qs.copy_from_slice(&b[6..22]);
+        Self {
+            d: u16_at(b, 0),
+            qh: u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+            qs,
+        }
+    }
+}
+
+impl WeightBlock for BlockQ8_0 {
+    const BYTES: usize = 34;
+    fn read(b: &[u8]) -> Self {
+        let mut qs = [0i8; 32];
+        for (q, &x) in qs.iter_mut().zip(&b[2..34]) {
+            *q = x as i8;
+        }
+        Self {
+            d: u16_at(b, 0),
+            qs,
+        }
+    }
+}
+
+/// Reads every block of a tensor's bytes (`bytes.len()` a multiple of `B::BYTES`).
+pub(crate) fn read_blocks<B: WeightBlock>(bytes: &[u8]) -> Vec<B> {
+    bytes.chunks_exact(B::BYTES).map(B::read).collect()
+}
+
+/// An f16 bit pattern as f32.
+#[inline(always)]
+pub(crate) fn f16_bits(b: u16) -> f32 {
+    f16::from_bits(b).to_f32()
+}
+
+/// Quantizes one row of `QK * out.len()` values into `out` the way GGML's
+/// `quantize_row_q8_1` does: `d = amax / 127`, `q = round(x / d)`; `d` and `s = d * Σq`
+/// rounded through f16.
+pub(crate) fn quantize_row(xs: &[f32], out: &mut [ActBlock]) {
+    debug_assert_eq!(xs.len(), out.len() * QK);
+    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &x) in block.qs.iter_mut().zip(xs) {
+            let v = (x * id).round() as i8;
+            *q = v;
+            sum += v as i32;
+        }
+        block.d = f16::from_f32(d).to_f32();
+        block.s = f16::from_f32(d * sum as f32).to_f32();
+        block.sum = sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_row_round_trips_within_half_a_step() {
+        let xs: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.13)
+            .collect();
+        let mut out = vec![ActBlock::default(); 2];
+        quantize_row(&xs, &mut out);
+        for (b, xs) in out.iter().zip(xs.chunks_exact(QK)) {
+            assert_eq!(b.sum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+            for (&q, &x) in b.qs.iter().zip(xs) {
+                assert!(
+                    (q as f32 * b.d - x).abs() <= b.d * 0.51 + 1e-3,
+                    "{q} {x} {}",
+                    b.d
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_row_quantizes_to_zero() {
+        let mut out = vec![ActBlock::default(); 1];
+        quantize_row(&[0.0; 32], &mut out);
+        assert_eq!(out[0], ActBlock::default());
+    }
+}

@@ -1,0 +1,641 @@
+//! Quantized linear layers with our own CPU kernels.
+//!
+//! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
+//! code (SmolLM2's and most of Gemma 3 270M's layers), so [`QLinear`] runs those formats, and
+//! `Q8_0` (both models' output layer), with AVX2 kernels chosen at run time
+//! (`FLUENT_AI_CANDLE_SIMD=scalar` forces the scalar twins), on candle's own CPU thread pool.
+//! Every other format, and every non-CPU device, goes through candle's `QMatMul` unchanged.
+//! `FLUENT_AI_CANDLE_QMATMUL=candle` sends every format to candle (for side-by-side
+//! benchmarks).
+//!
+//! Activations are quantized to 8 bits per 32-value block exactly as GGML does (scales
+//! rounded through f16), so the integer products are those of llama.cpp and candle; only the
+//! f32 accumulation order differs. Rows are independent: a row's result does not depend on
+//! how many rows are multiplied with it, which keeps batched decoding batch-invariant.
+
+mod blocks;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+
+use blocks::{read_blocks, ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock, QK};
+
+/// The kernels [`QLinear`] uses on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Portable scalar code.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+}
+
+/// The kernels chosen at run time (once per process): AVX2 where the CPU has it, unless
+/// `FLUENT_AI_CANDLE_SIMD=scalar`.
+pub fn kernels() -> Kernels {
+    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        if std::env::var("FLUENT_AI_CANDLE_SIMD").is_ok_and(|v| v == "scalar") {
+            return Kernels::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return Kernels::Avx2;
+        }
+        Kernels::Scalar
+    })
+}
+
+fn candle_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("FLUENT_AI_CANDLE_QMATMUL").is_ok_and(|v| v == "candle"))
+}
+
+/// Weight rows (one per output feature) in a format with our kernels.
+#[derive(Debug)]
+enum Weights {
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// A weight matrix `[n, k]` run by our kernels.
+#[derive(Debug)]
+struct OurMatMul {
+    weights: Weights,
+    n: usize,
+    k: usize,
+    kernels: Kernels,
+}
+
+/// Rows multiplied together by one kernel call.
+const ROW_TILE: usize = 4;
+/// Output features per work item.
+const COL_GROUP: usize = 8;
+
+thread_local! {
+    static ACTIVATIONS: RefCell<Vec<ActBlock>> = const { RefCell::new(Vec::new()) };
+    static OUTPUT: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Dot products of one weight row with `rows` activation rows (1..=4) into `out`.
+fn dots<B: Kernel>(kernels: Kernels, w: &[B], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]) {
+    assert!(rows.len() <= ROW_TILE && rows.iter().all(|r| r.len() >= w.len()));
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        Kernels::Avx2 => B::avx2(w, rows, out),
+        _ => {
+            for (o, r) in out.iter_mut().zip(rows) {
+                *o = B::scalar(w, r);
+            }
+        }
+    }
+}
+
+/// A weight format with kernels.
+trait Kernel: WeightBlock {
+    fn scalar(w: &[Self], a: &[ActBlock]) -> f32;
+    /// Only called after [`kernels`] found AVX2, FMA and F16C, with rows at least as long as
+    /// `w` (checked by [`dots`]).
+    #[cfg(target_arch = "x86_64")]
+    fn avx2(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]);
+}
+
+macro_rules! kernel {
+    ($block:ty, $scalar:path, $simd:ident) => {
+        impl Kernel for $block {
+            fn scalar(w: &[Self], a: &[ActBlock]) -> f32 {
+                $scalar(w, a)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            fn avx2(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]) {
+                // SAFETY: `kernels()` detected avx2/fma/f16c before `Kernels::Avx2` could be
+                // chosen, and `dots` checked every row holds at least `w.len()` blocks.
+                unsafe {
+                    match *rows {
+                        [a] => out[..1].copy_from_slice(&x86::$simd::<1>(w, [a])),
+                        [a, b] => out[..2].copy_from_slice(&x86::$simd::<2>(w, [a, b])),
+                        [a, b, c] => out[..3].copy_from_slice(&x86::$simd::<3>(w, [a, b, c])),
+                        [a, b, c, d] => out.copy_from_slice(&x86::$simd::<4>(w, [a, b, c, d])),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+}
+
+kernel!(BlockQ4_1, scalar::dot_q4_1, q4_1);
+kernel!(BlockQ5_0, scalar::dot_q5_0, q5_0);
+kernel!(BlockQ8_0, scalar::dot_q8_0, q8_0);
+
+impl OurMatMul {
+    /// `x` (`[m, k]`, row-major) times the weights transposed: `[m, n]`.
+    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let kb = k / QK;
+        ACTIVATIONS.with(|acts| {
+            OUTPUT.with(|outs| {
+                let mut acts = acts.borrow_mut();
+                acts.resize(m * kb, ActBlock::default());
+                for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
+                    blocks::quantize_row(row, blocks);
+                }
+                let mut outs = outs.borrow_mut();
+                if outs.len() < m * n {
+                    outs.resize_with(m * n, || AtomicU32::new(0));
+                }
+                let acts = &acts[..m * kb];
+                let outs = &outs[..m * n];
+                match &self.weights {
+                    Weights::Q4_1(w) => self.run(w, acts, outs, m),
+                    Weights::Q5_0(w) => self.run(w, acts, outs, m),
+                    Weights::Q8_0(w) => self.run(w, acts, outs, m),
+                }
+                outs.iter()
+                    .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
+                    .collect()
+            })
+        })
+    }
+
+    /// Splits the work over candle's CPU pool: items are (column group, row tile) pairs,
+    /// column-group major, so a worker keeps a few weight rows in L1 while it walks the
+    /// activation tiles.
+    fn run<B: Kernel>(&self, w: &[B], acts: &[ActBlock], outs: &[AtomicU32], m: usize) {
+        let (n, kb) = (self.n, self.k / QK);
+        let tiles = m.div_ceil(ROW_TILE);
+        let groups = n.div_ceil(COL_GROUP);
+        let kernels = self.kernels;
+        let work = |items: std::ops::Range<usize>| {
+            let mut out = [0f32; ROW_TILE];
+            for item in items {
+                let (group, tile) = (item / tiles, item % tiles);
+                let r0 = tile * ROW_TILE;
+                let rows_here = ROW_TILE.min(m - r0);
+                let mut rows: [&[ActBlock]; ROW_TILE] = [&[]; ROW_TILE];
+                for (i, r) in rows.iter_mut().take(rows_here).enumerate() {
+                    *r = &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
+                }
+                for c in group * COL_GROUP..n.min((group + 1) * COL_GROUP) {
+                    dots(
+                        kernels,
+                        &w[c * kb..(c + 1) * kb],
+                        &rows[..rows_here],
+                        &mut out,
+                    );
+                    for (i, v) in out.iter().take(rows_here).enumerate() {
+                        outs[(r0 + i) * n + c].store(v.to_bits(), Ordering::Relaxed);
+                    }
+                }
+            }
+        };
+        candle_core::utils::barrier_pool().execute_chunked(groups * tiles, work);
+    }
+}
+
+impl OurMatMul {
+    /// Appends row `row` of the weights, dequantized, to `out`.
+    fn dequantize_row(&self, row: usize, out: &mut Vec<f32>) {
+        let kb = self.k / QK;
+        let range = row * kb..(row + 1) * kb;
+        match &self.weights {
+            Weights::Q4_1(w) => {
+                for b in &w[range] {
+                    let (d, m) = (blocks::f16_bits(b.d), blocks::f16_bits(b.m));
+                    out.extend(b.qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
+                    out.extend(b.qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+                }
+            }
+            Weights::Q5_0(w) => {
+                for b in &w[range] {
+                    let d = blocks::f16_bits(b.d);
+                    let fifth = |j: usize| (((b.qh >> j) & 1) << 4) as i32;
+                    out.extend(
+                        (0..16).map(|j| d * (((b.qs[j] & 0x0F) as i32 | fifth(j)) - 16) as f32),
+                    );
+                    out.extend(
+                        (0..16).map(|j| d * (((b.qs[j] >> 4) as i32 | fifth(j + 16)) - 16) as f32),
+                    );
+                }
+            }
+            Weights::Q8_0(w) => {
+                for b in &w[range] {
+                    let d = blocks::f16_bits(b.d);
+                    out.extend(b.qs.iter().map(|&q| d * q as f32));
+                }
+            }
+        }
+    }
+}
+
+/// Token embeddings looked up row by row from the quantized table, which is never dequantized
+/// whole. When the model ties its output projection to the embeddings,
+/// [`output`](Self::output) runs the same blocks (no second copy of the table).
+#[derive(Debug)]
+pub(crate) struct Embedding {
+    rows: usize,
+    hidden: usize,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Ours(Arc<OurMatMul>),
+    Table {
+        table: Arc<QTensor>,
+        dtype: GgmlDType,
+        row_bytes: usize,
+    },
+}
+
+impl Embedding {
+    /// Wraps a `[vocab, hidden]` table (on the CPU).
+    pub(crate) fn new(table: QTensor) -> crate::Result<Self> {
+        let (rows, hidden) = table
+            .shape()
+            .dims2()
+            .map_err(|e| crate::ModelError::BadTensor {
+                name: "token_embd.weight".into(),
+                reason: e.to_string(),
+            })?;
+        let table = Arc::new(table);
+        let source = match QLinear::from_qtensor(table.clone())?.inner {
+            Inner::Ours(op) => Source::Ours(op),
+            Inner::Candle(_) => {
+                let dtype = table.dtype();
+                Source::Table {
+                    row_bytes: hidden / dtype.block_size() * dtype.type_size(),
+                    table,
+                    dtype,
+                }
+            }
+        };
+        Ok(Self {
+            rows,
+            hidden,
+            source,
+        })
+    }
+
+    /// The rows of `tokens` (`[tokens.len(), hidden]`, f32) on `device`.
+    pub(crate) fn lookup(
+        &self,
+        tokens: &[u32],
+        device: &candle_core::Device,
+    ) -> crate::Result<Tensor> {
+        let mut out = Vec::with_capacity(tokens.len() * self.hidden);
+        for &t in tokens {
+            let row = t as usize;
+            if row >= self.rows {
+                return Err(crate::ModelError::Tokenizer(format!(
+                    "token id {t} out of range for a vocabulary of {}",
+                    self.rows
+                )));
+            }
+            match &self.source {
+                Source::Ours(op) => op.dequantize_row(row, &mut out),
+                Source::Table {
+                    table,
+                    dtype,
+                    row_bytes,
+                } => {
+                    let data = table.data()?;
+                    let raw = &data[row * row_bytes..(row + 1) * row_bytes];
+                    let v = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                        *dtype,
+                        raw,
+                        vec![self.hidden],
+                        &candle_core::Device::Cpu,
+                    )?
+                    .dequantize(&candle_core::Device::Cpu)?;
+                    out.extend(v.to_vec1::<f32>()?);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (tokens.len(), self.hidden), device)?)
+    }
+
+    /// The tied output projection (`[vocab, hidden]`): the same weights, shared.
+    pub(crate) fn output(&self) -> candle_core::Result<QLinear> {
+        Ok(match &self.source {
+            Source::Ours(op) => QLinear {
+                inner: Inner::Ours(op.clone()),
+            },
+            Source::Table { table, .. } => QLinear::shared(table.clone())?,
+        })
+    }
+}
+
+impl CustomOp1 for OurMatMul {
+    fn name(&self) -> &'static str {
+        "fluent-ai-candle-qmatmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("quantized matmul: f32 input expected");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quantized matmul: contiguous input expected");
+        };
+        let dims = layout.shape().dims();
+        let k = dims.last().copied().unwrap_or(0);
+        if k != self.k {
+            candle_core::bail!(
+                "quantized matmul: input has {k} features, weights expect {}",
+                self.k
+            );
+        }
+        let m = layout.shape().elem_count() / k;
+        let out = self.matmul(&data[start..end], m);
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+/// A quantized linear layer `y = x Wᵀ` (`W`: `[out, in]`), on our kernels where they apply
+/// and on candle's `QMatMul` otherwise (see the module docs).
+///
+/// ```
+/// use candle_core::quantized::{GgmlDType, QTensor};
+/// use candle_core::{Device, Module, Tensor};
+/// use fluent_ai_candle_models::QLinear;
+///
+/// let w = Tensor::randn(0f32, 1.0, (64, 96), &Device::Cpu)?;
+/// let layer = QLinear::from_qtensor(QTensor::quantize(&w, GgmlDType::Q4_1)?.into())?;
+/// let x = Tensor::randn(0f32, 1.0, (2, 96), &Device::Cpu)?;
+/// assert_eq!(layer.forward(&x)?.dims(), &[2, 64]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QLinear {
+    inner: Inner,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Ours(Arc<OurMatMul>),
+    Candle(QMatMul),
+}
+
+impl QLinear {
+    /// Wraps a quantized `[out, in]` weight tensor, repacking it for our kernels when its
+    /// format has them (and it is on the CPU).
+    pub fn from_qtensor(t: Arc<QTensor>) -> candle_core::Result<Self> {
+        let dims = t.shape().dims().to_vec();
+        let ours = !candle_forced() && t.device().is_cpu() && dims.len() == 2;
+        if ours && dims[1] % QK == 0 {
+            let (n, k) = (dims[0], dims[1]);
+            let weights = match t.dtype() {
+                GgmlDType::Q4_1 => Some(Weights::Q4_1(read_blocks(&t.data()?))),
+                GgmlDType::Q5_0 => Some(Weights::Q5_0(read_blocks(&t.data()?))),
+                GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
+                _ => None,
+            };
+            if let Some(weights) = weights {
+                let blocks = match &weights {
+                    Weights::Q4_1(w) => w.len(),
+                    Weights::Q5_0(w) => w.len(),
+                    Weights::Q8_0(w) => w.len(),
+                };
+                if blocks != n * (k / QK) {
+                    candle_core::bail!(
+                        "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",
+                        n * (k / QK)
+                    );
+                }
+                return Ok(Self {
+                    inner: Inner::Ours(Arc::new(OurMatMul {
+                        weights,
+                        n,
+                        k,
+                        kernels: kernels(),
+                    })),
+                });
+            }
+        }
+        Ok(Self {
+            inner: Inner::Candle(QMatMul::from_arc(t)?),
+        })
+    }
+
+    /// Runs `t` on candle's `QMatMul` without copying it (for a table shared with the token
+    /// embeddings, which read it row by row).
+    pub fn shared(t: Arc<QTensor>) -> candle_core::Result<Self> {
+        Ok(Self {
+            inner: Inner::Candle(QMatMul::from_arc(t)?),
+        })
+    }
+
+    /// Whether our kernels run this layer (rather than candle's `QMatMul`).
+    pub fn is_ours(&self) -> bool {
+        matches!(self.inner, Inner::Ours(_))
+    }
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.inner {
+            Inner::Candle(m) => m.forward(x),
+            Inner::Ours(op) => {
+                let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+                x.apply_op1_no_bwd(op.as_ref())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use proptest::prelude::*;
+
+    fn both(dtype: GgmlDType, w: &Tensor) -> (QLinear, QMatMul) {
+        let q = Arc::new(QTensor::quantize(w, dtype).unwrap());
+        (
+            QLinear::from_qtensor(q.clone()).unwrap(),
+            QMatMul::from_arc(q).unwrap(),
+        )
+    }
+
+    /// Element-wise closeness up to `1e-4` of the largest magnitude, plus `slack[i]`.
+    fn close_with(a: &Tensor, b: &Tensor, slack: &[f32]) -> Result<(), String> {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        if a.len() != b.len() {
+            return Err(format!("lengths {} vs {}", a.len(), b.len()));
+        }
+        let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let tol = 1e-4 * scale + slack.get(i).copied().unwrap_or(0.0);
+            if (x - y).abs() > tol {
+                return Err(format!("element {i}: {x} vs {y} (tolerance {tol})"));
+            }
+        }
+        Ok(())
+    }
+
+    fn close(a: &Tensor, b: &Tensor) -> Result<(), String> {
+        close_with(a, b, &[])
+    }
+
+    /// `Q4_1` against candle: GGML (and we) round `s = d·Σq` to f16 once, candle rounds
+    /// `Σq` and the product separately, so each block's `m·s` term may differ by an f16 ulp
+    /// of `s`: the slack is `Σ_blocks |m|·|s|·2⁻¹⁰` per output.
+    fn q4_1_slack(layer: &QLinear, x: &[f32], m: usize) -> Vec<f32> {
+        let Inner::Ours(op) = &layer.inner else {
+            return Vec::new();
+        };
+        let Weights::Q4_1(w) = &op.weights else {
+            return Vec::new();
+        };
+        let kb = op.k / QK;
+        let mut acts = vec![ActBlock::default(); m * kb];
+        for (row, a) in x.chunks_exact(op.k).zip(acts.chunks_exact_mut(kb)) {
+            blocks::quantize_row(row, a);
+        }
+        let mut slack = Vec::with_capacity(m * op.n);
+        for r in 0..m {
+            for c in 0..op.n {
+                let s: f32 = (0..kb)
+                    .map(|b| {
+                        let mw = blocks::f16_bits(w[c * kb + b].m).abs();
+                        mw * acts[r * kb + b].s.abs() / 1024.0
+                    })
+                    .sum();
+                slack.push(s);
+            }
+        }
+        slack
+    }
+
+    const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0];
+
+    #[test]
+    fn our_formats_use_our_kernels_and_others_fall_back() {
+        let w = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu).unwrap();
+        for f in FORMATS {
+            assert!(both(f, &w).0.is_ours() || candle_forced(), "{f:?}");
+        }
+        assert!(!both(GgmlDType::Q4K, &w).0.is_ours());
+    }
+
+    #[test]
+    fn embedding_rows_equal_candle_dequantization() {
+        let w = Tensor::randn(0f32, 1.0, (5, 64), &Device::Cpu).unwrap();
+        for f in FORMATS {
+            let q = QTensor::quantize(&w, f).unwrap();
+            let want: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
+            let e = Embedding::new(q).unwrap();
+            let got: Vec<Vec<f32>> = e.lookup(&[3, 0], &Device::Cpu).unwrap().to_vec2().unwrap();
+            assert_eq!(got, vec![want[3].clone(), want[0].clone()], "{f:?}");
+            assert!(e.lookup(&[5], &Device::Cpu).is_err());
+        }
+    }
+
+    #[test]
+    fn wrong_input_width_is_an_error() {
+        let w = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu).unwrap();
+        let (ours, _) = both(GgmlDType::Q4_1, &w);
+        let x = Tensor::zeros((1, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(ours.forward(&x).is_err());
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        // Batch invariance: a row's result is bit-identical alone and inside any tile.
+        let w = Tensor::randn(0f32, 1.0, (24, 128), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (7, 128), &Device::Cpu).unwrap();
+        for f in FORMATS {
+            let (ours, _) = both(f, &w);
+            let all: Vec<Vec<f32>> = ours.forward(&x).unwrap().to_vec2().unwrap();
+            for (r, row) in all.iter().enumerate() {
+                let alone: Vec<Vec<f32>> = ours
+                    .forward(&x.narrow(0, r, 1).unwrap())
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                assert_eq!(&alone[0], row, "{f:?} row {r}");
+            }
+        }
+    }
+
+    /// The scalar twin against the kernel in use, through the same blocks.
+    fn twin_matches(dtype: GgmlDType, w: &Tensor, x: &Tensor) -> Result<(), String> {
+        let (ours, _) = both(dtype, w);
+        let Inner::Ours(op) = &ours.inner else {
+            return Ok(());
+        };
+        let twin = OurMatMul {
+            weights: match &op.weights {
+                Weights::Q4_1(b) => Weights::Q4_1(b.clone()),
+                Weights::Q5_0(b) => Weights::Q5_0(b.clone()),
+                Weights::Q8_0(b) => Weights::Q8_0(b.clone()),
+            },
+            n: op.n,
+            k: op.k,
+            kernels: Kernels::Scalar,
+        };
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let m = x.dim(0).unwrap();
+        let fast = Tensor::from_vec(op.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
+        let slow = Tensor::from_vec(twin.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
+        close(&fast, &slow)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Against candle's quantized matmul on the same quantized weights, for every format,
+        /// every tile shape (1..=9 rows) and widths of 1..=8 blocks.
+        #[test]
+        fn matches_candle(
+            f in 0usize..3,
+            m in 1usize..10,
+            n in 1usize..20,
+            kb in 1usize..9,
+            seed in any::<u64>(),
+        ) {
+            let device = Device::Cpu;
+            // candle's Q4_1/Q5_0 kernels want an even number of blocks.
+            let k = 2 * kb * QK;
+            let gen = |len: usize, salt: u64| -> Vec<f32> {
+                let mut s = seed ^ salt;
+                (0..len)
+                    .map(|_| {
+                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+                    })
+                    .collect()
+            };
+            let w = Tensor::from_vec(gen(n * k, 1), (n, k), &device).unwrap();
+            let x = Tensor::from_vec(gen(m * k, 2), (m, k), &device).unwrap();
+            let (ours, theirs) = both(FORMATS[f], &w);
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let slack = q4_1_slack(&ours, &xs, m);
+            let r = close_with(&ours.forward(&x).unwrap(), &theirs.forward(&x).unwrap(), &slack);
+            prop_assert!(r.is_ok(), "{:?}: {:?}", FORMATS[f], r);
+            let t = twin_matches(FORMATS[f], &w, &x);
+            prop_assert!(t.is_ok(), "twin {:?}: {:?}", FORMATS[f], t);
+        }
+    }
+}
