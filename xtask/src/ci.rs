@@ -41,10 +41,16 @@ pub fn run(no_fetch: bool) -> Result<()> {
             ])
             .env("RUST_TEST_THREADS", "1"),
     )?;
-    // The sampling kernels again with run-time dispatch forced to the scalar twin.
+    // The sampling and quantized-matmul kernels again with run-time dispatch forced to the
+    // scalar twins.
     util::run(
         util::cargo()
             .args(["test", "-p", "fluent-ai-candle-sampling"])
+            .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
+    )?;
+    util::run(
+        util::cargo()
+            .args(["test", "-p", "fluent-ai-candle-models", "--lib", "quant"])
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
