@@ -3,7 +3,8 @@
 use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
 
-/// The hyper-parameters common to our decoders (llama family, Gemma 3).
+/// The hyper-parameters common to our decoders (llama family: llama, mistral, qwen2, qwen3;
+/// Gemma 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// `general.architecture`, e.g. `llama`.
@@ -31,7 +32,7 @@ pub struct ModelConfig {
 }
 
 /// Architectures this crate can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3"];
 
 impl ModelConfig {
     /// Reads the common config of a supported GGUF (keys under `{architecture}.`). An unknown

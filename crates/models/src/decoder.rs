@@ -13,7 +13,8 @@ use crate::{ModelError, Result};
 /// the same signature as on [`Llama`] and [`Gemma3`].
 #[derive(Debug)]
 pub enum Decoder {
-    /// A llama-architecture decoder (SmolLM2, TinyLlama, Llama 2/3...).
+    /// A llama-family decoder: llama (SmolLM2, TinyLlama, Llama 2/3...), mistral, qwen2,
+    /// qwen3.
     Llama(Llama),
     /// A Gemma 3 decoder.
     Gemma3(Gemma3),
@@ -40,7 +41,9 @@ impl Decoder {
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         match gguf.architecture()?.as_str() {
-            "llama" => Ok(Self::Llama(Llama::load(gguf, device, progress)?)),
+            a if crate::llama::ARCHITECTURES.contains(&a) => {
+                Ok(Self::Llama(Llama::load(gguf, device, progress)?))
+            }
             crate::gemma3::ARCHITECTURE => Ok(Self::Gemma3(Gemma3::load(gguf, device, progress)?)),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }

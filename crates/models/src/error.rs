@@ -59,7 +59,7 @@ pub enum ModelError {
         reason: String,
     },
     /// The GGUF declares an architecture this crate does not implement.
-    #[error("unsupported architecture '{0}' (supported: llama, gemma3)")]
+    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, gemma3)")]
     UnsupportedArchitecture(String),
     /// The tokenizer could not be built or failed to encode/decode.
     #[error("tokenizer error: {0}")]

@@ -4,7 +4,8 @@
 //! This crate turns a GGUF file into everything a decode loop needs:
 //! - [`GgufFile`]: the file's header with typed errors (missing, not GGUF, truncated);
 //! - [`ModelConfig`]: the architecture's hyper-parameters from metadata;
-//! - [`Llama`]: our decoder on candle-core with quantized weights, run against a preallocated
+//! - [`Llama`]: our llama-family decoder (llama, mistral, qwen2, qwen3) on candle-core with
+//!   quantized weights, run against a preallocated
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
 //! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU), and
 //!   [`Decoder`], either of them as `general.architecture` says;
@@ -56,7 +57,7 @@ pub use device::{auto_device, DeviceType};
 pub use error::{ModelError, Result};
 pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::GgufFile;
-pub use llama::{Llama, LoadProgress};
+pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
 pub use quant::QLinear;
 pub use tokenizer::GgufTokenizer;

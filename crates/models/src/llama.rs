@@ -5,6 +5,11 @@
 //! [`SequenceCache`], run through one [`Llama`]. Grouped-query attention is computed without
 //! repeating keys and values: the query heads that share a key/value head are laid out as
 //! extra rows of one matrix product against that head's cache.
+//!
+//! The same decoder runs the GGUF architectures of the llama family whose blocks differ only
+//! in details, read at load into a [`LlamaVariant`]: `llama` and `mistral` (interleaved RoPE),
+//! `qwen2` (NEOX RoPE, biases on the query/key/value projections) and `qwen3` (NEOX RoPE,
+//! RMSNorm of each query and key head before RoPE).
 
 use crate::quant::{Embedding, QLinear};
 use candle_core::{DType, Device, Module, Tensor};
@@ -23,12 +28,70 @@ pub struct LoadProgress {
     pub total: usize,
 }
 
+/// The GGUF architectures (`general.architecture`) this decoder runs.
+pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i + 1)` (GGML's normal mode): llama and mistral, whose GGUF
+    /// weights llama.cpp's converter permutes for it.
+    Interleaved,
+    /// The two halves `(i, i + d/2)` (GGML's NEOX mode): qwen2 and qwen3, whose weights are
+    /// not permuted.
+    Neox,
+}
+
+/// What distinguishes one llama-family architecture from another, read at load from
+/// `general.architecture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlamaVariant {
+    /// How RoPE rotates queries and keys (and cached keys, when an attention-sink cache
+    /// shifts them).
+    pub rope: RopeStyle,
+    /// Every block must have biases on its query/key/value projections (`blk.N.attn_q.bias`,
+    /// `attn_k.bias`, `attn_v.bias`): qwen2. Other architectures use them when the file has
+    /// them.
+    pub qkv_bias_required: bool,
+    /// Every block has an RMSNorm of each query and key head before RoPE
+    /// (`blk.N.attn_q_norm.weight`, `attn_k_norm.weight`, `[head_dim]`): qwen3.
+    pub qk_norm: bool,
+}
+
+impl LlamaVariant {
+    /// The variant of a GGUF architecture, or `None` when this decoder does not run it.
+    pub fn for_architecture(arch: &str) -> Option<Self> {
+        let (rope, qkv_bias_required, qk_norm) = match arch {
+            "llama" | "mistral" => (RopeStyle::Interleaved, false, false),
+            "qwen2" => (RopeStyle::Neox, true, false),
+            "qwen3" => (RopeStyle::Neox, false, true),
+            _ => return None,
+        };
+        Some(Self {
+            rope,
+            qkv_bias_required,
+            qk_norm,
+        })
+    }
+}
+
+/// Optional per-block attention extras: projection biases, query/key head norms.
+#[derive(Debug)]
+struct AttnExtras {
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+}
+
 #[derive(Debug)]
 struct Block {
     attn_norm: Tensor,
     wq: QLinear,
     wk: QLinear,
     wv: QLinear,
+    extras: AttnExtras,
     wo: QLinear,
     ffn_norm: Tensor,
     gate: QLinear,
@@ -36,10 +99,11 @@ struct Block {
     down: QLinear,
 }
 
-/// A llama-architecture decoder (also SmolLM2, TinyLlama, Llama 2/3...).
+/// A llama-family decoder: llama (SmolLM2, TinyLlama, Llama 2/3...), mistral, qwen2, qwen3.
 #[derive(Debug)]
 pub struct Llama {
     config: ModelConfig,
+    variant: LlamaVariant,
     embedding: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -51,6 +115,7 @@ pub struct Llama {
     kv_dtype: DType,
 }
 
+/// A 1-D f32 vector (a norm's weight, a bias) of `size` elements.
 fn norm_weight(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
     Ok(gguf
         .tensor_with_shape(name, &[size], device)?
@@ -68,17 +133,79 @@ fn linear(
     Ok(QLinear::from_qtensor(std::sync::Arc::new(t))?)
 }
 
+/// A vector tensor when `required` or present in the file, `None` otherwise.
+fn optional_vector(
+    gguf: &mut GgufFile,
+    name: &str,
+    size: usize,
+    required: bool,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if required || gguf.has_tensor(name) {
+        Ok(Some(norm_weight(gguf, name, size, device)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Adds `bias` (`[out]`) to every row of `x` when there is one.
+fn add_bias(x: Tensor, bias: &Option<Tensor>) -> candle_core::Result<Tensor> {
+    match bias {
+        Some(b) => x.broadcast_add(b),
+        None => Ok(x),
+    }
+}
+
+/// RMSNorm of each head (`x`'s last dimension) when there is a norm.
+fn head_norm(x: Tensor, norm: &Option<Tensor>, eps: f32) -> candle_core::Result<Tensor> {
+    match norm {
+        Some(w) => candle_nn::ops::rms_norm(&x, w, eps),
+        None => Ok(x),
+    }
+}
+
 impl Llama {
-    /// Loads the weights of a llama-architecture GGUF onto `device`, calling `progress` after
-    /// each tensor.
+    /// Loads the weights of a llama-family GGUF (one of [`ARCHITECTURES`]) onto `device`,
+    /// calling `progress` after each tensor. Another architecture is
+    /// [`ModelError::UnsupportedArchitecture`]; a missing or misshapen tensor the architecture
+    /// needs is [`ModelError::BadTensor`].
     pub fn load(
         gguf: &mut GgufFile,
         device: &Device,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let config = ModelConfig::from_gguf(gguf)?;
+        let variant = LlamaVariant::for_architecture(&config.architecture)
+            .ok_or_else(|| ModelError::UnsupportedArchitecture(config.architecture.clone()))?;
         let c = &config;
-        let total = c.n_layers * 9 + 3;
+        let value_key = format!("{}.attention.value_length", c.architecture);
+        if let Some(v) = gguf.usize_opt(&value_key) {
+            if v != c.head_dim {
+                return Err(ModelError::InvalidMetadata {
+                    key: value_key,
+                    reason: format!("{v} differs from the key length {}", c.head_dim),
+                });
+            }
+        }
+        let extra_names = |i: usize| {
+            let bias = ["attn_q.bias", "attn_k.bias", "attn_v.bias"];
+            let norm = ["attn_q_norm.weight", "attn_k_norm.weight"];
+            let mut names = Vec::new();
+            for t in bias {
+                names.push((format!("blk.{i}.{t}"), variant.qkv_bias_required));
+            }
+            if variant.qk_norm {
+                for t in norm {
+                    names.push((format!("blk.{i}.{t}"), true));
+                }
+            }
+            names
+        };
+        let extras_total: usize = (0..c.n_layers)
+            .flat_map(extra_names)
+            .filter(|(name, required)| *required || gguf.has_tensor(name))
+            .count();
+        let total = c.n_layers * 9 + 3 + extras_total;
         let mut loaded = 0;
         let mut tick = |n: usize| {
             loaded += n;
@@ -101,6 +228,33 @@ impl Llama {
         let mut blocks = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = format!("blk.{i}");
+            let req = variant.qkv_bias_required;
+            let vector = |gguf: &mut GgufFile, t: &str, size: usize, required: bool| {
+                optional_vector(gguf, &format!("{p}.{t}"), size, required, device)
+            };
+            let extras = AttnExtras {
+                bq: vector(gguf, "attn_q.bias", q_dim, req)?,
+                bk: vector(gguf, "attn_k.bias", kv_dim, req)?,
+                bv: vector(gguf, "attn_v.bias", kv_dim, req)?,
+                q_norm: match variant.qk_norm {
+                    true => vector(gguf, "attn_q_norm.weight", c.head_dim, true)?,
+                    false => None,
+                },
+                k_norm: match variant.qk_norm {
+                    true => vector(gguf, "attn_k_norm.weight", c.head_dim, true)?,
+                    false => None,
+                },
+            };
+            let n_extras = [
+                &extras.bq,
+                &extras.bk,
+                &extras.bv,
+                &extras.q_norm,
+                &extras.k_norm,
+            ]
+            .iter()
+            .filter(|t| t.is_some())
+            .count();
             blocks.push(Block {
                 attn_norm: norm_weight(
                     gguf,
@@ -163,12 +317,14 @@ impl Llama {
                     c.ffn_size,
                     device,
                 )?,
+                extras,
             });
-            tick(9);
+            tick(9 + n_extras);
         }
         let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, c.context_length, device)?;
         Ok(Self {
             config,
+            variant,
             embedding,
             blocks,
             norm,
@@ -188,6 +344,19 @@ impl Llama {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The architecture's variant (RoPE style, biases, query/key norms).
+    pub fn variant(&self) -> LlamaVariant {
+        self.variant
+    }
+
+    /// Applies RoPE in this architecture's style to `x` (`[b, heads, n, d]`, contiguous).
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        match self.variant.rope {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+            RopeStyle::Neox => candle_nn::rotary_emb::rope(x, cos, sin),
+        }
     }
 
     /// What one token occupies in a KV cache of this model.
@@ -310,9 +479,10 @@ impl Llama {
         let rep = c.n_heads / c.n_kv_heads;
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q = b.wq.forward(&h)?;
-            let k = b.wk.forward(&h)?;
-            let v = b.wv.forward(&h)?;
+            let e = &b.extras;
+            let q = add_bias(b.wq.forward(&h)?, &e.bq)?;
+            let k = add_bias(b.wk.forward(&h)?, &e.bk)?;
+            let v = add_bias(b.wv.forward(&h)?, &e.bv)?;
             // [n, heads * d] -> [1, heads, n, d]
             let q = q
                 .reshape((n, c.n_heads, c.head_dim))?
@@ -323,8 +493,10 @@ impl Llama {
                 .transpose(0, 1)?
                 .contiguous()?;
             let v = v.reshape((n, c.n_kv_heads, c.head_dim))?.transpose(0, 1)?;
-            let q = candle_nn::rotary_emb::rope_i(&q.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope_i(&k.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
+            let q = head_norm(q, &e.q_norm, eps)?;
+            let k = head_norm(k, &e.k_norm, eps)?;
+            let q = self.rope(&q.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
+            let k = self.rope(&k.unsqueeze(0)?, &cos, &sin)?.squeeze(0)?;
             let kd = self.kv_dtype;
             let (keys, values) = cache.append(layer, &k.to_dtype(kd)?, &v.to_dtype(kd)?)?; // [kv, L, d]
             let total = keys.dim(1)?;
@@ -421,15 +593,16 @@ impl Llama {
         let mut x = self.embedding.lookup(tokens, &self.device)?; // [b, hidden]
         for (layer, b) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let q = b.wq.forward(&h)?.reshape((bsz, c.n_heads, 1, c.head_dim))?;
+            let e = &b.extras;
+            let q = add_bias(b.wq.forward(&h)?, &e.bq)?.reshape((bsz, c.n_heads, 1, c.head_dim))?;
             let k =
-                b.wk.forward(&h)?
-                    .reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+                add_bias(b.wk.forward(&h)?, &e.bk)?.reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
             let v =
-                b.wv.forward(&h)?
-                    .reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+                add_bias(b.wv.forward(&h)?, &e.bv)?.reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
+            let q = head_norm(q, &e.q_norm, eps)?;
+            let k = head_norm(k, &e.k_norm, eps)?;
+            let q = self.rope(&q, &cos, &sin)?;
+            let k = self.rope(&k, &cos, &sin)?;
             let mut ys = Vec::with_capacity(bsz);
             for (i, cache) in caches.iter_mut().enumerate() {
                 let kd = self.kv_dtype;
@@ -472,9 +645,7 @@ impl Llama {
         let sin = Tensor::from_vec(sin, (n, half), keys.device())?;
         let dtype = keys.dtype();
         let keys = keys.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
-        candle_nn::rotary_emb::rope_i(&keys, &cos, &sin)?
-            .squeeze(0)?
-            .to_dtype(dtype)
+        self.rope(&keys, &cos, &sin)?.squeeze(0)?.to_dtype(dtype)
     }
 }
 
