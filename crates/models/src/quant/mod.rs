@@ -34,13 +34,10 @@ pub enum Kernels {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX2 + FMA + F16C with AVX-512 VNNI dot products (`vpdpbusd` on 256-bit registers).
-    Avx2Vnni,
 }
 
-/// The kernels chosen at run time (once per process): AVX2 with VNNI dot products where the CPU
-/// has AVX-512 VNNI, plain AVX2 where it has AVX2, else scalar. `FLUENT_AI_CANDLE_SIMD=scalar`
-/// forces the scalar twins, `FLUENT_AI_CANDLE_SIMD=avx2` plain AVX2.
+/// The kernels chosen at run time (once per process): AVX2 where the CPU has it, unless
+/// `FLUENT_AI_CANDLE_SIMD=scalar`.
 pub fn kernels() -> Kernels {
     static CHOSEN: OnceLock<Kernels> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
@@ -52,14 +49,7 @@ pub fn kernels() -> Kernels {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            let vnni = is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512vl");
-            let no_vnni = std::env::var("FLUENT_AI_CANDLE_SIMD").is_ok_and(|v| v == "avx2");
-            return if vnni && !no_vnni {
-                Kernels::Avx2Vnni
-            } else {
-                Kernels::Avx2
-            };
+            return Kernels::Avx2;
         }
         Kernels::Scalar
     })
@@ -103,8 +93,6 @@ fn dots<B: Kernel>(kernels: Kernels, w: &[B], rows: &[&[ActBlock]], out: &mut [f
     match kernels {
         #[cfg(target_arch = "x86_64")]
         Kernels::Avx2 => B::avx2(w, rows, out),
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2Vnni => B::vnni(w, rows, out),
         _ => {
             for (o, r) in out.iter_mut().zip(rows) {
                 *o = B::scalar(w, r);
@@ -120,9 +108,6 @@ trait Kernel: WeightBlock {
     /// `w` (checked by [`dots`]).
     #[cfg(target_arch = "x86_64")]
     fn avx2(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]);
-    /// As [`Kernel::avx2`], after [`kernels`] also found AVX-512 VNNI and VL.
-    #[cfg(target_arch = "x86_64")]
-    fn vnni(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]);
 }
 
 macro_rules! kernel {
@@ -136,28 +121,16 @@ macro_rules! kernel {
             fn avx2(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]) {
                 // SAFETY: `kernels()` detected avx2/fma/f16c before `Kernels::Avx2` could be
                 // chosen, and `dots` checked every row holds at least `w.len()` blocks.
-                unsafe { tile!(avx2, $simd, w, rows, out) }
+                unsafe {
+                    match *rows {
+                        [a] => out[..1].copy_from_slice(&x86::$simd::<1>(w, [a])),
+                        [a, b] => out[..2].copy_from_slice(&x86::$simd::<2>(w, [a, b])),
+                        [a, b, c] => out[..3].copy_from_slice(&x86::$simd::<3>(w, [a, b, c])),
+                        [a, b, c, d] => out.copy_from_slice(&x86::$simd::<4>(w, [a, b, c, d])),
+                        _ => {}
+                    }
+                }
             }
-            #[cfg(target_arch = "x86_64")]
-            #[allow(unsafe_code)]
-            fn vnni(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]) {
-                // SAFETY: as above, with avx512vnni/avx512vl detected for `Kernels::Avx2Vnni`.
-                unsafe { tile!(vnni, $simd, w, rows, out) }
-            }
-        }
-    };
-}
-
-/// Calls a kernel with 1..=4 rows (its const parameter) and copies the results into `out`.
-#[cfg(target_arch = "x86_64")]
-macro_rules! tile {
-    ($m:ident, $f:ident, $w:expr, $rows:expr, $out:expr) => {
-        match *$rows {
-            [a] => $out[..1].copy_from_slice(&x86::$m::$f::<1>($w, [a])),
-            [a, b] => $out[..2].copy_from_slice(&x86::$m::$f::<2>($w, [a, b])),
-            [a, b, c] => $out[..3].copy_from_slice(&x86::$m::$f::<3>($w, [a, b, c])),
-            [a, b, c, d] => $out.copy_from_slice(&x86::$m::$f::<4>($w, [a, b, c, d])),
-            _ => {}
         }
     };
 }
@@ -612,17 +585,7 @@ mod tests {
         let Inner::Ours(op) = &ours.inner else {
             return Ok(());
         };
-        let twin = with_kernels(op, Kernels::Scalar);
-        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        let m = x.dim(0).unwrap();
-        let fast = Tensor::from_vec(op.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
-        let slow = Tensor::from_vec(twin.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
-        close(&fast, &slow)
-    }
-
-    /// The same weights and activations through another kernel set.
-    fn with_kernels(op: &OurMatMul, kernels: Kernels) -> OurMatMul {
-        OurMatMul {
+        let twin = OurMatMul {
             weights: match &op.weights {
                 Weights::Q4_1(b) => Weights::Q4_1(b.clone()),
                 Weights::Q5_0(b) => Weights::Q5_0(b.clone()),
@@ -630,30 +593,13 @@ mod tests {
             },
             n: op.n,
             k: op.k,
-            kernels,
-        }
-    }
-
-    /// VNNI and plain AVX2 compute the same exact integer sums and the same f32 operations:
-    /// bit-identical results.
-    #[test]
-    fn vnni_equals_avx2_bit_for_bit() {
-        if kernels() != Kernels::Avx2Vnni {
-            eprintln!("no AVX-512 VNNI here (or forced off): nothing to compare");
-            return;
-        }
-        let w = Tensor::randn(0f32, 1.0, (13, 256), &Device::Cpu).unwrap();
-        let x = Tensor::randn(0f32, 3.0, (6, 256), &Device::Cpu).unwrap();
+            kernels: Kernels::Scalar,
+        };
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        for f in FORMATS {
-            let (ours, _) = both(f, &w);
-            let Inner::Ours(op) = &ours.inner else {
-                continue;
-            };
-            let a = with_kernels(op, Kernels::Avx2).matmul(&xs, 6);
-            let b = with_kernels(op, Kernels::Avx2Vnni).matmul(&xs, 6);
-            assert_eq!(a, b, "{f:?}");
-        }
+        let m = x.dim(0).unwrap();
+        let fast = Tensor::from_vec(op.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
+        let slow = Tensor::from_vec(twin.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
+        close(&fast, &slow)
     }
 
     proptest! {

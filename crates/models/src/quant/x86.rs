@@ -4,8 +4,8 @@
 //!
 //! The integer products are exact (`maddubs` of unsigned weights by signed activations never
 //! saturates for these formats); only the f32 accumulation order differs from the scalar
-//! twins in `scalar.rs`. Callers check the target features of the module they call at run time
-//! and that every activation row has at least as many blocks as the weight row.
+//! twins in `scalar.rs`. Callers check `avx2`, `fma` and `f16c` at run time and that every
+//! activation row has at least as many blocks as the weight row.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
@@ -67,116 +67,91 @@ unsafe fn mul_sum(u: __m256i, y: __m256i) -> __m256 {
     }
 }
 
-/// The same with AVX-512 VNNI: one `vpdpbusd` instead of `maddubs` + `madd`.
-#[inline(always)]
-unsafe fn mul_sum_vnni(u: __m256i, y: __m256i) -> __m256 {
-    unsafe { _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, y)) }
-}
-
 #[inline(always)]
 unsafe fn load(qs: &[i8; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
 }
 
-/// The three kernels, compiled for one set of target features with one `mul_sum`.
-macro_rules! kernels {
-    ($module:ident, $features:literal, $mul_sum:ident, $doc:literal) => {
-        #[doc = $doc]
-        pub(crate) mod $module {
-            use super::*;
-
-            /// `Q4_1` weights · `R` activation rows.
-            ///
-            /// # Safety
-            /// The CPU supports the features this module is compiled for; every `a[r]` has at
-            /// least `w.len()` blocks.
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_1<const R: usize>(w: &[BlockQ4_1], a: [&[ActBlock]; R]) -> [f32; R] {
-                unsafe {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    let mut ms = [0f32; R];
-                    for (i, b) in w.iter().enumerate() {
-                        let u = nibbles(&b.qs);
-                        let d = f16(b.d);
-                        let m = f16(b.m);
-                        for r in 0..R {
-                            let x = a[r].get_unchecked(i);
-                            let p = $mul_sum(u, load(&x.qs));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
-                            ms[r] += m * x.s;
-                        }
-                    }
-                    let mut out = [0f32; R];
-                    for r in 0..R {
-                        out[r] = hsum(acc[r]) + ms[r];
-                    }
-                    out
-                }
-            }
-
-            /// `Q5_0` weights · `R` activation rows. The weights are made signed (`q - 16`) before the
-            /// products, so each block's integer sum is exact: taking `q` unsigned and subtracting
-            /// `16 Σa` afterwards in f32 cancels catastrophically on Gemma's very large activations.
-            ///
-            /// # Safety
-            /// As [`q4_1`].
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q5_0<const R: usize>(w: &[BlockQ5_0], a: [&[ActBlock]; R]) -> [f32; R] {
-                unsafe {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    for (i, b) in w.iter().enumerate() {
-                        let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh));
-                        let q = _mm256_sub_epi8(u, _mm256_set1_epi8(16));
-                        let abs = _mm256_sign_epi8(q, q);
-                        let d = f16(b.d);
-                        for r in 0..R {
-                            let x = a[r].get_unchecked(i);
-                            let p = $mul_sum(abs, _mm256_sign_epi8(load(&x.qs), q));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
-                        }
-                    }
-                    let mut out = [0f32; R];
-                    for r in 0..R {
-                        out[r] = hsum(acc[r]);
-                    }
-                    out
-                }
-            }
-
-            /// `Q8_0` weights · `R` activation rows (signs moved onto the activations so `maddubs`
-            /// sees unsigned weights).
-            ///
-            /// # Safety
-            /// As [`q4_1`].
-            #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q8_0<const R: usize>(w: &[BlockQ8_0], a: [&[ActBlock]; R]) -> [f32; R] {
-                unsafe {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    for (i, b) in w.iter().enumerate() {
-                        let q = load(&b.qs);
-                        let u = _mm256_sign_epi8(q, q);
-                        let d = f16(b.d);
-                        for r in 0..R {
-                            let x = a[r].get_unchecked(i);
-                            let p = $mul_sum(u, _mm256_sign_epi8(load(&x.qs), q));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
-                        }
-                    }
-                    let mut out = [0f32; R];
-                    for r in 0..R {
-                        out[r] = hsum(acc[r]);
-                    }
-                    out
-                }
+/// `Q4_1` weights · `R` activation rows.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; every `a[r]` has at least `w.len()` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q4_1<const R: usize>(w: &[BlockQ4_1], a: [&[ActBlock]; R]) -> [f32; R] {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut ms = [0f32; R];
+        for (i, b) in w.iter().enumerate() {
+            let u = nibbles(&b.qs);
+            let d = f16(b.d);
+            let m = f16(b.m);
+            for r in 0..R {
+                let x = a[r].get_unchecked(i);
+                let p = mul_sum(u, load(&x.qs));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
+                ms[r] += m * x.s;
             }
         }
-    };
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]) + ms[r];
+        }
+        out
+    }
 }
 
-kernels!(avx2, "avx2,fma,f16c", mul_sum, "AVX2 + FMA + F16C.");
-kernels!(
-    vnni,
-    "avx2,fma,f16c,avx512vnni,avx512vl",
-    mul_sum_vnni,
-    "AVX2 with AVX-512 VNNI dot products (on 256-bit registers)."
-);
+/// `Q5_0` weights · `R` activation rows. The weights are made signed (`q - 16`) before the
+/// products, so each block's integer sum is exact: taking `q` unsigned and subtracting
+/// `16 Σa` afterwards in f32 cancels catastrophically on Gemma's very large activations.
+///
+/// # Safety
+/// As [`q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q5_0<const R: usize>(w: &[BlockQ5_0], a: [&[ActBlock]; R]) -> [f32; R] {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, b) in w.iter().enumerate() {
+            let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh));
+            let q = _mm256_sub_epi8(u, _mm256_set1_epi8(16));
+            let abs = _mm256_sign_epi8(q, q);
+            let d = f16(b.d);
+            for r in 0..R {
+                let x = a[r].get_unchecked(i);
+                let p = mul_sum(abs, _mm256_sign_epi8(load(&x.qs), q));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+        out
+    }
+}
+
+/// `Q8_0` weights · `R` activation rows (signs moved onto the activations so `maddubs`
+/// sees unsigned weights).
+///
+/// # Safety
+/// As [`q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q8_0<const R: usize>(w: &[BlockQ8_0], a: [&[ActBlock]; R]) -> [f32; R] {
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, b) in w.iter().enumerate() {
+            let q = load(&b.qs);
+            let u = _mm256_sign_epi8(q, q);
+            let d = f16(b.d);
+            for r in 0..R {
+                let x = a[r].get_unchecked(i);
+                let p = mul_sum(u, _mm256_sign_epi8(load(&x.qs), q));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+        out
+    }
+}
