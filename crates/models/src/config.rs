@@ -3,8 +3,9 @@
 use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
 
-/// The hyper-parameters common to our decoders (llama family: llama, mistral, qwen2, qwen3;
-/// Gemma 3).
+/// The hyper-parameters common to our decoders (llama family: llama, mistral, qwen2, qwen3,
+/// phi3; Gemma 3), and to those of [plugins](crate::plugin), which may read it with
+/// [`ModelConfig::from_gguf_unchecked`] or build it field by field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     /// `general.architecture`, e.g. `llama`.
@@ -32,7 +33,8 @@ pub struct ModelConfig {
 }
 
 /// Architectures this crate can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
 
 impl ModelConfig {
     /// Reads the common config of a supported GGUF (keys under `{architecture}.`). An unknown
@@ -42,6 +44,15 @@ impl ModelConfig {
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
             return Err(ModelError::UnsupportedArchitecture(arch));
         }
+        Self::from_gguf_unchecked(gguf)
+    }
+
+    /// Reads the same keys as [`ModelConfig::from_gguf`] under `{general.architecture}.` for
+    /// any architecture, supported by this crate or not: for an
+    /// [`ArchitecturePlugin`](crate::plugin::ArchitecturePlugin) whose architecture uses the
+    /// common key names. A missing key is a typed error.
+    pub fn from_gguf_unchecked(gguf: &GgufFile) -> Result<Self> {
+        let arch = gguf.architecture()?;
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = gguf.usize(&key("embedding_length"))?;
         let n_heads = gguf.usize(&key("attention.head_count"))?;

@@ -1,4 +1,5 @@
-//! [`Decoder`]: any of our decoders behind one type, chosen by `general.architecture`.
+//! [`Decoder`]: any of our decoders, or a [plugin](crate::plugin)'s, behind one type, chosen
+//! by `general.architecture`.
 
 use candle_core::{Device, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
@@ -7,17 +8,27 @@ use crate::config::ModelConfig;
 use crate::gemma3::Gemma3;
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LoadProgress};
+use crate::plugin::{ArchitecturePlugin, DecoderModel};
 use crate::{ModelError, Result};
 
-/// One of the decoders this crate implements. Every method forwards to the decoder inside, with
-/// the same signature as on [`Llama`] and [`Gemma3`].
+/// One of the decoders this crate implements, or one a plugin loaded. Every method forwards to
+/// the decoder inside, with the same signature as on [`Llama`], [`Gemma3`] and
+/// [`DecoderModel`].
 #[derive(Debug)]
 pub enum Decoder {
     /// A llama-family decoder: llama (SmolLM2, TinyLlama, Llama 2/3...), mistral, qwen2,
-    /// qwen3.
+    /// qwen3, phi3.
     Llama(Llama),
     /// A Gemma 3 decoder.
     Gemma3(Gemma3),
+    /// A decoder loaded by an [`ArchitecturePlugin`] (or built by hand).
+    Custom(Box<dyn DecoderModel>),
+}
+
+impl From<Box<dyn DecoderModel>> for Decoder {
+    fn from(m: Box<dyn DecoderModel>) -> Self {
+        Self::Custom(m)
+    }
 }
 
 impl From<Llama> for Decoder {
@@ -34,13 +45,31 @@ impl From<Gemma3> for Decoder {
 
 impl Decoder {
     /// Loads the decoder that `general.architecture` names; an architecture this crate does not
-    /// implement is [`ModelError::UnsupportedArchitecture`].
+    /// implement is [`ModelError::UnsupportedArchitecture`]. The same as
+    /// [`Decoder::load_with`] without plugins.
     pub fn load(
         gguf: &mut GgufFile,
         device: &Device,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
-        match gguf.architecture()?.as_str() {
+        Self::load_with(gguf, device, progress, &[])
+    }
+
+    /// Loads the decoder that `general.architecture` names: by the first of `plugins` whose
+    /// [`architecture`](ArchitecturePlugin::architecture) it is (as [`Decoder::Custom`]),
+    /// otherwise by this crate's own decoders. An architecture neither handles is
+    /// [`ModelError::UnsupportedArchitecture`].
+    pub fn load_with(
+        gguf: &mut GgufFile,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+        plugins: &[&dyn ArchitecturePlugin],
+    ) -> Result<Self> {
+        let arch = gguf.architecture()?;
+        if let Some(plugin) = plugins.iter().find(|p| p.architecture() == arch) {
+            return Ok(Self::Custom(plugin.load(gguf, device, progress)?));
+        }
+        match arch.as_str() {
             a if crate::llama::ARCHITECTURES.contains(&a) => {
                 Ok(Self::Llama(Llama::load(gguf, device, progress)?))
             }
@@ -54,6 +83,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.config(),
             Self::Gemma3(m) => m.config(),
+            Self::Custom(m) => m.config(),
         }
     }
 
@@ -62,6 +92,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.device(),
             Self::Gemma3(m) => m.device(),
+            Self::Custom(m) => m.device(),
         }
     }
 
@@ -70,6 +101,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.cache_shape(),
             Self::Gemma3(m) => m.cache_shape(),
+            Self::Custom(m) => m.cache_shape(),
         }
     }
 
@@ -78,6 +110,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.new_cache(config),
             Self::Gemma3(m) => m.new_cache(config),
+            Self::Custom(m) => m.new_cache(config),
         }
     }
 
@@ -93,6 +126,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.forward(tokens, cache, all_logits),
             Self::Gemma3(m) => m.forward(tokens, cache, all_logits),
+            Self::Custom(m) => m.forward(tokens, cache, all_logits),
         }
     }
 
@@ -106,6 +140,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.forward_batch(tokens, caches),
             Self::Gemma3(m) => m.forward_batch(tokens, caches),
+            Self::Custom(m) => m.forward_batch(tokens, caches),
         }
     }
 }

@@ -58,9 +58,21 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
-    /// The GGUF declares an architecture this crate does not implement.
-    #[error("unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, gemma3)")]
+    /// The GGUF declares an architecture this crate does not implement (and no
+    /// [`ArchitecturePlugin`](crate::plugin::ArchitecturePlugin) given to the loader handles).
+    #[error(
+        "unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3)"
+    )]
     UnsupportedArchitecture(String),
+    /// The architecture is supported but the file uses a feature of it that this crate does
+    /// not implement (e.g. Phi-3's LongRoPE scaling, `rope_factors_long.weight`).
+    #[error("unsupported feature '{name}': {reason}")]
+    UnsupportedFeature {
+        /// The tensor or metadata key that carries the feature.
+        name: String,
+        /// What the feature is and why it is refused.
+        reason: String,
+    },
     /// The tokenizer could not be built or failed to encode/decode.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),

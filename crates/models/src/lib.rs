@@ -4,11 +4,13 @@
 //! This crate turns a GGUF file into everything a decode loop needs:
 //! - [`GgufFile`]: the file's header with typed errors (missing, not GGUF, truncated);
 //! - [`ModelConfig`]: the architecture's hyper-parameters from metadata;
-//! - [`Llama`]: our llama-family decoder (llama, mistral, qwen2, qwen3) on candle-core with
-//!   quantized weights, run against a preallocated
+//! - [`Llama`]: our llama-family decoder (llama, mistral, qwen2, qwen3, phi3) on candle-core
+//!   with quantized weights, run against a preallocated
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
 //! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU), and
 //!   [`Decoder`], either of them as `general.architecture` says;
+//! - [`plugin`]: [`ArchitecturePlugin`] and [`DecoderModel`], to add an architecture from
+//!   outside this crate ([`Decoder::load_with`], [`LoadedModel::load_with`]);
 //! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
 //! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution.
 //!
@@ -36,6 +38,7 @@
 // `unsafe` is denied (workspace lints) everywhere but the SIMD kernels in `quant::x86`.
 #![deny(unsafe_code)]
 
+mod attention;
 pub mod cache;
 pub mod chat_template;
 pub mod config;
@@ -45,6 +48,7 @@ pub mod error;
 pub mod gemma3;
 pub mod gguf;
 pub mod llama;
+pub mod plugin;
 pub mod quant;
 pub mod tokenizer;
 
@@ -59,5 +63,6 @@ pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::GgufFile;
 pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
+pub use plugin::{ArchitecturePlugin, DecoderModel};
 pub use quant::QLinear;
 pub use tokenizer::GgufTokenizer;

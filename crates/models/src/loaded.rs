@@ -8,13 +8,14 @@ use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::decoder::Decoder;
 use crate::gguf::GgufFile;
 use crate::llama::LoadProgress;
+use crate::plugin::ArchitecturePlugin;
 use crate::tokenizer::GgufTokenizer;
 use crate::{ModelConfig, Result};
 
 /// Everything loaded from one GGUF file.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The decoder (llama or Gemma 3, as `general.architecture` says).
+    /// The decoder (llama family, Gemma 3, or a plugin's, as `general.architecture` says).
     pub model: Decoder,
     /// The tokenizer from `tokenizer.ggml.*`.
     pub tokenizer: GgufTokenizer,
@@ -27,17 +28,33 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Opens `path`, reads the tokenizer and template, then loads the weights onto `device`,
-    /// reporting progress per tensor.
+    /// reporting progress per tensor. The same as [`LoadedModel::load_with`] without plugins.
     pub fn load(
         path: impl AsRef<Path>,
         device: &Device,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
+        Self::load_with(path, device, progress, &[])
+    }
+
+    /// [`LoadedModel::load`], with the decoder loaded by [`Decoder::load_with`]: by the first
+    /// of `plugins` that handles the file's `general.architecture`, otherwise by this crate.
+    /// The tokenizer and chat template are read from the file's metadata as for any model.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+        plugins: &[&dyn ArchitecturePlugin],
+    ) -> Result<Self> {
         let mut gguf = GgufFile::open(path)?;
-        // The config is checked first so an unknown architecture fails before any work.
-        crate::ModelConfig::from_gguf(&gguf)?;
+        // The config of a built-in architecture is checked first so an unknown architecture
+        // fails before any work; a plugin's architecture is the plugin's to check.
+        let arch = gguf.architecture()?;
+        if !plugins.iter().any(|p| p.architecture() == arch) {
+            crate::ModelConfig::from_gguf(&gguf)?;
+        }
         let tokenizer = GgufTokenizer::from_gguf(gguf.content())?;
-        let chat_template = if gguf.architecture()? == crate::gemma3::ARCHITECTURE
+        let chat_template = if arch == crate::gemma3::ARCHITECTURE
             && gguf.get("tokenizer.chat_template").is_none()
         {
             let text = |id: Option<u32>| {
@@ -53,7 +70,12 @@ impl LoadedModel {
         } else {
             ChatTemplate::from_gguf(gguf.content())?
         };
-        let model = Decoder::load(&mut gguf, device, progress)?;
+        let mut model = Decoder::load_with(&mut gguf, device, progress, plugins)?;
+        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "fused") {
+            if let Decoder::Llama(m) = &mut model {
+                m.set_fused_attention(true);
+            }
+        }
         Ok(Self {
             model,
             tokenizer,

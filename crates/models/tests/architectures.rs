@@ -1,6 +1,7 @@
-//! Our llama-family decoder on the GGUF architectures `qwen2`, `qwen3` and `mistral`, against
-//! candle-transformers' implementation of the same architecture (`quantized_qwen2`,
-//! `quantized_qwen3`, and `quantized_llama` for mistral) on the same small synthetic GGUF files:
+//! Our llama-family decoder on the GGUF architectures `qwen2`, `qwen3`, `mistral` and `phi3`,
+//! against candle-transformers' implementation of the same architecture (`quantized_qwen2`,
+//! `quantized_qwen3`, `quantized_phi3`, and `quantized_llama` for mistral) on the same small
+//! synthetic GGUF files:
 //! logits of every prompt position, single-token decode steps and batched decode steps;
 //! re-rotation of cached keys by an attention-sink cache in each RoPE style; typed errors on
 //! bad files.
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+use candle_transformers::models::{
+    quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+};
 use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig};
 use fluent_ai_candle_models::{Decoder, GgufFile, Llama, ModelError, RopeStyle};
 
@@ -39,6 +42,9 @@ struct Spec {
     qk_norm: bool,
     /// No `output.weight`: the output shares the token embedding.
     tied: bool,
+    /// `blk.N.attn_qkv.weight` and a `blk.N.ffn_up.weight` holding the gate rows then the up
+    /// rows, instead of `attn_{q,k,v}` and `ffn_{gate,up}` (phi3).
+    fused: bool,
     /// Format of the matrices (vectors are F32).
     weights: GgmlDType,
 }
@@ -52,6 +58,7 @@ fn spec(arch: &'static str, layers: usize) -> Spec {
             bias: true,
             qk_norm: false,
             tied: true,
+            fused: false,
             weights: GgmlDType::Q8_0,
         },
         // A head wider than hidden / heads, as Qwen3's are.
@@ -62,6 +69,7 @@ fn spec(arch: &'static str, layers: usize) -> Spec {
             bias: false,
             qk_norm: true,
             tied: false,
+            fused: false,
             weights: GgmlDType::Q8_0,
         },
         "mistral" => Spec {
@@ -71,6 +79,19 @@ fn spec(arch: &'static str, layers: usize) -> Spec {
             bias: false,
             qk_norm: false,
             tied: false,
+            fused: false,
+            weights: GgmlDType::Q8_0,
+        },
+        // llama.cpp's layout: fused projections, an output of its own (candle-transformers'
+        // phi3 requires `output.weight`; ours also runs a tied one).
+        "phi3" => Spec {
+            arch,
+            layers,
+            head_dim: HIDDEN / HEADS,
+            bias: false,
+            qk_norm: false,
+            tied: false,
+            fused: true,
             weights: GgmlDType::Q8_0,
         },
         other => panic!("no spec for {other}"),
@@ -113,7 +134,7 @@ fn metadata(s: &Spec) -> Vec<(String, Value)> {
             // candle-transformers' qwen3 builds its RoPE tables in f16 unless told f32.
             md.push(("general.dtype".into(), Value::U32(0)));
         }
-        "mistral" => md.push((
+        "mistral" | "phi3" => md.push((
             format!("{a}.rope.dimension_count"),
             Value::U32(s.head_dim as u32),
         )),
@@ -132,17 +153,28 @@ fn tensors(s: &Spec) -> Vec<(String, Vec<usize>)> {
         t.push(("output.weight".to_string(), vec![VOCAB, HIDDEN]));
     }
     for i in 0..s.layers {
-        let mut layer = vec![
-            ("attn_norm.weight", vec![HIDDEN]),
-            ("attn_q.weight", vec![q, HIDDEN]),
-            ("attn_k.weight", vec![kv, HIDDEN]),
-            ("attn_v.weight", vec![kv, HIDDEN]),
-            ("attn_output.weight", vec![HIDDEN, q]),
-            ("ffn_norm.weight", vec![HIDDEN]),
-            ("ffn_gate.weight", vec![FFN, HIDDEN]),
-            ("ffn_up.weight", vec![FFN, HIDDEN]),
-            ("ffn_down.weight", vec![HIDDEN, FFN]),
-        ];
+        let mut layer = if s.fused {
+            vec![
+                ("attn_norm.weight", vec![HIDDEN]),
+                ("attn_qkv.weight", vec![q + 2 * kv, HIDDEN]),
+                ("attn_output.weight", vec![HIDDEN, q]),
+                ("ffn_norm.weight", vec![HIDDEN]),
+                ("ffn_up.weight", vec![2 * FFN, HIDDEN]),
+                ("ffn_down.weight", vec![HIDDEN, FFN]),
+            ]
+        } else {
+            vec![
+                ("attn_norm.weight", vec![HIDDEN]),
+                ("attn_q.weight", vec![q, HIDDEN]),
+                ("attn_k.weight", vec![kv, HIDDEN]),
+                ("attn_v.weight", vec![kv, HIDDEN]),
+                ("attn_output.weight", vec![HIDDEN, q]),
+                ("ffn_norm.weight", vec![HIDDEN]),
+                ("ffn_gate.weight", vec![FFN, HIDDEN]),
+                ("ffn_up.weight", vec![FFN, HIDDEN]),
+                ("ffn_down.weight", vec![HIDDEN, FFN]),
+            ]
+        };
         if s.bias {
             layer.push(("attn_q.bias", vec![q]));
             layer.push(("attn_k.bias", vec![kv]));
@@ -223,6 +255,7 @@ enum Reference {
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
     Llama(quantized_llama::ModelWeights),
+    Phi3(quantized_phi3::ModelWeights),
 }
 
 impl Reference {
@@ -252,6 +285,9 @@ impl Reference {
                 ct.metadata.extend(aliases);
                 Self::Llama(quantized_llama::ModelWeights::from_gguf(ct, &mut f, dev).unwrap())
             }
+            "phi3" => {
+                Self::Phi3(quantized_phi3::ModelWeights::from_gguf(false, ct, &mut f, dev).unwrap())
+            }
             other => panic!("no reference for {other}"),
         }
     }
@@ -267,12 +303,15 @@ impl Reference {
                 Self::Qwen2(m) => m.clear_kv_cache(),
                 Self::Qwen3(m) => m.clear_kv_cache(),
                 Self::Llama(m) => m.clear_kv_cache(),
+                // Resets its caches itself when run at position 0.
+                Self::Phi3(_) => {}
             }
         }
         let logits = match self {
             Self::Qwen2(m) => m.forward(&x, pos),
             Self::Qwen3(m) => m.forward(&x, pos),
             Self::Llama(m) => m.forward(&x, pos),
+            Self::Phi3(m) => m.forward(&x, pos),
         };
         logits.unwrap().flatten_all().unwrap().to_vec1().unwrap()
     }
@@ -392,6 +431,12 @@ fn qwen3_matches_candle_transformers() {
 }
 
 #[test]
+fn phi3_matches_candle_transformers() {
+    compare_with_candle_transformers("phi3", GgmlDType::F32);
+    compare_with_candle_transformers("phi3", GgmlDType::Q8_0);
+}
+
+#[test]
 fn mistral_matches_candle_transformers_llama() {
     compare_with_candle_transformers("mistral", GgmlDType::F32);
     compare_with_candle_transformers("mistral", GgmlDType::Q8_0);
@@ -403,7 +448,7 @@ fn mistral_matches_candle_transformers_llama() {
 /// the architecture's RoPE style.
 #[test]
 fn sink_rerotation_uses_each_architectures_rope_style() {
-    for arch in ["qwen2", "qwen3", "mistral"] {
+    for arch in ["qwen2", "qwen3", "mistral", "phi3"] {
         // F32 weights: Q8_0 would requantize the activations and hide small differences.
         let path = write_spec(&Spec {
             weights: GgmlDType::F32,
@@ -573,7 +618,7 @@ fn bad_files_are_typed_errors() {
 /// Progress counts every tensor loaded, biases and query/key norms included.
 #[test]
 fn progress_counts_the_extra_tensors() {
-    for arch in ["qwen2", "qwen3", "mistral"] {
+    for arch in ["qwen2", "qwen3", "mistral", "phi3"] {
         let s = spec(arch, 2);
         let path = write_spec(&s);
         let mut last = None;
@@ -588,4 +633,169 @@ fn progress_counts_the_extra_tensors() {
         let want = tensors(&s).len() + s.tied as usize;
         assert_eq!((p.loaded, p.total), (want, want), "{arch}");
     }
+}
+
+/// Writes a copy of the GGUF at `src` (metadata as is, tensors dequantized to F32) with its
+/// tensors passed through `edit`.
+fn rewrite(
+    src: &PathBuf,
+    name: &str,
+    edit: impl FnOnce(Vec<(String, Tensor)>) -> Vec<(String, Tensor)>,
+) -> PathBuf {
+    let mut f = std::fs::File::open(src).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, Tensor)> = names
+        .into_iter()
+        .map(|n| {
+            let t = ct.tensor(&mut f, n, &Device::Cpu).unwrap();
+            (n.clone(), t.dequantize(&Device::Cpu).unwrap())
+        })
+        .collect();
+    let qtensors: Vec<(String, QTensor)> = edit(tensors)
+        .into_iter()
+        .map(|(n, t)| {
+            // A fresh copy: `quantize` reads a narrowed tensor's whole storage.
+            let t = t.force_contiguous().unwrap();
+            (n, QTensor::quantize(&t, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let path = src.with_file_name(name);
+    let mut out = std::fs::File::create(&path).unwrap();
+    let md: Vec<(&str, &Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+    path
+}
+
+/// Logits of every prompt position, then of each decode step, of the model at `path`.
+fn run_all(path: &PathBuf) -> Vec<f32> {
+    let model = load(path).unwrap();
+    let mut cache = model
+        .new_cache(&KvCacheConfig::default().max_entries(16))
+        .unwrap();
+    let mut out = row(&model.forward(&PROMPT, &mut cache, true).unwrap());
+    for &t in &DECODE {
+        out.extend(row(&model.forward(&[t], &mut cache, false).unwrap()));
+    }
+    out
+}
+
+/// A phi3 file whose blocks have `attn_q`/`attn_k`/`attn_v` instead of `attn_qkv` (llama.cpp
+/// accepts both), and one whose output is tied to the token embedding, run as the fused,
+/// untied file they were cut from.
+#[test]
+fn phi3_split_projections_and_tied_output_match_the_fused_file() {
+    let s = Spec {
+        weights: GgmlDType::F32,
+        ..spec("phi3", 2)
+    };
+    let fused = write_spec(&s);
+    let want = run_all(&fused);
+    let (q, kv) = (HEADS * s.head_dim, KV_HEADS * s.head_dim);
+    let split = rewrite(&fused, "phi3-split-qkv.gguf", |ts| {
+        ts.into_iter()
+            .flat_map(|(n, t)| match n.strip_suffix("attn_qkv.weight") {
+                Some(p) => vec![
+                    (format!("{p}attn_q.weight"), t.narrow(0, 0, q).unwrap()),
+                    (format!("{p}attn_k.weight"), t.narrow(0, q, kv).unwrap()),
+                    (
+                        format!("{p}attn_v.weight"),
+                        t.narrow(0, q + kv, kv).unwrap(),
+                    ),
+                ],
+                None => vec![(n, t)],
+            })
+            .collect()
+    });
+    let (d, m) = diff(&run_all(&split), &want);
+    assert!(d <= 1e-5 * m, "split q/k/v: max diff {d}, scale {m}");
+    eprintln!("phi3 split q/k/v vs fused: max diff {d:.3e} (scale {m:.3})");
+    // The untied output replaced by the token embedding, in both files.
+    let embd_as_output = |ts: Vec<(String, Tensor)>| {
+        let embd = ts
+            .iter()
+            .find(|(n, _)| n == "token_embd.weight")
+            .unwrap()
+            .1
+            .clone();
+        ts.into_iter()
+            .map(|(n, t)| match n.as_str() {
+                "output.weight" => (n, embd.clone()),
+                _ => (n, t),
+            })
+            .collect::<Vec<_>>()
+    };
+    let untied = rewrite(&fused, "phi3-output-is-embd.gguf", embd_as_output);
+    let tied = rewrite(&fused, "phi3-tied.gguf", |ts| {
+        ts.into_iter()
+            .filter(|(n, _)| n != "output.weight")
+            .collect()
+    });
+    let (d, m) = diff(&run_all(&tied), &run_all(&untied));
+    assert!(d <= 1e-5 * m, "tied output: max diff {d}, scale {m}");
+    eprintln!("phi3 tied vs untied copy of the embedding: max diff {d:.3e} (scale {m:.3})");
+}
+
+#[test]
+fn phi3_bad_files_are_typed_errors() {
+    let s = spec("phi3", 2);
+    // LongRoPE (Phi-3 128k, Phi-3.5) is refused by name.
+    for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        let mut ts = tensors(&s);
+        ts.push((name.to_string(), vec![s.head_dim / 2]));
+        let err = load_err(&format!("phi3-{name}.gguf"), &metadata(&s), &ts);
+        assert!(
+            matches!(&err, ModelError::UnsupportedFeature { name: n, reason } if n == name && reason.contains("LongRoPE")),
+            "{err}"
+        );
+    }
+    // The fused gate/up matrix has 2 * ffn rows.
+    let mut ts = tensors(&s);
+    for (n, shape) in ts.iter_mut() {
+        if n == "blk.1.ffn_up.weight" {
+            *shape = vec![FFN, HIDDEN];
+        }
+    }
+    let err = load_err("phi3-half-ffn-up.gguf", &metadata(&s), &ts);
+    assert!(
+        matches!(&err, ModelError::BadTensor { name, reason } if name == "blk.1.ffn_up.weight" && reason.contains("expected shape [256, 64]")),
+        "{err}"
+    );
+    // The fused query/key/value matrix has q_dim + 2 * kv_dim rows.
+    let mut ts = tensors(&s);
+    for (n, shape) in ts.iter_mut() {
+        if n == "blk.0.attn_qkv.weight" {
+            *shape = vec![3 * HIDDEN, HIDDEN];
+        }
+    }
+    let err = load_err("phi3-bad-qkv.gguf", &metadata(&s), &ts);
+    assert!(
+        matches!(&err, ModelError::BadTensor { name, .. } if name == "blk.0.attn_qkv.weight"),
+        "{err}"
+    );
+    // Without `attn_qkv` a block needs the separate projections.
+    let ts: Vec<_> = tensors(&s)
+        .into_iter()
+        .filter(|(n, _)| n != "blk.1.attn_qkv.weight")
+        .collect();
+    let err = load_err("phi3-no-qkv.gguf", &metadata(&s), &ts);
+    assert!(
+        matches!(&err, ModelError::BadTensor { name, .. } if name == "blk.1.attn_q.weight"),
+        "{err}"
+    );
+    // Partial rotary embeddings are not implemented.
+    let md: Vec<_> = metadata(&s)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "phi3.rope.dimension_count" => (k, Value::U32(s.head_dim as u32 / 2)),
+            _ => (k, v),
+        })
+        .collect();
+    let err = load_err("phi3-partial-rope.gguf", &md, &tensors(&s));
+    assert!(
+        matches!(&err, ModelError::InvalidMetadata { key, .. } if key == "phi3.rope.dimension_count"),
+        "{err}"
+    );
 }

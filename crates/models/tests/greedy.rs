@@ -64,3 +64,61 @@ fn greedy_continuations_agree_with_llama_cpp() {
         "mean agreeing prefix {mean:.2} < 22.95 (reached 23.0)"
     );
 }
+
+/// The fused decode attention (`Llama::set_fused_attention`): one sequence stepped alone and
+/// the same sequence inside a batch of three give the same logits bit for bit (batch
+/// invariance), and they stay within rounding of the op-chain path.
+#[test]
+fn fused_attention_is_batch_invariant_and_close_to_the_op_chain() {
+    let mut gguf = GgufFile::open(common::smollm2_path()).unwrap();
+    let mut model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
+    let prompts: Vec<Vec<u32>> = common::jsonl("reference/smollm2-greedy48.jsonl")
+        .iter()
+        .take(3)
+        .map(|l| common::ids(&l["ids"]))
+        .collect();
+    let steps = [198u32, 504, 28, 2114];
+    let run_alone = |model: &Llama, prompt: &[u32]| -> Vec<Vec<f32>> {
+        let mut cache = model
+            .new_cache(&KvCacheConfig::default().max_entries(prompt.len() + 8))
+            .unwrap();
+        model.forward(prompt, &mut cache, false).unwrap();
+        steps
+            .iter()
+            .map(|&t| {
+                model
+                    .forward(&[t], &mut cache, false)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let op_chain = run_alone(&model, &prompts[0]);
+    model.set_fused_attention(true);
+    let alone = run_alone(&model, &prompts[0]);
+    let mut caches: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut c = model
+                .new_cache(&KvCacheConfig::default().max_entries(p.len() + 8))
+                .unwrap();
+            model.forward(p, &mut c, false).unwrap();
+            c
+        })
+        .collect();
+    for (s, &t) in steps.iter().enumerate() {
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        let batch: Vec<Vec<f32>> = model
+            .forward_batch(&[t, t, t], &mut refs)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(batch[0], alone[s], "step {s}: alone vs in a batch of 3");
+        let diff = alone[s]
+            .iter()
+            .zip(&op_chain[s])
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 0.05, "step {s}: fused vs op chain differ by {diff}");
+    }
+}
