@@ -2,6 +2,10 @@
 //! candle-transformers' `quantized_llama` on the same GGUF file, in the same process, one after
 //! the other: a 128-token prompt, then 128 greedy tokens, median of 3 runs each.
 //!
+//! With `--quality`, greedy48 agreement with llama.cpp's references instead (identical
+//! continuations, mean agreeing prefix) for candle-transformers and for our decoder with each
+//! KV-cache / attention option, in the same harness.
+//!
 //! With `--json`, one line: `{"model", "path", "threads", "ours_prefill_tok_s",
 //! "ours_decode_tok_s", "candle_prefill_tok_s", "candle_decode_tok_s"}`.
 
@@ -60,8 +64,12 @@ fn candle(path: &std::path::Path, prompt: &[u32]) -> Result<Speed> {
 }
 
 /// Greedy continuations against llama.cpp's (fixtures/reference/smollm2-greedy48.jsonl):
-/// (identical, mean agreeing prefix).
-fn greedy_quality(model: &Llama) -> Result<(usize, f64)> {
+/// (identical, mean agreeing prefix). `start(prompt)` begins a sequence and returns a step
+/// function `step(tokens, position) -> logits`.
+fn greedy_quality<S>(mut start: impl FnMut(&[u32]) -> Result<S>) -> Result<(usize, f64)>
+where
+    S: FnMut(&[u32], usize) -> Result<Tensor>,
+{
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../fixtures/reference/smollm2-greedy48.jsonl"
@@ -81,16 +89,15 @@ fn greedy_quality(model: &Llama) -> Result<(usize, f64)> {
                 .unwrap_or_default()
         };
         let (prompt, want) = (ids("ids"), ids("greedy"));
-        let mut cache =
-            model.new_cache(&KvCacheConfig::default().max_entries(prompt.len() + 49))?;
+        let mut step = start(&prompt)?;
         let mut got = Vec::new();
-        let mut next = argmax(&model.forward(&prompt, &mut cache, false)?)?;
+        let mut next = argmax(&step(&prompt, 0)?)?;
         loop {
             got.push(next);
             if got.len() == 48 || next == 0 || next == 2 {
                 break;
             }
-            next = argmax(&model.forward(&[next], &mut cache, false)?)?;
+            next = argmax(&step(&[next], prompt.len() + got.len() - 1)?)?;
         }
         identical += (got == want) as usize;
         prefix += got.iter().zip(&want).take_while(|(a, b)| a == b).count();
@@ -99,16 +106,51 @@ fn greedy_quality(model: &Llama) -> Result<(usize, f64)> {
     Ok((identical, prefix as f64 / n.max(1) as f64))
 }
 
+/// Our decoder as a greedy step function.
+fn ours_quality(model: &Llama) -> Result<(usize, f64)> {
+    greedy_quality(|prompt| {
+        let mut cache =
+            model.new_cache(&KvCacheConfig::default().max_entries(prompt.len() + 49))?;
+        Ok(move |tokens: &[u32], _pos: usize| -> Result<Tensor> {
+            Ok(model.forward(tokens, &mut cache, false)?)
+        })
+    })
+}
+
+/// candle-transformers' `quantized_llama` on the same file, with the same harness.
+fn candle_quality(path: &std::path::Path) -> Result<(usize, f64)> {
+    greedy_quality(|_prompt| {
+        let mut file = std::fs::File::open(path)?;
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file)?;
+        let mut weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
+        Ok(move |tokens: &[u32], pos: usize| -> Result<Tensor> {
+            let input = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+            Ok(weights.forward(&input, pos)?)
+        })
+    })
+}
+
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     let path = cache::resolve("smollm2-135m-instruct").context("run `cargo xtask fetch-models`")?;
     let mut gguf = GgufFile::open(&path)?;
     let mut model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {})?;
     if std::env::args().any(|a| a == "--quality") {
-        for dtype in [candle_core::DType::F16, candle_core::DType::F32] {
+        let (identical, prefix) = candle_quality(&path)?;
+        println!(
+            "candle-transformers quantized_llama: greedy48 {identical} of 34 identical, mean agreeing prefix {prefix:.2}"
+        );
+        for (dtype, fused) in [
+            (candle_core::DType::F32, false),
+            (candle_core::DType::F32, true),
+            (candle_core::DType::F16, false),
+        ] {
             model.set_kv_dtype(dtype)?;
-            let (identical, prefix) = greedy_quality(&model)?;
-            println!("kv {dtype:?}: greedy48 {identical} of 34 identical, mean agreeing prefix {prefix:.1}");
+            model.set_fused_attention(fused);
+            let (identical, prefix) = ours_quality(&model)?;
+            println!(
+                "ours, kv {dtype:?}, fused attention {fused}: greedy48 {identical} of 34 identical, mean agreeing prefix {prefix:.2}"
+            );
         }
         return Ok(());
     }
