@@ -39,7 +39,8 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// A GGUF path or cached model name; repeat to serve several (the first is the default).
+    /// A GGUF path, cached model name or hf:ORG/REPO[:FILE] (Hugging Face cache, offline);
+    /// repeat to serve several (the first is the default).
     #[arg(long = "model")]
     models: Vec<String>,
     /// Address to listen on (loopback by default).
@@ -61,7 +62,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct ModelArg {
-    /// A GGUF path or a cached model name (smollm2-135m-instruct, gemma3-270m).
+    /// A GGUF path, a cached model name (smollm2-135m-instruct, gemma3-270m) or
+    /// hf:ORG/REPO[:FILE] (a GGUF in the Hugging Face cache, resolved offline).
     #[arg(long, default_value = cache::DEFAULT_MODEL)]
     model: String,
 }

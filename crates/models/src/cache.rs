@@ -1,5 +1,6 @@
 //! The local model cache: where `cargo xtask fetch-models` puts the real GGUF files, and how
-//! a `--model` argument (a path or a known name) resolves to a file.
+//! a `--model` argument (a path, a known name, or `hf:ORG/REPO[:FILE]` in the Hugging Face
+//! cache) resolves to a file.
 
 use std::path::{Path, PathBuf};
 
@@ -76,9 +77,101 @@ fn unknown(name: &str) -> ModelError {
     }
 }
 
-/// Resolves a `--model` argument: an existing file, a path-like argument (contains a path
-/// separator or ends in `.gguf`), or a known model name in the cache.
+/// The Hugging Face hub cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `$HOME/.cache/huggingface/hub` (hf-hub's and `huggingface-cli`'s layout).
+pub fn hub_cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dir) = var("HF_HUB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = var("HF_HOME") {
+        return PathBuf::from(home).join("hub");
+    }
+    var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache")
+        .join("huggingface")
+        .join("hub")
+}
+
+/// Resolves `hf:ORG/REPO[:FILE]` (the `hf:` prefix already removed) in the hub cache at
+/// `cache` through hf-hub's cache layout (`models--ORG--REPO/refs/main` → snapshot), offline.
+/// Without `FILE`, the snapshot must hold exactly one `.gguf` file.
+pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
+    let spec = format!("hf:{reference}");
+    let bad = |reason: String| ModelError::HubReference {
+        spec: spec.clone(),
+        reason,
+    };
+    let (repo, file) = match reference.split_once(':') {
+        Some((repo, file)) => (repo, Some(file)),
+        None => (reference, None),
+    };
+    let valid_part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    match repo.split_once('/') {
+        Some((org, name)) if valid_part(org) && valid_part(name) => {}
+        _ => {
+            return Err(bad(
+                "expected hf:ORG/REPO or hf:ORG/REPO:FILE (e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:model.gguf)"
+                    .into(),
+            ))
+        }
+    }
+    if file.is_some_and(|f| f.is_empty() || f.split('/').any(|p| p == ".." || p.is_empty())) {
+        return Err(bad("the file name is empty or leaves the repository".into()));
+    }
+    let hub = hf_hub::Cache::new(cache.to_path_buf());
+    let cached = hub.model(repo.to_string());
+    let not_cached = |what: String| {
+        bad(format!(
+            "{what} is not in the Hugging Face cache at {} (nothing is downloaded at run time: \
+             fetch it with `huggingface-cli download {repo}{}` on a connected machine)",
+            cache.display(),
+            file.map(|f| format!(" {f}")).unwrap_or_default()
+        ))
+    };
+    if let Some(file) = file {
+        return cached
+            .get(file)
+            .ok_or_else(|| not_cached(format!("{repo}:{file}")));
+    }
+    // No file named: the snapshot that refs/main points to must hold exactly one GGUF.
+    let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let commit = std::fs::read_to_string(folder.join("refs").join("main"))
+        .map_err(|_| not_cached(format!("repository {repo}")))?;
+    let snapshot = folder.join("snapshots").join(commit.trim());
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&snapshot)
+        .map_err(|_| not_cached(format!("snapshot {} of {repo}", commit.trim())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    ggufs.sort();
+    match ggufs.len() {
+        1 => Ok(ggufs.remove(0)),
+        0 => Err(bad(format!("the cached snapshot of {repo} holds no .gguf file"))),
+        _ => Err(bad(format!(
+            "the cached snapshot of {repo} holds several .gguf files; name one (hf:{repo}:FILE): {}",
+            ggufs
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Resolves a `--model` argument: `hf:ORG/REPO[:FILE]` (the Hugging Face cache, offline), an
+/// existing file, a path-like argument (contains a path separator or ends in `.gguf`), or a
+/// known model name in the cache.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
+    if let Some(reference) = spec.strip_prefix("hf:") {
+        return resolve_hub(reference, &hub_cache_dir());
+    }
     let path = Path::new(spec);
     if path.is_file() {
         return Ok(path.to_path_buf());
@@ -118,5 +211,47 @@ mod tests {
         assert!(model_path("gemma3-270m")
             .unwrap()
             .ends_with("gemma-3-270m-q4_k_m.gguf"));
+    }
+
+    /// A directory laid out as hf-hub / `huggingface-cli` lay out their cache.
+    fn fake_hub(files: &[&str]) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "fluent-ai-candle-hub-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let repo = root.join("models--Org--Tiny-GGUF");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), commit).unwrap();
+        let snap = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        for f in files {
+            std::fs::write(snap.join(f), b"GGUF").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn hub_references_resolve_offline() {
+        let hub = fake_hub(&["tiny.Q4_1.gguf", "README.md"]);
+        let named = resolve_hub("Org/Tiny-GGUF:tiny.Q4_1.gguf", &hub).unwrap();
+        assert!(named.ends_with("tiny.Q4_1.gguf") && named.is_file());
+        // Without a file name: the only GGUF of the snapshot.
+        assert_eq!(resolve_hub("Org/Tiny-GGUF", &hub).unwrap(), named);
+        let err = |r: Result<PathBuf>| match r {
+            Err(ModelError::HubReference { reason, .. }) => reason,
+            other => panic!("expected a HubReference error, got {other:?}"),
+        };
+        assert!(err(resolve_hub("Org/Tiny-GGUF:other.gguf", &hub)).contains("not in the"));
+        assert!(err(resolve_hub("Org/Missing", &hub)).contains("not in the"));
+        assert!(err(resolve_hub("no-slash", &hub)).contains("expected"));
+        assert!(err(resolve_hub("Org/Tiny-GGUF:../x", &hub)).contains("leaves"));
+        let two = fake_hub(&["a.gguf", "b.gguf"]);
+        assert!(err(resolve_hub("Org/Tiny-GGUF", &two)).contains("several"));
+        std::fs::remove_dir_all(hub).ok();
+        std::fs::remove_dir_all(two).ok();
     }
 }

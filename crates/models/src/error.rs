@@ -28,6 +28,16 @@ pub enum ModelError {
         /// Where it was expected.
         path: PathBuf,
     },
+    /// An `hf:ORG/REPO[:FILE]` reference that is malformed, or names a file (or a repository
+    /// snapshot) that is not in the local Hugging Face cache. Nothing is downloaded at run
+    /// time: fetch it on a connected machine (`huggingface-cli download ORG/REPO FILE`).
+    #[error("hugging face reference '{spec}': {reason}")]
+    HubReference {
+        /// The reference as given.
+        spec: String,
+        /// What is wrong (malformed, not cached, ambiguous).
+        reason: String,
+    },
     /// The file is not a valid GGUF file (bad magic, truncated, corrupt).
     #[error("invalid GGUF file {path}: {reason}")]
     InvalidGguf {
