@@ -46,18 +46,28 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A metadata key the architecture needs is missing or has the wrong type.
-    #[error("GGUF metadata key '{key}' is missing or has the wrong type")]
+    /// A metadata key the architecture needs (in GGUF metadata, or a Hugging Face
+    /// `config.json`) is missing or has the wrong type.
+    #[error("metadata key '{key}' is missing or has the wrong type")]
     MissingMetadata {
         /// The key.
         key: String,
     },
     /// A metadata value is present but unusable (inconsistent with another key, out of range).
-    #[error("GGUF metadata key '{key}': {reason}")]
+    #[error("metadata key '{key}': {reason}")]
     InvalidMetadata {
         /// The key.
         key: String,
         /// What is wrong with its value.
+        reason: String,
+    },
+    /// A Hugging Face model file (`config.json`, a `.safetensors` shard or its index) that
+    /// cannot be parsed.
+    #[error("invalid model file {path}: {reason}")]
+    InvalidModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
     /// A tensor the architecture needs is missing or has the wrong shape.

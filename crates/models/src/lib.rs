@@ -12,6 +12,8 @@
 //! - [`plugin`]: [`ArchitecturePlugin`] and [`DecoderModel`], to add an architecture from
 //!   outside this crate ([`Decoder::load_with`], [`LoadedModel::load_with`]);
 //! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
+//! - [`safetensors`]: [`Llama::load_safetensors`], a llama/mistral model from the Hugging Face
+//!   hub layout (`config.json` and safetensors), quantized on load to a [`QuantizationType`];
 //! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution.
 //!
 //! It knows nothing of sampling policy or HTTP. Loading a real model:
@@ -50,6 +52,7 @@ pub mod gguf;
 pub mod llama;
 pub mod plugin;
 pub mod quant;
+pub mod safetensors;
 pub mod tokenizer;
 
 mod loaded;
@@ -65,4 +68,5 @@ pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
 pub use plugin::{ArchitecturePlugin, DecoderModel};
 pub use quant::QLinear;
+pub use safetensors::{HfConfig, QuantizationType};
 pub use tokenizer::GgufTokenizer;

@@ -129,6 +129,20 @@ enum GateUp {
     Fused(QLinear),
 }
 
+/// The weights of one block with separate projections and no extras, for
+/// [`Llama::from_parts`].
+pub(crate) struct BlockWeights {
+    pub(crate) attn_norm: Tensor,
+    pub(crate) wq: QLinear,
+    pub(crate) wk: QLinear,
+    pub(crate) wv: QLinear,
+    pub(crate) wo: QLinear,
+    pub(crate) ffn_norm: Tensor,
+    pub(crate) gate: QLinear,
+    pub(crate) up: QLinear,
+    pub(crate) down: QLinear,
+}
+
 #[derive(Debug)]
 struct Block {
     attn_norm: Tensor,
@@ -455,6 +469,66 @@ impl Llama {
             });
             tick(4 + n_mats + n_extras);
         }
+        let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, c.context_length, device)?;
+        Ok(Self {
+            config,
+            variant,
+            embedding,
+            blocks,
+            norm,
+            output,
+            cos,
+            sin,
+            device: device.clone(),
+            kv_dtype: DType::F32,
+            fused_attention: false,
+        })
+    }
+
+    /// Builds a llama/mistral decoder from weights another loader made (the Hugging Face
+    /// safetensors loader): blocks with separate projections and no biases or head norms,
+    /// already in this decoder's layout (query/key rows permuted for
+    /// [`RopeStyle::Interleaved`] when `variant` uses it). `output` is `None` when the output
+    /// projection is tied to the embeddings.
+    pub(crate) fn from_parts(
+        config: ModelConfig,
+        variant: LlamaVariant,
+        embedding: Embedding,
+        blocks: Vec<BlockWeights>,
+        norm: Tensor,
+        output: Option<QLinear>,
+        device: &Device,
+    ) -> Result<Self> {
+        let output = match output {
+            Some(o) => o,
+            None => embedding.output()?,
+        };
+        let blocks = blocks
+            .into_iter()
+            .map(|b| Block {
+                attn_norm: b.attn_norm,
+                qkv: Qkv::Separate {
+                    wq: b.wq,
+                    wk: b.wk,
+                    wv: b.wv,
+                },
+                extras: AttnExtras {
+                    bq: None,
+                    bk: None,
+                    bv: None,
+                    q_norm: None,
+                    k_norm: None,
+                },
+                wo: b.wo,
+                ffn_norm: b.ffn_norm,
+                gate_up: GateUp::Separate {
+                    gate: b.gate,
+                    up: b.up,
+                },
+                down: b.down,
+            })
+            .collect();
+        let c = &config;
         let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, c.context_length, device)?;
         Ok(Self {
             config,
