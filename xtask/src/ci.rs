@@ -48,9 +48,18 @@ pub fn run(no_fetch: bool) -> Result<()> {
             .args(["test", "-p", "fluent-ai-candle-sampling"])
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
+    // Selected through the workspace so cargo reuses the build above: `-p` alone resolves
+    // features differently and rebuilds candle (minutes on two cores).
     util::run(
         util::cargo()
-            .args(["test", "-p", "fluent-ai-candle-models", "--lib", "quant"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "fluent-ai-candle-benches",
+                "--lib",
+                "quant::",
+            ])
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
