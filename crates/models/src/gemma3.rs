@@ -325,18 +325,12 @@ impl Gemma3 {
 
     /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
     pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        let context_length = self.config.base.context_length;
-        if config.max_entries > context_length {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens: config.max_entries,
-                context_length,
-            });
-        }
-        Ok(SequenceCache::new(
+        crate::step::new_cache(
+            self.config.base.context_length,
             self.cache_shape(),
             config,
             &self.device,
-        )?)
+        )
     }
 
     /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
@@ -348,32 +342,16 @@ impl Gemma3 {
         cache: &mut SequenceCache,
         all_logits: bool,
     ) -> Result<Tensor> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::Tokenizer("no tokens to run".into()));
-        }
-        if n > cache.capacity() {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens: n,
-                context_length: cache.capacity(),
-            });
-        }
-        self.make_room(cache, n)?;
-        let start = cache.len();
-        match self.forward_inner(tokens, cache, start, all_logits) {
-            Ok(logits) => {
-                cache.commit(n);
-                Ok(logits)
-            }
-            Err(e) => {
-                cache.truncate(start);
-                Err(e)
-            }
-        }
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |cache, start| self.forward_inner(tokens, cache, start, all_logits),
+        )
     }
 
     /// Evicts per the cache's strategy, re-rotating kept keys with each layer's own RoPE.
-    fn make_room(&self, cache: &mut SequenceCache, n: usize) -> Result<usize> {
+    fn make_room(&self, cache: &mut SequenceCache, n: usize) -> Result<()> {
         // The cache re-rotates layer after layer, in order, without naming the layer: count.
         let layers = self.config.base.n_layers;
         let next_layer = Cell::new(0usize);
@@ -382,7 +360,8 @@ impl Gemma3 {
             next_layer.set(layer + 1);
             self.rerotate(k, layer, delta)
         };
-        Ok(cache.make_room(n, &rerotate)?)
+        cache.make_room(n, &rerotate)?;
+        Ok(())
     }
 
     /// `[n, head_dim / 2]` cos and sin tables of `positions` for `layer`'s RoPE.
@@ -551,34 +530,15 @@ impl Gemma3 {
         tokens: &[u32],
         caches: &mut [&mut SequenceCache],
     ) -> Result<Tensor> {
-        let bsz = tokens.len();
-        if bsz == 0 || bsz != caches.len() {
-            return Err(ModelError::Tokenizer(format!(
-                "batch of {bsz} tokens for {} caches",
-                caches.len()
-            )));
-        }
-        if bsz == 1 {
+        crate::step::check_batch(tokens, caches)?;
+        if tokens.len() == 1 {
             return Ok(self.forward(tokens, caches[0], false)?.unsqueeze(0)?);
         }
-        for cache in caches.iter_mut() {
-            self.make_room(cache, 1)?;
-        }
-        let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-        match self.forward_batch_inner(tokens, caches, &starts) {
-            Ok(l) => {
-                for cache in caches.iter_mut() {
-                    cache.commit(1);
-                }
-                Ok(l)
-            }
-            Err(e) => {
-                for (cache, s) in caches.iter_mut().zip(starts) {
-                    cache.truncate(s);
-                }
-                Err(e)
-            }
-        }
+        crate::step::batch(
+            caches,
+            |cache| self.make_room(cache, 1),
+            |caches, starts| self.forward_batch_inner(tokens, caches, starts),
+        )
     }
 
     fn forward_batch_inner(

@@ -56,6 +56,7 @@ pub mod safetensors;
 pub mod tokenizer;
 
 mod loaded;
+mod step;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::ModelConfig;

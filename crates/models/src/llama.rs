@@ -634,17 +634,12 @@ impl Llama {
 
     /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
     pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        if config.max_entries > self.config.context_length {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens: config.max_entries,
-                context_length: self.config.context_length,
-            });
-        }
-        Ok(SequenceCache::new(
+        crate::step::new_cache(
+            self.config.context_length,
             self.cache_shape(),
             config,
             &self.device,
-        )?)
+        )
     }
 
     /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
@@ -656,31 +651,19 @@ impl Llama {
         cache: &mut SequenceCache,
         all_logits: bool,
     ) -> Result<Tensor> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::Tokenizer("no tokens to run".into()));
-        }
-        if n > cache.capacity() {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens: n,
-                context_length: cache.capacity(),
-            });
-        }
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |cache, pos| self.forward_inner(tokens, cache, pos, all_logits),
+        )
+    }
+
+    /// Evicts per the cache's strategy, re-rotating kept keys by their shift.
+    fn make_room(&self, cache: &mut SequenceCache, n: usize) -> Result<()> {
         let rerotate = |k: &Tensor, _from: usize, delta: isize| self.rerotate(k, delta);
         cache.make_room(n, &rerotate)?;
-        let pos = cache.len();
-        let start_len = pos;
-        let result = self.forward_inner(tokens, cache, pos, all_logits);
-        match result {
-            Ok(logits) => {
-                cache.commit(n);
-                Ok(logits)
-            }
-            Err(e) => {
-                cache.truncate(start_len);
-                Err(e)
-            }
-        }
+        Ok(())
     }
 
     fn forward_inner(
@@ -775,53 +758,32 @@ impl Llama {
         tokens: &[u32],
         caches: &mut [&mut SequenceCache],
     ) -> Result<Tensor> {
-        let bsz = tokens.len();
-        if bsz == 0 || bsz != caches.len() {
-            return Err(ModelError::Tokenizer(format!(
-                "batch of {bsz} tokens for {} caches",
-                caches.len()
-            )));
-        }
-        if bsz == 1 {
+        crate::step::check_batch(tokens, caches)?;
+        if tokens.len() == 1 {
             return self
                 .forward(tokens, caches[0], false)?
                 .unsqueeze(0)
                 .map_err(Into::into);
         }
-        let rerotate = |k: &Tensor, _from: usize, delta: isize| self.rerotate(k, delta);
-        let mut positions = Vec::with_capacity(bsz);
-        for cache in caches.iter_mut() {
-            cache.make_room(1, &rerotate)?;
-            positions.push(cache.len() as u32);
-        }
-        let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-        match self.forward_batch_inner(tokens, caches, &positions) {
-            Ok(l) => {
-                for cache in caches.iter_mut() {
-                    cache.commit(1);
-                }
-                Ok(l)
-            }
-            Err(e) => {
-                for (cache, s) in caches.iter_mut().zip(starts) {
-                    cache.truncate(s);
-                }
-                Err(e)
-            }
-        }
+        crate::step::batch(
+            caches,
+            |cache| self.make_room(cache, 1),
+            |caches, starts| self.forward_batch_inner(tokens, caches, starts),
+        )
     }
 
     fn forward_batch_inner(
         &self,
         tokens: &[u32],
         caches: &mut [&mut SequenceCache],
-        positions: &[u32],
+        positions: &[usize],
     ) -> Result<Tensor> {
         let c = &self.config;
         let bsz = tokens.len();
         let eps = c.rms_eps as f32;
         let rep = c.n_heads / c.n_kv_heads;
-        let pos = Tensor::new(positions, &self.device)?;
+        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let pos = Tensor::new(positions.as_slice(), &self.device)?;
         let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [b, 1, d/2]
         let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
         let mut x = self.embedding.lookup(tokens, &self.device)?; // [b, hidden]

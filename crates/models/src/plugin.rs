@@ -18,7 +18,7 @@ use crate::config::ModelConfig;
 use crate::gemma3::Gemma3;
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LoadProgress};
-use crate::{ModelError, Result};
+use crate::Result;
 
 /// A decoder the engine can run: the methods of [`Decoder`](crate::Decoder), with the same
 /// signatures and contracts. Implemented by [`Llama`] and [`Gemma3`]; implement it for a
@@ -118,21 +118,15 @@ pub trait DecoderModel: Send + Sync + std::fmt::Debug {
     fn cache_shape(&self) -> CacheShape;
 
     /// A new, empty cache for one sequence. Its capacity may not exceed the context length
-    /// ([`ModelError::ContextOverflow`]). The default allocates a cache of
+    /// ([`ModelError::ContextOverflow`](crate::ModelError::ContextOverflow)). The default allocates a cache of
     /// [`cache_shape`](DecoderModel::cache_shape) on [`device`](DecoderModel::device).
     fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        let context_length = self.config().context_length;
-        if config.max_entries > context_length {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens: config.max_entries,
-                context_length,
-            });
-        }
-        Ok(SequenceCache::new(
+        crate::step::new_cache(
+            self.config().context_length,
             self.cache_shape(),
             config,
             self.device(),
-        )?)
+        )
     }
 
     /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values
@@ -151,13 +145,7 @@ pub trait DecoderModel: Send + Sync + std::fmt::Debug {
     /// once per sequence and stacks the logits; on an error, the caches already advanced are
     /// truncated back to their length before the call.
     fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
-        if tokens.is_empty() || tokens.len() != caches.len() {
-            return Err(ModelError::Tokenizer(format!(
-                "batch of {} tokens for {} caches",
-                tokens.len(),
-                caches.len()
-            )));
-        }
+        crate::step::check_batch(tokens, caches)?;
         let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let mut rows = Vec::with_capacity(tokens.len());
         for (i, (&t, cache)) in tokens.iter().zip(caches.iter_mut()).enumerate() {
