@@ -6,6 +6,8 @@
 //! re-rotation of cached keys by an attention-sink cache in each RoPE style; typed errors on
 //! bad files.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file::{self, Value};
@@ -198,43 +200,29 @@ fn write(
     tensors: &[(String, Vec<usize>)],
     weights: GgmlDType,
 ) -> PathBuf {
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let qtensors: Vec<(String, QTensor)> = tensors
-        .iter()
-        .map(|(n, shape)| {
-            let count: usize = shape.iter().product();
-            let data: Vec<f32> = (0..count)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let r = ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
-                    if n.contains("norm") {
-                        1.0 + r * 0.5
-                    } else if n.contains("bias") {
-                        r * 2.0
-                    } else {
-                        r * 0.5
-                    }
-                })
-                .collect();
-            let t = Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap();
-            let dtype = if shape.len() == 2 {
+    common::write_synthetic_gguf(
+        "architectures-test",
+        name,
+        metadata,
+        tensors,
+        0x9e37_79b9_7f4a_7c15,
+        |n, r| {
+            if n.contains("norm") {
+                1.0 + r * 0.5
+            } else if n.contains("bias") {
+                r * 2.0
+            } else {
+                r * 0.5
+            }
+        },
+        |shape| {
+            if shape.len() == 2 {
                 weights
             } else {
                 GgmlDType::F32
-            };
-            (n.clone(), QTensor::quantize(&t, dtype).unwrap())
-        })
-        .collect();
-    let dir = std::env::temp_dir().join(format!("architectures-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &md, &ts).unwrap();
-    path
+            }
+        },
+    )
 }
 
 fn write_spec(s: &Spec) -> PathBuf {

@@ -7,8 +7,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor, D};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{Decoder, Gemma3, GgufFile, GgufTokenizer, LoadedModel, ModelError};
@@ -220,39 +219,21 @@ fn write_tiny(
     metadata: &[(String, Value)],
     tensors: &[(String, Vec<usize>)],
 ) -> std::path::PathBuf {
-    let mut seed = 0x2545_f491_u64;
-    let qtensors: Vec<(String, QTensor)> = tensors
-        .iter()
-        .map(|(n, shape)| {
-            let count: usize = shape.iter().product();
-            let data: Vec<f32> = (0..count)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let r = ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
-                    if n.contains("norm") {
-                        1.0 + r * 0.2
-                    } else {
-                        r * 0.5
-                    }
-                })
-                .collect();
-            let t = Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap();
-            (
-                n.clone(),
-                QTensor::quantize(&t, candle_core::quantized::GgmlDType::F32).unwrap(),
-            )
-        })
-        .collect();
-    let dir = std::env::temp_dir().join(format!("gemma3-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &md, &ts).unwrap();
-    path
+    common::write_synthetic_gguf(
+        "gemma3-test",
+        name,
+        metadata,
+        tensors,
+        0x2545_f491,
+        |n, r| {
+            if n.contains("norm") {
+                1.0 + r * 0.2
+            } else {
+                r * 0.5
+            }
+        },
+        |_| candle_core::quantized::GgmlDType::F32,
+    )
 }
 
 fn tiny_model(window: u32) -> Gemma3 {

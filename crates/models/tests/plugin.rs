@@ -4,12 +4,14 @@
 //! `forward_batch`; a plugin can reuse our llama-family decoder for a llama clone under another
 //! name, and is chosen before a built-in decoder of the same architecture.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 use fluent_ai_candle_models::plugin::{ArchitecturePlugin, DecoderModel};
@@ -50,28 +52,6 @@ fn write(name: &str, arch: &str) -> PathBuf {
             shapes.push((format!("blk.{i}.{t}"), shape));
         }
     }
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let tensors: Vec<(String, QTensor)> = shapes
-        .into_iter()
-        .map(|(n, shape)| {
-            let count: usize = shape.iter().product();
-            let data: Vec<f32> = (0..count)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let r = ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5;
-                    if n.contains("norm") {
-                        1.0 + r * 0.5
-                    } else {
-                        r * 0.5
-                    }
-                })
-                .collect();
-            let t = Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap();
-            (n, QTensor::quantize(&t, GgmlDType::F32).unwrap())
-        })
-        .collect();
     let tokens: Vec<Value> = (0..VOCAB)
         .map(|i| {
             Value::String(
@@ -118,14 +98,21 @@ fn write(name: &str, arch: &str) -> PathBuf {
         ("tokenizer.ggml.bos_token_id".to_string(), Value::U32(0)),
         ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(1)),
     ];
-    let dir = std::env::temp_dir().join(format!("plugin-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &md, &ts).unwrap();
-    path
+    common::write_synthetic_gguf(
+        "plugin-test",
+        name,
+        &md,
+        &shapes,
+        0x2545_f491_4f6c_dd1d,
+        |n, r| {
+            if n.contains("norm") {
+                1.0 + r * 0.5
+            } else {
+                r * 0.5
+            }
+        },
+        |_| GgmlDType::F32,
+    )
 }
 
 /// Counts the plugin decoder's `forward` calls.

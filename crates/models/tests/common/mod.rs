@@ -50,3 +50,46 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// Writes a synthetic GGUF file `name` under `{temp}/{dir_tag}-{pid}/` with `metadata` and one
+/// tensor per `(name, shape)`: values `value(tensor name, r)` for successive draws `r` in
+/// `[-0.5, 0.5)` of one linear congruential generator started at `seed` (so a file is the
+/// same on every run), stored as `dtype(shape)`.
+pub fn write_synthetic_gguf(
+    dir_tag: &str,
+    name: &str,
+    metadata: &[(String, candle_core::quantized::gguf_file::Value)],
+    tensors: &[(String, Vec<usize>)],
+    seed: u64,
+    value: impl Fn(&str, f32) -> f32,
+    dtype: impl Fn(&[usize]) -> candle_core::quantized::GgmlDType,
+) -> PathBuf {
+    use candle_core::quantized::{gguf_file, QTensor};
+    let mut seed = seed;
+    let qtensors: Vec<(String, QTensor)> = tensors
+        .iter()
+        .map(|(n, shape)| {
+            let count: usize = shape.iter().product();
+            let data: Vec<f32> = (0..count)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    value(n, ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+                })
+                .collect();
+            let t =
+                candle_core::Tensor::from_vec(data, shape.as_slice(), &candle_core::Device::Cpu)
+                    .unwrap();
+            (n.clone(), QTensor::quantize(&t, dtype(shape)).unwrap())
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("{dir_tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let md: Vec<_> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<_> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &md, &ts).unwrap();
+    path
+}
