@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{Device, D};
+use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{GgufFile, Llama};
 
@@ -11,35 +11,18 @@ use fluent_ai_candle_models::{GgufFile, Llama};
 fn teacher_forced_argmax_matches_llama_cpp() {
     let mut gguf = GgufFile::open(common::smollm2_path()).unwrap();
     let model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
-    let (mut total, mut agree, mut confident, mut confident_agree) = (0, 0, 0, 0);
-    let mut worst = Vec::new();
-    for line in common::jsonl("reference/smollm2-teacher.jsonl") {
-        let ids = common::ids(&line["ids"]);
-        let argmax = common::ids(&line["argmax"]);
-        let margins: Vec<f64> = line["margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+    let common::TeacherScore {
+        total,
+        agree,
+        confident,
+        confident_agree,
+        worst,
+    } = common::teacher_forced("reference/smollm2-teacher.jsonl", |ids| {
         let mut cache = model
             .new_cache(&KvCacheConfig::default().max_entries(ids.len()))
             .unwrap();
-        let logits = model.forward(&ids, &mut cache, true).unwrap();
-        let ours: Vec<u32> = logits.argmax(D::Minus1).unwrap().to_vec1().unwrap();
-        for i in 0..ids.len() {
-            total += 1;
-            let ok = ours[i] == argmax[i];
-            agree += ok as usize;
-            if margins[i] >= 0.5 {
-                confident += 1;
-                confident_agree += ok as usize;
-                if !ok {
-                    worst.push((line["text"].to_string(), i, margins[i]));
-                }
-            }
-        }
-    }
+        model.forward(ids, &mut cache, true).unwrap()
+    });
     eprintln!(
         "teacher-forced argmax: {agree}/{total} positions agree ({:.1}%), {confident_agree}/{confident} with margin >= 0.5",
         100.0 * agree as f64 / total as f64

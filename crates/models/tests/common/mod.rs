@@ -93,3 +93,56 @@ pub fn write_synthetic_gguf(
     gguf_file::write(&mut f, &md, &ts).unwrap();
     path
 }
+
+/// Teacher-forced argmax agreement with a llama.cpp reference file (`ids`, `argmax`, `margin`
+/// per line): every position, and those whose reference margin is ≥ 0.5.
+#[derive(Debug, Default)]
+pub struct TeacherScore {
+    /// Positions compared.
+    pub total: usize,
+    /// Positions whose argmax agrees.
+    pub agree: usize,
+    /// Positions with margin ≥ 0.5.
+    pub confident: usize,
+    /// Of those, how many agree.
+    pub confident_agree: usize,
+    /// Confident positions that disagree: (text, position, margin).
+    pub worst: Vec<(String, usize, f64)>,
+}
+
+/// Scores `logits_of(ids)` (`[ids.len(), vocab]`, every position's logits) against the
+/// reference file `rel` under fixtures/.
+pub fn teacher_forced(
+    rel: &str,
+    mut logits_of: impl FnMut(&[u32]) -> candle_core::Tensor,
+) -> TeacherScore {
+    let mut s = TeacherScore::default();
+    for line in jsonl(rel) {
+        let ids = ids(&line["ids"]);
+        let want = self::ids(&line["argmax"]);
+        let margins: Vec<f64> = line["margin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_f64().unwrap())
+            .collect();
+        let ours: Vec<u32> = logits_of(&ids)
+            .argmax(candle_core::D::Minus1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for i in 0..ids.len() {
+            s.total += 1;
+            let ok = ours[i] == want[i];
+            s.agree += ok as usize;
+            if margins[i] >= 0.5 {
+                s.confident += 1;
+                s.confident_agree += ok as usize;
+                if !ok {
+                    s.worst.push((line["text"].to_string(), i, margins[i]));
+                }
+            }
+        }
+    }
+    s
+}
