@@ -6,6 +6,9 @@ use anyhow::{Context, Result};
 
 use crate::{fetch, util};
 
+/// The property tests' seed under `cargo xtask ci` (any fixed value: CI must replay).
+const PROPTEST_SEED: &str = "20261127";
+
 /// Everything CI checks, in order; stops at the first failure.
 pub fn run(no_fetch: bool) -> Result<()> {
     let started = std::time::Instant::now();
@@ -25,12 +28,20 @@ pub fn run(no_fetch: bool) -> Result<()> {
             only: Vec::new(),
         })?;
     }
+    // Property tests draw from one fixed seed here, so a red run replays exactly (a plain
+    // `cargo test` draws fresh cases each run and saves any failure under
+    // `proptest-regressions/`, which are replayed first everywhere).
+    let test = || {
+        let mut c = util::cargo();
+        c.env("PROPTEST_RNG_SEED", PROPTEST_SEED);
+        c
+    };
     // The benches crate only holds benchmark binaries (clippy checks it above); building it
     // in the test profile would compile candle-transformers for nothing.
     // One test at a time: real-model tests each use every core through candle's thread pool,
     // whose spinning barriers slow to a crawl when two of them share two cores.
     util::run(
-        util::cargo()
+        test()
             .args([
                 "test",
                 "--workspace",
@@ -44,14 +55,14 @@ pub fn run(no_fetch: bool) -> Result<()> {
     // The sampling and quantized-matmul kernels again with run-time dispatch forced to the
     // scalar twins.
     util::run(
-        util::cargo()
+        test()
             .args(["test", "-p", "fluent-ai-candle-sampling"])
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
     // Selected through the workspace so cargo reuses the build above: `-p` alone resolves
     // features differently and rebuilds candle (minutes on two cores).
     util::run(
-        util::cargo()
+        test()
             .args([
                 "test",
                 "--workspace",
