@@ -2,6 +2,7 @@
 //! [`crate::ConstraintState`]. Everything lives in flat, reused buffers so stepping (during the
 //! token-trie walk) does not allocate once the buffers have grown.
 
+use crate::complete::{shortest_match, Tables, INF};
 use crate::grammar::{CompiledGrammar, KIND_END, KIND_MASK, KIND_N, KIND_T, VAL_MASK};
 use regex_automata::util::primitives::StateID;
 use std::sync::Arc;
@@ -75,6 +76,16 @@ impl Dedup {
     }
 }
 
+/// The cheapest way to finish rule `rule` begun at some Earley set: after it, the item at
+/// `pos` (whose next symbol is the rule) with origin `origin` goes on; `cost` counts bytes.
+#[derive(Debug, Clone, Copy)]
+struct Up {
+    rule: u32,
+    cost: u32,
+    pos: u32,
+    origin: u32,
+}
+
 /// A saved position of the parser stacks.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Frame {
@@ -104,6 +115,9 @@ pub(crate) struct Parser {
     pub root: Frame,
     /// True while no byte of the current lexeme has been consumed (only at the start).
     pub fresh: bool,
+    /// Per committed Earley set: how each rule predicted there is finished most cheaply
+    /// (sorted by rule). Committed sets never change, so entries stay valid as the chart grows.
+    up: Vec<Vec<Up>>,
 }
 
 impl Parser {
@@ -122,6 +136,7 @@ impl Parser {
             mark_gen: 0,
             root: Frame::default(),
             fresh: true,
+            up: Vec::new(),
         };
         // set 0
         p.set_start.push(0);
@@ -425,5 +440,124 @@ impl Parser {
             ..f
         };
         self.fresh = false;
+    }
+
+    /// The cost of finishing `rule` begun at set `o` (0 for the start rule at set 0: the
+    /// text is then complete), with the parent item that continues.
+    fn up_cost(&self, rule: u32, o: u32) -> (u32, Option<Up>) {
+        if rule == self.g.start && o == 0 {
+            return (0, None);
+        }
+        let v = &self.up[o as usize];
+        match v.binary_search_by_key(&rule, |u| u.rule) {
+            Ok(i) => (v[i].cost, Some(v[i])),
+            Err(_) => (INF, None),
+        }
+    }
+
+    /// Fills [`Up`] entries for the committed sets not yet covered (`nsets` of them in all).
+    fn fill_up(&mut self, t: &Tables, nsets: usize) {
+        let g = self.g.clone();
+        while self.up.len() < nsets {
+            let o = self.up.len();
+            let (a, b) = self.set_range(o);
+            let mut entries: Vec<Up> = self.items[a..b]
+                .iter()
+                .map(|&it| g.syms[(it >> 32) as usize])
+                .filter(|&s| s & KIND_MASK == KIND_N)
+                .map(|s| Up {
+                    rule: s & VAL_MASK,
+                    cost: INF,
+                    pos: 0,
+                    origin: 0,
+                })
+                .collect();
+            entries.sort_by_key(|u| u.rule);
+            entries.dedup_by_key(|u| u.rule);
+            self.up.push(entries);
+            // Items of this set whose origin is this set refer to its own entries:
+            // relax until nothing improves (only strict improvements, so it ends).
+            loop {
+                let mut changed = false;
+                for i in a..b {
+                    let it = self.items[i];
+                    let pos = (it >> 32) as u32;
+                    let origin = it as u32;
+                    let s = g.syms[pos as usize];
+                    if s & KIND_MASK != KIND_N {
+                        continue;
+                    }
+                    let (parent, _) = self.up_cost(t.pos_lhs[pos as usize], origin);
+                    let c = t.suffix[pos as usize + 1].saturating_add(parent);
+                    let v = &mut self.up[o];
+                    if let Ok(j) = v.binary_search_by_key(&(s & VAL_MASK), |u| u.rule) {
+                        if c < v[j].cost {
+                            v[j].cost = c;
+                            v[j].pos = pos;
+                            v[j].origin = origin;
+                            changed = true;
+                        }
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The fewest bytes that complete the committed text (empty when `accepting`); `None`
+    /// when no completion is found. Finishes one live lexeme along its automaton's shortest
+    /// path, then the rest of every enclosing production, cheapest parent first.
+    pub fn shortest_completion(&mut self, accepting: bool) -> Option<Vec<u8>> {
+        if accepting {
+            return Some(Vec::new());
+        }
+        let g = self.g.clone();
+        let t = g.completion.get_or_init(|| Tables::new(&g));
+        let root = self.root;
+        self.restore(root);
+        self.fill_up(t, root.nsets as usize);
+        let (a, b) = self.set_range(root.nsets as usize - 1);
+        // (cost, lexeme path, item position, item origin)
+        let mut best: Option<(u32, Vec<u8>, u32, u32)> = None;
+        for li in root.live_start as usize..root.live_end as usize {
+            let (l, st) = self.live[li];
+            let want = KIND_T | l;
+            let mut path: Option<Option<Vec<u8>>> = None;
+            for i in a..b {
+                let it = self.items[i];
+                let pos = (it >> 32) as u32;
+                if g.syms[pos as usize] != want {
+                    continue;
+                }
+                let origin = it as u32;
+                let p = path.get_or_insert_with(|| shortest_match(&g.lexemes[l as usize], st));
+                let Some(p) = p else { break };
+                let (parent, _) = self.up_cost(t.pos_lhs[pos as usize], origin);
+                let c = (p.len() as u32)
+                    .saturating_add(t.suffix[pos as usize + 1])
+                    .saturating_add(parent);
+                if c < INF && best.as_ref().is_none_or(|x| c < x.0) {
+                    best = Some((c, p.clone(), pos, origin));
+                }
+            }
+        }
+        let (_, mut out, mut pos, mut origin) = best?;
+        // Each step moves to a parent item; more steps than items would mean a cycle.
+        for _ in 0..=self.items.len() {
+            if !t.expand_suffix(&g, pos + 1, &mut out) {
+                return None;
+            }
+            match self.up_cost(t.pos_lhs[pos as usize], origin) {
+                (0, None) => return Some(out),
+                (_, Some(u)) if u.cost < INF => {
+                    pos = u.pos;
+                    origin = u.origin;
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 }

@@ -531,6 +531,63 @@ impl ConstraintState {
         out
     }
 
+    /// The fewest bytes that make the text so far complete: empty when it already is, `None`
+    /// when none is found (a custom constraint, or a grammar whose automata are too large to
+    /// search). Appending them, in any tokenization the constraint allows, gives a text the
+    /// constraint accepts (and, for JSON Schema, one that validates). Allocates: meant for
+    /// the end of a token budget, not every step.
+    ///
+    /// ```
+    /// use fluent_ai_candle_constraints::{CompileOptions, Constraint, ConstraintSpec, Vocabulary};
+    /// use std::sync::Arc;
+    ///
+    /// let tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    /// let vocab = Arc::new(Vocabulary::new(tokens, &[], &[]));
+    /// let spec = ConstraintSpec::JsonSchema(serde_json::json!({
+    ///     "type": "object",
+    ///     "properties": { "name": { "type": "string" }, "n": { "type": "integer" } },
+    ///     "required": ["name", "n"],
+    ///     "additionalProperties": false
+    /// }));
+    /// let c = Constraint::compile(&spec, vocab, &CompileOptions::default())?;
+    /// let mut state = c.start();
+    /// state.commit_bytes(br#"{"name": "a long na"#)?;
+    /// let rest = state.shortest_completion().unwrap();
+    /// assert_eq!(rest, br#"","n":0}"#);
+    /// # Ok::<(), fluent_ai_candle_constraints::ConstraintError>(())
+    /// ```
+    pub fn shortest_completion(&mut self) -> Option<Vec<u8>> {
+        if self.eos_done {
+            return Some(Vec::new());
+        }
+        let accepting = self.accepting;
+        match &mut self.inner {
+            Inner::Grammar(p) => p.shortest_completion(accepting),
+            Inner::Custom => accepting.then(Vec::new),
+        }
+    }
+
+    /// The next token on the way to the end along `completion` (from
+    /// [`shortest_completion`](Self::shortest_completion)): the longest allowed token whose
+    /// bytes begin it, or an EOS token when `completion` is empty and the text is complete.
+    /// `None` when no allowed token fits.
+    pub fn closing_token(&mut self, completion: &[u8]) -> Option<u32> {
+        let vocab = self.c.vocab.clone();
+        if completion.is_empty() {
+            return vocab
+                .eos_ids()
+                .iter()
+                .copied()
+                .find(|_| self.accepting && !self.eos_done);
+        }
+        vocab
+            .prefix_tokens(completion)
+            .into_iter()
+            .rev()
+            .map(|(_, id)| id)
+            .find(|&id| !vocab.is_special(id) && self.is_token_allowed(id))
+    }
+
     /// Forced bytes as tokens (greedy longest-match tokenization of the forced bytes, keeping
     /// only whole tokens).
     pub fn forced_tokens(&mut self) -> Vec<u32> {

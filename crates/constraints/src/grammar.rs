@@ -362,6 +362,14 @@ impl Lexeme {
         }
     }
 
+    /// The byte class of `b` (bytes of one class step alike from every state).
+    pub fn byte_class(&self, b: u8) -> u16 {
+        match &self.auto {
+            LexAuto::Dfa(d) => d.byte_classes().get(b) as u16,
+            LexAuto::Table(t) => t.classes[b as usize] as u16,
+        }
+    }
+
     #[inline]
     pub fn next(&self, s: StateID, b: u8) -> StateID {
         match &self.auto {
@@ -403,6 +411,8 @@ pub(crate) struct CompiledGrammar {
     pub start: u32,
     /// Mask parts that depend only on the live lexer states (see `engine::MaskEntry`).
     pub mask_cache: MaskCache,
+    /// Shortest-completion tables, built on first use (see `complete`).
+    pub completion: std::sync::OnceLock<crate::complete::Tables>,
 }
 
 pub(crate) fn compile_dfa(
@@ -614,6 +624,7 @@ impl CompiledGrammar {
             lexemes: lex,
             start,
             mask_cache: std::sync::Mutex::new(HashMap::new()),
+            completion: std::sync::OnceLock::new(),
         })
     }
 }

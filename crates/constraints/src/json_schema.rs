@@ -8,8 +8,14 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// One JSON string character, as it appears in JSON text.
-pub(crate) const STR_CHAR: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})"#;
+/// One JSON string character, as it appears in JSON text. A `\u` escape names a character
+/// that is not a surrogate, or a high surrogate followed by a low one (JSON parsers such as
+/// `serde_json` reject a lone surrogate).
+pub(crate) const STR_CHAR: &str = concat!(
+    r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|"#,
+    r"\\u(?:[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}",
+    r"|[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}))"
+);
 const NUMBER: &str = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?";
 const INTEGER: &str = r"-?(?:0|[1-9][0-9]*)";
 /// Whitespace between JSON tokens: bounded, so a model cannot loop on blank space (room for a
@@ -1551,7 +1557,8 @@ fn string_excluding(names: &[String]) -> String {
         for c in n.kids.keys() {
             out.push_str(&regex_syntax::escape(&c.to_string()));
         }
-        out.push_str(r#"]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})"#);
+        out.push(']');
+        out.push_str(&STR_CHAR[r#"(?:[^"\\\x00-\x1F]"#.len()..]);
         out.push_str(STR_CHAR);
         out.push('*');
         for (c, k) in &n.kids {

@@ -21,7 +21,10 @@
 //! 5. [`ConstraintState::commit_token`] the sampled token (an error if it was not allowed).
 //!    Optionally skip sampling where the constraint forces the next bytes
 //!    ([`ConstraintState::forced_bytes`] / [`ConstraintState::forced_tokens`]).
-//! 6. Stop on EOS or when [`ConstraintState::is_finished`]; for JSON Schema, run
+//! 6. Near the end of a token budget, [`ConstraintState::shortest_completion`] gives the
+//!    fewest bytes that complete the text and [`ConstraintState::closing_token`] the next
+//!    token along them, so an output can be closed before it is cut.
+//! 7. Stop on EOS or when [`ConstraintState::is_finished`]; for JSON Schema, run
 //!    [`CompiledConstraint::validate`] (the `jsonschema` crate) on the text before returning it.
 //!
 //! ```
@@ -55,17 +58,21 @@
 //!
 //! # What is supported
 //!
-//! JSON Schema: `type` (also lists and OpenAPI `nullable`), `properties` (emitted in the
-//! schema's order, optional ones may be skipped), `required`, `additionalProperties`,
+//! JSON Schema: `type` (also lists and OpenAPI `nullable`), `properties` (in any order for
+//! objects with at most 8 declared properties, else in the schema's order; optional ones may
+//! be skipped), `required`, `additionalProperties`, `patternProperties`, `minProperties`,
 //! `items`/`prefixItems`/`additionalItems`, `minItems`/`maxItems`, `enum`/`const`,
-//! `anyOf`/`oneOf` (oneOf as anyOf), `allOf` (merged), `$ref`/`$defs`/`definitions` with
-//! recursion, `minLength`/`maxLength`, `pattern`, `format` (date, time, date-time, email,
-//! hostname, uuid, uri, uri-reference, ipv4; unknown format names are annotations), integer
-//! and number bounds (integer-valued bounds for numbers). Keywords not implemented
-//! (`patternProperties`, `uniqueItems`, `if`, `not`, `multipleOf`, ...) are a
-//! [`ConstraintError::Unsupported`] naming the keyword, never silently ignored.
+//! `anyOf`/`oneOf` (oneOf as anyOf), `allOf` (merged), the common forms of `not`,
+//! `$ref`/`$defs`/`definitions` with recursion, `minLength`/`maxLength`, `pattern`, `format`
+//! (date, time, date-time, email, hostname, uuid, uri, uri-reference, ipv4; unknown format
+//! names are annotations), integer and number bounds (integer-valued bounds for numbers).
+//! Keywords not implemented (`uniqueItems`, `if`, `multipleOf`, other forms of `not`, ...)
+//! are a [`ConstraintError::Unsupported`] naming the keyword, never silently ignored.
+//! Known approximations: `oneOf` accepts a value matching several branches, and a number's
+//! exponent is unbounded (`1e999` is JSON but overflows an f64).
 #![forbid(unsafe_code)]
 
+mod complete;
 mod earley;
 mod engine;
 mod error;

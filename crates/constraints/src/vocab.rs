@@ -281,6 +281,30 @@ impl Vocabulary {
         self.eos.contains(&id)
     }
 
+    /// Every token whose bytes are a prefix of `bytes`, as (length, id), shortest first.
+    pub fn prefix_tokens(&self, bytes: &[u8]) -> Vec<(usize, u32)> {
+        let mut out = Vec::new();
+        let nodes = &self.trie.nodes;
+        let mut i = 1usize;
+        let mut depth = 0;
+        while i < nodes.len() && depth < bytes.len() {
+            let n = nodes[i];
+            if n.depth as usize != depth + 1 {
+                break;
+            }
+            if n.byte == bytes[depth] {
+                for &id in &self.trie.tokens[n.tok_start as usize..n.tok_end as usize] {
+                    out.push((depth + 1, id));
+                }
+                depth += 1;
+                i += 1;
+            } else {
+                i = n.end as usize;
+            }
+        }
+        out
+    }
+
     /// Greedy longest-prefix tokenization of `bytes` using the trie (used for forced tokens).
     pub fn greedy_tokenize(&self, mut bytes: &[u8]) -> Vec<u32> {
         let mut out = Vec::new();

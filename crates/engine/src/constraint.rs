@@ -47,6 +47,10 @@ pub fn compile(
     )?)
 }
 
+/// How many tokens before `max_tokens` the engine starts checking whether a constrained
+/// output must be closed (the check walks the parser chart; far from the end it is skipped).
+const CLOSE_WINDOW: usize = 256;
+
 /// A running constraint: the per-sequence state of a compiled constraint.
 #[derive(Debug)]
 pub struct ActiveConstraint {
@@ -80,6 +84,35 @@ impl ActiveConstraint {
     /// Commits the sampled token.
     pub fn commit(&mut self, token: u32) -> Result<(), EngineError> {
         Ok(self.state.commit_token(token)?)
+    }
+
+    /// The token to force next so the output ends complete within `remaining` tokens (this
+    /// one included), or `None` while the model may still choose freely. Forces once the
+    /// shortest completion, tokenized greedily, needs at least `remaining - 1` tokens (one
+    /// step of slack: a freely chosen token may lengthen the completion).
+    pub fn closing_token(&mut self, remaining: usize) -> Option<u32> {
+        if remaining > CLOSE_WINDOW {
+            return None;
+        }
+        let rest = self.state.shortest_completion()?;
+        if rest.is_empty() {
+            return None;
+        }
+        let need = self
+            .state
+            .constraint()
+            .vocabulary()
+            .greedy_tokenize(&rest)
+            .len();
+        if need + 1 < remaining {
+            return None;
+        }
+        self.state.closing_token(&rest)
+    }
+
+    /// True when the text so far is complete.
+    pub fn is_accepting(&self) -> bool {
+        self.state.is_accepting()
     }
 
     /// Final validation of the output (JSON Schema constraints: with the jsonschema crate).

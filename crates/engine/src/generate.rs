@@ -38,6 +38,15 @@ pub struct GenerateParams {
     ///
     /// [`Generation::logprobs`]: crate::Generation::logprobs
     pub logprobs: bool,
+    /// Close a constrained output before `max_tokens` runs out (default on): once the
+    /// shortest completion of the text so far (see
+    /// [`ConstraintState::shortest_completion`]) needs about as many tokens as remain, each
+    /// next token is taken along it, so the output ends complete and valid. `finish_reason`
+    /// stays `length`: the content was cut short. Off: the output is cut mid-value, as
+    /// OpenAI's API does.
+    ///
+    /// [`ConstraintState::shortest_completion`]: fluent_ai_candle_constraints::ConstraintState::shortest_completion
+    pub close_constraint: bool,
 }
 
 impl Default for GenerateParams {
@@ -52,6 +61,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             constraint: None,
             logprobs: false,
+            close_constraint: true,
         }
     }
 }

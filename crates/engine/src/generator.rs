@@ -185,6 +185,7 @@ impl CandleGenerator {
             },
             constraint: request.constraints.clone(),
             logprobs: request.logprobs,
+            ..GenerateParams::default()
         };
         params.validate()?;
         let prompt_ids = match &request.prompt_tokens {

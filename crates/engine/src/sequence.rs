@@ -39,6 +39,10 @@ pub(crate) struct SequenceState {
     ignore_eos: bool,
     record_logprobs: bool,
     logprobs: Vec<TokenLogprob>,
+    close_constraint: bool,
+    /// Set once a token was forced to close the constraint: the output then ends with
+    /// `Length` (cut short by the budget), whatever token ends it.
+    closing: bool,
 }
 
 impl SequenceState {
@@ -80,6 +84,8 @@ impl SequenceState {
             ignore_eos: false,
             record_logprobs: params.logprobs,
             logprobs: Vec::new(),
+            close_constraint: params.close_constraint,
+            closing: false,
         })
     }
 
@@ -135,6 +141,16 @@ impl SequenceState {
         }
     }
 
+    /// How an end chosen by the model or the constraint is reported: `Stop`, or `Length` when
+    /// the output had to be closed before the budget ran out.
+    fn natural_end(&self) -> FinishReason {
+        if self.closing {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        }
+    }
+
     /// Whether another forward pass is needed: false (and the sequence ends) once `max_tokens`
     /// are generated or the constraint admits nothing but the end.
     pub(crate) fn wants_forward(&mut self) -> bool {
@@ -147,7 +163,7 @@ impl SequenceState {
         }
         if let Some(c) = self.constraint.as_mut() {
             if c.is_finished() {
-                self.finish = Some(FinishReason::Stop);
+                self.finish = Some(self.natural_end());
                 return false;
             }
         }
@@ -163,9 +179,25 @@ impl SequenceState {
         logits: &mut [f32],
         out: &mut String,
     ) -> Result<Option<u32>, EngineError> {
+        let remaining = self.max_tokens.saturating_sub(self.generated.len());
+        let close = self.close_constraint;
         let mask = match self.constraint.as_mut() {
             Some(c) => {
-                c.compute_mask(&mut self.mask)?;
+                // Near the end of the budget, the next token may be forced along the
+                // shortest completion so the output closes (see `close_constraint`).
+                let forced = if close {
+                    c.closing_token(remaining)
+                } else {
+                    None
+                };
+                match forced {
+                    Some(forced) => {
+                        self.closing = true;
+                        self.mask.set_all(false);
+                        self.mask.allow(forced);
+                    }
+                    None => c.compute_mask(&mut self.mask)?,
+                }
                 Some(&self.mask)
             }
             None => None,
@@ -185,7 +217,7 @@ impl SequenceState {
         self.generated.push(token);
         self.history.push(token);
         if !self.ignore_eos && self.eog.contains(&token) {
-            self.finish = Some(FinishReason::Stop);
+            self.finish = Some(self.natural_end());
             return Ok(None);
         }
         let mut piece = String::new();
@@ -239,10 +271,12 @@ impl SequenceState {
             out.push_str(&tail);
             self.text.push_str(&tail);
         }
-        // A constrained output is validated when it claims to be complete. One cut by
-        // `max_tokens` keeps `finish_reason: length` (as OpenAI reports a truncated JSON
-        // response): the reason already says it is unfinished, and the text so far is kept.
-        let complete = self.finish == Some(FinishReason::Stop);
+        // A constrained output is validated when it claims to be complete, or when it was
+        // closed before `max_tokens` (complete text, `finish_reason: length`). One cut
+        // mid-value keeps `length` (as OpenAI reports a truncated JSON response): the reason
+        // already says it is unfinished, and the text so far is kept.
+        let closed = self.constraint.as_ref().is_some_and(|c| c.is_accepting());
+        let complete = self.finish == Some(FinishReason::Stop) || closed;
         if let (Some(c), None, true) = (self.constraint.as_ref(), self.error.as_ref(), complete) {
             if let Err(e) = c.validate_output(&self.text) {
                 self.finish = Some(FinishReason::Error);

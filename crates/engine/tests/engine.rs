@@ -451,8 +451,10 @@ fn failure_mid_generation_returns_the_text_so_far() {
     assert!(r.usage.completion_tokens >= 1 && r.usage.completion_tokens < 40);
 }
 
-/// A JSON constraint cut by max_tokens keeps the partial text with finish_reason "length"
-/// (as OpenAI reports truncated JSON): not an error, and not validated.
+/// A JSON constraint whose shortest completion does not fit in max_tokens (here 6 tokens for
+/// two required properties) is cut: the partial text with finish_reason "length" (as OpenAI
+/// reports truncated JSON), not an error, and not validated. (With room to close, the engine
+/// closes it: `constrained_generation.rs`.)
 #[test]
 fn constrained_output_cut_by_max_tokens_ends_with_length() {
     let g = generator(GenerationConfig::default());

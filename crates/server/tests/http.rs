@@ -286,7 +286,8 @@ async fn json_schema_and_json_object_response_formats() {
         assert!(content.trim_start().starts_with('{'), "{content}");
     }
 
-    // Cut by max_tokens: 200 with the partial JSON and finish_reason "length", not an error.
+    // Cut by max_tokens before even the shortest completion fits: 200 with the partial JSON
+    // and finish_reason "length", not an error.
     let body = chat(
         "Is water wet? Answer in JSON.",
         json!({"max_tokens": 3, "response_format": {"type": "json_schema",
