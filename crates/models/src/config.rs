@@ -33,8 +33,15 @@ pub struct ModelConfig {
 }
 
 /// Architectures this crate can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma3",
+    "deepseek2",
+];
 
 impl ModelConfig {
     /// Reads the common config of a supported GGUF (keys under `{architecture}.`). An unknown

@@ -5,6 +5,7 @@ use candle_core::{Device, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 
 use crate::config::ModelConfig;
+use crate::deepseek::DeepSeek;
 use crate::gemma3::Gemma3;
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LoadProgress};
@@ -12,7 +13,7 @@ use crate::plugin::{ArchitecturePlugin, DecoderModel};
 use crate::{ModelError, Result};
 
 /// One of the decoders this crate implements, or one a plugin loaded. Every method forwards to
-/// the decoder inside, with the same signature as on [`Llama`], [`Gemma3`] and
+/// the decoder inside, with the same signature as on [`Llama`], [`Gemma3`], [`DeepSeek`] and
 /// [`DecoderModel`].
 #[derive(Debug)]
 pub enum Decoder {
@@ -21,6 +22,8 @@ pub enum Decoder {
     Llama(Llama),
     /// A Gemma 3 decoder.
     Gemma3(Gemma3),
+    /// A DeepSeek-V3 decoder (`deepseek2`: DeepSeek-V2/V3, Kimi K2).
+    DeepSeek(DeepSeek),
     /// A decoder loaded by an [`ArchitecturePlugin`] (or built by hand).
     Custom(Box<dyn DecoderModel>),
 }
@@ -40,6 +43,12 @@ impl From<Llama> for Decoder {
 impl From<Gemma3> for Decoder {
     fn from(m: Gemma3) -> Self {
         Self::Gemma3(m)
+    }
+}
+
+impl From<DeepSeek> for Decoder {
+    fn from(m: DeepSeek) -> Self {
+        Self::DeepSeek(m)
     }
 }
 
@@ -74,6 +83,9 @@ impl Decoder {
                 Ok(Self::Llama(Llama::load(gguf, device, progress)?))
             }
             crate::gemma3::ARCHITECTURE => Ok(Self::Gemma3(Gemma3::load(gguf, device, progress)?)),
+            crate::deepseek::ARCHITECTURE => {
+                Ok(Self::DeepSeek(DeepSeek::load(gguf, device, progress)?))
+            }
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -83,6 +95,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.config(),
             Self::Gemma3(m) => m.config(),
+            Self::DeepSeek(m) => m.config(),
             Self::Custom(m) => m.config(),
         }
     }
@@ -92,6 +105,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.device(),
             Self::Gemma3(m) => m.device(),
+            Self::DeepSeek(m) => m.device(),
             Self::Custom(m) => m.device(),
         }
     }
@@ -101,6 +115,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.cache_shape(),
             Self::Gemma3(m) => m.cache_shape(),
+            Self::DeepSeek(m) => m.cache_shape(),
             Self::Custom(m) => m.cache_shape(),
         }
     }
@@ -110,6 +125,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.new_cache(config),
             Self::Gemma3(m) => m.new_cache(config),
+            Self::DeepSeek(m) => m.new_cache(config),
             Self::Custom(m) => m.new_cache(config),
         }
     }
@@ -126,6 +142,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.forward(tokens, cache, all_logits),
             Self::Gemma3(m) => m.forward(tokens, cache, all_logits),
+            Self::DeepSeek(m) => m.forward(tokens, cache, all_logits),
             Self::Custom(m) => m.forward(tokens, cache, all_logits),
         }
     }
@@ -140,6 +157,7 @@ impl Decoder {
         match self {
             Self::Llama(m) => m.forward_batch(tokens, caches),
             Self::Gemma3(m) => m.forward_batch(tokens, caches),
+            Self::DeepSeek(m) => m.forward_batch(tokens, caches),
             Self::Custom(m) => m.forward_batch(tokens, caches),
         }
     }

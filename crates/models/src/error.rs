@@ -81,7 +81,7 @@ pub enum ModelError {
     /// The GGUF declares an architecture this crate does not implement (and no
     /// [`ArchitecturePlugin`](crate::plugin::ArchitecturePlugin) given to the loader handles).
     #[error(
-        "unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3)"
+        "unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3, deepseek2)"
     )]
     UnsupportedArchitecture(String),
     /// The architecture is supported but the file uses a feature of it that this crate does

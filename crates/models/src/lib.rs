@@ -7,8 +7,10 @@
 //! - [`Llama`]: our llama-family decoder (llama, mistral, qwen2, qwen3, phi3) on candle-core
 //!   with quantized weights, run against a preallocated
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
-//! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU), and
-//!   [`Decoder`], either of them as `general.architecture` says;
+//! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU);
+//! - [`DeepSeek`]: the DeepSeek-V3 / Kimi K2 decoder (`deepseek2`: multi-head latent
+//!   attention over a compressed cache, mixture of experts), and [`Decoder`], any of them as
+//!   `general.architecture` says;
 //! - [`plugin`]: [`ArchitecturePlugin`] and [`DecoderModel`], to add an architecture from
 //!   outside this crate ([`Decoder::load_with`], [`LoadedModel::load_with`]);
 //! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
@@ -45,6 +47,7 @@ pub mod cache;
 pub mod chat_template;
 pub mod config;
 pub mod decoder;
+pub mod deepseek;
 pub mod device;
 pub mod error;
 pub mod gemma3;
@@ -61,6 +64,7 @@ mod step;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::ModelConfig;
 pub use decoder::Decoder;
+pub use deepseek::{DeepSeek, DeepSeekConfig, ExpertGating, YarnScaling};
 pub use device::{auto_device, DeviceType};
 pub use error::{ModelError, Result};
 pub use gemma3::{Gemma3, Gemma3Config};

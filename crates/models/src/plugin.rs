@@ -21,7 +21,7 @@ use crate::llama::{Llama, LoadProgress};
 use crate::Result;
 
 /// A decoder the engine can run: the methods of [`Decoder`](crate::Decoder), with the same
-/// signatures and contracts. Implemented by [`Llama`] and [`Gemma3`]; implement it for a
+/// signatures and contracts. Implemented by [`Llama`], [`Gemma3`] and [`DeepSeek`](crate::DeepSeek); implement it for a
 /// decoder of your own and return it from an [`ArchitecturePlugin`].
 ///
 /// Only [`config`](DecoderModel::config), [`device`](DecoderModel::device),
