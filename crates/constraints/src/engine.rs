@@ -614,6 +614,64 @@ struct Group {
     children: Vec<u32>,
 }
 
+type LiveKey = Vec<(u32, regex_automata::util::primitives::StateID)>;
+
+/// A [`MaskEntry`] being built by a walk of the vocabulary trie.
+struct EntryBuilder {
+    words: Vec<u64>,
+    groups: Vec<Group>,
+    index: std::collections::HashMap<LiveKey, usize>,
+    states: Vec<regex_automata::util::primitives::StateID>,
+}
+
+impl EntryBuilder {
+    /// Records trie node `node` as a lexeme boundary below live states `key`.
+    fn add(&mut self, key: LiveKey, node: usize) -> usize {
+        let groups = &mut self.groups;
+        let gi = *self.index.entry(key.clone()).or_insert_with(|| {
+            groups.push(Group {
+                live: key,
+                children: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[gi].children.push(node as u32);
+        gi
+    }
+
+    /// Walks trie nodes `first..end` (whole subtrees below a node at depth `base`) where
+    /// lexeme `l` alone is live, in state `s`: no parser frames are needed there, the lexeme's
+    /// automaton steps alone. Consecutive boundary nodes usually share their parent's state,
+    /// so one key lookup serves a run of them.
+    fn single(
+        &mut self,
+        g: &CompiledGrammar,
+        vocab: &Vocabulary,
+        l: u32,
+        s: regex_automata::util::primitives::StateID,
+        (first, end, base): (usize, usize, usize),
+    ) {
+        let mut states = std::mem::take(&mut self.states);
+        let mut words = std::mem::take(&mut self.words);
+        let mut last: Option<(regex_automata::util::primitives::StateID, usize)> = None;
+        g.lexemes[l as usize].walk_trie(
+            &vocab.trie,
+            first,
+            end,
+            base,
+            s,
+            &mut states,
+            &mut words,
+            &mut |node, st| match last {
+                Some((prev, gi)) if prev == st => self.groups[gi].children.push(node as u32),
+                _ => last = Some((st, self.add(vec![(l, st)], node))),
+            },
+        );
+        self.states = states;
+        self.words = words;
+    }
+}
+
 fn build_entry(
     p: &mut Parser,
     vocab: &Vocabulary,
@@ -622,12 +680,21 @@ fn build_entry(
 ) -> MaskEntry {
     let nodes = &vocab.trie.nodes;
     let tokens = &vocab.trie.tokens;
-    let mut words = vec![0u64; vocab.len().div_ceil(64)];
-    let mut groups: Vec<Group> = Vec::new();
-    let mut index: std::collections::HashMap<
-        Vec<(u32, regex_automata::util::primitives::StateID)>,
-        usize,
-    > = std::collections::HashMap::new();
+    let g = p.g.clone();
+    let mut b = EntryBuilder {
+        words: vec![0u64; vocab.len().div_ceil(64)],
+        groups: Vec::new(),
+        index: std::collections::HashMap::new(),
+        states: Vec::new(),
+    };
+    // Inside a string, a number, a key...: one lexeme live at the root, one fast walk.
+    if let &[(l, s)] = p.live_of(root) {
+        b.single(&g, vocab, l, s, (1, nodes.len(), 0));
+        return MaskEntry {
+            words: b.words,
+            groups: b.groups,
+        };
+    }
     frames.clear();
     frames.push(root);
     let mut i = 1usize;
@@ -642,29 +709,35 @@ fn build_entry(
         match p.lex_step(parent, n.byte) {
             Some(f) => {
                 for &t in &tokens[n.tok_start as usize..n.tok_end as usize] {
-                    words[t as usize / 64] |= 1u64 << (t % 64);
+                    b.words[t as usize / 64] |= 1u64 << (t % 64);
                 }
-                frames.push(f);
-                i += 1;
+                let one = match p.live_of(f) {
+                    &[(l, s)] => Some((l, s)),
+                    _ => None,
+                };
+                if let Some((l, s)) = one {
+                    // one lexeme left below this node: its subtree by the fast walk
+                    b.single(&g, vocab, l, s, (i + 1, n.end as usize, d));
+                    p.restore(parent);
+                    i = n.end as usize;
+                } else {
+                    frames.push(f);
+                    i += 1;
+                }
             }
             None => {
                 if p.any_matched(parent) {
-                    let key = p.live_of(parent).to_vec();
-                    let gi = *index.entry(key.clone()).or_insert_with(|| {
-                        groups.push(Group {
-                            live: key,
-                            children: Vec::new(),
-                        });
-                        groups.len() - 1
-                    });
-                    groups[gi].children.push(i as u32);
+                    b.add(p.live_of(parent).to_vec(), i);
                 }
                 i = n.end as usize;
             }
         }
     }
     p.restore(root);
-    MaskEntry { words, groups }
+    MaskEntry {
+        words: b.words,
+        groups: b.groups,
+    }
 }
 
 /// Walks the trie below node `c` (whose frame is `f`) with full steps, allowing tokens.

@@ -362,6 +362,88 @@ impl Lexeme {
         }
     }
 
+    /// Walks the vocabulary trie's nodes `first..end` (a run of whole subtrees whose parent,
+    /// at depth `base`, is in state `s0`) with this lexeme alone live: sets the bit of every
+    /// token whose bytes keep the lexeme alive, and calls `on_end(node, state)` for each node
+    /// where the lexeme dies after its parent reached a match (a lexeme boundary there needs
+    /// the parser). The step function is resolved once, not per byte: this is the inner loop
+    /// of a mask-cache miss. `states` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn walk_trie(
+        &self,
+        trie: &crate::vocab::Trie,
+        first: usize,
+        end: usize,
+        base: usize,
+        s0: StateID,
+        states: &mut Vec<StateID>,
+        words: &mut [u64],
+        on_end: &mut dyn FnMut(usize, StateID),
+    ) {
+        match &self.auto {
+            LexAuto::Dfa(d) => self.walk_with(
+                |s, b| d.next_state(s, b),
+                trie,
+                (first, end, base),
+                s0,
+                states,
+                words,
+                on_end,
+            ),
+            LexAuto::Table(t) => self.walk_with(
+                |s, b| {
+                    StateID::new_unchecked(
+                        t.trans[s.as_usize() * t.ncls + t.classes[b as usize] as usize] as usize,
+                    )
+                },
+                trie,
+                (first, end, base),
+                s0,
+                states,
+                words,
+                on_end,
+            ),
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn walk_with(
+        &self,
+        step: impl Fn(StateID, u8) -> StateID,
+        trie: &crate::vocab::Trie,
+        (first, end, base): (usize, usize, usize),
+        s0: StateID,
+        states: &mut Vec<StateID>,
+        words: &mut [u64],
+        on_end: &mut dyn FnMut(usize, StateID),
+    ) {
+        let nodes = &trie.nodes;
+        let tokens = &trie.tokens;
+        states.clear();
+        states.resize(trie.max_depth + 1, s0);
+        let mut i = first;
+        while i < end {
+            let n = nodes[i];
+            let d = n.depth as usize;
+            debug_assert!(d > base);
+            let parent = states[d - 1];
+            let t = step(parent, n.byte);
+            if !self.is_dead(t) {
+                for &tok in &tokens[n.tok_start as usize..n.tok_end as usize] {
+                    words[tok as usize / 64] |= 1u64 << (tok % 64);
+                }
+                states[d] = t;
+                i += 1;
+            } else {
+                if self.is_match(parent) {
+                    on_end(i, parent);
+                }
+                i = n.end as usize;
+            }
+        }
+    }
+
     /// The byte class of `b` (bytes of one class step alike from every state).
     pub fn byte_class(&self, b: u8) -> u16 {
         match &self.auto {
