@@ -61,6 +61,10 @@ pub struct CompileOptions {
     pub max_repeat: usize,
     /// Largest string length bound compiled into a lexeme (`maxLength`, `minLength`).
     pub max_length_bound: u32,
+    /// Share lexeme automata with every other grammar this process compiles (a bounded
+    /// process-wide cache keyed by regex): a lexeme seen before (a JSON string, a number, a
+    /// common key) is not determinized again. Off: every automaton is built afresh.
+    pub share_lexemes: bool,
 }
 
 impl Default for CompileOptions {
@@ -72,6 +76,7 @@ impl Default for CompileOptions {
             max_total_dfa_bytes: 64 << 20,
             max_repeat: 2_000,
             max_length_bound: 2_000,
+            share_lexemes: true,
         }
     }
 }

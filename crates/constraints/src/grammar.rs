@@ -7,6 +7,7 @@ use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
 use regex_automata::{Anchored, MatchKind};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A grammar symbol while building.
@@ -479,6 +480,51 @@ impl Lexeme {
     }
 }
 
+/// Lexeme automata by regex (with the skip prefix and the DFA budget in the key), shared by
+/// every grammar the process compiles: determinizing is most of a compile, and the same
+/// lexemes (strings, numbers, punctuation, common keys) recur across schemas. Bounded by the
+/// automata's bytes; cleared whole when full (grammars keep their own `Arc`s).
+struct LexemeCache {
+    map: HashMap<String, Arc<Lexeme>>,
+    bytes: usize,
+}
+
+/// Most automaton bytes [`LexemeCache`] holds.
+const LEXEME_CACHE_BYTES: usize = 64 << 20;
+
+impl LexemeCache {
+    fn cell() -> &'static std::sync::Mutex<LexemeCache> {
+        static CACHE: std::sync::OnceLock<std::sync::Mutex<LexemeCache>> =
+            std::sync::OnceLock::new();
+        CACHE.get_or_init(|| {
+            std::sync::Mutex::new(LexemeCache {
+                map: HashMap::new(),
+                bytes: 0,
+            })
+        })
+    }
+
+    fn get(key: &str) -> Option<Arc<Lexeme>> {
+        Self::cell().lock().ok()?.map.get(key).cloned()
+    }
+
+    /// Stores `l` under `key` (unless it alone exceeds a quarter of the bound).
+    fn insert(key: String, l: Arc<Lexeme>) {
+        let size = l.memory_usage() + key.len();
+        if let Ok(mut c) = Self::cell().lock() {
+            if size <= LEXEME_CACHE_BYTES / 4 {
+                if c.bytes + size > LEXEME_CACHE_BYTES {
+                    c.map.clear();
+                    c.bytes = 0;
+                }
+                if c.map.insert(key, l).is_none() {
+                    c.bytes += size;
+                }
+            }
+        }
+    }
+}
+
 /// A compiled grammar: productions flattened into `syms` (each production's right-hand side
 /// followed by an END marker holding the production id), rule → production start positions,
 /// nullability, and the lexeme DFAs.
@@ -488,7 +534,7 @@ pub(crate) struct CompiledGrammar {
     pub prod_lhs: Vec<u32>,
     pub rule_prods: Vec<Vec<u32>>,
     pub nullable: Vec<bool>,
-    pub lexemes: Vec<Lexeme>,
+    pub lexemes: Vec<Arc<Lexeme>>,
     /// The synthetic start rule.
     pub start: u32,
     /// Mask parts that depend only on the live lexer states (see `engine::MaskEntry`).
@@ -600,18 +646,36 @@ impl CompiledGrammar {
                     opts.max_compile_time
                 )));
             }
-            let lexeme = match combos.get(&(id as u32)) {
-                Some(parts) => {
-                    let mut built = Vec::with_capacity(parts.len());
-                    for (re, pos) in parts {
-                        let (dfa, st) = build(re)?;
-                        built.push((dfa, st, *pos));
-                    }
-                    Lexeme::product(&built, opts.max_dfa_bytes)?
-                }
+            // The same lexeme (a JSON string, a number, a common key, with the same skip
+            // prefix) recurs across grammars: its automaton is built once per process.
+            let key = format!("{skip:?}\u{0}{re}\u{0}{}", opts.max_dfa_bytes);
+            let cached = if opts.share_lexemes {
+                LexemeCache::get(&key)
+            } else {
+                None
+            };
+            let lexeme = match cached {
+                Some(l) => l,
                 None => {
-                    let (dfa, st) = build(re)?;
-                    Lexeme::new(dfa, st)
+                    let built = match combos.get(&(id as u32)) {
+                        Some(parts) => {
+                            let mut built = Vec::with_capacity(parts.len());
+                            for (re, pos) in parts {
+                                let (dfa, st) = build(re)?;
+                                built.push((dfa, st, *pos));
+                            }
+                            Lexeme::product(&built, opts.max_dfa_bytes)?
+                        }
+                        None => {
+                            let (dfa, st) = build(re)?;
+                            Lexeme::new(dfa, st)
+                        }
+                    };
+                    let built = Arc::new(built);
+                    if opts.share_lexemes {
+                        LexemeCache::insert(key, built.clone());
+                    }
+                    built
                 }
             };
             total += lexeme.memory_usage();
@@ -729,4 +793,36 @@ pub(crate) fn check_regex(regex: &str) -> Result<(), ConstraintError> {
                 message: e.to_string(),
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(regex: &str, opts: &CompileOptions) -> CompiledGrammar {
+        let mut b = GrammarBuilder::default();
+        let t = b.lexeme(regex);
+        let root = b.rule("root", vec![vec![t]]);
+        CompiledGrammar::compile(b, root, opts, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn lexeme_automata_are_shared_across_grammars_unless_asked_not_to() {
+        let shared = CompileOptions::default();
+        let re = "[a-z]{3}-shared-lexeme-test";
+        let (a, b) = (compile(re, &shared), compile(re, &shared));
+        assert!(Arc::ptr_eq(&a.lexemes[0], &b.lexemes[0]));
+        let cold = CompileOptions {
+            share_lexemes: false,
+            ..CompileOptions::default()
+        };
+        let c = compile(re, &cold);
+        assert!(!Arc::ptr_eq(&a.lexemes[0], &c.lexemes[0]));
+        // a different budget is a different key
+        let small = CompileOptions {
+            max_dfa_bytes: 1 << 20,
+            ..CompileOptions::default()
+        };
+        assert!(!Arc::ptr_eq(&a.lexemes[0], &compile(re, &small).lexemes[0]));
+    }
 }

@@ -154,9 +154,27 @@ pub fn run(
     tokenizer: &tokenizers::Tokenizer,
     vocab: Arc<Vocabulary>,
     limit: Option<usize>,
+    progress: impl FnMut(usize, &CaseResult),
+) -> Summary {
+    run_with(
+        cases,
+        tokenizer,
+        vocab,
+        limit,
+        &CompileOptions::default(),
+        progress,
+    )
+}
+
+/// [`run`] with the given compile options (e.g. `share_lexemes: false` for cold compiles).
+pub fn run_with(
+    cases: &[serde_json::Value],
+    tokenizer: &tokenizers::Tokenizer,
+    vocab: Arc<Vocabulary>,
+    limit: Option<usize>,
+    opts: &CompileOptions,
     mut progress: impl FnMut(usize, &CaseResult),
 ) -> Summary {
-    let opts = CompileOptions::default();
     let mut mask = TokenMask::forbid_all(vocab.len());
     let mut mask_us: Vec<f64> = Vec::new();
     let mut compile_us: Vec<f64> = Vec::new();
@@ -166,7 +184,7 @@ pub fn run(
         let schema = case["schema"].clone();
         let t0 = Instant::now();
         let compiled =
-            Constraint::compile(&ConstraintSpec::JsonSchema(schema), vocab.clone(), &opts);
+            Constraint::compile(&ConstraintSpec::JsonSchema(schema), vocab.clone(), opts);
         let cus = t0.elapsed().as_secs_f64() * 1e6;
         let mut res = CaseResult {
             name,
@@ -249,6 +267,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
     let mut limit = None;
     let mut json = false;
     let mut errors = false;
+    let mut opts = CompileOptions::default();
     let mut tok_path = String::from("fixtures/reference/smollm2-tokenizer.json");
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -257,13 +276,14 @@ pub fn main_with_args(args: &[String]) -> i32 {
             "--limit" => limit = it.next().and_then(|s| s.parse().ok()),
             "--json" => json = true,
             "--errors" => errors = true,
+            "--no-shared-lexemes" => opts.share_lexemes = false,
             "--tokenizer" => {
                 if let Some(t) = it.next() {
                     tok_path = t.clone();
                 }
             }
             "-h" | "--help" => {
-                eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--errors] [--tokenizer FILE]");
+                eprintln!("usage: maskbench --data FILE [--limit N] [--json] [--errors] [--no-shared-lexemes] [--tokenizer FILE]");
                 return 0;
             }
             other => {
@@ -274,7 +294,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
     }
     let Some(data) = data else {
         eprintln!(
-            "usage: maskbench --data FILE [--limit N] [--json] [--errors] [--tokenizer FILE]"
+            "usage: maskbench --data FILE [--limit N] [--json] [--errors] [--no-shared-lexemes] [--tokenizer FILE]"
         );
         return 2;
     };
@@ -306,7 +326,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
     };
     let total = limit.unwrap_or(cases.len()).min(cases.len());
     let started = Instant::now();
-    let s = run(&cases, &tokenizer, vocab, limit, |i, r| {
+    let s = run_with(&cases, &tokenizer, vocab, limit, &opts, |i, r| {
         if errors && !r.passing {
             eprintln!(
                 "FAIL {}: {}",
