@@ -92,6 +92,7 @@ use crate::gguf::GgufFile;
 use crate::llama::LoadProgress;
 use crate::plugin::DecoderModel;
 use crate::quant::{Embedding, QLinear};
+use crate::weights::{embedding_and_output, linear, vector};
 use crate::{ModelError, Result};
 
 /// The `general.architecture` this module runs (llama.cpp's name for DeepSeek-V2/V3 and
@@ -631,24 +632,6 @@ pub struct DeepSeek {
     device: Device,
 }
 
-/// A 1-D f32 vector (a norm's weight, a bias) of `size` elements.
-fn vector(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
-    Ok(gguf
-        .tensor_with_shape(name, &[size], device)?
-        .dequantize(device)?)
-}
-
-fn linear(
-    gguf: &mut GgufFile,
-    name: &str,
-    out: usize,
-    inp: usize,
-    device: &Device,
-) -> Result<QLinear> {
-    let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
-    Ok(QLinear::from_qtensor(Arc::new(t))?)
-}
-
 /// A tensor of shape `dims`, dequantized to f32; a wrong shape is explained by `why`.
 fn dense(
     gguf: &mut GgufFile,
@@ -768,35 +751,9 @@ impl DeepSeek {
             progress(LoadProgress { loaded, total });
         };
 
-        let embd =
-            gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
-        if c.hidden_size % embd.dtype().block_size() != 0 {
-            return Err(ModelError::BadTensor {
-                name: "token_embd.weight".into(),
-                reason: format!(
-                    "rows of {} values do not split into {:?} blocks",
-                    c.hidden_size,
-                    embd.dtype()
-                ),
-            });
-        }
-        // Lookups read rows on the host: on an accelerator, keep a host copy of the table.
-        let (embedding, tied) = if device.is_cpu() {
-            let e = Embedding::new(embd)?;
-            let o = e.output()?;
-            (e, o)
-        } else {
-            let host = gguf.tensor("token_embd.weight", &Device::Cpu)?;
-            (Embedding::new(host)?, QLinear::shared(Arc::new(embd))?)
-        };
-        tick(1);
+        let (embedding, output) = embedding_and_output(gguf, c, device)?;
+        tick(2);
         let norm = vector(gguf, "output_norm.weight", c.hidden_size, device)?;
-        tick(1);
-        let output = if gguf.has_tensor("output.weight") {
-            linear(gguf, "output.weight", c.vocab_size, c.hidden_size, device)?
-        } else {
-            tied
-        };
         tick(1);
 
         let (h, heads) = (c.hidden_size, c.n_heads);

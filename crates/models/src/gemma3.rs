@@ -19,7 +19,6 @@
 //! them.
 
 use std::cell::Cell;
-use std::sync::Arc;
 
 use crate::quant::{Embedding, QLinear};
 use candle_core::{DType, Device, Module, Tensor};
@@ -28,6 +27,7 @@ use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
 use crate::llama::LoadProgress;
+use crate::weights::{embedding_and_output, linear, vector};
 use crate::{ModelError, Result};
 
 /// The `general.architecture` this module runs.
@@ -198,23 +198,6 @@ pub struct Gemma3 {
     device: Device,
 }
 
-fn norm_weight(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
-    Ok(gguf
-        .tensor_with_shape(name, &[size], device)?
-        .dequantize(device)?)
-}
-
-fn linear(
-    gguf: &mut GgufFile,
-    name: &str,
-    out: usize,
-    inp: usize,
-    device: &Device,
-) -> Result<QLinear> {
-    let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
-    Ok(QLinear::from_qtensor(std::sync::Arc::new(t))?)
-}
-
 /// Tensors per block (for progress).
 const TENSORS_PER_BLOCK: usize = 13;
 
@@ -234,36 +217,9 @@ impl Gemma3 {
             loaded += n;
             progress(LoadProgress { loaded, total });
         };
-        let embd =
-            gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
-        if c.hidden_size % embd.dtype().block_size() != 0 {
-            return Err(ModelError::BadTensor {
-                name: "token_embd.weight".into(),
-                reason: format!(
-                    "rows of {} values do not split into {:?} blocks",
-                    c.hidden_size,
-                    embd.dtype()
-                ),
-            });
-        }
-        // Lookups read rows on the host: on an accelerator, keep a host copy of the table for
-        // them (reading the device copy back would move the whole table at every step).
-        let (embedding, output) = if device.is_cpu() {
-            let e = Embedding::new(embd)?;
-            let o = e.output()?;
-            (e, o)
-        } else {
-            let host = gguf.tensor("token_embd.weight", &Device::Cpu)?;
-            (Embedding::new(host)?, QLinear::shared(Arc::new(embd))?)
-        };
-        tick(1);
-        let norm = norm_weight(gguf, "output_norm.weight", c.hidden_size, device)?;
-        tick(1);
-        let output = if gguf.has_tensor("output.weight") {
-            linear(gguf, "output.weight", c.vocab_size, c.hidden_size, device)?
-        } else {
-            output
-        };
+        let (embedding, output) = embedding_and_output(gguf, c, device)?;
+        tick(2);
+        let norm = vector(gguf, "output_norm.weight", c.hidden_size, device)?;
         tick(1);
         let (h, d) = (c.hidden_size, c.head_dim);
         let q_dim = c.n_heads * d;
@@ -272,19 +228,19 @@ impl Gemma3 {
         for i in 0..c.n_layers {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             blocks.push(Block {
-                attn_norm: norm_weight(gguf, &name("attn_norm"), h, device)?,
+                attn_norm: vector(gguf, &name("attn_norm"), h, device)?,
                 wq: linear(gguf, &name("attn_q"), q_dim, h, device)?,
                 wk: linear(gguf, &name("attn_k"), kv_dim, h, device)?,
                 wv: linear(gguf, &name("attn_v"), kv_dim, h, device)?,
-                q_norm: norm_weight(gguf, &name("attn_q_norm"), d, device)?,
-                k_norm: norm_weight(gguf, &name("attn_k_norm"), d, device)?,
+                q_norm: vector(gguf, &name("attn_q_norm"), d, device)?,
+                k_norm: vector(gguf, &name("attn_k_norm"), d, device)?,
                 wo: linear(gguf, &name("attn_output"), h, q_dim, device)?,
-                post_attn_norm: norm_weight(gguf, &name("post_attention_norm"), h, device)?,
-                ffn_norm: norm_weight(gguf, &name("ffn_norm"), h, device)?,
+                post_attn_norm: vector(gguf, &name("post_attention_norm"), h, device)?,
+                ffn_norm: vector(gguf, &name("ffn_norm"), h, device)?,
                 gate: linear(gguf, &name("ffn_gate"), c.ffn_size, h, device)?,
                 up: linear(gguf, &name("ffn_up"), c.ffn_size, h, device)?,
                 down: linear(gguf, &name("ffn_down"), h, c.ffn_size, device)?,
-                post_ffn_norm: norm_weight(gguf, &name("post_ffw_norm"), h, device)?,
+                post_ffn_norm: vector(gguf, &name("post_ffw_norm"), h, device)?,
             });
             tick(TENSORS_PER_BLOCK);
         }

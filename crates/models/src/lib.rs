@@ -60,6 +60,7 @@ pub mod tokenizer;
 
 mod loaded;
 mod step;
+mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::ModelConfig;

@@ -29,6 +29,7 @@ use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 
 use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
+use crate::weights::{embedding_and_output, linear, vector as norm_weight};
 use crate::{ModelError, Result};
 
 /// Progress of loading tensors, reported to a callback.
@@ -217,24 +218,6 @@ pub struct Llama {
     fused_attention: bool,
 }
 
-/// A 1-D f32 vector (a norm's weight, a bias) of `size` elements.
-fn norm_weight(gguf: &mut GgufFile, name: &str, size: usize, device: &Device) -> Result<Tensor> {
-    Ok(gguf
-        .tensor_with_shape(name, &[size], device)?
-        .dequantize(device)?)
-}
-
-fn linear(
-    gguf: &mut GgufFile,
-    name: &str,
-    out: usize,
-    inp: usize,
-    device: &Device,
-) -> Result<QLinear> {
-    let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
-    Ok(QLinear::from_qtensor(std::sync::Arc::new(t))?)
-}
-
 /// A vector tensor when `required` or present in the file, `None` otherwise.
 fn optional_vector(
     gguf: &mut GgufFile,
@@ -373,17 +356,9 @@ impl Llama {
             loaded += n;
             progress(LoadProgress { loaded, total });
         };
-        let embd =
-            gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
-        let embedding = Embedding::new(embd)?;
-        tick(1);
+        let (embedding, output) = embedding_and_output(gguf, c, device)?;
+        tick(2);
         let norm = norm_weight(gguf, "output_norm.weight", c.hidden_size, device)?;
-        tick(1);
-        let output = if gguf.has_tensor("output.weight") {
-            linear(gguf, "output.weight", c.vocab_size, c.hidden_size, device)?
-        } else {
-            embedding.output()?
-        };
         tick(1);
         let q_dim = c.n_heads * c.head_dim;
         let kv_dim = c.n_kv_heads * c.head_dim;
