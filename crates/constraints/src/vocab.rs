@@ -305,38 +305,21 @@ impl Vocabulary {
         out
     }
 
-    /// Greedy longest-prefix tokenization of `bytes` using the trie (used for forced tokens).
+    /// Greedy longest-prefix tokenization of `bytes` using the trie (used for forced tokens;
+    /// of several tokens with the same bytes, the lowest id). Stops before the first byte no
+    /// token starts with.
     pub fn greedy_tokenize(&self, mut bytes: &[u8]) -> Vec<u32> {
         let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let mut best: Option<(usize, u32)> = None;
-            let mut i = 1usize;
-            let nodes = &self.trie.nodes;
-            let mut depth = 0;
-            while i < nodes.len() && depth < bytes.len() {
-                let n = nodes[i];
-                if n.depth as usize != depth + 1 {
-                    break;
-                }
-                if n.byte == bytes[depth] {
-                    if n.tok_end > n.tok_start {
-                        best = Some((depth + 1, self.trie.tokens[n.tok_start as usize]));
-                    }
-                    depth += 1;
-                    i += 1;
-                } else {
-                    i = n.end as usize;
-                }
+        loop {
+            let prefixes = self.prefix_tokens(bytes);
+            let Some(&(len, _)) = prefixes.last() else {
+                return out;
+            };
+            if let Some(&(_, id)) = prefixes.iter().find(|p| p.0 == len) {
+                out.push(id);
             }
-            match best {
-                Some((len, id)) => {
-                    out.push(id);
-                    bytes = &bytes[len..];
-                }
-                None => break,
-            }
+            bytes = &bytes[len..];
         }
-        out
     }
 }
 
