@@ -53,6 +53,9 @@ pub struct CandleCompletionRequest {
     /// Report each token's log-probability (and the `top_logprobs` alternatives of `sampling`)
     /// in chunks and in the response.
     pub logprobs: bool,
+    /// Close a constrained output before `max_tokens` runs out (`None`: yes, the default; see
+    /// [`GenerateParams::close_constraint`](crate::GenerateParams::close_constraint)).
+    pub close_constraint: Option<bool>,
 }
 
 /// One choice of a finished completion.

@@ -185,7 +185,7 @@ impl CandleGenerator {
             },
             constraint: request.constraints.clone(),
             logprobs: request.logprobs,
-            ..GenerateParams::default()
+            close_constraint: request.close_constraint.unwrap_or(true),
         };
         params.validate()?;
         let prompt_ids = match &request.prompt_tokens {

@@ -19,7 +19,8 @@
 //! `n`, `stop`, `seed`, `frequency_penalty`, `presence_penalty`, `logit_bias`,
 //! `response_format` with `json_object` or `json_schema`, `stream_options.include_usage`) and
 //! extensions: `top_k`, `min_p`, `typical_p`, `mirostat` (+ `mirostat_tau`, `mirostat_eta`),
-//! `repetition_penalty`, `grammar` (GBNF), `regex` and `ignore_eos`. Every sampling decision is
+//! `repetition_penalty`, `grammar` (GBNF), `regex`, `ignore_eos` and `close_constraint` (`false`:
+//! cut a constrained output at `max_tokens` instead of closing it in time). Every sampling decision is
 //! the sampling crate's; `response_format`, `grammar` and `regex` constrain decoding through
 //! the constraints crate, so the output follows the schema by construction.
 //!

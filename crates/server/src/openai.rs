@@ -1,6 +1,6 @@
 //! OpenAI's request, response, stream-chunk and model-list shapes (serde), plus this server's
 //! extensions (`top_k`, `min_p`, `typical_p`, `mirostat`, `repetition_penalty`, `grammar`,
-//! `regex`, `ignore_eos`).
+//! `regex`, `ignore_eos`, `close_constraint`).
 
 use std::collections::BTreeMap;
 
@@ -131,6 +131,10 @@ pub struct CommonParams {
     /// Extension: keep going after end-of-generation tokens (fixed-length benchmarks).
     #[serde(default)]
     pub ignore_eos: Option<bool>,
+    /// Extension: `false` to cut a constrained output at `max_tokens` mid-value (as OpenAI
+    /// does) instead of closing it in time (the default).
+    #[serde(default)]
+    pub close_constraint: Option<bool>,
 }
 
 /// One part of a multi-part message content.

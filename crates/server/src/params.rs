@@ -230,6 +230,7 @@ pub(crate) fn build_template(
         constraints: constraints.pop(),
         ignore_eos: p.ignore_eos.unwrap_or(false),
         logprobs: logprobs.is_some(),
+        close_constraint: p.close_constraint,
         ..Default::default()
     };
     Ok((request, n, seed))

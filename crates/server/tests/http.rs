@@ -286,6 +286,34 @@ async fn json_schema_and_json_object_response_formats() {
         assert!(content.trim_start().starts_with('{'), "{content}");
     }
 
+    // A budget too small for what the model writes but enough to close the object: valid
+    // JSON with finish_reason "length"; with `close_constraint: false`, cut mid-value.
+    let story = json!({"type": "object", "properties": {"title": {"type": "string"},
+        "story": {"type": "string"}, "moral": {"type": "string"}},
+        "required": ["title", "story", "moral"], "additionalProperties": false});
+    for close in [true, false] {
+        let body = chat(
+            "Write a very long story about a brave cat, as a JSON object.",
+            json!({"max_tokens": 24, "temperature": 0, "close_constraint": close,
+                "response_format": {"type": "json_schema",
+                "json_schema": {"name": "story", "schema": story}}}),
+        );
+        let (status, r) = post(addr, "/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], "length", "{r}");
+        let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+        let parsed = serde_json::from_str::<Value>(content);
+        if close {
+            let v = parsed.expect(content);
+            assert!(
+                v["title"].is_string() && v["moral"].is_string(),
+                "{content}"
+            );
+        } else {
+            assert!(parsed.is_err(), "{content}");
+        }
+    }
+
     // Cut by max_tokens before even the shortest completion fits: 200 with the partial JSON
     // and finish_reason "length", not an error.
     let body = chat(
