@@ -124,7 +124,7 @@ pub struct Generation {
 /// position (OpenAI's `logprobs.content[i]`, as token ids).
 ///
 /// Which distribution the numbers describe is the sampling configuration's
-/// [`LogprobSource`](fluent_ai_candle_sampling::LogprobSource): the one the token was drawn
+/// [`LogprobSource`]: the one the token was drawn
 /// from (after temperature, top-p...) by default, or the model's raw softmax.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {

@@ -1,4 +1,4 @@
-//! Our Gemma 3 decoder on candle-core, with quantized weights ([`QLinear`](crate::QLinear)) and the same
+//! Our Gemma 3 decoder on candle-core, with quantized weights ([`QLinear`]) and the same
 //! preallocated per-sequence KV cache as [`Llama`](crate::Llama).
 //!
 //! What sets Gemma 3 apart from the llama family, as llama.cpp runs its GGUF files:

@@ -1,4 +1,4 @@
-//! Our llama-family decoder on candle-core, with quantized weights ([`QLinear`](crate::QLinear)) and a
+//! Our llama-family decoder on candle-core, with quantized weights ([`QLinear`]) and a
 //! preallocated per-sequence KV cache.
 //!
 //! The weights are shared (`&self` everywhere): many sequences, each with its own
