@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::{
     quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
 };
-use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig};
+use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{Decoder, GgufFile, Llama, ModelError, RopeStyle};
 
 const HIDDEN: usize = 64;
@@ -305,19 +305,7 @@ impl Reference {
     }
 }
 
-fn row(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
-
-/// Largest absolute difference, and largest absolute reference value.
-fn diff(ours: &[f32], reference: &[f32]) -> (f32, f32) {
-    assert_eq!(ours.len(), reference.len());
-    ours.iter()
-        .zip(reference)
-        .fold((0f32, 0f32), |(d, m), (a, b)| {
-            (d.max((a - b).abs()), m.max(b.abs()))
-        })
-}
+use common::{diff, row};
 
 /// Runs prompt, decode and batched decode through our decoder and candle-transformers', and
 /// checks every logit agrees within 1e-3 of the logit scale. Returns (max diff, scale).
@@ -443,35 +431,7 @@ fn sink_rerotation_uses_each_architectures_rope_style() {
             ..spec(arch, 1)
         });
         let model = load(&path).unwrap();
-        let (sinks, window) = (2, 3);
-        let cfg = KvCacheConfig::default().max_entries(8).eviction_strategy(
-            EvictionStrategy::AttentionSinks {
-                sink_tokens: sinks,
-                window,
-            },
-        );
-        let mut cache = model.new_cache(&cfg).unwrap();
-        let mut kept: Vec<u32> = Vec::new();
-        let tokens: Vec<u32> = (0..14).map(|i| (i * 37 + 11) % VOCAB as u32).collect();
-        let mut worst = 0f32;
-        for &t in &tokens {
-            let before = cache.evicted();
-            let ours = row(&model.forward(&[t], &mut cache, false).unwrap());
-            let removed = cache.evicted() - before;
-            if removed > 0 {
-                kept.drain(sinks..sinks + removed);
-            }
-            kept.push(t);
-            assert_eq!(kept.len(), cache.len());
-            let mut fresh = model
-                .new_cache(&KvCacheConfig::default().max_entries(8))
-                .unwrap();
-            let want = row(&model.forward(&kept, &mut fresh, false).unwrap());
-            let (d, m) = diff(&ours, &want);
-            assert!(d <= 1e-4 * m.max(1.0), "{arch}: diff {d} after {kept:?}");
-            worst = worst.max(d);
-        }
-        assert!(cache.evicted() > 0);
+        let worst = common::sink_rerotation_max_diff(&model, VOCAB, arch);
         eprintln!("{arch}: sink re-rotation max diff {worst:.3e}");
     }
 }

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::{Device, Tensor};
-use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig};
+use candle_core::Device;
+use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{Decoder, GgufFile, ModelError};
 
 const ARCH: &str = "deepseek2";
@@ -644,19 +644,7 @@ impl Reference {
 // ---------------------------------------------------------------------------------------------
 // Comparisons.
 
-fn row(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
-
-/// Largest absolute difference, and largest absolute reference value.
-fn diff(ours: &[f32], reference: &[f32]) -> (f32, f32) {
-    assert_eq!(ours.len(), reference.len());
-    ours.iter()
-        .zip(reference)
-        .fold((0f32, 0f32), |(d, m), (a, b)| {
-            (d.max((a - b).abs()), m.max(b.abs()))
-        })
-}
+use common::{diff, row};
 
 /// Runs the prompt (every position's logits) and decode steps through our decoder and the
 /// reference, asserting every logit agrees within `tolerance` of the logit scale and that no
@@ -824,35 +812,7 @@ fn sink_rerotation_moves_the_cached_rope_keys() {
         ..v3()
     };
     let model = load(&write_spec(&s, "v3-one-layer")).unwrap();
-    let (sinks, window) = (2, 3);
-    let cfg = KvCacheConfig::default().max_entries(8).eviction_strategy(
-        EvictionStrategy::AttentionSinks {
-            sink_tokens: sinks,
-            window,
-        },
-    );
-    let mut cache = model.new_cache(&cfg).unwrap();
-    let mut kept: Vec<u32> = Vec::new();
-    let mut worst = 0f32;
-    for i in 0..14u32 {
-        let t = (i * 37 + 11) % VOCAB as u32;
-        let before = cache.evicted();
-        let ours = row(&model.forward(&[t], &mut cache, false).unwrap());
-        let removed = cache.evicted() - before;
-        if removed > 0 {
-            kept.drain(sinks..sinks + removed);
-        }
-        kept.push(t);
-        assert_eq!(kept.len(), cache.len());
-        let mut fresh = model
-            .new_cache(&KvCacheConfig::default().max_entries(8))
-            .unwrap();
-        let want = row(&model.forward(&kept, &mut fresh, false).unwrap());
-        let (d, m) = diff(&ours, &want);
-        assert!(d <= 1e-4 * m.max(1.0), "diff {d} after {kept:?}");
-        worst = worst.max(d);
-    }
-    assert!(cache.evicted() > 0);
+    let worst = common::sink_rerotation_max_diff(&model, VOCAB, "deepseek2");
     eprintln!("sink re-rotation: max diff {worst:.3e}");
 }
 

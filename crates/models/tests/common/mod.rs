@@ -146,3 +146,61 @@ pub fn teacher_forced(
     }
     s
 }
+
+/// A logits tensor as one flat row.
+pub fn row(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Largest absolute difference, and largest absolute reference value.
+pub fn diff(ours: &[f32], reference: &[f32]) -> (f32, f32) {
+    assert_eq!(ours.len(), reference.len());
+    ours.iter()
+        .zip(reference)
+        .fold((0f32, 0f32), |(d, m), (a, b)| {
+            (d.max((a - b).abs()), m.max(b.abs()))
+        })
+}
+
+/// Decodes 14 tokens one by one through an attention-sink cache (2 sinks, window 3, 8
+/// entries) and checks each step's logits against a fresh cache holding just the kept tokens,
+/// within 1e-4 of the logit scale: true only when the eviction re-rotates the cached keys the
+/// way the model rotates them. For one-layer models (a token's cached keys then depend only on
+/// the token and its position). Returns the largest difference.
+pub fn sink_rerotation_max_diff(
+    model: &fluent_ai_candle_models::Decoder,
+    vocab: usize,
+    label: &str,
+) -> f32 {
+    use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig};
+    let sinks = 2;
+    let cfg = KvCacheConfig::default().max_entries(8).eviction_strategy(
+        EvictionStrategy::AttentionSinks {
+            sink_tokens: sinks,
+            window: 3,
+        },
+    );
+    let mut cache = model.new_cache(&cfg).unwrap();
+    let mut kept: Vec<u32> = Vec::new();
+    let mut worst = 0f32;
+    for i in 0..14u32 {
+        let t = (i * 37 + 11) % vocab as u32;
+        let before = cache.evicted();
+        let ours = row(&model.forward(&[t], &mut cache, false).unwrap());
+        let removed = cache.evicted() - before;
+        if removed > 0 {
+            kept.drain(sinks..sinks + removed);
+        }
+        kept.push(t);
+        assert_eq!(kept.len(), cache.len());
+        let mut fresh = model
+            .new_cache(&KvCacheConfig::default().max_entries(8))
+            .unwrap();
+        let want = row(&model.forward(&kept, &mut fresh, false).unwrap());
+        let (d, m) = diff(&ours, &want);
+        assert!(d <= 1e-4 * m.max(1.0), "{label}: diff {d} after {kept:?}");
+        worst = worst.max(d);
+    }
+    assert!(cache.evicted() > 0, "{label}: nothing was evicted");
+    worst
+}
