@@ -145,10 +145,12 @@ fn preferred_bytes(l: &Lexeme) -> Vec<u8> {
         .chain(b'0'..=b'9')
         .chain(0x20..=0x7e)
         .chain(0..=255u8);
-    let mut seen_class: HashMap<u16, ()> = HashMap::new();
+    let mut seen_class = [false; 256];
     let mut out = Vec::new();
     for b in order {
-        if seen_class.insert(l.byte_class(b), ()).is_none() {
+        let c = l.byte_class(b) as usize;
+        if !seen_class[c] {
+            seen_class[c] = true;
             out.push(b);
         }
     }

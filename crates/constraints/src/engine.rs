@@ -579,11 +579,10 @@ impl ConstraintState {
     pub fn closing_token(&mut self, completion: &[u8]) -> Option<u32> {
         let vocab = self.c.vocab.clone();
         if completion.is_empty() {
-            return vocab
-                .eos_ids()
-                .iter()
-                .copied()
-                .find(|_| self.accepting && !self.eos_done);
+            if !self.accepting || self.eos_done {
+                return None;
+            }
+            return vocab.eos_ids().first().copied();
         }
         vocab
             .prefix_tokens(completion)

@@ -167,6 +167,16 @@ pub(crate) struct Table {
     matching: Vec<bool>,
 }
 
+impl Table {
+    /// The state after byte `b` from `s` (0 is dead).
+    #[inline]
+    fn next(&self, s: StateID, b: u8) -> StateID {
+        StateID::new_unchecked(
+            self.trans[s.as_usize() * self.ncls + self.classes[b as usize] as usize] as usize,
+        )
+    }
+}
+
 /// How a lexeme steps: a regex-automata DFA, or a product table.
 // few per grammar, stepped in the hot loop: no boxing
 #[allow(clippy::large_enum_variant)]
@@ -392,11 +402,7 @@ impl Lexeme {
                 on_end,
             ),
             LexAuto::Table(t) => self.walk_with(
-                |s, b| {
-                    StateID::new_unchecked(
-                        t.trans[s.as_usize() * t.ncls + t.classes[b as usize] as usize] as usize,
-                    )
-                },
+                |s, b| t.next(s, b),
                 trie,
                 (first, end, base),
                 s0,
@@ -457,9 +463,7 @@ impl Lexeme {
     pub fn next(&self, s: StateID, b: u8) -> StateID {
         match &self.auto {
             LexAuto::Dfa(d) => d.next_state(s, b),
-            LexAuto::Table(t) => StateID::new_unchecked(
-                t.trans[s.as_usize() * t.ncls + t.classes[b as usize] as usize] as usize,
-            ),
+            LexAuto::Table(t) => t.next(s, b),
         }
     }
     /// True when no continuation from `s` can match.
