@@ -131,6 +131,7 @@ fn candle_quality(path: &std::path::Path) -> Result<(usize, f64)> {
 }
 
 fn main() -> Result<()> {
+    fluent_ai_candle_models::init_cpu_threads();
     let json = std::env::args().any(|a| a == "--json");
     let path = cache::resolve("smollm2-135m-instruct").context("run `cargo xtask fetch-models`")?;
     let mut gguf = GgufFile::open(&path)?;

@@ -116,6 +116,7 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    fluent_ai_candle_models::init_cpu_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     if let Some(i) = args.iter().position(|a| a == "--model") {

@@ -124,6 +124,7 @@ fn ttft(model: &Arc<LoadedModel>, round: u64) -> Result<(f64, f64)> {
 }
 
 fn main() -> Result<()> {
+    fluent_ai_candle_models::init_cpu_threads();
     let json = std::env::args().any(|a| a == "--json");
     let path = cache::resolve("smollm2-135m-instruct")
         .context("the model is missing: run `cargo xtask fetch-models` first")?;

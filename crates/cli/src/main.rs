@@ -3,7 +3,7 @@
 //! ```text
 //! fluent-ai-candle tokenize [--model M] (--file F | TEXT)
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
-//!                           [--seed S] [--raw] [--json]
+//!                           [--seed S] [--raw] [--json] [--quant Q]
 //!                           [--json-schema FILE | --grammar FILE | --regex R]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
 //!                        [--max-concurrent N] [--models-dir DIR]
@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fluent_ai_candle_engine::{generate, FinishReason, GenerateParams};
-use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel};
+use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel, QuantizationType};
 
 /// Run large language models locally on Candle.
 #[derive(Parser)]
@@ -39,8 +39,8 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// A GGUF path, cached model name or hf:ORG/REPO[:FILE] (Hugging Face cache, offline);
-    /// repeat to serve several (the first is the default).
+    /// A GGUF path, a Hugging Face model directory, a cached model name or hf:ORG/REPO[:FILE]
+    /// (Hugging Face cache, offline); repeat to serve several (the first is the default).
     #[arg(long = "model")]
     models: Vec<String>,
     /// Address to listen on (loopback by default).
@@ -62,8 +62,9 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct ModelArg {
-    /// A GGUF path, a cached model name (smollm2-135m-instruct, gemma3-270m) or
-    /// hf:ORG/REPO[:FILE] (a GGUF in the Hugging Face cache, resolved offline).
+    /// A GGUF path, a Hugging Face model directory (config.json, tokenizer.json, safetensors),
+    /// a cached model name (smollm2-135m-instruct, gemma3-270m) or hf:ORG/REPO[:FILE] (a GGUF
+    /// or a safetensors model in the Hugging Face cache, resolved offline).
     #[arg(long, default_value = cache::DEFAULT_MODEL)]
     model: String,
 }
@@ -103,7 +104,7 @@ struct GenerateArgs {
     /// Random seed (sampling is reproducible for a given seed).
     #[arg(long, default_value_t = 299_792_458)]
     seed: u64,
-    /// Use the prompt verbatim (BOS only if the GGUF's add_bos_token says so).
+    /// Use the prompt verbatim (BOS only if the model's add_bos_token says so).
     #[arg(long)]
     raw: bool,
     /// Print, as the last line, a JSON object with text, token_ids, finish_reason and usage.
@@ -118,9 +119,20 @@ struct GenerateArgs {
     /// Constrain the output to this regular expression.
     #[arg(long, group = "constraint")]
     regex: Option<String>,
+    /// The format a safetensors model's matrices are quantized to on load: q4_0, q4_k, q8_0
+    /// (the default), f16, bf16 or f32. Not for GGUF files, whose weights are used as stored.
+    #[arg(long, value_parser = parse_quant)]
+    quant: Option<QuantizationType>,
+}
+
+fn parse_quant(s: &str) -> std::result::Result<QuantizationType, String> {
+    s.parse()
+        .map_err(|e: fluent_ai_candle_models::ModelError| e.to_string())
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: see `init_cpu_threads`.
+    fluent_ai_candle_models::init_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenize(a) => tokenize(a),
@@ -146,8 +158,15 @@ fn input_text(file: &Option<PathBuf>, text: &Option<String>, what: &str) -> Resu
     }
 }
 
-fn load(model: &str) -> Result<LoadedModel> {
+fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
     let path = cache::resolve(model)?;
+    if quant.is_some() && !path.is_dir() {
+        bail!(
+            "--quant applies to Hugging Face safetensors models; {} is a GGUF file, whose \
+             weights are used as stored",
+            path.display()
+        );
+    }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
@@ -163,7 +182,12 @@ fn load(model: &str) -> Result<LoadedModel> {
         bar.set_length(p.total as u64);
         bar.set_position(p.loaded as u64);
     };
-    let loaded = LoadedModel::load(&path, &candle_core::Device::Cpu, &mut progress);
+    let device = candle_core::Device::Cpu;
+    let loaded = if path.is_dir() {
+        LoadedModel::load_dir(&path, quant.unwrap_or_default(), &device, &mut progress)
+    } else {
+        LoadedModel::load(&path, &device, &mut progress)
+    };
     bar.finish_and_clear();
     Ok(loaded?)
 }
@@ -171,8 +195,7 @@ fn load(model: &str) -> Result<LoadedModel> {
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let text = input_text(&a.file, &a.text, "text")?;
     let path = cache::resolve(&a.model.model)?;
-    let gguf = fluent_ai_candle_models::GgufFile::open(&path)?;
-    let tokenizer = fluent_ai_candle_models::GgufTokenizer::from_gguf(gguf.content())?;
+    let tokenizer = fluent_ai_candle_models::GgufTokenizer::from_path(&path)?;
     let ids = tokenizer.encode(&text, false)?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
@@ -180,7 +203,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt = input_text(&a.file, &a.prompt, "prompt")?;
-    let loaded = load(&a.model.model)?;
+    let loaded = load(&a.model.model, a.quant)?;
     let text = if a.raw {
         prompt
     } else {

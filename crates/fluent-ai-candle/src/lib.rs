@@ -104,7 +104,7 @@ pub use fluent_ai_candle_engine::{
     FinishReason, GenerationConfig, KVCacheConfig, KvCacheConfig, MetricsSnapshot, ModelRegistry,
     PrefixCacheConfig, Quantization, StreamingConfig, Usage,
 };
-pub use fluent_ai_candle_models::{LoadedModel, ModelError};
+pub use fluent_ai_candle_models::{init_cpu_threads, LoadedModel, ModelError};
 pub use fluent_ai_candle_sampling::{SamplingConfig, SamplingError};
 
 /// The README's examples, compiled (and the standalone ones run) as doctests so they stay true.

@@ -1,6 +1,7 @@
 //! The local model cache: where `cargo xtask fetch-models` puts the real GGUF files, and how
 //! a `--model` argument (a path, a known name, or `hf:ORG/REPO[:FILE]` in the Hugging Face
-//! cache) resolves to a file.
+//! cache) resolves to a GGUF file or a Hugging Face model directory (`config.json`,
+//! `tokenizer.json`, safetensors).
 
 use std::path::{Path, PathBuf};
 
@@ -95,9 +96,48 @@ pub fn hub_cache_dir() -> PathBuf {
         .join("hub")
 }
 
+/// The files of a Hugging Face model directory that [`LoadedModel::load_dir`] needs and
+/// `dir` lacks, as paths relative to `dir`: `config.json`, `tokenizer.json`, and the weights
+/// (`model.safetensors`, or every shard `model.safetensors.index.json` lists). Empty when
+/// nothing is missing; a malformed index is [`ModelError::InvalidModelFile`].
+///
+/// [`LoadedModel::load_dir`]: crate::LoadedModel::load_dir
+pub fn missing_model_files(dir: &Path) -> Result<Vec<String>> {
+    let mut missing: Vec<String> = ["config.json", crate::tokenizer::TOKENIZER_JSON]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .map(String::from)
+        .collect();
+    for file in crate::safetensors::weight_files(dir)? {
+        if !file.is_file() {
+            let rel = file.strip_prefix(dir).unwrap_or(&file);
+            missing.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(missing)
+}
+
+/// Whether `dir` looks like a Hugging Face model directory (complete or not): it has a
+/// `config.json`, a `tokenizer.json` or a safetensors file.
+fn looks_like_model_dir(dir: &Path) -> bool {
+    dir.join("config.json").is_file()
+        || dir.join(crate::tokenizer::TOKENIZER_JSON).is_file()
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".safetensors") || name == "model.safetensors.index.json"
+            })
+        })
+}
+
 /// Resolves `hf:ORG/REPO[:FILE]` (the `hf:` prefix already removed) in the hub cache at
 /// `cache` through hf-hub's cache layout (`models--ORG--REPO/refs/main` → snapshot), offline.
-/// Without `FILE`, the snapshot must hold exactly one `.gguf` file.
+/// Without `FILE`, the snapshot must hold exactly one `.gguf` file (which is returned), or
+/// none and a complete Hugging Face model (`config.json`, `tokenizer.json` and the
+/// safetensors weights; the snapshot directory is returned, for
+/// [`LoadedModel::load_dir`](crate::LoadedModel::load_dir)). A snapshot with safetensors but
+/// without one of those files is a [`ModelError::HubReference`] naming what is missing.
 pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
     let spec = format!("hf:{reference}");
     let bad = |reason: String| ModelError::HubReference {
@@ -153,7 +193,23 @@ pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
     ggufs.sort();
     match ggufs.len() {
         1 => Ok(ggufs.remove(0)),
-        0 => Err(bad(format!("the cached snapshot of {repo} holds no .gguf file"))),
+        0 if looks_like_model_dir(&snapshot) => {
+            let missing = missing_model_files(&snapshot)?;
+            if missing.is_empty() {
+                Ok(snapshot)
+            } else {
+                Err(bad(format!(
+                    "the cached snapshot of {repo} holds no .gguf file and its safetensors model \
+                     lacks {} (it needs config.json, tokenizer.json and the weights: fetch them \
+                     with `huggingface-cli download {repo}` on a connected machine)",
+                    missing.join(", ")
+                )))
+            }
+        }
+        0 => Err(bad(format!(
+            "the cached snapshot of {repo} holds no .gguf file and no safetensors model \
+             (config.json, tokenizer.json, model.safetensors)"
+        ))),
         _ => Err(bad(format!(
             "the cached snapshot of {repo} holds several .gguf files; name one (hf:{repo}:FILE): {}",
             ggufs
@@ -165,9 +221,11 @@ pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Resolves a `--model` argument: `hf:ORG/REPO[:FILE]` (the Hugging Face cache, offline), an
-/// existing file, a path-like argument (contains a path separator or ends in `.gguf`), or a
-/// known model name in the cache.
+/// Resolves a `--model` argument: `hf:ORG/REPO[:FILE]` (the Hugging Face cache, offline, see
+/// [`resolve_hub`]), an existing file, an existing Hugging Face model directory, a path-like
+/// argument (contains a path separator or ends in `.gguf`), or a known model name in the
+/// cache. A directory that lacks one of the files [`missing_model_files`] checks is
+/// [`ModelError::NotFound`] naming the first.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
     if let Some(reference) = spec.strip_prefix("hf:") {
         return resolve_hub(reference, &hub_cache_dir());
@@ -175,6 +233,14 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_file() {
         return Ok(path.to_path_buf());
+    }
+    if path.is_dir() {
+        return match missing_model_files(path)?.first() {
+            Some(file) => Err(ModelError::NotFound {
+                path: path.join(file),
+            }),
+            None => Ok(path.to_path_buf()),
+        };
     }
     if let Some(model) = known_model(spec) {
         let path = cache_dir().join(model.file);
@@ -253,5 +319,72 @@ mod tests {
         assert!(err(resolve_hub("Org/Tiny-GGUF", &two)).contains("several"));
         std::fs::remove_dir_all(hub).ok();
         std::fs::remove_dir_all(two).ok();
+    }
+
+    #[test]
+    fn safetensors_snapshots_and_directories_resolve_offline() {
+        let err = |r: Result<PathBuf>| match r {
+            Err(ModelError::HubReference { reason, .. }) => reason,
+            other => panic!("expected a HubReference error, got {other:?}"),
+        };
+        let model = ["config.json", "tokenizer.json", "model.safetensors"];
+        let full = fake_hub(&model);
+        let dir = resolve_hub("Org/Tiny-GGUF", &full).unwrap();
+        assert!(
+            dir.is_dir() && dir.join("tokenizer.json").is_file(),
+            "{dir:?}"
+        );
+        // The same directory as a path.
+        assert_eq!(resolve(dir.to_str().unwrap()).unwrap(), dir);
+        std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+        match resolve(dir.to_str().unwrap()) {
+            Err(ModelError::NotFound { path }) => assert!(path.ends_with("tokenizer.json")),
+            other => panic!("{other:?}"),
+        }
+
+        // Each missing file is named.
+        for absent in model {
+            let files: Vec<&str> = model.into_iter().filter(|f| *f != absent).collect();
+            let hub = fake_hub(&files);
+            let reason = err(resolve_hub("Org/Tiny-GGUF", &hub));
+            assert!(reason.contains(&format!("lacks {absent} (")), "{reason}");
+            std::fs::remove_dir_all(hub).ok();
+        }
+        let empty = fake_hub(&["README.md"]);
+        assert!(err(resolve_hub("Org/Tiny-GGUF", &empty)).contains("no safetensors model"));
+        // A GGUF beside the safetensors wins, as before.
+        let both = fake_hub(&[
+            "config.json",
+            "tokenizer.json",
+            "model.safetensors",
+            "m.gguf",
+        ]);
+        assert!(resolve_hub("Org/Tiny-GGUF", &both)
+            .unwrap()
+            .ends_with("m.gguf"));
+
+        // Shards: every file the index lists must be there.
+        let sharded = fake_hub(&["config.json", "tokenizer.json", "a.safetensors"]);
+        let snap = resolve_hub("Org/Tiny-GGUF", &sharded).unwrap_err();
+        assert!(snap.to_string().contains("model.safetensors"), "{snap}");
+        let snapshot = std::fs::read_dir(sharded.join("models--Org--Tiny-GGUF/snapshots"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let index = serde_json::json!({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}});
+        std::fs::write(
+            snapshot.join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        let reason = err(resolve_hub("Org/Tiny-GGUF", &sharded));
+        assert!(reason.contains("lacks b.safetensors ("), "{reason}");
+        std::fs::write(snapshot.join("b.safetensors"), b"").unwrap();
+        assert_eq!(resolve_hub("Org/Tiny-GGUF", &sharded).unwrap(), snapshot);
+        for d in [full, empty, both, sharded] {
+            std::fs::remove_dir_all(d).ok();
+        }
     }
 }

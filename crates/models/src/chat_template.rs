@@ -1,4 +1,5 @@
-//! Chat templates (`tokenizer.chat_template`, Jinja) rendered with minijinja.
+//! Chat templates (`tokenizer.chat_template` of a GGUF, `chat_template` of a Hugging Face
+//! `tokenizer_config.json`; Jinja) rendered with minijinja.
 //!
 //! The environment mimics the one Hugging Face `transformers` renders chat
 //! templates in: `trim_blocks` and `lstrip_blocks` on, `raise_exception(msg)`,
@@ -7,6 +8,7 @@
 //! string/dict methods (`strip`, `split`, `startswith`, `items`, `get`, ...).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
@@ -14,6 +16,7 @@ use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::tokenizer::{special_token_text, GgufTokenizer, TOKENIZER_CONFIG_JSON};
 use crate::{ModelError, Result};
 
 const TEMPLATE_NAME: &str = "chat";
@@ -117,6 +120,74 @@ impl ChatTemplate {
             &token_text("tokenizer.ggml.bos_token_id"),
             &token_text("tokenizer.ggml.eos_token_id"),
         )
+    }
+
+    /// The template of a Hugging Face model directory: `tokenizer_config.json`'s
+    /// `chat_template` (a string, or a list of `{name, template}` objects: the one named
+    /// `default`, else the first), else a `chat_template.jinja` file in `dir`, else
+    /// [`ChatTemplate::chatml`]. The BOS/EOS texts are `tokenizer_config.json`'s `bos_token`
+    /// and `eos_token`, else the texts of `tokenizer`'s BOS/EOS ids.
+    ///
+    /// Errors: malformed JSON or a `chat_template` of another type is
+    /// [`ModelError::InvalidModelFile`], a template that does not compile
+    /// [`ModelError::ChatTemplate`], both naming the file.
+    pub fn from_hf_dir(dir: &Path, tokenizer: &GgufTokenizer) -> Result<Self> {
+        let config_path = dir.join(TOKENIZER_CONFIG_JSON);
+        let config = if config_path.is_file() {
+            Some(crate::safetensors::read_json(&config_path)?)
+        } else {
+            None
+        };
+        let invalid = |reason: &str| crate::safetensors::invalid(&config_path, reason.into());
+        let from_config = match config.as_ref().and_then(|c| c.get("chat_template")) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => {
+                let template = |t: &serde_json::Value| {
+                    t.get("template").and_then(|t| t.as_str()).map(String::from)
+                };
+                let named = list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"));
+                let chosen = named
+                    .or(list.first())
+                    .ok_or_else(|| invalid("`chat_template` is an empty list of templates"))?;
+                Some(template(chosen).ok_or_else(|| {
+                    invalid("a `chat_template` list entry has no `template` string")
+                })?)
+            }
+            Some(_) => return Err(invalid("`chat_template` is neither a string nor a list")),
+        };
+        let jinja_path = dir.join("chat_template.jinja");
+        let (source, source_path) = match from_config {
+            Some(s) => (s, config_path.clone()),
+            None if jinja_path.is_file() => {
+                (crate::safetensors::read_to_string(&jinja_path)?, jinja_path)
+            }
+            None => return Ok(Self::chatml()),
+        };
+        let text = |key: &str, id: Option<u32>| -> String {
+            let named = config
+                .as_ref()
+                .and_then(|c| special_token_text(c.get(key)))
+                .map(String::from);
+            named.unwrap_or_else(|| {
+                id.and_then(|id| tokenizer.token_bytes_of(id))
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            })
+        };
+        Self::new(
+            &source,
+            &text("bos_token", tokenizer.bos_id()),
+            &text("eos_token", tokenizer.eos_id()),
+        )
+        .map_err(|e| match e {
+            ModelError::ChatTemplate(m) => {
+                ModelError::ChatTemplate(format!("{}: {m}", source_path.display()))
+            }
+            other => other,
+        })
     }
 
     /// Renders `messages`; with `add_generation_prompt` the template appends

@@ -13,7 +13,9 @@ pub enum ModelError {
         path: PathBuf,
     },
     /// A model name that is neither a file nor a known cached model.
-    #[error("unknown model '{name}': expected a GGUF file path or one of: {known}")]
+    #[error(
+        "unknown model '{name}': expected a GGUF file, a Hugging Face model directory, hf:ORG/REPO, or one of: {known}"
+    )]
     UnknownModel {
         /// The name the user gave.
         name: String,
@@ -61,8 +63,8 @@ pub enum ModelError {
         /// What is wrong with its value.
         reason: String,
     },
-    /// A Hugging Face model file (`config.json`, a `.safetensors` shard or its index) that
-    /// cannot be parsed.
+    /// A Hugging Face model file (`config.json`, a `.safetensors` shard or its index,
+    /// `tokenizer.json`, `tokenizer_config.json`) that cannot be parsed.
     #[error("invalid model file {path}: {reason}")]
     InvalidModelFile {
         /// The file.
@@ -91,6 +93,16 @@ pub enum ModelError {
         /// The tensor or metadata key that carries the feature.
         name: String,
         /// What the feature is and why it is refused.
+        reason: String,
+    },
+    /// A Hugging Face `tokenizer.json` that parses but describes a tokenizer this crate does
+    /// not run (a model type other than byte-level BPE, e.g. WordPiece, Unigram, or a
+    /// sentencepiece-style BPE without a `ByteLevel` pre-tokenizer).
+    #[error("unsupported tokenizer {path}: {reason}")]
+    UnsupportedTokenizer {
+        /// The `tokenizer.json` file.
+        path: PathBuf,
+        /// What it uses that is not supported.
         reason: String,
     },
     /// The tokenizer could not be built or failed to encode/decode.

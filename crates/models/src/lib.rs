@@ -16,7 +16,12 @@
 //! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
 //! - [`safetensors`]: [`Llama::load_safetensors`], a llama/mistral model from the Hugging Face
 //!   hub layout (`config.json` and safetensors), quantized on load to a [`QuantizationType`];
-//! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution.
+//!   with its `tokenizer.json` ([`GgufTokenizer::from_hf_dir`], byte-level BPE) and
+//!   `tokenizer_config.json` ([`ChatTemplate::from_hf_dir`]), a whole [`LoadedModel`]
+//!   ([`LoadedModel::load_dir`], or [`LoadedModel::load`] given the directory);
+//! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution
+//!   (a path, a known name, or `hf:ORG/REPO[:FILE]` in the Hugging Face cache: a GGUF file or
+//!   a safetensors snapshot directory).
 //!
 //! It knows nothing of sampling policy or HTTP. Loading a real model:
 //!
@@ -30,6 +35,19 @@
 //! let mut kv = model.model.new_cache(&KvCacheConfig::default().max_entries(64))?;
 //! let logits = model.model.forward(&ids, &mut kv, false)?;
 //! assert_eq!(logits.dims(), &[model.config().vocab_size]);
+//! # Ok::<(), fluent_ai_candle_models::ModelError>(())
+//! ```
+//!
+//! A Hugging Face model directory (or `hf:ORG/REPO`, a snapshot already in the Hugging Face
+//! cache) loads the same way, its matrices quantized on load:
+//!
+//! ```no_run
+//! use fluent_ai_candle_models::{cache, LoadedModel, QuantizationType};
+//!
+//! let dir = cache::resolve("hf:HuggingFaceTB/SmolLM2-135M-Instruct")?;
+//! let model = LoadedModel::load_dir(&dir, QuantizationType::Q8_0, &candle_core::Device::Cpu, &mut |_| {})?;
+//! let prompt = model.chat_prompt("Name three primary colours.")?;
+//! let ids = model.tokenizer.encode(&prompt, false)?;
 //! # Ok::<(), fluent_ai_candle_models::ModelError>(())
 //! ```
 //!
@@ -66,7 +84,7 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::ModelConfig;
 pub use decoder::Decoder;
 pub use deepseek::{DeepSeek, DeepSeekConfig, ExpertGating, YarnScaling};
-pub use device::{auto_device, DeviceType};
+pub use device::{auto_device, init_cpu_threads, DeviceType};
 pub use error::{ModelError, Result};
 pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::GgufFile;

@@ -1,4 +1,5 @@
-//! A model ready to generate: decoder, tokenizer and chat template, from one GGUF file.
+//! A model ready to generate: decoder, tokenizer and chat template, from one GGUF file or
+//! a Hugging Face model directory (`config.json`, safetensors, `tokenizer.json`).
 
 use std::path::Path;
 
@@ -7,28 +8,35 @@ use candle_core::Device;
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::decoder::Decoder;
 use crate::gguf::GgufFile;
-use crate::llama::LoadProgress;
+use crate::llama::{Llama, LoadProgress};
 use crate::plugin::ArchitecturePlugin;
+use crate::safetensors::{HfConfig, QuantizationType};
 use crate::tokenizer::GgufTokenizer;
-use crate::{ModelConfig, Result};
+use crate::{ModelConfig, ModelError, Result};
 
-/// Everything loaded from one GGUF file.
+/// Everything loaded from one GGUF file or one Hugging Face model directory.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The decoder (llama family, Gemma 3, or a plugin's, as `general.architecture` says).
+    /// The decoder (llama family, Gemma 3, or a plugin's, as `general.architecture` says; a
+    /// directory's is a llama-family decoder, as `config.json`'s `model_type` says).
     pub model: Decoder,
-    /// The tokenizer from `tokenizer.ggml.*`.
+    /// The tokenizer from `tokenizer.ggml.*` (a directory's from `tokenizer.json`, see
+    /// [`GgufTokenizer::from_hf_dir`]).
     pub tokenizer: GgufTokenizer,
     /// The chat template from `tokenizer.chat_template` (when the file has none: Gemma's turns
-    /// for Gemma 3, ChatML otherwise).
+    /// for Gemma 3, ChatML otherwise; a directory's from `tokenizer_config.json`, see
+    /// [`ChatTemplate::from_hf_dir`]).
     pub chat_template: ChatTemplate,
-    /// File size in bytes.
+    /// File size in bytes (a directory's: its safetensors files together).
     pub file_size: u64,
 }
 
 impl LoadedModel {
     /// Opens `path`, reads the tokenizer and template, then loads the weights onto `device`,
     /// reporting progress per tensor. The same as [`LoadedModel::load_with`] without plugins.
+    ///
+    /// `path` is a GGUF file, or a Hugging Face model directory, loaded by
+    /// [`LoadedModel::load_dir`] with the default [`QuantizationType`] (`Q8_0`).
     pub fn load(
         path: impl AsRef<Path>,
         device: &Device,
@@ -40,12 +48,18 @@ impl LoadedModel {
     /// [`LoadedModel::load`], with the decoder loaded by [`Decoder::load_with`]: by the first
     /// of `plugins` that handles the file's `general.architecture`, otherwise by this crate.
     /// The tokenizer and chat template are read from the file's metadata as for any model.
+    /// A directory is loaded by [`LoadedModel::load_dir`] with the default
+    /// [`QuantizationType`]; plugins, which load GGUF architectures, play no part in it.
     pub fn load_with(
         path: impl AsRef<Path>,
         device: &Device,
         progress: &mut dyn FnMut(LoadProgress),
         plugins: &[&dyn ArchitecturePlugin],
     ) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Self::load_dir(path, QuantizationType::default(), device, progress);
+        }
         let mut gguf = GgufFile::open(path)?;
         // The config of a built-in architecture is checked first so an unknown architecture
         // fails before any work; a plugin's architecture is the plugin's to check.
@@ -81,6 +95,50 @@ impl LoadedModel {
             tokenizer,
             chat_template,
             file_size: gguf.file_size(),
+        })
+    }
+
+    /// Loads a Hugging Face model directory (the hub's layout, e.g. a snapshot that
+    /// [`cache::resolve`](crate::cache::resolve) found for `hf:ORG/REPO`): the tokenizer from
+    /// `tokenizer.json` ([`GgufTokenizer::from_hf_dir`]), the chat template from
+    /// `tokenizer_config.json` ([`ChatTemplate::from_hf_dir`]), then the weights of
+    /// `config.json` and the safetensors files onto `device`, every matrix quantized to
+    /// `quant` ([`Llama::load_safetensors`]: llama or mistral), reporting progress per tensor.
+    ///
+    /// The tokenizer and template are read first, so a bad one fails before the weights are
+    /// read. Errors are those of the three functions: typed, naming the file.
+    pub fn load_dir(
+        dir: impl AsRef<Path>,
+        quant: QuantizationType,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        // config.json first: an unsupported model type fails before anything is read.
+        HfConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = GgufTokenizer::from_hf_dir(dir)?;
+        let chat_template = ChatTemplate::from_hf_dir(dir, &tokenizer)?;
+        let mut file_size = 0;
+        for file in crate::safetensors::weight_files(dir)? {
+            file_size += std::fs::metadata(&file)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => ModelError::NotFound { path: file.clone() },
+                    _ => ModelError::Io {
+                        path: file.clone(),
+                        source: e,
+                    },
+                })?
+                .len();
+        }
+        let mut llama = Llama::load_safetensors_with_progress(dir, quant, device, progress)?;
+        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "fused") {
+            llama.set_fused_attention(true);
+        }
+        Ok(Self {
+            model: Decoder::Llama(llama),
+            tokenizer,
+            chat_template,
+            file_size,
         })
     }
 

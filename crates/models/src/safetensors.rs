@@ -22,7 +22,7 @@ use candle_core::safetensors::BufferedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
-use crate::llama::{BlockWeights, Llama, LlamaVariant};
+use crate::llama::{BlockWeights, Llama, LlamaVariant, LoadProgress};
 use crate::quant::{Embedding, QLinear};
 use crate::{ModelError, Result};
 
@@ -70,6 +70,68 @@ impl QuantizationType {
             Self::Q4_0 | Self::Q4K => Self::Q8_0,
             other => other,
         }
+    }
+}
+
+/// [`QuantizationType::Q8_0`]: what [`LoadedModel::load`](crate::LoadedModel::load) and the
+/// CLI use for a safetensors directory when no format is asked for (a quarter of f32's
+/// memory, and close to its logits).
+impl Default for QuantizationType {
+    fn default() -> Self {
+        Self::Q8_0
+    }
+}
+
+impl QuantizationType {
+    /// Every format, in the order [`QuantizationType::name`] lists them.
+    pub const ALL: [Self; 6] = [
+        Self::Q4_0,
+        Self::Q4K,
+        Self::Q8_0,
+        Self::F16,
+        Self::BF16,
+        Self::F32,
+    ];
+
+    /// The lowercase name the CLI takes (`q4_0`, `q4_k`, `q8_0`, `f16`, `bf16`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "q4_0",
+            Self::Q4K => "q4_k",
+            Self::Q8_0 => "q8_0",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+            Self::F32 => "f32",
+        }
+    }
+}
+
+impl std::fmt::Display for QuantizationType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for QuantizationType {
+    type Err = ModelError;
+
+    /// Parses a [`QuantizationType::name`], case-insensitively (`q4k` is also accepted);
+    /// anything else is [`ModelError::InvalidMetadata`] listing the names.
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.to_ascii_lowercase();
+        if lower == "q4k" {
+            return Ok(Self::Q4K);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|q| q.name() == lower)
+            .ok_or_else(|| ModelError::InvalidMetadata {
+                key: "quantization".into(),
+                reason: format!(
+                    "unknown format '{s}' (expected one of: {})",
+                    Self::ALL.map(Self::name).join(", ")
+                ),
+            })
     }
 }
 
@@ -169,11 +231,49 @@ impl HfConfig {
 
     /// Reads and parses a `config.json` file (see [`HfConfig::from_json`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = read_to_string(path)?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
-        Self::from_json(&json)
+        Self::from_json(&read_json(path)?)
     }
+}
+
+/// Reads a JSON file: a missing file is [`ModelError::NotFound`], malformed JSON
+/// [`ModelError::InvalidModelFile`], both naming the file.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string()))
+}
+
+/// The safetensors files of a model directory: the shards `model.safetensors.index.json`
+/// lists (its `weight_map`, each file once, in order of first appearance) when it exists,
+/// else `model.safetensors`. The files are not opened.
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if !index_path.is_file() {
+        return Ok(vec![dir.join("model.safetensors")]);
+    }
+    let json = read_json(&index_path)?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| invalid(&index_path, "no `weight_map` object".into()))?;
+    let mut files: Vec<&str> = Vec::new();
+    for file in map.values() {
+        let file = file
+            .as_str()
+            .ok_or_else(|| invalid(&index_path, "a non-string file name".into()))?;
+        if file.is_empty()
+            || Path::new(file).is_absolute()
+            || file.split(['/', '\\']).any(|p| p.is_empty() || p == "..")
+        {
+            return Err(invalid(
+                &index_path,
+                format!("shard '{file}' is not a file of the directory"),
+            ));
+        }
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
 /// Permutes the rows of a Hugging Face query or key projection (`[heads * head_dim, in]`)
@@ -199,14 +299,14 @@ pub fn unpermute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         .reshape((out, inp))
 }
 
-fn invalid(path: &Path, reason: String) -> ModelError {
+pub(crate) fn invalid(path: &Path, reason: String) -> ModelError {
     ModelError::InvalidModelFile {
         path: path.to_path_buf(),
         reason,
     }
 }
 
-fn read_to_string(path: &Path) -> Result<String> {
+pub(crate) fn read_to_string(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| io_error(path, e))
 }
 
@@ -229,29 +329,10 @@ struct Shards {
 }
 
 impl Shards {
-    /// `model.safetensors.index.json`'s shards when it exists, else `model.safetensors`.
+    /// `model.safetensors.index.json`'s shards when it exists, else `model.safetensors`
+    /// (see [`weight_files`]).
     fn open(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let paths = if index_path.is_file() {
-            let json: serde_json::Value = serde_json::from_str(&read_to_string(&index_path)?)
-                .map_err(|e| invalid(&index_path, e.to_string()))?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| invalid(&index_path, "no `weight_map` object".into()))?;
-            let mut files: Vec<String> = Vec::new();
-            for file in map.values() {
-                let file = file
-                    .as_str()
-                    .ok_or_else(|| invalid(&index_path, "a non-string file name".into()))?;
-                if !files.iter().any(|f| f == file) {
-                    files.push(file.to_string());
-                }
-            }
-            files.into_iter().map(|f| dir.join(f)).collect()
-        } else {
-            vec![dir.join("model.safetensors")]
-        };
+        let paths = weight_files(dir)?;
         let mut files = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for path in paths {
@@ -304,7 +385,7 @@ impl Shards {
         permute_heads: Option<usize>,
     ) -> Result<QTensor> {
         let block = quant.block_size();
-        if inp % block != 0 {
+        if !inp.is_multiple_of(block) {
             return Err(ModelError::BadTensor {
                 name: name.to_string(),
                 reason: format!(
@@ -345,11 +426,30 @@ impl Llama {
     /// or misshapen tensor, or rows whose length is not a multiple of the format's block
     /// (32, or 256 for [`QuantizationType::Q4K`]), [`ModelError::BadTensor`] naming it.
     pub fn load_safetensors(dir: &Path, quant: QuantizationType, device: &Device) -> Result<Self> {
+        Self::load_safetensors_with_progress(dir, quant, device, &mut |_| {})
+    }
+
+    /// [`Llama::load_safetensors`], reporting progress once per tensor converted (after the
+    /// safetensors files are read).
+    pub(crate) fn load_safetensors_with_progress(
+        dir: &Path,
+        quant: QuantizationType,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         let hf = HfConfig::from_file(&dir.join("config.json"))?;
         let c = &hf.config;
         let variant = LlamaVariant::for_architecture(&c.architecture)
             .ok_or_else(|| ModelError::UnsupportedArchitecture(c.architecture.clone()))?;
         let shards = Shards::open(dir)?;
+        // The token table, the final norm, the output projection unless tied, and 9 tensors
+        // per block.
+        let total = 2 + usize::from(!hf.tie_word_embeddings) + 9 * c.n_layers;
+        let mut loaded = 0;
+        let mut tick = |n: usize| {
+            loaded += n;
+            progress(LoadProgress { loaded, total });
+        };
         let (hidden, ffn) = (c.hidden_size, c.ffn_size);
         let q_dim = c.n_heads * c.head_dim;
         let kv_dim = c.n_kv_heads * c.head_dim;
@@ -363,16 +463,19 @@ impl Llama {
         )?;
         let embedding = Embedding::new(embd)?;
         let norm = shards.tensor("model.norm.weight", &[hidden], device)?;
+        tick(2);
         let output = if hf.tie_word_embeddings {
             None
         } else {
-            Some(shards.linear(
+            let output = shards.linear(
                 "lm_head.weight",
                 c.vocab_size,
                 hidden,
                 quant.for_token_table(),
                 device,
-            )?)
+            )?;
+            tick(1);
+            Some(output)
         };
         let mut blocks = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
@@ -397,6 +500,7 @@ impl Llama {
                 up: lin("mlp.up_proj", ffn, hidden)?,
                 down: lin("mlp.down_proj", hidden, ffn)?,
             });
+            tick(9);
         }
         Llama::from_parts(hf.config, variant, embedding, blocks, norm, output, device)
     }

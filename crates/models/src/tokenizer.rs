@@ -1,4 +1,5 @@
-//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`).
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), or from a Hugging Face model
+//! directory's `tokenizer.json` ([`GgufTokenizer::from_hf_dir`], byte-level BPE).
 //!
 //! Two vocabulary kinds are supported, mirroring llama.cpp:
 //!
@@ -17,6 +18,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -116,6 +118,9 @@ pub struct TokenizerParts {
     pub add_eos: Option<bool>,
     /// `tokenizer.ggml.add_space_prefix` (`None`: true for SPM, false for BPE).
     pub add_space_prefix: Option<bool>,
+    /// Further end-of-generation ids besides EOS/EOT/EOM and the end-of-turn markers (e.g.
+    /// every id of a Hugging Face `config.json` list `eos_token_id`).
+    pub extra_eog_ids: Vec<u32>,
 }
 
 /// A special (control, user-defined or unknown) token that is matched as a
@@ -379,12 +384,20 @@ impl GgufTokenizer {
             add_bos: meta_bool(md, "tokenizer.ggml.add_bos_token")?,
             add_eos: meta_bool(md, "tokenizer.ggml.add_eos_token")?,
             add_space_prefix: meta_bool(md, "tokenizer.ggml.add_space_prefix")?,
+            extra_eog_ids: Vec::new(),
         };
         Self::from_parts(parts)
     }
 
     /// Builds the tokenizer from plain values (see [`TokenizerParts`]).
     pub fn from_parts(parts: TokenizerParts) -> Result<GgufTokenizer> {
+        Self::build(parts, None)
+    }
+
+    /// [`GgufTokenizer::from_parts`]; a `gpt2` vocabulary encodes through `prebuilt` when
+    /// given (a `tokenizer.json` loaded by `tokenizers`) instead of a tokenizer built from
+    /// `pre` and `merges`.
+    fn build(parts: TokenizerParts, prebuilt: Option<Tokenizer>) -> Result<GgufTokenizer> {
         let n = parts.tokens.len();
         if n == 0 {
             return Err(tok_err("empty vocabulary"));
@@ -448,14 +461,15 @@ impl GgufTokenizer {
             }
         }
 
-        let (inner, add_bos_default, spm) = match kind {
-            VocabKind::Gpt2 => {
+        let (inner, add_bos_default, spm) = match (kind, prebuilt) {
+            (VocabKind::Gpt2, Some(tok)) => (tok, false, None),
+            (VocabKind::Gpt2, None) => {
                 let pre = parts.pre.as_deref().unwrap_or("default");
                 let (regexes, ignore_merges, add_bos_default) = pre_tokenizer_regexes(pre)?;
                 let tok = build_byte_level_bpe(&parts, &regexes, ignore_merges, &special_tokens)?;
                 (tok, add_bos_default, None)
             }
-            VocabKind::Spm => {
+            (VocabKind::Spm, _) => {
                 let add_space_prefix = parts.add_space_prefix.unwrap_or(true);
                 let mut token_to_id = HashMap::with_capacity(n);
                 for (i, t) in parts.tokens.iter().enumerate() {
@@ -539,6 +553,9 @@ impl GgufTokenizer {
         push(eos_id);
         push(eot_id);
         push(eom_id);
+        for &id in &parts.extra_eog_ids {
+            push(check_id("end-of-generation", Some(id))?);
+        }
         for st in &special_tokens {
             if EOG_TEXTS.contains(&st.text.as_str()) {
                 push(Some(st.id));
@@ -776,6 +793,293 @@ impl GgufTokenizer {
     /// Number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.token_bytes.len()
+    }
+}
+
+/// `tokenizer.json`: the tokenizer of a Hugging Face model directory.
+pub const TOKENIZER_JSON: &str = "tokenizer.json";
+/// `tokenizer_config.json`: special tokens, `add_bos_token` and the chat template of a Hugging
+/// Face model directory.
+pub const TOKENIZER_CONFIG_JSON: &str = "tokenizer_config.json";
+
+/// The most token ids a `tokenizer.json` may use (a sanity bound on the ids it declares).
+const MAX_HF_VOCAB: u64 = 1 << 24;
+
+/// Reads `path` as JSON when the file exists (`None` when it does not).
+fn optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if path.is_file() {
+        crate::safetensors::read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The text of a special-token entry of `tokenizer_config.json`: a string, or an added-token
+/// object with a `content` string; `null` or absent is `None`.
+pub(crate) fn special_token_text(value: Option<&serde_json::Value>) -> Option<&str> {
+    match value? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Object(o) => o.get("content")?.as_str(),
+        _ => None,
+    }
+}
+
+/// The ids of a `config.json` / `generation_config.json` entry such as `eos_token_id`: an
+/// integer or a list of integers (`null`, absent or anything else: none).
+fn config_ids(value: Option<&serde_json::Value>) -> Vec<u32> {
+    let one = |v: &serde_json::Value| v.as_u64().and_then(|x| u32::try_from(x).ok());
+    match value {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(one).collect(),
+        Some(v) => one(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Whether a `tokenizer.json` component (or one inside a `Sequence` of them) has `type` `ty`.
+fn has_component(value: &serde_json::Value, ty: &str) -> bool {
+    if value.get("type").and_then(|t| t.as_str()) == Some(ty) {
+        return true;
+    }
+    ["pretokenizers", "processors", "decoders", "normalizers"]
+        .iter()
+        .filter_map(|k| value.get(*k)?.as_array())
+        .flatten()
+        .any(|v| has_component(v, ty))
+}
+
+/// Whether a `TemplateProcessing` post-processor (alone or in a `Sequence`) puts a special
+/// token first (`first`) or last in a single sequence: `None` without one.
+fn template_adds_special(post: &serde_json::Value, first: bool) -> Option<bool> {
+    if post.get("type").and_then(|t| t.as_str()) == Some("TemplateProcessing") {
+        let single = post.get("single")?.as_array()?;
+        let item = if first { single.first() } else { single.last() };
+        return Some(item.is_some_and(|i| i.get("SpecialToken").is_some()));
+    }
+    post.get("processors")?
+        .as_array()?
+        .iter()
+        .find_map(|p| template_adds_special(p, first))
+}
+
+impl GgufTokenizer {
+    /// A GGUF file's tokenizer, or a Hugging Face model directory's
+    /// ([`GgufTokenizer::from_hf_dir`]) when `path` is a directory.
+    pub fn from_path(path: &Path) -> Result<GgufTokenizer> {
+        if path.is_dir() {
+            return Self::from_hf_dir(path);
+        }
+        let gguf = crate::gguf::GgufFile::open(path)?;
+        Self::from_gguf(gguf.content())
+    }
+
+    /// Builds the tokenizer of a Hugging Face model directory: `tokenizer.json` (required; a
+    /// byte-level BPE such as SmolLM2's, Llama 3's or GPT-2's, encoded by the `tokenizers`
+    /// crate exactly as that file describes), with the special tokens of
+    /// `tokenizer_config.json`, `config.json` and `generation_config.json` when present.
+    ///
+    /// Token types: `added_tokens` marked `special` are control tokens (skipped by
+    /// `decode(.., true)`, never allowed by a constraint), the other added tokens
+    /// user-defined, the rest normal; ids missing from the file (up to `config.json`'s
+    /// `vocab_size`) are unused `[PAD{id}]` tokens, as llama.cpp's converter writes them.
+    /// BOS / EOS / unknown / padding: `tokenizer_config.json`'s `bos_token`, `eos_token`,
+    /// `unk_token` (else the BPE model's), `pad_token`, else `config.json`'s
+    /// `bos_token_id`, `eos_token_id`, `pad_token_id`. Every `eos_token_id` of `config.json`
+    /// and `generation_config.json` (an id or a list) ends a generation, as do the usual
+    /// end-of-turn markers. BOS is added to raw prompts when `tokenizer_config.json` says
+    /// `add_bos_token: true`, or, without that key, when the post-processor's template starts
+    /// with a special token (Llama 3).
+    ///
+    /// Errors, each naming the file: a missing `tokenizer.json` is [`ModelError::NotFound`];
+    /// malformed JSON (in any of the files), a vocabulary `tokenizers` rejects, or a special
+    /// token that is not in the vocabulary, [`ModelError::InvalidModelFile`]; a model type
+    /// other than BPE, or a BPE without a `ByteLevel` pre-tokenizer (sentencepiece-style, as
+    /// Llama 2 and Mistral ship), [`ModelError::UnsupportedTokenizer`].
+    pub fn from_hf_dir(dir: &Path) -> Result<GgufTokenizer> {
+        let path = dir.join(TOKENIZER_JSON);
+        let text = crate::safetensors::read_to_string(&path)?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| crate::safetensors::invalid(&path, e.to_string()))?;
+        let config_path = dir.join(TOKENIZER_CONFIG_JSON);
+        let config = optional_json(&config_path)?;
+        let model_config = optional_json(&dir.join("config.json"))?;
+        let generation = optional_json(&dir.join("generation_config.json"))?;
+        let invalid = |path: &Path, reason: String| crate::safetensors::invalid(path, reason);
+        let unsupported = |reason: String| ModelError::UnsupportedTokenizer {
+            path: path.clone(),
+            reason,
+        };
+
+        let model = json
+            .get("model")
+            .filter(|m| m.is_object())
+            .ok_or_else(|| invalid(&path, "no `model` object".into()))?;
+        let model_type = match model.get("type").and_then(|t| t.as_str()) {
+            Some(t) => t,
+            // Files written before `type` was serialized: BPE is the one with merges.
+            None if model.get("merges").is_some() => "BPE",
+            None => return Err(invalid(&path, "the `model` has no `type`".into())),
+        };
+        if model_type != "BPE" {
+            return Err(unsupported(format!(
+                "model type '{model_type}' (supported: byte-level BPE)"
+            )));
+        }
+        let pre = json
+            .get("pre_tokenizer")
+            .unwrap_or(&serde_json::Value::Null);
+        if !has_component(pre, "ByteLevel") {
+            return Err(unsupported(
+                "a BPE without a ByteLevel pre-tokenizer (sentencepiece-style, as Llama 2 and \
+                 Mistral ship) is not supported; use a GGUF of the model"
+                    .into(),
+            ));
+        }
+
+        // Every token by id: the BPE vocabulary, then the added tokens.
+        let mut by_id: Vec<Option<String>> = Vec::new();
+        let mut types: Vec<i32> = Vec::new();
+        let mut place = |id: u64, text: &str, ty: i32| -> Result<()> {
+            if id >= MAX_HF_VOCAB {
+                return Err(invalid(
+                    &path,
+                    format!("token '{text}' has id {id}, out of range"),
+                ));
+            }
+            let i = id as usize;
+            if by_id.len() <= i {
+                by_id.resize(i + 1, None);
+                types.resize(i + 1, TOKEN_TYPE_UNUSED);
+            }
+            by_id[i] = Some(text.to_string());
+            types[i] = ty;
+            Ok(())
+        };
+        let vocab = model
+            .get("vocab")
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| invalid(&path, "the BPE model has no `vocab` object".into()))?;
+        for (text, id) in vocab {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| invalid(&path, format!("token '{text}' has a non-integer id")))?;
+            place(id, text, TOKEN_TYPE_NORMAL)?;
+        }
+        let added = match json.get("added_tokens") {
+            None | Some(serde_json::Value::Null) => &[][..],
+            Some(serde_json::Value::Array(a)) => a.as_slice(),
+            Some(_) => return Err(invalid(&path, "`added_tokens` is not an array".into())),
+        };
+        for t in added {
+            let (Some(id), Some(text)) = (
+                t.get("id").and_then(|v| v.as_u64()),
+                t.get("content").and_then(|v| v.as_str()),
+            ) else {
+                return Err(invalid(
+                    &path,
+                    format!("an added token without an integer `id` and a `content`: {t}"),
+                ));
+            };
+            let special = t.get("special").and_then(|v| v.as_bool()).unwrap_or(false);
+            let ty = if special {
+                TOKEN_TYPE_CONTROL
+            } else {
+                TOKEN_TYPE_USER_DEFINED
+            };
+            place(id, text, ty)?;
+        }
+        let model_vocab = model_config
+            .as_ref()
+            .and_then(|c| c.get("vocab_size"))
+            .and_then(|v| v.as_u64())
+            .filter(|&v| v <= MAX_HF_VOCAB)
+            .map_or(0, |v| v as usize);
+        if by_id.len() < model_vocab {
+            by_id.resize(model_vocab, None);
+            types.resize(model_vocab, TOKEN_TYPE_UNUSED);
+        }
+        let tokens: Vec<String> = by_id
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]")))
+            .collect();
+        let mut ids: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            if types[i] != TOKEN_TYPE_UNUSED {
+                ids.insert(t.as_str(), i as u32);
+            }
+        }
+
+        // Special tokens: tokenizer_config.json names them, config.json numbers them.
+        let cfg_get = |key: &str| config.as_ref().and_then(|c| c.get(key));
+        let named = |key: &str| -> Result<Option<u32>> {
+            match special_token_text(cfg_get(key)) {
+                None => Ok(None),
+                Some(text) => ids.get(text).copied().map(Some).ok_or_else(|| {
+                    invalid(
+                        &config_path,
+                        format!("{key} '{text}' is not in the vocabulary of {TOKENIZER_JSON}"),
+                    )
+                }),
+            }
+        };
+        let numbered =
+            |key: &str| -> Vec<u32> { config_ids(model_config.as_ref().and_then(|c| c.get(key))) };
+        let eos_ids: Vec<u32> = numbered("eos_token_id")
+            .into_iter()
+            .chain(config_ids(
+                generation.as_ref().and_then(|g| g.get("eos_token_id")),
+            ))
+            .collect();
+        let bos_id = named("bos_token")?.or_else(|| numbered("bos_token_id").first().copied());
+        let eos_id = named("eos_token")?.or_else(|| eos_ids.first().copied());
+        let pad_id = named("pad_token")?.or_else(|| numbered("pad_token_id").first().copied());
+        let unk_id = match model.get("unk_token").and_then(|u| u.as_str()) {
+            Some(text) => Some(ids.get(text).copied().ok_or_else(|| {
+                invalid(
+                    &path,
+                    format!("the BPE model's unk_token '{text}' is not in its vocabulary"),
+                )
+            })?),
+            None => named("unk_token")?,
+        };
+        let flag = |key: &str| cfg_get(key).and_then(|v| v.as_bool());
+        let post = json
+            .get("post_processor")
+            .unwrap_or(&serde_json::Value::Null);
+        let add_bos = flag("add_bos_token")
+            .or_else(|| template_adds_special(post, true))
+            .unwrap_or(false);
+        let add_eos = flag("add_eos_token")
+            .or_else(|| template_adds_special(post, false))
+            .unwrap_or(false);
+
+        let mut inner: Tokenizer = text
+            .parse()
+            .map_err(|e: tokenizers::Error| invalid(&path, e.to_string()))?;
+        // Prompts are never truncated or padded by the tokenizer.
+        inner
+            .with_truncation(None)
+            .map_err(|e| invalid(&path, e.to_string()))?;
+        inner.with_padding(None);
+
+        let parts = TokenizerParts {
+            model: "gpt2".into(),
+            tokens,
+            token_types: types,
+            bos_id,
+            eos_id,
+            pad_id,
+            unk_id,
+            add_bos: Some(add_bos),
+            add_eos: Some(add_eos),
+            add_space_prefix: Some(false),
+            extra_eog_ids: eos_ids,
+            ..Default::default()
+        };
+        Self::build(parts, Some(inner)).map_err(|e| match e {
+            ModelError::Tokenizer(reason) => invalid(&path, reason),
+            other => other,
+        })
     }
 }
 
@@ -1202,6 +1506,208 @@ mod tests {
         let ids = t.encode("world", false).unwrap();
         assert_eq!(t.decode(&ids, false).unwrap(), " world");
         assert_eq!(t.decode(&ids, true).unwrap(), "world");
+    }
+
+    /// A fresh directory under the system temp dir, removed when dropped.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("fluent-ai-candle-tok-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The byte-level test vocabulary as a `tokenizer.json` (as `tokenizers` saves it).
+    fn byte_level_json() -> serde_json::Value {
+        let t = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+        serde_json::from_str(&t.inner().to_string(false).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tokenizer_json_builds_the_same_tokenizer() {
+        let dir = TempDir::new("same");
+        dir.write(TOKENIZER_JSON, &byte_level_json().to_string());
+        dir.write(
+            TOKENIZER_CONFIG_JSON,
+            r#"{"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}}"#,
+        );
+        dir.write(
+            "config.json",
+            r#"{"vocab_size": 270, "eos_token_id": [2, 0]}"#,
+        );
+        let gguf = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+        let hf = GgufTokenizer::from_hf_dir(&dir.0).unwrap();
+        for text in [
+            "hello world",
+            "<|im_start|>hello<|im_end|>",
+            "a123 héllo\n\n  x",
+        ] {
+            assert_eq!(
+                hf.encode(text, true).unwrap(),
+                gguf.encode(text, true).unwrap(),
+                "{text}"
+            );
+        }
+        assert_eq!((hf.bos_id(), hf.eos_id()), (Some(1), Some(2)));
+        assert_eq!(hf.eot_ids(), &[2, 0]);
+        assert!(!hf.add_bos() && hf.is_control(1) && !hf.is_control(5));
+        // Padded to config.json's vocab_size with unused tokens.
+        assert_eq!(hf.vocab_size(), 270);
+        assert_eq!(hf.token_type(269), Some(TOKEN_TYPE_UNUSED));
+        assert_eq!(hf.token_bytes(), {
+            let mut b = gguf.token_bytes();
+            b.push(b"[PAD268]".to_vec());
+            b.push(b"[PAD269]".to_vec());
+            b
+        });
+        // A template that starts with a special token adds BOS (Llama 3's post-processor).
+        let mut json = byte_level_json();
+        json["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+            "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
+                                                "tokens": ["<|im_start|>"]}}
+        });
+        dir.write(TOKENIZER_JSON, &json.to_string());
+        let hf = GgufTokenizer::from_hf_dir(&dir.0).unwrap();
+        assert!(hf.add_bos() && !hf.add_eos());
+        // ... unless tokenizer_config.json says otherwise.
+        dir.write(TOKENIZER_CONFIG_JSON, r#"{"add_bos_token": false}"#);
+        assert!(!GgufTokenizer::from_hf_dir(&dir.0).unwrap().add_bos());
+    }
+
+    #[test]
+    fn bad_tokenizer_json_is_a_typed_error_naming_the_file() {
+        let dir = TempDir::new("bad");
+        let names_file = |e: &ModelError, file: &str| e.to_string().contains(file);
+        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::NotFound { path } if path.ends_with(TOKENIZER_JSON)),
+            "{err}"
+        );
+        let path = dir.write(TOKENIZER_JSON, "{\"model\": ");
+        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::InvalidModelFile { path: p, .. } if *p == path),
+            "{err}"
+        );
+        for (model, what) in [
+            (
+                serde_json::json!({"type": "WordPiece", "vocab": {}}),
+                "WordPiece",
+            ),
+            (
+                serde_json::json!({"type": "Unigram", "vocab": []}),
+                "Unigram",
+            ),
+        ] {
+            let mut json = byte_level_json();
+            json["model"] = model;
+            dir.write(TOKENIZER_JSON, &json.to_string());
+            let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+            assert!(
+                matches!(&err, ModelError::UnsupportedTokenizer { path: p, reason }
+                    if *p == path && reason.contains(what)),
+                "{err}"
+            );
+        }
+        // A sentencepiece-style BPE (Llama 2, Mistral): no ByteLevel pre-tokenizer.
+        let mut json = byte_level_json();
+        json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁",
+            "prepend_scheme": "first", "split": false});
+        dir.write(TOKENIZER_JSON, &json.to_string());
+        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        assert!(
+            matches!(err, ModelError::UnsupportedTokenizer { .. }),
+            "{err}"
+        );
+        // A model `tokenizers` rejects (a merge of unknown tokens).
+        let mut json = byte_level_json();
+        json["model"]["merges"] = serde_json::json!(["zz qq"]);
+        dir.write(TOKENIZER_JSON, &json.to_string());
+        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::InvalidModelFile { .. }) && names_file(&err, TOKENIZER_JSON),
+            "{err}"
+        );
+        // tokenizer_config.json: malformed, or naming a token the vocabulary lacks.
+        dir.write(TOKENIZER_JSON, &byte_level_json().to_string());
+        dir.write(TOKENIZER_CONFIG_JSON, "not json");
+        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::InvalidModelFile { .. })
+                && names_file(&err, TOKENIZER_CONFIG_JSON),
+            "{err}"
+        );
+        dir.write(TOKENIZER_CONFIG_JSON, r#"{"eos_token": "</s>"}"#);
+        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::InvalidModelFile { reason, .. } if reason.contains("</s>"))
+                && names_file(&err, TOKENIZER_CONFIG_JSON),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chat_templates_of_a_directory() {
+        use crate::chat_template::{ChatMessage, ChatTemplate};
+        let dir = TempDir::new("chat");
+        dir.write(TOKENIZER_JSON, &byte_level_json().to_string());
+        let tok = GgufTokenizer::from_hf_dir(&dir.0).unwrap();
+        let user = [ChatMessage::new("user", "Hi")];
+        // No template anywhere: ChatML.
+        let chatml = ChatTemplate::chatml().render(&user, true).unwrap();
+        let t = ChatTemplate::from_hf_dir(&dir.0, &tok).unwrap();
+        assert_eq!(t.render(&user, true).unwrap(), chatml);
+        // A string; BOS/EOS from tokenizer_config.json.
+        dir.write(
+            TOKENIZER_CONFIG_JSON,
+            r#"{"chat_template": "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}",
+                "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}"#,
+        );
+        let t = ChatTemplate::from_hf_dir(&dir.0, &tok).unwrap();
+        assert_eq!(t.render(&user, false).unwrap(), "<|im_start|>Hi<|im_end|>");
+        // A list of named templates: `default`.
+        dir.write(
+            TOKENIZER_CONFIG_JSON,
+            r#"{"chat_template": [{"name": "tool_use", "template": "tools"},
+                                  {"name": "default", "template": "plain {{ messages[0].content }}"}]}"#,
+        );
+        let t = ChatTemplate::from_hf_dir(&dir.0, &tok).unwrap();
+        assert_eq!(t.render(&user, false).unwrap(), "plain Hi");
+        // chat_template.jinja when tokenizer_config.json has none.
+        dir.write(TOKENIZER_CONFIG_JSON, "{}");
+        dir.write("chat_template.jinja", "jinja {{ messages[0].content }}");
+        let t = ChatTemplate::from_hf_dir(&dir.0, &tok).unwrap();
+        assert_eq!(t.render(&user, false).unwrap(), "jinja Hi");
+        // A template that does not compile, a template of the wrong type.
+        dir.write(TOKENIZER_CONFIG_JSON, r#"{"chat_template": "{% for %}"}"#);
+        let err = ChatTemplate::from_hf_dir(&dir.0, &tok).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::ChatTemplate(m) if m.contains(TOKENIZER_CONFIG_JSON)),
+            "{err}"
+        );
+        dir.write(TOKENIZER_CONFIG_JSON, r#"{"chat_template": 7}"#);
+        let err = ChatTemplate::from_hf_dir(&dir.0, &tok).unwrap_err();
+        assert!(matches!(err, ModelError::InvalidModelFile { .. }), "{err}");
     }
 
     mod prop {
