@@ -47,7 +47,7 @@ pub(crate) fn embedding_and_output(
 ) -> Result<(Embedding, QLinear)> {
     let embd =
         gguf.tensor_with_shape("token_embd.weight", &[c.vocab_size, c.hidden_size], device)?;
-    if c.hidden_size % embd.dtype().block_size() != 0 {
+    if !c.hidden_size.is_multiple_of(embd.dtype().block_size()) {
         return Err(ModelError::BadTensor {
             name: "token_embd.weight".into(),
             reason: format!(

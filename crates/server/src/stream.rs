@@ -333,7 +333,7 @@ impl Emitter {
     fn push_chunk(&mut self, i: usize, chunk: CandleCompletionChunk) {
         let p = &self.prepared;
         if let Some(u) = &chunk.usage {
-            add_usage(&mut self.usage, u, i % p.n == 0);
+            add_usage(&mut self.usage, u, i.is_multiple_of(p.n));
         }
         let first = chunk.choices.first();
         let mut finish = first.and_then(|c| c.finish_reason);

@@ -36,8 +36,9 @@ pub(crate) struct BlockQ8_0 {
 
 /// One block of an activation row quantized to 8 bits (GGML's `Q8_0`/`Q8_1`): `d` and `s`
 /// hold the values GGML stores as f16 (so products round as llama.cpp's do), `sum` is the
-/// exact sum of `qs`.
+/// exact sum of `qs`. `repr(C)`: the kernels load `d` and `s` together.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
 pub(crate) struct ActBlock {
     pub(crate) d: f32,
     pub(crate) s: f32,

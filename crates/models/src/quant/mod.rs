@@ -2,18 +2,26 @@
 //!
 //! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
 //! code (SmolLM2's and most of Gemma 3 270M's layers), so [`QLinear`] runs those formats, and
-//! `Q8_0` (both models' output layer), with AVX2 kernels chosen at run time
-//! (`FLUENT_AI_CANDLE_SIMD=scalar` forces the scalar twins), on candle's own CPU thread pool.
-//! Every other format, and every non-CPU device, goes through candle's `QMatMul` unchanged.
+//! `Q8_0` (both models' output layer), with x86 SIMD kernels chosen at run time ([`kernels`]:
+//! AVX2, or AVX2 with AVX-512 VNNI byte products; `FLUENT_AI_CANDLE_SIMD=scalar` forces the
+//! scalar twins, `=avx2` leaves VNNI out), on candle's own CPU thread pool. Every other
+//! format, and every non-CPU device, goes through candle's `QMatMul` unchanged.
 //! `FLUENT_AI_CANDLE_QMATMUL=candle` sends every format to candle (for side-by-side
 //! benchmarks).
 //!
 //! Activations are quantized to 8 bits per 32-value block exactly as GGML does (scales
-//! rounded through f16), so the integer products are those of llama.cpp and candle; only the
-//! f32 accumulation order differs. Rows are independent: a row's result does not depend on
-//! how many rows are multiplied with it, which keeps batched decoding batch-invariant.
+//! rounded through f16), so the integer products are those of llama.cpp and candle; the f32
+//! accumulation follows llama.cpp's AVX2 kernels (eight lanes, one FMA per block, the same
+//! horizontal sum). A kernel multiplies each weight row with up to four activation rows
+//! (prefill, batched decode: each weight block unpacked once), walking a work item's rows
+//! inside the kernel's instruction set and prefetching the weights 1 KiB ahead (rows are a
+//! few hundred bytes, too short for the hardware prefetchers: SmolLM2 decode went from 91 to
+//! ~125 tok/s). Every output is one accumulation whatever is computed beside it: a row's
+//! result does not depend on how many rows are multiplied with it, which keeps batched
+//! decoding batch-invariant.
 
 mod blocks;
+mod kquant;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -26,6 +34,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use blocks::{read_blocks, ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock, QK};
+use kquant::{ActBlockK, BlockQ4K, BlockQ6K, QK_K};
 
 /// The kernels [`QLinear`] uses on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +43,18 @@ pub enum Kernels {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 + FMA + F16C with AVX-512 VNNI byte products (bit-identical results to
+    /// [`Kernels::Avx2`], fewer instructions).
+    Avx512Vnni,
 }
 
-/// The kernels chosen at run time (once per process): AVX2 where the CPU has it, unless
-/// `FLUENT_AI_CANDLE_SIMD=scalar`.
+/// The kernels chosen at run time (once per process): the best the CPU has, unless
+/// `FLUENT_AI_CANDLE_SIMD=scalar` (or `=avx2`, to leave VNNI out).
 pub fn kernels() -> Kernels {
     static CHOSEN: OnceLock<Kernels> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
-        if std::env::var("FLUENT_AI_CANDLE_SIMD").is_ok_and(|v| v == "scalar") {
+        let forced = std::env::var("FLUENT_AI_CANDLE_SIMD").unwrap_or_default();
+        if forced == "scalar" {
             return Kernels::Scalar;
         }
         #[cfg(target_arch = "x86_64")]
@@ -49,6 +62,13 @@ pub fn kernels() -> Kernels {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            if forced != "avx2"
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return Kernels::Avx512Vnni;
+            }
             return Kernels::Avx2;
         }
         Kernels::Scalar
@@ -61,15 +81,30 @@ fn candle_forced() -> bool {
 }
 
 /// Weight rows (one per output feature) in a format with our kernels.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Weights {
     Q4_1(Vec<BlockQ4_1>),
     Q5_0(Vec<BlockQ5_0>),
     Q8_0(Vec<BlockQ8_0>),
+    Q4K(Vec<BlockQ4K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+/// Runs `$body` with `$w` bound to the blocks of whichever format `$weights` holds.
+macro_rules! with_blocks {
+    ($weights:expr, $w:ident => $body:expr) => {
+        match $weights {
+            Weights::Q4_1($w) => $body,
+            Weights::Q5_0($w) => $body,
+            Weights::Q8_0($w) => $body,
+            Weights::Q4K($w) => $body,
+            Weights::Q6K($w) => $body,
+        }
+    };
 }
 
 /// A weight matrix `[n, k]` run by our kernels.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OurMatMul {
     weights: Weights,
     n: usize,
@@ -78,24 +113,59 @@ struct OurMatMul {
 }
 
 /// Rows multiplied together by one kernel call.
-const ROW_TILE: usize = 4;
+pub(crate) const ROW_TILE: usize = 4;
 /// Output features per work item.
 const COL_GROUP: usize = 8;
 
 thread_local! {
     static ACTIVATIONS: RefCell<Vec<ActBlock>> = const { RefCell::new(Vec::new()) };
+    static ACTIVATIONS_K: RefCell<Vec<ActBlockK>> = const { RefCell::new(Vec::new()) };
     static OUTPUT: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Dot products of one weight row with `rows` activation rows (1..=4) into `out`.
-fn dots<B: Kernel>(kernels: Kernels, w: &[B], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]) {
-    assert!(rows.len() <= ROW_TILE && rows.iter().all(|r| r.len() >= w.len()));
+/// Quantized activation blocks, each kind with its own per-thread buffer (sized once, reused
+/// by every call on the thread).
+trait Act: Copy + Default + Send + Sync + 'static {
+    /// Runs `f` with this thread's buffer.
+    fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T;
+}
+
+impl Act for ActBlock {
+    fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T {
+        ACTIVATIONS.with(|b| f(&mut b.borrow_mut()))
+    }
+}
+
+impl Act for ActBlockK {
+    fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T {
+        ACTIVATIONS_K.with(|b| f(&mut b.borrow_mut()))
+    }
+}
+
+/// Dot products of every weight row of `w` (`out.len()` rows of `kb` blocks) with the
+/// activation rows `rows` (1..=4), into `out[c][r]`. Every output is the same whatever else
+/// is computed beside it (batch invariance).
+fn dots<B: Kernel>(
+    kernels: Kernels,
+    w: &[B],
+    kb: usize,
+    rows: &[&[B::Act]],
+    out: &mut [[f32; ROW_TILE]],
+) {
+    assert!(
+        !rows.is_empty()
+            && rows.len() <= ROW_TILE
+            && w.len() == out.len() * kb
+            && rows.iter().all(|r| r.len() >= kb)
+    );
     match kernels {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 => B::avx2(w, rows, out),
+        Kernels::Avx2 | Kernels::Avx512Vnni => B::simd(kernels, w, kb, rows, out),
         _ => {
-            for (o, r) in out.iter_mut().zip(rows) {
-                *o = B::scalar(w, r);
+            for (o, w) in out.iter_mut().zip(w.chunks_exact(kb.max(1))) {
+                for (o, r) in o.iter_mut().zip(rows) {
+                    *o = B::scalar(w, r);
+                }
             }
         }
     }
@@ -103,30 +173,130 @@ fn dots<B: Kernel>(kernels: Kernels, w: &[B], rows: &[&[ActBlock]], out: &mut [f
 
 /// A weight format with kernels.
 trait Kernel: WeightBlock {
-    fn scalar(w: &[Self], a: &[ActBlock]) -> f32;
-    /// Only called after [`kernels`] found AVX2, FMA and F16C, with rows at least as long as
-    /// `w` (checked by [`dots`]).
+    /// The activation blocks it multiplies with.
+    type Act: Act;
+    /// Values per block (of weights and of activations).
+    const VALUES: usize;
+    /// Quantizes one activation row of `VALUES * out.len()` values.
+    fn quantize(xs: &[f32], out: &mut [Self::Act]);
+    /// Appends the block's values to `out`.
+    fn dequantize(b: &Self, out: &mut Vec<f32>);
+    /// The scalar twin: one weight row · one activation row.
+    fn scalar(w: &[Self], a: &[Self::Act]) -> f32;
+    /// Only called with the `kernels` that [`kernels`] found the CPU supports (AVX2, FMA and
+    /// F16C, and AVX-512 VNNI for [`Kernels::Avx512Vnni`]), with the shapes [`dots`] checks.
     #[cfg(target_arch = "x86_64")]
-    fn avx2(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]);
+    fn simd(
+        kernels: Kernels,
+        w: &[Self],
+        kb: usize,
+        rows: &[&[Self::Act]],
+        out: &mut [[f32; ROW_TILE]],
+    );
 }
 
 macro_rules! kernel {
-    ($block:ty, $scalar:path, $simd:ident) => {
+    ($block:ty, $scalar:path, $dequantize:path, $simd:ident) => {
         impl Kernel for $block {
+            type Act = ActBlock;
+            const VALUES: usize = QK;
+            fn quantize(xs: &[f32], out: &mut [ActBlock]) {
+                blocks::quantize_row(xs, out)
+            }
+            fn dequantize(b: &Self, out: &mut Vec<f32>) {
+                $dequantize(b, out)
+            }
             fn scalar(w: &[Self], a: &[ActBlock]) -> f32 {
                 $scalar(w, a)
             }
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
-            fn avx2(w: &[Self], rows: &[&[ActBlock]], out: &mut [f32; ROW_TILE]) {
-                // SAFETY: `kernels()` detected avx2/fma/f16c before `Kernels::Avx2` could be
-                // chosen, and `dots` checked every row holds at least `w.len()` blocks.
+            fn simd(
+                kernels: Kernels,
+                w: &[Self],
+                kb: usize,
+                rows: &[&[ActBlock]],
+                out: &mut [[f32; ROW_TILE]],
+            ) {
+                macro_rules! call {
+                    ($set:ident) => {
+                        // SAFETY: `kernels()` detected this instruction set before choosing
+                        // it, and `dots` checked `w` holds `out.len()` rows of `kb` blocks
+                        // and every activation row at least `kb` blocks.
+                        unsafe {
+                            use x86::$set::$simd as k;
+                            match *rows {
+                                [a] => k::<1>(w, kb, [a], out),
+                                [a, b] => k::<2>(w, kb, [a, b], out),
+                                [a, b, c] => k::<3>(w, kb, [a, b, c], out),
+                                [a, b, c, d] => k::<4>(w, kb, [a, b, c, d], out),
+                                _ => {}
+                            }
+                        }
+                    };
+                }
+                match kernels {
+                    Kernels::Avx512Vnni => call!(vnni),
+                    _ => call!(avx2),
+                }
+            }
+        }
+    };
+}
+
+kernel!(
+    BlockQ4_1,
+    scalar::dot_q4_1,
+    scalar::dequantize_q4_1,
+    rows_q4_1
+);
+kernel!(
+    BlockQ5_0,
+    scalar::dot_q5_0,
+    scalar::dequantize_q5_0,
+    rows_q5_0
+);
+kernel!(
+    BlockQ8_0,
+    scalar::dot_q8_0,
+    scalar::dequantize_q8_0,
+    rows_q8_0
+);
+
+/// The K-quant formats: 256-value blocks with `Q8_K` activations, one weight row at a time.
+macro_rules! kernel_k {
+    ($block:ty, $scalar:path, $dequantize:path, $simd:ident) => {
+        impl Kernel for $block {
+            type Act = ActBlockK;
+            const VALUES: usize = QK_K;
+            fn quantize(xs: &[f32], out: &mut [ActBlockK]) {
+                kquant::quantize_row_q8k(xs, out)
+            }
+            fn dequantize(b: &Self, out: &mut Vec<f32>) {
+                $dequantize(b, out)
+            }
+            fn scalar(w: &[Self], a: &[ActBlockK]) -> f32 {
+                $scalar(w, a)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[allow(unsafe_code)]
+            fn simd(
+                _kernels: Kernels,
+                w: &[Self],
+                kb: usize,
+                rows: &[&[ActBlockK]],
+                out: &mut [[f32; ROW_TILE]],
+            ) {
+                use kquant::x86::$simd as k;
+                // SAFETY: `kernels()` detected AVX2, FMA and F16C before choosing a SIMD set,
+                // and `dots` checked `w` holds `out.len()` rows of `kb` blocks and every
+                // activation row at least `kb` blocks.
                 unsafe {
                     match *rows {
-                        [a] => out[..1].copy_from_slice(&x86::$simd::<1>(w, [a])),
-                        [a, b] => out[..2].copy_from_slice(&x86::$simd::<2>(w, [a, b])),
-                        [a, b, c] => out[..3].copy_from_slice(&x86::$simd::<3>(w, [a, b, c])),
-                        [a, b, c, d] => out.copy_from_slice(&x86::$simd::<4>(w, [a, b, c, d])),
+                        [a] => k::<1>(w, kb, [a], out),
+                        [a, b] => k::<2>(w, kb, [a, b], out),
+                        [a, b, c] => k::<3>(w, kb, [a, b, c], out),
+                        [a, b, c, d] => k::<4>(w, kb, [a, b, c, d], out),
                         _ => {}
                     }
                 }
@@ -135,33 +305,30 @@ macro_rules! kernel {
     };
 }
 
-kernel!(BlockQ4_1, scalar::dot_q4_1, q4_1);
-kernel!(BlockQ5_0, scalar::dot_q5_0, q5_0);
-kernel!(BlockQ8_0, scalar::dot_q8_0, q8_0);
+kernel_k!(BlockQ4K, kquant::dot_q4k, kquant::dequantize_q4k, rows_q4k);
+kernel_k!(BlockQ6K, kquant::dot_q6k, kquant::dequantize_q6k, rows_q6k);
 
 impl OurMatMul {
     /// `x` (`[m, k]`, row-major) times the weights transposed: `[m, n]`.
     fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        with_blocks!(&self.weights, w => self.matmul_with(w, x, m))
+    }
+
+    fn matmul_with<B: Kernel>(&self, w: &[B], x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let kb = k / QK;
-        ACTIVATIONS.with(|acts| {
+        let kb = k / B::VALUES;
+        B::Act::with_buffer(|acts| {
             OUTPUT.with(|outs| {
-                let mut acts = acts.borrow_mut();
-                acts.resize(m * kb, ActBlock::default());
+                acts.resize(m * kb, B::Act::default());
                 for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
-                    blocks::quantize_row(row, blocks);
+                    B::quantize(row, blocks);
                 }
                 let mut outs = outs.borrow_mut();
                 if outs.len() < m * n {
                     outs.resize_with(m * n, || AtomicU32::new(0));
                 }
-                let acts = &acts[..m * kb];
                 let outs = &outs[..m * n];
-                match &self.weights {
-                    Weights::Q4_1(w) => self.run(w, acts, outs, m),
-                    Weights::Q5_0(w) => self.run(w, acts, outs, m),
-                    Weights::Q8_0(w) => self.run(w, acts, outs, m),
-                }
+                self.run(w, &acts[..m * kb], outs, m);
                 outs.iter()
                     .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
                     .collect()
@@ -172,30 +339,34 @@ impl OurMatMul {
     /// Splits the work over candle's CPU pool: items are (column group, row tile) pairs,
     /// column-group major, so a worker keeps a few weight rows in L1 while it walks the
     /// activation tiles.
-    fn run<B: Kernel>(&self, w: &[B], acts: &[ActBlock], outs: &[AtomicU32], m: usize) {
-        let (n, kb) = (self.n, self.k / QK);
+    fn run<B: Kernel>(&self, w: &[B], acts: &[B::Act], outs: &[AtomicU32], m: usize) {
+        let (n, kb) = (self.n, self.k / B::VALUES);
         let tiles = m.div_ceil(ROW_TILE);
         let groups = n.div_ceil(COL_GROUP);
         let kernels = self.kernels;
         let work = |items: std::ops::Range<usize>| {
-            let mut out = [0f32; ROW_TILE];
+            let mut out = [[0f32; ROW_TILE]; COL_GROUP];
             for item in items {
                 let (group, tile) = (item / tiles, item % tiles);
                 let r0 = tile * ROW_TILE;
                 let rows_here = ROW_TILE.min(m - r0);
-                let mut rows: [&[ActBlock]; ROW_TILE] = [&[]; ROW_TILE];
+                let mut rows: [&[B::Act]; ROW_TILE] = [&[]; ROW_TILE];
                 for (i, r) in rows.iter_mut().take(rows_here).enumerate() {
                     *r = &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
                 }
-                for c in group * COL_GROUP..n.min((group + 1) * COL_GROUP) {
-                    dots(
-                        kernels,
-                        &w[c * kb..(c + 1) * kb],
-                        &rows[..rows_here],
-                        &mut out,
-                    );
-                    for (i, v) in out.iter().take(rows_here).enumerate() {
-                        outs[(r0 + i) * n + c].store(v.to_bits(), Ordering::Relaxed);
+                let c0 = group * COL_GROUP;
+                let cols = COL_GROUP.min(n - c0);
+                let out = &mut out[..cols];
+                dots(
+                    kernels,
+                    &w[c0 * kb..(c0 + cols) * kb],
+                    kb,
+                    &rows[..rows_here],
+                    out,
+                );
+                for (j, o) in out.iter().enumerate() {
+                    for (i, v) in o.iter().take(rows_here).enumerate() {
+                        outs[(r0 + i) * n + c0 + j].store(v.to_bits(), Ordering::Relaxed);
                     }
                 }
             }
@@ -207,35 +378,13 @@ impl OurMatMul {
 impl OurMatMul {
     /// Appends row `row` of the weights, dequantized, to `out`.
     fn dequantize_row(&self, row: usize, out: &mut Vec<f32>) {
-        let kb = self.k / QK;
-        let range = row * kb..(row + 1) * kb;
-        match &self.weights {
-            Weights::Q4_1(w) => {
-                for b in &w[range] {
-                    let (d, m) = (blocks::f16_bits(b.d), blocks::f16_bits(b.m));
-                    out.extend(b.qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
-                    out.extend(b.qs.iter().map(|&q| d * (q >> 4) as f32 + m));
-                }
-            }
-            Weights::Q5_0(w) => {
-                for b in &w[range] {
-                    let d = blocks::f16_bits(b.d);
-                    let fifth = |j: usize| (((b.qh >> j) & 1) << 4) as i32;
-                    out.extend(
-                        (0..16).map(|j| d * (((b.qs[j] & 0x0F) as i32 | fifth(j)) - 16) as f32),
-                    );
-                    out.extend(
-                        (0..16).map(|j| d * (((b.qs[j] >> 4) as i32 | fifth(j + 16)) - 16) as f32),
-                    );
-                }
-            }
-            Weights::Q8_0(w) => {
-                for b in &w[range] {
-                    let d = blocks::f16_bits(b.d);
-                    out.extend(b.qs.iter().map(|&q| d * q as f32));
-                }
+        fn rows<B: Kernel>(w: &[B], k: usize, row: usize, out: &mut Vec<f32>) {
+            let kb = k / B::VALUES;
+            for b in &w[row * kb..(row + 1) * kb] {
+                B::dequantize(b, out);
             }
         }
+        with_blocks!(&self.weights, w => rows(w, self.k, row, out))
     }
 }
 
@@ -402,24 +551,28 @@ impl QLinear {
     pub fn from_qtensor(t: Arc<QTensor>) -> candle_core::Result<Self> {
         let dims = t.shape().dims().to_vec();
         let ours = !candle_forced() && t.device().is_cpu() && dims.len() == 2;
-        if ours && dims[1] % QK == 0 {
+        if ours {
             let (n, k) = (dims[0], dims[1]);
+            // A row must hold whole blocks (GGML's own files always do).
+            let values = match t.dtype() {
+                GgmlDType::Q4K | GgmlDType::Q6K => QK_K,
+                _ => QK,
+            };
             let weights = match t.dtype() {
+                _ if k % values != 0 => None,
                 GgmlDType::Q4_1 => Some(Weights::Q4_1(read_blocks(&t.data()?))),
                 GgmlDType::Q5_0 => Some(Weights::Q5_0(read_blocks(&t.data()?))),
                 GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
+                GgmlDType::Q4K => Some(Weights::Q4K(read_blocks(&t.data()?))),
+                GgmlDType::Q6K => Some(Weights::Q6K(read_blocks(&t.data()?))),
                 _ => None,
             };
             if let Some(weights) = weights {
-                let blocks = match &weights {
-                    Weights::Q4_1(w) => w.len(),
-                    Weights::Q5_0(w) => w.len(),
-                    Weights::Q8_0(w) => w.len(),
-                };
-                if blocks != n * (k / QK) {
+                let blocks = with_blocks!(&weights, w => w.len());
+                if blocks != n * (k / values) {
                     candle_core::bail!(
                         "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",
-                        n * (k / QK)
+                        n * (k / values)
                     );
                 }
                 return Ok(Self {
@@ -529,6 +682,9 @@ mod tests {
     }
 
     const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0];
+    /// The K-quant formats with our kernels (256-value blocks; `kquant`'s own tests check
+    /// their arithmetic against GGML's definition and candle).
+    const K_FORMATS: [GgmlDType; 2] = [GgmlDType::Q4K, GgmlDType::Q6K];
 
     #[test]
     fn our_formats_use_our_kernels_and_others_fall_back() {
@@ -536,13 +692,16 @@ mod tests {
         for f in FORMATS {
             assert!(both(f, &w).0.is_ours() || candle_forced(), "{f:?}");
         }
-        assert!(!both(GgmlDType::Q4K, &w).0.is_ours());
+        for f in K_FORMATS {
+            assert!(both(f, &w).0.is_ours() || candle_forced(), "{f:?}");
+        }
+        assert!(!both(GgmlDType::Q5K, &w).0.is_ours());
     }
 
     #[test]
     fn embedding_rows_equal_candle_dequantization() {
-        let w = Tensor::randn(0f32, 1.0, (5, 64), &Device::Cpu).unwrap();
-        for f in FORMATS {
+        let w = Tensor::randn(0f32, 1.0, (5, 512), &Device::Cpu).unwrap();
+        for f in FORMATS.into_iter().chain(K_FORMATS) {
             let q = QTensor::quantize(&w, f).unwrap();
             let want: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
             let e = Embedding::new(q).unwrap();
@@ -563,9 +722,9 @@ mod tests {
     #[test]
     fn rows_do_not_depend_on_the_batch() {
         // Batch invariance: a row's result is bit-identical alone and inside any tile.
-        let w = Tensor::randn(0f32, 1.0, (24, 128), &Device::Cpu).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (7, 128), &Device::Cpu).unwrap();
-        for f in FORMATS {
+        let w = Tensor::randn(0f32, 1.0, (24, 512), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (7, 512), &Device::Cpu).unwrap();
+        for f in FORMATS.into_iter().chain(K_FORMATS) {
             let (ours, _) = both(f, &w);
             let all: Vec<Vec<f32>> = ours.forward(&x).unwrap().to_vec2().unwrap();
             for (r, row) in all.iter().enumerate() {
@@ -586,18 +745,23 @@ mod tests {
             return Ok(());
         };
         let twin = OurMatMul {
-            weights: match &op.weights {
-                Weights::Q4_1(b) => Weights::Q4_1(b.clone()),
-                Weights::Q5_0(b) => Weights::Q5_0(b.clone()),
-                Weights::Q8_0(b) => Weights::Q8_0(b.clone()),
-            },
-            n: op.n,
-            k: op.k,
             kernels: Kernels::Scalar,
+            ..op.as_ref().clone()
         };
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let m = x.dim(0).unwrap();
-        let fast = Tensor::from_vec(op.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
+        let fast = op.matmul(&xs, m);
+        // The VNNI build computes the same lane sums as the AVX2 one: bit-identical.
+        if op.kernels == Kernels::Avx512Vnni {
+            let avx2 = OurMatMul {
+                kernels: Kernels::Avx2,
+                ..twin.clone()
+            };
+            if avx2.matmul(&xs, m) != fast {
+                return Err("VNNI and AVX2 kernels differ".into());
+            }
+        }
+        let fast = Tensor::from_vec(fast, (m, op.n), &Device::Cpu).unwrap();
         let slow = Tensor::from_vec(twin.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
         close(&fast, &slow)
     }
@@ -695,6 +859,32 @@ mod tests {
             prop_assert!(r.is_ok(), "{:?} vs candle: {:?}", FORMATS[f], r);
             let t = twin_matches(FORMATS[f], &w, &x);
             prop_assert!(t.is_ok(), "twin {:?}: {:?}", FORMATS[f], t);
+        }
+
+        /// The K-quant formats through the whole layer (tiles of rows, groups of columns):
+        /// against the scalar twin and against candle's quantized matmul (which also
+        /// quantizes activations to `Q8_K`; it rounds exact halves away from zero where GGML
+        /// rounds to even, far inside this tolerance).
+        #[test]
+        fn k_formats_match_candle(
+            f in 0usize..2,
+            m in 1usize..10,
+            n in 1usize..20,
+            kb in 1usize..5,
+            seed in any::<u64>(),
+        ) {
+            let device = Device::Cpu;
+            let k = kb * QK_K;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &device).unwrap();
+            let x = (Tensor::randn(0f32, 1.0, (m, k), &device).unwrap()
+                * (1.0 + (seed % 100) as f64))
+                .unwrap();
+            let (ours, theirs) = both(K_FORMATS[f], &w);
+            prop_assert!(ours.is_ours() || candle_forced());
+            let r = close(&ours.forward(&x).unwrap(), &theirs.forward(&x).unwrap());
+            prop_assert!(r.is_ok(), "{:?} vs candle: {:?}", K_FORMATS[f], r);
+            let t = twin_matches(K_FORMATS[f], &w, &x);
+            prop_assert!(t.is_ok(), "twin {:?}: {:?}", K_FORMATS[f], t);
         }
     }
 }

@@ -46,3 +46,24 @@ pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
     }
     sum
 }
+
+/// Appends a `Q4_1` block's 32 values to `out`.
+pub(crate) fn dequantize_q4_1(b: &BlockQ4_1, out: &mut Vec<f32>) {
+    let (d, m) = (f16_bits(b.d), f16_bits(b.m));
+    out.extend(b.qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
+    out.extend(b.qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+}
+
+/// Appends a `Q5_0` block's 32 values to `out`.
+pub(crate) fn dequantize_q5_0(b: &BlockQ5_0, out: &mut Vec<f32>) {
+    let d = f16_bits(b.d);
+    let fifth = |j: usize| (((b.qh >> j) & 1) << 4) as i32;
+    out.extend((0..16).map(|j| d * (((b.qs[j] & 0x0F) as i32 | fifth(j)) - 16) as f32));
+    out.extend((0..16).map(|j| d * (((b.qs[j] >> 4) as i32 | fifth(j + 16)) - 16) as f32));
+}
+
+/// Appends a `Q8_0` block's 32 values to `out`.
+pub(crate) fn dequantize_q8_0(b: &BlockQ8_0, out: &mut Vec<f32>) {
+    let d = f16_bits(b.d);
+    out.extend(b.qs.iter().map(|&q| d * q as f32));
+}
