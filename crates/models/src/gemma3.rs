@@ -411,9 +411,8 @@ impl Gemma3 {
         let attn = candle_nn::ops::rms_norm(&b.wo.forward(attn)?, &b.post_attn_norm, eps)?;
         let x = (x + attn)?;
         let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-        let g = b.gate.forward(&h)?.gelu()?;
-        let u = b.up.forward(&h)?;
-        let f = candle_nn::ops::rms_norm(&b.down.forward(&(g * u)?)?, &b.post_ffn_norm, eps)?;
+        let gu = crate::geglu::geglu(&b.gate.forward(&h)?, &b.up.forward(&h)?)?;
+        let f = candle_nn::ops::rms_norm(&b.down.forward(&gu)?, &b.post_ffn_norm, eps)?;
         Ok((x + f)?)
     }
 

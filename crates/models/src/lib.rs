@@ -68,6 +68,7 @@ pub mod decoder;
 pub mod deepseek;
 pub mod device;
 pub mod error;
+mod geglu;
 pub mod gemma3;
 pub mod gguf;
 pub mod llama;

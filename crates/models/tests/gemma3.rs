@@ -57,12 +57,13 @@ fn teacher_forced_argmax_matches_llama_cpp() {
         eprintln!("confident positions that disagree: {worst:?}");
     }
     // The goal is every confident position; this file's logits move by ~0.2 under f16-level
-    // perturbations (measured: rounding the KV cache or GELU to f16 flips different positions
-    // of margin 0.5-1.0), so the floor is what we reach: 319 of 320 (the miss at margin 0.60),
-    // 442 of 461 overall (our kernels for every format of the file, RoPE angles computed as
-    // GGML does).
+    // perturbations (measured: each rounding change flips different positions of margin
+    // 0.5-1.0), so the floor is what we reach: 318 of 320 (misses at margins 0.55 and 0.58),
+    // 439 of 461 overall (our kernels for every format of the file, llama.cpp's GELU table,
+    // RoPE angles computed as GGML does; 442 and 319 with candle's exact GELU, whose greedy
+    // continuations agree far less, see below).
     assert!(
-        confident_agree + 1 >= confident,
+        confident_agree + 2 >= confident,
         "{confident_agree}/{confident} confident positions agree: {worst:?}"
     );
     assert!(agree * 100 >= total * 95, "{agree}/{total} < 95%");
@@ -114,17 +115,16 @@ fn greedy_continuations_agree_with_llama_cpp() {
     );
 }
 
-// Floors at what our decoder reaches with its own Q4_K/Q6_K kernels, which round as
-// llama.cpp's x86 kernels do (Q8_K activations with ties to even, Q4_K in the repacked gemv's
-// order). A greedy continuation diverges at the first flipped near-tie, so this figure moves
-// with every equally valid rounding change (measured on this file: 20 of 34 identical, prefix
-// 27.6, with candle's K-quant kernels; 17 / 25.3 with ours for Q6_K only; 16 / 23.0 with Q4_K
-// in the plain vec_dot's order, which also dropped the teacher-forced score to 434/461;
-// 15 / 22.9 now, with the teacher-forced score at its best, 442/461 and 319/320 confident).
+// Floors at what our decoder reaches computing as llama.cpp's CPU backend does: its own
+// Q4_K/Q6_K kernels (Q8_K activations with ties to even, Q4_K in the repacked gemv's order)
+// and GEGLU through llama.cpp's f16 GELU table. A greedy continuation diverges at the first
+// flipped near-tie, so this figure moves with every rounding change; measured on this file:
+// 20 of 34 identical, prefix 27.6, with candle's K-quant kernels and exact GELU; 15 / 22.9
+// with our K-quant kernels and exact GELU; 21 / 29.9 with llama.cpp's GELU table (now).
 /// Floor on identical continuations (see above).
-const GREEDY_IDENTICAL_FLOOR: usize = 15;
+const GREEDY_IDENTICAL_FLOOR: usize = 21;
 /// Floor on the mean agreeing prefix (see above).
-const GREEDY_PREFIX_FLOOR: f64 = 22.85;
+const GREEDY_PREFIX_FLOOR: f64 = 29.85;
 
 #[test]
 fn loaded_model_renders_gemma_turns_with_one_bos() {
