@@ -308,6 +308,42 @@ macro_rules! kernel_k {
 kernel_k!(BlockQ4K, kquant::dot_q4k, kquant::dequantize_q4k, rows_q4k);
 kernel_k!(BlockQ6K, kquant::dot_q6k, kquant::dequantize_q6k, rows_q6k);
 
+/// Rows from which quantizing the activations is split over the pool (below, the hand-off
+/// costs more than it saves).
+const PARALLEL_QUANTIZE_ROWS: usize = 8;
+
+/// Quantizes the rows of `x` (`k` values each) into `acts` (`kb` blocks each): on the calling
+/// thread for a few rows, else one contiguous share of the rows per thread of candle's pool
+/// (the other threads would otherwise spin while one quantizes a prefill's activations).
+fn quantize_rows<B: Kernel>(x: &[f32], k: usize, acts: &mut [B::Act], kb: usize) {
+    let m = acts.len() / kb.max(1);
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
+    if m < PARALLEL_QUANTIZE_ROWS || threads == 1 {
+        for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
+            B::quantize(row, blocks);
+        }
+        return;
+    }
+    let per = m.div_ceil(threads);
+    // One share per thread, each behind its own (uncontended) lock.
+    type Share<'a, A> = std::sync::Mutex<(&'a [f32], &'a mut [A])>;
+    let shares: Vec<Share<'_, B::Act>> = x
+        .chunks(per * k)
+        .zip(acts.chunks_mut(per * kb))
+        .map(std::sync::Mutex::new)
+        .collect();
+    pool.execute(|tid| {
+        if let Some(share) = shares.get(tid) {
+            let mut share = share.lock().unwrap_or_else(|e| e.into_inner());
+            let (x, acts) = &mut *share;
+            for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
+                B::quantize(row, blocks);
+            }
+        }
+    });
+}
+
 impl OurMatMul {
     /// `x` (`[m, k]`, row-major) times the weights transposed: `[m, n]`.
     fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
@@ -320,9 +356,7 @@ impl OurMatMul {
         B::Act::with_buffer(|acts| {
             OUTPUT.with(|outs| {
                 acts.resize(m * kb, B::Act::default());
-                for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
-                    B::quantize(row, blocks);
-                }
+                quantize_rows::<B>(x, k, &mut acts[..m * kb], kb);
                 let mut outs = outs.borrow_mut();
                 if outs.len() < m * n {
                     outs.resize_with(m * n, || AtomicU32::new(0));
@@ -723,7 +757,8 @@ mod tests {
     fn rows_do_not_depend_on_the_batch() {
         // Batch invariance: a row's result is bit-identical alone and inside any tile.
         let w = Tensor::randn(0f32, 1.0, (24, 512), &Device::Cpu).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (7, 512), &Device::Cpu).unwrap();
+        // 9 rows: activations quantized over the pool, a tile of 4 and a tile of 1.
+        let x = Tensor::randn(0f32, 1.0, (9, 512), &Device::Cpu).unwrap();
         for f in FORMATS.into_iter().chain(K_FORMATS) {
             let (ours, _) = both(f, &w);
             let all: Vec<Vec<f32>> = ours.forward(&x).unwrap().to_vec2().unwrap();
