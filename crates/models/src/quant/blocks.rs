@@ -44,6 +44,10 @@ pub(crate) struct ActBlock {
     pub(crate) s: f32,
     pub(crate) sum: i32,
     pub(crate) qs: [i8; 32],
+    /// `-16 ×` the sum of each four consecutive `qs` (one per 32-bit lane): the VNNI `Q5_0`
+    /// kernel starts its lane sums here, so the unsigned weight nibbles (`q + 16`) need no
+    /// sign fix-up per row.
+    pub(crate) neg16: [i32; 8],
 }
 
 impl Default for ActBlock {
@@ -53,6 +57,7 @@ impl Default for ActBlock {
             s: 0.0,
             sum: 0,
             qs: [0; 32],
+            neg16: [0; 8],
         }
     }
 }
@@ -138,6 +143,9 @@ pub(crate) fn quantize_row(xs: &[f32], out: &mut [ActBlock]) {
         block.d = f16::from_f32(d).to_f32();
         block.s = f16::from_f32(d * sum as f32).to_f32();
         block.sum = sum;
+        for (n, q) in block.neg16.iter_mut().zip(block.qs.chunks_exact(4)) {
+            *n = -16 * q.iter().map(|&q| q as i32).sum::<i32>();
+        }
     }
 }
 
@@ -154,6 +162,15 @@ mod tests {
         quantize_row(&xs, &mut out);
         for (b, xs) in out.iter().zip(xs.chunks_exact(QK)) {
             assert_eq!(b.sum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+            for (l, n) in b.neg16.iter().enumerate() {
+                assert_eq!(
+                    *n,
+                    -16 * b.qs[4 * l..4 * l + 4]
+                        .iter()
+                        .map(|&q| q as i32)
+                        .sum::<i32>()
+                );
+            }
             for (&q, &x) in b.qs.iter().zip(xs) {
                 assert!(
                     (q as f32 * b.d - x).abs() <= b.d * 0.51 + 1e-3,

@@ -117,6 +117,23 @@ unsafe fn finish<const R: usize>(acc: [__m256; R]) -> [f32; R] {
     out
 }
 
+/// One `Q5_0` block row's lane sums with AVX2: signed weights `q` (their magnitudes `abs`)
+/// times the activations, through the sign trick (`maddubs` wants one unsigned operand).
+#[inline(always)]
+unsafe fn q5_avx2(_u: __m256i, q: __m256i, abs: __m256i, x: &ActBlock) -> __m256 {
+    unsafe { mul_sum_avx2(abs, _mm256_sign_epi8(load(&x.qs), q)) }
+}
+
+/// The same lane sums with VNNI: the unsigned nibbles `u = q + 16` times the activations,
+/// started from `-16 Σa` per lane (`x.neg16`): exact, and no sign fix-up per row.
+#[inline(always)]
+unsafe fn q5_vnni(u: __m256i, _q: __m256i, _abs: __m256i, x: &ActBlock) -> __m256 {
+    unsafe {
+        let start = _mm256_loadu_si256(x.neg16.as_ptr().cast());
+        _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u, load(&x.qs)))
+    }
+}
+
 #[inline(always)]
 unsafe fn load(qs: &[i8; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
@@ -154,7 +171,7 @@ macro_rules! rows {
 
 /// The kernels, built once per instruction set (`$features`) with its byte product.
 macro_rules! kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $mul_sum:ident) => {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $mul_sum:ident, $q5:ident) => {
         $(#[$doc])*
         pub(crate) mod $name {
             use super::*;
@@ -217,11 +234,13 @@ macro_rules! kernels {
                         let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh));
                         let q = _mm256_sub_epi8(u, _mm256_set1_epi8(16));
                         let abs = _mm256_sign_epi8(q, q);
-                        let d = f16(b.d);
+                        let d = _mm256_set1_ps(f16(b.d));
                         for r in 0..R {
                             let x = a[r].get_unchecked(i);
-                            let p = $mul_sum(abs, _mm256_sign_epi8(load(&x.qs), q));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
+                            let p = $q5(u, q, abs, x);
+                            // d · x.d, one product broadcast (as the scalar `d * x.d`).
+                            let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
+                            acc[r] = _mm256_fmadd_ps(scale, p, acc[r]);
                         }
                     }
                     finish(acc)
@@ -245,11 +264,12 @@ macro_rules! kernels {
                         prefetch(b);
                         let q = load(&b.qs);
                         let u = _mm256_sign_epi8(q, q);
-                        let d = f16(b.d);
+                        let d = _mm256_set1_ps(f16(b.d));
                         for r in 0..R {
                             let x = a[r].get_unchecked(i);
                             let p = $mul_sum(u, _mm256_sign_epi8(load(&x.qs), q));
-                            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), p, acc[r]);
+                            let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
+                            acc[r] = _mm256_fmadd_ps(scale, p, acc[r]);
                         }
                     }
                     finish(acc)
@@ -267,11 +287,13 @@ kernels!(
     /// AVX2 + FMA + F16C.
     avx2,
     "avx2,fma,f16c",
-    mul_sum_avx2
+    mul_sum_avx2,
+    q5_avx2
 );
 kernels!(
     /// AVX2 + FMA + F16C with AVX-512 VNNI (256-bit `vpdpbusd`, which needs AVX-512VL).
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
-    mul_sum_vnni
+    mul_sum_vnni,
+    q5_vnni
 );
