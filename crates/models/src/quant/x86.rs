@@ -109,10 +109,12 @@ unsafe fn mul_sum_vnni(u: __m256i, y: __m256i) -> __m256 {
 
 /// The horizontal sum of every accumulator.
 #[inline(always)]
-unsafe fn finish<const R: usize>(acc: [__m256; R]) -> [f32; R] {
-    let mut out = [0f32; R];
-    for r in 0..R {
-        out[r] = unsafe { hsum(acc[r]) };
+unsafe fn finish<const C: usize, const R: usize>(acc: [[__m256; R]; C]) -> [[f32; R]; C] {
+    let mut out = [[0f32; R]; C];
+    for c in 0..C {
+        for r in 0..R {
+            out[c][r] = unsafe { hsum(acc[c][r]) };
+        }
     }
     out
 }
@@ -140,10 +142,10 @@ unsafe fn load(qs: &[i8; 32]) -> __m256i {
 }
 
 /// A loop over weight rows around a kernel, in the kernel's instruction set so the kernel
-/// inlines (a call per row costs as much as the work on a short row). Rows are walked one
-/// after the other: interleaving four rows for one activation row (independent accumulations
-/// to hide the FMA latency) was 2.4x faster on weights in cache but slower on real models,
-/// whose weights stream from memory (Gemma 3 decode 78 vs 95 tok/s).
+/// inlines (a call per row costs as much as the work on a short row). With one activation row
+/// the weight rows are walked one after the other: interleaving four (independent
+/// accumulations to hide the FMA latency) was 2.4x faster on weights in cache but slower on
+/// real models, whose weights stream from memory (Gemma 3 decode 78 vs 95 tok/s).
 macro_rules! rows {
     ($features:literal, $name:ident, $kernel:ident, $block:ty) => {
         /// Every weight row of `w` (`out.len()` rows of `kb` blocks) · `R` activation rows:
@@ -159,10 +161,26 @@ macro_rules! rows {
             a: [&[ActBlock]; R],
             out: &mut [[f32; ROW_TILE]],
         ) {
-            for (c, o) in out.iter_mut().enumerate() {
-                unsafe {
-                    let r = $kernel::<R>(w.get_unchecked(c * kb..(c + 1) * kb), a);
-                    o[..R].copy_from_slice(&r);
+            unsafe {
+                let n = out.len();
+                let row = |c: usize| w.get_unchecked(c * kb..(c + 1) * kb);
+                let mut c = 0;
+                // Two weight rows per call where the activation rows are several (prefill,
+                // batches): each activation block is loaded once for both. Not for one row
+                // (decode), which streams the weights from memory: two interleaved streams
+                // there cost more than the loads they save.
+                if R > 1 {
+                    while c + 2 <= n {
+                        let r = $kernel::<2, R>([row(c), row(c + 1)], a);
+                        out.get_unchecked_mut(c)[..R].copy_from_slice(&r[0]);
+                        out.get_unchecked_mut(c + 1)[..R].copy_from_slice(&r[1]);
+                        c += 2;
+                    }
+                }
+                while c < n {
+                    let r = $kernel::<1, R>([row(c)], a);
+                    out.get_unchecked_mut(c)[..R].copy_from_slice(&r[0]);
+                    c += 1;
                 }
             }
         }
@@ -176,100 +194,134 @@ macro_rules! kernels {
         pub(crate) mod $name {
             use super::*;
 
-            /// `Q4_1` weights · `R` activation rows. Each output is one independent
-            /// accumulation, the same whatever `R` is.
+            /// `C` `Q4_1` weight rows · `R` activation rows (`out[c][r]`). Each output is
+            /// one independent accumulation, the same whatever `C` and `R` are; each weight
+            /// block is unpacked once for the `R` rows and each activation block loaded once
+            /// for the `C` weight rows.
             ///
             /// # Safety
-            /// The CPU supports this module's instruction set; every `a[r]` has at least
-            /// `w.len()` blocks.
+            /// The CPU supports this module's instruction set; the `w[c]` have one length and
+            /// every `a[r]` at least that many blocks.
             #[inline]
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q4_1<const R: usize>(
-                w: &[BlockQ4_1],
+            pub(crate) unsafe fn q4_1<const C: usize, const R: usize>(
+                w: [&[BlockQ4_1]; C],
                 a: [&[ActBlock]; R],
-            ) -> [f32; R] {
+            ) -> [[f32; R]; C] {
                 unsafe {
-                    let mut acc = [_mm256_setzero_ps(); R];
+                    let mut acc = [[_mm256_setzero_ps(); R]; C];
                     // Lane 1 accumulates the `m · s` terms (lane 0 is unused).
-                    let mut ms = [_mm_setzero_ps(); R];
-                    for (i, b) in w.iter().enumerate() {
-                        prefetch(b);
-                        let u = nibbles(&b.qs);
-                        let dm = f16_pair(&b.d);
+                    let mut ms = [[_mm_setzero_ps(); R]; C];
+                    for i in 0..w[0].len() {
+                        let mut u = [_mm256_setzero_si256(); C];
+                        let mut dm = [_mm_setzero_ps(); C];
+                        for c in 0..C {
+                            let b = w[c].get_unchecked(i);
+                            prefetch(b);
+                            u[c] = nibbles(&b.qs);
+                            dm[c] = f16_pair(&b.d);
+                        }
                         for r in 0..R {
                             let x = a[r].get_unchecked(i);
-                            // Lane 0: d · x.d; lane 1: m · x.s.
-                            let scales = _mm_mul_ps(dm, d_s(x));
-                            let p = $mul_sum(u, load(&x.qs));
-                            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), p, acc[r]);
-                            ms[r] = _mm_add_ps(ms[r], scales);
+                            let (xq, xds) = (load(&x.qs), d_s(x));
+                            for c in 0..C {
+                                // Lane 0: d · x.d; lane 1: m · x.s.
+                                let scales = _mm_mul_ps(dm[c], xds);
+                                let p = $mul_sum(u[c], xq);
+                                acc[c][r] = _mm256_fmadd_ps(
+                                    _mm256_broadcastss_ps(scales),
+                                    p,
+                                    acc[c][r],
+                                );
+                                ms[c][r] = _mm_add_ps(ms[c][r], scales);
+                            }
                         }
                     }
-                    let mut out = [0f32; R];
-                    for r in 0..R {
-                        let m = _mm_cvtss_f32(_mm_shuffle_ps(ms[r], ms[r], 1));
-                        out[r] = hsum(acc[r]) + m;
+                    let mut out = [[0f32; R]; C];
+                    for c in 0..C {
+                        for r in 0..R {
+                            let m = _mm_cvtss_f32(_mm_shuffle_ps(ms[c][r], ms[c][r], 1));
+                            out[c][r] = hsum(acc[c][r]) + m;
+                        }
                     }
                     out
                 }
             }
 
-            /// `Q5_0` weights · `R` activation rows. The weights are made signed
-            /// (`q - 16`) before the products, so each block's integer sum is exact: taking
-            /// `q` unsigned and subtracting `16 Σa` afterwards in f32 cancels catastrophically
-            /// on Gemma's very large activations.
+            /// `C` `Q5_0` weight rows · `R` activation rows. The integer sums are exact
+            /// (see [`q5_avx2`] and [`q5_vnni`]): subtracting `16 Σa` from unsigned products
+            /// in f32 instead cancels catastrophically on Gemma's very large activations.
             ///
             /// # Safety
             /// As [`q4_1`].
             #[inline]
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q5_0<const R: usize>(
-                w: &[BlockQ5_0],
+            pub(crate) unsafe fn q5_0<const C: usize, const R: usize>(
+                w: [&[BlockQ5_0]; C],
                 a: [&[ActBlock]; R],
-            ) -> [f32; R] {
+            ) -> [[f32; R]; C] {
                 unsafe {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    for (i, b) in w.iter().enumerate() {
-                        prefetch(b);
-                        let u = _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh));
-                        let q = _mm256_sub_epi8(u, _mm256_set1_epi8(16));
-                        let abs = _mm256_sign_epi8(q, q);
-                        let d = _mm256_set1_ps(f16(b.d));
+                    let mut acc = [[_mm256_setzero_ps(); R]; C];
+                    for i in 0..w[0].len() {
+                        let mut u = [_mm256_setzero_si256(); C];
+                        let mut q = [_mm256_setzero_si256(); C];
+                        let mut abs = [_mm256_setzero_si256(); C];
+                        let mut d = [_mm256_setzero_ps(); C];
+                        for c in 0..C {
+                            let b = w[c].get_unchecked(i);
+                            prefetch(b);
+                            u[c] = _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh));
+                            q[c] = _mm256_sub_epi8(u[c], _mm256_set1_epi8(16));
+                            abs[c] = _mm256_sign_epi8(q[c], q[c]);
+                            d[c] = _mm256_set1_ps(f16(b.d));
+                        }
                         for r in 0..R {
                             let x = a[r].get_unchecked(i);
-                            let p = $q5(u, q, abs, x);
-                            // d · x.d, one product broadcast (as the scalar `d * x.d`).
-                            let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
-                            acc[r] = _mm256_fmadd_ps(scale, p, acc[r]);
+                            let xd = _mm256_set1_ps(x.d);
+                            for c in 0..C {
+                                let p = $q5(u[c], q[c], abs[c], x);
+                                // d · x.d, one product broadcast (as the scalar `d * x.d`).
+                                let scale = _mm256_mul_ps(d[c], xd);
+                                acc[c][r] = _mm256_fmadd_ps(scale, p, acc[c][r]);
+                            }
                         }
                     }
                     finish(acc)
                 }
             }
 
-            /// `Q8_0` weights · `R` activation rows (signs moved onto the activations so
-            /// the byte product sees unsigned weights).
+            /// `C` `Q8_0` weight rows · `R` activation rows (signs moved onto the
+            /// activations so the byte product sees unsigned weights).
             ///
             /// # Safety
             /// As [`q4_1`].
             #[inline]
             #[target_feature(enable = $features)]
-            pub(crate) unsafe fn q8_0<const R: usize>(
-                w: &[BlockQ8_0],
+            pub(crate) unsafe fn q8_0<const C: usize, const R: usize>(
+                w: [&[BlockQ8_0]; C],
                 a: [&[ActBlock]; R],
-            ) -> [f32; R] {
+            ) -> [[f32; R]; C] {
                 unsafe {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    for (i, b) in w.iter().enumerate() {
-                        prefetch(b);
-                        let q = load(&b.qs);
-                        let u = _mm256_sign_epi8(q, q);
-                        let d = _mm256_set1_ps(f16(b.d));
+                    let mut acc = [[_mm256_setzero_ps(); R]; C];
+                    for i in 0..w[0].len() {
+                        let mut q = [_mm256_setzero_si256(); C];
+                        let mut u = [_mm256_setzero_si256(); C];
+                        let mut d = [_mm256_setzero_ps(); C];
+                        for c in 0..C {
+                            let b = w[c].get_unchecked(i);
+                            prefetch(b);
+                            q[c] = load(&b.qs);
+                            u[c] = _mm256_sign_epi8(q[c], q[c]);
+                            d[c] = _mm256_set1_ps(f16(b.d));
+                        }
                         for r in 0..R {
                             let x = a[r].get_unchecked(i);
-                            let p = $mul_sum(u, _mm256_sign_epi8(load(&x.qs), q));
-                            let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
-                            acc[r] = _mm256_fmadd_ps(scale, p, acc[r]);
+                            let (xq, xd) = (load(&x.qs), _mm256_set1_ps(x.d));
+                            for c in 0..C {
+                                let p = $mul_sum(u[c], _mm256_sign_epi8(xq, q[c]));
+                                let scale = _mm256_mul_ps(d[c], xd);
+                                acc[c][r] = _mm256_fmadd_ps(scale, p, acc[c][r]);
+                            }
                         }
                     }
                     finish(acc)
