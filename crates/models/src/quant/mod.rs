@@ -13,7 +13,8 @@
 //! rounded through f16), so the integer products are those of llama.cpp and candle; the f32
 //! accumulation follows llama.cpp's AVX2 kernels (eight lanes, one FMA per block, the same
 //! horizontal sum). A kernel multiplies each weight row with up to four activation rows
-//! (prefill, batched decode: each weight block unpacked once), walking a work item's rows
+//! (prefill, batched decode: each weight block unpacked once, and two weight rows per call
+//! share each activation block's loads), walking a work item's rows
 //! inside the kernel's instruction set and prefetching the weights 1 KiB ahead (rows are a
 //! few hundred bytes, too short for the hardware prefetchers: SmolLM2 decode went from 91 to
 //! ~125 tok/s). Every output is one accumulation whatever is computed beside it: a row's
