@@ -3,11 +3,10 @@
 //! hand-written byte-level `tokenizer.json`, in a directory laid out like the Hugging Face
 //! cache (`HF_HUB_CACHE`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
@@ -30,53 +29,18 @@ impl Drop for TempDir {
     }
 }
 
-const VOCAB: usize = 40;
+/// The tiny random llama shared with the models crate's safetensors tests (f32 here; config
+/// with BOS and EOS ids).
+#[path = "../../models/tests/common/tiny_hf.rs"]
+mod tiny_hf;
 
-/// A one-layer llama (hidden 64, 4 heads, 2 KV heads, vocab 40) with random weights.
 fn write_weights(dir: &Path) {
-    let (hidden, ffn, heads, kv_heads) = (64usize, 96usize, 4usize, 2usize);
-    let kv_dim = hidden / heads * kv_heads;
-    let randn = |shape: &[usize]| Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap();
-    let ones = || Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap();
-    let p = "model.layers.0";
-    let tensors: HashMap<String, Tensor> = [
-        (
-            "model.embed_tokens.weight".to_string(),
-            randn(&[VOCAB, hidden]),
-        ),
-        ("model.norm.weight".into(), ones()),
-        (format!("{p}.input_layernorm.weight"), ones()),
-        (format!("{p}.post_attention_layernorm.weight"), ones()),
-        (
-            format!("{p}.self_attn.q_proj.weight"),
-            randn(&[hidden, hidden]),
-        ),
-        (
-            format!("{p}.self_attn.k_proj.weight"),
-            randn(&[kv_dim, hidden]),
-        ),
-        (
-            format!("{p}.self_attn.v_proj.weight"),
-            randn(&[kv_dim, hidden]),
-        ),
-        (
-            format!("{p}.self_attn.o_proj.weight"),
-            randn(&[hidden, hidden]),
-        ),
-        (format!("{p}.mlp.gate_proj.weight"), randn(&[ffn, hidden])),
-        (format!("{p}.mlp.up_proj.weight"), randn(&[ffn, hidden])),
-        (format!("{p}.mlp.down_proj.weight"), randn(&[hidden, ffn])),
-    ]
-    .into_iter()
-    .collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": hidden, "num_hidden_layers": 1,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "intermediate_size": ffn, "vocab_size": VOCAB, "max_position_embeddings": 64,
-        "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    tiny_hf::write_tiny_llama(
+        dir,
+        DType::F32,
+        None,
+        serde_json::json!({"bos_token_id": 1, "eos_token_id": 2}),
+    );
 }
 
 /// A byte-level BPE `tokenizer.json` in the hub's format: 3 special tokens, the 26 letters,

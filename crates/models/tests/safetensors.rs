@@ -124,9 +124,14 @@ fn logits(model: &Llama, ids: &[u32]) -> Vec<Vec<f32>> {
         .unwrap()
 }
 
-/// Logits at every position from candle-transformers' own llama (Hugging Face layout,
-/// rotating the two halves of each head, f32, no quantization) on the hub directory.
-fn candle_transformers_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+/// candle-transformers' own llama (Hugging Face layout, rotating the two halves of each head,
+/// f32, no quantization) loaded from a hub directory, with an empty cache.
+fn candle_transformers_llama(
+    dir: &Path,
+) -> (
+    candle_transformers::models::llama::Llama,
+    candle_transformers::models::llama::Cache,
+) {
     use candle_transformers::models::llama as ct;
     let config: ct::LlamaConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -135,7 +140,13 @@ fn candle_transformers_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let model = ct::Llama::load(vb, &config).unwrap();
-    let mut cache = ct::Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
+    let cache = ct::Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
+    (model, cache)
+}
+
+/// Logits at every position from [`candle_transformers_llama`] on the hub directory.
+fn candle_transformers_logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+    let (model, mut cache) = candle_transformers_llama(dir);
     ids.iter()
         .enumerate()
         .map(|(pos, &id)| {
@@ -273,58 +284,9 @@ fn smollm2_from_safetensors_matches_the_gguf_model() {
     }
 }
 
-/// A tiny random llama in the hub layout: hidden 64, 1 layer, 4 heads (2 KV), vocab 40.
+/// The shared tiny random llama (`common::tiny_hf`) in bf16, leaving out tensor `skip`.
 fn tiny_model(dir: &Path, skip: Option<&str>) {
-    let (hidden, ffn, vocab, heads, kv_heads) = (64usize, 96usize, 40usize, 4usize, 2usize);
-    let kv_dim = hidden / heads * kv_heads;
-    let randn = |shape: &[usize]| Tensor::randn(0f32, 0.1, shape, &Device::Cpu).unwrap();
-    let mut t = HashMap::new();
-    t.insert("model.embed_tokens.weight", randn(&[vocab, hidden]));
-    t.insert(
-        "model.norm.weight",
-        Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap(),
-    );
-    let p = "model.layers.0";
-    let ones = || Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap();
-    let mut names = vec![
-        (format!("{p}.input_layernorm.weight"), ones()),
-        (format!("{p}.post_attention_layernorm.weight"), ones()),
-        (
-            format!("{p}.self_attn.q_proj.weight"),
-            randn(&[hidden, hidden]),
-        ),
-        (
-            format!("{p}.self_attn.k_proj.weight"),
-            randn(&[kv_dim, hidden]),
-        ),
-        (
-            format!("{p}.self_attn.v_proj.weight"),
-            randn(&[kv_dim, hidden]),
-        ),
-        (
-            format!("{p}.self_attn.o_proj.weight"),
-            randn(&[hidden, hidden]),
-        ),
-        (format!("{p}.mlp.gate_proj.weight"), randn(&[ffn, hidden])),
-        (format!("{p}.mlp.up_proj.weight"), randn(&[ffn, hidden])),
-        (format!("{p}.mlp.down_proj.weight"), randn(&[hidden, ffn])),
-    ];
-    names.retain(|(n, _)| Some(n.as_str()) != skip);
-    let mut all: HashMap<String, Tensor> = t
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_dtype(DType::BF16).unwrap()))
-        .collect();
-    for (n, v) in names {
-        all.insert(n, v.to_dtype(DType::BF16).unwrap());
-    }
-    candle_core::safetensors::save(&all, dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": hidden, "num_hidden_layers": 1,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "intermediate_size": ffn, "vocab_size": vocab, "max_position_embeddings": 64,
-        "tie_word_embeddings": true,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    common::tiny_hf::write_tiny_llama(dir, DType::BF16, skip, serde_json::json!({}));
 }
 
 #[test]
@@ -691,15 +653,7 @@ fn smollm2_hub_snapshot_is_a_whole_model() {
 /// `n` greedy tokens after `prompt` from candle-transformers' llama on a hub directory (f32,
 /// Hugging Face layout).
 fn candle_transformers_greedy(dir: &Path, prompt: &[u32], n: usize) -> Vec<u32> {
-    use candle_transformers::models::llama as ct;
-    let config: ct::LlamaConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let config = config.into_config(false);
-    let tensors =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-    let model = ct::Llama::load(vb, &config).unwrap();
-    let mut cache = ct::Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
+    let (model, mut cache) = candle_transformers_llama(dir);
     let mut out = Vec::new();
     let (mut input, mut pos) = (prompt.to_vec(), 0);
     while out.len() < n {

@@ -196,18 +196,30 @@ trait Kernel: WeightBlock {
     );
 }
 
+/// Implements [`Kernel`] for a weight format: its activation blocks (`$act`, `$values` values
+/// per block, quantized by `$quantize`), scalar twin, dequantization, and the SIMD row loops
+/// for [`Kernels::Avx2`] and [`Kernels::Avx512Vnni`].
 macro_rules! kernel {
-    ($block:ty, $scalar:path, $dequantize:path, $simd:ident) => {
+    (
+        $block:ty,
+        $act:ty,
+        $values:expr,
+        $quantize:path,
+        $scalar:path,
+        $dequantize:path,
+        avx2: $($avx2:ident)::+,
+        vnni: $($vnni:ident)::+ $(,)?
+    ) => {
         impl Kernel for $block {
-            type Act = ActBlock;
-            const VALUES: usize = QK;
-            fn quantize(xs: &[f32], out: &mut [ActBlock]) {
-                blocks::quantize_row(xs, out)
+            type Act = $act;
+            const VALUES: usize = $values;
+            fn quantize(xs: &[f32], out: &mut [$act]) {
+                $quantize(xs, out)
             }
             fn dequantize(b: &Self, out: &mut Vec<f32>) {
                 $dequantize(b, out)
             }
-            fn scalar(w: &[Self], a: &[ActBlock]) -> f32 {
+            fn scalar(w: &[Self], a: &[$act]) -> f32 {
                 $scalar(w, a)
             }
             #[cfg(target_arch = "x86_64")]
@@ -216,29 +228,31 @@ macro_rules! kernel {
                 kernels: Kernels,
                 w: &[Self],
                 kb: usize,
-                rows: &[&[ActBlock]],
+                rows: &[&[$act]],
                 out: &mut [[f32; ROW_TILE]],
             ) {
+                use $($avx2)::+ as avx2_rows;
+                use $($vnni)::+ as vnni_rows;
                 macro_rules! call {
-                    ($set:ident) => {
-                        // SAFETY: `kernels()` detected this instruction set before choosing
-                        // it, and `dots` checked `w` holds `out.len()` rows of `kb` blocks
+                    ($k:ident) => {
+                        // SAFETY: `kernels()` detected the instruction set of this row loop
+                        // before choosing it (every loop needs at most what the chosen set
+                        // has), and `dots` checked `w` holds `out.len()` rows of `kb` blocks
                         // and every activation row at least `kb` blocks.
                         unsafe {
-                            use x86::$set::$simd as k;
                             match *rows {
-                                [a] => k::<1>(w, kb, [a], out),
-                                [a, b] => k::<2>(w, kb, [a, b], out),
-                                [a, b, c] => k::<3>(w, kb, [a, b, c], out),
-                                [a, b, c, d] => k::<4>(w, kb, [a, b, c, d], out),
+                                [a] => $k::<1>(w, kb, [a], out),
+                                [a, b] => $k::<2>(w, kb, [a, b], out),
+                                [a, b, c] => $k::<3>(w, kb, [a, b, c], out),
+                                [a, b, c, d] => $k::<4>(w, kb, [a, b, c, d], out),
                                 _ => {}
                             }
                         }
                     };
                 }
                 match kernels {
-                    Kernels::Avx512Vnni => call!(vnni),
-                    _ => call!(avx2),
+                    Kernels::Avx512Vnni => call!(vnni_rows),
+                    _ => call!(avx2_rows),
                 }
             }
         }
@@ -247,67 +261,55 @@ macro_rules! kernel {
 
 kernel!(
     BlockQ4_1,
+    ActBlock,
+    QK,
+    blocks::quantize_row,
     scalar::dot_q4_1,
     scalar::dequantize_q4_1,
-    rows_q4_1
+    avx2: x86::avx2::rows_q4_1,
+    vnni: x86::vnni::rows_q4_1,
 );
 kernel!(
     BlockQ5_0,
+    ActBlock,
+    QK,
+    blocks::quantize_row,
     scalar::dot_q5_0,
     scalar::dequantize_q5_0,
-    rows_q5_0
+    avx2: x86::avx2::rows_q5_0,
+    vnni: x86::vnni::rows_q5_0,
 );
 kernel!(
     BlockQ8_0,
+    ActBlock,
+    QK,
+    blocks::quantize_row,
     scalar::dot_q8_0,
     scalar::dequantize_q8_0,
-    rows_q8_0
+    avx2: x86::avx2::rows_q8_0,
+    vnni: x86::vnni::rows_q8_0,
 );
-
-/// The K-quant formats: 256-value blocks with `Q8_K` activations, one weight row at a time.
-macro_rules! kernel_k {
-    ($block:ty, $scalar:path, $dequantize:path, $simd:ident) => {
-        impl Kernel for $block {
-            type Act = ActBlockK;
-            const VALUES: usize = QK_K;
-            fn quantize(xs: &[f32], out: &mut [ActBlockK]) {
-                kquant::quantize_row_q8k(xs, out)
-            }
-            fn dequantize(b: &Self, out: &mut Vec<f32>) {
-                $dequantize(b, out)
-            }
-            fn scalar(w: &[Self], a: &[ActBlockK]) -> f32 {
-                $scalar(w, a)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[allow(unsafe_code)]
-            fn simd(
-                _kernels: Kernels,
-                w: &[Self],
-                kb: usize,
-                rows: &[&[ActBlockK]],
-                out: &mut [[f32; ROW_TILE]],
-            ) {
-                use kquant::x86::$simd as k;
-                // SAFETY: `kernels()` detected AVX2, FMA and F16C before choosing a SIMD set,
-                // and `dots` checked `w` holds `out.len()` rows of `kb` blocks and every
-                // activation row at least `kb` blocks.
-                unsafe {
-                    match *rows {
-                        [a] => k::<1>(w, kb, [a], out),
-                        [a, b] => k::<2>(w, kb, [a, b], out),
-                        [a, b, c] => k::<3>(w, kb, [a, b, c], out),
-                        [a, b, c, d] => k::<4>(w, kb, [a, b, c, d], out),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    };
-}
-
-kernel_k!(BlockQ4K, kquant::dot_q4k, kquant::dequantize_q4k, rows_q4k);
-kernel_k!(BlockQ6K, kquant::dot_q6k, kquant::dequantize_q6k, rows_q6k);
+// The K-quant row loops have one build (AVX2 + FMA + F16C), used under either set.
+kernel!(
+    BlockQ4K,
+    ActBlockK,
+    QK_K,
+    kquant::quantize_row_q8k,
+    kquant::dot_q4k,
+    kquant::dequantize_q4k,
+    avx2: kquant::x86::rows_q4k,
+    vnni: kquant::x86::rows_q4k,
+);
+kernel!(
+    BlockQ6K,
+    ActBlockK,
+    QK_K,
+    kquant::quantize_row_q8k,
+    kquant::dot_q6k,
+    kquant::dequantize_q6k,
+    avx2: kquant::x86::rows_q6k,
+    vnni: kquant::x86::rows_q6k,
+);
 
 /// Rows from which quantizing the activations is split over the pool (below, the hand-off
 /// costs more than it saves).
@@ -317,13 +319,16 @@ const PARALLEL_QUANTIZE_ROWS: usize = 8;
 /// thread for a few rows, else one contiguous share of the rows per thread of candle's pool
 /// (the other threads would otherwise spin while one quantizes a prefill's activations).
 fn quantize_rows<B: Kernel>(x: &[f32], k: usize, acts: &mut [B::Act], kb: usize) {
+    let serial = |x: &[f32], acts: &mut [B::Act]| {
+        for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
+            B::quantize(row, blocks);
+        }
+    };
     let m = acts.len() / kb.max(1);
     let pool = candle_core::utils::barrier_pool();
     let threads = pool.n_workers() + 1;
     if m < PARALLEL_QUANTIZE_ROWS || threads == 1 {
-        for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
-            B::quantize(row, blocks);
-        }
+        serial(x, acts);
         return;
     }
     let per = m.div_ceil(threads);
@@ -338,9 +343,7 @@ fn quantize_rows<B: Kernel>(x: &[f32], k: usize, acts: &mut [B::Act], kb: usize)
         if let Some(share) = shares.get(tid) {
             let mut share = share.lock().unwrap_or_else(|e| e.into_inner());
             let (x, acts) = &mut *share;
-            for (row, blocks) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kb)) {
-                B::quantize(row, blocks);
-            }
+            serial(x, acts);
         }
     });
 }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod tiny_hf;
+
 /// The real SmolLM2 file from the model cache, or a failure naming the command that fetches it.
 pub fn smollm2_path() -> PathBuf {
     let path = fluent_ai_candle_models::cache::model_path("smollm2-135m-instruct").unwrap();
