@@ -667,7 +667,7 @@ async fn websocket_streams_one_message_per_chunk() {
             break;
         }
         let c: Value = serde_json::from_str(&m).unwrap();
-        assert_eq!(c["object"], "text_completion");
+        assert_eq!(c["object"], "text_completion", "{m}");
         n += 1;
     }
     assert!(n >= 1);
