@@ -59,8 +59,9 @@ pub fn run(no_fetch: bool) -> Result<()> {
             .args(["test", "-p", "fluent-ai-candle-sampling"])
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
-    // Selected through the workspace so cargo reuses the build above: `-p` alone resolves
-    // features differently and rebuilds candle (minutes on two cores).
+    // Selected by name only, with the very arguments of the run above, so cargo reuses its
+    // build: `-p` or `--lib` resolve features differently and rebuild candle and tokenizers
+    // (minutes on two cores, and gigabytes of disk a CI machine may not have).
     util::run(
         test()
             .args([
@@ -68,9 +69,10 @@ pub fn run(no_fetch: bool) -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "fluent-ai-candle-benches",
-                "--lib",
+                "--no-fail-fast",
                 "quant::",
             ])
+            .env("RUST_TEST_THREADS", "1")
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());

@@ -1145,7 +1145,8 @@ fn build_byte_level_bpe(
     let mut tok = Tokenizer::new(bpe);
     tok.with_pre_tokenizer(Some(PreSequence::new(pre)));
     tok.with_decoder(Some(ByteLevelDecoder::new(false, true, false)));
-    tok.add_tokens(&added_tokens(special_tokens));
+    tok.add_tokens(added_tokens(special_tokens))
+        .map_err(hf_err("adding special tokens"))?;
     Ok(tok)
 }
 
@@ -1196,7 +1197,8 @@ fn build_spm_bpe(
     } else {
         replace.into()
     };
-    tok.with_normalizer(Some(normalizer));
+    tok.with_normalizer(Some(normalizer))
+        .map_err(hf_err("setting the normalizer"))?;
     let space = Replace::new("\u{2581}", " ").map_err(hf_err("building decoder"))?;
     let mut decoders: Vec<DecoderWrapper> =
         vec![space.into(), ByteFallback::new().into(), Fuse::new().into()];
@@ -1204,7 +1206,8 @@ fn build_spm_bpe(
         decoders.push(tokenizers::decoders::strip::Strip::new(' ', 1, 0).into());
     }
     tok.with_decoder(Some(DecoderSequence::new(decoders)));
-    tok.add_tokens(&added_tokens(special_tokens));
+    tok.add_tokens(added_tokens(special_tokens))
+        .map_err(hf_err("adding special tokens"))?;
     Ok(tok)
 }
 

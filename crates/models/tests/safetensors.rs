@@ -373,7 +373,7 @@ fn save_byte_level_tokenizer(vocab: &[String], merges: &[String], special: &[u32
         .iter()
         .map(|&id| tokenizers::AddedToken::from(vocab[id as usize].clone(), true))
         .collect();
-    tok.add_special_tokens(&added);
+    tok.add_special_tokens(added).unwrap();
     tok.save(path, false).unwrap();
 }
 
