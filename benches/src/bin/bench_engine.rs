@@ -14,6 +14,7 @@
 //!
 //! `cargo xtask bench engine --json` prints one JSON object as its last line:
 //! `{"single_tok_s", "concurrent4_tok_s", "concurrent8_tok_s", "ttft_cold_ms", "ttft_prefix_ms", ...}`.
+//! `--streams N` measures only N concurrent streams (one line; for profiling).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,7 +126,16 @@ fn ttft(model: &Arc<LoadedModel>, round: u64) -> Result<(f64, f64)> {
 
 fn main() -> Result<()> {
     fluent_ai_candle_models::init_cpu_threads();
-    let json = std::env::args().any(|a| a == "--json");
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json");
+    // `--streams N`: only N concurrent streams, printed as one line (for profiling).
+    let only: Option<usize> = args
+        .iter()
+        .position(|a| a == "--streams")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse())
+        .transpose()
+        .context("--streams takes a number")?;
     let path = cache::resolve("smollm2-135m-instruct")
         .context("the model is missing: run `cargo xtask fetch-models` first")?;
     let model = Arc::new(LoadedModel::load(
@@ -142,6 +152,10 @@ fn main() -> Result<()> {
         }
         Ok(best)
     };
+    if let Some(n) = only {
+        println!("{n} streams: {:.1} tok/s", best(n)?);
+        return Ok(());
+    }
     let single = best(1)?;
     let c4 = best(4)?;
     let c8 = best(8)?;

@@ -36,6 +36,10 @@ pub const ARCHITECTURE: &str = "gemma3";
 /// Every `SWA_PATTERN`-th layer (the last of each group) is global; the others slide.
 pub const SWA_PATTERN: usize = 6;
 
+/// The element type of the KV cache: f16, as llama.cpp's default cache (and its attention
+/// numerics, which [`crate::attention`] follows, start from f16 keys and values).
+const KV_DTYPE: DType = DType::F16;
+
 /// RoPE base of the sliding-window layers (the GGUF's `rope.freq_base` is the global layers').
 pub const LOCAL_ROPE_THETA: f64 = 10_000.0;
 
@@ -275,7 +279,7 @@ impl Gemma3 {
             layers: self.config.base.n_layers,
             kv_heads: self.config.base.n_kv_heads,
             head_dim: self.config.base.head_dim,
-            dtype: DType::F32,
+            dtype: KV_DTYPE,
         }
     }
 
@@ -302,7 +306,9 @@ impl Gemma3 {
             tokens,
             cache,
             |cache| self.make_room(cache, tokens.len()),
-            |cache, start| self.forward_inner(tokens, cache, start, all_logits),
+            |cache, start| {
+                crate::quant::as_prompt(|| self.forward_inner(tokens, cache, start, all_logits))
+            },
         )
     }
 
@@ -331,10 +337,12 @@ impl Gemma3 {
         // near-tied logits break the way llama.cpp's do.
         let step = (theta as f32).powf(-2.0 / d as f32);
         for &p in positions {
-            let mut angle = p as f32 * scale as f32;
+            // ggml_rope_cache_init: the angle steps unscaled; each use is `freq_scale · angle`.
+            let mut angle = p as f32;
             for _ in 0..half {
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                let a = scale as f32 * angle;
+                cos.push(a.cos());
+                sin.push(a.sin());
                 angle *= step;
             }
         }
@@ -370,9 +378,9 @@ impl Gemma3 {
         let c = &self.config.base;
         let n = x.dim(0)?;
         let x = x.reshape((n, heads, c.head_dim))?;
-        let x = candle_nn::ops::rms_norm(&x, norm, c.rms_eps as f32)?;
+        let x = crate::ggml_math::rms_norm(&x, norm, c.rms_eps as f32)?;
         let x = x.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-        Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?.squeeze(0)?)
+        Ok(crate::ggml_math::rope(&x, cos, sin, false)?.squeeze(0)?)
     }
 
     /// Attention of `q` (`[heads, n, d]`, scaled) over `keys`/`values` (`[kv, L, d]`) with an
@@ -390,6 +398,8 @@ impl Gemma3 {
         let rep = c.n_heads / c.n_kv_heads;
         // Query heads sharing a kv head become rows: [kv, rep * n, d].
         let q = q.reshape((c.n_kv_heads, rep * n, c.head_dim))?;
+        let keys = keys.to_dtype(DType::F32)?;
+        let values = values.to_dtype(DType::F32)?;
         let att = q.matmul(&keys.t()?)?; // [kv, rep * n, L]
         let att = match mask {
             Some(m) => att
@@ -408,11 +418,11 @@ impl Gemma3 {
     /// The feed-forward branch and both residual adds of a block, given the attention output.
     fn finish_block(&self, b: &Block, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let eps = self.config.base.rms_eps as f32;
-        let attn = candle_nn::ops::rms_norm(&b.wo.forward(attn)?, &b.post_attn_norm, eps)?;
+        let attn = crate::ggml_math::rms_norm(&b.wo.forward(attn)?, &b.post_attn_norm, eps)?;
         let x = (x + attn)?;
-        let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+        let h = crate::ggml_math::rms_norm(&x, &b.ffn_norm, eps)?;
         let gu = crate::geglu::geglu(&b.gate.forward(&h)?, &b.up.forward(&h)?)?;
-        let f = candle_nn::ops::rms_norm(&b.down.forward(&gu)?, &b.post_ffn_norm, eps)?;
+        let f = crate::ggml_math::rms_norm(&b.down.forward(&gu)?, &b.post_ffn_norm, eps)?;
         Ok((x + f)?)
     }
 
@@ -422,7 +432,7 @@ impl Gemma3 {
     }
 
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let x = candle_nn::ops::rms_norm(x, &self.norm, self.config.base.rms_eps as f32)?;
+        let x = crate::ggml_math::rms_norm(x, &self.norm, self.config.base.rms_eps as f32)?;
         Ok(self.output.forward(&x)?)
     }
 
@@ -440,19 +450,27 @@ impl Gemma3 {
         let window = self.config.sliding_window;
         let local_start = self.window_start(pos);
         let tables = self.tables_for_range(pos, n)?;
-        let (global_mask, local_mask) = if n > 1 {
-            (
-                Some(attention_mask(n, pos, 0, usize::MAX, &self.device)?),
-                Some(attention_mask(n, pos, local_start, window, &self.device)?),
-            )
-        } else {
-            (None, None)
+        // The masks of the general attention path, built only if it is taken.
+        let masks = std::cell::OnceCell::new();
+        let masks = || -> Result<&(Option<Tensor>, Option<Tensor>)> {
+            if let Some(m) = masks.get() {
+                return Ok(m);
+            }
+            let m = if n > 1 {
+                (
+                    Some(attention_mask(n, pos, 0, usize::MAX, &self.device)?),
+                    Some(attention_mask(n, pos, local_start, window, &self.device)?),
+                )
+            } else {
+                (None, None)
+            };
+            Ok(masks.get_or_init(|| m))
         };
         let mut x = self.embed(tokens)?; // [n, hidden]
         for (layer, b) in self.blocks.iter().enumerate() {
             let sliding = self.config.is_sliding(layer);
             let (cos, sin) = &tables[usize::from(!sliding)];
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let h = crate::ggml_math::rms_norm(&x, &b.attn_norm, eps)?;
             let q = self.qk(&b.wq.forward(&h)?, c.n_heads, &b.q_norm, cos, sin)?;
             let q = (q * self.config.attention_scale)?;
             let k = self.qk(&b.wk.forward(&h)?, c.n_kv_heads, &b.k_norm, cos, sin)?;
@@ -460,13 +478,23 @@ impl Gemma3 {
                 b.wv.forward(&h)?
                     .reshape((n, c.n_kv_heads, c.head_dim))?
                     .transpose(0, 1)?;
-            let (keys, values) = cache.append(layer, &k, &v)?; // [kv, total, d]
-            let y = if sliding {
+            let (keys, values) =
+                cache.append(layer, &k.to_dtype(KV_DTYPE)?, &v.to_dtype(KV_DTYPE)?)?; // [kv, total, d]
+            let job = crate::attention::Job {
+                q: &q,
+                keys: &keys,
+                values: &values,
+                first: total - n,
+                window: if sliding { window } else { usize::MAX },
+            };
+            let y = if let Some(y) = crate::attention::attention(&[job], 1.0)? {
+                y
+            } else if sliding {
                 let keys = keys.narrow(1, local_start, total - local_start)?;
                 let values = values.narrow(1, local_start, total - local_start)?;
-                self.attend(&q, &keys, &values, local_mask.as_ref())?
+                self.attend(&q, &keys, &values, masks()?.1.as_ref())?
             } else {
-                self.attend(&q, &keys, &values, global_mask.as_ref())?
+                self.attend(&q, &keys, &values, masks()?.0.as_ref())?
             };
             x = self.finish_block(b, &x, &y)?;
         }
@@ -519,33 +547,62 @@ impl Gemma3 {
                     sin: &Tensor|
          -> Result<Tensor> {
             let x = x.reshape((bsz, heads, 1, c.head_dim))?;
-            let x = candle_nn::ops::rms_norm(&x, norm, eps)?;
-            Ok(candle_nn::rotary_emb::rope(&x, cos, sin)?)
+            let x = crate::ggml_math::rms_norm(&x, norm, eps)?;
+            Ok(crate::ggml_math::rope(&x, cos, sin, false)?)
         };
         let mut x = self.embed(tokens)?; // [b, hidden]
         for (layer, b) in self.blocks.iter().enumerate() {
             let sliding = self.config.is_sliding(layer);
             let (cos, sin) = &tables[usize::from(!sliding)];
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let h = crate::ggml_math::rms_norm(&x, &b.attn_norm, eps)?;
             let q = rope(&b.wq.forward(&h)?, c.n_heads, &b.q_norm, cos, sin)?;
             let q = (q * self.config.attention_scale)?;
             let k = rope(&b.wk.forward(&h)?, c.n_kv_heads, &b.k_norm, cos, sin)?;
             let v =
                 b.wv.forward(&h)?
                     .reshape((bsz, c.n_kv_heads, 1, c.head_dim))?;
-            let mut ys = Vec::with_capacity(bsz);
+            let mut kvs = Vec::with_capacity(bsz);
             for (i, cache) in caches.iter_mut().enumerate() {
-                let (keys, values) = cache.append(layer, &k.get(i)?, &v.get(i)?)?;
-                let (keys, values) = if sliding {
-                    let start = self.window_start(positions[i]);
-                    let len = positions[i] + 1 - start;
-                    (keys.narrow(1, start, len)?, values.narrow(1, start, len)?)
-                } else {
-                    (keys, values)
-                };
-                ys.push(self.attend(&q.get(i)?, &keys, &values, None)?);
+                kvs.push(cache.append(
+                    layer,
+                    &k.get(i)?.to_dtype(KV_DTYPE)?,
+                    &v.get(i)?.to_dtype(KV_DTYPE)?,
+                )?);
             }
-            let y = Tensor::cat(&ys, 0)?;
+            let qs: Vec<Tensor> = (0..bsz)
+                .map(|i| q.get(i)) // [heads, 1, d]
+                .collect::<candle_core::Result<_>>()?;
+            let mut jobs = Vec::with_capacity(bsz);
+            for ((keys, values), q) in kvs.iter().zip(&qs) {
+                jobs.push(crate::attention::Job {
+                    q,
+                    keys,
+                    values,
+                    first: keys.dim(1)? - 1,
+                    window: if sliding {
+                        self.config.sliding_window
+                    } else {
+                        usize::MAX
+                    },
+                });
+            }
+            let y = match crate::attention::attention(&jobs, 1.0)? {
+                Some(y) => y,
+                None => {
+                    let mut ys = Vec::with_capacity(bsz);
+                    for (i, (keys, values)) in kvs.iter().enumerate() {
+                        let (keys, values) = if sliding {
+                            let start = self.window_start(positions[i]);
+                            let len = positions[i] + 1 - start;
+                            (keys.narrow(1, start, len)?, values.narrow(1, start, len)?)
+                        } else {
+                            (keys.clone(), values.clone())
+                        };
+                        ys.push(self.attend(&qs[i], &keys, &values, None)?);
+                    }
+                    Tensor::cat(&ys, 0)?
+                }
+            };
             x = self.finish_block(b, &x, &y)?;
         }
         self.logits(&x)
@@ -558,7 +615,7 @@ impl Gemma3 {
         let (cos, sin) = self
             .rope_tables(layer, &vec![delta as f64; n])
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        candle_nn::rotary_emb::rope(&keys.unsqueeze(0)?.contiguous()?, &cos, &sin)?.squeeze(0)
+        crate::ggml_math::rope(&keys.unsqueeze(0)?.contiguous()?, &cos, &sin, false)?.squeeze(0)
     }
 }
 

@@ -70,6 +70,7 @@ pub mod device;
 pub mod error;
 mod geglu;
 pub mod gemma3;
+mod ggml_math;
 pub mod gguf;
 pub mod llama;
 pub mod plugin;

@@ -186,18 +186,16 @@ impl Block {
     /// The feed-forward block of `h` (already normed): `down(silu(gate(h)) * up(h))`.
     fn ffn(&self, h: &Tensor, ffn: usize) -> candle_core::Result<Tensor> {
         let (g, u) = match &self.gate_up {
-            GateUp::Separate { gate, up } => {
-                let g = candle_nn::ops::silu(&gate.forward(h)?)?;
-                let u = up.forward(h)?;
-                (g, u)
-            }
+            GateUp::Separate { gate, up } => (gate.forward(h)?, up.forward(h)?),
             GateUp::Fused(w) => {
                 let gu = w.forward(h)?;
-                let g = candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, ffn)?)?;
-                (g, gu.narrow(D::Minus1, ffn, ffn)?)
+                (
+                    gu.narrow(D::Minus1, 0, ffn)?,
+                    gu.narrow(D::Minus1, ffn, ffn)?,
+                )
             }
         };
-        self.down.forward(&(g * u)?)
+        self.down.forward(&crate::ggml_math::swiglu(&g, &u)?)
     }
 }
 
@@ -244,7 +242,7 @@ fn add_bias(x: Tensor, bias: &Option<Tensor>) -> candle_core::Result<Tensor> {
 /// RMSNorm of each head (`x`'s last dimension) when there is a norm.
 fn head_norm(x: Tensor, norm: &Option<Tensor>, eps: f32) -> candle_core::Result<Tensor> {
     match norm {
-        Some(w) => candle_nn::ops::rms_norm(&x, w, eps),
+        Some(w) => crate::ggml_math::rms_norm(&x, w, eps),
         None => Ok(x),
     }
 }
@@ -455,8 +453,8 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
-            kv_dtype: DType::F32,
-            fused_attention: false,
+            kv_dtype: DType::F16,
+            fused_attention: true,
         })
     }
 
@@ -515,8 +513,8 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
-            kv_dtype: DType::F32,
-            fused_attention: false,
+            kv_dtype: DType::F16,
+            fused_attention: true,
         })
     }
 
@@ -537,10 +535,12 @@ impl Llama {
 
     /// Applies RoPE in this architecture's style to `x` (`[b, heads, n, d]`, contiguous).
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-        match self.variant.rope {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
-            RopeStyle::Neox => candle_nn::rotary_emb::rope(x, cos, sin),
-        }
+        crate::ggml_math::rope(
+            x,
+            cos,
+            sin,
+            matches!(self.variant.rope, RopeStyle::Interleaved),
+        )
     }
 
     /// What one token occupies in a KV cache of this model.
@@ -553,25 +553,26 @@ impl Llama {
         }
     }
 
-    /// Computes decode-step attention (one new token per sequence) in one fused pass per
-    /// (sequence, KV head) on the CPU pool instead of candle's matmul → softmax → matmul
-    /// chain. Faster (SmolLM2 decode 100 → 128 tok/s, 4 batched streams 1.6× → 2.1× one
-    /// stream; docs/PERFORMANCE.md), but it sums in another order, which moves near-tied
-    /// greedy choices (SmolLM2's greedy references: 11 of 34 identical instead of 12), so it
-    /// is off by default. `LoadedModel::load` turns it on when
-    /// `FLUENT_AI_CANDLE_ATTENTION=fused`.
+    /// Chooses the attention computation on the CPU. On (the default): every query row in one
+    /// pass over the f16 KV cache, computed as llama.cpp's CPU flash attention computes it
+    /// (f16 queries and running sum, online softmax; see the `attention` module), split over
+    /// the CPU pool by (sequence, head, row), so a token's attention does not depend on the
+    /// other rows of its step. Off, or with an f32 cache, or off the CPU: candle's
+    /// matmul → softmax → matmul chain in f32. Measured on the reference continuations: all 34
+    /// of SmolLM2's identical to llama.cpp's with the kernel and the rest of the decoder's
+    /// llama.cpp arithmetic, 12 with candle's chain.
     pub fn set_fused_attention(&mut self, on: bool) {
         self.fused_attention = on;
     }
 
-    /// Whether decode steps use the fused attention (see [`Llama::set_fused_attention`]).
+    /// Whether attention runs the CPU kernel (see [`Llama::set_fused_attention`]).
     pub fn fused_attention(&self) -> bool {
         self.fused_attention
     }
 
-    /// Sets the element type of the KV caches this model creates: `F32` (the default) or
-    /// `F16` (half the memory; attention still computes in f32). Measured on SmolLM2's greedy
-    /// references, f32 agrees with llama.cpp more often.
+    /// Sets the element type of the KV caches this model creates: `F16` (the default, as
+    /// llama.cpp's cache; half the memory, and what the attention kernel reads) or `F32`
+    /// (attention then runs candle's f32 op chain, as candle-transformers computes it).
     pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
         match dtype {
             DType::F16 | DType::F32 => {
@@ -630,7 +631,9 @@ impl Llama {
             tokens,
             cache,
             |cache| self.make_room(cache, tokens.len()),
-            |cache, pos| self.forward_inner(tokens, cache, pos, all_logits),
+            |cache, pos| {
+                crate::quant::as_prompt(|| self.forward_inner(tokens, cache, pos, all_logits))
+            },
         )
     }
 
@@ -654,15 +657,22 @@ impl Llama {
         let mut x = self.embedding.lookup(tokens, &self.device)?; // [n, hidden]
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = if n > 1 {
-            Some(causal_mask(n, pos, &self.device)?)
-        } else {
-            None
+        // The mask of the general attention path, built only if it is taken.
+        let mask = std::cell::OnceCell::new();
+        let mask = || -> Result<Option<&Tensor>> {
+            if n == 1 {
+                return Ok(None);
+            }
+            if mask.get().is_none() {
+                let m = causal_mask(n, pos, &self.device)?;
+                let _ = mask.set(m);
+            }
+            Ok(mask.get())
         };
         let rep = c.n_heads / c.n_kv_heads;
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         for (layer, b) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let h = crate::ggml_math::rms_norm(&x, &b.attn_norm, eps)?;
             let e = &b.extras;
             let (q, k, v) = b.qkv(&h, q_dim, kv_dim)?;
             // [n, heads * d] -> [1, heads, n, d]
@@ -682,33 +692,39 @@ impl Llama {
             let kd = self.kv_dtype;
             let (keys, values) = cache.append(layer, &k.to_dtype(kd)?, &v.to_dtype(kd)?)?; // [kv, L, d]
             let total = keys.dim(1)?;
-            // Query heads sharing a kv head become rows: [kv, rep * n, d].
-            let q = q.reshape((c.n_kv_heads, rep * n, c.head_dim))?;
-            // A decode step (one token, no mask) takes the fused CPU path.
-            let fused = if n == 1 && self.fused_attention {
-                let grouped = q.unsqueeze(0)?;
-                let scale = 1.0 / (c.head_dim as f32).sqrt();
-                let pair = [(keys.clone(), values.clone())];
-                crate::attention::decode_batch(&grouped, &pair, scale)?
+            let scale = 1.0 / (c.head_dim as f32).sqrt();
+            let fused = if self.fused_attention {
+                let job = crate::attention::Job {
+                    q: &q,
+                    keys: &keys,
+                    values: &values,
+                    first: total - n,
+                    window: usize::MAX,
+                };
+                crate::attention::attention(&[job], scale)?
             } else {
                 None
             };
             let y = match fused {
-                Some(y) => y.reshape((c.n_kv_heads, rep, c.head_dim))?,
-                None => self.attend(&q, &keys, &values, |att| match &mask {
-                    Some(m) => att
-                        .reshape((c.n_kv_heads, rep, n, total))?
-                        .broadcast_add(m)?
-                        .reshape((c.n_kv_heads, rep * n, total)),
-                    None => Ok(att),
-                })?, // [kv, rep * n, d]
+                Some(y) => y, // [n, heads * d]
+                None => {
+                    // Query heads sharing a kv head become rows: [kv, rep * n, d].
+                    let q = q.reshape((c.n_kv_heads, rep * n, c.head_dim))?;
+                    let mask = mask()?;
+                    self.attend(&q, &keys, &values, |att| match mask {
+                        Some(m) => att
+                            .reshape((c.n_kv_heads, rep, n, total))?
+                            .broadcast_add(m)?
+                            .reshape((c.n_kv_heads, rep * n, total)),
+                        None => Ok(att),
+                    })? // [kv, rep * n, d]
+                    .reshape((c.n_heads, n, c.head_dim))?
+                    .transpose(0, 1)?
+                    .reshape((n, c.n_heads * c.head_dim))?
+                }
             };
-            let y = y
-                .reshape((c.n_heads, n, c.head_dim))?
-                .transpose(0, 1)?
-                .reshape((n, c.n_heads * c.head_dim))?;
             x = (x + b.wo.forward(&y)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let h = crate::ggml_math::rms_norm(&x, &b.ffn_norm, eps)?;
             x = (x + b.ffn(&h, c.ffn_size)?)?;
         }
         let x = if all_logits {
@@ -716,7 +732,7 @@ impl Llama {
         } else {
             x.narrow(0, n - 1, 1)?
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let x = crate::ggml_math::rms_norm(&x, &self.norm, eps)?;
         let logits = self.output.forward(&x)?;
         Ok(if all_logits {
             logits
@@ -764,7 +780,7 @@ impl Llama {
         let mut x = self.embedding.lookup(tokens, &self.device)?; // [b, hidden]
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         for (layer, b) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let h = crate::ggml_math::rms_norm(&x, &b.attn_norm, eps)?;
             let e = &b.extras;
             let (q, k, v) = b.qkv(&h, q_dim, kv_dim)?;
             let q = q.reshape((bsz, c.n_heads, 1, c.head_dim))?;
@@ -783,17 +799,31 @@ impl Llama {
                     &v.get(i)?.to_dtype(kd)?,
                 )?);
             }
-            // One fused pass per (sequence, KV head) on the CPU pool; the op chain otherwise.
-            let grouped = q.reshape((bsz, c.n_kv_heads, rep, c.head_dim))?;
+            // Every sequence's rows in one pass over the CPU pool; the op chain otherwise.
             let scale = 1.0 / (c.head_dim as f32).sqrt();
             let fused = if self.fused_attention {
-                crate::attention::decode_batch(&grouped, &kvs, scale)?
+                let qs: Vec<Tensor> = (0..bsz)
+                    .map(|i| q.get(i)) // [heads, 1, d]
+                    .collect::<candle_core::Result<_>>()?;
+                let mut jobs = Vec::with_capacity(bsz);
+                for ((keys, values), q) in kvs.iter().zip(&qs) {
+                    jobs.push(crate::attention::Job {
+                        q,
+                        keys,
+                        values,
+                        // The step's own key is the last one cached.
+                        first: keys.dim(1)? - 1,
+                        window: usize::MAX,
+                    });
+                }
+                crate::attention::attention(&jobs, scale)?
             } else {
                 None
             };
             let y = match fused {
                 Some(y) => y,
                 None => {
+                    let grouped = q.reshape((bsz, c.n_kv_heads, rep, c.head_dim))?;
                     let mut ys = Vec::with_capacity(bsz);
                     for (i, (keys, values)) in kvs.iter().enumerate() {
                         let qi = grouped.get(i)?;
@@ -804,10 +834,10 @@ impl Llama {
                 }
             };
             x = (x + b.wo.forward(&y)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let h = crate::ggml_math::rms_norm(&x, &b.ffn_norm, eps)?;
             x = (x + b.ffn(&h, c.ffn_size)?)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let x = crate::ggml_math::rms_norm(&x, &self.norm, eps)?;
         Ok(self.output.forward(&x)?)
     }
 

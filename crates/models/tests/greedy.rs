@@ -1,5 +1,5 @@
 //! Greedy continuations of our decoder against llama.cpp's
-//! (`fixtures/reference/smollm2-greedy48.jsonl`): identical count and agreeing prefix.
+//! (`fixtures/reference/smollm2-greedy48.jsonl`): every one identical.
 
 mod common;
 
@@ -52,26 +52,27 @@ fn greedy_continuations_agree_with_llama_cpp() {
         "greedy48: {identical} of {} identical, mean agreeing prefix {mean:.1} tokens",
         lines.len()
     );
-    // Reached: 12 of 34 identical, mean prefix 23.0 (f32 KV cache, our AVX2 Q4_1 kernels,
-    // RoPE angles computed as GGML does). candle-transformers' quantized llama: 12 of 34
-    // identical, mean prefix 23.0. The guard is the figure reached.
-    assert!(
-        identical >= 12,
-        "only {identical} identical continuations (reached 12)"
+    // Our decoder computes as llama.cpp's CPU backend does (its quantized-dot orders, RMS
+    // norm, RoPE, SwiGLU and f16 flash attention), so every continuation is llama.cpp's: the
+    // references end early only at end-of-generation tokens (mean 43.9 of 48).
+    // (candle-transformers' quantized llama: 12 of 34 identical, mean prefix 23.0.)
+    assert_eq!(
+        identical,
+        lines.len(),
+        "only {identical} of {} continuations identical",
+        lines.len()
     );
-    assert!(
-        mean >= 22.95,
-        "mean agreeing prefix {mean:.2} < 22.95 (reached 23.0)"
-    );
+    assert!(mean >= 43.9, "mean agreeing prefix {mean:.2} < 43.9");
 }
 
-/// The fused decode attention (`Llama::set_fused_attention`): one sequence stepped alone and
-/// the same sequence inside a batch of three give the same logits bit for bit (batch
-/// invariance), and they stay within rounding of the op-chain path.
+/// The attention kernel (`Llama::set_fused_attention`, on by default): one sequence stepped
+/// alone and the same sequence inside a batch of three give the same logits bit for bit
+/// (batch invariance), and they stay close to candle's matmul-softmax-matmul chain.
 #[test]
-fn fused_attention_is_batch_invariant_and_close_to_the_op_chain() {
+fn attention_kernel_is_batch_invariant_and_close_to_the_op_chain() {
     let mut gguf = GgufFile::open(common::smollm2_path()).unwrap();
     let mut model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
+    assert!(model.fused_attention(), "the kernel is the default");
     let prompts: Vec<Vec<u32>> = common::jsonl("reference/smollm2-greedy48.jsonl")
         .iter()
         .take(3)
@@ -94,9 +95,10 @@ fn fused_attention_is_batch_invariant_and_close_to_the_op_chain() {
             })
             .collect()
     };
+    let alone = run_alone(&model, &prompts[0]);
+    model.set_fused_attention(false);
     let op_chain = run_alone(&model, &prompts[0]);
     model.set_fused_attention(true);
-    let alone = run_alone(&model, &prompts[0]);
     let mut caches: Vec<_> = prompts
         .iter()
         .map(|p| {
@@ -119,6 +121,9 @@ fn fused_attention_is_batch_invariant_and_close_to_the_op_chain() {
             .iter()
             .zip(&op_chain[s])
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff < 0.05, "step {s}: fused vs op chain differ by {diff}");
+        // f16 queries and an f16 running sum of values against f32 throughout, amplified by
+        // 30 layers of 8-bit activations: measured 0.56 at most on logits of scale ~30
+        // (llama.cpp's own f16 and f32 caches differ as much).
+        assert!(diff < 1.0, "step {s}: kernel vs op chain differ by {diff}");
     }
 }

@@ -197,7 +197,10 @@ fn smollm2_from_safetensors_matches_the_gguf_model() {
     // F32 safetensors against candle-transformers' llama on the same files, neither of them
     // quantizing anything.
     let exact = candle_transformers_logits(dir, ids);
-    let f32_model = Llama::load_safetensors(dir, QuantizationType::F32, &Device::Cpu).unwrap();
+    let mut f32_model = Llama::load_safetensors(dir, QuantizationType::F32, &Device::Cpu).unwrap();
+    // candle-transformers attends in f32: so must we here (the default is an f16 cache and
+    // llama.cpp's f16 attention).
+    f32_model.set_kv_dtype(DType::F32).unwrap();
     let ours = logits(&f32_model, ids);
     drop(f32_model);
     let d = max_abs_diff(&ours, &exact);

@@ -31,5 +31,6 @@ fn teacher_forced_argmax_matches_llama_cpp() {
         worst.is_empty(),
         "confident positions that disagree: {worst:?}"
     );
-    assert!(agree * 100 >= total * 95, "{agree}/{total} < 95%");
+    // Our decoder computes as llama.cpp does: every position, near-ties included.
+    assert_eq!(agree, total, "{agree}/{total} positions agree");
 }

@@ -125,18 +125,20 @@ pub(crate) fn f16_bits(b: u16) -> f32 {
     f16::from_bits(b).to_f32()
 }
 
-/// Quantizes one row of `QK * out.len()` values into `out` the way GGML's
-/// `quantize_row_q8_1` does: `d = amax / 127`, `q = round(x / d)`; `d` and `s = d * Σq`
-/// rounded through f16.
+/// Quantizes one row of `QK * out.len()` values into `out` the way llama.cpp's x86
+/// `quantize_row_q8_1` does: `d = amax / 127`, `q = x · (127 / amax)` rounded half to even;
+/// `d` and `s = d * Σq` rounded through f16.
 pub(crate) fn quantize_row(xs: &[f32], out: &mut [ActBlock]) {
     debug_assert_eq!(xs.len(), out.len() * QK);
     for (block, xs) in out.iter_mut().zip(xs.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        // As llama.cpp's x86 `quantize_row_q8_0` / `_q8_1` (not GGML's scalar reference,
+        // which candle follows): `127 / amax`, rounded half to even.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &x) in block.qs.iter_mut().zip(xs) {
-            let v = (x * id).round() as i8;
+            let v = (x * id).round_ties_even() as i8;
             *q = v;
             sum += v as i32;
         }

@@ -19,15 +19,19 @@
 //!   (decoding) through `ggml_gemv_q4_K_8x8_q8_K`: per super-block the exact integers
 //!   `Σ_j scale_j·Σ q·a` and `Σ_j min_j·Σ a` are each converted to f32 once and fused into two
 //!   accumulators with `d_w·d_a` and `dmin_w·d_a`; the output is the first minus the second.
-//!   We do exactly that, so decoding rounds as llama.cpp's does. (llama.cpp's 4-row
-//!   `ggml_gemm_q4_K_8x8_q8_K`, used in prefill, accumulates every 64 values instead, and the
-//!   unrepacked `ggml_vec_dot_q4_K_q8_K` in 8 lanes plus 4 lanes for the mins; both differ
-//!   from the gemv by f32 rounding only.)
-//! * **`Q6_K`**: not repacked on x86, so llama.cpp runs `ggml_vec_dot_q6_K_q8_K`'s AVX2 path:
-//!   eight exact i32 lanes per super-block (lane `L` takes values `32c + 4L .. 32c + 4L + 4` of
-//!   every 32-value chunk `c`, each times its 16-value sub-block scale, `q - 32` included),
-//!   each converted to f32 and fused into its own accumulator with `d_a·d_w`, then the lanes
-//!   summed as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`. We do exactly that.
+//!   We do exactly that, so decoding rounds as llama.cpp's does. A prompt's rows go four at
+//!   a time through `ggml_gemm_q4_K_8x8_q8_K`, which fuses every 64 values instead; the rows
+//!   left over (`m mod 4`) through the gemv. We do both ([`dot_q4k_grouped`], chosen per row
+//!   tile under `quant::as_prompt`).
+//! * **`Q6_K`**: not repacked on x86. One activation row (decoding, and prompts of fewer
+//!   than eight rows) goes through `ggml_vec_dot_q6_K_q8_K`'s AVX2 path: eight exact i32
+//!   lanes per super-block (lane `L` takes values `32c + 4L .. 32c + 4L + 4` of every 32-value
+//!   chunk `c`, unsigned `q` times its 16-value sub-block scale; then `32·(bsums[2L]·scale[2L]
+//!   + bsums[2L+1]·scale[2L+1])` is taken off lane `L`), each converted to f32 and fused into
+//!   its own accumulator with `d_a·d_w`, the lanes summed as
+//!   `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`. Prompts of eight rows or more go through
+//!   llama.cpp's tiled matmul: one exact integer per super-block, times `d_w`, fused into the
+//!   accumulator with `d_a` ([`dot_q6k_tiled`]). We do exactly both.
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
 //! return identical bits, and a row's result never depends on the other rows of a call.
@@ -251,6 +255,29 @@ pub(crate) fn dot_q4k(w: &[BlockQ4K], a: &[ActBlockK]) -> f32 {
     acc - acc_min
 }
 
+/// `Σ w·a` as llama.cpp's repacked x86 4-row gemm (`ggml_gemm_q4_K_8x8_q8_K`, the rows of a
+/// prompt taken four at a time) rounds it: the same exact integers, but fused into the
+/// accumulators every 64 values (two sub-blocks) instead of once per super-block.
+pub(crate) fn dot_q4k_grouped(w: &[BlockQ4K], a: &[ActBlockK]) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (w, a) in w.iter().zip(a) {
+        for (j, q) in w.qs.chunks_exact(32).enumerate() {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for (l, &q) in q.iter().enumerate() {
+                lo += (q & 0x0F) as i32 * a.qs[64 * j + l] as i32;
+                hi += (q >> 4) as i32 * a.qs[64 * j + 32 + l] as i32;
+            }
+            let sumi = w.scales[2 * j] as i32 * lo + w.scales[2 * j + 1] as i32 * hi;
+            let summ = w.mins[2 * j] as i32 * (a.bsums[4 * j] as i32 + a.bsums[4 * j + 1] as i32)
+                + w.mins[2 * j + 1] as i32
+                    * (a.bsums[4 * j + 2] as i32 + a.bsums[4 * j + 3] as i32);
+            acc = (sumi as f32).mul_add(w.d * a.d, acc);
+            acc_min = (summ as f32).mul_add(w.dmin * a.d, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
 /// The eight f32 lanes summed as llama.cpp's `hsum_float_8` sums them.
 fn hsum8(l: [f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
@@ -267,8 +294,15 @@ pub(crate) fn dot_q6k(w: &[BlockQ6K], a: &[ActBlockK]) -> f32 {
             let y = &a.qs[32 * c..][..32];
             for (b, (&q, &y)) in q.iter().zip(y).enumerate() {
                 let scale = w.scales[2 * c + b / 16] as i32;
-                lanes[b / 4] += scale * (q as i32 * y as i32);
+                // `q6_chunk` gives `q - 32`; the kernel multiplies the unsigned `q`.
+                lanes[b / 4] += scale * ((q as i32 + 32) * y as i32);
             }
+        }
+        // The `- 32` goes in afterwards, lane `l` taking sub-blocks `2l` and `2l + 1`.
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane -= 32
+                * (a.bsums[2 * l] as i32 * w.scales[2 * l] as i32
+                    + a.bsums[2 * l + 1] as i32 * w.scales[2 * l + 1] as i32);
         }
         let d = a.d * w.d;
         for (acc, &lane) in acc.iter_mut().zip(&lanes) {
@@ -276,6 +310,27 @@ pub(crate) fn dot_q6k(w: &[BlockQ6K], a: &[ActBlockK]) -> f32 {
         }
     }
     hsum8(acc)
+}
+
+/// `Σ w·a` as llama.cpp's tiled K-quant matmul (`ggml-cpu/tiled`, taken for eight or more
+/// activation rows, i.e. prompts) rounds it on x86: per super-block the exact integer
+/// `Σ scale·(q − 32)·a` is converted to f32 and multiplied by the weight scale, then fused
+/// into the accumulator with the activation scale (checked value for value against
+/// llama.cpp's outputs on Gemma 3's `Q6_K` layers).
+pub(crate) fn dot_q6k_tiled(w: &[BlockQ6K], a: &[ActBlockK]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        let mut sum = 0i32;
+        for c in 0..8 {
+            let q = q6_chunk(w, c);
+            let y = &a.qs[32 * c..][..32];
+            for (b, (&q, &y)) in q.iter().zip(y).enumerate() {
+                sum += w.scales[2 * c + b / 16] as i32 * (q as i32 * y as i32);
+            }
+        }
+        acc = (sum as f32 * w.d).mul_add(a.d, acc);
+    }
+    acc
 }
 
 /// AVX2 kernels: each weight block is unpacked once and multiplied into all `R` activation
@@ -367,7 +422,9 @@ pub(crate) mod x86 {
     }
 
     rows!(rows_q4k, q4k, BlockQ4K);
+    rows!(rows_q4k_grouped, q4k_grouped, BlockQ4K);
     rows!(rows_q6k, q6k, BlockQ6K);
+    rows!(rows_q6k_tiled, q6k_tiled, BlockQ6K);
 
     /// `Q4_K` weights · `R` activation rows, as [`super::dot_q4k`] for each row.
     ///
@@ -376,6 +433,33 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn q4k<const R: usize>(w: &[BlockQ4K], a: [&[ActBlockK]; R]) -> [f32; R] {
+        unsafe { q4k_order::<R, false>(w, a) }
+    }
+
+    /// `Q4_K` weights · `R` activation rows, as [`super::dot_q4k_grouped`] for each row.
+    ///
+    /// # Safety
+    /// As [`q4k`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn q4k_grouped<const R: usize>(
+        w: &[BlockQ4K],
+        a: [&[ActBlockK]; R],
+    ) -> [f32; R] {
+        unsafe { q4k_order::<R, true>(w, a) }
+    }
+
+    /// [`q4k`] (`GROUPED` false: one fused step per super-block) or [`q4k_grouped`] (one per
+    /// 64 values).
+    ///
+    /// # Safety
+    /// As [`q4k`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4k_order<const R: usize, const GROUPED: bool>(
+        w: &[BlockQ4K],
+        a: [&[ActBlockK]; R],
+    ) -> [f32; R] {
         unsafe {
             let m4 = _mm256_set1_epi8(0x0F);
             let mut acc = [0f32; R];
@@ -397,19 +481,36 @@ pub(crate) mod x86 {
                 let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(b.mins.as_ptr().cast()));
                 for r in 0..R {
                     let x = a[r].get_unchecked(i);
-                    let mut sum = _mm256_setzero_si256();
+                    // One i32 vector per 64 values (sub-blocks 2k and 2k + 1).
+                    let mut sums = [_mm256_setzero_si256(); 4];
                     for j in 0..8 {
                         let p = _mm256_maddubs_epi16(q[j], load(x.qs.as_ptr().add(32 * j)));
-                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, scales[j]));
+                        sums[j / 2] =
+                            _mm256_add_epi32(sums[j / 2], _mm256_madd_epi16(p, scales[j]));
                     }
-                    // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1].
+                    // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1]; the madd
+                    // leaves one min term per 64 values in each 32-bit lane.
                     let pairs = _mm_hadd_epi16(
                         _mm_loadu_si128(x.bsums.as_ptr().cast()),
                         _mm_loadu_si128(x.bsums.as_ptr().add(8).cast()),
                     );
-                    let summ = hsum_i32_4(_mm_madd_epi16(pairs, mins));
-                    acc[r] = (hsum_i32(sum) as f32).mul_add(b.d * x.d, acc[r]);
-                    acc_min[r] = (summ as f32).mul_add(b.dmin * x.d, acc_min[r]);
+                    let mins64 = _mm_madd_epi16(pairs, mins);
+                    let (dd, dm) = (b.d * x.d, b.dmin * x.d);
+                    if GROUPED {
+                        let mut m = [0i32; 4];
+                        _mm_storeu_si128(m.as_mut_ptr().cast(), mins64);
+                        for (k, s) in sums.iter().enumerate() {
+                            acc[r] = (hsum_i32(*s) as f32).mul_add(dd, acc[r]);
+                            acc_min[r] = (m[k] as f32).mul_add(dm, acc_min[r]);
+                        }
+                    } else {
+                        let sum = _mm256_add_epi32(
+                            _mm256_add_epi32(sums[0], sums[1]),
+                            _mm256_add_epi32(sums[2], sums[3]),
+                        );
+                        acc[r] = (hsum_i32(sum) as f32).mul_add(dd, acc[r]);
+                        acc_min[r] = (hsum_i32_4(mins64) as f32).mul_add(dm, acc_min[r]);
+                    }
                 }
             }
             let mut out = [0f32; R];
@@ -427,16 +528,42 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn q6k<const R: usize>(w: &[BlockQ6K], a: [&[ActBlockK]; R]) -> [f32; R] {
+        unsafe { q6k_order::<R, false>(w, a) }
+    }
+
+    /// `Q6_K` weights · `R` activation rows, as [`super::dot_q6k_tiled`] for each row.
+    ///
+    /// # Safety
+    /// As [`q4k`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn q6k_tiled<const R: usize>(
+        w: &[BlockQ6K],
+        a: [&[ActBlockK]; R],
+    ) -> [f32; R] {
+        unsafe { q6k_order::<R, true>(w, a) }
+    }
+
+    /// [`q6k`] (`TILED` false: eight f32 lanes) or [`q6k_tiled`] (one exact integer per
+    /// super-block).
+    ///
+    /// # Safety
+    /// As [`q4k`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6k_order<const R: usize, const TILED: bool>(
+        w: &[BlockQ6K],
+        a: [&[ActBlockK]; R],
+    ) -> [f32; R] {
         unsafe {
+            let mut tiled = [0f32; R];
             let m4 = _mm256_set1_epi8(0x0F);
             let m3 = _mm256_set1_epi8(3);
-            let m32 = _mm256_set1_epi8(32);
             let mut acc = [_mm256_setzero_ps(); R];
             for (i, b) in w.iter().enumerate() {
                 prefetch(b);
-                // Chunk c holds values 32c..32c + 32 as signed `q - 32`; `abs` their
-                // magnitudes, the signs going onto the activations so `maddubs` sees
-                // unsigned weights.
+                // Chunk c holds values 32c..32c + 32 as unsigned `q` (0..64); the `- 32` is
+                // applied afterwards through the activation sums, as llama.cpp does.
                 let mut q = [_mm256_setzero_si256(); 8];
                 for h in 0..2 {
                     let l1 = load(b.ql.as_ptr().add(64 * h));
@@ -451,31 +578,41 @@ pub(crate) mod x86 {
                     let lo2 = _mm256_and_si256(l2, m4);
                     let hi1 = _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4);
                     let hi2 = _mm256_and_si256(_mm256_srli_epi16(l2, 4), m4);
-                    q[4 * h] = _mm256_sub_epi8(_mm256_or_si256(lo1, h0), m32);
-                    q[4 * h + 1] = _mm256_sub_epi8(_mm256_or_si256(lo2, h1), m32);
-                    q[4 * h + 2] = _mm256_sub_epi8(_mm256_or_si256(hi1, h2), m32);
-                    q[4 * h + 3] = _mm256_sub_epi8(_mm256_or_si256(hi2, h3), m32);
-                }
-                let mut abs = [_mm256_setzero_si256(); 8];
-                for (a, &q) in abs.iter_mut().zip(&q) {
-                    *a = _mm256_sign_epi8(q, q);
+                    q[4 * h] = _mm256_or_si256(lo1, h0);
+                    q[4 * h + 1] = _mm256_or_si256(lo2, h1);
+                    q[4 * h + 2] = _mm256_or_si256(hi1, h2);
+                    q[4 * h + 3] = _mm256_or_si256(hi2, h3);
                 }
                 // Lanes 0..4 of chunk c take sub-block 2c's scale, lanes 4..8 sub-block 2c+1's.
                 let mut scales = [_mm256_setzero_si256(); 8];
                 for (v, s) in scales.iter_mut().zip(b.scales.chunks_exact(2)) {
                     *v = _mm256_set_m128i(_mm_set1_epi16(s[1] as i16), _mm_set1_epi16(s[0] as i16));
                 }
+                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.scales.as_ptr().cast()));
                 for r in 0..R {
                     let x = a[r].get_unchecked(i);
                     let mut sum = _mm256_setzero_si256();
                     for c in 0..8 {
-                        let y = _mm256_sign_epi8(load(x.qs.as_ptr().add(32 * c)), q[c]);
-                        let p = _mm256_maddubs_epi16(abs[c], y);
+                        let p = _mm256_maddubs_epi16(q[c], load(x.qs.as_ptr().add(32 * c)));
                         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, scales[c]));
                     }
-                    acc[r] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(x.d * b.d), _mm256_cvtepi32_ps(sum), acc[r]);
+                    // 32 · (bsums[2l]·scale[2l] + bsums[2l + 1]·scale[2l + 1]) off lane l.
+                    let bsums = _mm256_loadu_si256(x.bsums.as_ptr().cast());
+                    let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+                    let sum = _mm256_sub_epi32(sum, sub);
+                    if TILED {
+                        tiled[r] = (hsum_i32(sum) as f32 * b.d).mul_add(x.d, tiled[r]);
+                    } else {
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(x.d * b.d),
+                            _mm256_cvtepi32_ps(sum),
+                            acc[r],
+                        );
+                    }
                 }
+            }
+            if TILED {
+                return tiled;
             }
             let mut out = [0f32; R];
             for (o, &a) in out.iter_mut().zip(&acc) {

@@ -9,17 +9,20 @@
 //! `FLUENT_AI_CANDLE_QMATMUL=candle` sends every format to candle (for side-by-side
 //! benchmarks).
 //!
-//! Activations are quantized to 8 bits per 32-value block exactly as GGML does (scales
-//! rounded through f16), so the integer products are those of llama.cpp and candle; the f32
-//! accumulation follows llama.cpp's AVX2 kernels (eight lanes, one FMA per block, the same
-//! horizontal sum). A kernel multiplies each weight row with up to four activation rows
+//! Activations are quantized to 8 bits per 32-value block exactly as llama.cpp's x86 code
+//! does (`127 / amax`, half to even, scales rounded through f16: candle rounds half away from
+//! zero), so the integer products are llama.cpp's; the f32 accumulation follows llama.cpp's
+//! x86 kernels (eight lanes, one FMA per block, the same horizontal sum). Together with the
+//! attention kernel and `ggml_math`, a decoder's logits are llama.cpp's to the bit. A kernel multiplies each weight row with up to four activation rows
 //! (prefill, batched decode: each weight block unpacked once, and two weight rows per call
 //! share each activation block's loads), walking a work item's rows
 //! inside the kernel's instruction set and prefetching the weights 1 KiB ahead (rows are a
 //! few hundred bytes, too short for the hardware prefetchers: SmolLM2 decode went from 91 to
 //! ~125 tok/s). Every output is one accumulation whatever is computed beside it: a row's
 //! result does not depend on how many rows are multiplied with it, which keeps batched
-//! decoding batch-invariant.
+//! decoding batch-invariant. The one exception is asked for: under `as_prompt` (a
+//! sequence's prompt), `Q4_K` and `Q6_K` rows are summed in the orders llama.cpp uses for
+//! prompts (its 4-row repacked gemm, its tiled matmul for eight rows or more).
 
 mod blocks;
 mod kquant;
@@ -119,9 +122,27 @@ pub(crate) const ROW_TILE: usize = 4;
 const COL_GROUP: usize = 8;
 
 thread_local! {
+    /// Set while a model runs the rows of one prompt (see [`as_prompt`]).
+    static PROMPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static ACTIVATIONS: RefCell<Vec<ActBlock>> = const { RefCell::new(Vec::new()) };
     static ACTIVATIONS_K: RefCell<Vec<ActBlockK>> = const { RefCell::new(Vec::new()) };
     static OUTPUT: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with every matmul on this thread taking its rows as consecutive tokens of one
+/// prompt: each full group of four rows is then summed in the order of llama.cpp's repacked
+/// 4-row gemm where that differs from its one-row kernel (`Q4_K`), as llama.cpp does in a
+/// prefill. Rows of different sequences (a batched decode step) must not be run inside, so
+/// that a sequence's results do not depend on its neighbours.
+pub(crate) fn as_prompt<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PROMPT.set(self.0);
+        }
+    }
+    let _reset = Reset(PROMPT.replace(true));
+    f()
 }
 
 /// Quantized activation blocks, each kind with its own per-thread buffer (sized once, reused
@@ -194,6 +215,21 @@ trait Kernel: WeightBlock {
         rows: &[&[Self::Act]],
         out: &mut [[f32; ROW_TILE]],
     );
+    /// [`dots`] for rows of a prompt of `m` rows, in the order llama.cpp sums them in a
+    /// prefill where that differs from its one-row kernel: `Q4_K`'s repacked 4-row gemm
+    /// (full tiles of four rows), `Q6_K`'s tiled matmul (prompts of eight rows or more);
+    /// [`dots`] otherwise.
+    fn prompt_dots(
+        kernels: Kernels,
+        w: &[Self],
+        kb: usize,
+        rows: &[&[Self::Act]],
+        m: usize,
+        out: &mut [[f32; ROW_TILE]],
+    ) {
+        let _ = m;
+        dots(kernels, w, kb, rows, out)
+    }
 }
 
 /// Implements [`Kernel`] for a weight format: its activation blocks (`$act`, `$values` values
@@ -208,9 +244,56 @@ macro_rules! kernel {
         $scalar:path,
         $dequantize:path,
         avx2: $($avx2:ident)::+,
-        vnni: $($vnni:ident)::+ $(,)?
+        vnni: $($vnni:ident)::+
+        $(, prompt: $when:expr, $gscalar:path, $($gsimd:ident)::+)? $(,)?
     ) => {
         impl Kernel for $block {
+            $(
+            #[allow(unsafe_code)]
+            fn prompt_dots(
+                kernels: Kernels,
+                w: &[Self],
+                kb: usize,
+                rows: &[&[$act]],
+                m: usize,
+                out: &mut [[f32; ROW_TILE]],
+            ) {
+                let when: fn(usize, usize) -> bool = $when;
+                if !when(m, rows.len()) {
+                    return dots(kernels, w, kb, rows, out);
+                }
+                assert!(
+                    !rows.is_empty()
+                        && rows.len() <= ROW_TILE
+                        && w.len() == out.len() * kb
+                        && rows.iter().all(|r| r.len() >= kb)
+                );
+                match kernels {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Avx2 | Kernels::Avx512Vnni => {
+                        use $($gsimd)::+ as g;
+                        // SAFETY: as in `simd`: the instruction set was detected, and the
+                        // shapes were checked just above.
+                        unsafe {
+                            match *rows {
+                                [a] => g::<1>(w, kb, [a], out),
+                                [a, b] => g::<2>(w, kb, [a, b], out),
+                                [a, b, c] => g::<3>(w, kb, [a, b, c], out),
+                                [a, b, c, d] => g::<4>(w, kb, [a, b, c, d], out),
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {
+                        for (o, w) in out.iter_mut().zip(w.chunks_exact(kb.max(1))) {
+                            for (o, r) in o.iter_mut().zip(rows) {
+                                *o = $gscalar(w, r);
+                            }
+                        }
+                    }
+                }
+            }
+            )?
             type Act = $act;
             const VALUES: usize = $values;
             fn quantize(xs: &[f32], out: &mut [$act]) {
@@ -299,6 +382,8 @@ kernel!(
     kquant::dequantize_q4k,
     avx2: kquant::x86::rows_q4k,
     vnni: kquant::x86::rows_q4k,
+    // llama.cpp's repacked gemm takes a prompt's rows four at a time.
+    prompt: |_, rows| rows == ROW_TILE, kquant::dot_q4k_grouped, kquant::x86::rows_q4k_grouped,
 );
 kernel!(
     BlockQ6K,
@@ -309,6 +394,8 @@ kernel!(
     kquant::dequantize_q6k,
     avx2: kquant::x86::rows_q6k,
     vnni: kquant::x86::rows_q6k,
+    // llama.cpp's tiled matmul takes prompts of eight rows or more.
+    prompt: |m, _| m >= 8, kquant::dot_q6k_tiled, kquant::x86::rows_q6k_tiled,
 );
 
 /// Rows from which quantizing the activations is split over the pool (below, the hand-off
@@ -382,6 +469,7 @@ impl OurMatMul {
         let tiles = m.div_ceil(ROW_TILE);
         let groups = n.div_ceil(COL_GROUP);
         let kernels = self.kernels;
+        let prompt = PROMPT.get();
         let work = |items: std::ops::Range<usize>| {
             let mut out = [[0f32; ROW_TILE]; COL_GROUP];
             for item in items {
@@ -395,13 +483,14 @@ impl OurMatMul {
                 let c0 = group * COL_GROUP;
                 let cols = COL_GROUP.min(n - c0);
                 let out = &mut out[..cols];
-                dots(
-                    kernels,
-                    &w[c0 * kb..(c0 + cols) * kb],
-                    kb,
-                    &rows[..rows_here],
-                    out,
-                );
+                let (w, rows) = (&w[c0 * kb..(c0 + cols) * kb], &rows[..rows_here]);
+                // Tiles start at multiples of four, so the full ones are the rows llama.cpp's
+                // repacked gemm takes four at a time.
+                if prompt {
+                    B::prompt_dots(kernels, w, kb, rows, m, out);
+                } else {
+                    dots(kernels, w, kb, rows, out);
+                }
                 for (j, o) in out.iter().enumerate() {
                     for (i, v) in o.iter().take(rows_here).enumerate() {
                         outs[(r0 + i) * n + c0 + j].store(v.to_bits(), Ordering::Relaxed);
