@@ -30,18 +30,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Values GGML's AVX-512 f16 dot product takes per step (four registers of sixteen).
 const DOT_STEP: usize = 64;
 /// Lanes per register in that dot product.
 const DOT_LANES: usize = 16;
 
-/// The f16 dot product of `k` and `q`, summed in the order of GGML's AVX-512 `ggml_vec_dot_f16`:
-/// four sixteen-lane accumulators over each 64-value step, reduced `a0+a2, a1+a3, then their
-/// sum`, then across lanes by GCC's `_mm512_reduce_add_ps` tree; values past the last full
-/// step are added in f64. Products of two f16 values are exact in f32, so plain adds equal
-/// the kernel's fused multiply-adds.
-fn dot_f16(k: &[f16], q: &[f16]) -> f32 {
+/// The f16 dot product of `k` and `q` (given as f32, each exactly an f16 value), summed in the
+/// order of GGML's AVX-512 `ggml_vec_dot_f16`: four sixteen-lane accumulators over each
+/// 64-value step, reduced `a0+a2, a1+a3, then their sum`, then across lanes by GCC's
+/// `_mm512_reduce_add_ps` tree; values past the last full step are added in f64. Products of
+/// two f16 values are exact in f32, so plain adds equal the kernel's fused multiply-adds.
+fn dot_f16(k: &[f32], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
     let full = n - n % DOT_STEP;
     let mut acc = [[0f32; DOT_LANES]; 4];
@@ -53,7 +54,7 @@ fn dot_f16(k: &[f16], q: &[f16]) -> f32 {
             let ks = &kc[j * DOT_LANES..(j + 1) * DOT_LANES];
             let qs = &qc[j * DOT_LANES..(j + 1) * DOT_LANES];
             for ((a, k), q) in a.iter_mut().zip(ks).zip(qs) {
-                *a += k.to_f32() * q.to_f32();
+                *a += k * q;
             }
         }
     }
@@ -74,9 +75,17 @@ fn dot_f16(k: &[f16], q: &[f16]) -> f32 {
     let t2 = [t4[0] + t4[2], t4[1] + t4[3]];
     let mut sum = f64::from(t2[0] + t2[1]);
     for (k, q) in k[full..n].iter().zip(&q[full..n]) {
-        sum += f64::from(k.to_f32() * q.to_f32());
+        sum += f64::from(k * q);
     }
     sum as f32
+}
+
+/// Rounds every value of `x` to f16 precision (as storing it into an f16 buffer does), using
+/// `buf` (as long as `x`) for the vectorized conversions.
+#[inline]
+fn round_to_f16(x: &mut [f32], buf: &mut [f16]) {
+    buf.convert_from_f32_slice(x);
+    buf.convert_to_f32_slice(x);
 }
 
 /// A rank-3 view of a tensor's CPU storage whose last dimension is contiguous.
@@ -138,50 +147,205 @@ pub(crate) struct Job<'a> {
     pub window: usize,
 }
 
+/// Per-thread scratch of one row's computation, sized once per head size.
+#[derive(Default)]
+struct Scratch {
+    /// The query rounded to f16, as f32.
+    q: Vec<f32>,
+    /// The running weighted sum of values (every element an f16 value), as f32.
+    acc: Vec<f32>,
+    /// f16 buffer for the conversions.
+    half: Vec<f16>,
+}
+
+impl Scratch {
+    fn size(&mut self, d: usize) {
+        for v in [&mut self.q, &mut self.acc] {
+            v.resize(d, 0.0);
+        }
+        self.half.resize(d, f16::ZERO);
+    }
+}
+
 thread_local! {
-    /// Per-thread scratch: the f16 query and the f16 running sum of values.
-    static SCRATCH: RefCell<(Vec<f16>, Vec<f16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A cache view's first `len` positions of every kv head, as f32 (`[kv, len, d]`): each f16
+/// converted once per call rather than once per query row and head that reads it.
+struct Widened {
+    data: Vec<f32>,
+    kv: usize,
+    len: usize,
+    d: usize,
+}
+
+impl Widened {
+    fn new(view: &View<'_, f16>, len: usize) -> Self {
+        let [kv, _, d] = view.dims;
+        let mut data = vec![0f32; kv * len * d];
+        for (h, head) in data.chunks_exact_mut(len * d.max(1)).enumerate() {
+            for (j, row) in head.chunks_exact_mut(d.max(1)).enumerate() {
+                view.row(h, j).convert_to_f32_slice(row);
+            }
+        }
+        Self { data, kv, len, d }
+    }
+
+    #[inline]
+    fn row(&self, h: usize, j: usize) -> &[f32] {
+        let at = (h * self.len + j) * self.d;
+        &self.data[at..at + self.d]
+    }
+
+    /// The keys of kv head `h`, in tiles of [`TILE`] positions transposed to `[d][TILE]` (zero
+    /// beyond the last position), for the tiled path's scores.
+    fn transposed(&self) -> Vec<f32> {
+        let tiles = self.len.div_ceil(TILE);
+        let mut t = vec![0f32; self.kv * tiles * self.d * TILE];
+        for h in 0..self.kv {
+            for j in 0..self.len {
+                let (tile, slot) = (j / TILE, j % TILE);
+                let base = (h * tiles + tile) * self.d * TILE;
+                for (k, &x) in self.row(h, j).iter().enumerate() {
+                    t[base + k * TILE + slot] = x;
+                }
+            }
+        }
+        t
+    }
+}
+
+/// Query rows and key positions per tile of llama.cpp's tiled flash attention
+/// (`GGML_FA_TILE_Q`, `GGML_FA_TILE_KV`), which it takes for 64 query rows or more.
+const TILE: usize = 64;
+
+/// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them.
+fn reduce16(x: &[f32]) -> f32 {
+    let mut t8 = [0f32; 8];
+    for i in 0..8 {
+        t8[i] = x[8 + i] + x[i];
+    }
+    let mut t4 = [0f32; 4];
+    for i in 0..4 {
+        t4[i] = t8[4 + i] + t8[i];
+    }
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
+
+/// One query row of one head over the keys `lo..hi` of kv head `h`, as llama.cpp's tiled
+/// flash attention computes a prompt of 64 rows or more (`ggml_compute_forward_flash_attn_ext_tiled`):
+/// an f32 query; per tile of 64 key positions (aligned at position 0) the scores as fused
+/// multiply-add chains over the head dimension, times `scale`; the running maximum updated
+/// once per tile (rescaling by the C library's `expf`); the weights `e^(s - M)` from GGML's
+/// AVX-512 polynomial ([`crate::ggml_math::v_expf`]), summed sixteen at a time and
+/// accumulated in f64; the values accumulated in f32 by fused multiply-adds in position order.
+#[allow(clippy::too_many_arguments)]
+fn row_tiled(
+    q: &[f32],
+    (kt, v): (&[f32], &Widened),
+    h: usize,
+    (lo, hi): (usize, usize),
+    scale: f32,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let tiles = v.len.div_ceil(TILE);
+    s.acc.fill(0.0);
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    let mut p = [0f32; TILE];
+    for tile in lo / TILE..hi.div_ceil(TILE) {
+        let t0 = tile * TILE;
+        let (a, b) = (lo.max(t0) - t0, hi.min(t0 + TILE) - t0);
+        // Scores of the tile's slots: one fused chain per slot, over the head dimension.
+        let kb = &kt[(h * tiles + tile) * d * TILE..][..d * TILE];
+        let mut sc = [0f32; TILE];
+        for (k, &qk) in q.iter().enumerate() {
+            let col = &kb[k * TILE..(k + 1) * TILE];
+            for (acc, &x) in sc.iter_mut().zip(col) {
+                *acc = x.mul_add(qk, *acc);
+            }
+        }
+        let mut tile_max = f32::NEG_INFINITY;
+        for (j, x) in sc.iter_mut().enumerate() {
+            if j < a || j >= b {
+                *x = f32::NEG_INFINITY;
+            } else {
+                *x *= scale;
+                tile_max = tile_max.max(*x);
+            }
+        }
+        if tile_max == f32::NEG_INFINITY {
+            continue;
+        }
+        let new_max = max.max(tile_max);
+        if new_max > max {
+            let ms = (max - new_max).exp();
+            for x in s.acc.iter_mut() {
+                *x *= ms;
+            }
+            sum *= ms;
+        }
+        max = new_max;
+        let mut tile_sum = 0f64;
+        for (pc, sc) in p.chunks_exact_mut(16).zip(sc.chunks_exact(16)) {
+            for (pv, &x) in pc.iter_mut().zip(sc) {
+                *pv = crate::ggml_math::v_expf(x - max);
+            }
+            tile_sum += f64::from(reduce16(pc));
+        }
+        sum = (f64::from(sum) + tile_sum) as f32;
+        for (j, &w) in p.iter().enumerate().take(b).skip(a) {
+            for (acc, &x) in s.acc.iter_mut().zip(v.row(h, t0 + j)) {
+                *acc = x.mul_add(w, *acc);
+            }
+        }
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (o, a) in out.iter_mut().zip(&s.acc) {
+        *o = a * inv;
+    }
 }
 
 /// One query row of one head over the keys `lo..hi` of kv head `h`: writes the attention
 /// output (`d` values) into `out`.
-#[allow(clippy::too_many_arguments)]
 fn row(
     q: &[f32],
-    k: &View<'_, f16>,
-    v: &View<'_, f16>,
+    (k, v): (&Widened, &Widened),
     h: usize,
     (lo, hi): (usize, usize),
     scale: f32,
-    (q16, acc): (&mut [f16], &mut [f16]),
+    s: &mut Scratch,
     out: &mut [f32],
 ) {
-    for (a, &b) in q16.iter_mut().zip(q) {
-        *a = f16::from_f32(b);
-    }
-    acc.fill(f16::ZERO);
+    s.q.copy_from_slice(q);
+    round_to_f16(&mut s.q, &mut s.half);
+    s.acc.fill(0.0);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for j in lo..hi {
-        let s = dot_f16(k.row(h, j), q16) * scale;
-        let (ms, vs) = if s > max {
-            let ms = (max - s).exp();
-            max = s;
-            for a in acc.iter_mut() {
-                *a = f16::from_f32(a.to_f32() * ms);
+        let score = dot_f16(k.row(h, j), &s.q) * scale;
+        let (ms, vs) = if score > max {
+            let ms = (max - score).exp();
+            max = score;
+            for a in s.acc.iter_mut() {
+                *a *= ms;
             }
+            round_to_f16(&mut s.acc, &mut s.half);
             (ms, 1.0)
         } else {
-            (1.0, (s - max).exp())
+            (1.0, (score - max).exp())
         };
-        for (a, x) in acc.iter_mut().zip(v.row(h, j)) {
-            *a = f16::from_f32(x.to_f32().mul_add(vs, a.to_f32()));
+        for (a, x) in s.acc.iter_mut().zip(v.row(h, j)) {
+            *a = x.mul_add(vs, *a);
         }
+        round_to_f16(&mut s.acc, &mut s.half);
         sum = sum.mul_add(ms, vs);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a.to_f32() * inv;
+    for (o, a) in out.iter_mut().zip(&s.acc) {
+        *o = a * inv;
     }
 }
 
@@ -209,8 +373,11 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
         .collect();
     struct Prepared<'a> {
         q: View<'a, f32>,
-        k: View<'a, f16>,
-        v: View<'a, f16>,
+        k: Widened,
+        v: Widened,
+        /// Keys transposed per tile, for a job of [`TILE`] rows or more (llama.cpp's tiled
+        /// path); empty otherwise.
+        kt: Vec<f32>,
         first: usize,
         window: usize,
         /// The first output row of this job.
@@ -244,10 +411,18 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
                 job.first
             );
         }
+        let len = job.first + n;
+        let k = Widened::new(&k, len);
+        let kt = if n >= TILE {
+            k.transposed()
+        } else {
+            Vec::new()
+        };
         prepared.push(Prepared {
-            q,
             k,
-            v,
+            kt,
+            v: Widened::new(&v, len),
+            q,
             first: job.first,
             window: job.window.max(1),
             row0: rows,
@@ -265,28 +440,38 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
     starts.push(items);
     let work = |range: std::ops::Range<usize>| {
         SCRATCH.with(|s| {
-            let (q16, acc) = &mut *s.borrow_mut();
-            q16.resize(d, f16::ZERO);
-            acc.resize(d, f16::ZERO);
+            let s = &mut *s.borrow_mut();
+            s.size(d);
             let mut o = vec![0f32; d];
             for item in range {
                 let job = starts.partition_point(|&s| s <= item) - 1;
                 let p = &prepared[job];
                 let n = p.q.dims[1];
                 let (head, i) = ((item - starts[job]) / n, (item - starts[job]) % n);
-                let rep = heads / p.k.dims[0];
+                let rep = heads / p.k.kv;
                 let hi = p.first + i + 1;
                 let lo = hi.saturating_sub(p.window);
-                row(
-                    p.q.row(head, i),
-                    &p.k,
-                    &p.v,
-                    head / rep,
-                    (lo, hi),
-                    scale,
-                    (q16, acc),
-                    &mut o,
-                );
+                if p.kt.is_empty() {
+                    row(
+                        p.q.row(head, i),
+                        (&p.k, &p.v),
+                        head / rep,
+                        (lo, hi),
+                        scale,
+                        s,
+                        &mut o,
+                    );
+                } else {
+                    row_tiled(
+                        p.q.row(head, i),
+                        (&p.kt, &p.v),
+                        head / rep,
+                        (lo, hi),
+                        scale,
+                        s,
+                        &mut o,
+                    );
+                }
                 let base = ((p.row0 + i) * heads + head) * d;
                 for (slot, x) in out[base..base + d].iter().zip(&o) {
                     slot.store(x.to_bits(), Ordering::Relaxed);
@@ -312,6 +497,10 @@ mod tests {
     use candle_core::{DType, Device, D};
     use proptest::prelude::*;
 
+    fn f32s(x: &[f16]) -> Vec<f32> {
+        x.iter().map(|v| v.to_f32()).collect()
+    }
+
     /// The dot product the plain way, in f64: the order-exact one must stay within f32
     /// rounding of it.
     fn dot_f64(k: &[f16], q: &[f16]) -> f64 {
@@ -331,7 +520,7 @@ mod tests {
             let want = dot_f64(&k, &q);
             let mag: f64 = k.iter().zip(&q)
                 .map(|(a, b)| f64::from(a.to_f32() * b.to_f32()).abs()).sum();
-            let got = f64::from(dot_f16(&k, &q));
+            let got = f64::from(dot_f16(&f32s(&k), &f32s(&q)));
             prop_assert!((got - want).abs() <= mag * 1e-6 + 1e-9, "{got} vs {want}");
         }
     }
@@ -346,8 +535,9 @@ mod tests {
         k[0] = f16::from_f32(2048.0);
         k[32] = f16::from_f32(-2048.0);
         k[4] = f16::from_f32(0.000_122_070_31);
+        let (k, q) = (f32s(&k), f32s(&q));
         assert_eq!(dot_f16(&k, &q), 0.000_122_070_31);
-        let left_to_right = k.iter().fold(0f32, |s, x| s + x.to_f32());
+        let left_to_right = k.iter().fold(0f32, |s, x| s + x);
         assert_ne!(left_to_right, dot_f16(&k, &q));
     }
 

@@ -34,10 +34,15 @@ pub(crate) fn v_expf(x: f32) -> f32 {
         .mul_add(b, c4)
         .mul_add(u, c3.mul_add(b, c2))
         .mul_add(u, c1.mul_add(b, 1.0));
+    if n.abs() <= 125.0 {
+        // j is within [0.7, 1.5), so j · 2^n is a normal f32: scaling by the power of two
+        // (built from its exponent bits) is exact, as `_mm512_scalef_ps` is.
+        return j * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    }
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // _mm512_scalef_ps: j · 2^n rounded once (exact in f64, then one rounding to f32).
+    // Near the ends of the range: j · 2^n rounded once (exact in f64, then one rounding).
     (f64::from(j) * 2f64.powi(n as i32)) as f32
 }
 
@@ -270,6 +275,14 @@ mod tests {
         assert_eq!(v_expf(0.0), 1.0);
         // Deep in the subnormal range the result is rounded once.
         assert!(v_expf(-100.0) > 0.0 && v_expf(-100.0) < f32::MIN_POSITIVE);
+        // Both sides of the fast path's edge (n = ±125) stay within two ulps of e^x.
+        for x in [-86.64f32, -86.7, -87.3, 86.6, 86.7, 87.3] {
+            let (got, want) = (f64::from(v_expf(x)), f64::from(x).exp());
+            assert!(
+                (got - want).abs() <= 2.0 * f64::from(f32::EPSILON) * want,
+                "{x}"
+            );
+        }
     }
 
     #[test]

@@ -627,6 +627,7 @@ pub(crate) mod x86 {
     pub(crate) fn checked<const R: usize>(
         w: super::KRow<'_>,
         a: [&[ActBlockK]; R],
+        prompt: bool,
     ) -> Option<[f32; R]> {
         let n = match w {
             super::KRow::Q4K(w) => w.len(),
@@ -641,9 +642,11 @@ pub(crate) mod x86 {
         }
         // SAFETY: the features were just detected and every row is long enough.
         Some(unsafe {
-            match w {
-                super::KRow::Q4K(w) => q4k(w, a),
-                super::KRow::Q6K(w) => q6k(w, a),
+            match (w, prompt) {
+                (super::KRow::Q4K(w), false) => q4k(w, a),
+                (super::KRow::Q4K(w), true) => q4k_grouped(w, a),
+                (super::KRow::Q6K(w), false) => q6k(w, a),
+                (super::KRow::Q6K(w), true) => q6k_tiled(w, a),
             }
         })
     }
@@ -731,7 +734,10 @@ mod tests {
                     for c in 0..8 {
                         for (l, &q) in q6_chunk(b, c).iter().enumerate() {
                             let s = b.scales[2 * c + l / 16] as f64;
-                            out.push((b.d as f64 * s * q as f64).abs());
+                            // The kernel's lanes hold the unsigned `q` (q + 32) products and
+                            // take the 32s off per sub-block pair: partial sums as large as
+                            // `|d·s|·(q + 32 + 32)` per value.
+                            out.push((b.d as f64 * s).abs() * (q as f64 + 64.0));
                         }
                     }
                 }
@@ -887,23 +893,34 @@ mod tests {
     }
 
     /// The AVX2 kernel for 1..=4 rows equals the scalar twin bit for bit; so does every row
-    /// of a multi-row call (the rows cycle through the activation rows given).
+    /// of a multi-row call (the rows cycle through the activation rows given); both in the
+    /// one-row order and in the prompt order (`Q4_K` grouped, `Q6_K` tiled).
     #[cfg(target_arch = "x86_64")]
     fn check_simd(w: KRow<'_>, acts: &[Vec<ActBlockK>]) -> Result<(), String> {
         let pick = |i: usize| acts[i % acts.len()].as_slice();
-        let want: Vec<u32> = (0..4).map(|i| scalar(w, pick(i)).to_bits()).collect();
-        let got: Vec<Vec<f32>> = [
-            x86::checked(w, [pick(0)]).map(|r| r.to_vec()),
-            x86::checked(w, [pick(0), pick(1)]).map(|r| r.to_vec()),
-            x86::checked(w, [pick(0), pick(1), pick(2)]).map(|r| r.to_vec()),
-            x86::checked(w, [pick(0), pick(1), pick(2), pick(3)]).map(|r| r.to_vec()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for g in got {
-            if bits(&g) != want[..g.len()] {
-                return Err(format!("AVX2 {g:?} vs scalar {:?}", &want[..g.len()]));
+        for prompt in [false, true] {
+            let twin = |a: &[ActBlockK]| match (w, prompt) {
+                (KRow::Q4K(w), true) => dot_q4k_grouped(w, a),
+                (KRow::Q6K(w), true) => dot_q6k_tiled(w, a),
+                _ => scalar(w, a),
+            };
+            let want: Vec<u32> = (0..4).map(|i| twin(pick(i)).to_bits()).collect();
+            let got: Vec<Vec<f32>> = [
+                x86::checked(w, [pick(0)], prompt).map(|r| r.to_vec()),
+                x86::checked(w, [pick(0), pick(1)], prompt).map(|r| r.to_vec()),
+                x86::checked(w, [pick(0), pick(1), pick(2)], prompt).map(|r| r.to_vec()),
+                x86::checked(w, [pick(0), pick(1), pick(2), pick(3)], prompt).map(|r| r.to_vec()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            for g in got {
+                if bits(&g) != want[..g.len()] {
+                    return Err(format!(
+                        "AVX2 {g:?} vs scalar {:?} (prompt order: {prompt})",
+                        &want[..g.len()]
+                    ));
+                }
             }
         }
         Ok(())
