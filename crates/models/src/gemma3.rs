@@ -415,10 +415,11 @@ impl Gemma3 {
             .reshape((n, c.n_heads * c.head_dim))?)
     }
 
-    /// The feed-forward branch and both residual adds of a block, given the attention output.
+    /// The feed-forward branch and both residual adds of a block, given the attention output
+    /// after its output projection.
     fn finish_block(&self, b: &Block, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let eps = self.config.base.rms_eps as f32;
-        let attn = crate::ggml_math::rms_norm(&b.wo.forward(attn)?, &b.post_attn_norm, eps)?;
+        let attn = crate::ggml_math::rms_norm(attn, &b.post_attn_norm, eps)?;
         let x = (x + attn)?;
         let h = crate::ggml_math::rms_norm(&x, &b.ffn_norm, eps)?;
         let gu = crate::geglu::geglu(&b.gate.forward(&h)?, &b.up.forward(&h)?)?;
@@ -496,12 +497,19 @@ impl Gemma3 {
             } else {
                 self.attend(&q, &keys, &values, masks()?.0.as_ref())?
             };
-            x = self.finish_block(b, &x, &y)?;
+            let mut attn = b.wo.forward(&y)?;
+            if !all_logits && n > 1 && layer + 1 == self.blocks.len() {
+                // Only the last position's logits are wanted: as llama.cpp, the last
+                // block's feed-forward runs on that row alone.
+                attn = attn.narrow(0, n - 1, 1)?;
+                x = x.narrow(0, n - 1, 1)?;
+            }
+            x = self.finish_block(b, &x, &attn)?;
         }
         if all_logits {
             self.logits(&x)
         } else {
-            Ok(self.logits(&x.narrow(0, n - 1, 1)?)?.squeeze(0)?)
+            Ok(self.logits(&x.narrow(0, x.dim(0)? - 1, 1)?)?.squeeze(0)?)
         }
     }
 
@@ -603,7 +611,7 @@ impl Gemma3 {
                     Tensor::cat(&ys, 0)?
                 }
             };
-            x = self.finish_block(b, &x, &y)?;
+            x = self.finish_block(b, &x, &b.wo.forward(&y)?)?;
         }
         self.logits(&x)
     }

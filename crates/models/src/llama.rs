@@ -723,15 +723,17 @@ impl Llama {
                     .reshape((n, c.n_heads * c.head_dim))?
                 }
             };
-            x = (x + b.wo.forward(&y)?)?;
+            let mut attn = b.wo.forward(&y)?;
+            if !all_logits && n > 1 && layer + 1 == self.blocks.len() {
+                // Only the last position's logits are wanted: as llama.cpp, the last
+                // block's feed-forward runs on that row alone.
+                attn = attn.narrow(0, n - 1, 1)?;
+                x = x.narrow(0, n - 1, 1)?;
+            }
+            x = (x + attn)?;
             let h = crate::ggml_math::rms_norm(&x, &b.ffn_norm, eps)?;
             x = (x + b.ffn(&h, c.ffn_size)?)?;
         }
-        let x = if all_logits {
-            x
-        } else {
-            x.narrow(0, n - 1, 1)?
-        };
         let x = crate::ggml_math::rms_norm(&x, &self.norm, eps)?;
         let logits = self.output.forward(&x)?;
         Ok(if all_logits {
