@@ -774,10 +774,6 @@ mod tests {
         Ok(())
     }
 
-    fn close(a: &Tensor, b: &Tensor) -> Result<(), String> {
-        close_with(a, b, &[])
-    }
-
     /// `Q4_1` against candle: GGML (and we) round `s = d·Σq` to f16 once, candle rounds
     /// `Σq` and the product separately, so each block's `m·s` term may differ by an f16 ulp
     /// of `s`: the slack is `Σ_blocks |m|·|s|·2⁻¹⁰` per output.
@@ -866,7 +862,7 @@ mod tests {
         }
     }
 
-    /// The scalar twin against the kernel in use, through the same blocks.
+    /// The scalar twin against the kernel in use, through the same blocks: bit for bit.
     fn twin_matches(dtype: GgmlDType, w: &Tensor, x: &Tensor) -> Result<(), String> {
         let (ours, _) = both(dtype, w);
         let Inner::Ours(op) = &ours.inner else {
@@ -889,19 +885,35 @@ mod tests {
                 return Err("VNNI and AVX2 kernels differ".into());
             }
         }
-        let fast = Tensor::from_vec(fast, (m, op.n), &Device::Cpu).unwrap();
-        let slow = Tensor::from_vec(twin.matmul(&xs, m), (m, op.n), &Device::Cpu).unwrap();
-        close(&fast, &slow)
+        // The scalar twins sum in the kernels' order: bit-identical too.
+        let slow = twin.matmul(&xs, m);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if bits(&fast) != bits(&slow) {
+            return Err(format!("{dtype:?}: SIMD and scalar twin differ"));
+        }
+        Ok(())
     }
 
     /// GGML's definition of the product, in f64: candle's dequantized weights times the
-    /// activations after GGML's 32-wide 8-bit activation quantization (`quantize_row_q8_0`;
-    /// `Q8_1` has the same values), done by candle's own quantizer.
+    /// activations after llama.cpp's x86 32-wide 8-bit activation quantization
+    /// (`quantize_row_q8_0`; `Q8_1` has the same values).
     fn ggml_reference(w: &QTensor, x: &Tensor) -> Vec<f32> {
         let dev = Device::Cpu;
         let w: Vec<Vec<f32>> = w.dequantize(&dev).unwrap().to_vec2().unwrap();
-        let xq = QTensor::quantize(x, GgmlDType::Q8_0).unwrap();
-        let xq: Vec<Vec<f32>> = xq.dequantize(&dev).unwrap().to_vec2().unwrap();
+        // llama.cpp's x86 activation quantizer (`127 / amax`, half to even), which ours is.
+        let xq: Vec<Vec<f32>> = x
+            .to_vec2::<f32>()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let mut blocks = vec![ActBlock::default(); row.len() / QK];
+                blocks::quantize_row(row, &mut blocks);
+                blocks
+                    .iter()
+                    .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                    .collect()
+            })
+            .collect();
         xq.iter()
             .flat_map(|xr| {
                 w.iter().map(move |wr| {

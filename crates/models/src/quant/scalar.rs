@@ -1,50 +1,86 @@
-//! The scalar twins of the SIMD dot products: the definition the SIMD kernels are tested
+//! The scalar twins of the SIMD dot products: the same sums in the same order (so every
+//! machine computes the same bits, llama.cpp's), the definition the SIMD kernels are tested
 //! against, and what runs where no SIMD kernel applies.
 
 use super::blocks::{f16_bits, ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0};
 
-/// `Σ w·a` over the blocks of one `Q4_1` weight row and one activation row.
+/// Eight f32 lanes summed as llama.cpp's `hsum_float_8` (and our SIMD kernels) sum them.
+fn hsum8(l: [f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+/// The SIMD kernels' order: per block, lane `L` holds the exact integer sum of values
+/// `4L..4L + 4` (`products(block, value)`), converted to f32 and fused into its own
+/// accumulator with the block's `scale`; the lanes summed at the end.
+fn lanes<W, A>(
+    w: &[W],
+    a: &[A],
+    products: impl Fn(&W, &A, usize) -> i32,
+    scale: impl Fn(&W, &A) -> f32,
+) -> f32 {
+    let mut acc = [0f32; 8];
+    for (w, a) in w.iter().zip(a) {
+        let sc = scale(w, a);
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let lane: i32 = (4 * l..4 * l + 4).map(|v| products(w, a, v)).sum();
+            *acc = sc.mul_add(lane as f32, *acc);
+        }
+    }
+    hsum8(acc)
+}
+
+/// `Σ w·a` over the blocks of one `Q4_1` weight row and one activation row, in the order of
+/// llama.cpp's x86 `ggml_vec_dot_q4_1_q8_1` (and our SIMD kernels): eight lanes, then the
+/// `m · s` terms added one by one.
 pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlock]) -> f32 {
-    let mut sum = 0f32;
-    for (w, a) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let lo = (w.qs[j] & 0x0F) as i32;
-            let hi = (w.qs[j] >> 4) as i32;
-            sumi += lo * a.qs[j] as i32 + hi * a.qs[j + 16] as i32;
+    let nibble = |w: &BlockQ4_1, v: usize| {
+        if v < 16 {
+            (w.qs[v] & 0x0F) as i32
+        } else {
+            (w.qs[v - 16] >> 4) as i32
         }
-        sum += sumi as f32 * (f16_bits(w.d) * a.d) + f16_bits(w.m) * a.s;
+    };
+    let dot = lanes(
+        w,
+        a,
+        |w, a, v| nibble(w, v) * a.qs[v] as i32,
+        |w, a| f16_bits(w.d) * a.d,
+    );
+    let mut ms = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        ms += f16_bits(w.m) * a.s;
     }
-    sum
+    dot + ms
 }
 
-/// `Σ w·a` over the blocks of one `Q5_0` weight row and one activation row.
+/// `Σ w·a` over the blocks of one `Q5_0` weight row and one activation row, in the order of
+/// llama.cpp's x86 `ggml_vec_dot_q5_0_q8_0` (and our SIMD kernels).
 pub(crate) fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlock]) -> f32 {
-    let mut sum = 0f32;
-    for (w, a) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let lo = (w.qs[j] & 0x0F) as i32 | (((w.qh >> j) & 1) << 4) as i32;
-            let hi = (w.qs[j] >> 4) as i32 | (((w.qh >> (j + 16)) & 1) << 4) as i32;
-            sumi += (lo - 16) * a.qs[j] as i32 + (hi - 16) * a.qs[j + 16] as i32;
-        }
-        sum += sumi as f32 * (f16_bits(w.d) * a.d);
-    }
-    sum
+    let value = |w: &BlockQ5_0, v: usize| {
+        let low = if v < 16 {
+            w.qs[v] & 0x0F
+        } else {
+            w.qs[v - 16] >> 4
+        };
+        (low as i32 | (((w.qh >> v) & 1) << 4) as i32) - 16
+    };
+    lanes(
+        w,
+        a,
+        |w, a, v| value(w, v) * a.qs[v] as i32,
+        |w, a| f16_bits(w.d) * a.d,
+    )
 }
 
-/// `Σ w·a` over the blocks of one `Q8_0` weight row and one activation row.
+/// `Σ w·a` over the blocks of one `Q8_0` weight row and one activation row, in the order of
+/// llama.cpp's x86 `ggml_vec_dot_q8_0_q8_0` (and our SIMD kernels).
 pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
-    let mut sum = 0f32;
-    for (w, a) in w.iter().zip(a) {
-        let sumi: i32 =
-            w.qs.iter()
-                .zip(&a.qs)
-                .map(|(&x, &y)| x as i32 * y as i32)
-                .sum();
-        sum += sumi as f32 * (f16_bits(w.d) * a.d);
-    }
-    sum
+    lanes(
+        w,
+        a,
+        |w, a, v| w.qs[v] as i32 * a.qs[v] as i32,
+        |w, a| f16_bits(w.d) * a.d,
+    )
 }
 
 /// Appends a `Q4_1` block's 32 values to `out`.
