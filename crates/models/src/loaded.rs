@@ -85,9 +85,11 @@ impl LoadedModel {
             ChatTemplate::from_gguf(gguf.content())?
         };
         let mut model = Decoder::load_with(&mut gguf, device, progress, plugins)?;
-        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "fused") {
+        // `=candle`: candle's f32 attention op chain (an f32 cache) instead of the kernel.
+        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "candle") {
             if let Decoder::Llama(m) = &mut model {
-                m.set_fused_attention(true);
+                m.set_fused_attention(false);
+                m.set_kv_dtype(candle_core::DType::F32)?;
             }
         }
         Ok(Self {
@@ -131,8 +133,9 @@ impl LoadedModel {
                 .len();
         }
         let mut llama = Llama::load_safetensors_with_progress(dir, quant, device, progress)?;
-        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "fused") {
-            llama.set_fused_attention(true);
+        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "candle") {
+            llama.set_fused_attention(false);
+            llama.set_kv_dtype(candle_core::DType::F32)?;
         }
         Ok(Self {
             model: Decoder::Llama(llama),
