@@ -491,6 +491,31 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
     )?))
 }
 
+/// One decode step of a batch: `q` is `[batch, heads, 1, d]`, `caches[b]` sequence `b`'s keys
+/// and values with the step's own key last; each row sees `window` keys back. As
+/// [`attention`]: `[batch, heads · d]`, or `None` for the general path.
+pub(crate) fn decode_step(
+    q: &Tensor,
+    caches: &[(Tensor, Tensor)],
+    window: usize,
+    scale: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    let qs: Vec<Tensor> = (0..caches.len())
+        .map(|i| q.get(i))
+        .collect::<candle_core::Result<_>>()?;
+    let mut jobs = Vec::with_capacity(caches.len());
+    for ((keys, values), q) in caches.iter().zip(&qs) {
+        jobs.push(Job {
+            q,
+            keys,
+            values,
+            first: keys.dim(1)? - 1,
+            window,
+        });
+    }
+    attention(&jobs, scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 //!
 //! On the CPU the op is split over candle's pool; elsewhere it falls back to candle's `gelu`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -49,9 +48,6 @@ fn one(table: &[f32], x: f32, g: f32) -> f32 {
 
 struct Geglu;
 
-/// Values per work item on the pool.
-const CHUNK: usize = 4096;
-
 impl CustomOp2 for Geglu {
     fn name(&self) -> &'static str {
         "fluent-ai-candle-geglu"
@@ -64,33 +60,8 @@ impl CustomOp2 for Geglu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(gate), CpuStorage::F32(up)) = (s1, s2) else {
-            candle_core::bail!("geglu: f32 inputs expected");
-        };
-        let (Some((g0, g1)), Some((u0, u1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("geglu: contiguous inputs expected");
-        };
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("geglu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
-        }
-        let (gate, up) = (&gate[g0..g1], &up[u0..u1]);
         let table = table();
-        let out: Vec<AtomicU32> = (0..gate.len()).map(|_| AtomicU32::new(0)).collect();
-        let work = |items: std::ops::Range<usize>| {
-            for item in items {
-                let range = item * CHUNK..gate.len().min((item + 1) * CHUNK);
-                for i in range {
-                    out[i].store(one(table, gate[i], up[i]).to_bits(), Ordering::Relaxed);
-                }
-            }
-        };
-        candle_core::utils::barrier_pool().execute_chunked(gate.len().div_ceil(CHUNK), work);
-        let out = out
-            .into_iter()
-            .map(|v| f32::from_bits(v.into_inner()))
-            .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        crate::ggml_math::zip_map("geglu", (s1, l1), (s2, l2), |x, g| one(table, x, g))
     }
 }
 

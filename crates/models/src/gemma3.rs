@@ -577,24 +577,12 @@ impl Gemma3 {
                     &v.get(i)?.to_dtype(KV_DTYPE)?,
                 )?);
             }
-            let qs: Vec<Tensor> = (0..bsz)
-                .map(|i| q.get(i)) // [heads, 1, d]
-                .collect::<candle_core::Result<_>>()?;
-            let mut jobs = Vec::with_capacity(bsz);
-            for ((keys, values), q) in kvs.iter().zip(&qs) {
-                jobs.push(crate::attention::Job {
-                    q,
-                    keys,
-                    values,
-                    first: keys.dim(1)? - 1,
-                    window: if sliding {
-                        self.config.sliding_window
-                    } else {
-                        usize::MAX
-                    },
-                });
-            }
-            let y = match crate::attention::attention(&jobs, 1.0)? {
+            let window = if sliding {
+                self.config.sliding_window
+            } else {
+                usize::MAX
+            };
+            let y = match crate::attention::decode_step(&q, &kvs, window, 1.0)? {
                 Some(y) => y,
                 None => {
                     let mut ys = Vec::with_capacity(bsz);
@@ -606,7 +594,7 @@ impl Gemma3 {
                         } else {
                             (keys.clone(), values.clone())
                         };
-                        ys.push(self.attend(&qs[i], &keys, &values, None)?);
+                        ys.push(self.attend(&q.get(i)?, &keys, &values, None)?);
                     }
                     Tensor::cat(&ys, 0)?
                 }

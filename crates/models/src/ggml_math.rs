@@ -55,6 +55,50 @@ fn swiglu_one(x: f32, g: f32) -> f32 {
 /// Values per work item on the pool.
 const CHUNK: usize = 4096;
 
+/// `f(a[i], b[i])` for every element of two f32 CPU tensors of one contiguous shape, on the
+/// calling thread up to one chunk and split over candle's CPU pool beyond: the body of an
+/// element-wise [`CustomOp2`] (`what` names it in errors).
+pub(crate) fn zip_map(
+    what: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+        candle_core::bail!("{what}: f32 inputs expected");
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{what}: contiguous inputs expected");
+    };
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{what}: shapes {:?} and {:?} differ",
+            l1.shape(),
+            l2.shape()
+        );
+    }
+    let (a, b) = (&a[a0..a1], &b[b0..b1]);
+    if a.len() <= CHUNK {
+        let out = a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+        return Ok((CpuStorage::F32(out), l1.shape().clone()));
+    }
+    let out: Vec<AtomicU32> = (0..a.len()).map(|_| AtomicU32::new(0)).collect();
+    let work = |items: std::ops::Range<usize>| {
+        for item in items {
+            for i in item * CHUNK..a.len().min((item + 1) * CHUNK) {
+                out[i].store(f(a[i], b[i]).to_bits(), Ordering::Relaxed);
+            }
+        }
+    };
+    candle_core::utils::barrier_pool().execute_chunked(a.len().div_ceil(CHUNK), work);
+    let out = out
+        .into_iter()
+        .map(|v| f32::from_bits(v.into_inner()))
+        .collect();
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -69,44 +113,7 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(gate), CpuStorage::F32(up)) = (s1, s2) else {
-            candle_core::bail!("swiglu: f32 inputs expected");
-        };
-        let (Some((g0, g1)), Some((u0, u1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("swiglu: contiguous inputs expected");
-        };
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "swiglu: shapes {:?} and {:?} differ",
-                l1.shape(),
-                l2.shape()
-            );
-        }
-        let (gate, up) = (&gate[g0..g1], &up[u0..u1]);
-        if gate.len() <= CHUNK {
-            let out = gate
-                .iter()
-                .zip(up)
-                .map(|(&x, &g)| swiglu_one(x, g))
-                .collect();
-            return Ok((CpuStorage::F32(out), l1.shape().clone()));
-        }
-        let out: Vec<AtomicU32> = (0..gate.len()).map(|_| AtomicU32::new(0)).collect();
-        let work = |items: std::ops::Range<usize>| {
-            for item in items {
-                let range = item * CHUNK..gate.len().min((item + 1) * CHUNK);
-                for i in range {
-                    out[i].store(swiglu_one(gate[i], up[i]).to_bits(), Ordering::Relaxed);
-                }
-            }
-        };
-        candle_core::utils::barrier_pool().execute_chunked(gate.len().div_ceil(CHUNK), work);
-        let out = out
-            .into_iter()
-            .map(|v| f32::from_bits(v.into_inner()))
-            .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        zip_map("swiglu", (s1, l1), (s2, l2), swiglu_one)
     }
 }
 

@@ -804,21 +804,7 @@ impl Llama {
             // Every sequence's rows in one pass over the CPU pool; the op chain otherwise.
             let scale = 1.0 / (c.head_dim as f32).sqrt();
             let fused = if self.fused_attention {
-                let qs: Vec<Tensor> = (0..bsz)
-                    .map(|i| q.get(i)) // [heads, 1, d]
-                    .collect::<candle_core::Result<_>>()?;
-                let mut jobs = Vec::with_capacity(bsz);
-                for ((keys, values), q) in kvs.iter().zip(&qs) {
-                    jobs.push(crate::attention::Job {
-                        q,
-                        keys,
-                        values,
-                        // The step's own key is the last one cached.
-                        first: keys.dim(1)? - 1,
-                        window: usize::MAX,
-                    });
-                }
-                crate::attention::attention(&jobs, scale)?
+                crate::attention::decode_step(&q, &kvs, usize::MAX, scale)?
             } else {
                 None
             };
