@@ -62,18 +62,7 @@ fn dot_f16(k: &[f32], q: &[f32]) -> f32 {
     for l in 0..DOT_LANES {
         r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
     }
-    // _mm512_reduce_add_ps: upper 256 bits + lower, upper 128 + lower, lanes 2,3 + 0,1,
-    // lane 1 + lane 0.
-    let mut t8 = [0f32; 8];
-    for i in 0..8 {
-        t8[i] = r[8 + i] + r[i];
-    }
-    let mut t4 = [0f32; 4];
-    for i in 0..4 {
-        t4[i] = t8[4 + i] + t8[i];
-    }
-    let t2 = [t4[0] + t4[2], t4[1] + t4[3]];
-    let mut sum = f64::from(t2[0] + t2[1]);
+    let mut sum = f64::from(reduce16(&r));
     for (k, q) in k[full..n].iter().zip(&q[full..n]) {
         sum += f64::from(k * q);
     }
@@ -220,7 +209,8 @@ impl Widened {
 /// (`GGML_FA_TILE_Q`, `GGML_FA_TILE_KV`), which it takes for 64 query rows or more.
 const TILE: usize = 64;
 
-/// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them.
+/// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them: upper 256 bits +
+/// lower, upper 128 + lower, lanes 2,3 + 0,1, lane 1 + lane 0.
 fn reduce16(x: &[f32]) -> f32 {
     let mut t8 = [0f32; 8];
     for i in 0..8 {
@@ -648,16 +638,7 @@ mod tests {
                 .unwrap();
             assert_eq!(in_both, alone.to_vec2::<f32>().unwrap(), "sequence {b}");
             let want = reference(&qs[b], &caches[b].0, &caches[b].1, 0.125, lens[b] - n[b]);
-            let diff = (alone - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::max_abs_diff(&alone, &want);
             // f16 queries and an f16 running sum: a few f16 ulps of values of size ~1.
             assert!(diff < 2e-2, "sequence {b}: {diff}");
         }

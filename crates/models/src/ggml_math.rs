@@ -1,15 +1,18 @@
-//! RMS norm and SwiGLU computed as llama.cpp's CPU backend computes them, so that near-tied
-//! logits break the same way (the reference outputs in `../shared/reference` are llama.cpp's):
+//! RMS norm, SwiGLU and RoPE computed as llama.cpp's CPU backend computes them, so that
+//! near-tied logits break the same way (the reference outputs in `../shared/reference` are
+//! llama.cpp's):
 //!
 //! - **RMS norm** (`ggml_compute_forward_rms_norm_f32`): the squares summed in f64, the mean
 //!   rounded to f32, `scale = 1 / sqrtf(mean + eps)`, then `x · scale · w` (two f32
 //!   products), where candle sums in f32 and divides by the root;
 //! - **SwiGLU** (`ggml_vec_swiglu_f32`): `silu(gate) · up` with `silu(x) = x / (1 + e^-x)` and
 //!   `e^-x` from GGML's AVX-512 polynomial (`ggml_v_expf`, ~1.5 ulp), evaluated here lane by
-//!   lane with the same fused multiply-adds, so every machine gets the same bits.
+//!   lane with the same fused multiply-adds, so every machine gets the same bits;
+//! - **RoPE** (`rotate_pairs`): each pair rotated with its first product fused, as GCC
+//!   contracts it.
 //!
-//! Both run on f32 CPU tensors (SwiGLU split over candle's pool for prefill sizes) and fall
-//! back to candle's ops elsewhere.
+//! All run on f32 CPU tensors (element-wise ops split over candle's pool for prefill sizes,
+//! [`zip_map`]) and fall back to candle's ops elsewhere.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -299,16 +302,7 @@ mod tests {
         let g = Tensor::randn(0f32, 1.0, (3, 2048), &dev).unwrap();
         let ours = swiglu(&x, &g).unwrap();
         let theirs = (candle_nn::ops::silu(&x).unwrap() * &g).unwrap();
-        let diff = (&ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-5, "{diff}");
         let serial: Vec<f32> = x
             .flatten_all()
@@ -327,16 +321,7 @@ mod tests {
         let w = Tensor::randn(1f32, 0.1, 2048, &dev).unwrap();
         let ours = rms_norm(&x, &w, 1e-5).unwrap();
         let theirs = candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap();
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-5, "{diff}");
         assert!(rms_norm(&x, &Tensor::ones(7, DType::F32, &dev).unwrap(), 1e-5).is_err());
     }

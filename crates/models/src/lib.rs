@@ -96,3 +96,14 @@ pub use plugin::{ArchitecturePlugin, DecoderModel};
 pub use quant::QLinear;
 pub use safetensors::{HfConfig, QuantizationType};
 pub use tokenizer::GgufTokenizer;
+
+/// Largest absolute element-wise difference of two tensors of one shape (unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .unwrap()
+}

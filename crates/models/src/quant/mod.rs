@@ -165,13 +165,15 @@ impl Act for ActBlockK {
 }
 
 /// Dot products of every weight row of `w` (`out.len()` rows of `kb` blocks) with the
-/// activation rows `rows` (1..=4), into `out[c][r]`. Every output is the same whatever else
-/// is computed beside it (batch invariance).
+/// activation rows `rows` (1..=4), into `out[c][r]`, in the format's prompt order when
+/// `prompt` (see [`Kernel::prompt_order`]). Every output is the same whatever else is
+/// computed beside it (batch invariance), given the order.
 fn dots<B: Kernel>(
     kernels: Kernels,
     w: &[B],
     kb: usize,
     rows: &[&[B::Act]],
+    prompt: bool,
     out: &mut [[f32; ROW_TILE]],
 ) {
     assert!(
@@ -182,11 +184,12 @@ fn dots<B: Kernel>(
     );
     match kernels {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 | Kernels::Avx512Vnni => B::simd(kernels, w, kb, rows, out),
+        Kernels::Avx2 | Kernels::Avx512Vnni => B::simd(kernels, w, kb, rows, prompt, out),
         _ => {
+            let twin = if prompt { B::prompt_scalar } else { B::scalar };
             for (o, w) in out.iter_mut().zip(w.chunks_exact(kb.max(1))) {
                 for (o, r) in o.iter_mut().zip(rows) {
-                    *o = B::scalar(w, r);
+                    *o = twin(w, r);
                 }
             }
         }
@@ -205,36 +208,54 @@ trait Kernel: WeightBlock {
     fn dequantize(b: &Self, out: &mut Vec<f32>);
     /// The scalar twin: one weight row · one activation row.
     fn scalar(w: &[Self], a: &[Self::Act]) -> f32;
+    /// Whether, in a prompt of `m` rows, a call with `rows` of them is summed in the order
+    /// llama.cpp uses for prompts where that differs from its one-row kernel: `Q4_K`'s
+    /// repacked 4-row gemm (full tiles of four rows), `Q6_K`'s tiled matmul (prompts of eight
+    /// rows or more). Never for the other formats.
+    fn prompt_order(m: usize, rows: usize) -> bool {
+        let _ = (m, rows);
+        false
+    }
+    /// The scalar twin in the prompt order (see [`Kernel::prompt_order`]).
+    fn prompt_scalar(w: &[Self], a: &[Self::Act]) -> f32 {
+        Self::scalar(w, a)
+    }
     /// Only called with the `kernels` that [`kernels`] found the CPU supports (AVX2, FMA and
-    /// F16C, and AVX-512 VNNI for [`Kernels::Avx512Vnni`]), with the shapes [`dots`] checks.
+    /// F16C, and AVX-512 VNNI for [`Kernels::Avx512Vnni`]), with the shapes [`dots`] checks;
+    /// in the prompt order when `prompt`.
     #[cfg(target_arch = "x86_64")]
     fn simd(
         kernels: Kernels,
         w: &[Self],
         kb: usize,
         rows: &[&[Self::Act]],
+        prompt: bool,
         out: &mut [[f32; ROW_TILE]],
     );
-    /// [`dots`] for rows of a prompt of `m` rows, in the order llama.cpp sums them in a
-    /// prefill where that differs from its one-row kernel: `Q4_K`'s repacked 4-row gemm
-    /// (full tiles of four rows), `Q6_K`'s tiled matmul (prompts of eight rows or more);
-    /// [`dots`] otherwise.
-    fn prompt_dots(
-        kernels: Kernels,
-        w: &[Self],
-        kb: usize,
-        rows: &[&[Self::Act]],
-        m: usize,
-        out: &mut [[f32; ROW_TILE]],
-    ) {
-        let _ = m;
-        dots(kernels, w, kb, rows, out)
-    }
+}
+
+/// Calls the row loop `$k` (one of the `rows_*` functions) for the 1..=4 activation rows.
+macro_rules! call_rows {
+    ($k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
+        // SAFETY: `kernels()` detected the instruction set of this row loop before choosing it
+        // (every loop needs at most what the chosen set has), and `dots` checked `w` holds
+        // `out.len()` rows of `kb` blocks and every activation row at least `kb` blocks.
+        unsafe {
+            match *$rows {
+                [a] => $k::<1>($w, $kb, [a], $out),
+                [a, b] => $k::<2>($w, $kb, [a, b], $out),
+                [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out),
+                [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out),
+                _ => {}
+            }
+        }
+    };
 }
 
 /// Implements [`Kernel`] for a weight format: its activation blocks (`$act`, `$values` values
 /// per block, quantized by `$quantize`), scalar twin, dequantization, and the SIMD row loops
-/// for [`Kernels::Avx2`] and [`Kernels::Avx512Vnni`].
+/// for [`Kernels::Avx2`] and [`Kernels::Avx512Vnni`]; optionally (`prompt:`) when its prompt
+/// order applies and that order's scalar twin and row loop (one build, used under either set).
 macro_rules! kernel {
     (
         $block:ty,
@@ -248,52 +269,6 @@ macro_rules! kernel {
         $(, prompt: $when:expr, $gscalar:path, $($gsimd:ident)::+)? $(,)?
     ) => {
         impl Kernel for $block {
-            $(
-            #[allow(unsafe_code)]
-            fn prompt_dots(
-                kernels: Kernels,
-                w: &[Self],
-                kb: usize,
-                rows: &[&[$act]],
-                m: usize,
-                out: &mut [[f32; ROW_TILE]],
-            ) {
-                let when: fn(usize, usize) -> bool = $when;
-                if !when(m, rows.len()) {
-                    return dots(kernels, w, kb, rows, out);
-                }
-                assert!(
-                    !rows.is_empty()
-                        && rows.len() <= ROW_TILE
-                        && w.len() == out.len() * kb
-                        && rows.iter().all(|r| r.len() >= kb)
-                );
-                match kernels {
-                    #[cfg(target_arch = "x86_64")]
-                    Kernels::Avx2 | Kernels::Avx512Vnni => {
-                        use $($gsimd)::+ as g;
-                        // SAFETY: as in `simd`: the instruction set was detected, and the
-                        // shapes were checked just above.
-                        unsafe {
-                            match *rows {
-                                [a] => g::<1>(w, kb, [a], out),
-                                [a, b] => g::<2>(w, kb, [a, b], out),
-                                [a, b, c] => g::<3>(w, kb, [a, b, c], out),
-                                [a, b, c, d] => g::<4>(w, kb, [a, b, c, d], out),
-                                _ => {}
-                            }
-                        }
-                    }
-                    _ => {
-                        for (o, w) in out.iter_mut().zip(w.chunks_exact(kb.max(1))) {
-                            for (o, r) in o.iter_mut().zip(rows) {
-                                *o = $gscalar(w, r);
-                            }
-                        }
-                    }
-                }
-            }
-            )?
             type Act = $act;
             const VALUES: usize = $values;
             fn quantize(xs: &[f32], out: &mut [$act]) {
@@ -305,6 +280,15 @@ macro_rules! kernel {
             fn scalar(w: &[Self], a: &[$act]) -> f32 {
                 $scalar(w, a)
             }
+            $(
+            fn prompt_order(m: usize, rows: usize) -> bool {
+                let when: fn(usize, usize) -> bool = $when;
+                when(m, rows)
+            }
+            fn prompt_scalar(w: &[Self], a: &[$act]) -> f32 {
+                $gscalar(w, a)
+            }
+            )?
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
             fn simd(
@@ -312,30 +296,22 @@ macro_rules! kernel {
                 w: &[Self],
                 kb: usize,
                 rows: &[&[$act]],
+                prompt: bool,
                 out: &mut [[f32; ROW_TILE]],
             ) {
                 use $($avx2)::+ as avx2_rows;
                 use $($vnni)::+ as vnni_rows;
-                macro_rules! call {
-                    ($k:ident) => {
-                        // SAFETY: `kernels()` detected the instruction set of this row loop
-                        // before choosing it (every loop needs at most what the chosen set
-                        // has), and `dots` checked `w` holds `out.len()` rows of `kb` blocks
-                        // and every activation row at least `kb` blocks.
-                        unsafe {
-                            match *rows {
-                                [a] => $k::<1>(w, kb, [a], out),
-                                [a, b] => $k::<2>(w, kb, [a, b], out),
-                                [a, b, c] => $k::<3>(w, kb, [a, b, c], out),
-                                [a, b, c, d] => $k::<4>(w, kb, [a, b, c, d], out),
-                                _ => {}
-                            }
-                        }
-                    };
+                $(
+                if prompt {
+                    use $($gsimd)::+ as prompt_rows;
+                    call_rows!(prompt_rows, w, kb, rows, out);
+                    return;
                 }
+                )?
+                let _ = prompt;
                 match kernels {
-                    Kernels::Avx512Vnni => call!(vnni_rows),
-                    _ => call!(avx2_rows),
+                    Kernels::Avx512Vnni => call_rows!(vnni_rows, w, kb, rows, out),
+                    _ => call_rows!(avx2_rows, w, kb, rows, out),
                 }
             }
         }
@@ -486,11 +462,8 @@ impl OurMatMul {
                 let (w, rows) = (&w[c0 * kb..(c0 + cols) * kb], &rows[..rows_here]);
                 // Tiles start at multiples of four, so the full ones are the rows llama.cpp's
                 // repacked gemm takes four at a time.
-                if prompt {
-                    B::prompt_dots(kernels, w, kb, rows, m, out);
-                } else {
-                    dots(kernels, w, kb, rows, out);
-                }
+                let prompt = prompt && B::prompt_order(m, rows_here);
+                dots(kernels, w, kb, rows, prompt, out);
                 for (j, o) in out.iter().enumerate() {
                     for (i, v) in o.iter().take(rows_here).enumerate() {
                         outs[(r0 + i) * n + c0 + j].store(v.to_bits(), Ordering::Relaxed);
