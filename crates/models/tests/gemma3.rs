@@ -23,17 +23,6 @@ fn model() -> &'static (Gemma3, GgufTokenizer) {
     })
 }
 
-/// Index of the first maximum (lowest id on ties), as the sampler's greedy path picks.
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[test]
 fn teacher_forced_argmax_matches_llama_cpp() {
     let (model, _) = model();
@@ -87,7 +76,7 @@ fn greedy_continuations_agree_with_llama_cpp() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let t = argmax(&logits);
+            let t = common::argmax(&logits);
             got.push(t);
             if eog.contains(&t) {
                 break;

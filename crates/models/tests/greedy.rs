@@ -30,14 +30,7 @@ fn greedy_continuations_agree_with_llama_cpp() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            // Greedy: the first maximum (lowest id on ties), as the sampler's greedy path does.
-            let mut best = 0;
-            for (i, &l) in logits.iter().enumerate() {
-                if l > logits[best] {
-                    best = i;
-                }
-            }
-            let t = best as u32;
+            let t = common::argmax(&logits);
             got.push(t);
             if EOG.contains(&t) {
                 break;

@@ -9,16 +9,6 @@ use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{Decoder, GgufFile};
 
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in row.iter().enumerate() {
-        if l > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[test]
 fn long_prompts_match_llama_cpp_exactly() {
     let lines = common::jsonl("reference/long-prompts.jsonl");
@@ -40,7 +30,7 @@ fn long_prompts_match_llama_cpp_exactly() {
             };
             let all = model.forward(&ids, &mut cache(), true).unwrap();
             let got: Vec<u32> = (0..ids.len())
-                .map(|i| argmax(&common::row(&all.get(i).unwrap())))
+                .map(|i| common::argmax(&common::row(&all.get(i).unwrap())))
                 .collect();
             assert_eq!(
                 got,

@@ -5,6 +5,17 @@ use std::path::PathBuf;
 
 pub mod tiny_hf;
 
+/// Index of the first maximum (lowest id on ties), as the sampler's greedy path picks.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// The real SmolLM2 file from the model cache, or a failure naming the command that fetches it.
 pub fn smollm2_path() -> PathBuf {
     let path = fluent_ai_candle_models::cache::model_path("smollm2-135m-instruct").unwrap();
