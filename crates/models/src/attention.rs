@@ -26,7 +26,7 @@
 //! and f16 keys and values on the CPU returns `None`, and the caller takes the general path.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use half::f16;
@@ -158,50 +158,68 @@ impl Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static HEADS: RefCell<Heads> = RefCell::new(Heads::default());
 }
 
-/// A cache view's first `len` positions of every kv head, as f32 (`[kv, len, d]`): each f16
-/// converted once per call rather than once per query row and head that reads it.
-struct Widened {
-    data: Vec<f32>,
-    kv: usize,
-    len: usize,
-    d: usize,
+/// Numbers the calls of [`attention`], so a worker's [`Heads`] from an earlier call (whose
+/// caches may have grown since) are never taken for this one's.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// One kv head's keys and values widened to f32 (`[len, d]` each; for a tiled job also the
+/// keys transposed per tile), converted by a worker the first time one of its work items
+/// needs that head in a call and reused by its next items: every f16 is converted once per
+/// worker and call rather than once per query row and head that reads it, in parallel, into
+/// buffers that are sized once per thread.
+#[derive(Default)]
+struct Heads {
+    /// (call, job, kv head) the buffers hold, if any.
+    key: Option<(u64, usize, usize)>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kt: Vec<f32>,
 }
 
-impl Widened {
-    fn new(view: &View<'_, f16>, len: usize) -> Self {
-        let [kv, _, d] = view.dims;
-        let mut data = vec![0f32; kv * len * d];
-        for (h, head) in data.chunks_exact_mut(len * d.max(1)).enumerate() {
-            for (j, row) in head.chunks_exact_mut(d.max(1)).enumerate() {
+impl Heads {
+    /// Fills the buffers with kv head `h` of `job`'s first `len` positions (tiled: with the
+    /// transposed keys too), unless they hold it already.
+    fn load(
+        &mut self,
+        key: (u64, usize, usize),
+        views: (&View<'_, f16>, &View<'_, f16>),
+        len: usize,
+        tiled: bool,
+    ) {
+        if self.key == Some(key) {
+            return;
+        }
+        let (k, v) = views;
+        let (h, d) = (key.2, k.dims[2]);
+        for (buf, view) in [(&mut self.k, k), (&mut self.v, v)] {
+            if buf.len() < len * d {
+                buf.resize(len * d, 0.0);
+            }
+            for (j, row) in buf[..len * d].chunks_exact_mut(d.max(1)).enumerate() {
                 view.row(h, j).convert_to_f32_slice(row);
             }
         }
-        Self { data, kv, len, d }
-    }
-
-    #[inline]
-    fn row(&self, h: usize, j: usize) -> &[f32] {
-        let at = (h * self.len + j) * self.d;
-        &self.data[at..at + self.d]
-    }
-
-    /// The keys of kv head `h`, in tiles of [`TILE`] positions transposed to `[d][TILE]` (zero
-    /// beyond the last position), for the tiled path's scores.
-    fn transposed(&self) -> Vec<f32> {
-        let tiles = self.len.div_ceil(TILE);
-        let mut t = vec![0f32; self.kv * tiles * self.d * TILE];
-        for h in 0..self.kv {
-            for j in 0..self.len {
-                let (tile, slot) = (j / TILE, j % TILE);
-                let base = (h * tiles + tile) * self.d * TILE;
-                for (k, &x) in self.row(h, j).iter().enumerate() {
-                    t[base + k * TILE + slot] = x;
-                }
-            }
+        if tiled {
+            transpose(&self.k[..len * d], d, &mut self.kt);
         }
-        t
+        self.key = Some(key);
+    }
+}
+
+/// Keys `[len, d]` in tiles of [`TILE`] positions transposed to `[d][TILE]` (zero beyond the
+/// last position), for the tiled path's scores.
+fn transpose(k: &[f32], d: usize, out: &mut Vec<f32>) {
+    let len = k.len() / d.max(1);
+    out.clear();
+    out.resize(len.div_ceil(TILE) * d * TILE, 0.0);
+    for (j, row) in k.chunks_exact(d.max(1)).enumerate() {
+        let base = (j / TILE) * d * TILE + j % TILE;
+        for (i, &x) in row.iter().enumerate() {
+            out[base + i * TILE] = x;
+        }
     }
 }
 
@@ -233,15 +251,13 @@ fn reduce16(x: &[f32]) -> f32 {
 #[allow(clippy::too_many_arguments)]
 fn row_tiled(
     q: &[f32],
-    (kt, v): (&[f32], &Widened),
-    h: usize,
+    (kt, v): (&[f32], &[f32]),
     (lo, hi): (usize, usize),
     scale: f32,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
     let d = q.len();
-    let tiles = v.len.div_ceil(TILE);
     s.acc.fill(0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
     let mut p = [0f32; TILE];
@@ -249,7 +265,7 @@ fn row_tiled(
         let t0 = tile * TILE;
         let (a, b) = (lo.max(t0) - t0, hi.min(t0 + TILE) - t0);
         // Scores of the tile's slots: one fused chain per slot, over the head dimension.
-        let kb = &kt[(h * tiles + tile) * d * TILE..][..d * TILE];
+        let kb = &kt[tile * d * TILE..][..d * TILE];
         let mut sc = [0f32; TILE];
         for (k, &qk) in q.iter().enumerate() {
             let col = &kb[k * TILE..(k + 1) * TILE];
@@ -287,7 +303,7 @@ fn row_tiled(
         }
         sum = (f64::from(sum) + tile_sum) as f32;
         for (j, &w) in p.iter().enumerate().take(b).skip(a) {
-            for (acc, &x) in s.acc.iter_mut().zip(v.row(h, t0 + j)) {
+            for (acc, &x) in s.acc.iter_mut().zip(&v[(t0 + j) * d..(t0 + j + 1) * d]) {
                 *acc = x.mul_add(w, *acc);
             }
         }
@@ -298,24 +314,24 @@ fn row_tiled(
     }
 }
 
-/// One query row of one head over the keys `lo..hi` of kv head `h`: writes the attention
-/// output (`d` values) into `out`.
+/// One query row of one head over the keys `lo..hi` of its kv head's keys and values
+/// (`[len, d]` each): writes the attention output (`d` values) into `out`.
 fn row(
     q: &[f32],
-    (k, v): (&Widened, &Widened),
-    h: usize,
+    (k, v): (&[f32], &[f32]),
     (lo, hi): (usize, usize),
     scale: f32,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
+    let d = q.len();
     s.q.copy_from_slice(q);
     round_to_f16(&mut s.q, &mut s.half);
     s.acc.fill(0.0);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for j in lo..hi {
-        let score = dot_f16(k.row(h, j), &s.q) * scale;
+        let score = dot_f16(&k[j * d..(j + 1) * d], &s.q) * scale;
         let (ms, vs) = if score > max {
             let ms = (max - score).exp();
             max = score;
@@ -327,7 +343,7 @@ fn row(
         } else {
             (1.0, (score - max).exp())
         };
-        for (a, x) in s.acc.iter_mut().zip(v.row(h, j)) {
+        for (a, x) in s.acc.iter_mut().zip(&v[j * d..(j + 1) * d]) {
             *a = x.mul_add(vs, *a);
         }
         round_to_f16(&mut s.acc, &mut s.half);
@@ -363,11 +379,12 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
         .collect();
     struct Prepared<'a> {
         q: View<'a, f32>,
-        k: Widened,
-        v: Widened,
-        /// Keys transposed per tile, for a job of [`TILE`] rows or more (llama.cpp's tiled
-        /// path); empty otherwise.
-        kt: Vec<f32>,
+        k: View<'a, f16>,
+        v: View<'a, f16>,
+        /// Positions visible to the last row.
+        len: usize,
+        /// Whether the job takes llama.cpp's tiled path ([`TILE`] rows or more).
+        tiled: bool,
         first: usize,
         window: usize,
         /// The first output row of this job.
@@ -401,17 +418,11 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
                 job.first
             );
         }
-        let len = job.first + n;
-        let k = Widened::new(&k, len);
-        let kt = if n >= TILE {
-            k.transposed()
-        } else {
-            Vec::new()
-        };
         prepared.push(Prepared {
+            len: job.first + n,
+            tiled: n >= TILE,
             k,
-            kt,
-            v: Widened::new(&v, len),
+            v,
             q,
             first: job.first,
             window: job.window.max(1),
@@ -419,8 +430,10 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
         });
         rows += n;
     }
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let out: Vec<AtomicU32> = (0..rows * heads * d).map(|_| AtomicU32::new(0)).collect();
-    // Items: (job, head, row), job-major; `starts[i]` is job i's first item.
+    // Items: (job, head, row), job-major then head-major, so that the items of a chunk mostly
+    // share a kv head; `starts[i]` is job i's first item.
     let mut starts = Vec::with_capacity(prepared.len() + 1);
     let mut items = 0;
     for p in &prepared {
@@ -430,43 +443,31 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
     starts.push(items);
     let work = |range: std::ops::Range<usize>| {
         SCRATCH.with(|s| {
-            let s = &mut *s.borrow_mut();
-            s.size(d);
-            let mut o = vec![0f32; d];
-            for item in range {
-                let job = starts.partition_point(|&s| s <= item) - 1;
-                let p = &prepared[job];
-                let n = p.q.dims[1];
-                let (head, i) = ((item - starts[job]) / n, (item - starts[job]) % n);
-                let rep = heads / p.k.kv;
-                let hi = p.first + i + 1;
-                let lo = hi.saturating_sub(p.window);
-                if p.kt.is_empty() {
-                    row(
-                        p.q.row(head, i),
-                        (&p.k, &p.v),
-                        head / rep,
-                        (lo, hi),
-                        scale,
-                        s,
-                        &mut o,
-                    );
-                } else {
-                    row_tiled(
-                        p.q.row(head, i),
-                        (&p.kt, &p.v),
-                        head / rep,
-                        (lo, hi),
-                        scale,
-                        s,
-                        &mut o,
-                    );
+            HEADS.with(|kv| {
+                let (s, kv) = (&mut *s.borrow_mut(), &mut *kv.borrow_mut());
+                s.size(d);
+                let mut o = vec![0f32; d];
+                for item in range {
+                    let job = starts.partition_point(|&s| s <= item) - 1;
+                    let p = &prepared[job];
+                    let n = p.q.dims[1];
+                    let (head, i) = ((item - starts[job]) / n, (item - starts[job]) % n);
+                    let rep = heads / p.k.dims[0];
+                    kv.load((call, job, head / rep), (&p.k, &p.v), p.len, p.tiled);
+                    let hi = p.first + i + 1;
+                    let lo = hi.saturating_sub(p.window);
+                    let (k, v) = (&kv.k[..p.len * d], &kv.v[..p.len * d]);
+                    if p.tiled {
+                        row_tiled(p.q.row(head, i), (&kv.kt, v), (lo, hi), scale, s, &mut o);
+                    } else {
+                        row(p.q.row(head, i), (k, v), (lo, hi), scale, s, &mut o);
+                    }
+                    let base = ((p.row0 + i) * heads + head) * d;
+                    for (slot, x) in out[base..base + d].iter().zip(&o) {
+                        slot.store(x.to_bits(), Ordering::Relaxed);
+                    }
                 }
-                let base = ((p.row0 + i) * heads + head) * d;
-                for (slot, x) in out[base..base + d].iter().zip(&o) {
-                    slot.store(x.to_bits(), Ordering::Relaxed);
-                }
-            }
+            })
         });
     };
     candle_core::utils::barrier_pool().execute_chunked(items, work);

@@ -91,6 +91,61 @@ unsafe fn fifth_bits(qh: u32) -> __m256i {
     }
 }
 
+/// [`super::blocks::quantize_row`] with AVX-512: the same blocks, bit for bit (the largest
+/// magnitude is exact in any order, `x · (127 / amax)` is the same product, and the
+/// conversion rounds half to even as `round_ties_even` does). A block whose `127 / amax` is
+/// not finite (only for subnormal maxima) goes through the scalar code.
+///
+/// # Safety
+/// The CPU supports AVX-512 F, VL, BW and VNNI; `xs` holds `QK * out.len()` values.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+pub(crate) unsafe fn quantize_row(xs: &[f32], out: &mut [ActBlock]) {
+    use super::blocks::QK;
+    unsafe {
+        let ones = _mm256_set1_epi8(1);
+        for (block, xs) in out.iter_mut().zip(xs.chunks_exact(QK)) {
+            let lo = _mm512_loadu_ps(xs.as_ptr());
+            let hi = _mm512_loadu_ps(xs.as_ptr().add(16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            if !id.is_finite() {
+                super::blocks::quantize_row(xs, std::slice::from_mut(block));
+                continue;
+            }
+            let idv = _mm512_set1_ps(id);
+            let qlo = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(lo, idv)));
+            let qhi = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(hi, idv)));
+            let q = _mm256_inserti128_si256(_mm256_castsi128_si256(qlo), qhi, 1);
+            _mm256_storeu_si256(block.qs.as_mut_ptr().cast(), q);
+            // Sums of each four consecutive quants.
+            let fours = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q);
+            let sum = {
+                let s = _mm_add_epi32(
+                    _mm256_castsi256_si128(fours),
+                    _mm256_extracti128_si256(fours, 1),
+                );
+                let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+                _mm_cvtsi128_si32(s)
+            };
+            _mm256_storeu_si256(
+                block.neg16.as_mut_ptr().cast(),
+                _mm256_mullo_epi32(fours, _mm256_set1_epi32(-16)),
+            );
+            let d = amax / 127.0;
+            block.d = f16(
+                _mm_cvtsi128_si32(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(d))) as u16,
+            );
+            block.s = f16(
+                _mm_cvtsi128_si32(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(
+                    d * sum as f32,
+                ))) as u16,
+            );
+            block.sum = sum;
+        }
+    }
+}
+
 /// Unsigned bytes times signed bytes, four consecutive products summed per i32 lane, as f32
 /// (AVX2: `maddubs` into i16 pairs, then pairs of pairs).
 #[inline(always)]
@@ -189,7 +244,13 @@ macro_rules! rows {
 
 /// The kernels, built once per instruction set (`$features`) with its byte product.
 macro_rules! kernels {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $mul_sum:ident, $q5:ident) => {
+    (
+        $(#[$doc:meta])* $name:ident,
+        $features:literal,
+        $mul_sum:ident,
+        $q5:ident
+        $(, $with_rows:ident)?
+    ) => {
         $(#[$doc])*
         pub(crate) mod $name {
             use super::*;
@@ -328,10 +389,17 @@ macro_rules! kernels {
                 }
             }
 
-            rows!($features, rows_q4_1, q4_1, BlockQ4_1);
-            rows!($features, rows_q5_0, q5_0, BlockQ5_0);
-            rows!($features, rows_q8_0, q8_0, BlockQ8_0);
+            $(all_rows!($with_rows, $features);)?
         }
+    };
+}
+
+/// The row loops of the three formats (`with_rows` asks for them).
+macro_rules! all_rows {
+    (with_rows, $features:literal) => {
+        rows!($features, rows_q4_1, q4_1, BlockQ4_1);
+        rows!($features, rows_q5_0, q5_0, BlockQ5_0);
+        rows!($features, rows_q8_0, q8_0, BlockQ8_0);
     };
 }
 
@@ -340,12 +408,275 @@ kernels!(
     avx2,
     "avx2,fma,f16c",
     mul_sum_avx2,
-    q5_avx2
+    q5_avx2,
+    with_rows
 );
 kernels!(
-    /// AVX2 + FMA + F16C with AVX-512 VNNI (256-bit `vpdpbusd`, which needs AVX-512VL).
+    /// AVX2 + FMA + F16C with AVX-512 VNNI (256-bit `vpdpbusd`, which needs AVX-512VL): one
+    /// activation row at a time, inside [`vnni512`]'s row loops.
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
     mul_sum_vnni,
     q5_vnni
 );
+
+/// The VNNI kernels with two activation rows per 512-bit register: lanes 0..8 accumulate one
+/// row, lanes 8..16 the next, each exactly as the 256-bit kernels accumulate a row (the same
+/// integer lane sums, the same f32 products and fused adds per lane, the same horizontal sum),
+/// so results are bit-identical to [`vnni`] and [`avx2`] with half the instructions per row.
+/// A weight block is unpacked once into both halves. One activation row alone (decoding a
+/// single sequence), and the last row of an odd count, go through [`vnni`]'s 256-bit code.
+pub(crate) mod vnni512 {
+    use super::*;
+
+    /// The lane sums of two 32-byte activation blocks, one per 256-bit half.
+    #[inline(always)]
+    unsafe fn pair(lo: &[i8; 32], hi: &[i8; 32]) -> __m512i {
+        unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(load(lo)), load(hi), 1) }
+    }
+
+    /// Two f32 values, each broadcast over one 256-bit half.
+    #[inline(always)]
+    unsafe fn halves(lo: f32, hi: f32) -> __m512 {
+        unsafe { _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1) }
+    }
+
+    /// The two rows' outputs of a paired accumulator: the horizontal sum of each half.
+    #[inline(always)]
+    unsafe fn hsum_halves(v: __m512) -> (f32, f32) {
+        unsafe {
+            (
+                hsum(_mm512_castps512_ps256(v)),
+                hsum(_mm512_extractf32x8_ps(v, 1)),
+            )
+        }
+    }
+
+    /// Rows `2p, 2p + 1` of the paired accumulators and the last row of an odd `R` from its
+    /// 256-bit accumulator.
+    #[inline(always)]
+    unsafe fn finish2<const C: usize, const R: usize>(
+        acc: [[__m512; ROW_TILE / 2]; C],
+        odd: [__m256; C],
+    ) -> [[f32; R]; C] {
+        let mut out = [[0f32; R]; C];
+        for c in 0..C {
+            for p in 0..R / 2 {
+                (out[c][2 * p], out[c][2 * p + 1]) = unsafe { hsum_halves(acc[c][p]) };
+            }
+            if R % 2 == 1 {
+                out[c][R - 1] = unsafe { hsum(odd[c]) };
+            }
+        }
+        out
+    }
+
+    /// The 32 nibbles of a `Q4_1`/`Q5_0` block (as [`nibbles`]) in both 256-bit halves.
+    #[inline(always)]
+    unsafe fn nibbles2(qs: &[u8; 16]) -> __m512i {
+        unsafe {
+            let q = _mm512_broadcast_i32x4(_mm_loadu_si128(qs.as_ptr().cast()));
+            let q = _mm512_srlv_epi64(q, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+            _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
+        }
+    }
+
+    /// [`vnni::q4_1`] with two rows per register. The `m · s` terms of all rows of a weight
+    /// row go in one 128-bit register (lane `r` for row `r`), added block by block as there.
+    ///
+    /// # Safety
+    /// As [`vnni::q4_1`], and the CPU supports AVX-512 F, VL, DQ, BW and VNNI.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn q4_1<const C: usize, const R: usize>(
+        w: [&[BlockQ4_1]; C],
+        a: [&[ActBlock]; R],
+    ) -> [[f32; R]; C] {
+        unsafe {
+            if R == 1 {
+                return vnni::q4_1(w, a);
+            }
+            let mut acc = [[_mm512_setzero_ps(); ROW_TILE / 2]; C];
+            let mut odd = [_mm256_setzero_ps(); C];
+            let mut ms = [_mm_setzero_ps(); C];
+            for i in 0..w[0].len() {
+                let mut u = [_mm512_setzero_si512(); C];
+                let mut d = [_mm512_setzero_ps(); C];
+                let mut m = [_mm_setzero_ps(); C];
+                for c in 0..C {
+                    let b = w[c].get_unchecked(i);
+                    prefetch(b);
+                    u[c] = nibbles2(&b.qs);
+                    let dm = f16_pair(&b.d);
+                    d[c] = _mm512_broadcastss_ps(dm);
+                    m[c] = _mm_permute_ps::<0b01_01_01_01>(dm);
+                }
+                // Every row's `s` in its lane.
+                let mut s = [0f32; 4];
+                for r in 0..R {
+                    s[r] = a[r].get_unchecked(i).s;
+                }
+                let s = _mm_loadu_ps(s.as_ptr());
+                for c in 0..C {
+                    ms[c] = _mm_add_ps(ms[c], _mm_mul_ps(m[c], s));
+                }
+                for p in 0..R / 2 {
+                    let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
+                    let xq = pair(&x0.qs, &x1.qs);
+                    let xd = halves(x0.d, x1.d);
+                    for c in 0..C {
+                        let scale = _mm512_mul_ps(d[c], xd);
+                        let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
+                            _mm512_setzero_si512(),
+                            u[c],
+                            xq,
+                        ));
+                        acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
+                    }
+                }
+                if R % 2 == 1 {
+                    let x = a[R - 1].get_unchecked(i);
+                    let (xq, xd) = (load(&x.qs), _mm256_set1_ps(x.d));
+                    for c in 0..C {
+                        let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
+                        let prod = mul_sum_vnni(_mm512_castsi512_si256(u[c]), xq);
+                        odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
+                    }
+                }
+            }
+            let mut out = finish2::<C, R>(acc, odd);
+            for c in 0..C {
+                let mut lanes = [0f32; 4];
+                _mm_storeu_ps(lanes.as_mut_ptr(), ms[c]);
+                for r in 0..R {
+                    out[c][r] += lanes[r];
+                }
+            }
+            out
+        }
+    }
+
+    /// [`vnni::q5_0`] with two rows per register.
+    ///
+    /// # Safety
+    /// As [`q4_1`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn q5_0<const C: usize, const R: usize>(
+        w: [&[BlockQ5_0]; C],
+        a: [&[ActBlock]; R],
+    ) -> [[f32; R]; C] {
+        unsafe {
+            if R == 1 {
+                return vnni::q5_0(w, a);
+            }
+            let mut acc = [[_mm512_setzero_ps(); ROW_TILE / 2]; C];
+            let mut odd = [_mm256_setzero_ps(); C];
+            for i in 0..w[0].len() {
+                let mut u = [_mm512_setzero_si512(); C];
+                let mut d = [_mm512_setzero_ps(); C];
+                for c in 0..C {
+                    let b = w[c].get_unchecked(i);
+                    prefetch(b);
+                    u[c] =
+                        _mm512_or_si512(nibbles2(&b.qs), _mm512_broadcast_i64x4(fifth_bits(b.qh)));
+                    d[c] = _mm512_set1_ps(f16(b.d));
+                }
+                for p in 0..R / 2 {
+                    let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
+                    let xq = pair(&x0.qs, &x1.qs);
+                    let start = _mm512_inserti64x4(
+                        _mm512_castsi256_si512(_mm256_loadu_si256(x0.neg16.as_ptr().cast())),
+                        _mm256_loadu_si256(x1.neg16.as_ptr().cast()),
+                        1,
+                    );
+                    let xd = halves(x0.d, x1.d);
+                    for c in 0..C {
+                        let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u[c], xq));
+                        let scale = _mm512_mul_ps(d[c], xd);
+                        acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
+                    }
+                }
+                if R % 2 == 1 {
+                    let x = a[R - 1].get_unchecked(i);
+                    let xd = _mm256_set1_ps(x.d);
+                    for c in 0..C {
+                        let u = _mm512_castsi512_si256(u[c]);
+                        let prod = q5_vnni(u, u, u, x);
+                        let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
+                        odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
+                    }
+                }
+            }
+            finish2(acc, odd)
+        }
+    }
+
+    /// [`vnni::q8_0`] with two rows per register. 512-bit registers have no byte sign
+    /// instruction, so the activations are made unsigned instead (`x + 128`, a flipped top
+    /// bit) and each lane starts from `-128 ×` the sum of its four weights: the same exact
+    /// integer lane sums.
+    ///
+    /// # Safety
+    /// As [`q4_1`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn q8_0<const C: usize, const R: usize>(
+        w: [&[BlockQ8_0]; C],
+        a: [&[ActBlock]; R],
+    ) -> [[f32; R]; C] {
+        unsafe {
+            if R == 1 {
+                return vnni::q8_0(w, a);
+            }
+            let mut acc = [[_mm512_setzero_ps(); ROW_TILE / 2]; C];
+            let mut odd = [_mm256_setzero_ps(); C];
+            let top = _mm512_set1_epi8(-128);
+            for i in 0..w[0].len() {
+                let mut q = [_mm512_setzero_si512(); C];
+                let mut start = [_mm512_setzero_si512(); C];
+                let mut d = [_mm512_setzero_ps(); C];
+                for c in 0..C {
+                    let b = w[c].get_unchecked(i);
+                    prefetch(b);
+                    q[c] = _mm512_broadcast_i64x4(load(&b.qs));
+                    start[c] = _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), top, q[c]),
+                    );
+                    d[c] = _mm512_set1_ps(f16(b.d));
+                }
+                for p in 0..R / 2 {
+                    let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
+                    let xu = _mm512_xor_si512(pair(&x0.qs, &x1.qs), top);
+                    let xd = halves(x0.d, x1.d);
+                    for c in 0..C {
+                        let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[c], xu, q[c]));
+                        let scale = _mm512_mul_ps(d[c], xd);
+                        acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
+                    }
+                }
+                if R % 2 == 1 {
+                    let x = a[R - 1].get_unchecked(i);
+                    let xu = _mm256_xor_si256(load(&x.qs), _mm512_castsi512_si256(top));
+                    let xd = _mm256_set1_ps(x.d);
+                    for c in 0..C {
+                        let prod = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(
+                            _mm512_castsi512_si256(start[c]),
+                            xu,
+                            _mm512_castsi512_si256(q[c]),
+                        ));
+                        let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
+                        odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
+                    }
+                }
+            }
+            finish2(acc, odd)
+        }
+    }
+
+    all_rows!(
+        with_rows,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni"
+    );
+}
