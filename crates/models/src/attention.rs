@@ -32,43 +32,6 @@ use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-/// Values GGML's AVX-512 f16 dot product takes per step (four registers of sixteen).
-const DOT_STEP: usize = 64;
-/// Lanes per register in that dot product.
-const DOT_LANES: usize = 16;
-
-/// The f16 dot product of `k` and `q` (given as f32, each exactly an f16 value), summed in the
-/// order of GGML's AVX-512 `ggml_vec_dot_f16`: four sixteen-lane accumulators over each
-/// 64-value step, reduced `a0+a2, a1+a3, then their sum`, then across lanes by GCC's
-/// `_mm512_reduce_add_ps` tree; values past the last full step are added in f64. Products of
-/// two f16 values are exact in f32, so plain adds equal the kernel's fused multiply-adds.
-fn dot_f16(k: &[f32], q: &[f32]) -> f32 {
-    let n = k.len().min(q.len());
-    let full = n - n % DOT_STEP;
-    let mut acc = [[0f32; DOT_LANES]; 4];
-    for (kc, qc) in k[..full]
-        .chunks_exact(DOT_STEP)
-        .zip(q[..full].chunks_exact(DOT_STEP))
-    {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let ks = &kc[j * DOT_LANES..(j + 1) * DOT_LANES];
-            let qs = &qc[j * DOT_LANES..(j + 1) * DOT_LANES];
-            for ((a, k), q) in a.iter_mut().zip(ks).zip(qs) {
-                *a += k * q;
-            }
-        }
-    }
-    let mut r = [0f32; DOT_LANES];
-    for l in 0..DOT_LANES {
-        r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let mut sum = f64::from(reduce16(&r));
-    for (k, q) in k[full..n].iter().zip(&q[full..n]) {
-        sum += f64::from(k * q);
-    }
-    sum as f32
-}
-
 /// Rounds every value of `x` to f16 precision (as storing it into an f16 buffer does), using
 /// `buf` (as long as `x`) for the vectorized conversions.
 #[inline]
@@ -165,11 +128,11 @@ thread_local! {
 /// caches may have grown since) are never taken for this one's.
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// One kv head's keys and values widened to f32 (`[len, d]` each; for a tiled job also the
-/// keys transposed per tile), converted by a worker the first time one of its work items
-/// needs that head in a call and reused by its next items: every f16 is converted once per
-/// worker and call rather than once per query row and head that reads it, in parallel, into
-/// buffers that are sized once per thread.
+/// For llama.cpp's tiled path (a prompt of [`TILE`] rows or more): one kv head's keys and
+/// values widened to f32 (`[len, d]` each) and the keys transposed per tile, converted by a
+/// worker the first time one of its work items needs that head in a call and reused by its
+/// next items (every f16 converted once per worker and call, in parallel, into buffers sized
+/// once per thread). The one-row path reads the f16 cache in place.
 #[derive(Default)]
 struct Heads {
     /// (call, job, kv head) the buffers hold, if any.
@@ -180,14 +143,13 @@ struct Heads {
 }
 
 impl Heads {
-    /// Fills the buffers with kv head `h` of `job`'s first `len` positions (tiled: with the
-    /// transposed keys too), unless they hold it already.
+    /// Fills the buffers with kv head `key.2` of job `key.1`'s first `len` positions (and the
+    /// keys transposed), unless they hold it already.
     fn load(
         &mut self,
         key: (u64, usize, usize),
         views: (&View<'_, f16>, &View<'_, f16>),
         len: usize,
-        tiled: bool,
     ) {
         if self.key == Some(key) {
             return;
@@ -202,9 +164,7 @@ impl Heads {
                 view.row(h, j).convert_to_f32_slice(row);
             }
         }
-        if tiled {
-            transpose(&self.k[..len * d], d, &mut self.kt);
-        }
+        transpose(&self.k[..len * d], d, &mut self.kt);
         self.key = Some(key);
     }
 }
@@ -226,20 +186,6 @@ fn transpose(k: &[f32], d: usize, out: &mut Vec<f32>) {
 /// Query rows and key positions per tile of llama.cpp's tiled flash attention
 /// (`GGML_FA_TILE_Q`, `GGML_FA_TILE_KV`), which it takes for 64 query rows or more.
 const TILE: usize = 64;
-
-/// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them: upper 256 bits +
-/// lower, upper 128 + lower, lanes 2,3 + 0,1, lane 1 + lane 0.
-fn reduce16(x: &[f32]) -> f32 {
-    let mut t8 = [0f32; 8];
-    for i in 0..8 {
-        t8[i] = x[8 + i] + x[i];
-    }
-    let mut t4 = [0f32; 4];
-    for i in 0..4 {
-        t4[i] = t8[4 + i] + t8[i];
-    }
-    (t4[0] + t4[2]) + (t4[1] + t4[3])
-}
 
 /// One query row of one head over the keys `lo..hi` of kv head `h`, as llama.cpp's tiled
 /// flash attention computes a prompt of 64 rows or more (`ggml_compute_forward_flash_attn_ext_tiled`):
@@ -299,7 +245,7 @@ fn row_tiled(
             for (pv, &x) in pc.iter_mut().zip(sc) {
                 *pv = crate::ggml_math::v_expf(x - max);
             }
-            tile_sum += f64::from(reduce16(pc));
+            tile_sum += f64::from(crate::f16_kernels::reduce16(pc));
         }
         sum = (f64::from(sum) + tile_sum) as f32;
         for (j, &w) in p.iter().enumerate().take(b).skip(a) {
@@ -314,39 +260,34 @@ fn row_tiled(
     }
 }
 
-/// One query row of one head over the keys `lo..hi` of its kv head's keys and values
-/// (`[len, d]` each): writes the attention output (`d` values) into `out`.
+/// One query row of one head over the keys `lo..hi` of kv head `h`, read in place from the
+/// f16 cache: writes the attention output (`d` values) into `out`.
 fn row(
     q: &[f32],
-    (k, v): (&[f32], &[f32]),
+    (k, v): (&View<'_, f16>, &View<'_, f16>),
+    h: usize,
     (lo, hi): (usize, usize),
     scale: f32,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
-    let d = q.len();
+    use crate::f16_kernels as f16k;
     s.q.copy_from_slice(q);
     round_to_f16(&mut s.q, &mut s.half);
     s.acc.fill(0.0);
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for j in lo..hi {
-        let score = dot_f16(&k[j * d..(j + 1) * d], &s.q) * scale;
+        let score = f16k::dot(k.row(h, j), &s.q) * scale;
         let (ms, vs) = if score > max {
             let ms = (max - score).exp();
             max = score;
-            for a in s.acc.iter_mut() {
-                *a *= ms;
-            }
-            round_to_f16(&mut s.acc, &mut s.half);
+            f16k::scale(&mut s.acc, ms);
             (ms, 1.0)
         } else {
             (1.0, (score - max).exp())
         };
-        for (a, x) in s.acc.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-            *a = x.mul_add(vs, *a);
-        }
-        round_to_f16(&mut s.acc, &mut s.half);
+        f16k::mad(&mut s.acc, v.row(h, j), vs);
         sum = sum.mul_add(ms, vs);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -453,14 +394,23 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
                     let n = p.q.dims[1];
                     let (head, i) = ((item - starts[job]) / n, (item - starts[job]) % n);
                     let rep = heads / p.k.dims[0];
-                    kv.load((call, job, head / rep), (&p.k, &p.v), p.len, p.tiled);
                     let hi = p.first + i + 1;
                     let lo = hi.saturating_sub(p.window);
-                    let (k, v) = (&kv.k[..p.len * d], &kv.v[..p.len * d]);
                     if p.tiled {
+                        kv.load((call, job, head / rep), (&p.k, &p.v), p.len);
+                        let v = &kv.v[..p.len * d];
                         row_tiled(p.q.row(head, i), (&kv.kt, v), (lo, hi), scale, s, &mut o);
                     } else {
-                        row(p.q.row(head, i), (k, v), (lo, hi), scale, s, &mut o);
+                        let views = (&p.k, &p.v);
+                        row(
+                            p.q.row(head, i),
+                            views,
+                            head / rep,
+                            (lo, hi),
+                            scale,
+                            s,
+                            &mut o,
+                        );
                     }
                     let base = ((p.row0 + i) * heads + head) * d;
                     for (slot, x) in out[base..base + d].iter().zip(&o) {
@@ -515,46 +465,6 @@ mod tests {
 
     fn f32s(x: &[f16]) -> Vec<f32> {
         x.iter().map(|v| v.to_f32()).collect()
-    }
-
-    /// The dot product the plain way, in f64: the order-exact one must stay within f32
-    /// rounding of it.
-    fn dot_f64(k: &[f16], q: &[f16]) -> f64 {
-        k.iter()
-            .zip(q)
-            .map(|(a, b)| f64::from(a.to_f32()) * f64::from(b.to_f32()))
-            .sum()
-    }
-
-    proptest! {
-        #[test]
-        fn dot_is_the_dot_product(
-            vals in proptest::collection::vec((-4f32..4.0, -4f32..4.0), 1..300)
-        ) {
-            let k: Vec<f16> = vals.iter().map(|v| f16::from_f32(v.0)).collect();
-            let q: Vec<f16> = vals.iter().map(|v| f16::from_f32(v.1)).collect();
-            let want = dot_f64(&k, &q);
-            let mag: f64 = k.iter().zip(&q)
-                .map(|(a, b)| f64::from(a.to_f32() * b.to_f32()).abs()).sum();
-            let got = f64::from(dot_f16(&f32s(&k), &f32s(&q)));
-            prop_assert!((got - want).abs() <= mag * 1e-6 + 1e-9, "{got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn dot_sums_in_ggml_order() {
-        // Lane 0 of accumulator 0 holds a large value; lane 8 of accumulator 2 its negation,
-        // and lane 4 a small one: GGML adds accumulators 0 and 2 first (cancelling exactly),
-        // so the small value survives, which a left-to-right sum would lose.
-        let mut k = vec![f16::ZERO; 64];
-        let q = vec![f16::ONE; 64];
-        k[0] = f16::from_f32(2048.0);
-        k[32] = f16::from_f32(-2048.0);
-        k[4] = f16::from_f32(0.000_122_070_31);
-        let (k, q) = (f32s(&k), f32s(&q));
-        assert_eq!(dot_f16(&k, &q), 0.000_122_070_31);
-        let left_to_right = k.iter().fold(0f32, |s, x| s + x);
-        assert_ne!(left_to_right, dot_f16(&k, &q));
     }
 
     /// matmul, scale, mask, softmax, matmul in f32 on the same f16 inputs.

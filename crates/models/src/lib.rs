@@ -68,6 +68,7 @@ pub mod decoder;
 pub mod deepseek;
 pub mod device;
 pub mod error;
+mod f16_kernels;
 mod geglu;
 pub mod gemma3;
 mod ggml_math;
