@@ -461,11 +461,6 @@ pub(crate) fn decode_step(
 mod tests {
     use super::*;
     use candle_core::{DType, Device, D};
-    use proptest::prelude::*;
-
-    fn f32s(x: &[f16]) -> Vec<f32> {
-        x.iter().map(|v| v.to_f32()).collect()
-    }
 
     /// matmul, scale, mask, softmax, matmul in f32 on the same f16 inputs.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, first: usize) -> Tensor {
