@@ -426,6 +426,147 @@ pub(crate) mod x86 {
     rows!(rows_q6k, q6k, BlockQ6K);
     rows!(rows_q6k_tiled, q6k_tiled, BlockQ6K);
 
+    /// [`rows_q4k_grouped`] with AVX-512 BW and VNNI for a full tile of four activation rows
+    /// (the only tile the grouped order takes): each 64-value group of a super-block is one
+    /// 512-bit register (low nibbles in the lower half, high nibbles in the upper), its byte
+    /// products summed into i16 pairs and then, times the sub-block scales, into i32 lanes by
+    /// `vpdpwssd`; the exact group sums of the four rows go into one register (lane `r` for
+    /// row `r`) and are fused into the four rows' accumulators together: the same integers and
+    /// the same f32 operations per row as [`q4k_grouped`], so the same bits. Other tiles go
+    /// to [`rows_q4k_grouped`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA, F16C and AVX-512 F, VL, DQ, BW and VNNI; shapes as
+    /// [`rows_q4k_grouped`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn rows_q4k_grouped_vnni<const R: usize>(
+        w: &[BlockQ4K],
+        kb: usize,
+        a: [&[ActBlockK]; R],
+        out: &mut [[f32; crate::quant::ROW_TILE]],
+    ) {
+        unsafe {
+            if R != 4 {
+                return rows_q4k_grouped::<R>(w, kb, a, out);
+            }
+            let s: &[&[ActBlockK]] = &a;
+            let a4 = [s[0], s[1], s[2], s[3]];
+            for (c, o) in out.iter_mut().enumerate() {
+                let r = q4k_grouped4(w.get_unchecked(c * kb..(c + 1) * kb), a4);
+                o[..4].copy_from_slice(&r);
+            }
+        }
+    }
+
+    /// The sums of the i32 lanes of each of four registers: lane `k` of the result is the sum
+    /// of `g[k]` (exact).
+    #[inline(always)]
+    unsafe fn reduce4(g: [__m512i; 4]) -> __m128i {
+        unsafe {
+            let t01 = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(g[0], g[1]),
+                _mm512_unpackhi_epi32(g[0], g[1]),
+            );
+            let t23 = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(g[2], g[3]),
+                _mm512_unpackhi_epi32(g[2], g[3]),
+            );
+            let u = _mm512_add_epi32(
+                _mm512_unpacklo_epi64(t01, t23),
+                _mm512_unpackhi_epi64(t01, t23),
+            );
+            let v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+            _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
+        }
+    }
+
+    /// A 4×4 transpose: lane `r` of result `k` is lane `k` of `s[r]`.
+    #[inline(always)]
+    unsafe fn transpose4(s: [__m128i; 4]) -> [__m128i; 4] {
+        unsafe {
+            let t0 = _mm_unpacklo_epi32(s[0], s[1]);
+            let t1 = _mm_unpacklo_epi32(s[2], s[3]);
+            let t2 = _mm_unpackhi_epi32(s[0], s[1]);
+            let t3 = _mm_unpackhi_epi32(s[2], s[3]);
+            [
+                _mm_unpacklo_epi64(t0, t1),
+                _mm_unpackhi_epi64(t0, t1),
+                _mm_unpacklo_epi64(t2, t3),
+                _mm_unpackhi_epi64(t2, t3),
+            ]
+        }
+    }
+
+    /// One `Q4_K` weight row · four activation rows in the grouped order (see
+    /// [`rows_q4k_grouped_vnni`]).
+    ///
+    /// # Safety
+    /// As [`rows_q4k_grouped_vnni`]; every `a[r]` has at least `w.len()` blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    unsafe fn q4k_grouped4(w: &[BlockQ4K], a: [&[ActBlockK]; 4]) -> [f32; 4] {
+        unsafe {
+            let m4 = _mm512_set1_epi8(0x0F);
+            // The upper half takes the high nibbles.
+            let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+            // Group k's scales: words 0..16 take sub-block 2k's, words 16..32 sub-block 2k+1's.
+            let mut idx = [_mm512_setzero_si512(); 4];
+            for (k, v) in idx.iter_mut().enumerate() {
+                let mut words = [0i16; 32];
+                for (l, x) in words.iter_mut().enumerate() {
+                    *x = (2 * k + l / 16) as i16;
+                }
+                *v = _mm512_loadu_si512(words.as_ptr().cast());
+            }
+            let mut acc = _mm_setzero_ps();
+            let mut acc_min = _mm_setzero_ps();
+            for (i, b) in w.iter().enumerate() {
+                prefetch(b);
+                let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                    b.scales.as_ptr().cast(),
+                )));
+                let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(b.mins.as_ptr().cast()));
+                let mut q = [_mm512_setzero_si512(); 4];
+                let mut sc = [_mm512_setzero_si512(); 4];
+                for k in 0..4 {
+                    let raw = _mm512_broadcast_i64x4(load(b.qs.as_ptr().add(32 * k)));
+                    q[k] = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), m4);
+                    sc[k] = _mm512_permutexvar_epi16(idx[k], scales);
+                }
+                let mut sums = [_mm_setzero_si128(); 4];
+                let mut ms = [_mm_setzero_si128(); 4];
+                let mut xd = [0f32; 4];
+                for r in 0..4 {
+                    let x = a[r].get_unchecked(i);
+                    let mut g = [_mm512_setzero_si512(); 4];
+                    for k in 0..4 {
+                        let xq = _mm512_loadu_si512(x.qs.as_ptr().add(64 * k).cast());
+                        let p = _mm512_maddubs_epi16(q[k], xq);
+                        g[k] = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p, sc[k]);
+                    }
+                    sums[r] = reduce4(g);
+                    let pairs = _mm_hadd_epi16(
+                        _mm_loadu_si128(x.bsums.as_ptr().cast()),
+                        _mm_loadu_si128(x.bsums.as_ptr().add(8).cast()),
+                    );
+                    ms[r] = _mm_madd_epi16(pairs, mins);
+                    xd[r] = x.d;
+                }
+                let (sums, ms) = (transpose4(sums), transpose4(ms));
+                let xd = _mm_loadu_ps(xd.as_ptr());
+                let dd = _mm_mul_ps(_mm_set1_ps(b.d), xd);
+                let dm = _mm_mul_ps(_mm_set1_ps(b.dmin), xd);
+                for k in 0..4 {
+                    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sums[k]), dd, acc);
+                    acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(ms[k]), dm, acc_min);
+                }
+            }
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm_sub_ps(acc, acc_min));
+            out
+        }
+    }
+
     /// `Q4_K` weights · `R` activation rows, as [`super::dot_q4k`] for each row.
     ///
     /// # Safety
@@ -644,7 +785,17 @@ pub(crate) mod x86 {
         Some(unsafe {
             match (w, prompt) {
                 (super::KRow::Q4K(w), false) => q4k(w, a),
-                (super::KRow::Q4K(w), true) => q4k_grouped(w, a),
+                (super::KRow::Q4K(w), true) => {
+                    let avx2 = q4k_grouped(w, a);
+                    if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
+                        // The AVX-512 build (which takes full tiles of four rows) too.
+                        let mut out = [[0f32; crate::quant::ROW_TILE]; 1];
+                        rows_q4k_grouped_vnni::<R>(w, w.len(), a, &mut out);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, grouped");
+                    }
+                    avx2
+                }
                 (super::KRow::Q6K(w), false) => q6k(w, a),
                 (super::KRow::Q6K(w), true) => q6k_tiled(w, a),
             }

@@ -285,7 +285,7 @@ macro_rules! kernel {
         $dequantize:path,
         avx2: $($avx2:ident)::+,
         vnni: $($vnni:ident)::+
-        $(, prompt: $when:expr, $gscalar:path, $($gsimd:ident)::+)? $(,)?
+        $(, prompt: $when:expr, $gscalar:path, $($gsimd:ident)::+, $($gvnni:ident)::+)? $(,)?
     ) => {
         impl Kernel for $block {
             type Act = $act;
@@ -323,7 +323,11 @@ macro_rules! kernel {
                 $(
                 if prompt {
                     use $($gsimd)::+ as prompt_rows;
-                    call_rows!(prompt_rows, w, kb, rows, out);
+                    use $($gvnni)::+ as prompt_vnni_rows;
+                    match kernels {
+                        Kernels::Avx512Vnni => call_rows!(prompt_vnni_rows, w, kb, rows, out),
+                        _ => call_rows!(prompt_rows, w, kb, rows, out),
+                    }
                     return;
                 }
                 )?
@@ -378,7 +382,10 @@ kernel!(
     avx2: kquant::x86::rows_q4k,
     vnni: kquant::x86::rows_q4k,
     // llama.cpp's repacked gemm takes a prompt's rows four at a time.
-    prompt: |_, rows| rows == ROW_TILE, kquant::dot_q4k_grouped, kquant::x86::rows_q4k_grouped,
+    prompt: |_, rows| rows == ROW_TILE,
+    kquant::dot_q4k_grouped,
+    kquant::x86::rows_q4k_grouped,
+    kquant::x86::rows_q4k_grouped_vnni,
 );
 kernel!(
     BlockQ6K,
@@ -390,7 +397,10 @@ kernel!(
     avx2: kquant::x86::rows_q6k,
     vnni: kquant::x86::rows_q6k,
     // llama.cpp's tiled matmul takes prompts of eight rows or more.
-    prompt: |m, _| m >= 8, kquant::dot_q6k_tiled, kquant::x86::rows_q6k_tiled,
+    prompt: |m, _| m >= 8,
+    kquant::dot_q6k_tiled,
+    kquant::x86::rows_q6k_tiled,
+    kquant::x86::rows_q6k_tiled,
 );
 
 /// Rows from which quantizing the activations is split over the pool (below, the hand-off
