@@ -567,6 +567,104 @@ pub(crate) mod x86 {
         }
     }
 
+    /// [`rows_q6k_tiled`] with AVX-512 BW and VNNI: two 32-value chunks of a super-block per
+    /// 512-bit register, their byte products summed into i16 pairs and then, times the
+    /// sub-block scales, into i32 lanes by `vpdpwssd`, the `- 32` taken off through the
+    /// activation sums as there; the exact integer of each row and super-block is then fused
+    /// into the rows' accumulators together (lane `r` for row `r`), with the same f32
+    /// operations per row as [`q6k_tiled`]: the same bits.
+    ///
+    /// # Safety
+    /// As [`rows_q4k_grouped_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn rows_q6k_tiled_vnni<const R: usize>(
+        w: &[BlockQ6K],
+        kb: usize,
+        a: [&[ActBlockK]; R],
+        out: &mut [[f32; crate::quant::ROW_TILE]],
+    ) {
+        for (c, o) in out.iter_mut().enumerate() {
+            unsafe {
+                let r = q6k_tiled_vnni::<R>(w.get_unchecked(c * kb..(c + 1) * kb), a);
+                o[..R].copy_from_slice(&r);
+            }
+        }
+    }
+
+    /// One `Q6_K` weight row · `R` (1..=4) activation rows in the tiled order (see
+    /// [`rows_q6k_tiled_vnni`]).
+    ///
+    /// # Safety
+    /// As [`rows_q4k_grouped_vnni`]; every `a[r]` has at least `w.len()` blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+    unsafe fn q6k_tiled_vnni<const R: usize>(w: &[BlockQ6K], a: [&[ActBlockK]; R]) -> [f32; R] {
+        unsafe {
+            let m4 = _mm512_set1_epi8(0x0F);
+            let m3 = _mm512_set1_epi8(3);
+            // The high bits of the two chunks of a register: bits 0..2 and 2..4 of `qh`
+            // (pair A), 4..6 and 6..8 (pair B), as 16-bit shifts per half.
+            let words = |lo: i64, hi: i64| {
+                let (lo, hi) = (lo * 0x0001_0001_0001_0001, hi * 0x0001_0001_0001_0001);
+                _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
+            };
+            let (shift_a, shift_b) = (words(0, 2), words(4, 6));
+            // Register m (chunks 2m, 2m + 1) takes sub-blocks 4m..4m + 4, eight words each.
+            let mut idx = [_mm512_setzero_si512(); 4];
+            for (m, v) in idx.iter_mut().enumerate() {
+                let mut words = [0i16; 32];
+                for (l, x) in words.iter_mut().enumerate() {
+                    *x = (4 * m + l / 8) as i16;
+                }
+                *v = _mm512_loadu_si512(words.as_ptr().cast());
+            }
+            let mut tiled = _mm_setzero_ps();
+            for (i, b) in w.iter().enumerate() {
+                prefetch(b);
+                let mut q = [_mm512_setzero_si512(); 4];
+                for h in 0..2 {
+                    let l = _mm512_loadu_si512(b.ql.as_ptr().add(64 * h).cast());
+                    let hb = _mm512_broadcast_i64x4(load(b.qh.as_ptr().add(32 * h)));
+                    let ha =
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb, shift_a), m3), 4);
+                    let hbb =
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb, shift_b), m3), 4);
+                    q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), ha);
+                    q[2 * h + 1] =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), hbb);
+                }
+                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.scales.as_ptr().cast()));
+                let scales = _mm512_castsi256_si512(scales16);
+                let mut sc = [_mm512_setzero_si512(); 4];
+                for m in 0..4 {
+                    sc[m] = _mm512_permutexvar_epi16(idx[m], scales);
+                }
+                let mut g = [_mm512_setzero_si512(); 4];
+                let mut xd = [0f32; 4];
+                for r in 0..R {
+                    let x = a[r].get_unchecked(i);
+                    let mut sum = _mm512_setzero_si512();
+                    for m in 0..4 {
+                        let xq = _mm512_loadu_si512(x.qs.as_ptr().add(64 * m).cast());
+                        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(q[m], xq), sc[m]);
+                    }
+                    // 32 · Σ bsums·scale off the total.
+                    let bsums = _mm256_loadu_si256(x.bsums.as_ptr().cast());
+                    let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+                    g[r] = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(sub));
+                    xd[r] = x.d;
+                }
+                let t = _mm_mul_ps(_mm_cvtepi32_ps(reduce4(g)), _mm_set1_ps(b.d));
+                tiled = _mm_fmadd_ps(t, _mm_loadu_ps(xd.as_ptr()), tiled);
+            }
+            let mut all = [0f32; 4];
+            _mm_storeu_ps(all.as_mut_ptr(), tiled);
+            let mut out = [0f32; R];
+            out.copy_from_slice(&all[..R]);
+            out
+        }
+    }
+
     /// `Q4_K` weights · `R` activation rows, as [`super::dot_q4k`] for each row.
     ///
     /// # Safety
@@ -797,7 +895,16 @@ pub(crate) mod x86 {
                     avx2
                 }
                 (super::KRow::Q6K(w), false) => q6k(w, a),
-                (super::KRow::Q6K(w), true) => q6k_tiled(w, a),
+                (super::KRow::Q6K(w), true) => {
+                    let avx2 = q6k_tiled(w, a);
+                    if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
+                        let mut out = [[0f32; crate::quant::ROW_TILE]; 1];
+                        rows_q6k_tiled_vnni::<R>(w, w.len(), a, &mut out);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, tiled");
+                    }
+                    avx2
+                }
             }
         })
     }

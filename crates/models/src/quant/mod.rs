@@ -400,7 +400,7 @@ kernel!(
     prompt: |m, _| m >= 8,
     kquant::dot_q6k_tiled,
     kquant::x86::rows_q6k_tiled,
-    kquant::x86::rows_q6k_tiled,
+    kquant::x86::rows_q6k_tiled_vnni,
 );
 
 /// Rows from which quantizing the activations is split over the pool (below, the hand-off
