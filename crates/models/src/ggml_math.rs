@@ -55,11 +55,14 @@ fn swiglu_one(x: f32, g: f32) -> f32 {
     x / (1.0 + v_expf(0.0 - x)) * g
 }
 
-/// Values per work item on the pool.
-const CHUNK: usize = 4096;
+/// Values per work item on the pool: small enough that a few rows (a batched decode step:
+/// 4 × 1536 values) split evenly over the threads.
+const CHUNK: usize = 1024;
+/// Up to this many values, the calling thread does it alone (one row of a decode step).
+const SERIAL: usize = 2048;
 
 /// `f(a[i], b[i])` for every element of two f32 CPU tensors of one contiguous shape, on the
-/// calling thread up to one chunk and split over candle's CPU pool beyond: the body of an
+/// calling thread up to [`SERIAL`] values and split over candle's CPU pool beyond: the body of an
 /// element-wise [`CustomOp2`] (`what` names it in errors).
 pub(crate) fn zip_map(
     what: &str,
@@ -82,7 +85,7 @@ pub(crate) fn zip_map(
         );
     }
     let (a, b) = (&a[a0..a1], &b[b0..b1]);
-    if a.len() <= CHUNK {
+    if a.len() <= SERIAL {
         let out = a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
         return Ok((CpuStorage::F32(out), l1.shape().clone()));
     }

@@ -629,10 +629,9 @@ fn rewrite(
         })
         .collect();
     let path = src.with_file_name(name);
-    let mut out = std::fs::File::create(&path).unwrap();
     let md: Vec<(&str, &Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut out, &md, &ts).unwrap();
+    common::write_atomically(&path, |out| gguf_file::write(out, &md, &ts).unwrap());
     path
 }
 

@@ -409,7 +409,7 @@ pub(crate) mod x86 {
                 w: &[$block],
                 kb: usize,
                 a: [&[ActBlockK]; R],
-                out: &mut [[f32; crate::quant::ROW_TILE]],
+                out: &mut [[f32; crate::quant::MAX_TILE]],
             ) {
                 for (c, o) in out.iter_mut().enumerate() {
                     unsafe {
@@ -443,7 +443,7 @@ pub(crate) mod x86 {
         w: &[BlockQ4K],
         kb: usize,
         a: [&[ActBlockK]; R],
-        out: &mut [[f32; crate::quant::ROW_TILE]],
+        out: &mut [[f32; crate::quant::MAX_TILE]],
     ) {
         unsafe {
             if R != 4 {
@@ -581,7 +581,7 @@ pub(crate) mod x86 {
         w: &[BlockQ6K],
         kb: usize,
         a: [&[ActBlockK]; R],
-        out: &mut [[f32; crate::quant::ROW_TILE]],
+        out: &mut [[f32; crate::quant::MAX_TILE]],
     ) {
         for (c, o) in out.iter_mut().enumerate() {
             unsafe {
@@ -887,7 +887,7 @@ pub(crate) mod x86 {
                     let avx2 = q4k_grouped(w, a);
                     if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
                         // The AVX-512 build (which takes full tiles of four rows) too.
-                        let mut out = [[0f32; crate::quant::ROW_TILE]; 1];
+                        let mut out = [[0f32; crate::quant::MAX_TILE]; 1];
                         rows_q4k_grouped_vnni::<R>(w, w.len(), a, &mut out);
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, grouped");
@@ -898,7 +898,7 @@ pub(crate) mod x86 {
                 (super::KRow::Q6K(w), true) => {
                     let avx2 = q6k_tiled(w, a);
                     if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
-                        let mut out = [[0f32; crate::quant::ROW_TILE]; 1];
+                        let mut out = [[0f32; crate::quant::MAX_TILE]; 1];
                         rows_q6k_tiled_vnni::<R>(w, w.len(), a, &mut out);
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, tiled");

@@ -135,8 +135,12 @@ struct OurMatMul {
     kernels: Kernels,
 }
 
-/// Rows multiplied together by one kernel call.
+/// Rows multiplied together by one kernel call of the K-quant formats and of the 256-bit
+/// kernels (and the rows llama.cpp's repacked `Q4_K` gemm takes at a time).
 pub(crate) const ROW_TILE: usize = 4;
+/// Rows multiplied together by one call of the 512-bit kernels of the 32-value formats (four
+/// pairs of rows: each weight block unpacked once for eight rows); the most any kernel takes.
+pub(crate) const MAX_TILE: usize = 8;
 /// Output features per work item.
 const COL_GROUP: usize = 8;
 
@@ -184,7 +188,7 @@ impl Act for ActBlockK {
 }
 
 /// Dot products of every weight row of `w` (`out.len()` rows of `kb` blocks) with the
-/// activation rows `rows` (1..=4), into `out[c][r]`, in the format's prompt order when
+/// activation rows `rows` (1..=[`Kernel::tile`]), into `out[c][r]`, in the format's prompt order when
 /// `prompt` (see [`Kernel::prompt_order`]). Every output is the same whatever else is
 /// computed beside it (batch invariance), given the order.
 fn dots<B: Kernel>(
@@ -193,11 +197,11 @@ fn dots<B: Kernel>(
     kb: usize,
     rows: &[&[B::Act]],
     prompt: bool,
-    out: &mut [[f32; ROW_TILE]],
+    out: &mut [[f32; MAX_TILE]],
 ) {
     assert!(
         !rows.is_empty()
-            && rows.len() <= ROW_TILE
+            && rows.len() <= MAX_TILE
             && w.len() == out.len() * kb
             && rows.iter().all(|r| r.len() >= kb)
     );
@@ -239,6 +243,11 @@ trait Kernel: WeightBlock {
     fn prompt_scalar(w: &[Self], a: &[Self::Act]) -> f32 {
         Self::scalar(w, a)
     }
+    /// Activation rows per kernel call with `kernels`.
+    fn tile(kernels: Kernels) -> usize {
+        let _ = kernels;
+        ROW_TILE
+    }
     /// Only called with the `kernels` that [`kernels`] found the CPU supports (AVX2, FMA and
     /// F16C, and AVX-512 VNNI for [`Kernels::Avx512Vnni`]), with the shapes [`dots`] checks;
     /// in the prompt order when `prompt`.
@@ -249,13 +258,14 @@ trait Kernel: WeightBlock {
         kb: usize,
         rows: &[&[Self::Act]],
         prompt: bool,
-        out: &mut [[f32; ROW_TILE]],
+        out: &mut [[f32; MAX_TILE]],
     );
 }
 
-/// Calls the row loop `$k` (one of the `rows_*` functions) for the 1..=4 activation rows.
+/// Calls the row loop `$k` (one of the `rows_*` functions) for the 1..=4 activation rows
+/// (`4`), or 1..=8 (`8`, for loops built for [`MAX_TILE`]).
 macro_rules! call_rows {
-    ($k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
+    (4, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
         // SAFETY: `kernels()` detected the instruction set of this row loop before choosing it
         // (every loop needs at most what the chosen set has), and `dots` checked `w` holds
         // `out.len()` rows of `kb` blocks and every activation row at least `kb` blocks.
@@ -265,6 +275,22 @@ macro_rules! call_rows {
                 [a, b] => $k::<2>($w, $kb, [a, b], $out),
                 [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out),
                 [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out),
+                _ => {}
+            }
+        }
+    };
+    (8, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
+        // SAFETY: as above.
+        unsafe {
+            match *$rows {
+                [a] => $k::<1>($w, $kb, [a], $out),
+                [a, b] => $k::<2>($w, $kb, [a, b], $out),
+                [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out),
+                [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out),
+                [a, b, c, d, e] => $k::<5>($w, $kb, [a, b, c, d, e], $out),
+                [a, b, c, d, e, f] => $k::<6>($w, $kb, [a, b, c, d, e, f], $out),
+                [a, b, c, d, e, f, g] => $k::<7>($w, $kb, [a, b, c, d, e, f, g], $out),
+                [a, b, c, d, e, f, g, h] => $k::<8>($w, $kb, [a, b, c, d, e, f, g, h], $out),
                 _ => {}
             }
         }
@@ -284,7 +310,8 @@ macro_rules! kernel {
         $scalar:path,
         $dequantize:path,
         avx2: $($avx2:ident)::+,
-        vnni: $($vnni:ident)::+
+        vnni: $($vnni:ident)::+,
+        vnni_tile: $vnni_tile:tt
         $(, prompt: $when:expr, $gscalar:path, $($gsimd:ident)::+, $($gvnni:ident)::+)? $(,)?
     ) => {
         impl Kernel for $block {
@@ -298,6 +325,13 @@ macro_rules! kernel {
             }
             fn scalar(w: &[Self], a: &[$act]) -> f32 {
                 $scalar(w, a)
+            }
+            fn tile(kernels: Kernels) -> usize {
+                if kernels == Kernels::Avx512Vnni {
+                    $vnni_tile
+                } else {
+                    ROW_TILE
+                }
             }
             $(
             fn prompt_order(m: usize, rows: usize) -> bool {
@@ -316,7 +350,7 @@ macro_rules! kernel {
                 kb: usize,
                 rows: &[&[$act]],
                 prompt: bool,
-                out: &mut [[f32; ROW_TILE]],
+                out: &mut [[f32; MAX_TILE]],
             ) {
                 use $($avx2)::+ as avx2_rows;
                 use $($vnni)::+ as vnni_rows;
@@ -325,16 +359,18 @@ macro_rules! kernel {
                     use $($gsimd)::+ as prompt_rows;
                     use $($gvnni)::+ as prompt_vnni_rows;
                     match kernels {
-                        Kernels::Avx512Vnni => call_rows!(prompt_vnni_rows, w, kb, rows, out),
-                        _ => call_rows!(prompt_rows, w, kb, rows, out),
+                        Kernels::Avx512Vnni => call_rows!(4, prompt_vnni_rows, w, kb, rows, out),
+                        _ => call_rows!(4, prompt_rows, w, kb, rows, out),
                     }
                     return;
                 }
                 )?
                 let _ = prompt;
                 match kernels {
-                    Kernels::Avx512Vnni => call_rows!(vnni_rows, w, kb, rows, out),
-                    _ => call_rows!(avx2_rows, w, kb, rows, out),
+                    Kernels::Avx512Vnni => {
+                        call_rows!($vnni_tile, vnni_rows, w, kb, rows, out)
+                    },
+                    _ => call_rows!(4, avx2_rows, w, kb, rows, out),
                 }
             }
         }
@@ -350,6 +386,7 @@ kernel!(
     scalar::dequantize_q4_1,
     avx2: x86::avx2::rows_q4_1,
     vnni: x86::vnni512::rows_q4_1,
+    vnni_tile: 8,
 );
 kernel!(
     BlockQ5_0,
@@ -360,6 +397,7 @@ kernel!(
     scalar::dequantize_q5_0,
     avx2: x86::avx2::rows_q5_0,
     vnni: x86::vnni512::rows_q5_0,
+    vnni_tile: 8,
 );
 kernel!(
     BlockQ8_0,
@@ -370,6 +408,7 @@ kernel!(
     scalar::dequantize_q8_0,
     avx2: x86::avx2::rows_q8_0,
     vnni: x86::vnni512::rows_q8_0,
+    vnni_tile: 8,
 );
 // The K-quant row loops have one build (AVX2 + FMA + F16C), used under either set.
 kernel!(
@@ -381,6 +420,7 @@ kernel!(
     kquant::dequantize_q4k,
     avx2: kquant::x86::rows_q4k,
     vnni: kquant::x86::rows_q4k,
+    vnni_tile: 4,
     // llama.cpp's repacked gemm takes a prompt's rows four at a time.
     prompt: |_, rows| rows == ROW_TILE,
     kquant::dot_q4k_grouped,
@@ -396,6 +436,7 @@ kernel!(
     kquant::dequantize_q6k,
     avx2: kquant::x86::rows_q6k,
     vnni: kquant::x86::rows_q6k,
+    vnni_tile: 4,
     // llama.cpp's tiled matmul takes prompts of eight rows or more.
     prompt: |m, _| m >= 8,
     kquant::dot_q6k_tiled,
@@ -404,8 +445,9 @@ kernel!(
 );
 
 /// Rows from which quantizing the activations is split over the pool (below, the hand-off
-/// costs more than it saves).
-const PARALLEL_QUANTIZE_ROWS: usize = 8;
+/// costs more than it saves: with the AVX-512 quantizer a batched decode step's eight rows
+/// take about a microsecond).
+const PARALLEL_QUANTIZE_ROWS: usize = 32;
 
 /// Quantizes the rows of `x` (`k` values each) into `acts` (`kb` blocks each): on the calling
 /// thread for a few rows, else one contiguous share of the rows per thread of candle's pool
@@ -471,17 +513,18 @@ impl OurMatMul {
     /// activation tiles.
     fn run<B: Kernel>(&self, w: &[B], acts: &[B::Act], outs: &[AtomicU32], m: usize) {
         let (n, kb) = (self.n, self.k / B::VALUES);
-        let tiles = m.div_ceil(ROW_TILE);
-        let groups = n.div_ceil(COL_GROUP);
         let kernels = self.kernels;
+        let tile = B::tile(kernels);
+        let tiles = m.div_ceil(tile);
+        let groups = n.div_ceil(COL_GROUP);
         let prompt = PROMPT.get();
         let work = |items: std::ops::Range<usize>| {
-            let mut out = [[0f32; ROW_TILE]; COL_GROUP];
+            let mut out = [[0f32; MAX_TILE]; COL_GROUP];
             for item in items {
-                let (group, tile) = (item / tiles, item % tiles);
-                let r0 = tile * ROW_TILE;
-                let rows_here = ROW_TILE.min(m - r0);
-                let mut rows: [&[B::Act]; ROW_TILE] = [&[]; ROW_TILE];
+                let (group, t) = (item / tiles, item % tiles);
+                let r0 = t * tile;
+                let rows_here = tile.min(m - r0);
+                let mut rows: [&[B::Act]; MAX_TILE] = [&[]; MAX_TILE];
                 for (i, r) in rows.iter_mut().take(rows_here).enumerate() {
                     *r = &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
                 }
@@ -848,8 +891,10 @@ mod tests {
     fn rows_do_not_depend_on_the_batch() {
         // Batch invariance: a row's result is bit-identical alone and inside any tile.
         let w = Tensor::randn(0f32, 1.0, (24, 512), &Device::Cpu).unwrap();
-        // 9 rows: activations quantized over the pool, a tile of 4 and a tile of 1.
-        let x = Tensor::randn(0f32, 1.0, (9, 512), &Device::Cpu).unwrap();
+        // 33 rows: activations quantized over the pool (from `PARALLEL_QUANTIZE_ROWS`), full
+        // tiles of 4 and a tile of 1.
+        let m = PARALLEL_QUANTIZE_ROWS + 1;
+        let x = Tensor::randn(0f32, 1.0, (m, 512), &Device::Cpu).unwrap();
         for f in FORMATS.into_iter().chain(K_FORMATS) {
             let (ours, _) = both(f, &w);
             let all: Vec<Vec<f32>> = ours.forward(&x).unwrap().to_vec2().unwrap();

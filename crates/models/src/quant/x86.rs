@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0};
-use super::ROW_TILE;
+use super::MAX_TILE;
 
 /// How far ahead of the block being multiplied the kernels prefetch weights, in bytes. Rows
 /// are short (360 bytes for a 576-wide `Q4_1` row) and the CPU's stream prefetchers barely
@@ -214,7 +214,7 @@ macro_rules! rows {
             w: &[$block],
             kb: usize,
             a: [&[ActBlock]; R],
-            out: &mut [[f32; ROW_TILE]],
+            out: &mut [[f32; MAX_TILE]],
         ) {
             unsafe {
                 let n = out.len();
@@ -227,7 +227,7 @@ macro_rules! rows {
                 if R > 1 {
                     // `$wide` weight rows per call where the instruction set has the
                     // registers for their accumulators (AVX-512: four).
-                    if $wide >= 4 {
+                    if $wide >= 4 && R <= 4 {
                         while c + 4 <= n {
                             let r =
                                 $kernel::<4, R>([row(c), row(c + 1), row(c + 2), row(c + 3)], a);
@@ -471,7 +471,7 @@ pub(crate) mod vnni512 {
     /// 256-bit accumulator.
     #[inline(always)]
     unsafe fn finish2<const C: usize, const R: usize>(
-        acc: [[__m512; ROW_TILE / 2]; C],
+        acc: [[__m512; MAX_TILE / 2]; C],
         odd: [__m256; C],
     ) -> [[f32; R]; C] {
         let mut out = [[0f32; R]; C];
@@ -497,7 +497,7 @@ pub(crate) mod vnni512 {
     }
 
     /// [`vnni::q4_1`] with two rows per register. The `m · s` terms of all rows of a weight
-    /// row go in one 128-bit register (lane `r` for row `r`), added block by block as there.
+    /// row go in one 256-bit register (lane `r` for row `r`), added block by block as there.
     ///
     /// # Safety
     /// As [`vnni::q4_1`], and the CPU supports AVX-512 F, VL, DQ, BW and VNNI.
@@ -511,9 +511,11 @@ pub(crate) mod vnni512 {
             if R == 1 {
                 return vnni::q4_1(w, a);
             }
-            let mut acc = [[_mm512_setzero_ps(); ROW_TILE / 2]; C];
+            let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
             let mut odd = [_mm256_setzero_ps(); C];
-            let mut ms = [_mm_setzero_ps(); C];
+            // Up to four rows in 128 bits, more in 256 (the narrower form measured 7% faster).
+            let mut ms4 = [_mm_setzero_ps(); C];
+            let mut ms8 = [_mm256_setzero_ps(); C];
             for i in 0..w[0].len() {
                 let mut u = [_mm512_setzero_si512(); C];
                 let mut d = [_mm512_setzero_ps(); C];
@@ -527,13 +529,21 @@ pub(crate) mod vnni512 {
                     m[c] = _mm_permute_ps::<0b01_01_01_01>(dm);
                 }
                 // Every row's `s` in its lane.
-                let mut s = [0f32; 4];
+                let mut s = [0f32; MAX_TILE];
                 for r in 0..R {
                     s[r] = a[r].get_unchecked(i).s;
                 }
-                let s = _mm_loadu_ps(s.as_ptr());
-                for c in 0..C {
-                    ms[c] = _mm_add_ps(ms[c], _mm_mul_ps(m[c], s));
+                if R <= 4 {
+                    let s = _mm_loadu_ps(s.as_ptr());
+                    for c in 0..C {
+                        ms4[c] = _mm_add_ps(ms4[c], _mm_mul_ps(m[c], s));
+                    }
+                } else {
+                    let s = _mm256_loadu_ps(s.as_ptr());
+                    for c in 0..C {
+                        let m = _mm256_broadcastss_ps(m[c]);
+                        ms8[c] = _mm256_add_ps(ms8[c], _mm256_mul_ps(m, s));
+                    }
                 }
                 for p in 0..R / 2 {
                     let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
@@ -561,8 +571,12 @@ pub(crate) mod vnni512 {
             }
             let mut out = finish2::<C, R>(acc, odd);
             for c in 0..C {
-                let mut lanes = [0f32; 4];
-                _mm_storeu_ps(lanes.as_mut_ptr(), ms[c]);
+                let mut lanes = [0f32; MAX_TILE];
+                if R <= 4 {
+                    _mm_storeu_ps(lanes.as_mut_ptr(), ms4[c]);
+                } else {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), ms8[c]);
+                }
                 for r in 0..R {
                     out[c][r] += lanes[r];
                 }
@@ -585,7 +599,7 @@ pub(crate) mod vnni512 {
             if R == 1 {
                 return vnni::q5_0(w, a);
             }
-            let mut acc = [[_mm512_setzero_ps(); ROW_TILE / 2]; C];
+            let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
             let mut odd = [_mm256_setzero_ps(); C];
             for i in 0..w[0].len() {
                 let mut u = [_mm512_setzero_si512(); C];
@@ -644,7 +658,7 @@ pub(crate) mod vnni512 {
             if R == 1 {
                 return vnni::q8_0(w, a);
             }
-            let mut acc = [[_mm512_setzero_ps(); ROW_TILE / 2]; C];
+            let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
             let mut odd = [_mm256_setzero_ps(); C];
             let top = _mm512_set1_epi8(-128);
             for i in 0..w[0].len() {

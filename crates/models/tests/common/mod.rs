@@ -100,11 +100,21 @@ pub fn write_synthetic_gguf(
     let dir = std::env::temp_dir().join(format!("{dir_tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
     let md: Vec<_> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<_> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &md, &ts).unwrap();
+    write_atomically(&path, |f| gguf_file::write(f, &md, &ts).unwrap());
     path
+}
+
+/// Writes `path` through `write` into a file of this thread's own and renames it into place,
+/// so that tests running in parallel that write the same model never read a half-written one.
+#[allow(dead_code)]
+pub fn write_atomically(path: &std::path::Path, write: impl FnOnce(&mut std::fs::File)) {
+    let tmp = path.with_extension(format!("{:?}.tmp", std::thread::current().id()));
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    write(&mut f);
+    drop(f);
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Teacher-forced argmax agreement with a llama.cpp reference file (`ids`, `argmax`, `margin`
