@@ -38,6 +38,12 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+use x86::vnni512::Pair;
+/// Paired activation blocks exist only for the x86 512-bit kernels.
+#[cfg(not(target_arch = "x86_64"))]
+type Pair = ();
+
 use blocks::{read_blocks, ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock, QK};
 use kquant::{ActBlockK, BlockQ4K, BlockQ6K, QK_K};
 
@@ -150,6 +156,7 @@ thread_local! {
     static ACTIVATIONS: RefCell<Vec<ActBlock>> = const { RefCell::new(Vec::new()) };
     static ACTIVATIONS_K: RefCell<Vec<ActBlockK>> = const { RefCell::new(Vec::new()) };
     static OUTPUT: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
+    static PAIRED: RefCell<Vec<Pair>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with every matmul on this thread taking its rows as consecutive tokens of one
@@ -173,11 +180,27 @@ pub(crate) fn as_prompt<T>(f: impl FnOnce() -> T) -> T {
 trait Act: Copy + Default + Send + Sync + 'static {
     /// Runs `f` with this thread's buffer.
     fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T;
+    /// Fills `out` with the `m` rows (`kb` blocks each) of `acts` paired as the `kernels`
+    /// want them (two consecutive rows side by side, for the 512-bit kernels), or leaves it
+    /// empty where they take rows as they are.
+    fn pair_rows(kernels: Kernels, acts: &[Self], m: usize, kb: usize, out: &mut Vec<Pair>) {
+        let _ = (kernels, acts, m, kb);
+        out.clear();
+    }
 }
 
 impl Act for ActBlock {
     fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T {
         ACTIVATIONS.with(|b| f(&mut b.borrow_mut()))
+    }
+    fn pair_rows(kernels: Kernels, acts: &[Self], m: usize, kb: usize, out: &mut Vec<Pair>) {
+        out.clear();
+        #[cfg(target_arch = "x86_64")]
+        if kernels == Kernels::Avx512Vnni && m > 1 {
+            x86::vnni512::pair_up(acts, m, kb, out);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (kernels, acts, m, kb);
     }
 }
 
@@ -195,7 +218,7 @@ fn dots<B: Kernel>(
     kernels: Kernels,
     w: &[B],
     kb: usize,
-    rows: &[&[B::Act]],
+    (rows, pairs): (&[&[B::Act]], &[Pair]),
     prompt: bool,
     out: &mut [[f32; MAX_TILE]],
 ) {
@@ -204,10 +227,11 @@ fn dots<B: Kernel>(
             && rows.len() <= MAX_TILE
             && w.len() == out.len() * kb
             && rows.iter().all(|r| r.len() >= kb)
+            && (pairs.is_empty() || pairs.len() == rows.len() / 2 * kb)
     );
     match kernels {
         #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 | Kernels::Avx512Vnni => B::simd(kernels, w, kb, rows, prompt, out),
+        Kernels::Avx2 | Kernels::Avx512Vnni => B::simd(kernels, w, kb, (rows, pairs), prompt, out),
         _ => {
             let twin = if prompt { B::prompt_scalar } else { B::scalar };
             for (o, w) in out.iter_mut().zip(w.chunks_exact(kb.max(1))) {
@@ -256,14 +280,14 @@ trait Kernel: WeightBlock {
         kernels: Kernels,
         w: &[Self],
         kb: usize,
-        rows: &[&[Self::Act]],
+        rows: (&[&[Self::Act]], &[Pair]),
         prompt: bool,
         out: &mut [[f32; MAX_TILE]],
     );
 }
 
 /// Calls the row loop `$k` (one of the `rows_*` functions) for the 1..=4 activation rows
-/// (`4`), or 1..=8 (`8`, for loops built for [`MAX_TILE`]).
+/// (`4`), or 1..=8 (`8`, for the 512-bit loops, which also take the paired rows `$pairs`).
 macro_rules! call_rows {
     (4, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
         // SAFETY: `kernels()` detected the instruction set of this row loop before choosing it
@@ -279,18 +303,24 @@ macro_rules! call_rows {
             }
         }
     };
-    (8, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
+    (4, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident, $pairs:ident) => {{
+        let _ = $pairs;
+        call_rows!(4, $k, $w, $kb, $rows, $out)
+    }};
+    (8, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident, $pairs:ident) => {
         // SAFETY: as above.
         unsafe {
             match *$rows {
-                [a] => $k::<1>($w, $kb, [a], $out),
-                [a, b] => $k::<2>($w, $kb, [a, b], $out),
-                [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out),
-                [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out),
-                [a, b, c, d, e] => $k::<5>($w, $kb, [a, b, c, d, e], $out),
-                [a, b, c, d, e, f] => $k::<6>($w, $kb, [a, b, c, d, e, f], $out),
-                [a, b, c, d, e, f, g] => $k::<7>($w, $kb, [a, b, c, d, e, f, g], $out),
-                [a, b, c, d, e, f, g, h] => $k::<8>($w, $kb, [a, b, c, d, e, f, g, h], $out),
+                [a] => $k::<1>($w, $kb, [a], $out, $pairs),
+                [a, b] => $k::<2>($w, $kb, [a, b], $out, $pairs),
+                [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out, $pairs),
+                [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out, $pairs),
+                [a, b, c, d, e] => $k::<5>($w, $kb, [a, b, c, d, e], $out, $pairs),
+                [a, b, c, d, e, f] => $k::<6>($w, $kb, [a, b, c, d, e, f], $out, $pairs),
+                [a, b, c, d, e, f, g] => $k::<7>($w, $kb, [a, b, c, d, e, f, g], $out, $pairs),
+                [a, b, c, d, e, f, g, h] => {
+                    $k::<8>($w, $kb, [a, b, c, d, e, f, g, h], $out, $pairs)
+                }
                 _ => {}
             }
         }
@@ -348,7 +378,7 @@ macro_rules! kernel {
                 kernels: Kernels,
                 w: &[Self],
                 kb: usize,
-                rows: &[&[$act]],
+                (rows, pairs): (&[&[$act]], &[Pair]),
                 prompt: bool,
                 out: &mut [[f32; MAX_TILE]],
             ) {
@@ -368,7 +398,7 @@ macro_rules! kernel {
                 let _ = prompt;
                 match kernels {
                     Kernels::Avx512Vnni => {
-                        call_rows!($vnni_tile, vnni_rows, w, kb, rows, out)
+                        call_rows!($vnni_tile, vnni_rows, w, kb, rows, out, pairs)
                     },
                     _ => call_rows!(4, avx2_rows, w, kb, rows, out),
                 }
@@ -500,7 +530,11 @@ impl OurMatMul {
                     outs.resize_with(m * n, || AtomicU32::new(0));
                 }
                 let outs = &outs[..m * n];
-                self.run(w, &acts[..m * kb], outs, m);
+                PAIRED.with(|paired| {
+                    let mut paired = paired.borrow_mut();
+                    B::Act::pair_rows(self.kernels, &acts[..m * kb], m, kb, &mut paired);
+                    self.run(w, (&acts[..m * kb], &paired), outs, m);
+                });
                 outs.iter()
                     .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
                     .collect()
@@ -511,7 +545,15 @@ impl OurMatMul {
     /// Splits the work over candle's CPU pool: items are (column group, row tile) pairs,
     /// column-group major, so a worker keeps a few weight rows in L1 while it walks the
     /// activation tiles.
-    fn run<B: Kernel>(&self, w: &[B], acts: &[B::Act], outs: &[AtomicU32], m: usize) {
+    /// `pairs`: the activation rows paired for the 512-bit kernels (pair `p` of row `2p` and
+    /// `2p + 1`, `kb` blocks each), empty for the others.
+    fn run<B: Kernel>(
+        &self,
+        w: &[B],
+        (acts, pairs): (&[B::Act], &[Pair]),
+        outs: &[AtomicU32],
+        m: usize,
+    ) {
         let (n, kb) = (self.n, self.k / B::VALUES);
         let kernels = self.kernels;
         let tile = B::tile(kernels);
@@ -532,10 +574,16 @@ impl OurMatMul {
                 let cols = COL_GROUP.min(n - c0);
                 let out = &mut out[..cols];
                 let (w, rows) = (&w[c0 * kb..(c0 + cols) * kb], &rows[..rows_here]);
+                // Tiles start at even rows: the tile's pairs are consecutive.
+                let tile_pairs = if pairs.is_empty() {
+                    &[][..]
+                } else {
+                    &pairs[r0 / 2 * kb..(r0 + rows_here) / 2 * kb]
+                };
                 // Tiles start at multiples of four, so the full ones are the rows llama.cpp's
                 // repacked gemm takes four at a time.
                 let prompt = prompt && B::prompt_order(m, rows_here);
-                dots(kernels, w, kb, rows, prompt, out);
+                dots(kernels, w, kb, (rows, tile_pairs), prompt, out);
                 for (j, o) in out.iter().enumerate() {
                     for (i, v) in o.iter().take(rows_here).enumerate() {
                         outs[(r0 + i) * n + c0 + j].store(v.to_bits(), Ordering::Relaxed);

@@ -407,9 +407,7 @@ macro_rules! kernels {
 }
 
 /// The row loops of the three formats (`with_rows` asks for them).
-/// `$wide`: the most weight rows per call for several activation rows (four pays where the
-/// registers allow it; `Q8_0`'s output layer, tens of MB streaming from memory, stays at two:
-/// measured 8% slower with four streams).
+/// `$wide`: the most weight rows per call for several activation rows.
 macro_rules! all_rows {
     (with_rows, $features:literal, $wide:literal) => {
         rows!($features, $wide, rows_q4_1, q4_1, BlockQ4_1);
@@ -444,16 +442,53 @@ kernels!(
 pub(crate) mod vnni512 {
     use super::*;
 
-    /// The lane sums of two 32-byte activation blocks, one per 256-bit half.
-    #[inline(always)]
-    unsafe fn pair(lo: &[i8; 32], hi: &[i8; 32]) -> __m512i {
-        unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(load(lo)), load(hi), 1) }
+    /// Block `i` of activation rows `2p` and `2p + 1` side by side, as the kernels load them:
+    /// the quants of row `2p` in bytes 0..32 and of row `2p + 1` in 32..64, each row's `d`
+    /// over its eight lanes, each row's `neg16` lane starts (`Q5_0`).
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    pub(crate) struct Pair {
+        qs: [i8; 64],
+        d: [f32; 16],
+        neg16: [i32; 16],
     }
 
-    /// Two f32 values, each broadcast over one 256-bit half.
+    const EMPTY: Pair = Pair {
+        qs: [0; 64],
+        d: [0.0; 16],
+        neg16: [0; 16],
+    };
+
+    /// Pairs the `m` activation rows of `acts` (`kb` blocks each) block by block into `out`
+    /// (pair `p` of rows `2p` and `2p + 1` at `p · kb`; an odd last row stays out): built once
+    /// per matmul and read by every kernel call, instead of each call assembling them again.
+    pub(crate) fn pair_up(acts: &[ActBlock], m: usize, kb: usize, out: &mut Vec<Pair>) {
+        out.clear();
+        out.resize(m / 2 * kb, EMPTY);
+        for (p, pairs) in out.chunks_exact_mut(kb.max(1)).enumerate() {
+            let (r0, r1) = (&acts[2 * p * kb..], &acts[(2 * p + 1) * kb..]);
+            for (i, t) in pairs.iter_mut().enumerate() {
+                let (x0, x1) = (&r0[i], &r1[i]);
+                t.qs[..32].copy_from_slice(&x0.qs);
+                t.qs[32..].copy_from_slice(&x1.qs);
+                t.d[..8].fill(x0.d);
+                t.d[8..].fill(x1.d);
+                t.neg16[..8].copy_from_slice(&x0.neg16);
+                t.neg16[8..].copy_from_slice(&x1.neg16);
+            }
+        }
+    }
+
+    /// The 64 quants of a pair.
     #[inline(always)]
-    unsafe fn halves(lo: f32, hi: f32) -> __m512 {
-        unsafe { _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1) }
+    unsafe fn quants(p: &Pair) -> __m512i {
+        unsafe { _mm512_load_si512(p.qs.as_ptr().cast()) }
+    }
+
+    /// The two rows' `d`, each over its half.
+    #[inline(always)]
+    unsafe fn scales(p: &Pair) -> __m512 {
+        unsafe { _mm512_load_ps(p.d.as_ptr()) }
     }
 
     /// The two rows' outputs of a paired accumulator: the horizontal sum of each half.
@@ -506,6 +541,7 @@ pub(crate) mod vnni512 {
     pub(crate) unsafe fn q4_1<const C: usize, const R: usize>(
         w: [&[BlockQ4_1]; C],
         a: [&[ActBlock]; R],
+        pairs: [&[Pair]; MAX_TILE / 2],
     ) -> [[f32; R]; C] {
         unsafe {
             if R == 1 {
@@ -546,9 +582,8 @@ pub(crate) mod vnni512 {
                     }
                 }
                 for p in 0..R / 2 {
-                    let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
-                    let xq = pair(&x0.qs, &x1.qs);
-                    let xd = halves(x0.d, x1.d);
+                    let pb = pairs[p].get_unchecked(i);
+                    let (xq, xd) = (quants(pb), scales(pb));
                     for c in 0..C {
                         let scale = _mm512_mul_ps(d[c], xd);
                         let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
@@ -594,6 +629,7 @@ pub(crate) mod vnni512 {
     pub(crate) unsafe fn q5_0<const C: usize, const R: usize>(
         w: [&[BlockQ5_0]; C],
         a: [&[ActBlock]; R],
+        pairs: [&[Pair]; MAX_TILE / 2],
     ) -> [[f32; R]; C] {
         unsafe {
             if R == 1 {
@@ -612,14 +648,9 @@ pub(crate) mod vnni512 {
                     d[c] = _mm512_set1_ps(f16(b.d));
                 }
                 for p in 0..R / 2 {
-                    let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
-                    let xq = pair(&x0.qs, &x1.qs);
-                    let start = _mm512_inserti64x4(
-                        _mm512_castsi256_si512(_mm256_loadu_si256(x0.neg16.as_ptr().cast())),
-                        _mm256_loadu_si256(x1.neg16.as_ptr().cast()),
-                        1,
-                    );
-                    let xd = halves(x0.d, x1.d);
+                    let pb = pairs[p].get_unchecked(i);
+                    let (xq, xd) = (quants(pb), scales(pb));
+                    let start = _mm512_load_si512(pb.neg16.as_ptr().cast());
                     for c in 0..C {
                         let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u[c], xq));
                         let scale = _mm512_mul_ps(d[c], xd);
@@ -653,6 +684,7 @@ pub(crate) mod vnni512 {
     pub(crate) unsafe fn q8_0<const C: usize, const R: usize>(
         w: [&[BlockQ8_0]; C],
         a: [&[ActBlock]; R],
+        pairs: [&[Pair]; MAX_TILE / 2],
     ) -> [[f32; R]; C] {
         unsafe {
             if R == 1 {
@@ -676,9 +708,8 @@ pub(crate) mod vnni512 {
                     d[c] = _mm512_set1_ps(f16(b.d));
                 }
                 for p in 0..R / 2 {
-                    let (x0, x1) = (a[2 * p].get_unchecked(i), a[2 * p + 1].get_unchecked(i));
-                    let xu = _mm512_xor_si512(pair(&x0.qs, &x1.qs), top);
-                    let xd = halves(x0.d, x1.d);
+                    let pb = pairs[p].get_unchecked(i);
+                    let (xu, xd) = (_mm512_xor_si512(quants(pb), top), scales(pb));
                     for c in 0..C {
                         let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[c], xu, q[c]));
                         let scale = _mm512_mul_ps(d[c], xd);
@@ -704,9 +735,74 @@ pub(crate) mod vnni512 {
         }
     }
 
-    all_rows!(
-        with_rows,
-        "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni",
-        4
-    );
+    /// The row loop of a 512-bit kernel: one activation row goes through [`vnni`]'s kernel
+    /// one weight row at a time (as [`rows!`] does); several, paired beforehand
+    /// ([`pair_up`]), are multiplied with `$wide` weight rows per call for up to four activation rows, two
+    /// for more (the accumulators must fit the 32 registers).
+    macro_rules! rows512 {
+        ($name:ident, $kernel:ident, $block:ty, $wide:literal) => {
+            /// Every weight row of `w` (`out.len()` rows of `kb` blocks) · `R` activation
+            /// rows: `out[c][r]`.
+            ///
+            /// # Safety
+            /// The CPU supports AVX2, FMA, F16C and AVX-512 F, VL, DQ, BW and VNNI; `w` holds
+            /// `out.len() * kb` blocks, every `a[r]` at least `kb`, and `paired` the rows
+            /// of `a` paired ([`pair_up`]: `R / 2 · kb` blocks).
+            #[target_feature(
+                enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni"
+            )]
+            pub(crate) unsafe fn $name<const R: usize>(
+                w: &[$block],
+                kb: usize,
+                a: [&[ActBlock]; R],
+                out: &mut [[f32; MAX_TILE]],
+                paired: &[Pair],
+            ) {
+                unsafe {
+                    let n = out.len();
+                    let row = |c: usize| w.get_unchecked(c * kb..(c + 1) * kb);
+                    if R == 1 {
+                        for c in 0..n {
+                            let r = vnni::$kernel::<1, R>([row(c)], a);
+                            out.get_unchecked_mut(c)[..R].copy_from_slice(&r[0]);
+                        }
+                        return;
+                    }
+                    let mut pairs: [&[Pair]; MAX_TILE / 2] = [&[]; MAX_TILE / 2];
+                    for (p, s) in pairs.iter_mut().enumerate().take(R / 2) {
+                        // Checked: a missing pairing panics rather than reads out of bounds.
+                        *s = &paired[p * kb..(p + 1) * kb];
+                    }
+                    let mut c = 0;
+                    if $wide >= 4 && R <= 4 {
+                        while c + 4 <= n {
+                            let w4 = [row(c), row(c + 1), row(c + 2), row(c + 3)];
+                            let r = $kernel::<4, R>(w4, a, pairs);
+                            for (j, r) in r.iter().enumerate() {
+                                out.get_unchecked_mut(c + j)[..R].copy_from_slice(r);
+                            }
+                            c += 4;
+                        }
+                    }
+                    while c + 2 <= n {
+                        let r = $kernel::<2, R>([row(c), row(c + 1)], a, pairs);
+                        out.get_unchecked_mut(c)[..R].copy_from_slice(&r[0]);
+                        out.get_unchecked_mut(c + 1)[..R].copy_from_slice(&r[1]);
+                        c += 2;
+                    }
+                    while c < n {
+                        let r = $kernel::<1, R>([row(c)], a, pairs);
+                        out.get_unchecked_mut(c)[..R].copy_from_slice(&r[0]);
+                        c += 1;
+                    }
+                }
+            }
+        };
+    }
+
+    rows512!(rows_q4_1, q4_1, BlockQ4_1, 4);
+    rows512!(rows_q5_0, q5_0, BlockQ5_0, 4);
+    // Q8_0's output layer, tens of MB streaming from memory, measured 9% slower with four
+    // weight rows per call.
+    rows512!(rows_q8_0, q8_0, BlockQ8_0, 2);
 }
