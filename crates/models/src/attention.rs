@@ -22,7 +22,9 @@
 //! the CPU, matched 12.
 //!
 //! Work items (sequence, head, row) are split over candle's CPU thread pool. Inputs are read in
-//! place through their layouts (cache views are strided); anything that is not an f32 query
+//! place through their layouts (cache views are strided): the one-row path takes keys and
+//! values straight from the f16 cache ([`crate::f16_kernels`] converts in registers), the tiled
+//! path has each worker widen the kv heads its items need to f32 once per call; anything that is not an f32 query
 //! and f16 keys and values on the CPU returns `None`, and the caller takes the general path.
 
 use std::cell::RefCell;

@@ -34,7 +34,11 @@
 //!   accumulator with `d_a` ([`dot_q6k_tiled`]). We do exactly both.
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
-//! return identical bits, and a row's result never depends on the other rows of a call.
+//! return identical bits, and a row's result never depends on the other rows of a call. Both
+//! prompt orders also have an AVX-512 VNNI build (`x86::rows_q4k_grouped_vnni`,
+//! `x86::rows_q6k_tiled_vnni`): 64 values per register, the sub-block scales applied by
+//! `vpdpwssd`, and the exact integers of four rows fused into their accumulators together;
+//! the same integers and per-row f32 operations, so the same bits (the tests assert it).
 
 use half::f16;
 

@@ -14,10 +14,13 @@
 //! does (`127 / amax`, half to even, scales rounded through f16: candle rounds half away from
 //! zero), so the integer products are llama.cpp's; the f32 accumulation follows llama.cpp's
 //! x86 kernels (eight lanes, one FMA per block, the same horizontal sum). Together with the
-//! attention kernel and `ggml_math`, a decoder's logits are llama.cpp's to the bit. A kernel multiplies each weight row with up to four activation rows
-//! (prefill, batched decode: each weight block unpacked once, and two weight rows per call
-//! share each activation block's loads), walking a work item's rows
-//! inside the kernel's instruction set and prefetching the weights 1 KiB ahead (rows are a
+//! attention kernel and `ggml_math`, a decoder's logits are llama.cpp's to the bit. A kernel
+//! multiplies each weight row with a tile of activation rows (prefill, batched decode: each
+//! weight block unpacked once per tile, and two or four weight rows per call share each
+//! activation block's loads): tiles of eight with the AVX-512 kernels, which hold two
+//! activation rows per 512-bit register (the rows paired once per matmul), four otherwise. A
+//! work item's rows are walked
+//! inside the kernel's instruction set and the weights prefetched 1 KiB ahead (rows are a
 //! few hundred bytes, too short for the hardware prefetchers: SmolLM2 decode went from 91 to
 //! ~125 tok/s). Every output is one accumulation whatever is computed beside it: a row's
 //! result does not depend on how many rows are multiplied with it, which keeps batched

@@ -1,16 +1,18 @@
-//! x86 dot products of quantized weight rows with up to four 8-bit activation rows at once:
+//! x86 dot products of quantized weight rows with a tile of 8-bit activation rows at once:
 //! each weight block is unpacked once and multiplied into every row, so a batch (or a prefill
-//! tile) reads the weights once per four rows. The row loops (`rows_*`) run a work item's
-//! weight rows inside the kernels' instruction set, prefetching weights ahead.
+//! tile) reads the weights once per tile. The row loops (`rows_*`) run a work item's weight
+//! rows inside the kernels' instruction set, prefetching weights ahead.
 //!
-//! Two builds of the same kernels: [`avx2`] (AVX2 + FMA + F16C; bytes multiplied with
-//! `vpmaddubsw` then summed in pairs with `vpmaddwd`) and [`vnni`] (adds AVX-512 VNNI on
-//! 256-bit registers: `vpdpbusd` does both steps in one instruction). Both compute the same
-//! eight lane sums (each the sum of four consecutive byte products; `maddubs` never saturates
-//! for these formats), so they return bit-identical results. The integer products are exact;
-//! only the f32 accumulation order differs from the scalar twins in `scalar.rs`. Callers check
-//! the CPU features at run time and that every activation row has at least as many blocks as
-//! the weight row.
+//! Three builds of the same kernels: [`avx2`] (AVX2 + FMA + F16C; bytes multiplied with
+//! `vpmaddubsw` then summed in pairs with `vpmaddwd`), [`vnni`] (adds AVX-512 VNNI on
+//! 256-bit registers: `vpdpbusd` does both steps in one instruction; used for one activation
+//! row) and [`vnni512`] (two activation rows per 512-bit register, tiles of up to eight rows,
+//! the rows paired once per matmul by [`vnni512::pair_up`]). All compute the same eight lane
+//! sums per block and row (each the sum of four consecutive byte products; `maddubs` never
+//! saturates for these formats) and the same f32 operations per lane, so they return
+//! bit-identical results. The integer products are exact; only the f32 accumulation order
+//! differs from the scalar twins in `scalar.rs`. Callers check the CPU features at run time and
+//! that every activation row has at least as many blocks as the weight row.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
