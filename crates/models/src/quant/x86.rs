@@ -204,7 +204,7 @@ unsafe fn load(qs: &[i8; 32]) -> __m256i {
 /// accumulations to hide the FMA latency) was 2.4x faster on weights in cache but slower on
 /// real models, whose weights stream from memory (Gemma 3 decode 78 vs 95 tok/s).
 macro_rules! rows {
-    ($features:literal, $wide:literal, $name:ident, $kernel:ident, $block:ty) => {
+    ($features:literal, $name:ident, $kernel:ident, $block:ty) => {
         /// Every weight row of `w` (`out.len()` rows of `kb` blocks) · `R` activation rows:
         /// `out[c][r]`.
         ///
@@ -227,18 +227,6 @@ macro_rules! rows {
                 // (decode), which streams the weights from memory: two interleaved streams
                 // there cost more than the loads they save.
                 if R > 1 {
-                    // `$wide` weight rows per call where the instruction set has the
-                    // registers for their accumulators (AVX-512: four).
-                    if $wide >= 4 && R <= 4 {
-                        while c + 4 <= n {
-                            let r =
-                                $kernel::<4, R>([row(c), row(c + 1), row(c + 2), row(c + 3)], a);
-                            for (j, r) in r.iter().enumerate() {
-                                out.get_unchecked_mut(c + j)[..R].copy_from_slice(r);
-                            }
-                            c += 4;
-                        }
-                    }
                     while c + 2 <= n {
                         let r = $kernel::<2, R>([row(c), row(c + 1)], a);
                         out.get_unchecked_mut(c)[..R].copy_from_slice(&r[0]);
@@ -403,18 +391,17 @@ macro_rules! kernels {
                 }
             }
 
-            $(all_rows!($with_rows, $features, 2);)?
+            $(all_rows!($with_rows, $features);)?
         }
     };
 }
 
 /// The row loops of the three formats (`with_rows` asks for them).
-/// `$wide`: the most weight rows per call for several activation rows.
 macro_rules! all_rows {
-    (with_rows, $features:literal, $wide:literal) => {
-        rows!($features, $wide, rows_q4_1, q4_1, BlockQ4_1);
-        rows!($features, $wide, rows_q5_0, q5_0, BlockQ5_0);
-        rows!($features, 2, rows_q8_0, q8_0, BlockQ8_0);
+    (with_rows, $features:literal) => {
+        rows!($features, rows_q4_1, q4_1, BlockQ4_1);
+        rows!($features, rows_q5_0, q5_0, BlockQ5_0);
+        rows!($features, rows_q8_0, q8_0, BlockQ8_0);
     };
 }
 
