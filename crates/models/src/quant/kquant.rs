@@ -865,6 +865,24 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Where the CPU has the AVX-512 prompt-order loops: asserts that `vnni` (one weight row
+    /// into `out`) returns the bits of the AVX2 result `avx2` (`what` names the order).
+    /// Returns `avx2`.
+    #[cfg(test)]
+    fn also_vnni<const R: usize>(
+        avx2: [f32; R],
+        what: &str,
+        vnni: impl FnOnce(&mut [[f32; crate::quant::MAX_TILE]]),
+    ) -> [f32; R] {
+        if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
+            let mut out = [[0f32; crate::quant::MAX_TILE]; 1];
+            vnni(&mut out);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, {what}");
+        }
+        avx2
+    }
+
     /// Test access to the kernels: `None` where the CPU lacks AVX2, FMA or F16C.
     #[cfg(test)]
     pub(crate) fn checked<const R: usize>(
@@ -887,28 +905,13 @@ pub(crate) mod x86 {
         Some(unsafe {
             match (w, prompt) {
                 (super::KRow::Q4K(w), false) => q4k(w, a),
-                (super::KRow::Q4K(w), true) => {
-                    let avx2 = q4k_grouped(w, a);
-                    if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
-                        // The AVX-512 build (which takes full tiles of four rows) too.
-                        let mut out = [[0f32; crate::quant::MAX_TILE]; 1];
-                        rows_q4k_grouped_vnni::<R>(w, w.len(), a, &mut out);
-                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, grouped");
-                    }
-                    avx2
-                }
+                (super::KRow::Q4K(w), true) => also_vnni(q4k_grouped(w, a), "grouped", |out| {
+                    rows_q4k_grouped_vnni::<R>(w, w.len(), a, out)
+                }),
                 (super::KRow::Q6K(w), false) => q6k(w, a),
-                (super::KRow::Q6K(w), true) => {
-                    let avx2 = q6k_tiled(w, a);
-                    if crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni {
-                        let mut out = [[0f32; crate::quant::MAX_TILE]; 1];
-                        rows_q6k_tiled_vnni::<R>(w, w.len(), a, &mut out);
-                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&out[0][..R]), bits(&avx2), "AVX-512 vs AVX2, tiled");
-                    }
-                    avx2
-                }
+                (super::KRow::Q6K(w), true) => also_vnni(q6k_tiled(w, a), "tiled", |out| {
+                    rows_q6k_tiled_vnni::<R>(w, w.len(), a, out)
+                }),
             }
         })
     }
