@@ -61,6 +61,22 @@ const CHUNK: usize = 1024;
 /// Up to this many values, the calling thread does it alone (one row of a decode step).
 const SERIAL: usize = 2048;
 
+/// The values of two contiguous f32 CPU tensors, or an error naming `what`.
+fn f32_slices<'a>(
+    what: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+        candle_core::bail!("{what}: f32 inputs expected");
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{what}: contiguous inputs expected");
+    };
+    Ok((&a[a0..a1], &b[b0..b1]))
+}
+
 /// `f(a[i], b[i])` for every element of two f32 CPU tensors of one contiguous shape, on the
 /// calling thread up to [`SERIAL`] values and split over candle's CPU pool beyond: the body of an
 /// element-wise [`CustomOp2`] (`what` names it in errors).
@@ -70,13 +86,7 @@ pub(crate) fn zip_map(
     (s2, l2): (&CpuStorage, &Layout),
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-        candle_core::bail!("{what}: f32 inputs expected");
-    };
-    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-    else {
-        candle_core::bail!("{what}: contiguous inputs expected");
-    };
+    let (a, b) = f32_slices(what, (s1, l1), (s2, l2))?;
     if l1.shape() != l2.shape() {
         candle_core::bail!(
             "{what}: shapes {:?} and {:?} differ",
@@ -84,7 +94,6 @@ pub(crate) fn zip_map(
             l2.shape()
         );
     }
-    let (a, b) = (&a[a0..a1], &b[b0..b1]);
     if a.len() <= SERIAL {
         let out = a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
         return Ok((CpuStorage::F32(out), l1.shape().clone()));
@@ -158,14 +167,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("rms_norm: f32 inputs expected");
-        };
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("rms_norm: contiguous inputs expected");
-        };
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let (x, w) = f32_slices("rms_norm", (s1, l1), (s2, l2))?;
         let dim = l1.dims().last().copied().unwrap_or(0);
         if dim == 0 || w.len() != dim {
             candle_core::bail!("rms_norm: weight of {} values for rows of {dim}", w.len());
