@@ -484,6 +484,41 @@ pub(crate) mod x86 {
         }
     }
 
+    /// For each of a super-block's four 512-bit registers, which sub-block scale each of its
+    /// 32 words takes: register `g`, word `l` takes scale `g · 32 / width + l / width` when a
+    /// scale covers `width` words (a `vpermw` index into the scales widened to 16 bits).
+    const fn scale_words(width: usize) -> [[i16; 32]; 4] {
+        let mut t = [[0i16; 32]; 4];
+        let mut g = 0;
+        while g < 4 {
+            let mut l = 0;
+            while l < 32 {
+                t[g][l] = (g * 32 / width + l / width) as i16;
+                l += 1;
+            }
+            g += 1;
+        }
+        t
+    }
+
+    /// `Q4_K`: a register holds sub-blocks 2g and 2g + 1 (16 words of byte-pair sums each).
+    const Q4K_SCALES: [[i16; 32]; 4] = scale_words(16);
+    /// `Q6_K`: a register holds sub-blocks 4g..4g + 4 (8 words each).
+    const Q6K_SCALES: [[i16; 32]; 4] = scale_words(8);
+
+    /// The four index registers of a [`scale_words`] table.
+    #[inline(always)]
+    unsafe fn scale_index(t: &[[i16; 32]; 4]) -> [__m512i; 4] {
+        unsafe {
+            [
+                _mm512_loadu_si512(t[0].as_ptr().cast()),
+                _mm512_loadu_si512(t[1].as_ptr().cast()),
+                _mm512_loadu_si512(t[2].as_ptr().cast()),
+                _mm512_loadu_si512(t[3].as_ptr().cast()),
+            ]
+        }
+    }
+
     /// A 4×4 transpose: lane `r` of result `k` is lane `k` of `s[r]`.
     #[inline(always)]
     unsafe fn transpose4(s: [__m128i; 4]) -> [__m128i; 4] {
@@ -514,14 +549,7 @@ pub(crate) mod x86 {
             // The upper half takes the high nibbles.
             let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
             // Group k's scales: words 0..16 take sub-block 2k's, words 16..32 sub-block 2k+1's.
-            let mut idx = [_mm512_setzero_si512(); 4];
-            for (k, v) in idx.iter_mut().enumerate() {
-                let mut words = [0i16; 32];
-                for (l, x) in words.iter_mut().enumerate() {
-                    *x = (2 * k + l / 16) as i16;
-                }
-                *v = _mm512_loadu_si512(words.as_ptr().cast());
-            }
+            let idx = scale_index(&Q4K_SCALES);
             let mut acc = _mm_setzero_ps();
             let mut acc_min = _mm_setzero_ps();
             for (i, b) in w.iter().enumerate() {
@@ -614,14 +642,7 @@ pub(crate) mod x86 {
             };
             let (shift_a, shift_b) = (words(0, 2), words(4, 6));
             // Register m (chunks 2m, 2m + 1) takes sub-blocks 4m..4m + 4, eight words each.
-            let mut idx = [_mm512_setzero_si512(); 4];
-            for (m, v) in idx.iter_mut().enumerate() {
-                let mut words = [0i16; 32];
-                for (l, x) in words.iter_mut().enumerate() {
-                    *x = (4 * m + l / 8) as i16;
-                }
-                *v = _mm512_loadu_si512(words.as_ptr().cast());
-            }
+            let idx = scale_index(&Q6K_SCALES);
             let mut tiled = _mm_setzero_ps();
             for (i, b) in w.iter().enumerate() {
                 prefetch(b);
