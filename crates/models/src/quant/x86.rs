@@ -533,9 +533,6 @@ pub(crate) mod vnni512 {
         pairs: [&[Pair]; MAX_TILE / 2],
     ) -> [[f32; R]; C] {
         unsafe {
-            if R == 1 {
-                return vnni::q4_1(w, a);
-            }
             let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
             let mut odd = [_mm256_setzero_ps(); C];
             // Up to four rows in 128 bits, more in 256 (the narrower form measured 7% faster).
@@ -621,9 +618,6 @@ pub(crate) mod vnni512 {
         pairs: [&[Pair]; MAX_TILE / 2],
     ) -> [[f32; R]; C] {
         unsafe {
-            if R == 1 {
-                return vnni::q5_0(w, a);
-            }
             let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
             let mut odd = [_mm256_setzero_ps(); C];
             for i in 0..w[0].len() {
@@ -676,9 +670,6 @@ pub(crate) mod vnni512 {
         pairs: [&[Pair]; MAX_TILE / 2],
     ) -> [[f32; R]; C] {
         unsafe {
-            if R == 1 {
-                return vnni::q8_0(w, a);
-            }
             let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
             let mut odd = [_mm256_setzero_ps(); C];
             let top = _mm512_set1_epi8(-128);
@@ -750,6 +741,8 @@ pub(crate) mod vnni512 {
                 unsafe {
                     let n = out.len();
                     let row = |c: usize| w.get_unchecked(c * kb..(c + 1) * kb);
+                    // One row: the 256-bit kernel (a pair would leave half of each register
+                    // idle).
                     if R == 1 {
                         for c in 0..n {
                             let r = vnni::$kernel::<1, R>([row(c)], a);
