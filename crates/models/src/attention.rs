@@ -110,11 +110,13 @@ struct Scratch {
     acc: Vec<f32>,
     /// f16 buffer for the conversions.
     half: Vec<f16>,
+    /// One row's output.
+    out: Vec<f32>,
 }
 
 impl Scratch {
     fn size(&mut self, d: usize) {
-        for v in [&mut self.q, &mut self.acc] {
+        for v in [&mut self.q, &mut self.acc, &mut self.out] {
             v.resize(d, 0.0);
         }
         self.half.resize(d, f16::ZERO);
@@ -389,7 +391,8 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
             HEADS.with(|kv| {
                 let (s, kv) = (&mut *s.borrow_mut(), &mut *kv.borrow_mut());
                 s.size(d);
-                let mut o = vec![0f32; d];
+                // The row functions take the rest of the scratch mutably beside it.
+                let mut o = std::mem::take(&mut s.out);
                 for item in range {
                     let job = starts.partition_point(|&s| s <= item) - 1;
                     let p = &prepared[job];
@@ -419,6 +422,7 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
                         slot.store(x.to_bits(), Ordering::Relaxed);
                     }
                 }
+                s.out = o;
             })
         });
     };
