@@ -5,6 +5,8 @@
 
 mod bench;
 mod ci;
+mod cluster;
+mod cuda;
 mod fetch;
 mod util;
 
@@ -49,8 +51,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the CPU configuration, and CUDA / Metal where their toolchains exist.
+    /// Build the CPU configuration, and CUDA / Metal where their toolchains exist (CUDA from
+    /// `cuda-toolchain`'s folder, else an `nvcc` on PATH).
     BuildMatrix,
+    /// Install CUDA's compiler and libraries from the Python package index into a cache folder
+    /// and print the environment candle's `cuda` build needs (`eval "$(cargo xtask
+    /// cuda-toolchain)"`).
+    CudaToolchain(cuda::ToolchainArgs),
+    /// Start N server replicas behind nginx on loopback, load them, kill and restart one, and
+    /// compare prefix-cache hits with affinity routing and round-robin.
+    ClusterTest(cluster::ClusterArgs),
 }
 
 fn main() -> Result<()> {
@@ -63,5 +73,7 @@ fn main() -> Result<()> {
         Command::Maskbench { args } => bench::run_bin("maskbench", &args),
         Command::Loadtest { args } => bench::run_bin("loadtest", &args),
         Command::BuildMatrix => ci::build_matrix(),
+        Command::CudaToolchain(args) => cuda::run(&args),
+        Command::ClusterTest(args) => cluster::run(&args),
     }
 }
