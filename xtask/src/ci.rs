@@ -96,12 +96,29 @@ pub fn demo(prompt: &str) -> Result<()> {
 
 /// Builds the CPU configuration, and CUDA / Metal where their toolchains exist.
 ///
-/// CUDA uses the toolchain `cargo xtask cuda-toolchain` installed (else an `nvcc` on PATH) and
-/// builds the CLI with `--features cuda`, which the CLI forwards through the server, engine and
-/// models crates to candle: a compile and link check (no GPU is needed to build). It prints the
-/// time and the disk the build added to `target/`.
+/// Each configuration compiles and links every crate and test of the workspace but the
+/// benches (`cargo test --no-run` with the arguments `cargo xtask ci` uses, so the CPU one
+/// reuses CI's build: `-p` would resolve features differently and rebuild candle and
+/// tokenizers). CUDA uses the toolchain `cargo xtask cuda-toolchain` installed (else an `nvcc`
+/// on PATH) and turns on the CLI's `cuda` feature, which the CLI forwards through the server,
+/// engine and models crates to candle: a compile and link check (no GPU is needed to build).
+/// It prints the time and the disk the build added to `target/`.
 pub fn build_matrix() -> Result<()> {
-    util::run(util::cargo().args(["build", "-p", "fluent-ai-candle"]))?;
+    let build = |features: Option<&str>| {
+        let mut c = util::cargo();
+        c.args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "fluent-ai-candle-benches",
+            "--no-run",
+        ]);
+        if let Some(f) = features {
+            c.args(["--features", f]);
+        }
+        c
+    };
+    util::run(&mut build(None))?;
     println!("cpu: built");
     let toolchain = cuda::installed(None, cuda::DEFAULT_COMPUTE_CAP);
     let system_nvcc = Command::new("nvcc")
@@ -109,8 +126,7 @@ pub fn build_matrix() -> Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if toolchain.is_some() || system_nvcc {
-        let mut cmd = util::cargo();
-        cmd.args(["build", "-p", "fluent-ai-candle-cli", "--features", "cuda"]);
+        let mut cmd = build(Some("fluent-ai-candle-cli/cuda"));
         let from = match &toolchain {
             Some(t) => {
                 t.apply(&mut cmd);
@@ -142,7 +158,7 @@ pub fn build_matrix() -> Result<()> {
         );
     }
     if cfg!(target_os = "macos") {
-        util::run(util::cargo().args(["build", "-p", "fluent-ai-candle", "--features", "metal"]))?;
+        util::run(&mut build(Some("fluent-ai-candle-cli/metal")))?;
         println!("metal: built");
     } else {
         // candle's Metal backend binds Apple's Metal framework (objc2-metal), which exists

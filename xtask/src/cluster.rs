@@ -1,7 +1,8 @@
 //! `cargo xtask cluster-test`: N server replicas behind Debian's nginx, all on loopback, driven
 //! by the load tester, with one replica killed and restarted mid-run.
 //!
-//! 1. Builds the release server (`fluent-ai-candle`) and load tester (`loadtest`).
+//! 1. Builds the release server (`fluent-ai-candle`) and load tester (`loadtest`)
+//!    (`--profile dev` for the dev profile's).
 //! 2. Installs nginx with apt-get when it is missing.
 //! 3. Starts `--replicas` servers on free 127.0.0.1 ports and one nginx with two front ports:
 //!    one hashing on the `X-Routing-Key` header (`hash … consistent`, prefix affinity), one
@@ -72,9 +73,14 @@ pub struct ClusterArgs {
     /// graceful drain).
     #[arg(long, default_value = "kill")]
     pub signal: String,
-    /// Use the release binaries already built.
+    /// Use the binaries already built.
     #[arg(long)]
     pub no_build: bool,
+    /// Cargo profile of the binaries: `release`, or `dev` where a release build of the
+    /// workspace is out of reach (the dev profile optimises dependencies and the model code at
+    /// opt-level 3; the JSON line says which ran).
+    #[arg(long, default_value = "release")]
+    pub profile: String,
 }
 
 /// Starts processes and stops every one of them when dropped (also on errors).
@@ -136,11 +142,17 @@ pub fn run(args: &ClusterArgs) -> Result<()> {
     if args.signal != "kill" && args.signal != "term" {
         bail!("--signal is kill or term, not {}", args.signal);
     }
+    let out_dir = match args.profile.as_str() {
+        "release" => "release",
+        "dev" => "debug",
+        p => bail!("--profile is release or dev, not {p}"),
+    };
     let root = util::root();
     if !args.no_build {
         util::run(util::cargo().args([
             "build",
-            "--release",
+            "--profile",
+            &args.profile,
             "-p",
             "fluent-ai-candle-cli",
             "-p",
@@ -151,8 +163,8 @@ pub fn run(args: &ClusterArgs) -> Result<()> {
             "loadtest",
         ]))?;
     }
-    let server_bin = root.join("target/release/fluent-ai-candle");
-    let loadtest_bin = root.join("target/release/loadtest");
+    let server_bin = root.join("target").join(out_dir).join("fluent-ai-candle");
+    let loadtest_bin = root.join("target").join(out_dir).join("loadtest");
     for b in [&server_bin, &loadtest_bin] {
         if !b.is_file() {
             bail!("{} is missing (run without --no-build)", b.display());
@@ -340,6 +352,7 @@ fn summarize(
         "clients": args.clients,
         "duration_s": args.duration,
         "model": args.model,
+        "profile": args.profile,
         "requests": affinity["requests"],
         "failures": failed,
         "failures_killed_in_flight": cut_on_victim,
@@ -672,6 +685,7 @@ mod tests {
             model: "m".into(),
             signal: "kill".into(),
             no_build: true,
+            profile: "release".into(),
         };
         let affinity = json!({"requests": 100, "failed": 5,
             "cut_by_upstream": {"127.0.0.1:9002": 4, "127.0.0.1:9001": 1},

@@ -4,13 +4,24 @@
 //! ```text
 //! cargo run --release -p fluent-ai-candle-benches --bin loadtest -- \
 //!     [--seconds 60] [--clients 32] [--max-tokens 32] [--max-concurrent 32] [--model M]
+//!     [--url http://127.0.0.1:PORT] [--workload chat|shared-prefix] [--groups 24] [--tag T]
 //! ```
 //!
-//! The server runs in-process on a free loopback port (the same `Server` the CLI's `serve`
-//! starts). Each client loops: POST a streaming chat completion, time the first content chunk
-//! (TTFT), read to `data: [DONE]`, count the tokens from the usage chunk. A request fails on a
-//! non-200 status, a transport error, an error event or a stream without `[DONE]`. Clients
-//! start no request after the deadline; those in flight finish.
+//! Without `--url` the server runs in-process on a free loopback port (the same `Server` the
+//! CLI's `serve` starts); with it the clients drive that server (a loopback address only: a
+//! replica or a load balancer in front of several, as `cargo xtask cluster-test` does). Each
+//! client loops: POST a streaming request, time the first content chunk (TTFT), read to
+//! `data: [DONE]`, count the tokens from the usage chunk. A request fails on a non-200 status,
+//! a transport error, an error event or a stream without `[DONE]`. Clients start no request
+//! after the deadline; those in flight finish.
+//!
+//! Workloads: `chat` (the default) sends a distinct short chat message per request;
+//! `shared-prefix` sends text completions whose prompts start with one of `--groups` long
+//! shared prefixes (a group per request, drawn pseudo-randomly; `--tag` makes the texts of one
+//! run differ from another's) and end with a distinct question, with the group as the
+//! `X-Routing-Key` header, so a balancer hashing on that header sends a group to one replica.
+//! A response's `X-Upstream` header (the replica a balancer chose) is kept: failures are
+//! counted per upstream, and apart for streams cut after they had started.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +35,16 @@ struct Args {
     max_tokens: usize,
     max_concurrent: usize,
     model: String,
+    url: Option<String>,
+    workload: Workload,
+    groups: u64,
+    tag: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Chat,
+    SharedPrefix,
 }
 
 fn parse_args() -> Result<Args> {
@@ -33,6 +54,10 @@ fn parse_args() -> Result<Args> {
         max_tokens: 32,
         max_concurrent: 32,
         model: fluent_ai_candle_models::cache::DEFAULT_MODEL.to_string(),
+        url: None,
+        workload: Workload::Chat,
+        groups: 24,
+        tag: "run".to_string(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -43,11 +68,26 @@ fn parse_args() -> Result<Args> {
             "--max-tokens" => a.max_tokens = value()?.parse()?,
             "--max-concurrent" => a.max_concurrent = value()?.parse()?,
             "--model" => a.model = value()?,
+            "--url" => a.url = Some(value()?.trim_end_matches('/').to_string()),
+            "--workload" => {
+                a.workload = match value()?.as_str() {
+                    "chat" => Workload::Chat,
+                    "shared-prefix" => Workload::SharedPrefix,
+                    w => bail!("unknown workload {w} (chat, shared-prefix)"),
+                }
+            }
+            "--groups" => a.groups = value()?.parse()?,
+            "--tag" => a.tag = value()?,
             other => bail!("unknown argument {other}"),
         }
     }
-    if a.seconds == 0 || a.clients == 0 || a.max_tokens == 0 {
-        bail!("--seconds, --clients and --max-tokens must be at least 1");
+    if a.seconds == 0 || a.clients == 0 || a.max_tokens == 0 || a.groups == 0 {
+        bail!("--seconds, --clients, --max-tokens and --groups must be at least 1");
+    }
+    if let Some(url) = &a.url {
+        if !is_loopback_url(url) {
+            bail!("--url must be a loopback address (127.0.0.0/8, localhost or [::1]): {url}");
+        }
     }
     Ok(a)
 }
@@ -64,13 +104,48 @@ fn rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// True for `http://127.x.x.x[:port]…`, `http://localhost…` and `http://[::1]…`.
+fn is_loopback_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[derive(Default)]
 struct ClientStats {
     requests: u64,
     failed: u64,
     tokens: u64,
     ttft_ms: Vec<f64>,
+    latency_ms: Vec<f64>,
     errors: Vec<String>,
+    /// Failures per upstream (`X-Upstream`, or `none`).
+    failed_by_upstream: std::collections::BTreeMap<String, u64>,
+    /// Of those, streams that had started (status 200 received) and were then cut.
+    cut_by_upstream: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why a request failed, and which upstream served it when a balancer said so.
+struct Failure {
+    why: String,
+    upstream: Option<String>,
+    /// The response had started (status 200) when it failed.
+    started: bool,
+}
+
+/// The last address of an `X-Upstream` header (nginx lists every upstream it tried).
+fn upstream_of(r: &reqwest::Response) -> Option<String> {
+    let v = r.headers().get("x-upstream")?.to_str().ok()?;
+    v.rsplit(',').next().map(|s| s.trim().to_string())
 }
 
 /// One streaming request: Ok((ttft, completion tokens)) or why it failed.
@@ -78,23 +153,37 @@ async fn one_request(
     http: &reqwest::Client,
     url: &str,
     body: &serde_json::Value,
-) -> Result<(f64, u64), String> {
+    routing_key: Option<&str>,
+) -> Result<(f64, u64), Failure> {
     let start = Instant::now();
-    let r = http
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status() != 200 {
-        return Err(format!("status {}", r.status()));
+    let mut req = http.post(url).json(body);
+    if let Some(k) = routing_key {
+        req = req.header("X-Routing-Key", k);
     }
+    let r = req.send().await.map_err(|e| Failure {
+        why: e.to_string(),
+        upstream: None,
+        started: false,
+    })?;
+    let upstream = upstream_of(&r);
+    if r.status() != 200 {
+        return Err(Failure {
+            why: format!("status {}", r.status()),
+            upstream,
+            started: false,
+        });
+    }
+    let fail = |why: String| Failure {
+        why,
+        upstream: upstream.clone(),
+        started: true,
+    };
     let mut bytes = r.bytes_stream();
     let mut buf = String::new();
     let mut ttft = None;
     let mut tokens = 0;
     while let Some(piece) = bytes.next().await {
-        let piece = piece.map_err(|e| e.to_string())?;
+        let piece = piece.map_err(|e| fail(e.to_string()))?;
         buf.push_str(&String::from_utf8_lossy(&piece));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
@@ -104,12 +193,16 @@ async fn one_request(
             if data == "[DONE]" {
                 return Ok((ttft.unwrap_or(0.0), tokens));
             }
-            let v: serde_json::Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_str(data).map_err(|e| fail(e.to_string()))?;
             if v.get("error").is_some() {
-                return Err(format!("error event: {data}"));
+                return Err(fail(format!("error event: {data}")));
             }
-            let has_text = v["choices"][0]["delta"]["content"]
+            // Chat chunks carry `delta.content`, text completions `text`.
+            let choice = &v["choices"][0];
+            let has_text = choice["delta"]["content"]
                 .as_str()
+                .or(choice["text"].as_str())
                 .is_some_and(|s| !s.is_empty());
             if ttft.is_none() && has_text {
                 ttft = Some(start.elapsed().as_secs_f64() * 1e3);
@@ -119,7 +212,35 @@ async fn one_request(
             }
         }
     }
-    Err("stream ended without [DONE]".into())
+    Err(fail("stream ended without [DONE]".into()))
+}
+
+/// A cheap deterministic mix (splitmix64) for drawing groups and words.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The long shared prefix of group `g`: ~150 words drawn from the group's own seed, so two
+/// groups' prompts part after a few tokens (fewer than the prefix cache's 16-token minimum).
+fn group_prefix(tag: &str, g: u64) -> String {
+    const WORDS: &[&str] = &[
+        "river", "stone", "market", "winter", "lantern", "harbor", "copper", "meadow", "signal",
+        "orchard", "engine", "valley", "thunder", "garden", "ledger", "bridge", "canvas", "falcon",
+        "station", "pepper", "island", "mirror", "castle", "forest", "rocket", "silver", "candle",
+        "tunnel", "planet", "basket", "anchor", "velvet",
+    ];
+    let seed = tag.bytes().fold(g.wrapping_mul(0x100_0000_01B3), |h, b| {
+        mix(h ^ u64::from(b))
+    });
+    let mut out = format!("Notes {g} ({tag}):");
+    for k in 0..150u64 {
+        out.push(' ');
+        out.push_str(WORDS[(mix(seed ^ k) % WORDS.len() as u64) as usize]);
+    }
+    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -141,27 +262,37 @@ fn main() -> Result<()> {
 
 async fn run() -> Result<()> {
     let args = parse_args()?;
-    let config = ServerConfig::default()
-        .model(args.model.clone())
-        .port(0)
-        .max_concurrent(args.max_concurrent)
-        .max_queued(args.clients.max(64));
-    let server = Server::bind(config)
-        .await
-        .context("starting the server (run `cargo xtask fetch-models` if the model is missing)")?;
-    let addr = server.local_addr();
-    assert!(addr.ip().is_loopback());
-    let stop = server.shutdown_handle();
-    let running = tokio::spawn(server.run());
-    let url = format!("http://{addr}/v1/chat/completions");
+    let (base, server) = match &args.url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let config = ServerConfig::default()
+                .model(args.model.clone())
+                .port(0)
+                .max_concurrent(args.max_concurrent)
+                .max_queued(args.clients.max(64));
+            let server = Server::bind(config).await.context(
+                "starting the server (run `cargo xtask fetch-models` if the model is missing)",
+            )?;
+            let addr = server.local_addr();
+            assert!(addr.ip().is_loopback());
+            let stop = server.shutdown_handle();
+            let running = tokio::spawn(server.run());
+            (format!("http://{addr}"), Some((stop, running)))
+        }
+    };
+    let path = match args.workload {
+        Workload::Chat => "/v1/chat/completions",
+        Workload::SharedPrefix => "/v1/completions",
+    };
+    let url = format!("{base}{path}");
 
     // Warm-up request (not counted).
     let http = reqwest::Client::new();
     let warm = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": 4, "stream": true});
-    one_request(&http, &url, &warm)
+    one_request(&http, &format!("{base}/v1/chat/completions"), &warm, None)
         .await
-        .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("warm-up failed: {}", e.why))?;
 
     let rss_before = rss_mb();
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -171,29 +302,61 @@ async fn run() -> Result<()> {
         let http = http.clone();
         let url = url.clone();
         let max_tokens = args.max_tokens;
+        let (workload, groups, tag) = (args.workload, args.groups, args.tag.clone());
         tasks.push(tokio::spawn(async move {
             let mut stats = ClientStats::default();
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let body = serde_json::json!({
-                    "messages": [{"role": "user",
-                        "content": format!("Client {c}, request {i}: write a short poem about the sea.")}],
-                    "max_tokens": max_tokens,
-                    "temperature": 0.7,
-                    "seed": c as u64 * 1_000_003 + i,
-                    "stream": true,
-                    "stream_options": {"include_usage": true},
-                });
+                let seed = c as u64 * 1_000_003 + i;
+                let (body, key) = match workload {
+                    Workload::Chat => (
+                        serde_json::json!({
+                            "messages": [{"role": "user",
+                                "content": format!("Client {c}, request {i}: write a short poem about the sea.")}],
+                            "max_tokens": max_tokens,
+                            "temperature": 0.7,
+                            "seed": seed,
+                            "stream": true,
+                            "stream_options": {"include_usage": true},
+                        }),
+                        None,
+                    ),
+                    Workload::SharedPrefix => {
+                        let g = mix(seed) % groups;
+                        let prompt = format!(
+                            "{}\nQuestion {c}-{i}: which word comes up most often above?\nAnswer:",
+                            group_prefix(&tag, g)
+                        );
+                        (
+                            serde_json::json!({
+                                "prompt": prompt,
+                                "max_tokens": max_tokens,
+                                "temperature": 0.7,
+                                "seed": seed,
+                                "stream": true,
+                                "stream_options": {"include_usage": true},
+                            }),
+                            Some(format!("{tag}-{g}")),
+                        )
+                    }
+                };
                 stats.requests += 1;
-                match one_request(&http, &url, &body).await {
+                let t0 = Instant::now();
+                match one_request(&http, &url, &body, key.as_deref()).await {
                     Ok((ttft, tokens)) => {
                         stats.ttft_ms.push(ttft);
+                        stats.latency_ms.push(t0.elapsed().as_secs_f64() * 1e3);
                         stats.tokens += tokens;
                     }
                     Err(e) => {
                         stats.failed += 1;
+                        let up = e.upstream.clone().unwrap_or_else(|| "none".into());
+                        *stats.failed_by_upstream.entry(up.clone()).or_default() += 1;
+                        if e.started {
+                            *stats.cut_by_upstream.entry(up).or_default() += 1;
+                        }
                         if stats.errors.len() < 3 {
-                            stats.errors.push(e);
+                            stats.errors.push(e.why);
                         }
                     }
                 }
@@ -209,14 +372,24 @@ async fn run() -> Result<()> {
         total.failed += s.failed;
         total.tokens += s.tokens;
         total.ttft_ms.extend(s.ttft_ms);
+        total.latency_ms.extend(s.latency_ms);
         total.errors.extend(s.errors);
+        for (k, n) in s.failed_by_upstream {
+            *total.failed_by_upstream.entry(k).or_default() += n;
+        }
+        for (k, n) in s.cut_by_upstream {
+            *total.cut_by_upstream.entry(k).or_default() += n;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rss_after = rss_mb();
-    stop.shutdown();
-    running.await??;
+    if let Some((stop, running)) = server {
+        stop.shutdown();
+        running.await??;
+    }
 
     total.ttft_ms.sort_by(f64::total_cmp);
+    total.latency_ms.sort_by(f64::total_cmp);
     for e in total.errors.iter().take(5) {
         eprintln!("failure: {e}");
     }
@@ -229,6 +402,10 @@ async fn run() -> Result<()> {
         "failed": total.failed,
         "ttft_ms_p50": (percentile(&total.ttft_ms, 50.0) * 10.0).round() / 10.0,
         "ttft_ms_p99": (percentile(&total.ttft_ms, 99.0) * 10.0).round() / 10.0,
+        "latency_ms_p50": (percentile(&total.latency_ms, 50.0) * 10.0).round() / 10.0,
+        "latency_ms_p99": (percentile(&total.latency_ms, 99.0) * 10.0).round() / 10.0,
+        "failed_by_upstream": total.failed_by_upstream,
+        "cut_by_upstream": total.cut_by_upstream,
         "tokens_per_s": (total.tokens as f64 / elapsed * 10.0).round() / 10.0,
         "rss_mb_before": (rss_before * 10.0).round() / 10.0,
         "rss_mb_after": (rss_after * 10.0).round() / 10.0,

@@ -5,9 +5,16 @@
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
 //!                           [--seed S] [--raw] [--json] [--quant Q]
 //!                           [--json-schema FILE | --grammar FILE | --regex R]
+//!                           [--device auto|cpu|cuda[:N]|metal[:N]]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
 //!                        [--max-concurrent N] [--models-dir DIR]
+//!                        [--device auto|cpu|cuda[:N]|metal[:N]]
 //! ```
+//!
+//! `--device auto` (the default) runs on CUDA when the binary was built with `--features cuda`
+//! and a GPU answers, then on Metal likewise, else on the CPU; the device chosen is printed on
+//! stderr at start. An explicit `cuda` or `metal` never falls back to the CPU: a build without
+//! the feature, or a machine without the device, is an error naming which.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -17,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fluent_ai_candle_engine::{generate, FinishReason, GenerateParams};
-use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel, QuantizationType};
+use fluent_ai_candle_models::{cache, DeviceType, LoadProgress, LoadedModel, QuantizationType};
 
 /// Run large language models locally on Candle.
 #[derive(Parser)]
@@ -58,6 +65,34 @@ struct ServeArgs {
     /// The only directory POST /v1/models/load reads from (default: the model cache).
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct DeviceArg {
+    /// Where to run: auto (CUDA if built with it and a GPU is present, then Metal, else the
+    /// CPU), cpu, cuda, cuda:N, metal or metal:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: DeviceType,
+}
+
+impl DeviceArg {
+    /// Opens the device and says on stderr which one runs.
+    fn open(&self) -> Result<candle_core::Device> {
+        let device = self.device.select()?;
+        eprintln!(
+            "fluent-ai-candle: device {} (--device {})",
+            fluent_ai_candle_models::device_name(&device),
+            self.device
+        );
+        Ok(device)
+    }
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceType, String> {
+    s.parse()
+        .map_err(|e: fluent_ai_candle_models::DeviceError| e.to_string())
 }
 
 #[derive(Args)]
@@ -123,6 +158,8 @@ struct GenerateArgs {
     /// (the default), f16, bf16 or f32. Not for GGUF files, whose weights are used as stored.
     #[arg(long, value_parser = parse_quant)]
     quant: Option<QuantizationType>,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn parse_quant(s: &str) -> std::result::Result<QuantizationType, String> {
@@ -158,7 +195,11 @@ fn input_text(file: &Option<PathBuf>, text: &Option<String>, what: &str) -> Resu
     }
 }
 
-fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
+fn load(
+    model: &str,
+    quant: Option<QuantizationType>,
+    device: &candle_core::Device,
+) -> Result<LoadedModel> {
     let path = cache::resolve(model)?;
     if quant.is_some() && !path.is_dir() {
         bail!(
@@ -182,11 +223,10 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
         bar.set_length(p.total as u64);
         bar.set_position(p.loaded as u64);
     };
-    let device = candle_core::Device::Cpu;
     let loaded = if path.is_dir() {
-        LoadedModel::load_dir(&path, quant.unwrap_or_default(), &device, &mut progress)
+        LoadedModel::load_dir(&path, quant.unwrap_or_default(), device, &mut progress)
     } else {
-        LoadedModel::load(&path, &device, &mut progress)
+        LoadedModel::load(&path, device, &mut progress)
     };
     bar.finish_and_clear();
     Ok(loaded?)
@@ -203,7 +243,8 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt = input_text(&a.file, &a.prompt, "prompt")?;
-    let loaded = load(&a.model.model, a.quant)?;
+    let device = a.device.open()?;
+    let loaded = load(&a.model.model, a.quant, &device)?;
     let text = if a.raw {
         prompt
     } else {
@@ -269,11 +310,12 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     config.models = a.models;
     config.api_key = a.api_key;
     config.models_dir = a.models_dir;
+    let device = a.device.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(fluent_ai_candle_server::serve(config))?;
+    runtime.block_on(fluent_ai_candle_server::serve_on(config, device))?;
     Ok(())
 }
 

@@ -9,10 +9,10 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI chat completions: messages through the model's chat template; `stream: true` gives server-sent events (`data: {chunk}` … `data: [DONE]`) |
 //! | `POST /v1/completions` | OpenAI text completions, same streaming |
-//! | `GET /v1/models`, `GET /v1/models/{id}` | the models loaded |
+//! | `GET /v1/models`, `GET /v1/models/{id}` | the models loaded, each with the device it runs on |
 //! | `POST /v1/models/load`, `POST /v1/models/unload` | hot swap, only from the models directory |
 //! | `GET /v1/ws` | WebSocket: send the request JSON, receive one message per chunk, then `[DONE]` |
-//! | `GET /health` | 200 `{"status":"ok"}`, 503 while draining |
+//! | `GET /health` | 200 `{"status":"ok"}` (with the models, the device and the requests in flight), 503 while draining |
 //! | `GET /metrics` | Prometheus text: HTTP counters and each model's engine counters |
 //!
 //! Requests take OpenAI's fields (`max_tokens`/`max_completion_tokens`, `temperature`, `top_p`,
@@ -95,11 +95,17 @@ use state::AppState;
 
 /// Starts a server with `config` and runs it until Ctrl-C or SIGTERM.
 pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
-    let server = Server::bind(config).await?;
+    serve_on(config, Device::Cpu).await
+}
+
+/// [`serve`] with the models on `device` (`fluent-ai-candle serve --device`).
+pub async fn serve_on(config: ServerConfig, device: Device) -> Result<(), ServerError> {
+    let server = Server::bind_on(config, device).await?;
     eprintln!(
-        "fluent-ai-candle: serving {} on http://{}",
+        "fluent-ai-candle: serving {} on http://{} ({})",
         server.models().join(", "),
-        server.local_addr()
+        server.local_addr(),
+        fluent_ai_candle_models::device_name(&server.state.device)
     );
     server.run().await
 }

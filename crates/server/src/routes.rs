@@ -250,6 +250,7 @@ fn model_object(state: &AppState, id: &str) -> ModelObject {
         object: "model",
         created: lock(&state.loaded_at).get(id).copied().unwrap_or(0),
         owned_by: "fluent-ai-candle",
+        device: fluent_ai_candle_models::device_name(&state.device),
     }
 }
 
@@ -363,6 +364,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ok" },
         "models": state.registry.names(),
+        "device": fluent_ai_candle_models::device_name(&state.device),
         "in_flight": state.in_flight.load(std::sync::atomic::Ordering::SeqCst),
     });
     let status = if draining {
