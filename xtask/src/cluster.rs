@@ -147,31 +147,41 @@ pub fn run(args: &ClusterArgs) -> Result<()> {
         "dev" => "debug",
         p => bail!("--profile is release or dev, not {p}"),
     };
-    let root = util::root();
     if !args.no_build {
-        util::run(util::cargo().args([
-            "build",
-            "--profile",
-            &args.profile,
-            "-p",
-            "fluent-ai-candle-cli",
-            "-p",
-            "fluent-ai-candle-benches",
-            "--bin",
-            "fluent-ai-candle",
-            "--bin",
-            "loadtest",
-        ]))?;
+        let mut build = util::cargo();
+        if args.profile == "release" {
+            build.args([
+                "build",
+                "--release",
+                "-p",
+                "fluent-ai-candle-cli",
+                "-p",
+                "fluent-ai-candle-benches",
+                "--bin",
+                "fluent-ai-candle",
+                "--bin",
+                "loadtest",
+            ]);
+        } else {
+            // CI's own build (`cargo test --no-run` over the workspace: the CLI's and the
+            // benches' integration tests make it link both binaries), so nothing is rebuilt
+            // with other features (`cargo build -p` would rebuild candle and tokenizers).
+            build.args(["test", "--workspace", "--no-run"]);
+        }
+        util::run(&mut build)?;
     }
-    let server_bin = root.join("target").join(out_dir).join("fluent-ai-candle");
-    let loadtest_bin = root.join("target").join(out_dir).join("loadtest");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("target"));
+    let server_bin = target.join(out_dir).join("fluent-ai-candle");
+    let loadtest_bin = target.join(out_dir).join("loadtest");
     for b in [&server_bin, &loadtest_bin] {
         if !b.is_file() {
             bail!("{} is missing (run without --no-build)", b.display());
         }
     }
     let nginx = ensure_nginx()?;
-    let dir = root.join("target/cluster-test");
+    let dir = target.join("cluster-test");
     let _ = fs::remove_dir_all(&dir);
     for sub in ["tmp", "logs"] {
         fs::create_dir_all(dir.join(sub))?;
