@@ -533,11 +533,17 @@ fn ensure_nginx() -> Result<PathBuf> {
         return Ok(p);
     }
     eprintln!("cluster-test: nginx is missing; installing Debian's nginx with apt-get");
-    util::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    // apt's progress goes to stderr: stdout carries only the JSON line.
+    util::run(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(std::io::stderr()),
+    )?;
     util::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends", "nginx"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::io::stderr()),
     )
     .context("apt-get install nginx failed (root is needed)")?;
     find().ok_or_else(|| anyhow!("nginx still not found after apt-get install"))
