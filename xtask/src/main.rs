@@ -8,6 +8,7 @@ mod ci;
 mod cluster;
 mod cuda;
 mod fetch;
+mod tidy;
 mod util;
 
 use anyhow::Result;
@@ -23,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything CI checks: fmt, clippy, fetch-models, all tests (also with scalar SIMD).
+    /// Everything CI checks: fmt, tidy, clippy, fetch-models, all tests (also with scalar SIMD).
     Ci {
         /// Skip fetching models (tests that need them then fail with a clear message).
         #[arg(long)]
@@ -61,6 +62,8 @@ enum Command {
     /// Start N server replicas behind nginx on loopback, load them, kill and restart one, and
     /// compare prefix-cache hits with affinity routing and round-robin.
     ClusterTest(cluster::ClusterArgs),
+    /// Check the architecture invariants: forbidden crate arrows and `unsafe` placement.
+    Tidy,
 }
 
 fn main() -> Result<()> {
@@ -75,5 +78,6 @@ fn main() -> Result<()> {
         Command::BuildMatrix => ci::build_matrix(),
         Command::CudaToolchain(args) => cuda::run(&args),
         Command::ClusterTest(args) => cluster::run(&args),
+        Command::Tidy => tidy::run(),
     }
 }
