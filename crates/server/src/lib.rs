@@ -105,7 +105,7 @@ pub async fn serve_on(config: ServerConfig, device: Device) -> Result<(), Server
         "fluent-ai-candle: serving {} on http://{} ({})",
         server.models().join(", "),
         server.local_addr(),
-        fluent_ai_candle_models::device_name(&server.state.device)
+        routes::device_name(&server.state.device)
     );
     server.run().await
 }

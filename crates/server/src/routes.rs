@@ -244,13 +244,22 @@ async fn completions(
     }
 }
 
+/// The device's name as `--device` takes it: `cpu`, `cuda:N` or `metal:N`.
+pub(crate) fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 fn model_object(state: &AppState, id: &str) -> ModelObject {
     ModelObject {
         id: id.to_string(),
         object: "model",
         created: lock(&state.loaded_at).get(id).copied().unwrap_or(0),
         owned_by: "fluent-ai-candle",
-        device: fluent_ai_candle_models::device_name(&state.device),
+        device: device_name(&state.device),
     }
 }
 
@@ -364,7 +373,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     let body = serde_json::json!({
         "status": if draining { "draining" } else { "ok" },
         "models": state.registry.names(),
-        "device": fluent_ai_candle_models::device_name(&state.device),
+        "device": device_name(&state.device),
         "in_flight": state.in_flight.load(std::sync::atomic::Ordering::SeqCst),
     });
     let status = if draining {
