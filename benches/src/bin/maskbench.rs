@@ -1,4 +1,4 @@
-//! MaskBench: `maskbench --data FILE [--limit N] [--json] [--errors] [--no-shared-lexemes] [--tokenizer FILE]`.
+//! MaskBench: `maskbench --data FILE [--limit N] [--every K] [--json] [--errors] [--no-shared-lexemes] [--tokenizer FILE]`.
 //!
 //! Runs the protocol of /work/shared/maskbench/README.md (compile each schema, then for each
 //! test instance compute the mask before every token, check and commit it) with the SmolLM2

@@ -5,7 +5,9 @@ use crate::earley::{Frame, Parser};
 use crate::grammar::{CompiledGrammar, GrammarBuilder, Sym};
 use crate::{ConstraintError, Vocabulary};
 use fluent_ai_candle_mask::TokenMask;
-use std::sync::{Arc, OnceLock};
+use regex_automata::util::primitives::StateID;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The seed's text-level constraint interface. Adapted into the token-level engine by
@@ -173,6 +175,8 @@ impl CompiledConstraint {
             accepting: false,
             eos_done: false,
             frames: Vec::with_capacity(self.vocab.trie.max_depth + 2),
+            key: Vec::new(),
+            live: Vec::new(),
         };
         st.accepting = st.compute_accepting();
         st
@@ -227,6 +231,10 @@ pub struct ConstraintState {
     accepting: bool,
     eos_done: bool,
     frames: Vec<Frame>,
+    /// Scratch: the mask-cache key of the current state.
+    key: MaskKey,
+    /// Scratch: a group's live states as grammar lexeme ids.
+    live: Vec<(u32, StateID)>,
 }
 
 impl std::fmt::Debug for ConstraintState {
@@ -270,26 +278,28 @@ impl ConstraintState {
                 let tokens = &vocab.trie.tokens;
                 let root = p.root;
                 let g = p.g.clone();
-                let cached = g
-                    .mask_cache
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(p.live_of(root)).cloned());
-                let entry = match cached {
+                // the key: the live lexer states, by lexeme uid (grammar-independent)
+                self.key.clear();
+                self.key.extend(
+                    p.live_of(root)
+                        .iter()
+                        .map(|&(l, s)| (g.lexemes[l as usize].uid, s)),
+                );
+                let entry = match vocab.masks.get(&self.key) {
                     Some(e) => e,
                     None => {
                         let e = Arc::new(build_entry(p, &vocab, root, &mut self.frames));
-                        if let Ok(mut m) = g.mask_cache.lock() {
-                            if m.len() < MASK_CACHE_ENTRIES {
-                                m.insert(p.live_of(root).to_vec(), e.clone());
-                            }
-                        }
+                        vocab.masks.insert(self.key.clone(), e.clone());
                         e
                     }
                 };
                 mask.words_mut().copy_from_slice(&entry.words);
                 for grp in &entry.groups {
-                    let gf = p.push_live(root, &grp.live);
+                    self.live.clear();
+                    let rl = p.live_of(root);
+                    self.live
+                        .extend(grp.live.iter().map(|&(i, s)| (rl[i as usize].0, s)));
+                    let gf = p.push_live(root, &self.live);
                     if p.boundary_push(gf) {
                         let bf = p.frame_here(gf.live_start, gf.live_end);
                         for &c in &grp.children {
@@ -600,8 +610,62 @@ impl ConstraintState {
     }
 }
 
-/// Most cached mask parts per compiled grammar.
-const MASK_CACHE_ENTRIES: usize = 4096;
+/// Most bytes of cached mask parts per vocabulary (two generations of half this each).
+const MASK_CACHE_BYTES: usize = 128 << 20;
+
+/// A mask-cache key: the live lexer states as (lexeme uid, automaton state), in live order.
+pub(crate) type MaskKey = Vec<(u64, StateID)>;
+
+/// Mask parts keyed by the live lexer states, shared by every grammar compiled against one
+/// vocabulary: an entry depends only on the lexemes' automata (shared across grammars, see
+/// `grammar::LexemeCache`) and the trie, so the mask inside a JSON string or a number is
+/// walked once per process, not once per schema. Bounded by bytes in two generations: when
+/// the young one is full it becomes the old one (the previous old one is dropped) and an
+/// entry found in the old one moves back, so entries in use survive.
+#[derive(Debug, Default)]
+pub(crate) struct MaskCache {
+    inner: Mutex<MaskGenerations>,
+}
+
+#[derive(Debug, Default)]
+struct MaskGenerations {
+    young: HashMap<MaskKey, Arc<MaskEntry>>,
+    old: HashMap<MaskKey, Arc<MaskEntry>>,
+    young_bytes: usize,
+}
+
+impl MaskGenerations {
+    fn put(&mut self, key: MaskKey, e: Arc<MaskEntry>) {
+        let size = e.bytes() + key.len() * 16;
+        if self.young_bytes + size > MASK_CACHE_BYTES / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        if self.young.insert(key, e).is_none() {
+            self.young_bytes += size;
+        }
+    }
+}
+
+impl MaskCache {
+    /// The entry of `key`, if cached.
+    pub(crate) fn get(&self, key: &[(u64, StateID)]) -> Option<Arc<MaskEntry>> {
+        let mut c = self.inner.lock().ok()?;
+        if let Some(e) = c.young.get(key) {
+            return Some(e.clone());
+        }
+        let (k, e) = c.old.remove_entry(key)?;
+        c.put(k, e.clone());
+        Some(e)
+    }
+
+    /// Caches `e` under `key`.
+    pub(crate) fn insert(&self, key: MaskKey, e: Arc<MaskEntry>) {
+        if let Ok(mut c) = self.inner.lock() {
+            c.put(key, e);
+        }
+    }
+}
 
 /// The part of a mask that depends only on the live lexer states: tokens that stay inside the
 /// current lexemes, plus the trie nodes where a lexeme may end (grouped by the live states
@@ -612,23 +676,52 @@ pub(crate) struct MaskEntry {
     groups: Vec<Group>,
 }
 
+impl MaskEntry {
+    /// Approximate heap bytes.
+    fn bytes(&self) -> usize {
+        self.words.len() * 8
+            + self
+                .groups
+                .iter()
+                .map(|g| 64 + g.live.len() * 8 + g.children.len() * 4)
+                .sum::<usize>()
+    }
+}
+
+/// Trie nodes where a lexeme may end below the same live states. While an entry is built,
+/// `live` holds grammar lexeme ids; once built, positions in the key's live list (so the
+/// entry serves every grammar with the same automata).
 #[derive(Debug)]
 struct Group {
-    live: Vec<(u32, regex_automata::util::primitives::StateID)>,
+    live: Vec<(u32, StateID)>,
     children: Vec<u32>,
 }
 
-type LiveKey = Vec<(u32, regex_automata::util::primitives::StateID)>;
+type LiveKey = Vec<(u32, StateID)>;
 
 /// A [`MaskEntry`] being built by a walk of the vocabulary trie.
 struct EntryBuilder {
     words: Vec<u64>,
     groups: Vec<Group>,
-    index: std::collections::HashMap<LiveKey, usize>,
-    states: Vec<regex_automata::util::primitives::StateID>,
+    index: HashMap<LiveKey, usize>,
+    states: Vec<StateID>,
 }
 
 impl EntryBuilder {
+    /// The entry, with each group's lexeme ids replaced by their positions in `root_live`
+    /// (every lexeme live below the root was live at the root).
+    fn finish(mut self, root_live: &[(u32, StateID)]) -> MaskEntry {
+        for grp in &mut self.groups {
+            for x in &mut grp.live {
+                x.0 = root_live.iter().position(|r| r.0 == x.0).unwrap_or(0) as u32;
+            }
+        }
+        MaskEntry {
+            words: self.words,
+            groups: self.groups,
+        }
+    }
+
     /// Records trie node `node` as a lexeme boundary below live states `key`.
     fn add(&mut self, key: LiveKey, node: usize) -> usize {
         let groups = &mut self.groups;
@@ -652,12 +745,12 @@ impl EntryBuilder {
         g: &CompiledGrammar,
         vocab: &Vocabulary,
         l: u32,
-        s: regex_automata::util::primitives::StateID,
+        s: StateID,
         (first, end, base): (usize, usize, usize),
     ) {
         let mut states = std::mem::take(&mut self.states);
         let mut words = std::mem::take(&mut self.words);
-        let mut last: Option<(regex_automata::util::primitives::StateID, usize)> = None;
+        let mut last: Option<(StateID, usize)> = None;
         g.lexemes[l as usize].walk_trie(
             &vocab.trie,
             first,
@@ -688,16 +781,13 @@ fn build_entry(
     let mut b = EntryBuilder {
         words: vec![0u64; vocab.len().div_ceil(64)],
         groups: Vec::new(),
-        index: std::collections::HashMap::new(),
+        index: HashMap::new(),
         states: Vec::new(),
     };
     // Inside a string, a number, a key...: one lexeme live at the root, one fast walk.
     if let &[(l, s)] = p.live_of(root) {
         b.single(&g, vocab, l, s, (1, nodes.len(), 0));
-        return MaskEntry {
-            words: b.words,
-            groups: b.groups,
-        };
+        return b.finish(p.live_of(root));
     }
     frames.clear();
     frames.push(root);
@@ -738,10 +828,7 @@ fn build_entry(
         }
     }
     p.restore(root);
-    MaskEntry {
-        words: b.words,
-        groups: b.groups,
-    }
+    b.finish(p.live_of(root))
 }
 
 /// Walks the trie below node `c` (whose frame is `f`) with full steps, allowing tokens.

@@ -935,8 +935,9 @@ impl<'a> Ctx<'a> {
         let extra_pair = if patterns.is_empty() {
             match add_sym {
                 Some(a) => {
-                    // long names nest the excluding regex too deeply: exclude them by product
-                    let key = if names.iter().any(|n| n.len() > 40) {
+                    // the declared names are excluded by a product with a trie of them
+                    // (determinizing one excluding regex per schema dominated compile time)
+                    let key = if !names.is_empty() {
                         let neg: Vec<String> = names
                             .iter()
                             .map(|n| {
