@@ -6,7 +6,11 @@ use crate::ConstraintError;
 use serde_json::{Map, Value};
 
 impl Ctx<'_> {
-    pub(super) fn array(&mut self, m: &Map<String, Value>, path: &str) -> Result<Sym, ConstraintError> {
+    pub(super) fn array(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+    ) -> Result<Sym, ConstraintError> {
         let mut prefix: Vec<Sym> = Vec::new();
         let mut rest: Option<Sym>;
         let items = m.get("items");

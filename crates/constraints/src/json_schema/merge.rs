@@ -159,7 +159,12 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn deref(&self, v: &Value, path: &str, depth: usize) -> Result<Value, ConstraintError> {
+    pub(super) fn deref(
+        &self,
+        v: &Value,
+        path: &str,
+        depth: usize,
+    ) -> Result<Value, ConstraintError> {
         if let Value::Object(m) = v {
             if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
                 if depth > 16 {
@@ -320,5 +325,4 @@ impl Ctx<'_> {
         }
         Ok(Value::Object(out))
     }
-
 }

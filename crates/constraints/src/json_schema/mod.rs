@@ -1,6 +1,11 @@
 //! JSON Schema → grammar. Objects list their properties in the schema's order (optional ones
-//! may be skipped; objects with few properties take them in any order); whitespace between
-//! tokens is free up to 20 characters per gap (at least what `json.dumps` writes).
+//! may be skipped; objects with few properties take them in any order).
+//!
+//! Two readings of a schema ([`JsonSchemaMode`]): *generation* (the default) writes undeclared
+//! object properties only where the schema allows them explicitly and lays out JSON in one
+//! style (`json.dumps`'s: `", "` and `": "`, no other whitespace); *spec* accepts every JSON
+//! text the schema accepts (undeclared properties unless `additionalProperties: false`,
+//! whitespace between tokens free up to 20 characters per gap).
 //!
 //! The module is divided by concern: this file dispatches on a schema's keywords (`$ref`,
 //! `not`, `allOf`, `anyOf`/`oneOf`, `const`/`enum`, `type`); [`merge`] conjoins and negates
@@ -12,13 +17,14 @@ mod array;
 mod formats;
 mod merge;
 mod object;
+mod one_of;
 mod pattern;
 mod range_regex;
 mod scalar;
 
 use crate::grammar::{GrammarBuilder, Sym};
 use crate::{CompileOptions, ConstraintError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -39,8 +45,8 @@ pub(crate) const STR_CHAR: &str = concat!(
 const STR_CHAR_LOOSE: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})"#;
 const NUMBER: &str = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?";
 const INTEGER: &str = r"-?(?:0|[1-9][0-9]*)";
-/// Whitespace between JSON tokens: bounded, so a model cannot loop on blank space (room for a
-/// newline plus indentation).
+/// Whitespace between JSON tokens in spec mode: bounded, so a model cannot loop on blank
+/// space (room for a newline plus indentation).
 const WS: &str = r"[ \t\n\r]{0,20}";
 /// Objects with at most this many declared properties accept them in any order.
 const MAX_FREE_ORDER: usize = 8;
@@ -118,12 +124,47 @@ fn invalid(path: &str, message: impl Into<String>) -> ConstraintError {
     }
 }
 
-/// Compiles `schema` into a grammar builder and its root symbol.
+/// How a JSON Schema is read when it is compiled (a [`CompileOptions`] field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum JsonSchemaMode {
+    /// For generating (the default): object properties that `properties` does not declare are
+    /// written only where the schema allows them explicitly (`additionalProperties: true` or
+    /// a schema, `patternProperties`, or an object schema that declares no property at all),
+    /// and the JSON is laid out in one style, `json.dumps`'s (`", "` between items, `": "`
+    /// after keys, no other whitespace). Every output is still valid under the schema; a
+    /// model cannot spend its budget inventing properties or blank space.
+    #[default]
+    Generation,
+    /// Faithful to the specification: every JSON text the schema accepts, undeclared
+    /// properties allowed unless `additionalProperties: false`, whitespace free between
+    /// tokens (up to 20 characters per gap). MaskBench tests this mode.
+    Spec,
+}
+
+impl std::str::FromStr for JsonSchemaMode {
+    type Err = String;
+
+    /// `generation` or `spec`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "generation" => Ok(Self::Generation),
+            "spec" => Ok(Self::Spec),
+            other => Err(format!(
+                "unknown JSON Schema mode {other:?} (expected `generation` or `spec`)"
+            )),
+        }
+    }
+}
+
+/// Compiles `schema` into a grammar builder and its root symbol, with the `jsonschema`
+/// validator that checks outputs. Refused before any generation: a schema that is not valid
+/// against its meta-schema (the validator does not build) and one that no JSON value satisfies.
 pub(crate) fn compile(
     schema: &Value,
     opts: &CompileOptions,
     started: Instant,
-) -> Result<(GrammarBuilder, Sym), ConstraintError> {
+) -> Result<(GrammarBuilder, Sym, jsonschema::Validator), ConstraintError> {
     let mut c = Ctx {
         b: GrammarBuilder::default(),
         root: schema,
@@ -133,9 +174,20 @@ pub(crate) fn compile(
         any: None,
         depth: 0,
     };
-    c.b.skip = Some(WS.to_string());
+    if opts.json_schema_mode == JsonSchemaMode::Spec {
+        c.b.skip = Some(WS.to_string());
+    }
     let root = c.schema(schema, "")?;
-    Ok((c.b, root))
+    // after the grammar (whose budgets stop blow-ups early), before generation
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| {
+            let at = e.instance_path().as_str().to_string();
+            invalid(&at, e.to_string())
+        })?;
+    crate::satisfiable::check_productive(&c.b, root, "JSON value")?;
+    Ok((c.b, root, validator))
 }
 
 struct Ctx<'a> {
@@ -182,7 +234,16 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// A literal JSON token; in generation mode `,` and `:` carry the one space that follows
+    /// them.
     fn lit(&mut self, s: &str) -> Sym {
+        if self.opts.json_schema_mode == JsonSchemaMode::Generation {
+            match s {
+                "," => return self.b.literal(", "),
+                ":" => return self.b.literal(": "),
+                _ => {}
+            }
+        }
         self.b.literal(s)
     }
 
@@ -347,8 +408,19 @@ impl<'a> Ctx<'a> {
             let mut rest = m.clone();
             rest.remove("anyOf");
             rest.remove("oneOf");
+            // oneOf: branches made exclusive (each merged with the siblings) or refused
+            let exclusive = match one_of {
+                None => None,
+                Some(list) => {
+                    let list = list
+                        .as_array()
+                        .ok_or_else(|| invalid(path, "oneOf must be an array"))?;
+                    Some(self.one_of_exclusive(&Value::Object(rest.clone()), list, path)?)
+                }
+            };
+            let exclusive = exclusive.map(Value::Array);
             let mut options: Vec<Value> = vec![Value::Object(rest)];
-            for (kw, list) in [("anyOf", any_of), ("oneOf", one_of)] {
+            for (kw, list) in [("anyOf", any_of), ("oneOf", exclusive.as_ref())] {
                 let Some(list) = list else { continue };
                 let list = list
                     .as_array()
@@ -470,7 +542,6 @@ impl<'a> Ctx<'a> {
         self.b.set_rule(id, vec![vec![s]]);
         Ok(Sym::N(id))
     }
-
 
     fn value_literal(&mut self, v: &Value) -> Result<Sym, ConstraintError> {
         Ok(match v {

@@ -2,7 +2,7 @@
 //! `additionalProperties`, `patternProperties` and `minProperties`.
 
 use super::pattern::pattern_to_content;
-use super::{invalid, Ctx, FORBIDDEN, MAX_FREE_ORDER, STR_CHAR, STR_CHAR_LOOSE};
+use super::{invalid, Ctx, JsonSchemaMode, FORBIDDEN, MAX_FREE_ORDER, STR_CHAR, STR_CHAR_LOOSE};
 use crate::grammar::Sym;
 use crate::ConstraintError;
 use serde_json::{Map, Value};
@@ -32,12 +32,19 @@ struct ObjectKeywords<'m> {
     forbidden: Vec<&'m str>,
     /// The schema of undeclared keys (`None`: none allowed).
     additional: Option<Value>,
+    /// Whether extra pairs under `additional` are written (generation mode writes them only
+    /// where the schema allows them explicitly; required names are written either way).
+    extras: bool,
     patterns: Vec<KeyPattern>,
     min_props: usize,
 }
 
 impl<'m> ObjectKeywords<'m> {
-    fn read(m: &'m Map<String, Value>, path: &str) -> Result<Self, ConstraintError> {
+    fn read(
+        m: &'m Map<String, Value>,
+        path: &str,
+        mode: JsonSchemaMode,
+    ) -> Result<Self, ConstraintError> {
         let props = match m.get("properties") {
             None => None,
             Some(Value::Object(p)) => Some(p),
@@ -99,11 +106,18 @@ impl<'m> ObjectKeywords<'m> {
                 "minProperties {min_props} over 32"
             )));
         }
+        let declares =
+            props.is_some_and(|p| !p.is_empty()) || !patterns.is_empty() || !required.is_empty();
+        let extras = match mode {
+            JsonSchemaMode::Spec => true,
+            JsonSchemaMode::Generation => m.contains_key("additionalProperties") || !declares,
+        };
         Ok(Self {
             props,
             required,
             forbidden,
             additional,
+            extras,
             patterns,
             min_props,
         })
@@ -118,7 +132,7 @@ impl Ctx<'_> {
         m: &Map<String, Value>,
         path: &str,
     ) -> Result<Sym, ConstraintError> {
-        let kw = ObjectKeywords::read(m, path)?;
+        let kw = ObjectKeywords::read(m, path, self.opts.json_schema_mode)?;
         if kw.required.iter().any(|r| kw.forbidden.contains(r)) {
             return Ok(self.nothing());
         }
@@ -220,6 +234,7 @@ impl Ctx<'_> {
         path: &str,
     ) -> Result<Option<Sym>, ConstraintError> {
         let colon = self.lit(":");
+        let add_sym = add_sym.filter(|_| kw.extras);
         let mut names: Vec<String> = list.iter().map(|p| p.name.clone()).collect();
         names.extend(kw.forbidden.iter().map(|f| f.to_string()));
         if kw.patterns.is_empty() {

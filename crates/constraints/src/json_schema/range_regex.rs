@@ -162,7 +162,10 @@ fn intersect(a: &[Piece], b: &[Piece]) -> Vec<Piece> {
 }
 
 /// Regex for decimal numbers (no exponent) in the range given by integer bounds.
-pub(super) fn number_range_regex(lo: Option<(i128, bool)>, hi: Option<(i128, bool)>) -> Option<String> {
+pub(super) fn number_range_regex(
+    lo: Option<(i128, bool)>,
+    hi: Option<(i128, bool)>,
+) -> Option<String> {
     let all = vec![(0u128, None, Frac::Any)];
     let frac = |f: Frac| match f {
         Frac::Any => r"(?:\.[0-9]+)?",
@@ -253,5 +256,4 @@ mod tests {
             }
         }
     }
-
 }

@@ -4,13 +4,19 @@
 use super::formats::format_regex;
 use super::pattern::pattern_to_content;
 use super::range_regex::{int_range_regex, number_range_regex};
-use super::{invalid, unsupported, Ctx, INTEGER, NOT_ENUM, NOT_PATTERN, NUMBER, STR_CHAR, STR_CHAR_LOOSE};
+use super::{
+    invalid, unsupported, Ctx, INTEGER, NOT_ENUM, NOT_PATTERN, NUMBER, STR_CHAR, STR_CHAR_LOOSE,
+};
 use crate::grammar::Sym;
 use crate::ConstraintError;
 use serde_json::{Map, Value};
 
 impl Ctx<'_> {
-    pub(super) fn string(&mut self, m: &Map<String, Value>, path: &str) -> Result<Sym, ConstraintError> {
+    pub(super) fn string(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+    ) -> Result<Sym, ConstraintError> {
         let get_u = |k: &str| -> Result<Option<u64>, ConstraintError> {
             match m.get(k) {
                 None => Ok(None),
@@ -41,7 +47,7 @@ impl Ctx<'_> {
             let content = pattern_to_content(p, path)?;
             pos.push(format!("\"(?:{content})\""));
         }
-        if let Some(f) = format_re {
+        for f in format_re.into_iter().flatten() {
             pos.push(format!("\"(?:{f})\""));
         }
         let lim = self.opts.max_length_bound as u64;
