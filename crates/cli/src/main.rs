@@ -4,7 +4,8 @@
 //! fluent-ai-candle tokenize [--model M] (--file F | TEXT)
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
 //!                           [--seed S] [--raw] [--json] [--quant Q]
-//!                           [--json-schema FILE | --grammar FILE | --regex R]
+//!                           [--json-schema FILE [--json-schema-mode generation|spec]
+//!                            | --grammar FILE | --regex R]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
 //!                        [--max-concurrent N] [--models-dir DIR]
 //! ```
@@ -113,6 +114,11 @@ struct GenerateArgs {
     /// Constrain the output to this JSON Schema (a file).
     #[arg(long, group = "constraint")]
     json_schema: Option<PathBuf>,
+    /// How the JSON Schema is read: `generation` (the default: undeclared properties only
+    /// where the schema allows them explicitly, one whitespace style) or `spec` (every JSON
+    /// text the schema accepts).
+    #[arg(long, requires = "json_schema", default_value = "generation")]
+    json_schema_mode: fluent_ai_candle_engine::JsonSchemaMode,
     /// Constrain the output to this GBNF grammar (a file).
     #[arg(long, group = "constraint")]
     grammar: Option<PathBuf>,
@@ -285,7 +291,10 @@ fn constraint_spec(a: &GenerateArgs) -> Result<Option<fluent_ai_candle_engine::C
     Ok(if let Some(p) = &a.json_schema {
         let schema: serde_json::Value = serde_json::from_str(&read(p)?)
             .with_context(|| format!("{} is not valid JSON", p.display()))?;
-        Some(ConstraintSpec::JsonSchema(schema))
+        Some(ConstraintSpec::JsonSchemaWithMode(
+            schema,
+            a.json_schema_mode,
+        ))
     } else if let Some(p) = &a.grammar {
         Some(ConstraintSpec::Grammar(read(p)?))
     } else {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec};
+use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec, JsonSchemaMode};
 use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
 
 use crate::error::ApiError;
@@ -198,8 +198,16 @@ pub(crate) fn build_template(
                     "response_format.json_schema.name must not be empty",
                 ));
             }
+            let mode = match &p.json_schema_mode {
+                None => JsonSchemaMode::default(),
+                Some(m) => m
+                    .parse()
+                    .map_err(|e: String| ApiError::invalid_param("json_schema_mode", e))?,
+            };
             constraints.push(match &json_schema.schema {
-                Some(s) if s.is_object() || s.is_boolean() => ConstraintSpec::JsonSchema(s.clone()),
+                Some(s) if s.is_object() || s.is_boolean() => {
+                    ConstraintSpec::JsonSchemaWithMode(s.clone(), mode)
+                }
                 Some(_) => {
                     return Err(ApiError::invalid_param(
                         "response_format",
@@ -356,7 +364,13 @@ mod tests {
             "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}}}),
         );
         let (r, _, _) = build_template(&p, 16, None).unwrap();
-        assert!(matches!(r.constraints, Some(ConstraintSpec::JsonSchema(_))));
+        assert!(matches!(
+            r.constraints,
+            Some(ConstraintSpec::JsonSchemaWithMode(
+                _,
+                JsonSchemaMode::Generation
+            ))
+        ));
     }
 
     #[test]
