@@ -88,9 +88,9 @@ use candle_core::{DType, Device, Module, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 
 use crate::config::ModelConfig;
+use crate::decoder::Decoder;
 use crate::gguf::GgufFile;
 use crate::llama::LoadProgress;
-use crate::plugin::DecoderModel;
 use crate::quant::{Embedding, QLinear};
 use crate::weights::{embedding_and_output, linear, vector};
 use crate::{ModelError, Result};
@@ -922,102 +922,9 @@ impl DeepSeek {
         })
     }
 
-    /// The common hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config.base
-    }
-
     /// All of the DeepSeek hyper-parameters (MLA, MoE, YaRN).
     pub fn deepseek_config(&self) -> &DeepSeekConfig {
         &self.config
-    }
-
-    /// The device the weights live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// What one token occupies in a KV cache of this model: its latent row split over the key
-    /// and value tensors of one "head" (see the module docs).
-    pub fn cache_shape(&self) -> CacheShape {
-        CacheShape {
-            layers: self.config.base.n_layers,
-            kv_heads: 1,
-            head_dim: self.config.cache_head_dim(),
-            dtype: DType::F32,
-        }
-    }
-
-    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
-    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        crate::step::new_cache(
-            self.config.base.context_length,
-            self.cache_shape(),
-            config,
-            &self.device,
-        )
-    }
-
-    /// Runs `tokens` of one sequence after what `cache` holds, appending their latents.
-    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
-    /// `all_logits` is set.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut SequenceCache,
-        all_logits: bool,
-    ) -> Result<Tensor> {
-        crate::step::single(
-            tokens,
-            cache,
-            |cache| self.make_room(cache, tokens.len()),
-            |mut cache, pos| {
-                let n = tokens.len();
-                let segment = Segment {
-                    start: 0,
-                    len: n,
-                    pos,
-                };
-                let x = self.run(tokens, &[segment], std::slice::from_mut(&mut cache))?;
-                if all_logits {
-                    self.logits(&x)
-                } else {
-                    Ok(self.logits(&x.narrow(0, n - 1, 1)?)?.squeeze(0)?)
-                }
-            },
-        )
-    }
-
-    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
-    /// sequence cached in `caches[i]`. The projections and experts run once for the whole
-    /// batch; the attention runs per sequence over its own cache. Returns logits
-    /// `[batch, vocab]`.
-    pub fn forward_batch(
-        &self,
-        tokens: &[u32],
-        caches: &mut [&mut SequenceCache],
-    ) -> Result<Tensor> {
-        crate::step::check_batch(tokens, caches)?;
-        if tokens.len() == 1 {
-            return Ok(self.forward(tokens, caches[0], false)?.unsqueeze(0)?);
-        }
-        crate::step::batch(
-            caches,
-            |cache| self.make_room(cache, 1),
-            |caches, starts| {
-                let segments: Vec<Segment> = starts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &pos)| Segment {
-                        start: i,
-                        len: 1,
-                        pos,
-                    })
-                    .collect();
-                let x = self.run(tokens, &segments, caches)?;
-                self.logits(&x)
-            },
-        )
     }
 
     /// Evicts per the cache's strategy, re-rotating the kept rope keys by their shift.
@@ -1240,34 +1147,94 @@ impl DeepSeek {
     }
 }
 
-impl DecoderModel for DeepSeek {
+impl Decoder for DeepSeek {
+    /// The common hyper-parameters.
     fn config(&self) -> &ModelConfig {
-        DeepSeek::config(self)
+        &self.config.base
     }
 
+    /// The device the weights live on.
     fn device(&self) -> &Device {
-        DeepSeek::device(self)
+        &self.device
     }
 
+    /// What one token occupies in a KV cache of this model: its latent row split over the key
+    /// and value tensors of one "head" (see the module docs).
     fn cache_shape(&self) -> CacheShape {
-        DeepSeek::cache_shape(self)
+        CacheShape {
+            layers: self.config.base.n_layers,
+            kv_heads: 1,
+            head_dim: self.config.cache_head_dim(),
+            dtype: DType::F32,
+        }
     }
 
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
     fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        DeepSeek::new_cache(self, config)
+        crate::step::new_cache(
+            self.config.base.context_length,
+            self.cache_shape(),
+            config,
+            &self.device,
+        )
     }
 
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their latents.
+    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
+    /// `all_logits` is set.
     fn forward(
         &self,
         tokens: &[u32],
         cache: &mut SequenceCache,
         all_logits: bool,
     ) -> Result<Tensor> {
-        DeepSeek::forward(self, tokens, cache, all_logits)
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |mut cache, pos| {
+                let n = tokens.len();
+                let segment = Segment {
+                    start: 0,
+                    len: n,
+                    pos,
+                };
+                let x = self.run(tokens, &[segment], std::slice::from_mut(&mut cache))?;
+                if all_logits {
+                    self.logits(&x)
+                } else {
+                    Ok(self.logits(&x.narrow(0, n - 1, 1)?)?.squeeze(0)?)
+                }
+            },
+        )
     }
 
+    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
+    /// sequence cached in `caches[i]`. The projections and experts run once for the whole
+    /// batch; the attention runs per sequence over its own cache. Returns logits
+    /// `[batch, vocab]`.
     fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
-        DeepSeek::forward_batch(self, tokens, caches)
+        crate::step::check_batch(tokens, caches)?;
+        if tokens.len() == 1 {
+            return Ok(self.forward(tokens, caches[0], false)?.unsqueeze(0)?);
+        }
+        crate::step::batch(
+            caches,
+            |cache| self.make_room(cache, 1),
+            |caches, starts| {
+                let segments: Vec<Segment> = starts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &pos)| Segment {
+                        start: i,
+                        len: 1,
+                        pos,
+                    })
+                    .collect();
+                let x = self.run(tokens, &segments, caches)?;
+                self.logits(&x)
+            },
+        )
     }
 }
 

@@ -1,5 +1,5 @@
 //! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), or from a Hugging Face model
-//! directory's `tokenizer.json` ([`GgufTokenizer::from_hf_dir`], byte-level BPE).
+//! directory's `tokenizer.json` ([`CandleTokenizer::from_hf_dir`], byte-level BPE).
 //!
 //! Two vocabulary kinds are supported, mirroring llama.cpp:
 //!
@@ -8,7 +8,7 @@
 //!   [`tokenizers::Tokenizer`] built in memory.
 //! * `llama`: llama.cpp's "SPM" tokenizer (sentencepiece-style BPE driven by
 //!   token scores, with `<0xNN>` byte fallback). Encoding uses an exact port of
-//!   the merge-by-score algorithm; [`GgufTokenizer::inner`] still returns an
+//!   the merge-by-score algorithm; [`CandleTokenizer::inner`] still returns an
 //!   equivalent `tokenizers` BPE (merges derived from the scores, byte fallback)
 //!   for callers that need the `tokenizers` API.
 //!
@@ -84,8 +84,8 @@ pub enum VocabKind {
 
 /// The raw tokenizer facts a GGUF file carries, as plain values.
 ///
-/// [`GgufTokenizer::from_gguf`] reads these from metadata; tests and tools can
-/// build them by hand and call [`GgufTokenizer::from_parts`].
+/// [`CandleTokenizer::from_gguf`] reads these from metadata; tests and tools can
+/// build them by hand and call [`CandleTokenizer::from_parts`].
 #[derive(Debug, Clone, Default)]
 pub struct TokenizerParts {
     /// `tokenizer.ggml.model` (`gpt2` or `llama`).
@@ -146,9 +146,11 @@ struct SpmModel {
     add_space_prefix: bool,
 }
 
-/// A tokenizer built from GGUF metadata plus the facts a decoder loop needs.
+/// A model's tokenizer plus the facts a decoder loop needs (special ids, token bytes, end of
+/// generation), built from GGUF metadata ([`CandleTokenizer::from_gguf`]) or a Hugging Face
+/// `tokenizer.json` ([`CandleTokenizer::from_hf_dir`]).
 #[derive(Debug, Clone)]
-pub struct GgufTokenizer {
+pub struct CandleTokenizer {
     inner: Tokenizer,
     kind: VocabKind,
     token_types: Vec<i32>,
@@ -328,14 +330,14 @@ fn pre_tokenizer_regexes(pre: &str) -> Result<(Vec<&'static str>, bool, bool)> {
     Ok(r)
 }
 
-impl GgufTokenizer {
+impl CandleTokenizer {
     /// Builds the tokenizer from a GGUF file's metadata.
     ///
     /// Fails with [`ModelError::MissingMetadata`] when a required key
     /// (`tokenizer.ggml.model`, `.tokens`, `.merges` for BPE) is missing or has
     /// the wrong type, and with [`ModelError::Tokenizer`] when the vocabulary is
     /// inconsistent or uses an unsupported model/pre-tokenizer.
-    pub fn from_gguf(content: &Content) -> Result<GgufTokenizer> {
+    pub fn from_gguf(content: &Content) -> Result<CandleTokenizer> {
         let md = &content.metadata;
         let model = meta_string(md, "tokenizer.ggml.model")?
             .ok_or_else(|| missing("tokenizer.ggml.model"))?;
@@ -390,14 +392,14 @@ impl GgufTokenizer {
     }
 
     /// Builds the tokenizer from plain values (see [`TokenizerParts`]).
-    pub fn from_parts(parts: TokenizerParts) -> Result<GgufTokenizer> {
+    pub fn from_parts(parts: TokenizerParts) -> Result<CandleTokenizer> {
         Self::build(parts, None)
     }
 
-    /// [`GgufTokenizer::from_parts`]; a `gpt2` vocabulary encodes through `prebuilt` when
+    /// [`CandleTokenizer::from_parts`]; a `gpt2` vocabulary encodes through `prebuilt` when
     /// given (a `tokenizer.json` loaded by `tokenizers`) instead of a tokenizer built from
     /// `pre` and `merges`.
-    fn build(parts: TokenizerParts, prebuilt: Option<Tokenizer>) -> Result<GgufTokenizer> {
+    fn build(parts: TokenizerParts, prebuilt: Option<Tokenizer>) -> Result<CandleTokenizer> {
         let n = parts.tokens.len();
         if n == 0 {
             return Err(tok_err("empty vocabulary"));
@@ -578,7 +580,7 @@ impl GgufTokenizer {
             });
         }
 
-        Ok(GgufTokenizer {
+        Ok(CandleTokenizer {
             inner,
             kind,
             token_types,
@@ -717,7 +719,7 @@ impl GgufTokenizer {
         self.token_bytes.clone()
     }
 
-    /// The raw bytes of one token (see [`GgufTokenizer::token_bytes`]).
+    /// The raw bytes of one token (see [`CandleTokenizer::token_bytes`]).
     pub fn token_bytes_of(&self, id: u32) -> Option<&[u8]> {
         self.token_bytes
             .get(usize::try_from(id).ok()?)
@@ -725,7 +727,7 @@ impl GgufTokenizer {
     }
 
     /// The underlying `tokenizers` tokenizer (for SPM vocabularies an
-    /// equivalent BPE with score-derived merges; [`GgufTokenizer::encode`] is
+    /// equivalent BPE with score-derived merges; [`CandleTokenizer::encode`] is
     /// the reference).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
@@ -861,10 +863,10 @@ fn template_adds_special(post: &serde_json::Value, first: bool) -> Option<bool> 
         .find_map(|p| template_adds_special(p, first))
 }
 
-impl GgufTokenizer {
+impl CandleTokenizer {
     /// A GGUF file's tokenizer, or a Hugging Face model directory's
-    /// ([`GgufTokenizer::from_hf_dir`]) when `path` is a directory.
-    pub fn from_path(path: &Path) -> Result<GgufTokenizer> {
+    /// ([`CandleTokenizer::from_hf_dir`]) when `path` is a directory.
+    pub fn from_path(path: &Path) -> Result<CandleTokenizer> {
         if path.is_dir() {
             return Self::from_hf_dir(path);
         }
@@ -894,7 +896,7 @@ impl GgufTokenizer {
     /// token that is not in the vocabulary, [`ModelError::InvalidModelFile`]; a model type
     /// other than BPE, or a BPE without a `ByteLevel` pre-tokenizer (sentencepiece-style, as
     /// Llama 2 and Mistral ship), [`ModelError::UnsupportedTokenizer`].
-    pub fn from_hf_dir(dir: &Path) -> Result<GgufTokenizer> {
+    pub fn from_hf_dir(dir: &Path) -> Result<CandleTokenizer> {
         let path = dir.join(TOKENIZER_JSON);
         let text = crate::safetensors::read_to_string(&path)?;
         let json: serde_json::Value = serde_json::from_str(&text)
@@ -1375,7 +1377,7 @@ mod tests {
 
     #[test]
     fn byte_level_basic() {
-        let t = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+        let t = CandleTokenizer::from_parts(byte_level_parts()).unwrap();
         let ids = t.encode("hello world", false).unwrap();
         let pieces: Vec<String> = ids
             .iter()
@@ -1396,7 +1398,7 @@ mod tests {
 
     #[test]
     fn byte_level_digits_split_individually() {
-        let t = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+        let t = CandleTokenizer::from_parts(byte_level_parts()).unwrap();
         let ids = t.encode("a123", false).unwrap();
         assert_eq!(ids.len(), 4);
     }
@@ -1406,19 +1408,19 @@ mod tests {
         let mut p = byte_level_parts();
         p.pre = Some("no-such-pre".into());
         assert!(matches!(
-            GgufTokenizer::from_parts(p),
+            CandleTokenizer::from_parts(p),
             Err(ModelError::Tokenizer(_))
         ));
         let mut p = byte_level_parts();
         p.bos_id = Some(1_000_000);
-        assert!(GgufTokenizer::from_parts(p).is_err());
+        assert!(CandleTokenizer::from_parts(p).is_err());
         let mut p = byte_level_parts();
         p.token_types.pop();
-        assert!(GgufTokenizer::from_parts(p).is_err());
+        assert!(CandleTokenizer::from_parts(p).is_err());
         let mut p = byte_level_parts();
         p.model = "t5".into();
-        assert!(GgufTokenizer::from_parts(p).is_err());
-        let t = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+        assert!(CandleTokenizer::from_parts(p).is_err());
+        let t = CandleTokenizer::from_parts(byte_level_parts()).unwrap();
         assert!(t.decode(&[99_999], false).is_err());
     }
 
@@ -1475,7 +1477,7 @@ mod tests {
 
     #[test]
     fn spm_merges_by_score_with_byte_fallback() {
-        let t = GgufTokenizer::from_parts(spm_parts(false)).unwrap();
+        let t = CandleTokenizer::from_parts(spm_parts(false)).unwrap();
         let ids = t.encode("hello world", false).unwrap();
         let pieces: Vec<String> = ids
             .iter()
@@ -1505,7 +1507,7 @@ mod tests {
 
     #[test]
     fn spm_space_prefix() {
-        let t = GgufTokenizer::from_parts(spm_parts(true)).unwrap();
+        let t = CandleTokenizer::from_parts(spm_parts(true)).unwrap();
         let ids = t.encode("world", false).unwrap();
         assert_eq!(t.decode(&ids, false).unwrap(), " world");
         assert_eq!(t.decode(&ids, true).unwrap(), "world");
@@ -1538,7 +1540,7 @@ mod tests {
 
     /// The byte-level test vocabulary as a `tokenizer.json` (as `tokenizers` saves it).
     fn byte_level_json() -> serde_json::Value {
-        let t = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+        let t = CandleTokenizer::from_parts(byte_level_parts()).unwrap();
         serde_json::from_str(&t.inner().to_string(false).unwrap()).unwrap()
     }
 
@@ -1554,8 +1556,8 @@ mod tests {
             "config.json",
             r#"{"vocab_size": 270, "eos_token_id": [2, 0]}"#,
         );
-        let gguf = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
-        let hf = GgufTokenizer::from_hf_dir(&dir.0).unwrap();
+        let gguf = CandleTokenizer::from_parts(byte_level_parts()).unwrap();
+        let hf = CandleTokenizer::from_hf_dir(&dir.0).unwrap();
         for text in [
             "hello world",
             "<|im_start|>hello<|im_end|>",
@@ -1590,24 +1592,24 @@ mod tests {
                                                 "tokens": ["<|im_start|>"]}}
         });
         dir.write(TOKENIZER_JSON, &json.to_string());
-        let hf = GgufTokenizer::from_hf_dir(&dir.0).unwrap();
+        let hf = CandleTokenizer::from_hf_dir(&dir.0).unwrap();
         assert!(hf.add_bos() && !hf.add_eos());
         // ... unless tokenizer_config.json says otherwise.
         dir.write(TOKENIZER_CONFIG_JSON, r#"{"add_bos_token": false}"#);
-        assert!(!GgufTokenizer::from_hf_dir(&dir.0).unwrap().add_bos());
+        assert!(!CandleTokenizer::from_hf_dir(&dir.0).unwrap().add_bos());
     }
 
     #[test]
     fn bad_tokenizer_json_is_a_typed_error_naming_the_file() {
         let dir = TempDir::new("bad");
         let names_file = |e: &ModelError, file: &str| e.to_string().contains(file);
-        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
         assert!(
             matches!(&err, ModelError::NotFound { path } if path.ends_with(TOKENIZER_JSON)),
             "{err}"
         );
         let path = dir.write(TOKENIZER_JSON, "{\"model\": ");
-        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
         assert!(
             matches!(&err, ModelError::InvalidModelFile { path: p, .. } if *p == path),
             "{err}"
@@ -1625,7 +1627,7 @@ mod tests {
             let mut json = byte_level_json();
             json["model"] = model;
             dir.write(TOKENIZER_JSON, &json.to_string());
-            let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+            let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
             assert!(
                 matches!(&err, ModelError::UnsupportedTokenizer { path: p, reason }
                     if *p == path && reason.contains(what)),
@@ -1637,7 +1639,7 @@ mod tests {
         json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁",
             "prepend_scheme": "first", "split": false});
         dir.write(TOKENIZER_JSON, &json.to_string());
-        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
         assert!(
             matches!(err, ModelError::UnsupportedTokenizer { .. }),
             "{err}"
@@ -1646,7 +1648,7 @@ mod tests {
         let mut json = byte_level_json();
         json["model"]["merges"] = serde_json::json!(["zz qq"]);
         dir.write(TOKENIZER_JSON, &json.to_string());
-        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
         assert!(
             matches!(&err, ModelError::InvalidModelFile { .. }) && names_file(&err, TOKENIZER_JSON),
             "{err}"
@@ -1654,14 +1656,14 @@ mod tests {
         // tokenizer_config.json: malformed, or naming a token the vocabulary lacks.
         dir.write(TOKENIZER_JSON, &byte_level_json().to_string());
         dir.write(TOKENIZER_CONFIG_JSON, "not json");
-        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
         assert!(
             matches!(&err, ModelError::InvalidModelFile { .. })
                 && names_file(&err, TOKENIZER_CONFIG_JSON),
             "{err}"
         );
         dir.write(TOKENIZER_CONFIG_JSON, r#"{"eos_token": "</s>"}"#);
-        let err = GgufTokenizer::from_hf_dir(&dir.0).unwrap_err();
+        let err = CandleTokenizer::from_hf_dir(&dir.0).unwrap_err();
         assert!(
             matches!(&err, ModelError::InvalidModelFile { reason, .. } if reason.contains("</s>"))
                 && names_file(&err, TOKENIZER_CONFIG_JSON),
@@ -1674,7 +1676,7 @@ mod tests {
         use crate::chat_template::{ChatMessage, ChatTemplate};
         let dir = TempDir::new("chat");
         dir.write(TOKENIZER_JSON, &byte_level_json().to_string());
-        let tok = GgufTokenizer::from_hf_dir(&dir.0).unwrap();
+        let tok = CandleTokenizer::from_hf_dir(&dir.0).unwrap();
         let user = [ChatMessage::new("user", "Hi")];
         // No template anywhere: ChatML.
         let chatml = ChatTemplate::chatml().render(&user, true).unwrap();
@@ -1720,7 +1722,7 @@ mod tests {
         proptest! {
             #[test]
             fn byte_level_round_trips(s in any::<String>()) {
-                let t = GgufTokenizer::from_parts(byte_level_parts()).unwrap();
+                let t = CandleTokenizer::from_parts(byte_level_parts()).unwrap();
                 // Skip inputs that contain special-token text.
                 prop_assume!(!s.contains("<|"));
                 let ids = t.encode(&s, false).unwrap();
@@ -1729,7 +1731,7 @@ mod tests {
 
             #[test]
             fn spm_round_trips(s in any::<String>()) {
-                let t = GgufTokenizer::from_parts(spm_parts(false)).unwrap();
+                let t = CandleTokenizer::from_parts(spm_parts(false)).unwrap();
                 prop_assume!(!s.contains('<'));
                 let ids = t.encode(&s, false).unwrap();
                 prop_assert_eq!(t.decode(&ids, false).unwrap(), s);
