@@ -123,7 +123,9 @@ impl Constraint {
                     _ => opts,
                 };
                 let (b, root, v_check) = crate::json_schema::compile(v, opts, started)?;
-                let _ = validator.set(Ok(v_check));
+                if let Some(v_check) = v_check {
+                    let _ = validator.set(Ok(v_check));
+                }
                 (
                     Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
                     Some(v.clone()),

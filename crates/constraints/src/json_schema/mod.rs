@@ -158,13 +158,16 @@ impl std::str::FromStr for JsonSchemaMode {
 }
 
 /// Compiles `schema` into a grammar builder and its root symbol, with the `jsonschema`
-/// validator that checks outputs. Refused before any generation: a schema that is not valid
-/// against its meta-schema (the validator does not build) and one that no JSON value satisfies.
+/// validator that checks outputs. In generation mode a schema is refused before any
+/// generation when it is not valid against its meta-schema (the validator does not build) or
+/// no JSON value satisfies it. Spec mode (MaskBench's) keeps accepting what it accepted: the
+/// validator is built when the first output is checked, and an unsatisfiable schema simply
+/// accepts nothing.
 pub(crate) fn compile(
     schema: &Value,
     opts: &CompileOptions,
     started: Instant,
-) -> Result<(GrammarBuilder, Sym, jsonschema::Validator), ConstraintError> {
+) -> Result<(GrammarBuilder, Sym, Option<jsonschema::Validator>), ConstraintError> {
     let mut c = Ctx {
         b: GrammarBuilder::default(),
         root: schema,
@@ -178,6 +181,9 @@ pub(crate) fn compile(
         c.b.skip = Some(WS.to_string());
     }
     let root = c.schema(schema, "")?;
+    if opts.json_schema_mode == JsonSchemaMode::Spec {
+        return Ok((c.b, root, None));
+    }
     // after the grammar (whose budgets stop blow-ups early), before generation
     let validator = jsonschema::options()
         .should_validate_formats(true)
@@ -187,7 +193,7 @@ pub(crate) fn compile(
             invalid(&at, e.to_string())
         })?;
     crate::satisfiable::check_productive(&c.b, root, "JSON value")?;
-    Ok((c.b, root, validator))
+    Ok((c.b, root, Some(validator)))
 }
 
 struct Ctx<'a> {

@@ -4,7 +4,9 @@
 //! `jsonschema` crate, required properties a branch never writes, discriminating property
 //! values); where a required property of another branch is all that tells them apart, the
 //! branch is made disjoint by never writing that property. Otherwise the `oneOf` is refused
-//! with a typed error before generation, never compiled as `anyOf`.
+//! with a typed error before generation, never compiled as `anyOf`. Spec mode (MaskBench's,
+//! which must accept every valid text) compiles the branches unchanged when they are proven
+//! exclusive as written and keeps the former approximation (`oneOf` as `anyOf`) otherwise.
 
 use super::{unsupported, Ctx, JsonSchemaMode, FORBIDDEN};
 use crate::ConstraintError;
@@ -151,13 +153,15 @@ impl Facts {
 impl Ctx<'_> {
     /// The `oneOf` branches (each already merged with the sibling keywords `rest`), made
     /// pairwise exclusive: a value the grammar of one writes is valid under no other branch.
-    /// Errors when that cannot be proven.
+    /// Errors when that cannot be proven (in spec mode: the branches as written, see the
+    /// module's note).
     pub(super) fn one_of_exclusive(
         &self,
         rest: &Value,
         branches: &[Value],
         path: &str,
     ) -> Result<Vec<Value>, ConstraintError> {
+        let spec = self.opts.json_schema_mode == JsonSchemaMode::Spec;
         let mut out = Vec::with_capacity(branches.len());
         for (i, b) in branches.iter().enumerate() {
             let mut gen = self.merge_values(rest, b, path, 0)?;
@@ -168,6 +172,9 @@ impl Ctx<'_> {
                 let other = self.merge_values(&Value::Object(Map::new()), other, path, 0)?;
                 if self.exclusive(&gen, &other, 0) {
                     continue;
+                }
+                if spec {
+                    return Ok(branches.to_vec());
                 }
                 // a property the other branch requires and this one does not: never write it
                 let g = Facts::of(&gen, Some(self.opts.json_schema_mode));
