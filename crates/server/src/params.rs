@@ -72,6 +72,14 @@ pub(crate) fn build_template(
         }
     };
     check_range("temperature", p.temperature, 0.0, 2.0)?;
+    if let Some(t) = p.temperature.filter(|&t| t > 0.0) {
+        if t < fluent_ai_candle_sampling::MIN_TEMPERATURE {
+            return Err(ApiError::invalid_param(
+                "temperature",
+                format!("temperature must be 0 (greedy) or at least 1e-30, got {t}"),
+            ));
+        }
+    }
     check_open01("top_p", p.top_p)?;
     check_range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
     check_range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
@@ -117,10 +125,12 @@ pub(crate) fn build_template(
         bias.push((id, b));
     }
     let repetition = p.repetition_penalty.unwrap_or(1.0);
-    if !(repetition.is_finite() && repetition > 0.0) {
+    if !(fluent_ai_candle_sampling::MIN_PENALTY..=fluent_ai_candle_sampling::MAX_PENALTY)
+        .contains(&repetition)
+    {
         return Err(ApiError::invalid_param(
             "repetition_penalty",
-            format!("repetition_penalty must be > 0, got {repetition}"),
+            format!("repetition_penalty must be in [1e-30, 1e30] (1 is off), got {repetition}"),
         ));
     }
     let mirostat = p.mirostat.unwrap_or(0);
@@ -344,6 +354,11 @@ mod tests {
             (serde_json::json!({"logit_bias": {"x": 1}}), "logit_bias"),
             (serde_json::json!({"logit_bias": {"1": 101}}), "logit_bias"),
             (serde_json::json!({"mirostat": 3}), "mirostat"),
+            (serde_json::json!({"temperature": 1e-45}), "temperature"),
+            (
+                serde_json::json!({"repetition_penalty": 1e-45}),
+                "repetition_penalty",
+            ),
             (
                 serde_json::json!({"frequency_penalty": -2.5}),
                 "frequency_penalty",
