@@ -538,9 +538,10 @@ impl Lexeme {
         let lit_state = |i: usize| (1 + nskip + i) as u32; // after i + 1 literal bytes
         for qi in 0..nskip {
             let s = qi + 1;
-            let (q_match, q) = match skip {
-                Some(k) => (k.is_match(skip_states[qi]), Some(skip_states[qi])),
-                None => (true, None),
+            let q = skip_states.get(qi).copied();
+            let q_match = match (skip, q) {
+                (Some(k), Some(q)) => k.is_match(q),
+                _ => true,
             };
             for (c, &b) in reps.iter().enumerate().skip(1) {
                 if let (Some(k), Some(q)) = (skip, q) {
