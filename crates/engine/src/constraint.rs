@@ -6,7 +6,7 @@ use fluent_ai_candle_constraints::{
     CompileOptions, CompiledConstraint, Constraint, ConstraintState, Vocabulary,
 };
 use fluent_ai_candle_mask::TokenMask;
-use fluent_ai_candle_models::GgufTokenizer;
+use fluent_ai_candle_models::CandleTokenizer;
 
 pub use fluent_ai_candle_constraints::{ConstraintSpec, GenerationConstraint};
 
@@ -15,7 +15,7 @@ use crate::EngineError;
 /// The constraints crate's vocabulary for a model's tokenizer: every token's bytes, the
 /// end-of-generation tokens as EOS (allowed exactly where the constraint may end) and the
 /// other control tokens as never allowed.
-pub fn vocabulary_for(tokenizer: &GgufTokenizer) -> Arc<Vocabulary> {
+pub fn vocabulary_for(tokenizer: &CandleTokenizer) -> Arc<Vocabulary> {
     let bytes = tokenizer.token_bytes();
     let eos = tokenizer.eot_ids().to_vec();
     let special: Vec<u32> = (0..bytes.len() as u32)
@@ -59,7 +59,7 @@ pub struct ActiveConstraint {
 
 impl ActiveConstraint {
     /// Compiles `spec` for `tokenizer`'s vocabulary and starts a state.
-    pub fn start(spec: &ConstraintSpec, tokenizer: &GgufTokenizer) -> Result<Self, EngineError> {
+    pub fn start(spec: &ConstraintSpec, tokenizer: &CandleTokenizer) -> Result<Self, EngineError> {
         let compiled = compile(spec, vocabulary_for(tokenizer))?;
         Ok(Self::from_compiled(&compiled))
     }

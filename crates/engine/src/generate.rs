@@ -134,7 +134,7 @@ pub fn generate(
     let config = model.config();
     let capacity = (prompt_ids.len() + params.max_tokens).min(config.context_length);
     let mut kv = model
-        .model
+        .decoder
         .new_cache(&KvCacheConfig::default().max_entries(capacity))?;
     let vocab = config.vocab_size;
     let token_bytes = Arc::new(model.tokenizer.token_bytes());
@@ -148,7 +148,7 @@ pub fn generate(
         }
         piece.clear();
         let step = (|| -> Result<Option<u32>, EngineError> {
-            let logits = model.model.forward(&input, &mut kv, false)?;
+            let logits = model.decoder.forward(&input, &mut kv, false)?;
             let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
             logits.resize(vocab, f32::NEG_INFINITY);
             seq.advance(&mut logits, &mut piece)

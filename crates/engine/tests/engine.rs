@@ -510,7 +510,7 @@ fn seed_constructor_and_streaming_chunks() {
         fluent_ai_candle_models::LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})
             .unwrap();
     let g = CandleGenerator::new(
-        loaded.model,
+        loaded.decoder,
         loaded.tokenizer,
         GenerationConfig::builder()
             .max_tokens(12)
