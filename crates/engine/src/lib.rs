@@ -56,7 +56,7 @@ pub use api::{
 };
 pub use client::{CandleClientBuilder, Quantization};
 pub use config::{GenerationConfig, StreamingConfig};
-pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint};
+pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, JsonSchemaMode};
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::DeviceType;
