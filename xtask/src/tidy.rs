@@ -81,6 +81,15 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Forbidden arrows that still exist, each with the issue that removes it. They are printed
+/// on every run; an arrow listed here that is gone fails tidy (remove it from the list), so
+/// the list can only shrink.
+const KNOWN_OPEN: &[(&str, &str, &str)] = &[(
+    "fluent-ai-candle-server",
+    "fluent-ai-candle-models",
+    "issue 19 item 2: the server still renders chat templates and resolves model specs",
+)];
+
 /// Source folders where `unsafe` may appear (relative to the workspace root).
 const UNSAFE_ALLOWED: &[&str] = &["crates/kernels/src/", "crates/sampling/src/simd"];
 
@@ -236,11 +245,19 @@ fn crate_arrows(root: &Path) -> Result<Vec<String>> {
         let Some(start) = g.members.get(from) else {
             continue;
         };
-        if let Some(path) = find_path(&g, start, to) {
-            problems.push(format!(
+        let open = KNOWN_OPEN.iter().find(|(f, t, _)| *f == from && *t == to);
+        match (find_path(&g, start, to), open) {
+            (Some(path), Some((_, _, issue))) => {
+                eprintln!("tidy: known open arrow {} ({issue})", path.join(" → "))
+            }
+            (Some(path), None) => problems.push(format!(
                 "{from} must not depend on {to} ({why}): {}",
                 path.join(" → ")
-            ));
+            )),
+            (None, Some(_)) => problems.push(format!(
+                "{from} → {to} is gone: remove it from KNOWN_OPEN in xtask/src/tidy.rs"
+            )),
+            (None, None) => {}
         }
     }
     Ok(problems)
@@ -369,12 +386,17 @@ fn is_ident(b: u8) -> bool {
 /// True when line `i` itself, or the comment lines right above it (through attributes and the
 /// start of the statement the block belongs to, at most six lines), say `SAFETY:`.
 fn has_safety_comment(lines: &[&str], i: usize) -> bool {
-    if lines[i].contains("SAFETY:") {
+    // `// SAFETY: …`, or `// SAFETY (what it covers): …`.
+    let says_safety = |l: &str| {
+        l.split_once("//")
+            .is_some_and(|(_, c)| c.trim_start().starts_with("SAFETY"))
+    };
+    if says_safety(lines[i]) {
         return true;
     }
     for j in (i.saturating_sub(6)..i).rev() {
         let l = lines[j].trim();
-        if l.contains("SAFETY:") {
+        if says_safety(l) {
             return true;
         }
         // A blank line or the end of another statement ends the block's preamble.

@@ -598,7 +598,7 @@ impl ConstraintState {
     /// let mut state = c.start();
     /// state.commit_bytes(br#"{"name": "a long na"#)?;
     /// let rest = state.shortest_completion().unwrap();
-    /// assert_eq!(rest, br#"","n":0}"#);
+    /// assert_eq!(rest, br#"", "n": 0}"#); // generation mode's one whitespace style
     /// # Ok::<(), fluent_ai_candle_constraints::ConstraintError>(())
     /// ```
     pub fn shortest_completion(&mut self) -> Option<Vec<u8>> {

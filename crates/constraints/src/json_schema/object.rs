@@ -7,6 +7,9 @@ use crate::grammar::Sym;
 use crate::ConstraintError;
 use serde_json::{Map, Value};
 
+/// The named properties of an object and the value symbol of its undeclared keys.
+type NamedProps = (Vec<Prop>, Option<Sym>);
+
 /// A `patternProperties` entry.
 struct KeyPattern {
     /// Regex for the JSON-encoded key (quotes included).
@@ -177,7 +180,7 @@ impl Ctx<'_> {
         &mut self,
         kw: &ObjectKeywords<'_>,
         path: &str,
-    ) -> Result<Option<(Vec<Prop>, Option<Sym>)>, ConstraintError> {
+    ) -> Result<Option<NamedProps>, ConstraintError> {
         let mut list = Vec::new();
         for (name, s) in kw.props.into_iter().flatten() {
             if kw.forbidden.contains(&name.as_str()) {

@@ -97,29 +97,6 @@ pub(super) fn pattern_to_content(p: &str, path: &str) -> Result<String, Constrai
     Ok(Hir::concat(parts).to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_match_like_search() {
-        for (p, s, want) in [
-            (
-                r"^pbj:([a-z0-9-]+):([a-z0-9\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$",
-                "pbj:gdbots:contexts::app:1-0-0",
-                true,
-            ),
-            ("^[a-z]+$", "abc", true),
-            ("^[a-z]+$", "abc1", false),
-            ("[0-9]", "x1y", true),
-        ] {
-            let c = pattern_to_content(p, "#").unwrap();
-            let re = regex_automata::meta::Regex::new(&format!("^(?:{c})$")).unwrap();
-            assert_eq!(re.is_match(s), want, "{p} on {s}: {c}");
-        }
-    }
-}
-
 /// One alternative of a pattern with its anchors moved to its ends: it matches a text when
 /// `core` matches a substring that starts at the text's start (if `start`) and ends at its
 /// end (if `end`).
@@ -229,4 +206,27 @@ fn join(l: &Anchored, r: &Anchored) -> Result<Option<Anchored>, String> {
         core: Hir::concat(vec![l.core.clone(), r.core.clone()]),
         end: l.end || r.end,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_like_search() {
+        for (p, s, want) in [
+            (
+                r"^pbj:([a-z0-9-]+):([a-z0-9\.-]+):([a-z0-9-]+)?:([a-z0-9-]+):([0-9]+-[0-9]+-[0-9]+)$",
+                "pbj:gdbots:contexts::app:1-0-0",
+                true,
+            ),
+            ("^[a-z]+$", "abc", true),
+            ("^[a-z]+$", "abc1", false),
+            ("[0-9]", "x1y", true),
+        ] {
+            let c = pattern_to_content(p, "#").unwrap();
+            let re = regex_automata::meta::Regex::new(&format!("^(?:{c})$")).unwrap();
+            assert_eq!(re.is_match(s), want, "{p} on {s}: {c}");
+        }
+    }
 }
