@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fluent_ai_candle_engine::EngineError;
-use fluent_ai_candle_models::ModelError;
+use fluent_ai_candle_engine::{EngineError, ModelError};
 use serde::Serialize;
 
 /// What can stop the server from starting or running.
