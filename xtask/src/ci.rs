@@ -14,6 +14,7 @@ pub fn run(no_fetch: bool) -> Result<()> {
     let started = std::time::Instant::now();
     util::run(util::cargo().args(["fmt", "--all", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    crate::tidy::run()?;
     util::run(util::cargo().args([
         "clippy",
         "--workspace",

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use fluent_ai_candle_engine::{
-    CandleCompletionRequest, CandleGenerator, ConstraintSpec, GenerationConfig,
+    CandleCompletionRequest, CandleGenerator, ConstraintSpec, GenerationConfig, Prompt,
 };
 use fluent_ai_candle_models::{cache, LoadedModel};
 
@@ -108,7 +108,7 @@ fn concurrent(model: &Arc<LoadedModel>, n: usize) -> Result<f64> {
 fn first_token(g: &CandleGenerator, ids: Vec<u32>) -> Result<Duration> {
     let t = Instant::now();
     let mut s = g.generate_stream(&CandleCompletionRequest {
-        prompt_tokens: Some(ids),
+        input: Some(Prompt::Tokens(ids)),
         max_tokens: Some(1),
         temperature: Some(0.0),
         ..Default::default()

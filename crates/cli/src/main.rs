@@ -185,7 +185,7 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let text = input_text(&a.file, &a.text, "text")?;
     let path = cache::resolve(&a.model.model)?;
-    let tokenizer = fluent_ai_candle::models::GgufTokenizer::from_path(&path)?;
+    let tokenizer = fluent_ai_candle::models::CandleTokenizer::from_path(&path)?;
     let ids = tokenizer.encode(&text, false)?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())

@@ -6,7 +6,7 @@ use fluent_ai_candle_constraints::{
     CompileOptions, CompiledConstraint, Constraint, ConstraintState, Vocabulary,
 };
 use fluent_ai_candle_mask::TokenMask;
-use fluent_ai_candle_models::GgufTokenizer;
+use fluent_ai_candle_models::CandleTokenizer;
 
 pub use fluent_ai_candle_constraints::{ConstraintSpec, GenerationConstraint};
 
@@ -18,7 +18,7 @@ use crate::EngineError;
 ///
 /// Building it (and its token trie) walks the whole vocabulary: a generator builds it once per
 /// model, on its first constrained request, and shares it with every later one.
-pub fn vocabulary_for(tokenizer: &GgufTokenizer) -> Arc<Vocabulary> {
+pub fn vocabulary_for(tokenizer: &CandleTokenizer) -> Arc<Vocabulary> {
     let bytes = tokenizer.token_bytes();
     let eos = tokenizer.eot_ids().to_vec();
     let special: Vec<u32> = (0..bytes.len() as u32)

@@ -33,7 +33,7 @@ pub fn generate(
     let tables = ModelTables::new(model);
     let defaults = GenerationConfig::default();
     let prepared = prepare(model, &tables, request, &defaults, &mut Reuse::default())?;
-    let mut kv = model.model.new_cache(&prepared.kv)?;
+    let mut kv = model.decoder.new_cache(&prepared.kv)?;
     let evicts = prepared.kv.eviction_strategy != EvictionStrategy::None;
     let vocab = model.config().vocab_size;
     let mut seq = prepared.seq;
@@ -46,7 +46,7 @@ pub fn generate(
         }
         piece.clear();
         let step = (|| -> Result<Option<u32>, EngineError> {
-            let logits = model.model.forward(&input, &mut kv, false)?;
+            let logits = model.decoder.forward(&input, &mut kv, false)?;
             let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
             logits.resize(vocab, f32::NEG_INFINITY);
             seq.advance(&mut logits, &mut piece)

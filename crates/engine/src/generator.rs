@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use crossbeam_channel::{Sender, TrySendError};
-use fluent_ai_candle_models::{ChatTemplate, Decoder, GgufTokenizer, LoadedModel};
+use fluent_ai_candle_models::{CandleTokenizer, ChatTemplate, Decoder, LoadedModel};
 
 use crate::api::{CandleCompletion, CandleCompletionRequest, CandleCompletionStream};
 use crate::config::GenerationConfig;
@@ -48,24 +48,24 @@ fn next_id(prefix: &str) -> String {
 }
 
 impl CandleGenerator {
-    /// A generator for `model` (a [`Decoder`] or a concrete decoder such as
+    /// A generator for `model` (a loaded `Box<dyn Decoder>` or a concrete decoder such as
     /// [`Llama`](fluent_ai_candle_models::Llama)) and `tokenizer` (the seed's constructor). The
     /// weights must live on `device`.
     pub fn new(
-        model: impl Into<Decoder>,
-        tokenizer: GgufTokenizer,
+        model: impl Into<Box<dyn Decoder>>,
+        tokenizer: CandleTokenizer,
         config: GenerationConfig,
         device: Device,
     ) -> Result<Self, EngineError> {
-        let model = model.into();
-        if !model.device().same_device(&device) {
+        let decoder = model.into();
+        if !decoder.device().same_device(&device) {
             return Err(EngineError::InvalidRequest(format!(
                 "the model's weights are on {:?}, not on {device:?}",
-                model.device()
+                decoder.device()
             )));
         }
         let loaded = LoadedModel {
-            model,
+            decoder,
             tokenizer,
             chat_template: ChatTemplate::chatml(),
             file_size: 0,

@@ -83,12 +83,17 @@ pub(crate) struct Reuse {
 
 /// The token ids of a prompt: chats rendered through the model's template, text tokenized
 /// (BOS as the tokenizer says), token ids as they are.
-pub(crate) fn tokenize_prompt(model: &LoadedModel, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+pub(crate) fn tokenize_prompt(
+    model: &LoadedModel,
+    prompt: &Prompt,
+) -> Result<Vec<u32>, EngineError> {
     let tok = &model.tokenizer;
     let bad = |what: &str, e: ModelError| EngineError::InvalidRequest(format!("{what}: {e}"));
     match prompt {
         Prompt::Tokens(ids) => Ok(ids.clone()),
-        Prompt::Text(text) => tok.encode(text, tok.add_bos()).map_err(|e| bad("tokenizer", e)),
+        Prompt::Text(text) => tok
+            .encode(text, tok.add_bos())
+            .map_err(|e| bad("tokenizer", e)),
         Prompt::Chat(messages) => {
             if messages.is_empty() {
                 return Err(EngineError::InvalidRequest(
@@ -167,7 +172,11 @@ pub(crate) fn prepare(
     };
     check_prompt(model, &prompt_ids)?;
     let context = model.config().context_length;
-    let kv = match request.kv_cache.clone().or_else(|| defaults.kv_cache.clone()) {
+    let kv = match request
+        .kv_cache
+        .clone()
+        .or_else(|| defaults.kv_cache.clone())
+    {
         Some(kv) => {
             kv.validate()?;
             if kv.max_entries > context {

@@ -23,9 +23,11 @@ pub fn resolve_model(spec: impl AsRef<Path>) -> Result<PathBuf, EngineError> {
         Some(s) => Ok(cache::resolve(s)?),
         // Not UTF-8: a path, never a name.
         None if spec.exists() => Ok(spec.to_path_buf()),
-        None => Err(EngineError::Model(fluent_ai_candle_models::ModelError::NotFound {
-            path: spec.to_path_buf(),
-        })),
+        None => Err(EngineError::Model(
+            fluent_ai_candle_models::ModelError::NotFound {
+                path: spec.to_path_buf(),
+            },
+        )),
     }
 }
 

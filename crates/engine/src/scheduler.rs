@@ -255,7 +255,7 @@ impl Scheduler {
         prompt: &[u32],
         kv: &KvCacheConfig,
     ) -> Result<(SequenceCache, Vec<f32>), EngineError> {
-        let mut cache = self.model.model.new_cache(kv)?;
+        let mut cache = self.model.decoder.new_cache(kv)?;
         let mut start = 0;
         if let Some(pc) = self.prefix.as_mut() {
             let mut reused = None;
@@ -275,7 +275,7 @@ impl Scheduler {
         }
         let logits = self
             .model
-            .model
+            .decoder
             .forward(&prompt[start..], &mut cache, false)?;
         let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         logits.resize(self.vocab, f32::NEG_INFINITY);
@@ -297,7 +297,7 @@ impl Scheduler {
             let mut caches: Vec<&mut SequenceCache> =
                 batch.iter_mut().filter_map(|a| a.cache.as_mut()).collect();
             self.model
-                .model
+                .decoder
                 .forward_batch(&tokens, &mut caches)
                 .map_err(EngineError::from)
                 .and_then(|t| row_logits(&t, self.vocab))
@@ -320,7 +320,7 @@ impl Scheduler {
                     let result = match a.cache.as_mut() {
                         Some(cache) => self
                             .model
-                            .model
+                            .decoder
                             .forward_batch(&[a.next], &mut [cache])
                             .map_err(EngineError::from)
                             .and_then(|t| row_logits(&t, self.vocab)),

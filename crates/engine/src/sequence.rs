@@ -220,13 +220,22 @@ impl SequenceState {
         }
         let token = sampled.token;
         if self.record_logprobs {
-            let bytes_of = |t: u32| self.token_bytes.get(t as usize).cloned().unwrap_or_default();
+            let bytes_of = |t: u32| {
+                self.token_bytes
+                    .get(t as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            };
             self.logprobs.push(TokenLogprob {
                 token,
                 logprob: sampled.logprob,
                 top_logprobs: sampled.top_logprobs.to_vec(),
                 bytes: bytes_of(token),
-                top_bytes: sampled.top_logprobs.iter().map(|&(t, _)| bytes_of(t)).collect(),
+                top_bytes: sampled
+                    .top_logprobs
+                    .iter()
+                    .map(|&(t, _)| bytes_of(t))
+                    .collect(),
             });
         }
         self.generated.push(token);

@@ -344,7 +344,10 @@ fn bad_input_is_a_typed_error() {
     }
     // A prompt over the context (eviction off).
     let mut req = request("", 8, 0.0, 1);
-    req.input = Some(Prompt::Tokens(vec![1; smollm2().config().context_length + 10]));
+    req.input = Some(Prompt::Tokens(vec![
+        1;
+        smollm2().config().context_length + 10
+    ]));
     let e = g.generate_stream(&req).unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
     // A prompt over the request's cache.
@@ -512,7 +515,7 @@ fn seed_constructor_and_streaming_chunks() {
         fluent_ai_candle_models::LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})
             .unwrap();
     let g = CandleGenerator::new(
-        loaded.model,
+        loaded.decoder,
         loaded.tokenizer,
         GenerationConfig::builder()
             .max_tokens(12)
@@ -677,7 +680,13 @@ async fn submit_prepares_off_the_runtime() {
         constraints: Some(ConstraintSpec::Regex("(red|green|blue)".into())),
         ..request(&chat("Name a colour."), 8, 0.0, 1)
     };
-    let a = g.submit(req.clone()).await.unwrap().collect().await.unwrap();
+    let a = g
+        .submit(req.clone())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let b = g.generate(&req).collect().await.unwrap();
     assert_eq!(a.choices[0].text, b.choices[0].text);
     assert!(["red", "green", "blue"].contains(&a.choices[0].text.as_str()));

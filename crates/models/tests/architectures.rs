@@ -17,7 +17,7 @@ use candle_transformers::models::{
     quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
 };
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{Decoder, GgufFile, Llama, ModelError, RopeStyle};
+use fluent_ai_candle_models::{decoder, Decoder, GgufFile, Llama, ModelError, RopeStyle};
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -234,8 +234,8 @@ fn write_spec(s: &Spec) -> PathBuf {
     )
 }
 
-fn load(path: &PathBuf) -> Result<Decoder, ModelError> {
-    Decoder::load(&mut GgufFile::open(path)?, &Device::Cpu, &mut |_| {})
+fn load(path: &PathBuf) -> Result<Box<dyn Decoder>, ModelError> {
+    decoder::load(&mut GgufFile::open(path)?, &Device::Cpu, &mut |_| {})
 }
 
 /// candle-transformers' model of the architecture, loaded from the same file.
@@ -322,11 +322,11 @@ fn compare_with_candle_transformers(
     };
     let path = write_spec(&s);
     let mut model = load(&path).unwrap();
-    if let Decoder::Llama(l) = &mut model {
+    if let Some(l) = model.downcast_mut::<Llama>() {
         l.set_kv_dtype(kv).unwrap();
     }
     let tolerance = if kv == DType::F32 { 1e-3 } else { 1e-2 };
-    let Decoder::Llama(llama) = &model else {
+    let Some(llama) = model.downcast_ref::<Llama>() else {
         panic!("{arch} did not load as the llama-family decoder");
     };
     let want_rope = if arch == "mistral" {
@@ -447,10 +447,10 @@ fn sink_rerotation_uses_each_architectures_rope_style() {
         let mut model = load(&path).unwrap();
         // An f32 cache: with f16 keys, re-rotating stored keys and rotating fresh ones round
         // differently, which would hide the RoPE style this checks.
-        if let Decoder::Llama(l) = &mut model {
+        if let Some(l) = model.downcast_mut::<Llama>() {
             l.set_kv_dtype(DType::F32).unwrap();
         }
-        let worst = common::sink_rerotation_max_diff(&model, VOCAB, arch);
+        let worst = common::sink_rerotation_max_diff(model.as_ref(), VOCAB, arch);
         eprintln!("{arch}: sink re-rotation max diff {worst:.3e}");
     }
 }
@@ -589,7 +589,7 @@ fn progress_counts_the_extra_tensors() {
         let s = spec(arch, 2);
         let path = write_spec(&s);
         let mut last = None;
-        Decoder::load(
+        decoder::load(
             &mut GgufFile::open(&path).unwrap(),
             &Device::Cpu,
             &mut |p| last = Some(p),

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use fluent_ai_candle_engine::{CandleGenerator, Device, EngineError, GenerationConfig, ModelRegistry};
+use fluent_ai_candle_engine::{
+    CandleGenerator, Device, EngineError, GenerationConfig, ModelRegistry,
+};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
