@@ -4,9 +4,13 @@
 //! fluent-ai-candle tokenize [--model M] (--file F | TEXT)
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
 //!                           [--seed S] [--raw] [--json] [--quant Q]
-//!                           [--json-schema FILE | --grammar FILE | --regex R]
+//!                           [--json-schema FILE [--json-schema-mode generation|spec]
+//!                            | --grammar FILE | --regex R]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
-//!                        [--max-concurrent N] [--models-dir DIR]
+//!                        [--max-concurrent N] [--max-queued N] [--models-dir DIR]
+//!                        [--max-models N] [--max-connections N] [--header-timeout S]
+//!                        [--body-timeout S] [--idle-timeout S] [--shutdown-timeout S]
+//!                        [--cors-origin ORIGIN]... [--metrics-open]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -60,6 +64,42 @@ struct ServeArgs {
     /// The only directory POST /v1/models/load reads from (default: the model cache).
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// Requests waiting per model; one more gets 429.
+    #[arg(long, default_value_t = 64)]
+    max_queued: usize,
+    /// Models loaded at once (start-up models included); a hot load past it gets 409.
+    #[arg(long, default_value_t = 4)]
+    max_models: usize,
+    /// Open connections at most; one more is answered 503 and closed (lowered to fit the
+    /// open-file limit, which is raised to its hard limit at start).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a whole request head.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    header_timeout: f64,
+    /// Seconds a request body may take to arrive (408 after).
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds)]
+    body_timeout: f64,
+    /// Seconds an idle keep-alive connection (or a client that stopped reading) is kept.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_seconds)]
+    idle_timeout: f64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) lets requests in flight finish before cutting them.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds)]
+    shutdown_timeout: f64,
+    /// A browser origin allowed to call the API (CORS) and open WebSockets, e.g.
+    /// https://app.example.com; repeat for several. None by default: browsers are refused.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// Serve /metrics without the API key.
+    #[arg(long)]
+    metrics_open: bool,
+}
+
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds in (0, 86400]")),
+    }
 }
 
 #[derive(Args)]
@@ -115,6 +155,11 @@ struct GenerateArgs {
     /// Constrain the output to this JSON Schema (a file).
     #[arg(long, group = "constraint")]
     json_schema: Option<PathBuf>,
+    /// How the JSON Schema is read: `generation` (the default: undeclared properties only
+    /// where the schema allows them explicitly, one whitespace style) or `spec` (every JSON
+    /// text the schema accepts).
+    #[arg(long, requires = "json_schema", default_value = "generation")]
+    json_schema_mode: fluent_ai_candle::engine::JsonSchemaMode,
     /// Constrain the output to this GBNF grammar (a file).
     #[arg(long, group = "constraint")]
     grammar: Option<PathBuf>,
@@ -257,6 +302,15 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     config.models = a.models;
     config.api_key = a.api_key;
     config.models_dir = a.models_dir;
+    config.max_queued = a.max_queued;
+    config.max_models = a.max_models;
+    config.max_connections = a.max_connections;
+    config.header_timeout = std::time::Duration::from_secs_f64(a.header_timeout);
+    config.body_timeout = std::time::Duration::from_secs_f64(a.body_timeout);
+    config.idle_timeout = std::time::Duration::from_secs_f64(a.idle_timeout);
+    config.shutdown_timeout = std::time::Duration::from_secs_f64(a.shutdown_timeout);
+    config.cors_origins = a.cors_origins;
+    config.metrics_open = a.metrics_open;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -272,7 +326,10 @@ fn constraint_spec(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     Ok(if let Some(p) = &a.json_schema {
         let schema: serde_json::Value = serde_json::from_str(&read(p)?)
             .with_context(|| format!("{} is not valid JSON", p.display()))?;
-        Some(ConstraintSpec::JsonSchema(schema))
+        Some(ConstraintSpec::JsonSchemaWithMode(
+            schema,
+            a.json_schema_mode,
+        ))
     } else if let Some(p) = &a.grammar {
         Some(ConstraintSpec::Grammar(read(p)?))
     } else {

@@ -3,7 +3,7 @@
 
 use crate::earley::{Frame, Parser};
 use crate::grammar::{CompiledGrammar, GrammarBuilder, Sym};
-use crate::{ConstraintError, Vocabulary};
+use crate::{ConstraintError, JsonSchemaMode, Vocabulary};
 use fluent_ai_candle_mask::TokenMask;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,8 +22,12 @@ pub trait GenerationConstraint: Send + Sync {
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum ConstraintSpec {
-    /// A JSON value valid under this JSON Schema.
+    /// A JSON value valid under this JSON Schema, read in the mode of
+    /// [`CompileOptions::json_schema_mode`].
     JsonSchema(serde_json::Value),
+    /// A JSON value valid under this JSON Schema, read in the given mode (whatever the
+    /// compile options say).
+    JsonSchemaWithMode(serde_json::Value, JsonSchemaMode),
     /// Any JSON value.
     JsonObject,
     /// Text fully matching this regular expression (regex-syntax dialect).
@@ -38,6 +42,11 @@ impl std::fmt::Debug for ConstraintSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::JsonSchema(v) => f.debug_tuple("JsonSchema").field(v).finish(),
+            Self::JsonSchemaWithMode(v, m) => f
+                .debug_tuple("JsonSchemaWithMode")
+                .field(v)
+                .field(m)
+                .finish(),
             Self::JsonObject => f.write_str("JsonObject"),
             Self::Regex(r) => f.debug_tuple("Regex").field(r).finish(),
             Self::Grammar(g) => f.debug_tuple("Grammar").field(&g.len()).finish(),
@@ -65,6 +74,10 @@ pub struct CompileOptions {
     /// process-wide cache keyed by regex): a lexeme seen before (a JSON string, a number, a
     /// common key) is not determinized again. Off: every automaton is built afresh.
     pub share_lexemes: bool,
+    /// How a JSON Schema is read: [`JsonSchemaMode::Generation`] (the default) or the
+    /// spec-faithful [`JsonSchemaMode::Spec`]. A [`ConstraintSpec::JsonSchemaWithMode`]
+    /// overrides it.
+    pub json_schema_mode: JsonSchemaMode,
 }
 
 impl Default for CompileOptions {
@@ -77,6 +90,7 @@ impl Default for CompileOptions {
             max_repeat: 2_000,
             max_length_bound: 2_000,
             share_lexemes: true,
+            json_schema_mode: JsonSchemaMode::default(),
         }
     }
 }
@@ -93,17 +107,33 @@ impl Constraint {
         opts: &CompileOptions,
     ) -> Result<Arc<CompiledConstraint>, ConstraintError> {
         let started = Instant::now();
+        let validator = OnceLock::new();
         let (kind, schema) = match spec {
             ConstraintSpec::Custom(c) => (Kind::Custom(c.clone()), None),
-            ConstraintSpec::JsonSchema(v) => {
-                let (b, root) = crate::json_schema::compile(v, opts, started)?;
+            ConstraintSpec::JsonSchema(v) | ConstraintSpec::JsonSchemaWithMode(v, _) => {
+                let with_mode;
+                let opts = match spec {
+                    ConstraintSpec::JsonSchemaWithMode(_, mode) => {
+                        with_mode = CompileOptions {
+                            json_schema_mode: *mode,
+                            ..opts.clone()
+                        };
+                        &with_mode
+                    }
+                    _ => opts,
+                };
+                let (b, root, v_check) = crate::json_schema::compile(v, opts, started)?;
+                if let Some(v_check) = v_check {
+                    let _ = validator.set(Ok(v_check));
+                }
                 (
                     Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
                     Some(v.clone()),
                 )
             }
             ConstraintSpec::JsonObject => {
-                let (b, root) = crate::json_schema::compile(&serde_json::json!({}), opts, started)?;
+                let (b, root, _) =
+                    crate::json_schema::compile(&serde_json::json!({}), opts, started)?;
                 (
                     Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
                     None,
@@ -132,7 +162,7 @@ impl Constraint {
             vocab,
             kind,
             schema,
-            validator: OnceLock::new(),
+            validator,
         }))
     }
 }

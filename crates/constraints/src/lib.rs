@@ -82,6 +82,7 @@ mod json_schema;
 #[cfg(feature = "tokenizers")]
 /// The MaskBench protocol runner (behind the `tokenizers` feature).
 pub mod maskbench;
+mod satisfiable;
 mod vocab;
 
 pub use engine::{
@@ -90,4 +91,5 @@ pub use engine::{
 };
 pub use error::{ConstraintError, Position};
 pub use fluent_ai_candle_mask::TokenMask;
+pub use json_schema::JsonSchemaMode;
 pub use vocab::{decode_token_string, TokenEncoding, Vocabulary};

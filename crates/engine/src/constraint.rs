@@ -8,7 +8,7 @@ use fluent_ai_candle_constraints::{
 use fluent_ai_candle_mask::TokenMask;
 use fluent_ai_candle_models::CandleTokenizer;
 
-pub use fluent_ai_candle_constraints::{ConstraintSpec, GenerationConstraint};
+pub use fluent_ai_candle_constraints::{ConstraintSpec, GenerationConstraint, JsonSchemaMode};
 
 use crate::EngineError;
 

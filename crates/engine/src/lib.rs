@@ -66,7 +66,7 @@ pub use api::{
 pub use candle_core::Device;
 pub use client::{CandleClientBuilder, Quantization};
 pub use config::{GenerationConfig, StreamingConfig};
-pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint};
+pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, JsonSchemaMode};
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{

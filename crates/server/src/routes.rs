@@ -5,7 +5,7 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Path as UrlPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use crate::stream::{Endpoint, Prepared};
 
 /// Builds the router over a state.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
@@ -33,27 +33,19 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/load", post(load_model))
         .route("/v1/models/unload", post(unload_model))
         .route("/v1/ws", get(crate::ws::upgrade))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .merge(v1)
-        .route("/health", get(health))
+        .route("/health", get(crate::health::ready))
+        .route("/health/ready", get(crate::health::ready))
+        .route("/health/live", get(crate::health::live))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        // The API key, browser checks and body limits (see `guard`), inside the counter so
+        // that what they refuse is counted.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::guard,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
-}
-
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if !state.key_ok(presented) {
-        return ApiError::unauthorized().into_response();
-    }
-    next.run(req).await
 }
 
 async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -305,6 +297,7 @@ async fn load_model(
     }
     let path = load_path(&state.models_dir, &req)?;
     let _one_at_a_time = state.load_lock.lock().await;
+    crate::guard::check_model_capacity(&state, &req.model)?;
     state.load(&req.model, path).await.map_err(|e| match e {
         fluent_ai_candle_engine::EngineError::Model(m) => {
             ApiError::bad_request(format!("cannot load '{}': {m}", req.model))
@@ -325,21 +318,6 @@ async fn unload_model(
         "object": "model",
         "deleted": true,
     })))
-}
-
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let body = serde_json::json!({
-        "status": if draining { "draining" } else { "ok" },
-        "models": state.registry.names(),
-        "in_flight": state.in_flight.load(std::sync::atomic::Ordering::SeqCst),
-    });
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

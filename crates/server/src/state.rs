@@ -32,6 +32,10 @@ pub(crate) struct AppState {
     pub generation: GenerationConfig,
     pub http: HttpMetrics,
     pub draining: AtomicBool,
+    /// True while the start-up models load (not ready).
+    pub loading: AtomicBool,
+    /// Connection counters of the connection layer.
+    pub connections: Arc<crate::conn::ConnStats>,
     pub in_flight: AtomicUsize,
     /// Set once the shutdown bound has passed: streams still running end at once.
     pub abort: watch::Sender<bool>,
@@ -68,6 +72,8 @@ impl AppState {
             generation,
             http: HttpMetrics::default(),
             draining: AtomicBool::new(false),
+            loading: AtomicBool::new(false),
+            connections: Arc::default(),
             in_flight: AtomicUsize::new(0),
             abort: watch::channel(false).0,
             load_lock: tokio::sync::Mutex::new(()),
