@@ -20,8 +20,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fluent_ai_candle_engine::{generate, FinishReason, GenerateParams};
-use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel, QuantizationType};
+use fluent_ai_candle::engine::{
+    cache, generate, load_model, CandleCompletionRequest, ConstraintSpec, Device, FinishReason,
+    LoadProgress, LoadedModel, ModelError, Prompt, QuantizationType,
+};
 
 /// Run large language models locally on Candle.
 #[derive(Parser)]
@@ -157,7 +159,7 @@ struct GenerateArgs {
     /// where the schema allows them explicitly, one whitespace style) or `spec` (every JSON
     /// text the schema accepts).
     #[arg(long, requires = "json_schema", default_value = "generation")]
-    json_schema_mode: fluent_ai_candle_engine::JsonSchemaMode,
+    json_schema_mode: fluent_ai_candle::engine::JsonSchemaMode,
     /// Constrain the output to this GBNF grammar (a file).
     #[arg(long, group = "constraint")]
     grammar: Option<PathBuf>,
@@ -171,13 +173,12 @@ struct GenerateArgs {
 }
 
 fn parse_quant(s: &str) -> std::result::Result<QuantizationType, String> {
-    s.parse()
-        .map_err(|e: fluent_ai_candle_models::ModelError| e.to_string())
+    s.parse().map_err(|e: ModelError| e.to_string())
 }
 
 fn main() -> ExitCode {
     // Before any thread starts: see `init_cpu_threads`.
-    fluent_ai_candle_models::init_cpu_threads();
+    fluent_ai_candle::init_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenize(a) => tokenize(a),
@@ -203,15 +204,9 @@ fn input_text(file: &Option<PathBuf>, text: &Option<String>, what: &str) -> Resu
     }
 }
 
+/// Loads a model spec (the engine resolves it) with a progress bar.
 fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
-    let path = cache::resolve(model)?;
-    if quant.is_some() && !path.is_dir() {
-        bail!(
-            "--quant applies to Hugging Face safetensors models; {} is a GGUF file, whose \
-             weights are used as stored",
-            path.display()
-        );
-    }
+    let path = fluent_ai_candle::engine::resolve_model(model)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
@@ -227,12 +222,7 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
         bar.set_length(p.total as u64);
         bar.set_position(p.loaded as u64);
     };
-    let device = candle_core::Device::Cpu;
-    let loaded = if path.is_dir() {
-        LoadedModel::load_dir(&path, quant.unwrap_or_default(), &device, &mut progress)
-    } else {
-        LoadedModel::load(&path, &device, &mut progress)
-    };
+    let loaded = load_model(&path, quant, &Device::Cpu, &mut progress);
     bar.finish_and_clear();
     Ok(loaded?)
 }
@@ -240,7 +230,7 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let text = input_text(&a.file, &a.text, "text")?;
     let path = cache::resolve(&a.model.model)?;
-    let tokenizer = fluent_ai_candle_models::CandleTokenizer::from_path(&path)?;
+    let tokenizer = fluent_ai_candle::models::CandleTokenizer::from_path(&path)?;
     let ids = tokenizer.encode(&text, false)?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
@@ -249,26 +239,24 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt = input_text(&a.file, &a.prompt, "prompt")?;
     let loaded = load(&a.model.model, a.quant)?;
-    let text = if a.raw {
-        prompt
+    // The engine renders the chat template (or, with --raw, tokenizes the text as is).
+    let prompt = if a.raw {
+        Prompt::Text(prompt)
     } else {
-        loaded.chat_prompt(&prompt)?
+        Prompt::user(prompt)
     };
-    let add_bos = a.raw && loaded.tokenizer.add_bos();
-    let prompt_ids = loaded.tokenizer.encode(&text, add_bos)?;
-    let constraint = constraint_spec(&a)?;
-    let params = GenerateParams {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
+    let request = CandleCompletionRequest {
+        max_tokens: Some(a.max_tokens),
+        temperature: Some(a.temperature),
         top_p: a.top_p,
         top_k: a.top_k,
-        seed: a.seed,
-        constraint,
-        ..GenerateParams::default()
+        seed: Some(a.seed),
+        constraints: constraint_spec(&a)?,
+        ..CandleCompletionRequest::new(prompt)
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = generate(&loaded, &prompt_ids, &params, &mut |chunk: &str| {
+    let out = generate(&loaded, &request, &mut |chunk: &str| {
         if write_err.is_none() {
             if let Err(e) = stdout
                 .write_all(chunk.as_bytes())
@@ -331,8 +319,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn constraint_spec(a: &GenerateArgs) -> Result<Option<fluent_ai_candle_engine::ConstraintSpec>> {
-    use fluent_ai_candle_engine::ConstraintSpec;
+fn constraint_spec(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };

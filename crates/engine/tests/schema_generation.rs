@@ -9,7 +9,9 @@
 //! 100 schemas with seeds 1–3 (`cargo test --release -p fluent-ai-candle-engine --test
 //! schema_generation -- --ignored --nocapture`), the figure in docs/PERFORMANCE.md.
 
-use fluent_ai_candle_engine::{generate, ConstraintSpec, FinishReason, GenerateParams};
+use fluent_ai_candle_engine::{
+    generate, CandleCompletionRequest, ConstraintSpec, FinishReason, Prompt,
+};
 use fluent_ai_candle_models::LoadedModel;
 use serde_json::Value;
 
@@ -75,14 +77,15 @@ fn run(model: &LoadedModel, cases: &[(String, Value)], seeds: &[u64]) -> Tally {
             .unwrap_or_else(|e| panic!("{name}: jsonschema cannot compile the schema: {e}"));
         for &seed in seeds {
             t.runs += 1;
-            let params = GenerateParams {
-                max_tokens: 300,
-                temperature: 0.7,
-                seed,
-                constraint: Some(ConstraintSpec::JsonSchema(schema.clone())),
+            let request = CandleCompletionRequest {
+                input: Some(Prompt::Tokens(prompt_ids.clone())),
+                max_tokens: Some(300),
+                temperature: Some(0.7),
+                seed: Some(seed),
+                constraints: Some(ConstraintSpec::JsonSchema(schema.clone())),
                 ..Default::default()
             };
-            let out = match generate(model, &prompt_ids, &params, &mut |_| {}) {
+            let out = match generate(model, &request, &mut |_| {}) {
                 Ok(g) => g,
                 Err(e) => {
                     t.failures.push(format!("{name} seed {seed}: error {e}"));

@@ -190,7 +190,7 @@ impl ServerConfig {
     /// The models to load: the configured ones, or the default model when none is given.
     pub fn model_specs(&self) -> Vec<String> {
         if self.models.is_empty() {
-            vec![fluent_ai_candle_models::cache::DEFAULT_MODEL.to_string()]
+            vec![fluent_ai_candle_engine::cache::DEFAULT_MODEL.to_string()]
         } else {
             self.models.clone()
         }
@@ -200,7 +200,7 @@ impl ServerConfig {
     pub fn resolved_models_dir(&self) -> PathBuf {
         self.models_dir
             .clone()
-            .unwrap_or_else(fluent_ai_candle_models::cache::cache_dir)
+            .unwrap_or_else(fluent_ai_candle_engine::cache::cache_dir)
     }
 
     /// Checks the limits.
@@ -253,12 +253,5 @@ impl ServerConfig {
 
 /// The id a `--model` argument is served under: a known name as is, a path by its file stem.
 pub fn model_id(spec: &str) -> String {
-    if fluent_ai_candle_models::cache::known_model(spec).is_some() {
-        return spec.to_string();
-    }
-    std::path::Path::new(spec)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| spec.to_string())
+    fluent_ai_candle_engine::model_name(spec)
 }

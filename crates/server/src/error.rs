@@ -8,8 +8,7 @@ use std::sync::RwLock;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fluent_ai_candle_engine::EngineError;
-use fluent_ai_candle_models::ModelError;
+use fluent_ai_candle_engine::{EngineError, ModelError};
 use serde::Serialize;
 
 /// What can stop the server from starting or running.

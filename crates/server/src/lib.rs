@@ -94,9 +94,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
-use fluent_ai_candle_engine::CandleGenerator;
-use fluent_ai_candle_models::{cache, LoadedModel};
+use fluent_ai_candle_engine::{cache, Device, EngineError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -154,22 +152,13 @@ impl ShutdownHandle {
 async fn load_models(state: &Arc<AppState>, specs: Vec<String>) -> Result<(), ServerError> {
     for spec in specs {
         let id = model_id(&spec);
-        let path = cache::resolve(&spec).map_err(|source| ServerError::Model {
-            name: spec.clone(),
-            source,
-        })?;
-        let device = state.device.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || LoadedModel::load(&path, &device, &mut |_| {}))
-                .await
-                .map_err(|e| ServerError::Config(format!("model loading task failed: {e}")))?
-                .map_err(|source| ServerError::Model {
-                    name: spec.clone(),
-                    source,
-                })?;
-        let generator =
-            CandleGenerator::from_loaded(&id, Arc::new(loaded), state.generation.clone())?;
-        state.register(&id, generator);
+        state
+            .load(&id, spec.clone().into())
+            .await
+            .map_err(|e| match e {
+                EngineError::Model(source) => ServerError::Model { name: spec, source },
+                other => ServerError::Engine(other),
+            })?;
     }
     state.loading.store(false, Ordering::SeqCst);
     Ok(())

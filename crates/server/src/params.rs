@@ -1,9 +1,11 @@
 //! Request validation and mapping onto engine requests: OpenAI fields → a
-//! [`SamplingConfig`] chain, a constraint, limits and one engine request per choice.
+//! [`SamplingConfig`] chain, a constraint, limits and one engine request per choice (the
+//! prompt travels as the engine's [`Prompt`]: a chat, a text or token ids, rendered and
+//! tokenized by the engine).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec, JsonSchemaMode};
+use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec, JsonSchemaMode, Prompt};
 use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
 
 use crate::error::ApiError;
@@ -242,7 +244,6 @@ pub(crate) fn build_template(
     let seed = p.seed.map(|s| s as u64);
     let request = CandleCompletionRequest {
         max_tokens: Some(max_tokens),
-        temperature: Some(temperature),
         sampling: Some(sampling),
         stop,
         constraints: constraints.pop(),
@@ -277,23 +278,11 @@ pub(crate) fn expand(
         for _ in 0..n {
             let mut r = template.clone();
             r.seed = Some(base.wrapping_add(out.len() as u64));
-            match prompt {
-                Prompt::Text(t) => r.prompt = t.clone(),
-                Prompt::Tokens(ids) => r.prompt_tokens = Some(ids.clone()),
-            }
+            r.input = Some(prompt.clone());
             out.push(r);
         }
     }
     Ok(out)
-}
-
-/// A prompt as text (tokenized by the engine, BOS per the model) or as token ids.
-#[derive(Debug, Clone)]
-pub(crate) enum Prompt {
-    /// Text.
-    Text(String),
-    /// Token ids.
-    Tokens(Vec<u32>),
 }
 
 /// Checks `top_logprobs` (chat) against `logprobs`.
@@ -339,7 +328,12 @@ mod tests {
     fn defaults_map_to_one_sampled_choice() {
         let (r, n, seed) = build_template(&common(serde_json::json!({})), 16, None).unwrap();
         assert_eq!((r.max_tokens, n, seed), (Some(16), 1, None));
-        assert_eq!(r.temperature, Some(1.0));
+        // One sampling description: the whole chain, OpenAI's default temperature 1.
+        assert!(r.temperature.is_none());
+        assert_eq!(
+            r.sampling.unwrap().chain,
+            vec![fluent_ai_candle_engine::ProcessorSpec::Temperature(1.0)]
+        );
         assert!(r.constraints.is_none());
     }
 

@@ -11,8 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fluent_ai_candle_engine::CandleGenerator;
-use fluent_ai_candle_models::{cache, ChatMessage, LoadedModel};
+use fluent_ai_candle_engine::{cache, ChatMessage, Prompt};
 use futures::StreamExt;
 
 use crate::error::ApiError;
@@ -20,7 +19,7 @@ use crate::openai::{
     ChatCompletionRequest, CompletionRequest, LoadModelRequest, MessageContent, ModelList,
     ModelObject, PromptInput, UnloadModelRequest,
 };
-use crate::params::{self, Prompt};
+use crate::params;
 use crate::state::{lock, ApiJson, AppState};
 use crate::stream::{Endpoint, Prepared};
 
@@ -68,8 +67,9 @@ async fn fallback(req: Request) -> ApiError {
     ))
 }
 
-/// Renders a chat conversation through the model's template and tokenizes it.
-fn chat_prompt(model: &LoadedModel, req: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+/// The conversation as the engine's chat messages (OpenAI's roles and text parts checked
+/// here; the engine renders the model's template and tokenizes).
+fn chat_messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -109,29 +109,11 @@ fn chat_prompt(model: &LoadedModel, req: &ChatCompletionRequest) -> Result<Vec<u
         };
         messages.push(ChatMessage::new(role, content));
     }
-    let text = model
-        .chat_template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(format!("chat template: {e}")))?;
-    model
-        .tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::bad_request(format!("tokenizer: {e}")))
+    Ok(messages)
 }
 
-/// Starts one engine stream per request; any refusal drops (cancels) the ones started.
-fn start(
-    generator: &CandleGenerator,
-    requests: &[fluent_ai_candle_engine::CandleCompletionRequest],
-) -> Result<Vec<fluent_ai_candle_engine::CandleCompletionStream>, ApiError> {
-    requests
-        .iter()
-        .map(|r| generator.generate_stream(r).map_err(ApiError::from))
-        .collect()
-}
-
-/// Validates and starts a chat request.
-pub(crate) fn prepare_chat(
+/// Validates and starts a chat request (the engine prepares it off the async threads).
+pub(crate) async fn prepare_chat(
     state: &Arc<AppState>,
     req: ChatCompletionRequest,
 ) -> Result<Prepared, ApiError> {
@@ -140,13 +122,12 @@ pub(crate) fn prepare_chat(
     let (template, n, seed) =
         params::build_template(&req.common, state.config.default_max_tokens, logprobs)?;
     let generator = state.generator(req.common.model.as_deref())?;
-    let ids = chat_prompt(generator.model(), &req)?;
-    let requests = params::expand(&template, vec![Prompt::Tokens(ids)], n, seed)?;
-    let streams = start(&generator, &requests)?;
+    let messages = chat_messages(&req)?;
+    let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
+    let streams = generator.submit_all(requests).await?;
     let c = &req.common;
     Ok(Prepared::new(
         Endpoint::Chat,
-        generator.name().to_string(),
         streams,
         (
             c.stream.unwrap_or(false),
@@ -155,13 +136,13 @@ pub(crate) fn prepare_chat(
         ),
         guard,
         state.abort.subscribe(),
-        generator.model().clone(),
     )
     .with_logprobs(logprobs.is_some()))
 }
 
-/// Validates and starts a text completion request.
-pub(crate) fn prepare_completion(
+/// Validates and starts a text completion request (the engine prepares it off the async
+/// threads).
+pub(crate) async fn prepare_completion(
     state: &Arc<AppState>,
     req: CompletionRequest,
 ) -> Result<Prepared, ApiError> {
@@ -182,11 +163,10 @@ pub(crate) fn prepare_completion(
         PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
     };
     let requests = params::expand(&template, prompts, n, seed)?;
-    let streams = start(&generator, &requests)?;
+    let streams = generator.submit_all(requests).await?;
     let c = &req.common;
     Ok(Prepared::new(
         Endpoint::Completion,
-        generator.name().to_string(),
         streams,
         (
             c.stream.unwrap_or(false),
@@ -195,7 +175,6 @@ pub(crate) fn prepare_completion(
         ),
         guard,
         state.abort.subscribe(),
-        generator.model().clone(),
     )
     .with_logprobs(logprobs.is_some()))
 }
@@ -220,7 +199,7 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Response {
-    match prepare_chat(&state, req) {
+    match prepare_chat(&state, req).await {
         Ok(p) => respond(p).await,
         Err(e) => e.into_response(),
     }
@@ -230,7 +209,7 @@ async fn completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
-    match prepare_completion(&state, req) {
+    match prepare_completion(&state, req).await {
         Ok(p) => respond(p).await,
         Err(e) => e.into_response(),
     }
@@ -319,22 +298,12 @@ async fn load_model(
     let path = load_path(&state.models_dir, &req)?;
     let _one_at_a_time = state.load_lock.lock().await;
     crate::guard::check_model_capacity(&state, &req.model)?;
-    let device = state.device.clone();
-    let config = state.generation.clone();
-    let id = req.model.clone();
-    let generator = tokio::task::spawn_blocking(move || {
-        let model = LoadedModel::load(&path, &device, &mut |_| {})?;
-        CandleGenerator::from_loaded(&id, Arc::new(model), config)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("loading task failed: {e}")))?
-    .map_err(|e| match e {
+    state.load(&req.model, path).await.map_err(|e| match e {
         fluent_ai_candle_engine::EngineError::Model(m) => {
             ApiError::bad_request(format!("cannot load '{}': {m}", req.model))
         }
         other => ApiError::from(other),
     })?;
-    state.register(&req.model, generator);
     Ok(Json(model_object(&state, &req.model)))
 }
 

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use candle_core::Device;
-use fluent_ai_candle_engine::{CandleGenerator, GenerationConfig, ModelRegistry};
+use fluent_ai_candle_engine::{
+    CandleGenerator, Device, EngineError, GenerationConfig, ModelRegistry,
+};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -92,9 +93,25 @@ impl AppState {
         constant_time_eq(expected, &got)
     }
 
-    /// Registers a generator (replacing any of the same id) and records when.
-    pub fn register(&self, id: &str, generator: CandleGenerator) {
-        self.registry.insert(id, generator);
+    /// Loads the model a spec names (path, cached name, `hf:` reference: the engine resolves
+    /// it) on a blocking thread and registers it as `id`, replacing any of the same id once
+    /// loaded.
+    pub async fn load(self: &Arc<Self>, id: &str, spec: PathBuf) -> Result<(), EngineError> {
+        let state = self.clone();
+        let name = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            state
+                .registry
+                .load(&name, &spec, &state.device, state.generation.clone())
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("loading task failed: {e}")))??;
+        self.loaded(id);
+        Ok(())
+    }
+
+    /// Records that `id` was (re)loaded now; the first model loaded is the default.
+    fn loaded(&self, id: &str) {
         lock(&self.loaded_at).insert(id.to_string(), unix_now());
         let mut default = lock(&self.default_model);
         if default.is_none() {

@@ -334,7 +334,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn max_models_readiness_and_no_absolute_paths_in_errors() {
     let dir = temp_dir("models");
-    let cached = fluent_ai_candle_models::cache::resolve(MODEL).unwrap();
+    let cached = fluent_ai_candle_engine::cache::resolve(MODEL).unwrap();
     // A second copy to hot-load, and a file that is not a GGUF.
     std::fs::copy(&cached, dir.join("second.gguf")).unwrap();
     std::fs::write(dir.join("broken.gguf"), b"GGUF not really").unwrap();

@@ -19,7 +19,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Fails (never skips) when the model is not cached.
 pub fn require_model() {
-    if let Err(e) = fluent_ai_candle_models::cache::resolve(MODEL) {
+    if let Err(e) = fluent_ai_candle_engine::cache::resolve(MODEL) {
         panic!("the server tests need {MODEL}: {e}. Run `cargo xtask fetch-models` first.");
     }
 }
