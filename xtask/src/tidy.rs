@@ -278,9 +278,12 @@ fn crate_arrows(root: &Path) -> Result<Vec<String>> {
             continue;
         };
         let declared = g.default_deps.get(start);
-        let direct = g.resolved.get(start).into_iter().flatten().any(|(name, _)| {
-            name == to && declared.map_or(true, |d| d.contains(name))
-        });
+        let direct = g
+            .resolved
+            .get(start)
+            .into_iter()
+            .flatten()
+            .any(|(name, _)| name == to && declared.is_none_or(|d| d.contains(name)));
         if direct {
             problems.push(format!("{from} must not depend directly on {to} ({why})"));
         }
