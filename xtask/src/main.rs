@@ -48,7 +48,7 @@ enum Command {
     },
     /// Load-test a real server: concurrent streaming chat clients on loopback.
     Loadtest {
-        /// Arguments passed through, e.g. `--clients 32 --seconds 60`.
+        /// Arguments passed through, e.g. `--clients 64 --duration 600` (a soak).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

@@ -58,8 +58,8 @@
 //! use fluent_ai_candle_models::{cache, ModelError};
 //! assert!(matches!(cache::resolve("no-such-model"), Err(ModelError::UnknownModel { .. })));
 //! ```
-// `unsafe` is denied (workspace lints) everywhere but the SIMD kernels in `quant::x86`.
-#![deny(unsafe_code)]
+// The SIMD kernels are in `fluent-ai-candle-kernels`; this crate has no `unsafe` at all.
+#![forbid(unsafe_code)]
 
 mod attention;
 pub mod cache;
@@ -69,7 +69,6 @@ pub mod decoder;
 pub mod deepseek;
 pub mod device;
 pub mod error;
-mod f16_kernels;
 mod geglu;
 pub mod gemma3;
 mod ggml_math;

@@ -432,6 +432,32 @@ fn mistral_matches_candle_transformers_llama() {
     compare_with_candle_transformers("mistral", GgmlDType::Q8_0, DType::F32);
 }
 
+/// `FLUENT_AI_CANDLE_ATTENTION=candle` goes through the trait object: a llama-family decoder
+/// turns its attention kernel off and creates f32 caches; `downcast_ref` reaches the concrete
+/// decoder only when it is one.
+#[test]
+fn candle_attention_switch_works_through_the_trait_object() {
+    let path = write_spec(&Spec {
+        weights: GgmlDType::F32,
+        ..spec("qwen2", 1)
+    });
+    let mut model = load(&path).unwrap();
+    assert!(model
+        .downcast_ref::<fluent_ai_candle_models::Gemma3>()
+        .is_none());
+    let llama = model.downcast_ref::<Llama>().unwrap();
+    assert!(llama.fused_attention());
+    assert_eq!(model.cache_shape().dtype, DType::F16);
+    model.use_candle_attention().unwrap();
+    let llama = model.downcast_ref::<Llama>().unwrap();
+    assert!(!llama.fused_attention());
+    assert_eq!(llama.kv_dtype(), DType::F32);
+    let cache = model
+        .new_cache(&KvCacheConfig::default().max_entries(8))
+        .unwrap();
+    assert_eq!(cache.shape().dtype, DType::F32);
+}
+
 /// With one layer a token's keys and values depend only on the token and its position, so
 /// after an attention-sink eviction re-rotates the kept keys, the next token's logits equal
 /// those of a fresh cache holding just the kept tokens: true only when the re-rotation uses
