@@ -61,7 +61,7 @@ pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::DeviceType;
 pub use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
-pub use generate::{generate, GenerateParams, MAX_TOKENS_LIMIT};
+pub use generate::{generate, GenerateParams, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::CandleGenerator;
 pub use metrics::{EngineMetrics, MetricsSnapshot};
 pub use registry::ModelRegistry;

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fluent_ai_candle_engine::CandleGenerator;
-use fluent_ai_candle_models::{cache, ChatMessage, LoadedModel};
+use fluent_ai_candle_models::{cache, CancelToken, ChatMessage, LoadedModel, ModelError};
 use futures::StreamExt;
 
 use crate::error::ApiError;
@@ -311,6 +311,37 @@ fn load_path(dir: &Path, req: &LoadModelRequest) -> Result<std::path::PathBuf, A
     Ok(canonical)
 }
 
+/// Cancels a model load when dropped (the handler's future is dropped when its client
+/// disconnects) and when the server starts draining (a load is new work; SIGTERM must not
+/// wait for it): the loading thread stops before its next tensor.
+struct LoadGuard {
+    cancel: CancelToken,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl LoadGuard {
+    fn new(state: &Arc<AppState>) -> Self {
+        let cancel = CancelToken::new();
+        let watcher = {
+            let (state, cancel) = (state.clone(), cancel.clone());
+            tokio::spawn(async move {
+                while !state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        Self { cancel, watcher }
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.watcher.abort();
+    }
+}
+
 async fn load_model(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<LoadModelRequest>,
@@ -329,18 +360,24 @@ async fn load_model(
     let device = state.device.clone();
     let config = state.generation.clone();
     let id = req.model.clone();
+    let guard = LoadGuard::new(&state);
+    let cancel = guard.cancel.clone();
     let generator = tokio::task::spawn_blocking(move || {
-        let model = LoadedModel::load(&path, &device, &mut |_| {})?;
+        let model = LoadedModel::load_cancellable(&path, &device, &mut |_| {}, &[], &cancel)?;
         CandleGenerator::from_loaded(&id, Arc::new(model), config)
     })
     .await
     .map_err(|e| ApiError::internal(format!("loading task failed: {e}")))?
     .map_err(|e| match e {
+        fluent_ai_candle_engine::EngineError::Model(ModelError::Cancelled) => {
+            ApiError::unavailable("the load was cancelled: the server is shutting down")
+        }
         fluent_ai_candle_engine::EngineError::Model(m) => {
             ApiError::bad_request(format!("cannot load '{}': {m}", req.model))
         }
         other => ApiError::from(other),
     })?;
+    drop(guard);
     state.register(&req.model, generator);
     Ok(Json(model_object(&state, &req.model)))
 }
