@@ -473,6 +473,7 @@ pub(crate) fn run(
         if let Some((_, a)) = prefilling {
             s.prefill_step(a);
         }
+        let metrics = &s.metrics;
 
         let mut batch: Vec<&mut Active> = active
             .iter_mut()

@@ -514,6 +514,11 @@ fn read_header<R: Read + Seek>(
     for (name, dims, dtype, offset) in infos {
         // Elements and bytes in checked arithmetic; the innermost dimension (first in the
         // file) splits into whole blocks.
+        // A tensor without elements has no data for candle to read (its reader would view an
+        // empty buffer's dangling pointer as blocks); no model has one.
+        if dims.contains(&0) {
+            return invalid(format!("tensor '{name}' has a dimension of 0: {dims:?}"));
+        }
         let block = dtype.block_size() as u64;
         if dims.first().is_some_and(|d| d % block != 0) {
             return invalid(format!(

@@ -518,7 +518,7 @@ fn run_case(case: &Case, n: usize, limit: Duration) -> Result<(), TestCaseError>
 fn the_loader_survives_mutated_files() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let secs = env("LOADER_FUZZ_SECS").unwrap_or(0);
-    let batch = env("LOADER_FUZZ_CASES").unwrap_or(40) as u32;
+    let batch = env("LOADER_FUZZ_CASES").unwrap_or(24) as u32;
     let limit = Duration::from_secs(env("LOADER_FUZZ_CASE_LIMIT_SECS").unwrap_or(120));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let count = AtomicUsize::new(0);
