@@ -200,7 +200,8 @@ fn a_bad_alignment_is_refused() {
 #[test]
 fn hostile_tensor_entries_are_refused() {
     let (md, tensors) = tiny_model("llama");
-    let cases: Vec<(&str, Box<dyn Fn(&mut RawTensor)>)> = vec![
+    type Edit = Box<dyn Fn(&mut RawTensor)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "overflowing dims",
             Box::new(|t| t.dims = vec![1 << 32, 1 << 32, 1 << 32, 1 << 32]),
