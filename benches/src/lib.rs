@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use fluent_ai_candle_models::{GgufFile, GgufTokenizer};
+use fluent_ai_candle_models::{CandleTokenizer, GgufFile};
 
 /// Prefill and decode speed of one run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,7 +45,7 @@ pub fn median(xs: &mut [f64]) -> f64 {
 /// English text tokenized with the model's own tokenizer, cut or repeated to exactly `n` tokens.
 pub fn prompt_ids(model: &Path, n: usize) -> anyhow::Result<Vec<u32>> {
     let gguf = GgufFile::open(model)?;
-    let tok = GgufTokenizer::from_gguf(gguf.content())?;
+    let tok = CandleTokenizer::from_gguf(gguf.content())?;
     let text = "The history of natural language processing generally started in the 1950s, \
         although work can be found from earlier periods. In 1950, Alan Turing published an \
         article titled Computing Machinery and Intelligence which proposed what is now called \

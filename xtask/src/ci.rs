@@ -14,6 +14,7 @@ pub fn run(no_fetch: bool) -> Result<()> {
     let started = std::time::Instant::now();
     util::run(util::cargo().args(["fmt", "--all", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    crate::tidy::run()?;
     util::run(util::cargo().args([
         "clippy",
         "--workspace",
@@ -52,11 +53,18 @@ pub fn run(no_fetch: bool) -> Result<()> {
             ])
             .env("RUST_TEST_THREADS", "1"),
     )?;
-    // The sampling and quantized-matmul kernels again with run-time dispatch forced to the
-    // scalar twins.
+    // The sampling kernels, the kernels crate (quantized dot products, f16 and GGML math) and
+    // the quantized matmul layer again with run-time dispatch forced to the scalar twins.
+    // Neither crate depends on candle, so `-p` rebuilds nothing heavy.
     util::run(
         test()
-            .args(["test", "-p", "fluent-ai-candle-sampling"])
+            .args([
+                "test",
+                "-p",
+                "fluent-ai-candle-sampling",
+                "-p",
+                "fluent-ai-candle-kernels",
+            ])
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
     // Selected by name only, with the very arguments of the run above, so cargo reuses its

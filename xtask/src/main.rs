@@ -6,6 +6,7 @@
 mod bench;
 mod ci;
 mod fetch;
+mod tidy;
 mod util;
 
 use anyhow::Result;
@@ -21,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything CI checks: fmt, clippy, fetch-models, all tests (also with scalar SIMD).
+    /// Everything CI checks: fmt, tidy, clippy, fetch-models, all tests (also with scalar SIMD).
     Ci {
         /// Skip fetching models (tests that need them then fail with a clear message).
         #[arg(long)]
@@ -45,12 +46,14 @@ enum Command {
     },
     /// Load-test a real server: concurrent streaming chat clients on loopback.
     Loadtest {
-        /// Arguments passed through, e.g. `--clients 32 --seconds 60`.
+        /// Arguments passed through, e.g. `--clients 64 --duration 600` (a soak).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Build the CPU configuration, and CUDA / Metal where their toolchains exist.
     BuildMatrix,
+    /// Check the architecture invariants: forbidden crate arrows and `unsafe` placement.
+    Tidy,
 }
 
 fn main() -> Result<()> {
@@ -63,5 +66,6 @@ fn main() -> Result<()> {
         Command::Maskbench { args } => bench::run_bin("maskbench", &args),
         Command::Loadtest { args } => bench::run_bin("loadtest", &args),
         Command::BuildMatrix => ci::build_matrix(),
+        Command::Tidy => tidy::run(),
     }
 }

@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor, D};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use fluent_ai_candle_benches::{prompt_ids, Speed};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{cache, GgufFile, Llama};
+use fluent_ai_candle_models::{cache, Decoder, GgufFile, Llama};
 
 const PROMPT: usize = 128;
 const NEW: usize = 128;

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, D};
 use fluent_ai_candle_benches::{prompt_ids, Speed};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{cache, Decoder, GgufFile};
+use fluent_ai_candle_models::{cache, decoder, Decoder, GgufFile};
 
 const PROMPT: usize = 128;
 const NEW: usize = 128;
@@ -30,7 +30,7 @@ fn argmax(logits: &Tensor) -> Result<u32> {
 
 /// One run: prefill the prompt, then decode `NEW` greedy tokens. Returns the speeds and the
 /// bytes the KV cache allocated.
-fn run(model: &Decoder, prompt: &[u32]) -> Result<(Speed, usize)> {
+fn run(model: &dyn Decoder, prompt: &[u32]) -> Result<(Speed, usize)> {
     let mut cache = model.new_cache(&KvCacheConfig::default().max_entries(PROMPT + NEW + 1))?;
     let t = Instant::now();
     let mut next = argmax(&model.forward(prompt, &mut cache, false)?)?;
@@ -64,7 +64,7 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
     let path = cache::resolve(name).context("run `cargo xtask fetch-models`")?;
     let prompt = prompt_ids(&path, PROMPT)?;
     let mut gguf = GgufFile::open(&path)?;
-    let model = Decoder::load(&mut gguf, &Device::Cpu, &mut |_| {})?;
+    let model = decoder::load(&mut gguf, &Device::Cpu, &mut |_| {})?;
     drop(gguf);
     let load_peak = peak_rss();
     // The peak while decoding is what the KV cache and the weights cost; loading has a
@@ -73,7 +73,7 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
     let mut runs = Vec::new();
     let mut kv_bytes = 0;
     for _ in 0..RUNS {
-        let (speed, kv) = run(&model, &prompt)?;
+        let (speed, kv) = run(model.as_ref(), &prompt)?;
         runs.push(speed);
         kv_bytes = kv;
     }

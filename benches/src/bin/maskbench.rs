@@ -1,6 +1,6 @@
-//! MaskBench: `maskbench --data FILE [--limit N] [--json] [--errors] [--no-shared-lexemes] [--tokenizer FILE]`.
+//! MaskBench: `maskbench --data FILE [--limit N] [--every K] [--json] [--errors] [--no-shared-lexemes] [--tokenizer FILE]`.
 //!
-//! Runs the protocol of /work/shared/maskbench/README.md (compile each schema, then for each
+//! Runs the protocol of ../shared/maskbench/README.md (compile each schema, then for each
 //! test instance compute the mask before every token, check and commit it) with the SmolLM2
 //! tokenizer on one core, and prints as its last line one JSON object: `schemas, compiled,
 //! passing, tokens, mask_us_p50, mask_us_p99, mask_us_mean, compile_us_p50`. Without `--json`

@@ -4,9 +4,13 @@
 //! fluent-ai-candle tokenize [--model M] (--file F | TEXT)
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
 //!                           [--seed S] [--raw] [--json] [--quant Q]
-//!                           [--json-schema FILE | --grammar FILE | --regex R]
+//!                           [--json-schema FILE [--json-schema-mode generation|spec]
+//!                            | --grammar FILE | --regex R]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
-//!                        [--max-concurrent N] [--models-dir DIR]
+//!                        [--max-concurrent N] [--max-queued N] [--models-dir DIR]
+//!                        [--max-models N] [--max-connections N] [--header-timeout S]
+//!                        [--body-timeout S] [--idle-timeout S] [--shutdown-timeout S]
+//!                        [--cors-origin ORIGIN]... [--metrics-open]
 //! ```
 #![forbid(unsafe_code)]
 
@@ -16,8 +20,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fluent_ai_candle_engine::{generate, FinishReason, GenerateParams};
-use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel, QuantizationType};
+use fluent_ai_candle::engine::{
+    cache, generate, load_model, CandleCompletionRequest, ConstraintSpec, Device, FinishReason,
+    LoadProgress, LoadedModel, ModelError, Prompt, QuantizationType,
+};
 
 /// Run large language models locally on Candle.
 #[derive(Parser)]
@@ -58,6 +64,42 @@ struct ServeArgs {
     /// The only directory POST /v1/models/load reads from (default: the model cache).
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// Requests waiting per model; one more gets 429.
+    #[arg(long, default_value_t = 64)]
+    max_queued: usize,
+    /// Models loaded at once (start-up models included); a hot load past it gets 409.
+    #[arg(long, default_value_t = 4)]
+    max_models: usize,
+    /// Open connections at most; one more is answered 503 and closed (lowered to fit the
+    /// open-file limit, which is raised to its hard limit at start).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a connection may take to send a whole request head.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    header_timeout: f64,
+    /// Seconds a request body may take to arrive (408 after).
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds)]
+    body_timeout: f64,
+    /// Seconds an idle keep-alive connection (or a client that stopped reading) is kept.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_seconds)]
+    idle_timeout: f64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) lets requests in flight finish before cutting them.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds)]
+    shutdown_timeout: f64,
+    /// A browser origin allowed to call the API (CORS) and open WebSockets, e.g.
+    /// https://app.example.com; repeat for several. None by default: browsers are refused.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// Serve /metrics without the API key.
+    #[arg(long)]
+    metrics_open: bool,
+}
+
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds in (0, 86400]")),
+    }
 }
 
 #[derive(Args)]
@@ -113,6 +155,11 @@ struct GenerateArgs {
     /// Constrain the output to this JSON Schema (a file).
     #[arg(long, group = "constraint")]
     json_schema: Option<PathBuf>,
+    /// How the JSON Schema is read: `generation` (the default: undeclared properties only
+    /// where the schema allows them explicitly, one whitespace style) or `spec` (every JSON
+    /// text the schema accepts).
+    #[arg(long, requires = "json_schema", default_value = "generation")]
+    json_schema_mode: fluent_ai_candle::engine::JsonSchemaMode,
     /// Constrain the output to this GBNF grammar (a file).
     #[arg(long, group = "constraint")]
     grammar: Option<PathBuf>,
@@ -126,13 +173,12 @@ struct GenerateArgs {
 }
 
 fn parse_quant(s: &str) -> std::result::Result<QuantizationType, String> {
-    s.parse()
-        .map_err(|e: fluent_ai_candle_models::ModelError| e.to_string())
+    s.parse().map_err(|e: ModelError| e.to_string())
 }
 
 fn main() -> ExitCode {
     // Before any thread starts: see `init_cpu_threads`.
-    fluent_ai_candle_models::init_cpu_threads();
+    fluent_ai_candle::init_cpu_threads();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenize(a) => tokenize(a),
@@ -158,15 +204,9 @@ fn input_text(file: &Option<PathBuf>, text: &Option<String>, what: &str) -> Resu
     }
 }
 
+/// Loads a model spec (the engine resolves it) with a progress bar.
 fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
-    let path = cache::resolve(model)?;
-    if quant.is_some() && !path.is_dir() {
-        bail!(
-            "--quant applies to Hugging Face safetensors models; {} is a GGUF file, whose \
-             weights are used as stored",
-            path.display()
-        );
-    }
+    let path = fluent_ai_candle::engine::resolve_model(model)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} tensors")
@@ -182,12 +222,7 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
         bar.set_length(p.total as u64);
         bar.set_position(p.loaded as u64);
     };
-    let device = candle_core::Device::Cpu;
-    let loaded = if path.is_dir() {
-        LoadedModel::load_dir(&path, quant.unwrap_or_default(), &device, &mut progress)
-    } else {
-        LoadedModel::load(&path, &device, &mut progress)
-    };
+    let loaded = load_model(&path, quant, &Device::Cpu, &mut progress);
     bar.finish_and_clear();
     Ok(loaded?)
 }
@@ -195,7 +230,7 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     let text = input_text(&a.file, &a.text, "text")?;
     let path = cache::resolve(&a.model.model)?;
-    let tokenizer = fluent_ai_candle_models::GgufTokenizer::from_path(&path)?;
+    let tokenizer = fluent_ai_candle::models::CandleTokenizer::from_path(&path)?;
     let ids = tokenizer.encode(&text, false)?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
@@ -204,26 +239,24 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt = input_text(&a.file, &a.prompt, "prompt")?;
     let loaded = load(&a.model.model, a.quant)?;
-    let text = if a.raw {
-        prompt
+    // The engine renders the chat template (or, with --raw, tokenizes the text as is).
+    let prompt = if a.raw {
+        Prompt::Text(prompt)
     } else {
-        loaded.chat_prompt(&prompt)?
+        Prompt::user(prompt)
     };
-    let add_bos = a.raw && loaded.tokenizer.add_bos();
-    let prompt_ids = loaded.tokenizer.encode(&text, add_bos)?;
-    let constraint = constraint_spec(&a)?;
-    let params = GenerateParams {
-        max_tokens: a.max_tokens,
-        temperature: a.temperature,
+    let request = CandleCompletionRequest {
+        max_tokens: Some(a.max_tokens),
+        temperature: Some(a.temperature),
         top_p: a.top_p,
         top_k: a.top_k,
-        seed: a.seed,
-        constraint,
-        ..GenerateParams::default()
+        seed: Some(a.seed),
+        constraints: constraint_spec(&a)?,
+        ..CandleCompletionRequest::new(prompt)
     };
     let mut stdout = std::io::stdout().lock();
     let mut write_err = None;
-    let out = generate(&loaded, &prompt_ids, &params, &mut |chunk: &str| {
+    let out = generate(&loaded, &request, &mut |chunk: &str| {
         if write_err.is_none() {
             if let Err(e) = stdout
                 .write_all(chunk.as_bytes())
@@ -269,6 +302,15 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     config.models = a.models;
     config.api_key = a.api_key;
     config.models_dir = a.models_dir;
+    config.max_queued = a.max_queued;
+    config.max_models = a.max_models;
+    config.max_connections = a.max_connections;
+    config.header_timeout = std::time::Duration::from_secs_f64(a.header_timeout);
+    config.body_timeout = std::time::Duration::from_secs_f64(a.body_timeout);
+    config.idle_timeout = std::time::Duration::from_secs_f64(a.idle_timeout);
+    config.shutdown_timeout = std::time::Duration::from_secs_f64(a.shutdown_timeout);
+    config.cors_origins = a.cors_origins;
+    config.metrics_open = a.metrics_open;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -277,15 +319,17 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn constraint_spec(a: &GenerateArgs) -> Result<Option<fluent_ai_candle_engine::ConstraintSpec>> {
-    use fluent_ai_candle_engine::ConstraintSpec;
+fn constraint_spec(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
     Ok(if let Some(p) = &a.json_schema {
         let schema: serde_json::Value = serde_json::from_str(&read(p)?)
             .with_context(|| format!("{} is not valid JSON", p.display()))?;
-        Some(ConstraintSpec::JsonSchema(schema))
+        Some(ConstraintSpec::JsonSchemaWithMode(
+            schema,
+            a.json_schema_mode,
+        ))
     } else if let Some(p) = &a.grammar {
         Some(ConstraintSpec::Grammar(read(p)?))
     } else {

@@ -3,9 +3,11 @@
 
 use crate::earley::{Frame, Parser};
 use crate::grammar::{CompiledGrammar, GrammarBuilder, Sym};
-use crate::{ConstraintError, Vocabulary};
+use crate::{ConstraintError, JsonSchemaMode, Vocabulary};
 use fluent_ai_candle_mask::TokenMask;
-use std::sync::{Arc, OnceLock};
+use regex_automata::util::primitives::StateID;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The seed's text-level constraint interface. Adapted into the token-level engine by
@@ -22,8 +24,12 @@ pub trait GenerationConstraint: Send + Sync {
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum ConstraintSpec {
-    /// A JSON value valid under this JSON Schema.
+    /// A JSON value valid under this JSON Schema, read in the mode of
+    /// [`CompileOptions::json_schema_mode`].
     JsonSchema(serde_json::Value),
+    /// A JSON value valid under this JSON Schema, read in the given mode (whatever the
+    /// compile options say).
+    JsonSchemaWithMode(serde_json::Value, JsonSchemaMode),
     /// Any JSON value.
     JsonObject,
     /// Text fully matching this regular expression (regex-syntax dialect).
@@ -38,6 +44,11 @@ impl std::fmt::Debug for ConstraintSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::JsonSchema(v) => f.debug_tuple("JsonSchema").field(v).finish(),
+            Self::JsonSchemaWithMode(v, m) => f
+                .debug_tuple("JsonSchemaWithMode")
+                .field(v)
+                .field(m)
+                .finish(),
             Self::JsonObject => f.write_str("JsonObject"),
             Self::Regex(r) => f.debug_tuple("Regex").field(r).finish(),
             Self::Grammar(g) => f.debug_tuple("Grammar").field(&g.len()).finish(),
@@ -65,6 +76,10 @@ pub struct CompileOptions {
     /// process-wide cache keyed by regex): a lexeme seen before (a JSON string, a number, a
     /// common key) is not determinized again. Off: every automaton is built afresh.
     pub share_lexemes: bool,
+    /// How a JSON Schema is read: [`JsonSchemaMode::Generation`] (the default) or the
+    /// spec-faithful [`JsonSchemaMode::Spec`]. A [`ConstraintSpec::JsonSchemaWithMode`]
+    /// overrides it.
+    pub json_schema_mode: JsonSchemaMode,
 }
 
 impl Default for CompileOptions {
@@ -77,6 +92,7 @@ impl Default for CompileOptions {
             max_repeat: 2_000,
             max_length_bound: 2_000,
             share_lexemes: true,
+            json_schema_mode: JsonSchemaMode::default(),
         }
     }
 }
@@ -93,17 +109,33 @@ impl Constraint {
         opts: &CompileOptions,
     ) -> Result<Arc<CompiledConstraint>, ConstraintError> {
         let started = Instant::now();
+        let validator = OnceLock::new();
         let (kind, schema) = match spec {
             ConstraintSpec::Custom(c) => (Kind::Custom(c.clone()), None),
-            ConstraintSpec::JsonSchema(v) => {
-                let (b, root) = crate::json_schema::compile(v, opts, started)?;
+            ConstraintSpec::JsonSchema(v) | ConstraintSpec::JsonSchemaWithMode(v, _) => {
+                let with_mode;
+                let opts = match spec {
+                    ConstraintSpec::JsonSchemaWithMode(_, mode) => {
+                        with_mode = CompileOptions {
+                            json_schema_mode: *mode,
+                            ..opts.clone()
+                        };
+                        &with_mode
+                    }
+                    _ => opts,
+                };
+                let (b, root, v_check) = crate::json_schema::compile(v, opts, started)?;
+                if let Some(v_check) = v_check {
+                    let _ = validator.set(Ok(v_check));
+                }
                 (
                     Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
                     Some(v.clone()),
                 )
             }
             ConstraintSpec::JsonObject => {
-                let (b, root) = crate::json_schema::compile(&serde_json::json!({}), opts, started)?;
+                let (b, root, _) =
+                    crate::json_schema::compile(&serde_json::json!({}), opts, started)?;
                 (
                     Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, opts, started)?)),
                     None,
@@ -132,7 +164,7 @@ impl Constraint {
             vocab,
             kind,
             schema,
-            validator: OnceLock::new(),
+            validator,
         }))
     }
 }
@@ -173,6 +205,8 @@ impl CompiledConstraint {
             accepting: false,
             eos_done: false,
             frames: Vec::with_capacity(self.vocab.trie.max_depth + 2),
+            key: Vec::new(),
+            live: Vec::new(),
         };
         st.accepting = st.compute_accepting();
         st
@@ -227,6 +261,10 @@ pub struct ConstraintState {
     accepting: bool,
     eos_done: bool,
     frames: Vec<Frame>,
+    /// Scratch: the mask-cache key of the current state.
+    key: MaskKey,
+    /// Scratch: a group's live states as grammar lexeme ids.
+    live: Vec<(u32, StateID)>,
 }
 
 impl std::fmt::Debug for ConstraintState {
@@ -270,26 +308,28 @@ impl ConstraintState {
                 let tokens = &vocab.trie.tokens;
                 let root = p.root;
                 let g = p.g.clone();
-                let cached = g
-                    .mask_cache
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(p.live_of(root)).cloned());
-                let entry = match cached {
+                // the key: the live lexer states, by lexeme uid (grammar-independent)
+                self.key.clear();
+                self.key.extend(
+                    p.live_of(root)
+                        .iter()
+                        .map(|&(l, s)| (g.lexemes[l as usize].uid, s)),
+                );
+                let entry = match vocab.masks.get(&self.key) {
                     Some(e) => e,
                     None => {
                         let e = Arc::new(build_entry(p, &vocab, root, &mut self.frames));
-                        if let Ok(mut m) = g.mask_cache.lock() {
-                            if m.len() < MASK_CACHE_ENTRIES {
-                                m.insert(p.live_of(root).to_vec(), e.clone());
-                            }
-                        }
+                        vocab.masks.insert(self.key.clone(), e.clone());
                         e
                     }
                 };
                 mask.words_mut().copy_from_slice(&entry.words);
                 for grp in &entry.groups {
-                    let gf = p.push_live(root, &grp.live);
+                    self.live.clear();
+                    let rl = p.live_of(root);
+                    self.live
+                        .extend(grp.live.iter().map(|&(i, s)| (rl[i as usize].0, s)));
+                    let gf = p.push_live(root, &self.live);
                     if p.boundary_push(gf) {
                         let bf = p.frame_here(gf.live_start, gf.live_end);
                         for &c in &grp.children {
@@ -558,7 +598,7 @@ impl ConstraintState {
     /// let mut state = c.start();
     /// state.commit_bytes(br#"{"name": "a long na"#)?;
     /// let rest = state.shortest_completion().unwrap();
-    /// assert_eq!(rest, br#"","n":0}"#);
+    /// assert_eq!(rest, br#"", "n": 0}"#); // generation mode's one whitespace style
     /// # Ok::<(), fluent_ai_candle_constraints::ConstraintError>(())
     /// ```
     pub fn shortest_completion(&mut self) -> Option<Vec<u8>> {
@@ -600,8 +640,62 @@ impl ConstraintState {
     }
 }
 
-/// Most cached mask parts per compiled grammar.
-const MASK_CACHE_ENTRIES: usize = 4096;
+/// Most bytes of cached mask parts per vocabulary (two generations of half this each).
+const MASK_CACHE_BYTES: usize = 128 << 20;
+
+/// A mask-cache key: the live lexer states as (lexeme uid, automaton state), in live order.
+pub(crate) type MaskKey = Vec<(u64, StateID)>;
+
+/// Mask parts keyed by the live lexer states, shared by every grammar compiled against one
+/// vocabulary: an entry depends only on the lexemes' automata (shared across grammars, see
+/// `grammar::LexemeCache`) and the trie, so the mask inside a JSON string or a number is
+/// walked once per process, not once per schema. Bounded by bytes in two generations: when
+/// the young one is full it becomes the old one (the previous old one is dropped) and an
+/// entry found in the old one moves back, so entries in use survive.
+#[derive(Debug, Default)]
+pub(crate) struct MaskCache {
+    inner: Mutex<MaskGenerations>,
+}
+
+#[derive(Debug, Default)]
+struct MaskGenerations {
+    young: HashMap<MaskKey, Arc<MaskEntry>>,
+    old: HashMap<MaskKey, Arc<MaskEntry>>,
+    young_bytes: usize,
+}
+
+impl MaskGenerations {
+    fn put(&mut self, key: MaskKey, e: Arc<MaskEntry>) {
+        let size = e.bytes() + key.len() * 16;
+        if self.young_bytes + size > MASK_CACHE_BYTES / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        if self.young.insert(key, e).is_none() {
+            self.young_bytes += size;
+        }
+    }
+}
+
+impl MaskCache {
+    /// The entry of `key`, if cached.
+    pub(crate) fn get(&self, key: &[(u64, StateID)]) -> Option<Arc<MaskEntry>> {
+        let mut c = self.inner.lock().ok()?;
+        if let Some(e) = c.young.get(key) {
+            return Some(e.clone());
+        }
+        let (k, e) = c.old.remove_entry(key)?;
+        c.put(k, e.clone());
+        Some(e)
+    }
+
+    /// Caches `e` under `key`.
+    pub(crate) fn insert(&self, key: MaskKey, e: Arc<MaskEntry>) {
+        if let Ok(mut c) = self.inner.lock() {
+            c.put(key, e);
+        }
+    }
+}
 
 /// The part of a mask that depends only on the live lexer states: tokens that stay inside the
 /// current lexemes, plus the trie nodes where a lexeme may end (grouped by the live states
@@ -612,23 +706,52 @@ pub(crate) struct MaskEntry {
     groups: Vec<Group>,
 }
 
+impl MaskEntry {
+    /// Approximate heap bytes.
+    fn bytes(&self) -> usize {
+        self.words.len() * 8
+            + self
+                .groups
+                .iter()
+                .map(|g| 64 + g.live.len() * 8 + g.children.len() * 4)
+                .sum::<usize>()
+    }
+}
+
+/// Trie nodes where a lexeme may end below the same live states. While an entry is built,
+/// `live` holds grammar lexeme ids; once built, positions in the key's live list (so the
+/// entry serves every grammar with the same automata).
 #[derive(Debug)]
 struct Group {
-    live: Vec<(u32, regex_automata::util::primitives::StateID)>,
+    live: Vec<(u32, StateID)>,
     children: Vec<u32>,
 }
 
-type LiveKey = Vec<(u32, regex_automata::util::primitives::StateID)>;
+type LiveKey = Vec<(u32, StateID)>;
 
 /// A [`MaskEntry`] being built by a walk of the vocabulary trie.
 struct EntryBuilder {
     words: Vec<u64>,
     groups: Vec<Group>,
-    index: std::collections::HashMap<LiveKey, usize>,
-    states: Vec<regex_automata::util::primitives::StateID>,
+    index: HashMap<LiveKey, usize>,
+    states: Vec<StateID>,
 }
 
 impl EntryBuilder {
+    /// The entry, with each group's lexeme ids replaced by their positions in `root_live`
+    /// (every lexeme live below the root was live at the root).
+    fn finish(mut self, root_live: &[(u32, StateID)]) -> MaskEntry {
+        for grp in &mut self.groups {
+            for x in &mut grp.live {
+                x.0 = root_live.iter().position(|r| r.0 == x.0).unwrap_or(0) as u32;
+            }
+        }
+        MaskEntry {
+            words: self.words,
+            groups: self.groups,
+        }
+    }
+
     /// Records trie node `node` as a lexeme boundary below live states `key`.
     fn add(&mut self, key: LiveKey, node: usize) -> usize {
         let groups = &mut self.groups;
@@ -652,12 +775,12 @@ impl EntryBuilder {
         g: &CompiledGrammar,
         vocab: &Vocabulary,
         l: u32,
-        s: regex_automata::util::primitives::StateID,
+        s: StateID,
         (first, end, base): (usize, usize, usize),
     ) {
         let mut states = std::mem::take(&mut self.states);
         let mut words = std::mem::take(&mut self.words);
-        let mut last: Option<(regex_automata::util::primitives::StateID, usize)> = None;
+        let mut last: Option<(StateID, usize)> = None;
         g.lexemes[l as usize].walk_trie(
             &vocab.trie,
             first,
@@ -688,16 +811,13 @@ fn build_entry(
     let mut b = EntryBuilder {
         words: vec![0u64; vocab.len().div_ceil(64)],
         groups: Vec::new(),
-        index: std::collections::HashMap::new(),
+        index: HashMap::new(),
         states: Vec::new(),
     };
     // Inside a string, a number, a key...: one lexeme live at the root, one fast walk.
     if let &[(l, s)] = p.live_of(root) {
         b.single(&g, vocab, l, s, (1, nodes.len(), 0));
-        return MaskEntry {
-            words: b.words,
-            groups: b.groups,
-        };
+        return b.finish(p.live_of(root));
     }
     frames.clear();
     frames.push(root);
@@ -738,10 +858,7 @@ fn build_entry(
         }
     }
     p.restore(root);
-    MaskEntry {
-        words: b.words,
-        groups: b.groups,
-    }
+    b.finish(p.live_of(root))
 }
 
 /// Walks the trie below node `c` (whose frame is `f`) with full steps, allowing tokens.

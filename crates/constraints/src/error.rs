@@ -90,6 +90,11 @@ pub enum ConstraintError {
         /// JSON pointer (or location) where it was found.
         path: String,
     },
+    /// No text satisfies the constraint (a schema `false`, `enum: []`, a `$ref` or grammar
+    /// rule that only recurses, like `"$ref": "#"` or GBNF `root ::= root "a"`): refused
+    /// before generating.
+    #[error("unsatisfiable constraint: {0}")]
+    Unsatisfiable(String),
     /// Compiling would exceed a time or size budget of [`crate::CompileOptions`].
     #[error("compile budget exceeded: {0}")]
     Budget(String),

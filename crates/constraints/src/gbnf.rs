@@ -362,6 +362,7 @@ pub(crate) fn compile(
         let a = cx.alts(alts)?;
         cx.b.set_rule(id, a);
     }
+    crate::satisfiable::check_productive(&b, Sym::N(root), "text")?;
     Ok((b, Sym::N(root)))
 }
 

@@ -154,10 +154,6 @@ pub(crate) const KIND_T: u32 = 0x4000_0000;
 pub(crate) const KIND_END: u32 = 0x8000_0000;
 pub(crate) const VAL_MASK: u32 = 0x3FFF_FFFF;
 
-/// Cached lexer-only mask parts, keyed by the live lexer states.
-pub(crate) type MaskCache =
-    std::sync::Mutex<HashMap<Vec<(u32, StateID)>, std::sync::Arc<crate::engine::MaskEntry>>>;
-
 /// A product automaton of several DFAs (see [`GrammarBuilder::lexeme_combo`]); state 0 is dead.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -186,14 +182,82 @@ pub(crate) enum LexAuto {
     Table(Table),
 }
 
+/// Which states of a table automaton (`trans`: `ncls` entries per state, 0 dead) can reach a
+/// matching state.
+fn alive_states(trans: &[u32], ncls: usize, matching: &[bool]) -> Vec<bool> {
+    let n = matching.len();
+    let mut rev: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for s in 1..n {
+        for c in 0..ncls {
+            let t = trans[s * ncls + c] as usize;
+            if t != 0 {
+                rev[t].push(s as u32);
+            }
+        }
+    }
+    let mut alive = matching.to_vec();
+    let mut stack: Vec<usize> = (0..n).filter(|&s| alive[s]).collect();
+    while let Some(s) = stack.pop() {
+        for &p in &rev[s] {
+            if !alive[p as usize] {
+                alive[p as usize] = true;
+                stack.push(p as usize);
+            }
+        }
+    }
+    alive
+}
+
+/// A fast non-cryptographic hasher (FxHash's multiply-rotate) for the product construction's
+/// state tuples.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(x as u64);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+/// Source of [`Lexeme::uid`]s.
+static NEXT_LEXEME_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_lexeme_uid() -> u64 {
+    NEXT_LEXEME_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One compiled lexeme.
 #[derive(Debug)]
 pub(crate) struct Lexeme {
+    /// Unique in the process: identifies this automaton in mask caches shared by every
+    /// grammar that holds it (see `engine::MaskCache`).
+    pub uid: u64,
     pub auto: LexAuto,
     pub start: StateID,
+    /// A state from which nothing matches (the automaton's dead state).
+    pub dead: StateID,
     /// Per state (index = id >> stride2): can some continuation still reach a match?
     alive: Vec<bool>,
     stride2: usize,
+    /// Per state (index as for `alive`): the byte set (see `vocab::byte_bit`) on which it
+    /// steps to itself; built on the first trie walk.
+    loops: std::sync::OnceLock<Vec<u128>>,
 }
 
 impl Lexeme {
@@ -253,25 +317,27 @@ impl Lexeme {
             alive[idx(s)] = ok[k];
         }
         Self {
+            uid: next_lexeme_uid(),
             auto: LexAuto::Dfa(dfa),
             start,
+            dead: StateID::ZERO,
             alive,
             stride2,
+            loops: Default::default(),
         }
     }
 
-    /// The product of `parts` (DFA, anchored start, must match): a text matches when every
-    /// positive part matches and no negative part does.
-    fn product(
-        parts: &[(dense::DFA<Vec<u32>>, StateID, bool)],
-        max_bytes: usize,
-    ) -> Result<Self, ConstraintError> {
+    /// The product of `parts` (automaton, must match): a text matches when every positive
+    /// part matches and no negative part does. States where a positive part can no longer
+    /// reach a match are dead; a negative part that can no longer match is folded into one
+    /// state, so it stops multiplying the product.
+    fn product(parts: &[(Arc<Lexeme>, bool)], max_bytes: usize) -> Result<Self, ConstraintError> {
         // combined byte classes
         let mut classes = [0u8; 256];
-        let mut keys: HashMap<Vec<u8>, u8> = HashMap::new();
+        let mut keys: HashMap<Vec<u16>, u8> = HashMap::new();
         let mut reps: Vec<u8> = Vec::new();
         for b in 0..=255u8 {
-            let key: Vec<u8> = parts.iter().map(|p| p.0.byte_classes().get(b)).collect();
+            let key: Vec<u16> = parts.iter().map(|p| p.0.byte_class(b)).collect();
             let n = keys.len();
             let c = *keys.entry(key).or_insert_with(|| {
                 reps.push(b);
@@ -280,13 +346,12 @@ impl Lexeme {
             classes[b as usize] = c;
         }
         let ncls = reps.len();
-        let dead_part =
-            |i: usize, s: StateID| parts[i].0.is_dead_state(s) || parts[i].0.is_quit_state(s);
-        let start: Vec<StateID> = parts.iter().map(|p| p.1).collect();
-        let mut ids: HashMap<Vec<StateID>, u32> = HashMap::new();
+        let start: Vec<StateID> = parts.iter().map(|p| p.0.start).collect();
+        let mut ids: HashMap<Vec<StateID>, u32, FxBuild> = HashMap::default();
         let mut order: Vec<Vec<StateID>> = vec![Vec::new(), start.clone()];
         ids.insert(start, 1);
         let mut trans: Vec<u32> = vec![0; 2 * ncls];
+        let mut next: Vec<StateID> = Vec::with_capacity(parts.len());
         let mut i = 1;
         while i < order.len() {
             if trans.len() * 4 > max_bytes {
@@ -295,15 +360,20 @@ impl Lexeme {
                 )));
             }
             for (c, &b) in reps.iter().enumerate() {
-                let mut next = Vec::with_capacity(parts.len());
+                next.clear();
                 let mut dead = false;
-                for (k, p) in parts.iter().enumerate() {
-                    let t = p.0.next_state(order[i][k], b);
-                    if p.2 && dead_part(k, t) {
-                        dead = true;
-                        break;
+                for (k, (l, pos)) in parts.iter().enumerate() {
+                    let t = l.next(order[i][k], b);
+                    if l.is_dead(t) {
+                        if *pos {
+                            dead = true;
+                            break;
+                        }
+                        // a negative part that can never match again: one canonical state
+                        next.push(l.dead);
+                    } else {
+                        next.push(t);
                     }
-                    next.push(t);
                 }
                 let id = if dead {
                     0
@@ -312,7 +382,7 @@ impl Lexeme {
                 } else {
                     let id = order.len() as u32;
                     ids.insert(next.clone(), id);
-                    order.push(next);
+                    order.push(next.clone());
                     trans.extend(std::iter::repeat_n(0, ncls));
                     id
                 };
@@ -325,34 +395,15 @@ impl Lexeme {
             .enumerate()
             .map(|(i, st)| {
                 i > 0
-                    && parts.iter().zip(st).all(|(p, &s)| {
-                        let m = p.0.is_match_state(p.0.next_eoi_state(s));
-                        m == p.2
-                    })
+                    && parts
+                        .iter()
+                        .zip(st)
+                        .all(|((l, pos), &s)| l.is_match(s) == *pos)
             })
             .collect();
-        // alive: can reach a matching state
-        let n = order.len();
-        let mut rev: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for s in 1..n {
-            for c in 0..ncls {
-                let t = trans[s * ncls + c] as usize;
-                if t != 0 {
-                    rev[t].push(s as u32);
-                }
-            }
-        }
-        let mut alive = matching.clone();
-        let mut stack: Vec<usize> = (0..n).filter(|&s| alive[s]).collect();
-        while let Some(s) = stack.pop() {
-            for &p in &rev[s] {
-                if !alive[p as usize] {
-                    alive[p as usize] = true;
-                    stack.push(p as usize);
-                }
-            }
-        }
+        let alive = alive_states(&trans, ncls, &matching);
         Ok(Self {
+            uid: next_lexeme_uid(),
             auto: LexAuto::Table(Table {
                 classes,
                 ncls,
@@ -360,9 +411,195 @@ impl Lexeme {
                 matching,
             }),
             start: StateID::new_unchecked(1),
+            dead: StateID::ZERO,
             alive,
             stride2: 0,
+            loops: Default::default(),
         })
+    }
+
+    /// An automaton matching any of `lits` after any run of the bytes `skip` marks (every
+    /// literal must begin with a byte outside `skip`), built directly as a trie: for the
+    /// negative part of a product, where only the literal set matters and the positive part
+    /// bounds the prefix.
+    fn literals(lits: &[Vec<u8>], skip: &[bool; 256]) -> Self {
+        // byte classes: one per byte used by a literal, one for skip bytes, 0 for the rest
+        let mut classes = [0u8; 256];
+        let mut ncls = 1usize;
+        for l in lits {
+            for &b in l {
+                if classes[b as usize] == 0 {
+                    classes[b as usize] = ncls as u8;
+                    ncls += 1;
+                }
+            }
+        }
+        let skip_cls = ncls as u8;
+        ncls += 1;
+        for b in 0..256 {
+            if skip[b] && classes[b] == 0 {
+                classes[b] = skip_cls;
+            }
+        }
+        // states: 0 dead, 1 start (loops on skip bytes), then trie nodes
+        let mut trans: Vec<u32> = vec![0; 2 * ncls];
+        trans[ncls + skip_cls as usize] = 1;
+        let mut matching = vec![false, false];
+        for l in lits {
+            let mut s = 1usize;
+            for &b in l {
+                let c = classes[b as usize] as usize;
+                let t = trans[s * ncls + c] as usize;
+                s = if t != 0 && !(s == 1 && c == skip_cls as usize) {
+                    t
+                } else {
+                    let id = matching.len();
+                    matching.push(false);
+                    trans.extend(std::iter::repeat_n(0, ncls));
+                    trans[s * ncls + c] = id as u32;
+                    id
+                };
+            }
+            matching[s] = true;
+        }
+        let alive = alive_states(&trans, ncls, &matching);
+        Self {
+            uid: next_lexeme_uid(),
+            auto: LexAuto::Table(Table {
+                classes,
+                ncls,
+                trans,
+                matching,
+            }),
+            start: StateID::new_unchecked(1),
+            dead: StateID::ZERO,
+            alive,
+            stride2: 0,
+            loops: Default::default(),
+        }
+    }
+
+    /// The automaton of `skip` followed by the literal `lit`, built directly (no regex
+    /// determinization): the skip automaton's states, then one state per literal byte. `None`
+    /// when `lit` is empty or begins with a byte `skip` can consume (the phases would overlap).
+    fn skip_then_literal(skip: Option<&Lexeme>, lit: &[u8]) -> Option<Self> {
+        let used = skip.map_or([false; 256], |k| k.bytes_used());
+        if lit.is_empty() || used[lit[0] as usize] {
+            return None;
+        }
+        // skip states, numbered from 1 in discovery order
+        let mut skip_states: Vec<StateID> = Vec::new();
+        let mut skip_ids: HashMap<StateID, u32> = HashMap::new();
+        if let Some(k) = skip {
+            skip_states.push(k.start);
+            skip_ids.insert(k.start, 1);
+            let mut i = 0;
+            while i < skip_states.len() {
+                let q = skip_states[i];
+                for b in 0..=255u8 {
+                    if !used[b as usize] {
+                        continue;
+                    }
+                    let t = k.next(q, b);
+                    if !k.is_dead(t) && !skip_ids.contains_key(&t) {
+                        skip_states.push(t);
+                        skip_ids.insert(t, skip_states.len() as u32);
+                    }
+                }
+                i += 1;
+            }
+        }
+        let nskip = skip_states.len().max(1);
+        // byte classes: one per skip class (among skip bytes), one per literal byte
+        let mut classes = [0u8; 256];
+        let mut keys: HashMap<(u16, i32), u8> = HashMap::new();
+        let mut reps: Vec<u8> = vec![0];
+        for b in 0..=255u8 {
+            let sc = if used[b as usize] {
+                skip.map_or(0, |k| k.byte_class(b) + 1)
+            } else {
+                0
+            };
+            let lc = lit.iter().position(|&x| x == b).map_or(-1, |p| p as i32);
+            if sc == 0 && lc < 0 {
+                continue;
+            }
+            let n = keys.len() + 1;
+            let c = *keys.entry((sc, lc)).or_insert_with(|| {
+                reps.push(b);
+                n as u8
+            });
+            classes[b as usize] = c;
+        }
+        let ncls = reps.len();
+        let n = 1 + nskip + lit.len();
+        let mut trans = vec![0u32; n * ncls];
+        let mut matching = vec![false; n];
+        let lit_state = |i: usize| (1 + nskip + i) as u32; // after i + 1 literal bytes
+        for qi in 0..nskip {
+            let s = qi + 1;
+            let q = skip_states.get(qi).copied();
+            let q_match = match (skip, q) {
+                (Some(k), Some(q)) => k.is_match(q),
+                _ => true,
+            };
+            for (c, &b) in reps.iter().enumerate().skip(1) {
+                if let (Some(k), Some(q)) = (skip, q) {
+                    if used[b as usize] {
+                        let t = k.next(q, b);
+                        if !k.is_dead(t) {
+                            trans[s * ncls + c] = skip_ids[&t];
+                            continue;
+                        }
+                    }
+                }
+                if q_match && b == lit[0] {
+                    trans[s * ncls + c] = lit_state(0);
+                }
+            }
+        }
+        for i in 0..lit.len() {
+            let s = lit_state(i) as usize;
+            match lit.get(i + 1) {
+                Some(&b) => trans[s * ncls + classes[b as usize] as usize] = lit_state(i + 1),
+                None => matching[s] = true,
+            }
+        }
+        let alive = alive_states(&trans, ncls, &matching);
+        Some(Self {
+            uid: next_lexeme_uid(),
+            auto: LexAuto::Table(Table {
+                classes,
+                ncls,
+                trans,
+                matching,
+            }),
+            start: StateID::new_unchecked(1),
+            dead: StateID::ZERO,
+            alive,
+            stride2: 0,
+            loops: Default::default(),
+        })
+    }
+
+    /// Every byte some state reachable from the start can consume without dying.
+    fn bytes_used(&self) -> [bool; 256] {
+        let mut used = [false; 256];
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![self.start];
+        seen.insert(self.start);
+        while let Some(s) = stack.pop() {
+            for b in 0..=255u8 {
+                let t = self.next(s, b);
+                if !self.is_dead(t) {
+                    used[b as usize] = true;
+                    if seen.insert(t) {
+                        stack.push(t);
+                    }
+                }
+            }
+        }
+        used
     }
 
     /// Bytes of automaton memory.
@@ -427,6 +664,7 @@ impl Lexeme {
     ) {
         let nodes = &trie.nodes;
         let tokens = &trie.tokens;
+        let loops = self.loops();
         states.clear();
         states.resize(trie.max_depth + 1, s0);
         let mut i = first;
@@ -436,6 +674,23 @@ impl Lexeme {
             debug_assert!(d > base);
             let parent = states[d - 1];
             let t = step(parent, n.byte);
+            // A state that steps to itself on every byte of this subtree allows all of it
+            // (it never dies there, so no lexeme ends there either): no walk below.
+            if t == parent
+                && trie.sub_bytes[i]
+                    & !loops
+                        .get(parent.as_usize() >> self.stride2)
+                        .copied()
+                        .unwrap_or(0)
+                    == 0
+                && !self.is_dead(t)
+            {
+                for &tok in &tokens[n.tok_start as usize..trie.sub_tok_end[i] as usize] {
+                    words[tok as usize / 64] |= 1u64 << (tok % 64);
+                }
+                i = n.end as usize;
+                continue;
+            }
             if !self.is_dead(t) {
                 for &tok in &tokens[n.tok_start as usize..n.tok_end as usize] {
                     words[tok as usize / 64] |= 1u64 << (tok % 64);
@@ -449,6 +704,49 @@ impl Lexeme {
                 i = n.end as usize;
             }
         }
+    }
+
+    /// The self-loop byte sets of every state (see the `loops` field).
+    fn loops(&self) -> &[u128] {
+        self.loops.get_or_init(|| {
+            // bytes per class, as byte bits; whether the class holds NUL or a byte >= 128
+            let mut class_bits: HashMap<u16, (u128, bool, u8)> = HashMap::new();
+            for b in 0..=255u8 {
+                let e = class_bits
+                    .entry(self.byte_class(b))
+                    .or_insert((0, false, b));
+                if (1..128).contains(&b) {
+                    e.0 |= 1u128 << b;
+                } else {
+                    e.1 = true;
+                }
+            }
+            let classes: Vec<(u128, bool, u8)> = class_bits.into_values().collect();
+            (0..self.alive.len())
+                .map(|i| {
+                    let s = StateID::new_unchecked(i << self.stride2);
+                    if !self.alive[i] {
+                        return 0;
+                    }
+                    let mut bits = 0u128;
+                    let mut high = true;
+                    for &(cb, has_high, rep) in &classes {
+                        let loops = self.next(s, rep) == s;
+                        if loops {
+                            bits |= cb;
+                        } else if has_high {
+                            high = false;
+                        }
+                    }
+                    if high {
+                        bits |= 1;
+                    } else {
+                        bits &= !1;
+                    }
+                    bits
+                })
+                .collect()
+        })
     }
 
     /// The byte class of `b` (bytes of one class step alike from every state).
@@ -541,8 +839,6 @@ pub(crate) struct CompiledGrammar {
     pub lexemes: Vec<Arc<Lexeme>>,
     /// The synthetic start rule.
     pub start: u32,
-    /// Mask parts that depend only on the live lexer states (see `engine::MaskEntry`).
-    pub mask_cache: MaskCache,
     /// Shortest-completion tables, built on first use (see `complete`).
     pub completion: std::sync::OnceLock<crate::complete::Tables>,
 }
@@ -643,6 +939,59 @@ impl CompiledGrammar {
                 })?;
             Ok((dfa, st))
         };
+        // the skip automaton alone: the bytes it consumes (a literal part may not begin
+        // with one), and the first phase of literal lexemes
+        let mut skip_lexeme: Option<Arc<Lexeme>> = None;
+        if let Some(sk) = &skip {
+            let key = format!("skip\u{0}{sk}\u{0}{}", opts.max_dfa_bytes);
+            let l = match LexemeCache::get(&key) {
+                Some(l) => l,
+                None => {
+                    let dfa = compile_dfa(sk, opts)?;
+                    let st = dfa
+                        .start_state(&anchored)
+                        .map_err(|e| ConstraintError::Regex {
+                            pattern: sk.to_string(),
+                            offset: 0,
+                            message: e.to_string(),
+                        })?;
+                    let l = Arc::new(Lexeme::new(dfa, st));
+                    LexemeCache::insert(key, l.clone());
+                    l
+                }
+            };
+            skip_lexeme = Some(l);
+        }
+        let skip_bytes = skip_lexeme
+            .as_ref()
+            .map_or([false; 256], |l| l.bytes_used());
+        // One lexeme automaton per regex (with the skip prefix): the same lexeme (a JSON
+        // string, a number, a common key) recurs across grammars, and the parts of product
+        // lexemes recur too: each is determinized once per process.
+        let single = |re: &str| -> Result<Arc<Lexeme>, ConstraintError> {
+            let key = format!("{skip:?}\u{0}{re}\u{0}{}", opts.max_dfa_bytes);
+            if opts.share_lexemes {
+                if let Some(l) = LexemeCache::get(&key) {
+                    return Ok(l);
+                }
+            }
+            let direct = match (literal_bytes(re), &skip_lexeme) {
+                (Some(lit), Some(k)) => Lexeme::skip_then_literal(Some(k), &lit),
+                (Some(lit), None) if skip.is_none() => Lexeme::skip_then_literal(None, &lit),
+                _ => None,
+            };
+            let l = Arc::new(match direct {
+                Some(l) => l,
+                None => {
+                    let (dfa, st) = build(re)?;
+                    Lexeme::new(dfa, st)
+                }
+            });
+            if opts.share_lexemes {
+                LexemeCache::insert(key, l.clone());
+            }
+            Ok(l)
+        };
         for (id, re) in lexemes.iter().enumerate() {
             if started.elapsed() > opts.max_compile_time {
                 return Err(ConstraintError::Budget(format!(
@@ -650,36 +999,37 @@ impl CompiledGrammar {
                     opts.max_compile_time
                 )));
             }
-            // The same lexeme (a JSON string, a number, a common key, with the same skip
-            // prefix) recurs across grammars: its automaton is built once per process.
-            let key = format!("{skip:?}\u{0}{re}\u{0}{}", opts.max_dfa_bytes);
-            let cached = if opts.share_lexemes {
-                LexemeCache::get(&key)
-            } else {
-                None
-            };
-            let lexeme = match cached {
-                Some(l) => l,
-                None => {
-                    let built = match combos.get(&(id as u32)) {
-                        Some(parts) => {
-                            let mut built = Vec::with_capacity(parts.len());
-                            for (re, pos) in parts {
-                                let (dfa, st) = build(re)?;
-                                built.push((dfa, st, *pos));
-                            }
-                            Lexeme::product(&built, opts.max_dfa_bytes)?
-                        }
-                        None => {
-                            let (dfa, st) = build(re)?;
-                            Lexeme::new(dfa, st)
-                        }
+            let lexeme = match combos.get(&(id as u32)) {
+                None => single(re)?,
+                Some(parts) => {
+                    let key = format!("{skip:?}\u{0}{re}\u{0}{}", opts.max_dfa_bytes);
+                    let cached = if opts.share_lexemes {
+                        LexemeCache::get(&key)
+                    } else {
+                        None
                     };
-                    let built = Arc::new(built);
-                    if opts.share_lexemes {
-                        LexemeCache::insert(key, built.clone());
+                    match cached {
+                        Some(l) => l,
+                        None => {
+                            let mut built = Vec::with_capacity(parts.len());
+                            // negative literals (excluded key names): one trie automaton
+                            let mut lits: Vec<Vec<u8>> = Vec::new();
+                            for (re, pos) in parts {
+                                match literal_bytes(re) {
+                                    Some(l) if !*pos && !skip_bytes[l[0] as usize] => lits.push(l),
+                                    _ => built.push((single(re)?, *pos)),
+                                }
+                            }
+                            if !lits.is_empty() {
+                                built.push((Arc::new(Lexeme::literals(&lits, &skip_bytes)), false));
+                            }
+                            let l = Arc::new(Lexeme::product(&built, opts.max_dfa_bytes)?);
+                            if opts.share_lexemes {
+                                LexemeCache::insert(key, l.clone());
+                            }
+                            l
+                        }
                     }
-                    built
                 }
             };
             total += lexeme.memory_usage();
@@ -773,9 +1123,20 @@ impl CompiledGrammar {
             nullable,
             lexemes: lex,
             start,
-            mask_cache: std::sync::Mutex::new(HashMap::new()),
             completion: std::sync::OnceLock::new(),
         })
+    }
+}
+
+/// The bytes `regex` matches when it is one literal (not empty), else `None`.
+fn literal_bytes(regex: &str) -> Option<Vec<u8>> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(regex)
+        .ok()?;
+    match hir.kind() {
+        regex_syntax::hir::HirKind::Literal(l) if !l.0.is_empty() => Some(l.0.to_vec()),
+        _ => None,
     }
 }
 
@@ -828,5 +1189,99 @@ mod tests {
             ..CompileOptions::default()
         };
         assert!(!Arc::ptr_eq(&a.lexemes[0], &compile(re, &small).lexemes[0]));
+    }
+
+    /// Runs `l` over `text`: for each prefix length, (matches, alive).
+    fn trace(l: &Lexeme, text: &[u8]) -> Vec<(bool, bool)> {
+        let mut s = l.start;
+        let mut out = vec![(l.is_match(s), !l.is_dead(s))];
+        for &b in text {
+            if l.is_dead(s) {
+                out.push((false, false));
+                continue;
+            }
+            s = l.next(s, b);
+            out.push((l.is_match(s), !l.is_dead(s)));
+        }
+        out
+    }
+
+    fn regex_lexeme(re: &str) -> Lexeme {
+        let dfa = compile_dfa(re, &CompileOptions::default()).unwrap();
+        let st = dfa
+            .start_state(&start::Config::new().anchored(Anchored::Yes))
+            .unwrap();
+        Lexeme::new(dfa, st)
+    }
+
+    /// Every string over `alphabet` up to length `n`.
+    fn strings(alphabet: &[u8], n: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut layer = vec![Vec::new()];
+        for _ in 0..n {
+            let mut next = Vec::new();
+            for s in &layer {
+                for &b in alphabet {
+                    let mut t: Vec<u8> = s.clone();
+                    t.push(b);
+                    next.push(t);
+                }
+            }
+            all.extend(next.iter().cloned());
+            layer = next;
+        }
+        all
+    }
+
+    #[test]
+    fn literal_lexemes_built_directly_step_like_their_regex() {
+        let skip = r"[ \t\n\r]{0,3}";
+        let k = regex_lexeme(skip);
+        for lit in ["\"ab\"", "\"a a\"", "{", "true", "\"\u{e9}\""] {
+            let re = format!("(?:{skip})(?:{})", regex_syntax::escape(lit));
+            let want = regex_lexeme(&re);
+            let got = Lexeme::skip_then_literal(Some(&k), lit.as_bytes()).unwrap();
+            let bare = Lexeme::skip_then_literal(None, lit.as_bytes()).unwrap();
+            let want_bare = regex_lexeme(&regex_syntax::escape(lit));
+            let mut alphabet: Vec<u8> = b" \n\"x".to_vec();
+            alphabet.extend(lit.bytes());
+            alphabet.sort();
+            alphabet.dedup();
+            for t in strings(&alphabet, 6) {
+                assert_eq!(trace(&got, &t), trace(&want, &t), "{lit:?} on {t:?}");
+                assert_eq!(trace(&bare, &t), trace(&want_bare, &t), "{lit:?} on {t:?}");
+            }
+        }
+        // a literal that begins with a skip byte is left to the regex compiler
+        assert!(Lexeme::skip_then_literal(Some(&k), b" a").is_none());
+    }
+
+    #[test]
+    fn excluding_literals_by_product_matches_the_regex_product() {
+        let skip = r"[ \t\n\r]{0,3}";
+        let k = regex_lexeme(skip);
+        let pos = regex_lexeme(&format!("(?:{skip})(?:\"[a-c]*\")"));
+        let names: Vec<Vec<u8>> = ["\"ab\"", "\"a\"", "\"abc\"", "\"\""]
+            .iter()
+            .map(|n| n.as_bytes().to_vec())
+            .collect();
+        let direct = Lexeme::product(
+            &[
+                (
+                    Arc::new(regex_lexeme(&format!("(?:{skip})(?:\"[a-c]*\")"))),
+                    true,
+                ),
+                (Arc::new(Lexeme::literals(&names, &k.bytes_used())), false),
+            ],
+            1 << 20,
+        )
+        .unwrap();
+        for t in strings(b" \"abc", 7) {
+            let text = std::str::from_utf8(&t).unwrap();
+            let body = text.trim_start_matches([' ', '\t', '\n', '\r']);
+            let want =
+                trace(&pos, &t).last().unwrap().0 && !names.iter().any(|n| n == body.as_bytes());
+            assert_eq!(trace(&direct, &t).last().unwrap().0, want, "{text:?}");
+        }
     }
 }

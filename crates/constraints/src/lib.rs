@@ -32,8 +32,9 @@
 //! use fluent_ai_candle_mask::TokenMask;
 //! use std::sync::Arc;
 //!
-//! // A tiny vocabulary: token id = index; token 5 is EOS.
-//! let tokens: Vec<Vec<u8>> = ["{", "}", "\"a\"", ":", "1", ""].iter().map(|s| s.as_bytes().to_vec()).collect();
+//! // A tiny vocabulary: token id = index; token 5 is EOS. The default (generation) mode
+//! // writes JSON in one style: `": "` after a key, `", "` between members.
+//! let tokens: Vec<Vec<u8>> = ["{", "}", "\"a\"", ": ", "1", ""].iter().map(|s| s.as_bytes().to_vec()).collect();
 //! let vocab = Arc::new(Vocabulary::new(tokens, &[5], &[]));
 //! let schema = serde_json::json!({
 //!     "type": "object",
@@ -62,14 +63,15 @@
 //! objects with at most 8 declared properties, else in the schema's order; optional ones may
 //! be skipped), `required`, `additionalProperties`, `patternProperties`, `minProperties`,
 //! `items`/`prefixItems`/`additionalItems`, `minItems`/`maxItems`, `enum`/`const`,
-//! `anyOf`/`oneOf` (oneOf as anyOf), `allOf` (merged), the common forms of `not`,
+//! `anyOf`/`oneOf` (oneOf compiled when its branches are exclusive, else refused in generation
+//! mode and read as anyOf in spec mode), `allOf` (merged), the common forms of `not`,
 //! `$ref`/`$defs`/`definitions` with recursion, `minLength`/`maxLength`, `pattern`, `format`
 //! (date, time, date-time, email, hostname, uuid, uri, uri-reference, ipv4; unknown format
 //! names are annotations), integer and number bounds (integer-valued bounds for numbers).
 //! Keywords not implemented (`uniqueItems`, `if`, `multipleOf`, other forms of `not`, ...)
 //! are a [`ConstraintError::Unsupported`] naming the keyword, never silently ignored.
-//! Known approximations: `oneOf` accepts a value matching several branches, and a number's
-//! exponent is unbounded (`1e999` is JSON but overflows an f64).
+//! Known approximations: in spec mode `oneOf` accepts a value matching several branches, and a
+//! number's exponent is unbounded (`1e999` is JSON but overflows an f64).
 #![forbid(unsafe_code)]
 
 mod complete;
@@ -82,6 +84,7 @@ mod json_schema;
 #[cfg(feature = "tokenizers")]
 /// The MaskBench protocol runner (behind the `tokenizers` feature).
 pub mod maskbench;
+mod satisfiable;
 mod vocab;
 
 pub use engine::{
@@ -90,4 +93,5 @@ pub use engine::{
 };
 pub use error::{ConstraintError, Position};
 pub use fluent_ai_candle_mask::TokenMask;
+pub use json_schema::JsonSchemaMode;
 pub use vocab::{decode_token_string, TokenEncoding, Vocabulary};

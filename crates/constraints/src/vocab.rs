@@ -90,6 +90,23 @@ pub(crate) struct Trie {
     pub nodes: Vec<TrieNode>,
     pub tokens: Vec<u32>,
     pub max_depth: usize,
+    /// Per node: the bytes on the edges of its subtree (itself included), as
+    /// [`byte_bit`]s. A lexeme state that loops on all of them allows the whole subtree.
+    pub sub_bytes: Vec<u128>,
+    /// Per node: one past the last index of `tokens` in its subtree (its tokens are
+    /// `tokens[node.tok_start..sub_tok_end]`, preorder keeps them contiguous).
+    pub sub_tok_end: Vec<u32>,
+}
+
+/// The bit of byte `b` in a subtree byte set: its own bit for ASCII 1..=127, bit 0 for NUL
+/// and every byte of 128 and above (so a set with bit 0 asks for all of them).
+#[inline]
+pub(crate) fn byte_bit(b: u8) -> u128 {
+    if (1..128).contains(&b) {
+        1u128 << b
+    } else {
+        1
+    }
 }
 
 impl Trie {
@@ -140,10 +157,30 @@ impl Trie {
         while let Some(n) = path.pop() {
             nodes[n].end = nodes.len() as u32;
         }
+        // subtree byte sets and token ranges, children before parents
+        let mut sub_bytes: Vec<u128> = nodes.iter().map(|n| byte_bit(n.byte)).collect();
+        sub_bytes[0] = 0;
+        let mut sub_tok_end: Vec<u32> = nodes.iter().map(|n| n.tok_end).collect();
+        let mut parent = vec![0usize; nodes.len()];
+        let mut stack: Vec<usize> = vec![0];
+        for i in 1..nodes.len() {
+            while stack.len() > nodes[i].depth as usize {
+                stack.pop();
+            }
+            parent[i] = *stack.last().unwrap_or(&0);
+            stack.push(i);
+        }
+        for i in (1..nodes.len()).rev() {
+            let p = parent[i];
+            sub_bytes[p] |= sub_bytes[i];
+            sub_tok_end[p] = sub_tok_end[p].max(sub_tok_end[i]);
+        }
         Trie {
             nodes,
             tokens: out_tokens,
             max_depth,
+            sub_bytes,
+            sub_tok_end,
         }
     }
 }
@@ -158,6 +195,8 @@ pub struct Vocabulary {
     eos: Vec<u32>,
     is_special: Vec<bool>,
     pub(crate) trie: Trie,
+    /// Mask parts shared by every constraint compiled against this vocabulary.
+    pub(crate) masks: std::sync::Arc<crate::engine::MaskCache>,
 }
 
 impl Vocabulary {
@@ -181,6 +220,7 @@ impl Vocabulary {
                 .collect(),
             is_special,
             trie,
+            masks: Default::default(),
         }
     }
 
@@ -363,5 +403,33 @@ mod tests {
         assert_eq!(v.trie.tokens.len(), 4);
         assert_eq!(v.greedy_tokenize(b"abab"), vec![1, 1]);
         assert_eq!(v.greedy_tokenize(b"ba"), vec![2, 0]);
+    }
+
+    #[test]
+    fn subtree_summaries_cover_exactly_the_subtree() {
+        let words = [
+            "a", "ab", "abc", "ab\"", "b", "b\u{e9}", "ba", "c", "ca", "cab",
+        ];
+        let v = Vocabulary::new(
+            words.iter().map(|w| w.as_bytes().to_vec()).collect(),
+            &[],
+            &[],
+        );
+        let t = &v.trie;
+        for i in 1..t.nodes.len() {
+            let n = t.nodes[i];
+            let (mut bytes, mut toks) = (0u128, Vec::new());
+            for j in i..n.end as usize {
+                bytes |= byte_bit(t.nodes[j].byte);
+                toks.extend_from_slice(
+                    &t.tokens[t.nodes[j].tok_start as usize..t.nodes[j].tok_end as usize],
+                );
+            }
+            assert_eq!(t.sub_bytes[i], bytes, "node {i}");
+            let mut range = t.tokens[n.tok_start as usize..t.sub_tok_end[i] as usize].to_vec();
+            range.sort();
+            toks.sort();
+            assert_eq!(range, toks, "node {i}");
+        }
     }
 }

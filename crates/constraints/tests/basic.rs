@@ -1,7 +1,8 @@
 //! Basic behaviour on hand-made vocabularies.
 
 use fluent_ai_candle_constraints::{
-    CompileOptions, Constraint, ConstraintError, ConstraintSpec, TokenMask, Vocabulary,
+    CompileOptions, Constraint, ConstraintError, ConstraintSpec, JsonSchemaMode, TokenMask,
+    Vocabulary,
 };
 use std::sync::Arc;
 
@@ -15,9 +16,18 @@ fn byte_vocab() -> Arc<Vocabulary> {
     Arc::new(Vocabulary::new(t, &[256], &[]))
 }
 
+/// These tests check the spec-faithful reading of JSON Schema (compact JSON, undeclared
+/// properties); generation mode is tested in `schema_modes.rs`.
+fn spec_opts() -> CompileOptions {
+    CompileOptions {
+        json_schema_mode: JsonSchemaMode::Spec,
+        ..CompileOptions::default()
+    }
+}
+
 fn accepts(spec: &ConstraintSpec, text: &str) -> Result<bool, ConstraintError> {
     let v = byte_vocab();
-    let c = Constraint::compile(spec, v.clone(), &CompileOptions::default())?;
+    let c = Constraint::compile(spec, v.clone(), &spec_opts())?;
     let mut st = c.start();
     let mut mask = TokenMask::forbid_all(v.len());
     for &b in text.as_bytes() {
@@ -96,7 +106,7 @@ fn forced_bytes_and_eos() {
         "required": ["name"],
         "additionalProperties": false
     }));
-    let c = Constraint::compile(&spec, v.clone(), &CompileOptions::default()).unwrap();
+    let c = Constraint::compile(&spec, v.clone(), &spec_opts()).unwrap();
     let mut st = c.start();
     st.commit_token(b'{' as u32).unwrap();
     // after `{` only whitespace or the key may follow: nothing is forced (whitespace is free)

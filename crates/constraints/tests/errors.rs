@@ -56,7 +56,10 @@ fn unsupported_keywords_are_named() {
         (json!({"not": {"properties": {"a": {}}}}), "not"),
         (json!({"type": "number", "multipleOf": 3}), "multipleOf"),
         (json!({"if": {}, "then": {}}), "if"),
-        (json!({"type": "string", "format": "ipv6"}), "format: ipv6"),
+        (
+            json!({"type": "string", "format": "uri-template"}),
+            "format: uri-template",
+        ),
     ] {
         match compile(ConstraintSpec::JsonSchema(schema.clone())) {
             Err(ConstraintError::Unsupported { keyword, .. }) => {

@@ -31,3 +31,23 @@ fn sample_pass_count_floor() {
     assert!(s.compiled >= 55, "compiled {}", s.compiled);
     assert!(s.passing >= 53, "passing {} (floor 53)", s.passing);
 }
+
+/// The whole protocol on the file `MASKBENCH_DATA` names (e.g. the visible split), in this
+/// build's profile: `MASKBENCH_DATA=FILE cargo test -p fluent-ai-candle-constraints --test
+/// maskbench_sample -- --ignored --nocapture`. Prints the JSON summary line; the figures of
+/// record come from `cargo xtask maskbench` (release build).
+#[test]
+#[ignore = "needs MASKBENCH_DATA; minutes"]
+fn maskbench_file_from_env() {
+    let data = std::env::var("MASKBENCH_DATA").expect("MASKBENCH_DATA names a MaskBench file");
+    let tok = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/reference/smollm2-tokenizer.json");
+    let args: Vec<String> = vec![
+        "--data".into(),
+        data,
+        "--errors".into(),
+        "--tokenizer".into(),
+        tok.to_string_lossy().into_owned(),
+    ];
+    assert_eq!(maskbench::main_with_args(&args), 0);
+}

@@ -1,44 +1,142 @@
 //! Requests, responses and stream chunks in OpenAI's completion shapes.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_sampling::SamplingConfig;
 use futures::Stream;
 
+use crate::config::GenerationConfig;
 use crate::constraint::ConstraintSpec;
-use crate::{EngineError, FinishReason, TokenLogprob, Usage};
+use crate::{CandleGenerator, ChatMessage, EngineError, FinishReason, TokenLogprob, Usage};
 
-/// One completion request. Unset fields take the generator's [`GenerationConfig`] defaults:
+/// What to complete: text, token ids, or a conversation the engine renders through the
+/// model's chat template.
+///
+/// ```
+/// use fluent_ai_candle_engine::{ChatMessage, Prompt};
+/// let chat = Prompt::Chat(vec![
+///     ChatMessage::new("system", "Answer in one word."),
+///     ChatMessage::new("user", "Name a colour."),
+/// ]);
+/// assert!(chat.is_chat());
+/// assert_eq!(Prompt::from("Once upon a time"), Prompt::Text("Once upon a time".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Text, tokenized as is (with a BOS token when the model's tokenizer asks for one).
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+    /// A conversation: rendered through the model's chat template with the assistant turn
+    /// opened, then tokenized (the template writes any BOS token itself).
+    Chat(Vec<ChatMessage>),
+}
+
+impl Prompt {
+    /// A conversation of one user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Prompt::Chat(vec![ChatMessage::new("user", content)])
+    }
+
+    /// True for [`Prompt::Chat`] (its responses are chat completions: ids `chatcmpl-…`).
+    pub fn is_chat(&self) -> bool {
+        matches!(self, Prompt::Chat(_))
+    }
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt::Text(String::new())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(text: String) -> Self {
+        Prompt::Text(text)
+    }
+}
+
+impl From<&str> for Prompt {
+    fn from(text: &str) -> Self {
+        Prompt::Text(text.to_string())
+    }
+}
+
+impl From<Vec<u32>> for Prompt {
+    fn from(ids: Vec<u32>) -> Self {
+        Prompt::Tokens(ids)
+    }
+}
+
+impl From<Vec<ChatMessage>> for Prompt {
+    fn from(messages: Vec<ChatMessage>) -> Self {
+        Prompt::Chat(messages)
+    }
+}
+
+/// The one request of the engine: what to complete, one sampling description, limits, stop
+/// sequences, a constraint, the seed and what to report. [`CandleGenerator::generate`],
+/// [`generate`](crate::generate()), the CLI and the server all take it; every field left unset
+/// takes the generator's [`GenerationConfig`] default.
+///
+/// The seed's fields work as its README writes them:
 ///
 /// ```
 /// use fluent_ai_candle_engine::CandleCompletionRequest;
 /// let request = CandleCompletionRequest {
-///     prompt: "Once upon a time".into(),
-///     max_tokens: Some(32),
-///     temperature: Some(0.0),
+///     prompt: "Explain quantum computing in simple terms:".to_string(),
+///     max_tokens: Some(200),
+///     temperature: Some(0.8),
 ///     ..Default::default()
 /// };
 /// assert!(request.constraints.is_none());
 /// ```
 ///
+/// A chat (rendered and tokenized by the engine) with a whole sampling chain:
+///
+/// ```
+/// use fluent_ai_candle_engine::{
+///     CandleCompletionRequest, ChatMessage, GenerationConfig, Prompt, SamplingConfig,
+/// };
+/// let request = CandleCompletionRequest {
+///     sampling: Some(SamplingConfig::builder().top_k(40).temperature(0.7).build()?),
+///     max_tokens: Some(64),
+///     ..CandleCompletionRequest::new(Prompt::user("Name a colour."))
+/// };
+/// let chain = request.sampling_config(&GenerationConfig::default())?;
+/// assert_eq!(chain.chain.len(), 2);
+/// // Two descriptions of the sampling at once are refused.
+/// let both = CandleCompletionRequest { temperature: Some(0.0), ..request };
+/// assert!(both.sampling_config(&GenerationConfig::default()).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`CandleGenerator::generate`]: crate::CandleGenerator::generate
 /// [`GenerationConfig`]: crate::GenerationConfig
 #[derive(Debug, Clone, Default)]
 pub struct CandleCompletionRequest {
-    /// The prompt text (tokenized as is: render a chat template first for chat models).
+    /// The prompt as text (the seed's field): the same as `input: Some(Prompt::Text(..))`.
+    /// Leave it empty when `input` is set.
     pub prompt: String,
-    /// Prompt token ids; when set, `prompt` is ignored.
-    pub prompt_tokens: Option<Vec<u32>>,
-    /// Most tokens to generate.
+    /// The prompt as text, token ids or a chat ([`Prompt`]); when set, `prompt` must be
+    /// empty.
+    pub input: Option<Prompt>,
+    /// Most tokens to generate (1..=[`MAX_TOKENS_LIMIT`](crate::MAX_TOKENS_LIMIT)).
     pub max_tokens: Option<usize>,
-    /// Sampling temperature; 0 is greedy.
+    /// Sampling temperature; 0 is greedy. With `top_p` and `top_k`, the short description of
+    /// the sampling (the chain temperature → top-k → top-p); unset ones take the
+    /// generator's defaults. Not together with `sampling`.
     pub temperature: Option<f32>,
-    /// Nucleus sampling threshold.
+    /// Nucleus sampling threshold (see `temperature`).
     pub top_p: Option<f32>,
-    /// Top-k cut-off.
+    /// Top-k cut-off (see `temperature`).
     pub top_k: Option<usize>,
-    /// A complete sampling configuration (overrides temperature/top_p/top_k).
+    /// The whole sampling chain (penalties, min-p, Mirostat, logit bias, reported
+    /// alternatives...): the long description of the sampling, instead of
+    /// `temperature`/`top_p`/`top_k`.
     pub sampling: Option<SamplingConfig>,
     /// Seed of this request's sampler.
     pub seed: Option<u64>,
@@ -46,16 +144,73 @@ pub struct CandleCompletionRequest {
     pub stop: Vec<String>,
     /// An output constraint (JSON Schema, grammar, regex...).
     pub constraints: Option<ConstraintSpec>,
-    /// This request's KV cache (capacity and eviction strategy).
+    /// This request's KV cache (capacity and eviction strategy); `None` takes the
+    /// generator's default, else prompt + `max_tokens` capped at the context, eviction off.
     pub kv_cache: Option<KvCacheConfig>,
     /// Keep generating after an end-of-generation token (benchmarks of a fixed length).
     pub ignore_eos: bool,
     /// Report each token's log-probability (and the `top_logprobs` alternatives of `sampling`)
     /// in chunks and in the response.
     pub logprobs: bool,
-    /// Close a constrained output before `max_tokens` runs out (`None`: yes, the default; see
-    /// [`GenerateParams::close_constraint`](crate::GenerateParams::close_constraint)).
+    /// Close a constrained output before `max_tokens` runs out (`None`: yes, the default).
+    ///
+    /// Once the shortest completion of the text so far (see
+    /// [`ConstraintState::shortest_completion`]) needs about as many tokens as remain, each
+    /// next token is taken along it, so the output ends complete and valid; `finish_reason`
+    /// stays `length` (the content was cut short). Off: the output is cut mid-value, as
+    /// OpenAI's API does.
+    ///
+    /// [`ConstraintState::shortest_completion`]: fluent_ai_candle_constraints::ConstraintState::shortest_completion
     pub close_constraint: Option<bool>,
+}
+
+impl CandleCompletionRequest {
+    /// A request for `prompt` with every other field unset (the generator's defaults).
+    pub fn new(prompt: impl Into<Prompt>) -> Self {
+        Self {
+            input: Some(prompt.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The prompt: `input`, else `prompt` as text. Both at once are refused.
+    pub fn prompt_input(&self) -> Result<Prompt, EngineError> {
+        match &self.input {
+            Some(_) if !self.prompt.is_empty() => Err(EngineError::InvalidRequest(
+                "give the prompt either as `prompt` (text) or as `input`, not both".into(),
+            )),
+            Some(p) => Ok(p.clone()),
+            None => Ok(Prompt::Text(self.prompt.clone())),
+        }
+    }
+
+    /// The sampling chain this request describes: `sampling` as is, else temperature → top-k
+    /// → top-p from `temperature`, `top_k` and `top_p`, each unset one from `defaults`.
+    /// Both descriptions at once are refused.
+    pub fn sampling_config(
+        &self,
+        defaults: &GenerationConfig,
+    ) -> Result<SamplingConfig, EngineError> {
+        if let Some(s) = &self.sampling {
+            if self.temperature.is_some() || self.top_p.is_some() || self.top_k.is_some() {
+                return Err(EngineError::InvalidRequest(
+                    "give either `sampling` (the whole chain) or temperature/top_p/top_k, \
+                     not both"
+                        .into(),
+                ));
+            }
+            return Ok(s.clone());
+        }
+        let mut b =
+            SamplingConfig::builder().temperature(self.temperature.unwrap_or(defaults.temperature));
+        if let Some(k) = self.top_k.or(defaults.top_k) {
+            b = b.top_k(k);
+        }
+        if let Some(p) = self.top_p.or(defaults.top_p) {
+            b = b.top_p(p);
+        }
+        Ok(b.build()?)
+    }
 }
 
 /// One choice of a finished completion.
@@ -151,9 +306,28 @@ impl CandleCompletionChunk {
 pub struct CandleCompletionStream {
     pub(crate) rx: tokio::sync::mpsc::Receiver<CandleCompletionChunk>,
     pub(crate) finished: bool,
+    pub(crate) id: String,
+    pub(crate) created: u64,
+    pub(crate) model: Arc<str>,
 }
 
 impl CandleCompletionStream {
+    /// The request's id, the same as every chunk's `id`: `chatcmpl-…` for a
+    /// [`Prompt::Chat`], `cmpl-…` otherwise, unique in the process and across restarts.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Seconds since the Unix epoch when the request was made (every chunk's `created`).
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// The generator's name (every chunk's `model`).
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// The next chunk, waiting without an async runtime (do not call it inside one).
     pub fn blocking_next(&mut self) -> Option<CandleCompletionChunk> {
         if self.finished {
@@ -264,28 +438,31 @@ impl Accumulator {
     }
 }
 
-/// A request in flight, from [`CandleGenerator::generate`]: `.collect().await` gives the
-/// response (or the typed error that refused the request).
+/// A request from [`CandleGenerator::generate`]: `.collect().await` gives the response (or
+/// the typed error that refused the request).
 ///
 /// [`CandleGenerator::generate`]: crate::CandleGenerator::generate
 #[derive(Debug)]
 pub struct CandleCompletion {
-    pub(crate) inner: Result<CandleCompletionStream, EngineError>,
+    pub(crate) generator: CandleGenerator,
+    pub(crate) request: Box<CandleCompletionRequest>,
 }
 
 impl CandleCompletion {
-    /// Waits for the whole completion.
+    /// Waits for the whole completion (the request is prepared on tokio's blocking pool, see
+    /// [`CandleGenerator::submit`]).
     pub async fn collect(self) -> Result<CandleCompletionResponse, EngineError> {
-        self.inner?.collect().await
+        self.generator.submit(*self.request).await?.collect().await
     }
 
     /// Waits for the whole completion without an async runtime.
     pub fn blocking_collect(self) -> Result<CandleCompletionResponse, EngineError> {
-        self.inner?.blocking_collect()
+        self.into_stream()?.blocking_collect()
     }
 
-    /// The chunk stream instead of the whole response.
+    /// The chunk stream instead of the whole response (the request is prepared and started
+    /// on the calling thread).
     pub fn into_stream(self) -> Result<CandleCompletionStream, EngineError> {
-        self.inner
+        self.generator.generate_stream(&self.request)
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fluent_ai_candle_models::{DeviceType, LoadedModel};
+use fluent_ai_candle_models::DeviceType;
 
 use crate::config::GenerationConfig;
 use crate::generator::CandleGenerator;
@@ -24,7 +24,7 @@ pub enum Quantization {
 /// ```no_run
 /// use fluent_ai_candle_engine::{CandleClientBuilder, DeviceType};
 /// let generator = CandleClientBuilder::new()
-///     .model_path(fluent_ai_candle_models::cache::resolve("smollm2-135m-instruct")?)
+///     .model_path("smollm2-135m-instruct")
 ///     .device_type(DeviceType::Cpu)
 ///     .max_concurrent_requests(4)
 ///     .build()?;
@@ -47,7 +47,8 @@ impl CandleClientBuilder {
         Self::default()
     }
 
-    /// The GGUF model file (required).
+    /// The model (required): a GGUF file, a Hugging Face model directory, a cached model name
+    /// or `hf:ORG/REPO[:FILE]` (see [`resolve_model`](crate::resolve_model)).
     pub fn model_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.model_path = Some(path.into());
         self
@@ -83,7 +84,8 @@ impl CandleClientBuilder {
         self
     }
 
-    /// The name the generator reports in responses (default: the file's stem).
+    /// The name the generator reports in responses (default: [`model_name`](crate::model_name)
+    /// of the model path).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -109,12 +111,8 @@ impl CandleClientBuilder {
             config.max_concurrent_requests = n;
         }
         config.validate()?;
-        let model = LoadedModel::load(&path, &device, &mut |_| {})?;
-        let name = self.name.unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into())
-        });
+        let model = crate::load_model(&path, None, &device, &mut |_| {})?;
+        let name = self.name.unwrap_or_else(|| crate::model_name(&path));
         CandleGenerator::from_loaded(&name, Arc::new(model), config)
     }
 }

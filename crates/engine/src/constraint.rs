@@ -6,16 +6,19 @@ use fluent_ai_candle_constraints::{
     CompileOptions, CompiledConstraint, Constraint, ConstraintState, Vocabulary,
 };
 use fluent_ai_candle_mask::TokenMask;
-use fluent_ai_candle_models::GgufTokenizer;
+use fluent_ai_candle_models::CandleTokenizer;
 
-pub use fluent_ai_candle_constraints::{ConstraintSpec, GenerationConstraint};
+pub use fluent_ai_candle_constraints::{ConstraintSpec, GenerationConstraint, JsonSchemaMode};
 
 use crate::EngineError;
 
 /// The constraints crate's vocabulary for a model's tokenizer: every token's bytes, the
 /// end-of-generation tokens as EOS (allowed exactly where the constraint may end) and the
 /// other control tokens as never allowed.
-pub fn vocabulary_for(tokenizer: &GgufTokenizer) -> Arc<Vocabulary> {
+///
+/// Building it (and its token trie) walks the whole vocabulary: a generator builds it once per
+/// model, on its first constrained request, and shares it with every later one.
+pub fn vocabulary_for(tokenizer: &CandleTokenizer) -> Arc<Vocabulary> {
     let bytes = tokenizer.token_bytes();
     let eos = tokenizer.eot_ids().to_vec();
     let special: Vec<u32> = (0..bytes.len() as u32)
@@ -35,7 +38,7 @@ pub fn vocabulary_for(tokenizer: &GgufTokenizer) -> Arc<Vocabulary> {
     Arc::new(Vocabulary::new(bytes, &eos, &special))
 }
 
-/// Compiles a constraint for a model's vocabulary.
+/// Compiles a constraint for a model's vocabulary (see [`vocabulary_for`]).
 pub fn compile(
     spec: &ConstraintSpec,
     vocab: Arc<Vocabulary>,
@@ -58,17 +61,16 @@ pub struct ActiveConstraint {
 }
 
 impl ActiveConstraint {
-    /// Compiles `spec` for `tokenizer`'s vocabulary and starts a state.
-    pub fn start(spec: &ConstraintSpec, tokenizer: &GgufTokenizer) -> Result<Self, EngineError> {
-        let compiled = compile(spec, vocabulary_for(tokenizer))?;
-        Ok(Self::from_compiled(&compiled))
-    }
-
     /// Starts a state of an already compiled constraint.
     pub fn from_compiled(compiled: &Arc<CompiledConstraint>) -> Self {
         Self {
             state: compiled.start(),
         }
+    }
+
+    /// The compiled constraint this state runs (with the vocabulary it was compiled for).
+    pub fn compiled(&self) -> &Arc<CompiledConstraint> {
+        self.state.constraint()
     }
 
     /// True when nothing but the end may follow.

@@ -7,16 +7,14 @@ use std::time::Instant;
 
 use candle_core::Device;
 use crossbeam_channel::{Sender, TrySendError};
-use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{ChatTemplate, Decoder, GgufTokenizer, LoadedModel, ModelError};
+use fluent_ai_candle_models::{CandleTokenizer, ChatTemplate, Decoder, LoadedModel};
 
 use crate::api::{CandleCompletion, CandleCompletionRequest, CandleCompletionStream};
 use crate::config::GenerationConfig;
-use crate::generate::{check_prompt, GenerateParams};
 use crate::metrics::{EngineMetrics, MetricsSnapshot};
+use crate::prepare::{prepare, tokenize_prompt, ModelTables, Prepared, Reuse};
 use crate::scheduler::{self, Job, SchedulerConfig};
-use crate::sequence::SequenceState;
-use crate::EngineError;
+use crate::{EngineError, Prompt};
 
 /// A streaming-first generator: one model, one scheduler thread that decodes every active
 /// request together (continuous batching), and any number of handles (it is cheap to clone).
@@ -34,29 +32,40 @@ struct Inner {
     config: GenerationConfig,
     tx: Sender<Job>,
     metrics: Arc<EngineMetrics>,
-    token_bytes: Arc<Vec<Vec<u8>>>,
-    next_id: AtomicU64,
+    tables: ModelTables,
+}
+
+/// A response id unique in the process and across restarts: `{prefix}-` then the start time in
+/// microseconds and a process-wide counter, in hex.
+fn next_id(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    format!("{prefix}-{t:x}{n:04x}")
 }
 
 impl CandleGenerator {
-    /// A generator for `model` (a [`Decoder`] or a concrete decoder such as
+    /// A generator for `model` (a loaded `Box<dyn Decoder>` or a concrete decoder such as
     /// [`Llama`](fluent_ai_candle_models::Llama)) and `tokenizer` (the seed's constructor). The
     /// weights must live on `device`.
     pub fn new(
-        model: impl Into<Decoder>,
-        tokenizer: GgufTokenizer,
+        model: impl Into<Box<dyn Decoder>>,
+        tokenizer: CandleTokenizer,
         config: GenerationConfig,
         device: Device,
     ) -> Result<Self, EngineError> {
-        let model = model.into();
-        if !model.device().same_device(&device) {
+        let decoder = model.into();
+        if !decoder.device().same_device(&device) {
             return Err(EngineError::InvalidRequest(format!(
                 "the model's weights are on {:?}, not on {device:?}",
-                model.device()
+                decoder.device()
             )));
         }
         let loaded = LoadedModel {
-            model,
+            decoder,
             tokenizer,
             chat_template: ChatTemplate::chatml(),
             file_size: 0,
@@ -64,18 +73,18 @@ impl CandleGenerator {
         Self::from_loaded("model", Arc::new(loaded), config)
     }
 
-    /// Loads a GGUF file onto `device` and starts its generator.
+    /// Loads a model onto `device` and starts its generator, named as
+    /// [`model_name`](crate::model_name) names `spec`. `spec` is a model spec: a GGUF file, a
+    /// Hugging Face model directory, a cached model name or `hf:ORG/REPO[:FILE]` (see
+    /// [`resolve_model`](crate::resolve_model)).
     pub fn load(
-        path: impl AsRef<Path>,
+        spec: impl AsRef<Path>,
         device: &Device,
         config: GenerationConfig,
     ) -> Result<Self, EngineError> {
-        let path = path.as_ref();
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
-        let model = LoadedModel::load(path, device, &mut |_| {})?;
+        let spec = spec.as_ref();
+        let model = crate::registry::load_model(spec, None, device, &mut |_| {})?;
+        let name = crate::registry::model_name(spec);
         Self::from_loaded(&name, Arc::new(model), config)
     }
 
@@ -89,7 +98,7 @@ impl CandleGenerator {
         config.validate()?;
         let (tx, rx) = crossbeam_channel::bounded(config.max_queued_requests);
         let metrics = Arc::new(EngineMetrics::default());
-        let token_bytes = Arc::new(model.tokenizer.token_bytes());
+        let tables = ModelTables::new(&model);
         let sched = SchedulerConfig {
             max_active: config.max_concurrent_requests,
             prefix_cache: config.prefix_cache,
@@ -110,8 +119,7 @@ impl CandleGenerator {
                 config,
                 tx,
                 metrics,
-                token_bytes,
-                next_id: AtomicU64::new(1),
+                tables,
             }),
         })
     }
@@ -136,105 +144,129 @@ impl CandleGenerator {
         self.inner.metrics.snapshot()
     }
 
-    /// Tokenizes a prompt the way requests are tokenized.
+    /// Tokenizes a text prompt the way requests' text prompts are tokenized (BOS as the
+    /// model's tokenizer says).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let tok = &self.inner.model.tokenizer;
-        Ok(tok.encode(text, tok.add_bos())?)
+        self.tokenize_prompt(&Prompt::Text(text.to_string()))
+    }
+
+    /// The token ids a request's prompt becomes: a chat rendered through the model's template
+    /// and tokenized, a text tokenized, token ids as they are.
+    pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        tokenize_prompt(&self.inner.model, prompt)
+    }
+
+    /// The bytes of a token (for a token's text in logprobs, use
+    /// [`TokenLogprob::bytes`](crate::TokenLogprob::bytes) instead).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.inner
+            .tables
+            .token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
     }
 
     /// Starts a request; `.collect().await` on the result gives the whole response.
+    ///
+    /// Nothing runs until the result is read: `.collect().await` prepares the request (chat
+    /// template, tokenizing, constraint compilation) on tokio's blocking pool, as
+    /// [`submit`](Self::submit) does; `blocking_collect` and `into_stream` prepare it on the
+    /// calling thread.
     pub fn generate(&self, request: &CandleCompletionRequest) -> CandleCompletion {
         CandleCompletion {
-            inner: self.generate_stream(request),
+            generator: self.clone(),
+            request: Box::new(request.clone()),
         }
     }
 
-    /// Starts a request and returns its stream of chunks.
+    /// Starts a request and returns its stream of chunks, preparing the request (chat
+    /// template, tokenizing, constraint compilation) on the calling thread: from async code,
+    /// [`submit`](Self::submit) keeps that work off the runtime's worker threads.
     ///
     /// Bad input is refused here with a typed error before anything runs: `max_tokens` of 0
     /// or above [`MAX_TOKENS_LIMIT`](crate::MAX_TOKENS_LIMIT), an empty prompt, a prompt that
-    /// does not fit the context (or the request's KV cache), an invalid sampling, cache or
-    /// constraint configuration, and a full queue ([`EngineError::QueueFull`]).
+    /// does not fit the context (or the request's KV cache), two descriptions of the prompt or
+    /// of the sampling at once, an invalid sampling, cache or constraint configuration, a chat
+    /// the template refuses, and a full queue ([`EngineError::QueueFull`]).
     pub fn generate_stream(
         &self,
         request: &CandleCompletionRequest,
     ) -> Result<CandleCompletionStream, EngineError> {
-        let result = self.submit(request);
-        if result.is_err() {
-            self.inner.metrics.rejected();
-        }
-        result
+        let mut streams = self.generate_streams(std::slice::from_ref(request))?;
+        streams.pop().ok_or(EngineError::Shutdown)
     }
 
-    fn submit(
+    /// Starts several requests (OpenAI's `n` choices, several prompts) as one: all are
+    /// started or, on the first refusal, none (the ones started are cancelled). Requests that
+    /// share a prompt or a constraint with the one before them share its tokens or its
+    /// compiled constraint. Prepares on the calling thread, as
+    /// [`generate_stream`](Self::generate_stream).
+    pub fn generate_streams(
+        &self,
+        requests: &[CandleCompletionRequest],
+    ) -> Result<Vec<CandleCompletionStream>, EngineError> {
+        let mut reuse = Reuse::default();
+        let mut streams = Vec::with_capacity(requests.len());
+        for request in requests {
+            match self.submit_one(request, &mut reuse) {
+                Ok(s) => streams.push(s),
+                Err(e) => {
+                    self.inner.metrics.rejected();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(streams)
+    }
+
+    /// [`generate_stream`](Self::generate_stream) for async code: the request is prepared on
+    /// tokio's blocking pool (without a tokio runtime, on the calling thread), so chat
+    /// templates, tokenizing and constraint compilation never hold up an async worker.
+    pub async fn submit(
+        &self,
+        request: CandleCompletionRequest,
+    ) -> Result<CandleCompletionStream, EngineError> {
+        let mut streams = self.submit_all(vec![request]).await?;
+        streams.pop().ok_or(EngineError::Shutdown)
+    }
+
+    /// [`generate_streams`](Self::generate_streams) on tokio's blocking pool (see
+    /// [`submit`](Self::submit)).
+    pub async fn submit_all(
+        &self,
+        requests: Vec<CandleCompletionRequest>,
+    ) -> Result<Vec<CandleCompletionStream>, EngineError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.generate_streams(&requests);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.generate_streams(&requests))
+            .await
+            .map_err(|e| EngineError::Internal(format!("preparing the request failed: {e}")))?
+    }
+
+    fn submit_one(
         &self,
         request: &CandleCompletionRequest,
+        reuse: &mut Reuse,
     ) -> Result<CandleCompletionStream, EngineError> {
         let inner = &*self.inner;
         let cfg = &inner.config;
-        let params = GenerateParams {
-            max_tokens: request.max_tokens.unwrap_or(cfg.max_tokens),
-            temperature: request.temperature.unwrap_or(cfg.temperature),
-            top_p: request.top_p.or(cfg.top_p),
-            top_k: request.top_k.or(cfg.top_k),
-            sampling: request.sampling.clone(),
-            seed: request.seed.unwrap_or(cfg.seed),
-            stop: if request.stop.is_empty() {
-                cfg.stop.clone()
-            } else {
-                request.stop.clone()
-            },
-            constraint: request.constraints.clone(),
-            logprobs: request.logprobs,
-            close_constraint: request.close_constraint.unwrap_or(true),
-        };
-        params.validate()?;
-        let prompt_ids = match &request.prompt_tokens {
-            Some(ids) => ids.clone(),
-            None => self.tokenize(&request.prompt)?,
-        };
-        check_prompt(&inner.model, &prompt_ids)?;
-        let vocab = inner.model.config().vocab_size;
-        if let Some(bad) = prompt_ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidRequest(format!(
-                "token id {bad} out of range for a vocabulary of {vocab}"
-            )));
-        }
-        let context = inner.model.config().context_length;
-        let kv = match request.kv_cache.clone().or_else(|| cfg.kv_cache.clone()) {
-            Some(kv) => {
-                kv.validate()?;
-                if kv.max_entries > context {
-                    return Err(EngineError::InvalidRequest(format!(
-                        "KV cache of {} tokens exceeds the context length {context}",
-                        kv.max_entries
-                    )));
-                }
-                if prompt_ids.len() >= kv.max_entries {
-                    return Err(EngineError::Model(ModelError::ContextOverflow {
-                        prompt_tokens: prompt_ids.len(),
-                        context_length: kv.max_entries,
-                    }));
-                }
-                kv
-            }
-            None => KvCacheConfig::default()
-                .max_entries((prompt_ids.len() + params.max_tokens).min(context)),
-        };
-        let mut seq = SequenceState::new(
-            &inner.model,
-            inner.token_bytes.clone(),
-            &prompt_ids,
-            &params,
-        )?;
-        seq.set_ignore_eos(request.ignore_eos);
+        let Prepared {
+            prompt_ids,
+            kv,
+            seq,
+        } = prepare(&inner.model, &inner.tables, request, cfg, reuse)?;
+        let chat = matches!(&request.input, Some(p) if p.is_chat());
+        let id = next_id(if chat { "chatcmpl" } else { "cmpl" });
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.streaming.buffer_size);
         let job = Job {
-            id: format!("cmpl-{}", inner.next_id.fetch_add(1, Ordering::Relaxed)),
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            id: id.clone(),
+            created,
             model_name: inner.name.clone(),
             prompt_ids,
             seq,
@@ -249,6 +281,9 @@ impl CandleGenerator {
                 Ok(CandleCompletionStream {
                     rx,
                     finished: false,
+                    id,
+                    created,
+                    model: inner.name.clone(),
                 })
             }
             Err(TrySendError::Full(_)) => Err(EngineError::QueueFull {

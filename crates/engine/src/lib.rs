@@ -1,20 +1,28 @@
-//! The decode loop of fluent-ai-candle: sampling, constraints, UTF-8-safe streaming and stop
-//! rules around a model from the models crate.
+//! The engine of fluent-ai-candle: everything between a request and its tokens. It takes one
+//! request type, [`CandleCompletionRequest`] (a prompt — text, token ids or a chat it renders
+//! through the model's template — one sampling description, limits, stop sequences, a
+//! constraint, the seed and what to report), prepares it (template, tokenizer, constraint
+//! compiled for the model's vocabulary, which is built once per model) and decodes it: alone
+//! with [`generate`], or batched with every other request of a [`CandleGenerator`]'s
+//! scheduler. Its output carries all a protocol layer needs: text, token ids, log-probabilities
+//! with each token's bytes, ids and usage.
 //!
-//! [`generate`] runs one sequence start to finish and calls back with each piece of text as
-//! soon as it is complete. Every sampling decision is made by `fluent-ai-candle-sampling`;
-//! constrained outputs use `fluent-ai-candle-constraints` (and JSON outputs are validated with
-//! the `jsonschema` crate before they are returned).
+//! Every sampling decision is made by `fluent-ai-candle-sampling`; constrained outputs use
+//! `fluent-ai-candle-constraints` (and JSON outputs are validated with the `jsonschema` crate
+//! before they are returned). Models are loaded by spec ([`ModelRegistry::load`],
+//! [`load_model`]): a cached model name, a GGUF file, a Hugging Face directory or
+//! `hf:ORG/REPO[:FILE]`.
 //!
 //! ```no_run
-//! use fluent_ai_candle_engine::{generate, GenerateParams};
-//! use fluent_ai_candle_models::{cache, LoadedModel};
+//! use fluent_ai_candle_engine::{generate, load_model, CandleCompletionRequest, Device, Prompt};
 //!
-//! let model = LoadedModel::load(cache::resolve("smollm2-135m-instruct")?, &candle_core::Device::Cpu, &mut |_| {})?;
-//! let prompt = model.chat_prompt("Name a colour.")?;
-//! let ids = model.tokenizer.encode(&prompt, false)?;
-//! let params = GenerateParams { max_tokens: 16, temperature: 0.0, ..Default::default() };
-//! let out = generate(&model, &ids, &params, &mut |piece| print!("{piece}"))?;
+//! let model = load_model("smollm2-135m-instruct", None, &Device::Cpu, &mut |_| {})?;
+//! let request = CandleCompletionRequest {
+//!     max_tokens: Some(16),
+//!     temperature: Some(0.0),
+//!     ..CandleCompletionRequest::new(Prompt::user("Name a colour."))
+//! };
+//! let out = generate(&model, &request, &mut |piece| print!("{piece}"))?;
 //! println!("\n{:?} after {} tokens", out.finish_reason, out.usage.completion_tokens);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -45,6 +53,7 @@ mod detok;
 mod generate;
 mod generator;
 mod metrics;
+mod prepare;
 mod registry;
 mod scheduler;
 mod sequence;
@@ -52,19 +61,22 @@ mod stop;
 
 pub use api::{
     CandleCompletion, CandleCompletionChunk, CandleCompletionRequest, CandleCompletionResponse,
-    CandleCompletionStream, ChunkChoice, ChunkDelta, CompletionChoice,
+    CandleCompletionStream, ChunkChoice, ChunkDelta, CompletionChoice, Prompt,
 };
+pub use candle_core::Device;
 pub use client::{CandleClientBuilder, Quantization};
 pub use config::{GenerationConfig, StreamingConfig};
-pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint};
+pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, JsonSchemaMode};
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
-pub use fluent_ai_candle_models::DeviceType;
-pub use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
-pub use generate::{generate, GenerateParams, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
+pub use fluent_ai_candle_models::{
+    cache, CancelToken, ChatMessage, DeviceType, LoadProgress, LoadedModel, ModelError, QuantizationType,
+};
+pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
+pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::CandleGenerator;
 pub use metrics::{EngineMetrics, MetricsSnapshot};
-pub use registry::ModelRegistry;
+pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
 pub use stop::{StopMatcher, StopOutcome};
 
 /// The seed's spelling of [`KvCacheConfig`].
@@ -116,7 +128,8 @@ pub struct Generation {
     pub usage: Usage,
     /// The error that ended it, when `finish_reason` is [`FinishReason::Error`].
     pub error: Option<String>,
-    /// One entry per generated token when [`GenerateParams::logprobs`] is set, else empty.
+    /// One entry per generated token when the request's
+    /// [`logprobs`](CandleCompletionRequest::logprobs) is set, else empty.
     pub logprobs: Vec<TokenLogprob>,
 }
 
@@ -135,6 +148,11 @@ pub struct TokenLogprob {
     /// The most probable tokens with their natural-log probabilities, most probable first
     /// (as many as `top_logprobs` asks).
     pub top_logprobs: Vec<(u32, f32)>,
+    /// The generated token's bytes as the tokenizer defines them (a token may hold part of a
+    /// UTF-8 character: OpenAI's `bytes`).
+    pub bytes: Vec<u8>,
+    /// The bytes of each `top_logprobs` token, in the same order.
+    pub top_bytes: Vec<Vec<u8>>,
 }
 
 /// What went wrong before any token was produced.
@@ -176,4 +194,7 @@ pub enum EngineError {
     /// The generator's scheduler has stopped.
     #[error("the generator has shut down")]
     Shutdown,
+    /// A failure inside the engine (a preparation task that panicked...).
+    #[error("internal error: {0}")]
+    Internal(String),
 }

@@ -285,7 +285,7 @@ impl Scheduler {
         prompt: &[u32],
         kv: &KvCacheConfig,
     ) -> Result<(SequenceCache, usize), EngineError> {
-        let mut cache = self.model.model.new_cache(kv)?;
+        let mut cache = self.model.decoder.new_cache(kv)?;
         let mut start = 0;
         if let Some(pc) = self.prefix.as_mut() {
             let mut reused = None;
@@ -350,7 +350,7 @@ impl Scheduler {
             let mut caches: Vec<&mut SequenceCache> =
                 batch.iter_mut().filter_map(|a| a.cache.as_mut()).collect();
             self.model
-                .model
+                .decoder
                 .forward_batch(&tokens, &mut caches)
                 .map_err(EngineError::from)
                 .and_then(|t| row_logits(&t, self.vocab))
@@ -373,7 +373,7 @@ impl Scheduler {
                     let result = match a.cache.as_mut() {
                         Some(cache) => self
                             .model
-                            .model
+                            .decoder
                             .forward_batch(&[a.next], &mut [cache])
                             .map_err(EngineError::from)
                             .and_then(|t| row_logits(&t, self.vocab)),

@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
+use fluent_ai_candle_constraints::CompiledConstraint;
 use fluent_ai_candle_mask::TokenMask;
-use fluent_ai_candle_models::LoadedModel;
-use fluent_ai_candle_sampling::Sampler;
+use fluent_ai_candle_sampling::{Sampler, SamplingConfig};
 
 use crate::constraint::ActiveConstraint;
 use crate::detok::Detokenizer;
-use crate::generate::GenerateParams;
+use crate::prepare::ModelTables;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{EngineError, FinishReason, Generation, TokenLogprob, Usage};
 
@@ -26,7 +26,7 @@ pub(crate) struct SequenceState {
     detok: Detokenizer,
     stops: StopMatcher,
     token_bytes: Arc<Vec<Vec<u8>>>,
-    eog: Vec<u32>,
+    eog: Arc<[u32]>,
     history: Vec<u32>,
     prompt_len: usize,
     generated: Vec<u32>,
@@ -45,33 +45,42 @@ pub(crate) struct SequenceState {
     closing: bool,
 }
 
+/// What a sequence is asked to do, resolved from a request (see `prepare`).
+pub(crate) struct SequenceParams<'a> {
+    pub(crate) sampling: SamplingConfig,
+    pub(crate) seed: u64,
+    pub(crate) constraint: Option<Arc<CompiledConstraint>>,
+    pub(crate) stop: &'a [String],
+    pub(crate) max_tokens: usize,
+    pub(crate) logprobs: bool,
+    pub(crate) close_constraint: bool,
+    pub(crate) ignore_eos: bool,
+}
+
 impl SequenceState {
-    /// Starts a sequence for `prompt_ids` (validated by the caller).
+    /// Starts a sequence for `prompt_ids` (validated by the caller) over a vocabulary of
+    /// `vocab` tokens.
     pub(crate) fn new(
-        model: &LoadedModel,
-        token_bytes: Arc<Vec<Vec<u8>>>,
+        vocab: usize,
+        tables: &ModelTables,
         prompt_ids: &[u32],
-        params: &GenerateParams,
+        params: SequenceParams<'_>,
     ) -> Result<Self, EngineError> {
-        let vocab = model.config().vocab_size;
-        let sampler = Sampler::new(params.sampling_config()?, vocab, params.seed)?;
-        let constraint = match &params.constraint {
-            Some(spec) => Some(ActiveConstraint::start(spec, &model.tokenizer)?),
-            None => None,
-        };
+        let sampler = Sampler::new(params.sampling, vocab, params.seed)?;
+        let constraint = params
+            .constraint
+            .as_ref()
+            .map(ActiveConstraint::from_compiled);
         let mut history = Vec::with_capacity(prompt_ids.len() + params.max_tokens.min(4096));
         history.extend_from_slice(prompt_ids);
-        let eog = (0..vocab as u32)
-            .filter(|&t| model.tokenizer.is_eog(t))
-            .collect();
         Ok(Self {
             sampler,
             constraint,
             mask: TokenMask::allow_all(vocab),
             detok: Detokenizer::new(),
-            stops: StopMatcher::new(&params.stop),
-            token_bytes,
-            eog,
+            stops: StopMatcher::new(params.stop),
+            token_bytes: tables.token_bytes.clone(),
+            eog: tables.eog.clone(),
             history,
             prompt_len: prompt_ids.len(),
             generated: Vec::new(),
@@ -81,7 +90,7 @@ impl SequenceState {
             error: None,
             stopped_by_sequence: false,
             finalized: false,
-            ignore_eos: false,
+            ignore_eos: params.ignore_eos,
             record_logprobs: params.logprobs,
             logprobs: Vec::new(),
             close_constraint: params.close_constraint,
@@ -89,9 +98,12 @@ impl SequenceState {
         })
     }
 
-    /// Treats end-of-generation tokens as ordinary tokens (benchmarks: a fixed length).
-    pub(crate) fn set_ignore_eos(&mut self, ignore: bool) {
-        self.ignore_eos = ignore;
+    /// The vocabulary the sequence's constraint was compiled for.
+    #[cfg(test)]
+    pub(crate) fn constraint_vocabulary(
+        &self,
+    ) -> Option<&Arc<fluent_ai_candle_constraints::Vocabulary>> {
+        self.constraint.as_ref().map(|c| c.compiled().vocabulary())
     }
 
     /// Tokens generated so far.
@@ -208,10 +220,22 @@ impl SequenceState {
         }
         let token = sampled.token;
         if self.record_logprobs {
+            let bytes_of = |t: u32| {
+                self.token_bytes
+                    .get(t as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            };
             self.logprobs.push(TokenLogprob {
                 token,
                 logprob: sampled.logprob,
                 top_logprobs: sampled.top_logprobs.to_vec(),
+                bytes: bytes_of(token),
+                top_bytes: sampled
+                    .top_logprobs
+                    .iter()
+                    .map(|&(t, _)| bytes_of(t))
+                    .collect(),
             });
         }
         self.generated.push(token);

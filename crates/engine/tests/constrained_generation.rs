@@ -5,7 +5,9 @@
 //! own closed the JSON itself; one that loops inside an unbounded string is closed by the
 //! engine before `max_tokens` (`finish_reason: length`, complete JSON).
 
-use fluent_ai_candle_engine::{generate, ConstraintSpec, FinishReason, GenerateParams};
+use fluent_ai_candle_engine::{
+    generate, CandleCompletionRequest, ConstraintSpec, FinishReason, Prompt,
+};
 use fluent_ai_candle_models::LoadedModel;
 use serde_json::Value;
 
@@ -74,15 +76,16 @@ fn generation_always_validates_on_maskbench_schemas() {
         }
         for (temperature, seed) in settings {
             runs += 1;
-            let params = GenerateParams {
-                max_tokens: 160,
-                temperature,
-                seed,
-                constraint: Some(ConstraintSpec::JsonSchema(schema.clone())),
+            let request = CandleCompletionRequest {
+                input: Some(Prompt::Tokens(prompt_ids.clone())),
+                max_tokens: Some(160),
+                temperature: Some(temperature),
+                seed: Some(seed),
+                constraints: Some(ConstraintSpec::JsonSchema(schema.clone())),
                 ..Default::default()
             };
             let t0 = std::time::Instant::now();
-            let result = generate(&model, &prompt_ids, &params, &mut |_| {});
+            let result = generate(&model, &request, &mut |_| {});
             if let Ok(g) = &result {
                 eprintln!(
                     "{name} (t={temperature}): {} tokens in {:.1} s, {:?} {:?}: {}",
@@ -180,14 +183,15 @@ fn a_small_budget_closes_the_json_in_time() {
     let validator = jsonschema::validator_for(&schema).unwrap();
     for max_tokens in [24, 40, 64] {
         for close_constraint in [true, false] {
-            let params = GenerateParams {
-                max_tokens,
-                temperature: 0.0,
-                constraint: Some(ConstraintSpec::JsonSchema(schema.clone())),
-                close_constraint,
+            let request = CandleCompletionRequest {
+                input: Some(Prompt::Tokens(prompt_ids.clone())),
+                max_tokens: Some(max_tokens),
+                temperature: Some(0.0),
+                constraints: Some(ConstraintSpec::JsonSchema(schema.clone())),
+                close_constraint: Some(close_constraint),
                 ..Default::default()
             };
-            let g = generate(&model, &prompt_ids, &params, &mut |_| {}).unwrap();
+            let g = generate(&model, &request, &mut |_| {}).unwrap();
             eprintln!(
                 "max_tokens {max_tokens}, close {close_constraint}: {} tokens, {:?}: {}",
                 g.token_ids.len(),

@@ -7,9 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{chat, generator, smollm2};
-use fluent_ai_candle_engine::{
-    generate, CandleCompletionRequest, GenerateParams, GenerationConfig,
-};
+use fluent_ai_candle_engine::{generate, CandleCompletionRequest, GenerationConfig, Prompt};
 
 /// `n` tokens of a long, varied text.
 fn long_ids(n: usize) -> Vec<u32> {
@@ -30,7 +28,7 @@ fn long_ids(n: usize) -> Vec<u32> {
 
 fn greedy(ids: Vec<u32>, max_tokens: usize) -> CandleCompletionRequest {
     CandleCompletionRequest {
-        prompt_tokens: Some(ids),
+        input: Some(Prompt::Tokens(ids)),
         max_tokens: Some(max_tokens),
         temperature: Some(0.0),
         ignore_eos: true,
@@ -44,12 +42,7 @@ fn greedy(ids: Vec<u32>, max_tokens: usize) -> CandleCompletionRequest {
 #[test]
 fn chunked_prefill_gives_the_single_sequence_tokens() {
     let ids = long_ids(600);
-    let params = GenerateParams {
-        max_tokens: 8,
-        temperature: 0.0,
-        ..Default::default()
-    };
-    let single = generate(&smollm2(), &ids, &params, &mut |_| {}).unwrap();
+    let single = generate(&smollm2(), &greedy(ids.clone(), 8), &mut |_| {}).unwrap();
     let g = generator(GenerationConfig::default());
     for _ in 0..2 {
         let r = g

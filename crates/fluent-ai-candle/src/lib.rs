@@ -14,14 +14,14 @@
 //! ```no_run
 //! use fluent_ai_candle::{
 //!     CandleClientBuilder, CandleCompletionRequest, DeviceType, EvictionStrategy,
-//!     GenerationConfig, KVCacheConfig, StreamingConfig,
+//!     GenerationConfig, KVCacheConfig, Prompt, StreamingConfig,
 //! };
 //! use futures::StreamExt;
 //! use std::time::Duration;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let generator = CandleClientBuilder::new()
-//!     .model_path(fluent_ai_candle::models::cache::resolve("smollm2-135m-instruct")?)
+//!     .model_path("smollm2-135m-instruct")
 //!     .device_type(DeviceType::Auto)
 //!     .max_concurrent_requests(8)
 //!     .generation_config(
@@ -33,13 +33,12 @@
 //!     )
 //!     .build()?;
 //!
-//! let prompt = generator.model().chat_prompt("Write a haiku about Rust.")?;
+//! // A chat: the engine renders the model's template and tokenizes.
 //! let request = CandleCompletionRequest {
-//!     prompt,
 //!     max_tokens: Some(64),
 //!     temperature: Some(0.0),
 //!     stop: vec!["\n\n".into()],
-//!     ..Default::default()
+//!     ..CandleCompletionRequest::new(Prompt::user("Write a haiku about Rust."))
 //! };
 //!
 //! // The whole response at once.
@@ -47,7 +46,8 @@
 //! println!("{} ({})", response.choices[0].text, response.choices[0].finish_reason.as_str());
 //!
 //! // Or chunk by chunk (OpenAI's chunk shape); dropping the stream cancels the request.
-//! let mut stream = generator.generate_stream(&request)?;
+//! // `submit` prepares the request (template, tokenizer, constraint) off the async threads.
+//! let mut stream = generator.submit(request.clone()).await?;
 //! while let Some(chunk) = stream.next().await {
 //!     if let Some(text) = &chunk.choices[0].delta.content {
 //!         print!("{text}");
@@ -73,6 +73,28 @@
 //! # }
 //! ```
 //!
+//! ## One request type
+//!
+//! [`CandleCompletionRequest`] is the request everywhere — [`CandleGenerator::generate`], the
+//! one-sequence [`generate`](engine::generate()), the CLI and the HTTP server: a prompt (text,
+//! token ids or a chat), one sampling description (the seed's `temperature`/`top_p`/`top_k`,
+//! or a whole [`SamplingConfig`] chain), limits, stop sequences, a constraint, the seed and
+//! logprobs. What it leaves unset comes from the generator's [`GenerationConfig`], built in
+//! the seed's style:
+//!
+//! ```
+//! use fluent_ai_candle::{CandleCompletionRequest, GenerationConfig};
+//! let config = GenerationConfig::default().temperature(0.7).max_tokens(512).top_p(0.9);
+//! let request = CandleCompletionRequest {
+//!     prompt: "Explain quantum computing in simple terms:".to_string(),
+//!     temperature: Some(0.8),
+//!     ..Default::default()
+//! };
+//! // temperature 0.8 from the request, top-p 0.9 from the defaults
+//! assert_eq!(request.sampling_config(&config)?.chain.len(), 2);
+//! # Ok::<(), fluent_ai_candle::EngineError>(())
+//! ```
+//!
 //! ## Bad input is a typed error
 //!
 //! ```
@@ -87,7 +109,8 @@
 //! - [`constraints`]: JSON Schema, regex and GBNF constraints compiled to token masks;
 //! - [`kv_cache`]: per-sequence caches with eviction, and the LRU prefix cache;
 //! - [`models`]: GGUF loading, tokenizer, chat templates and the llama-family decoder;
-//! - [`engine`]: the scheduler, streaming, stop rules, metrics and the model registry.
+//! - [`engine`]: the request type, its preparation (chat template, tokenizer, constraint),
+//!   the scheduler, streaming, stop rules, metrics and the model registry (loading by spec).
 #![forbid(unsafe_code)]
 
 pub use fluent_ai_candle_constraints as constraints;
@@ -99,10 +122,11 @@ pub use fluent_ai_candle_sampling as sampling;
 
 pub use fluent_ai_candle_engine::{
     CandleClientBuilder, CandleCompletion, CandleCompletionChunk, CandleCompletionRequest,
-    CandleCompletionResponse, CandleCompletionStream, CandleGenerator, ChunkChoice, ChunkDelta,
-    CompletionChoice, ConstraintSpec, DeviceType, EngineError, EngineMetrics, EvictionStrategy,
-    FinishReason, GenerationConfig, KVCacheConfig, KvCacheConfig, MetricsSnapshot, ModelRegistry,
-    PrefixCacheConfig, Quantization, StreamingConfig, Usage,
+    CandleCompletionResponse, CandleCompletionStream, CandleGenerator, ChatMessage, ChunkChoice,
+    ChunkDelta, CompletionChoice, ConstraintSpec, Device, DeviceType, EngineError, EngineMetrics,
+    EvictionStrategy, FinishReason, GenerationConfig, KVCacheConfig, KvCacheConfig,
+    MetricsSnapshot, ModelRegistry, PrefixCacheConfig, Prompt, Quantization, StreamingConfig,
+    TokenLogprob, Usage,
 };
 pub use fluent_ai_candle_models::{init_cpu_threads, LoadedModel, ModelError};
 pub use fluent_ai_candle_sampling::{SamplingConfig, SamplingError};

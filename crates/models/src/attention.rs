@@ -23,7 +23,7 @@
 //!
 //! Work items (sequence, head, row) are split over candle's CPU thread pool. Inputs are read in
 //! place through their layouts (cache views are strided): the one-row path takes keys and
-//! values straight from the f16 cache ([`crate::f16_kernels`] converts in registers), the tiled
+//! values straight from the f16 cache ([`fluent_ai_candle_kernels::f16`] converts in registers), the tiled
 //! path has each worker widen the kv heads its items need to f32 once per call; anything that is not an f32 query
 //! and f16 keys and values on the CPU returns `None`, and the caller takes the general path.
 
@@ -196,7 +196,7 @@ const TILE: usize = 64;
 /// an f32 query; per tile of 64 key positions (aligned at position 0) the scores as fused
 /// multiply-add chains over the head dimension, times `scale`; the running maximum updated
 /// once per tile (rescaling by the C library's `expf`); the weights `e^(s - M)` from GGML's
-/// AVX-512 polynomial ([`crate::ggml_math::v_expf`]), summed sixteen at a time and
+/// AVX-512 polynomial ([`fluent_ai_candle_kernels::ggml::v_expf`]), summed sixteen at a time and
 /// accumulated in f64; the values accumulated in f32 by fused multiply-adds in position order.
 #[allow(clippy::too_many_arguments)]
 fn row_tiled(
@@ -247,9 +247,9 @@ fn row_tiled(
         let mut tile_sum = 0f64;
         for (pc, sc) in p.chunks_exact_mut(16).zip(sc.chunks_exact(16)) {
             for (pv, &x) in pc.iter_mut().zip(sc) {
-                *pv = crate::ggml_math::v_expf(x - max);
+                *pv = fluent_ai_candle_kernels::ggml::v_expf(x - max);
             }
-            tile_sum += f64::from(crate::f16_kernels::reduce16(pc));
+            tile_sum += f64::from(fluent_ai_candle_kernels::f16::reduce16(pc));
         }
         sum = (f64::from(sum) + tile_sum) as f32;
         for (j, &w) in p.iter().enumerate().take(b).skip(a) {
@@ -275,7 +275,7 @@ fn row(
     s: &mut Scratch,
     out: &mut [f32],
 ) {
-    use crate::f16_kernels as f16k;
+    use fluent_ai_candle_kernels::f16 as f16k;
     s.q.copy_from_slice(q);
     round_to_f16(&mut s.q, &mut s.half);
     s.acc.fill(0.0);

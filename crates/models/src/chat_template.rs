@@ -16,7 +16,7 @@ use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::{special_token_text, GgufTokenizer, TOKENIZER_CONFIG_JSON};
+use crate::tokenizer::{special_token_text, CandleTokenizer, TOKENIZER_CONFIG_JSON};
 use crate::{ModelError, Result};
 
 const TEMPLATE_NAME: &str = "chat";
@@ -131,7 +131,7 @@ impl ChatTemplate {
     /// Errors: malformed JSON or a `chat_template` of another type is
     /// [`ModelError::InvalidModelFile`], a template that does not compile
     /// [`ModelError::ChatTemplate`], both naming the file.
-    pub fn from_hf_dir(dir: &Path, tokenizer: &GgufTokenizer) -> Result<Self> {
+    pub fn from_hf_dir(dir: &Path, tokenizer: &CandleTokenizer) -> Result<Self> {
         let config_path = dir.join(TOKENIZER_CONFIG_JSON);
         let config = if config_path.is_file() {
             Some(crate::safetensors::read_json(&config_path)?)

@@ -1,5 +1,9 @@
-//! [`Decoder`]: any of our decoders, or a [plugin](crate::plugin)'s, behind one type, chosen
-//! by `general.architecture`.
+//! [`Decoder`]: the one interface every decoder implements — ours ([`Llama`], [`Gemma3`],
+//! [`DeepSeek`], each in its own file) and a [plugin](crate::plugin)'s — held as a
+//! `Box<dyn Decoder>` per loaded model; [`load`] and [`load_with`] pick the implementation by
+//! `general.architecture`.
+
+use std::any::Any;
 
 use candle_core::{Device, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
@@ -9,156 +13,137 @@ use crate::deepseek::DeepSeek;
 use crate::gemma3::Gemma3;
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LoadProgress};
-use crate::plugin::{ArchitecturePlugin, DecoderModel};
+use crate::plugin::ArchitecturePlugin;
 use crate::{ModelError, Result};
 
-/// One of the decoders this crate implements, or one a plugin loaded. Every method forwards to
-/// the decoder inside, with the same signature as on [`Llama`], [`Gemma3`], [`DeepSeek`] and
-/// [`DecoderModel`].
-#[derive(Debug)]
-pub enum Decoder {
-    /// A llama-family decoder: llama (SmolLM2, TinyLlama, Llama 2/3...), mistral, qwen2,
-    /// qwen3, phi3.
-    Llama(Llama),
-    /// A Gemma 3 decoder.
-    Gemma3(Gemma3),
-    /// A DeepSeek-V3 decoder (`deepseek2`: DeepSeek-V2/V3, Kimi K2).
-    DeepSeek(DeepSeek),
-    /// A decoder loaded by an [`ArchitecturePlugin`] (or built by hand).
-    Custom(Box<dyn DecoderModel>),
-}
-
-impl From<Box<dyn DecoderModel>> for Decoder {
-    fn from(m: Box<dyn DecoderModel>) -> Self {
-        Self::Custom(m)
-    }
-}
-
-impl From<Llama> for Decoder {
-    fn from(m: Llama) -> Self {
-        Self::Llama(m)
-    }
-}
-
-impl From<Gemma3> for Decoder {
-    fn from(m: Gemma3) -> Self {
-        Self::Gemma3(m)
-    }
-}
-
-impl From<DeepSeek> for Decoder {
-    fn from(m: DeepSeek) -> Self {
-        Self::DeepSeek(m)
-    }
-}
-
-impl Decoder {
-    /// Loads the decoder that `general.architecture` names; an architecture this crate does not
-    /// implement is [`ModelError::UnsupportedArchitecture`]. The same as
-    /// [`Decoder::load_with`] without plugins.
-    pub fn load(
-        gguf: &mut GgufFile,
-        device: &Device,
-        progress: &mut dyn FnMut(LoadProgress),
-    ) -> Result<Self> {
-        Self::load_with(gguf, device, progress, &[])
-    }
-
-    /// Loads the decoder that `general.architecture` names: by the first of `plugins` whose
-    /// [`architecture`](ArchitecturePlugin::architecture) it is (as [`Decoder::Custom`]),
-    /// otherwise by this crate's own decoders. An architecture neither handles is
-    /// [`ModelError::UnsupportedArchitecture`].
-    pub fn load_with(
-        gguf: &mut GgufFile,
-        device: &Device,
-        progress: &mut dyn FnMut(LoadProgress),
-        plugins: &[&dyn ArchitecturePlugin],
-    ) -> Result<Self> {
-        let arch = gguf.architecture()?;
-        if let Some(plugin) = plugins.iter().find(|p| p.architecture() == arch) {
-            return Ok(Self::Custom(plugin.load(gguf, device, progress)?));
-        }
-        match arch.as_str() {
-            a if crate::llama::ARCHITECTURES.contains(&a) => {
-                Ok(Self::Llama(Llama::load(gguf, device, progress)?))
-            }
-            crate::gemma3::ARCHITECTURE => Ok(Self::Gemma3(Gemma3::load(gguf, device, progress)?)),
-            crate::deepseek::ARCHITECTURE => {
-                Ok(Self::DeepSeek(DeepSeek::load(gguf, device, progress)?))
-            }
-            other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
-        }
-    }
-
-    /// The model's hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
-        match self {
-            Self::Llama(m) => m.config(),
-            Self::Gemma3(m) => m.config(),
-            Self::DeepSeek(m) => m.config(),
-            Self::Custom(m) => m.config(),
-        }
-    }
+/// A decoder the engine can run: hyper-parameters, a KV cache layout, and the forward passes
+/// of one sequence and of one batched decode step. Implemented by [`Llama`], [`Gemma3`] and
+/// [`DeepSeek`]; implement it for a decoder of your own and return it from an
+/// [`ArchitecturePlugin`] (see [`plugin`](crate::plugin) for an example).
+///
+/// Only [`config`](Decoder::config), [`device`](Decoder::device),
+/// [`cache_shape`](Decoder::cache_shape) and [`forward`](Decoder::forward) are required;
+/// [`new_cache`](Decoder::new_cache), [`forward_batch`](Decoder::forward_batch) and
+/// [`use_candle_attention`](Decoder::use_candle_attention) have defaults built on them.
+///
+/// A loaded decoder is a `Box<dyn Decoder>`; [`downcast_ref`](trait.Decoder.html#method.downcast_ref)
+/// and [`downcast_mut`](trait.Decoder.html#method.downcast_mut) reach the concrete type (e.g.
+/// [`Llama::set_kv_dtype`]).
+pub trait Decoder: Any + Send + Sync + std::fmt::Debug {
+    /// The model's hyper-parameters (`context_length` bounds the caches of
+    /// [`new_cache`](Decoder::new_cache), `vocab_size` is the width of the logits).
+    fn config(&self) -> &ModelConfig;
 
     /// The device the weights live on.
-    pub fn device(&self) -> &Device {
-        match self {
-            Self::Llama(m) => m.device(),
-            Self::Gemma3(m) => m.device(),
-            Self::DeepSeek(m) => m.device(),
-            Self::Custom(m) => m.device(),
-        }
-    }
+    fn device(&self) -> &Device;
 
     /// What one token occupies in a KV cache of this model.
-    pub fn cache_shape(&self) -> CacheShape {
-        match self {
-            Self::Llama(m) => m.cache_shape(),
-            Self::Gemma3(m) => m.cache_shape(),
-            Self::DeepSeek(m) => m.cache_shape(),
-            Self::Custom(m) => m.cache_shape(),
-        }
+    fn cache_shape(&self) -> CacheShape;
+
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length
+    /// ([`ModelError::ContextOverflow`]). The default allocates a cache of
+    /// [`cache_shape`](Decoder::cache_shape) on [`device`](Decoder::device).
+    fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
+        crate::step::new_cache(
+            self.config().context_length,
+            self.cache_shape(),
+            config,
+            self.device(),
+        )
     }
 
-    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
-    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        match self {
-            Self::Llama(m) => m.new_cache(config),
-            Self::Gemma3(m) => m.new_cache(config),
-            Self::DeepSeek(m) => m.new_cache(config),
-            Self::Custom(m) => m.new_cache(config),
-        }
-    }
-
-    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
-    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
-    /// `all_logits` is set.
-    pub fn forward(
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values
+    /// (and committing them). Returns logits `[vocab]` of the last position, or
+    /// `[tokens.len(), vocab]` when `all_logits` is set. On error the cache should be left as
+    /// it was.
+    fn forward(
         &self,
         tokens: &[u32],
         cache: &mut SequenceCache,
         all_logits: bool,
-    ) -> Result<Tensor> {
-        match self {
-            Self::Llama(m) => m.forward(tokens, cache, all_logits),
-            Self::Gemma3(m) => m.forward(tokens, cache, all_logits),
-            Self::DeepSeek(m) => m.forward(tokens, cache, all_logits),
-            Self::Custom(m) => m.forward(tokens, cache, all_logits),
-        }
-    }
+    ) -> Result<Tensor>;
 
     /// One decode step for several sequences at once (`tokens[i]` continues `caches[i]`).
-    /// Returns logits `[batch, vocab]`.
-    pub fn forward_batch(
-        &self,
-        tokens: &[u32],
-        caches: &mut [&mut SequenceCache],
-    ) -> Result<Tensor> {
-        match self {
-            Self::Llama(m) => m.forward_batch(tokens, caches),
-            Self::Gemma3(m) => m.forward_batch(tokens, caches),
-            Self::DeepSeek(m) => m.forward_batch(tokens, caches),
-            Self::Custom(m) => m.forward_batch(tokens, caches),
+    /// Returns logits `[batch, vocab]`. The default runs [`forward`](Decoder::forward) once
+    /// per sequence and stacks the logits; on an error, the caches already advanced are
+    /// truncated back to their length before the call.
+    fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
+        crate::step::check_batch(tokens, caches)?;
+        let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let mut rows = Vec::with_capacity(tokens.len());
+        for (i, (&t, cache)) in tokens.iter().zip(caches.iter_mut()).enumerate() {
+            match self.forward(&[t], cache, false) {
+                Ok(logits) => rows.push(logits),
+                Err(e) => {
+                    for (c, &s) in caches.iter_mut().zip(&starts).take(i) {
+                        c.truncate(s);
+                    }
+                    return Err(e);
+                }
+            }
         }
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// Switches attention to candle's f32 op chain (matmul → softmax → matmul over an f32
+    /// cache), the reference path `FLUENT_AI_CANDLE_ATTENTION=candle` selects at load. Call it
+    /// before creating caches. The default does nothing: a decoder without a separate kernel
+    /// path already runs its only one ([`Llama`] overrides it).
+    fn use_candle_attention(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl dyn Decoder {
+    /// The concrete decoder inside, if it is a `T` (e.g. `decoder.downcast_ref::<Llama>()`).
+    pub fn downcast_ref<T: Decoder>(&self) -> Option<&T> {
+        (self as &dyn Any).downcast_ref()
+    }
+
+    /// The concrete decoder inside, mutably, if it is a `T`.
+    pub fn downcast_mut<T: Decoder>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn Any).downcast_mut()
+    }
+}
+
+/// A concrete decoder boxed as the trait object, so functions taking
+/// `impl Into<Box<dyn Decoder>>` accept a [`Llama`] as well as a loaded `Box<dyn Decoder>`.
+impl<D: Decoder> From<D> for Box<dyn Decoder> {
+    fn from(decoder: D) -> Self {
+        Box::new(decoder)
+    }
+}
+
+/// Loads the decoder that `general.architecture` names; an architecture this crate does not
+/// implement is [`ModelError::UnsupportedArchitecture`]. The same as [`load_with`] without
+/// plugins.
+pub fn load(
+    gguf: &mut GgufFile,
+    device: &Device,
+    progress: &mut dyn FnMut(LoadProgress),
+) -> Result<Box<dyn Decoder>> {
+    load_with(gguf, device, progress, &[])
+}
+
+/// Loads the decoder that `general.architecture` names: by the first of `plugins` whose
+/// [`architecture`](ArchitecturePlugin::architecture) it is, otherwise by this crate's own
+/// decoders. An architecture neither handles is [`ModelError::UnsupportedArchitecture`].
+pub fn load_with(
+    gguf: &mut GgufFile,
+    device: &Device,
+    progress: &mut dyn FnMut(LoadProgress),
+    plugins: &[&dyn ArchitecturePlugin],
+) -> Result<Box<dyn Decoder>> {
+    let arch = gguf.architecture()?;
+    if let Some(plugin) = plugins.iter().find(|p| p.architecture() == arch) {
+        return plugin.load(gguf, device, progress);
+    }
+    match arch.as_str() {
+        a if crate::llama::ARCHITECTURES.contains(&a) => {
+            Ok(Box::new(Llama::load(gguf, device, progress)?))
+        }
+        crate::gemma3::ARCHITECTURE => Ok(Box::new(Gemma3::load(gguf, device, progress)?)),
+        crate::deepseek::ARCHITECTURE => Ok(Box::new(DeepSeek::load(gguf, device, progress)?)),
+        other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
     }
 }

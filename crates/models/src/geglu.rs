@@ -1,50 +1,14 @@
-//! GEGLU, `gelu(gate) · up` (Gemma's feed-forward), computed as llama.cpp's CPU backend
-//! computes it: GELU (tanh form) is read from a table indexed by the gate value rounded to
-//! f16, holding `gelu(v)` rounded to f16 for every f16 `v`; gates at or below -10 give 0 and
-//! at or above 10 pass through. That is both what the reference logits were computed with and
-//! much cheaper than a `tanhf` per value (measured ~10% of Gemma 3's prefill with candle's
-//! exact `gelu`).
+//! GEGLU, `gelu(gate) · up` (Gemma's feed-forward), as a candle op computed as llama.cpp's
+//! CPU backend computes it ([`fluent_ai_candle_kernels::ggml::geglu`]): GELU (tanh form) is
+//! read from a table indexed by the gate value rounded to f16, holding `gelu(v)` rounded to
+//! f16 for every f16 `v`; gates at or below -10 give 0 and at or above 10 pass through. That
+//! is both what the reference logits were computed with and much cheaper than a `tanhf` per
+//! value (measured ~10% of Gemma 3's prefill with candle's exact `gelu`).
 //!
 //! On the CPU the op is split over candle's pool; elsewhere it falls back to candle's `gelu`.
 
-use std::sync::OnceLock;
-
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use half::f16;
-
-/// llama.cpp's `GELU_COEF_A`.
-const COEF_A: f32 = 0.044715;
-/// llama.cpp's `SQRT_2_OVER_PI`.
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-
-/// GELU, tanh form, in f32 as llama.cpp's `ggml_gelu_f32` is compiled (GCC contracts
-/// `1 + a·x·x` into one fused multiply-add).
-fn gelu_f32(x: f32) -> f32 {
-    let inner = (COEF_A * x).mul_add(x, 1.0);
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
-}
-
-/// `gelu(v)` rounded to f16, as f32, for every f16 bit pattern `v`.
-fn table() -> &'static [f32] {
-    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..=u16::MAX)
-            .map(|bits| f16::from_f32(gelu_f32(f16::from_bits(bits).to_f32())).to_f32())
-            .collect()
-    })
-}
-
-/// One value: `gelu(x) · g` the way llama.cpp's `ggml_vec_geglu_f32` computes it.
-#[inline]
-fn one(table: &[f32], x: f32, g: f32) -> f32 {
-    if x <= -10.0 {
-        0.0
-    } else if x >= 10.0 {
-        x * g
-    } else {
-        table[f16::from_f32(x).to_bits() as usize] * g
-    }
-}
+use fluent_ai_candle_kernels::ggml::{geglu as one, GeluTable};
 
 struct Geglu;
 
@@ -60,7 +24,7 @@ impl CustomOp2 for Geglu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let table = table();
+        let table = GeluTable::get();
         crate::ggml_math::zip_map("geglu", (s1, l1), (s2, l2), |x, g| one(table, x, g))
     }
 }
@@ -83,6 +47,8 @@ pub(crate) fn geglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use fluent_ai_candle_kernels::ggml::gelu_f32;
+    use half::f16;
 
     #[test]
     fn matches_gelu_within_f16_rounding_and_follows_llama_cpp_at_the_edges() {
@@ -132,7 +98,7 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let table = table();
+        let table = GeluTable::get();
         for i in 0..n {
             assert_eq!(got[i], one(table, xs[i], gs[i]));
         }

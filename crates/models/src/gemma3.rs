@@ -25,6 +25,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 
 use crate::config::ModelConfig;
+use crate::decoder::Decoder;
 use crate::gguf::GgufFile;
 use crate::llama::LoadProgress;
 use crate::weights::{embedding_and_output, linear, vector};
@@ -258,58 +259,9 @@ impl Gemma3 {
         })
     }
 
-    /// The common hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config.base
-    }
-
     /// All of Gemma 3's hyper-parameters.
     pub fn gemma_config(&self) -> &Gemma3Config {
         &self.config
-    }
-
-    /// The device the weights live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// What one token occupies in a KV cache of this model.
-    pub fn cache_shape(&self) -> CacheShape {
-        CacheShape {
-            layers: self.config.base.n_layers,
-            kv_heads: self.config.base.n_kv_heads,
-            head_dim: self.config.base.head_dim,
-            dtype: KV_DTYPE,
-        }
-    }
-
-    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
-    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        crate::step::new_cache(
-            self.config.base.context_length,
-            self.cache_shape(),
-            config,
-            &self.device,
-        )
-    }
-
-    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
-    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
-    /// `all_logits` is set.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut SequenceCache,
-        all_logits: bool,
-    ) -> Result<Tensor> {
-        crate::step::single(
-            tokens,
-            cache,
-            |cache| self.make_room(cache, tokens.len()),
-            |cache, start| {
-                crate::quant::as_prompt(|| self.forward_inner(tokens, cache, start, all_logits))
-            },
-        )
     }
 
     /// Evicts per the cache's strategy, re-rotating kept keys with each layer's own RoPE.
@@ -513,25 +465,6 @@ impl Gemma3 {
         }
     }
 
-    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
-    /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
-    /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
-    pub fn forward_batch(
-        &self,
-        tokens: &[u32],
-        caches: &mut [&mut SequenceCache],
-    ) -> Result<Tensor> {
-        crate::step::check_batch(tokens, caches)?;
-        if tokens.len() == 1 {
-            return Ok(self.forward(tokens, caches[0], false)?.unsqueeze(0)?);
-        }
-        crate::step::batch(
-            caches,
-            |cache| self.make_room(cache, 1),
-            |caches, starts| self.forward_batch_inner(tokens, caches, starts),
-        )
-    }
-
     fn forward_batch_inner(
         &self,
         tokens: &[u32],
@@ -612,6 +545,72 @@ impl Gemma3 {
             .rope_tables(layer, &vec![delta as f64; n])
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         crate::ggml_math::rope(&keys.unsqueeze(0)?.contiguous()?, &cos, &sin, false)?.squeeze(0)
+    }
+}
+
+impl Decoder for Gemma3 {
+    /// The common hyper-parameters.
+    fn config(&self) -> &ModelConfig {
+        &self.config.base
+    }
+
+    /// The device the weights live on.
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What one token occupies in a KV cache of this model.
+    fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            layers: self.config.base.n_layers,
+            kv_heads: self.config.base.n_kv_heads,
+            head_dim: self.config.base.head_dim,
+            dtype: KV_DTYPE,
+        }
+    }
+
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
+    fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
+        crate::step::new_cache(
+            self.config.base.context_length,
+            self.cache_shape(),
+            config,
+            &self.device,
+        )
+    }
+
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
+    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
+    /// `all_logits` is set.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |cache, start| {
+                crate::quant::as_prompt(|| self.forward_inner(tokens, cache, start, all_logits))
+            },
+        )
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
+    /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
+    /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
+    fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
+        crate::step::check_batch(tokens, caches)?;
+        if tokens.len() == 1 {
+            return Ok(self.forward(tokens, caches[0], false)?.unsqueeze(0)?);
+        }
+        crate::step::batch(
+            caches,
+            |cache| self.make_room(cache, 1),
+            |caches, starts| self.forward_batch_inner(tokens, caches, starts),
+        )
     }
 }
 

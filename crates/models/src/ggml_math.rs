@@ -1,59 +1,13 @@
-//! RMS norm, SwiGLU and RoPE computed as llama.cpp's CPU backend computes them, so that
-//! near-tied logits break the same way (the reference outputs in `../shared/reference` are
-//! llama.cpp's):
-//!
-//! - **RMS norm** (`ggml_compute_forward_rms_norm_f32`): the squares summed in f64, the mean
-//!   rounded to f32, `scale = 1 / sqrtf(mean + eps)`, then `x · scale · w` (two f32
-//!   products), where candle sums in f32 and divides by the root;
-//! - **SwiGLU** (`ggml_vec_swiglu_f32`): `silu(gate) · up` with `silu(x) = x / (1 + e^-x)` and
-//!   `e^-x` from GGML's AVX-512 polynomial (`ggml_v_expf`, ~1.5 ulp), evaluated here lane by
-//!   lane with the same fused multiply-adds, so every machine gets the same bits;
-//! - **RoPE** (`rotate_pairs`): each pair rotated with its first product fused, as GCC
-//!   contracts it.
-//!
-//! All run on f32 CPU tensors (element-wise ops split over candle's pool for prefill sizes,
-//! [`zip_map`]) and fall back to candle's ops elsewhere.
+//! RMS norm, SwiGLU and RoPE as candle ops computed as llama.cpp's CPU backend computes them,
+//! so that near-tied logits break the same way (the reference outputs in `../shared/reference`
+//! are llama.cpp's): the arithmetic is [`fluent_ai_candle_kernels::ggml`]'s (see there); this
+//! module runs it on f32 CPU tensors (element-wise ops split over candle's pool for prefill
+//! sizes, [`zip_map`]) and falls back to candle's ops elsewhere.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
-
-/// `e^x` as GGML's AVX-512 `ggml_v_expf` computes each lane: `x = n·ln2 + b` with `n` rounded
-/// to an integer, a degree-5 polynomial in `b`, scaled by `2^n`; `|n| > 192` saturates to 0
-/// or infinity.
-pub(crate) fn v_expf(x: f32) -> f32 {
-    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
-    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e) = 0x1.715476p+0
-    let n = z - r;
-    let inner = (-n).mul_add(f32::from_bits(0x3f31_7200), x); // 0x1.62e4p-1
-    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), inner); // 0x1.7f7d1cp-20
-    let u = b * b;
-    let c5 = f32::from_bits(0x3c07_2010); // 0x1.0e4020p-7
-    let c4 = f32::from_bits(0x3d2b_9f17); // 0x1.573e2ep-5
-    let c3 = f32::from_bits(0x3e2a_af33); // 0x1.555e66p-3
-    let c2 = f32::from_bits(0x3eff_fedb); // 0x1.fffdb6p-2
-    let c1 = f32::from_bits(0x3f7f_fff6); // 0x1.ffffecp-1
-    let j = c5
-        .mul_add(b, c4)
-        .mul_add(u, c3.mul_add(b, c2))
-        .mul_add(u, c1.mul_add(b, 1.0));
-    if n.abs() <= 125.0 {
-        // j is within [0.7, 1.5), so j · 2^n is a normal f32: scaling by the power of two
-        // (built from its exponent bits) is exact, as `_mm512_scalef_ps` is.
-        return j * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    }
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    // Near the ends of the range: j · 2^n rounded once (exact in f64, then one rounding).
-    (f64::from(j) * 2f64.powi(n as i32)) as f32
-}
-
-/// `silu(x) · g` as `ggml_vec_swiglu_f32` computes it.
-#[inline]
-fn swiglu_one(x: f32, g: f32) -> f32 {
-    x / (1.0 + v_expf(0.0 - x)) * g
-}
+use fluent_ai_candle_kernels::ggml::{rms_norm_row, rotate, swiglu as swiglu_one};
 
 /// Values per work item on the pool: small enough that a few rows (a batched decode step:
 /// 4 × 1536 values) split evenly over the threads.
@@ -143,14 +97,6 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> 
     }
 }
 
-/// One row: `x · scale · w` with llama.cpp's `scale`.
-fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
-    let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
-    out.extend(x.iter().zip(w).map(|(&v, &w)| v * scale * w));
-}
-
 struct RmsNorm {
     eps: f32,
 }
@@ -174,7 +120,7 @@ impl CustomOp2 for RmsNorm {
         }
         let mut out = Vec::with_capacity(x.len());
         for row in x.chunks_exact(dim) {
-            rms_row(row, w, self.eps, &mut out);
+            rms_norm_row(row, w, self.eps, &mut out);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -189,13 +135,6 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<
     } else {
         candle_nn::ops::rms_norm(x, w, eps)
     }
-}
-
-/// Rotates one pair as llama.cpp's `rotate_pairs` does, compiled by GCC with contraction:
-/// `x0·cos - x1·sin` and `x0·sin + x1·cos`, each with its first product fused.
-#[inline]
-fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
-    (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
 }
 
 /// RoPE of `x` (`[b, h, t, d]`) by the angles whose cosines and sines are `cos` / `sin`
@@ -264,41 +203,6 @@ pub(crate) fn rope(
 mod tests {
     use super::*;
     use candle_core::Device;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn v_expf_is_within_two_ulp_of_exp(x in -87f32..88.0) {
-            let want = f64::from(x).exp();
-            let got = f64::from(v_expf(x));
-            let ulp = f64::from(f32::EPSILON) * want;
-            prop_assert!((got - want).abs() <= 2.0 * ulp, "{x}: {got} vs {want}");
-        }
-
-        #[test]
-        fn swiglu_is_silu_times_up(x in -30f32..30.0, g in -4f32..4.0) {
-            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp()) * f64::from(g);
-            let got = f64::from(swiglu_one(x, g));
-            prop_assert!((got - want).abs() <= want.abs() * 1e-6 + 1e-30, "{got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn v_expf_saturates_like_ggml() {
-        assert_eq!(v_expf(-200.0), 0.0);
-        assert_eq!(v_expf(200.0), f32::INFINITY);
-        assert_eq!(v_expf(0.0), 1.0);
-        // Deep in the subnormal range the result is rounded once.
-        assert!(v_expf(-100.0) > 0.0 && v_expf(-100.0) < f32::MIN_POSITIVE);
-        // Both sides of the fast path's edge (n = ±125) stay within two ulps of e^x.
-        for x in [-86.64f32, -86.7, -87.3, 86.6, 86.7, 87.3] {
-            let (got, want) = (f64::from(v_expf(x)), f64::from(x).exp());
-            assert!(
-                (got - want).abs() <= 2.0 * f64::from(f32::EPSILON) * want,
-                "{x}"
-            );
-        }
-    }
 
     #[test]
     fn ops_match_candle_within_rounding_and_split_over_the_pool_unchanged() {

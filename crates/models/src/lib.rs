@@ -9,14 +9,15 @@
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
 //! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU);
 //! - [`DeepSeek`]: the DeepSeek-V3 / Kimi K2 decoder (`deepseek2`: multi-head latent
-//!   attention over a compressed cache, mixture of experts), and [`Decoder`], any of them as
-//!   `general.architecture` says;
-//! - [`plugin`]: [`ArchitecturePlugin`] and [`DecoderModel`], to add an architecture from
-//!   outside this crate ([`Decoder::load_with`], [`LoadedModel::load_with`]);
+//!   attention over a compressed cache, mixture of experts);
+//! - [`Decoder`]: the trait every decoder implements, held as a `Box<dyn Decoder>`;
+//!   [`decoder::load`] picks the one `general.architecture` names;
+//! - [`plugin`]: [`ArchitecturePlugin`], to add an architecture from outside this crate
+//!   ([`decoder::load_with`], [`LoadedModel::load_with`]);
 //! - the tokenizer and chat template read from `tokenizer.ggml.*` metadata;
 //! - [`safetensors`]: [`Llama::load_safetensors`], a llama/mistral model from the Hugging Face
 //!   hub layout (`config.json` and safetensors), quantized on load to a [`QuantizationType`];
-//!   with its `tokenizer.json` ([`GgufTokenizer::from_hf_dir`], byte-level BPE) and
+//!   with its `tokenizer.json` ([`CandleTokenizer::from_hf_dir`], byte-level BPE) and
 //!   `tokenizer_config.json` ([`ChatTemplate::from_hf_dir`]), a whole [`LoadedModel`]
 //!   ([`LoadedModel::load_dir`], or [`LoadedModel::load`] given the directory);
 //! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution
@@ -32,8 +33,8 @@
 //! let path = cache::resolve("smollm2-135m-instruct")?;
 //! let model = LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})?;
 //! let ids = model.tokenizer.encode("The capital of France is", false)?;
-//! let mut kv = model.model.new_cache(&KvCacheConfig::default().max_entries(64))?;
-//! let logits = model.model.forward(&ids, &mut kv, false)?;
+//! let mut kv = model.decoder.new_cache(&KvCacheConfig::default().max_entries(64))?;
+//! let logits = model.decoder.forward(&ids, &mut kv, false)?;
 //! assert_eq!(logits.dims(), &[model.config().vocab_size]);
 //! # Ok::<(), fluent_ai_candle_models::ModelError>(())
 //! ```
@@ -57,8 +58,8 @@
 //! use fluent_ai_candle_models::{cache, ModelError};
 //! assert!(matches!(cache::resolve("no-such-model"), Err(ModelError::UnknownModel { .. })));
 //! ```
-// `unsafe` is denied (workspace lints) everywhere but the SIMD kernels in `quant::x86`.
-#![deny(unsafe_code)]
+// The SIMD kernels are in `fluent-ai-candle-kernels`; this crate has no `unsafe` at all.
+#![forbid(unsafe_code)]
 
 mod attention;
 pub mod cache;
@@ -68,7 +69,6 @@ pub mod decoder;
 pub mod deepseek;
 pub mod device;
 pub mod error;
-mod f16_kernels;
 mod geglu;
 pub mod gemma3;
 mod ggml_math;
@@ -93,10 +93,10 @@ pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::{CancelToken, GgufFile};
 pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
-pub use plugin::{ArchitecturePlugin, DecoderModel};
+pub use plugin::ArchitecturePlugin;
 pub use quant::QLinear;
 pub use safetensors::{HfConfig, QuantizationType};
-pub use tokenizer::GgufTokenizer;
+pub use tokenizer::CandleTokenizer;
 
 /// Largest absolute element-wise difference of two tensors of one shape (unit tests).
 #[cfg(test)]

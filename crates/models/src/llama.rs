@@ -28,6 +28,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use fluent_ai_candle_kv_cache::{CacheShape, KvCacheConfig, SequenceCache};
 
 use crate::config::ModelConfig;
+use crate::decoder::Decoder;
 use crate::gguf::GgufFile;
 use crate::weights::{embedding_and_output, linear, vector as norm_weight};
 use crate::{ModelError, Result};
@@ -509,16 +510,6 @@ impl Llama {
         })
     }
 
-    /// The model's hyper-parameters.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    /// The device the weights live on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// The architecture's variant (RoPE style, biases, query/key norms).
     pub fn variant(&self) -> LlamaVariant {
         self.variant
@@ -543,16 +534,6 @@ impl Llama {
             sin,
             matches!(self.variant.rope, RopeStyle::Interleaved),
         )
-    }
-
-    /// What one token occupies in a KV cache of this model.
-    pub fn cache_shape(&self) -> CacheShape {
-        CacheShape {
-            layers: self.config.n_layers,
-            kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim,
-            dtype: self.kv_dtype,
-        }
     }
 
     /// Chooses the attention computation on the CPU. On (the default): every query row in one
@@ -608,35 +589,6 @@ impl Llama {
         let att = (q.matmul(&keys.t()?)? * scale)?;
         let att = candle_nn::ops::softmax_last_dim(&masked(att)?)?;
         Ok(att.matmul(&values)?)
-    }
-
-    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
-    pub fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
-        crate::step::new_cache(
-            self.config.context_length,
-            self.cache_shape(),
-            config,
-            &self.device,
-        )
-    }
-
-    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
-    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
-    /// `all_logits` is set.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut SequenceCache,
-        all_logits: bool,
-    ) -> Result<Tensor> {
-        crate::step::single(
-            tokens,
-            cache,
-            |cache| self.make_room(cache, tokens.len()),
-            |cache, pos| {
-                crate::quant::as_prompt(|| self.forward_inner(tokens, cache, pos, all_logits))
-            },
-        )
     }
 
     /// Evicts per the cache's strategy, re-rotating kept keys by their shift.
@@ -744,28 +696,6 @@ impl Llama {
         })
     }
 
-    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
-    /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
-    /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
-    pub fn forward_batch(
-        &self,
-        tokens: &[u32],
-        caches: &mut [&mut SequenceCache],
-    ) -> Result<Tensor> {
-        crate::step::check_batch(tokens, caches)?;
-        if tokens.len() == 1 {
-            return self
-                .forward(tokens, caches[0], false)?
-                .unsqueeze(0)
-                .map_err(Into::into);
-        }
-        crate::step::batch(
-            caches,
-            |cache| self.make_room(cache, 1),
-            |caches, starts| self.forward_batch_inner(tokens, caches, starts),
-        )
-    }
-
     fn forward_batch_inner(
         &self,
         tokens: &[u32],
@@ -851,6 +781,82 @@ impl Llama {
         let dtype = keys.dtype();
         let keys = keys.to_dtype(DType::F32)?.unsqueeze(0)?.contiguous()?;
         self.rope(&keys, &cos, &sin)?.squeeze(0)?.to_dtype(dtype)
+    }
+}
+
+impl Decoder for Llama {
+    /// The model's hyper-parameters.
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What one token occupies in a KV cache of this model.
+    fn cache_shape(&self) -> CacheShape {
+        CacheShape {
+            layers: self.config.n_layers,
+            kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+            dtype: self.kv_dtype,
+        }
+    }
+
+    /// A new, empty cache for one sequence. Its capacity may not exceed the context length.
+    fn new_cache(&self, config: &KvCacheConfig) -> Result<SequenceCache> {
+        crate::step::new_cache(
+            self.config.context_length,
+            self.cache_shape(),
+            config,
+            &self.device,
+        )
+    }
+
+    /// Runs `tokens` of one sequence after what `cache` holds, appending their keys and values.
+    /// Returns logits `[vocab]` of the last position, or `[tokens.len(), vocab]` when
+    /// `all_logits` is set.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |cache, pos| {
+                crate::quant::as_prompt(|| self.forward_inner(tokens, cache, pos, all_logits))
+            },
+        )
+    }
+
+    /// One decode step for several sequences at once: `tokens[i]` is the next token of the
+    /// sequence cached in `caches[i]`. The weights are read once for the whole batch; the
+    /// attention runs per sequence over its own cache. Returns logits `[batch, vocab]`.
+    fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut SequenceCache]) -> Result<Tensor> {
+        crate::step::check_batch(tokens, caches)?;
+        if tokens.len() == 1 {
+            return self
+                .forward(tokens, caches[0], false)?
+                .unsqueeze(0)
+                .map_err(Into::into);
+        }
+        crate::step::batch(
+            caches,
+            |cache| self.make_room(cache, 1),
+            |caches, starts| self.forward_batch_inner(tokens, caches, starts),
+        )
+    }
+
+    /// Turns the attention kernel off ([`Llama::set_fused_attention`]) and makes the caches
+    /// f32 ([`Llama::set_kv_dtype`]).
+    fn use_candle_attention(&mut self) -> Result<()> {
+        self.set_fused_attention(false);
+        self.set_kv_dtype(DType::F32)
     }
 }
 

@@ -6,23 +6,23 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
-use crate::decoder::Decoder;
+use crate::decoder::{self, Decoder};
 use crate::gguf::{CancelToken, GgufFile};
 use crate::llama::{Llama, LoadProgress};
 use crate::plugin::ArchitecturePlugin;
 use crate::safetensors::{HfConfig, QuantizationType};
-use crate::tokenizer::GgufTokenizer;
+use crate::tokenizer::CandleTokenizer;
 use crate::{ModelConfig, ModelError, Result};
 
 /// Everything loaded from one GGUF file or one Hugging Face model directory.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The decoder (llama family, Gemma 3, or a plugin's, as `general.architecture` says; a
-    /// directory's is a llama-family decoder, as `config.json`'s `model_type` says).
-    pub model: Decoder,
+    /// The decoder (llama family, Gemma 3, DeepSeek, or a plugin's, as `general.architecture`
+    /// says; a directory's is a llama-family decoder, as `config.json`'s `model_type` says).
+    pub decoder: Box<dyn Decoder>,
     /// The tokenizer from `tokenizer.ggml.*` (a directory's from `tokenizer.json`, see
-    /// [`GgufTokenizer::from_hf_dir`]).
-    pub tokenizer: GgufTokenizer,
+    /// [`CandleTokenizer::from_hf_dir`]).
+    pub tokenizer: CandleTokenizer,
     /// The chat template from `tokenizer.chat_template` (when the file has none: Gemma's turns
     /// for Gemma 3, ChatML otherwise; a directory's from `tokenizer_config.json`, see
     /// [`ChatTemplate::from_hf_dir`]).
@@ -45,7 +45,7 @@ impl LoadedModel {
         Self::load_with(path, device, progress, &[])
     }
 
-    /// [`LoadedModel::load`], with the decoder loaded by [`Decoder::load_with`]: by the first
+    /// [`LoadedModel::load`], with the decoder loaded by [`decoder::load_with`]: by the first
     /// of `plugins` that handles the file's `general.architecture`, otherwise by this crate.
     /// The tokenizer and chat template are read from the file's metadata as for any model.
     /// A directory is loaded by [`LoadedModel::load_dir`] with the default
@@ -85,7 +85,7 @@ impl LoadedModel {
         if !plugins.iter().any(|p| p.architecture() == arch) {
             crate::ModelConfig::from_gguf(&gguf)?;
         }
-        let tokenizer = GgufTokenizer::from_gguf(gguf.content())?;
+        let tokenizer = CandleTokenizer::from_gguf(gguf.content())?;
         let chat_template = if arch == crate::gemma3::ARCHITECTURE
             && gguf.get("tokenizer.chat_template").is_none()
         {
@@ -103,17 +103,11 @@ impl LoadedModel {
             ChatTemplate::from_gguf(gguf.content())?
         };
         cancel.check()?;
-        let mut model = Decoder::load_with(&mut gguf, device, progress, plugins)?;
+        let mut decoder = decoder::load_with(&mut gguf, device, progress, plugins)?;
+        attention_from_env(decoder.as_mut())?;
         cancel.check()?;
-        // `=candle`: candle's f32 attention op chain (an f32 cache) instead of the kernel.
-        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "candle") {
-            if let Decoder::Llama(m) = &mut model {
-                m.set_fused_attention(false);
-                m.set_kv_dtype(candle_core::DType::F32)?;
-            }
-        }
         Ok(Self {
-            model,
+            decoder,
             tokenizer,
             chat_template,
             file_size: gguf.file_size(),
@@ -122,7 +116,7 @@ impl LoadedModel {
 
     /// Loads a Hugging Face model directory (the hub's layout, e.g. a snapshot that
     /// [`cache::resolve`](crate::cache::resolve) found for `hf:ORG/REPO`): the tokenizer from
-    /// `tokenizer.json` ([`GgufTokenizer::from_hf_dir`]), the chat template from
+    /// `tokenizer.json` ([`CandleTokenizer::from_hf_dir`]), the chat template from
     /// `tokenizer_config.json` ([`ChatTemplate::from_hf_dir`]), then the weights of
     /// `config.json` and the safetensors files onto `device`, every matrix quantized to
     /// `quant` ([`Llama::load_safetensors`]: llama or mistral), reporting progress per tensor.
@@ -138,7 +132,7 @@ impl LoadedModel {
         let dir = dir.as_ref();
         // config.json first: an unsupported model type fails before anything is read.
         HfConfig::from_file(&dir.join("config.json"))?;
-        let tokenizer = GgufTokenizer::from_hf_dir(dir)?;
+        let tokenizer = CandleTokenizer::from_hf_dir(dir)?;
         let chat_template = ChatTemplate::from_hf_dir(dir, &tokenizer)?;
         let mut file_size = 0;
         for file in crate::safetensors::weight_files(dir)? {
@@ -153,12 +147,9 @@ impl LoadedModel {
                 .len();
         }
         let mut llama = Llama::load_safetensors_with_progress(dir, quant, device, progress)?;
-        if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "candle") {
-            llama.set_fused_attention(false);
-            llama.set_kv_dtype(candle_core::DType::F32)?;
-        }
+        attention_from_env(&mut llama)?;
         Ok(Self {
-            model: Decoder::Llama(llama),
+            decoder: Box::new(llama),
             tokenizer,
             chat_template,
             file_size,
@@ -167,7 +158,7 @@ impl LoadedModel {
 
     /// The decoder's hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
-        self.model.config()
+        self.decoder.config()
     }
 
     /// Renders one user message through the chat template, with the assistant turn opened.
@@ -180,4 +171,13 @@ impl LoadedModel {
             true,
         )
     }
+}
+
+/// `FLUENT_AI_CANDLE_ATTENTION=candle`: candle's f32 attention op chain (an f32 cache) instead
+/// of the kernel ([`Decoder::use_candle_attention`]).
+fn attention_from_env(decoder: &mut dyn Decoder) -> Result<()> {
+    if std::env::var("FLUENT_AI_CANDLE_ATTENTION").is_ok_and(|v| v == "candle") {
+        decoder.use_candle_attention()?;
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use candle_transformers::models::{
     quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
 };
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{Decoder, GgufFile, Llama, ModelError, RopeStyle};
+use fluent_ai_candle_models::{decoder, Decoder, GgufFile, Llama, ModelError, RopeStyle};
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -234,8 +234,8 @@ fn write_spec(s: &Spec) -> PathBuf {
     )
 }
 
-fn load(path: &PathBuf) -> Result<Decoder, ModelError> {
-    Decoder::load(&mut GgufFile::open(path)?, &Device::Cpu, &mut |_| {})
+fn load(path: &PathBuf) -> Result<Box<dyn Decoder>, ModelError> {
+    decoder::load(&mut GgufFile::open(path)?, &Device::Cpu, &mut |_| {})
 }
 
 /// candle-transformers' model of the architecture, loaded from the same file.
@@ -322,11 +322,11 @@ fn compare_with_candle_transformers(
     };
     let path = write_spec(&s);
     let mut model = load(&path).unwrap();
-    if let Decoder::Llama(l) = &mut model {
+    if let Some(l) = model.downcast_mut::<Llama>() {
         l.set_kv_dtype(kv).unwrap();
     }
     let tolerance = if kv == DType::F32 { 1e-3 } else { 1e-2 };
-    let Decoder::Llama(llama) = &model else {
+    let Some(llama) = model.downcast_ref::<Llama>() else {
         panic!("{arch} did not load as the llama-family decoder");
     };
     let want_rope = if arch == "mistral" {
@@ -432,6 +432,32 @@ fn mistral_matches_candle_transformers_llama() {
     compare_with_candle_transformers("mistral", GgmlDType::Q8_0, DType::F32);
 }
 
+/// `FLUENT_AI_CANDLE_ATTENTION=candle` goes through the trait object: a llama-family decoder
+/// turns its attention kernel off and creates f32 caches; `downcast_ref` reaches the concrete
+/// decoder only when it is one.
+#[test]
+fn candle_attention_switch_works_through_the_trait_object() {
+    let path = write_spec(&Spec {
+        weights: GgmlDType::F32,
+        ..spec("qwen2", 1)
+    });
+    let mut model = load(&path).unwrap();
+    assert!(model
+        .downcast_ref::<fluent_ai_candle_models::Gemma3>()
+        .is_none());
+    let llama = model.downcast_ref::<Llama>().unwrap();
+    assert!(llama.fused_attention());
+    assert_eq!(model.cache_shape().dtype, DType::F16);
+    model.use_candle_attention().unwrap();
+    let llama = model.downcast_ref::<Llama>().unwrap();
+    assert!(!llama.fused_attention());
+    assert_eq!(llama.kv_dtype(), DType::F32);
+    let cache = model
+        .new_cache(&KvCacheConfig::default().max_entries(8))
+        .unwrap();
+    assert_eq!(cache.shape().dtype, DType::F32);
+}
+
 /// With one layer a token's keys and values depend only on the token and its position, so
 /// after an attention-sink eviction re-rotates the kept keys, the next token's logits equal
 /// those of a fresh cache holding just the kept tokens: true only when the re-rotation uses
@@ -447,10 +473,10 @@ fn sink_rerotation_uses_each_architectures_rope_style() {
         let mut model = load(&path).unwrap();
         // An f32 cache: with f16 keys, re-rotating stored keys and rotating fresh ones round
         // differently, which would hide the RoPE style this checks.
-        if let Decoder::Llama(l) = &mut model {
+        if let Some(l) = model.downcast_mut::<Llama>() {
             l.set_kv_dtype(DType::F32).unwrap();
         }
-        let worst = common::sink_rerotation_max_diff(&model, VOCAB, arch);
+        let worst = common::sink_rerotation_max_diff(model.as_ref(), VOCAB, arch);
         eprintln!("{arch}: sink re-rotation max diff {worst:.3e}");
     }
 }
@@ -589,7 +615,7 @@ fn progress_counts_the_extra_tensors() {
         let s = spec(arch, 2);
         let path = write_spec(&s);
         let mut last = None;
-        Decoder::load(
+        decoder::load(
             &mut GgufFile::open(&path).unwrap(),
             &Device::Cpu,
             &mut |p| last = Some(p),

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{Decoder, GgufFile};
+use fluent_ai_candle_models::{decoder, GgufFile};
 
 /// `n` ids: the model's long-prompt fixtures, one after another, repeated.
 fn prompt(model: &str, n: usize) -> Vec<u32> {
@@ -22,7 +22,7 @@ fn prompt(model: &str, n: usize) -> Vec<u32> {
 
 fn check(name: &str, path: std::path::PathBuf, n: usize, chunks: &[usize]) {
     let mut gguf = GgufFile::open(path).unwrap();
-    let model = Decoder::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
+    let model = decoder::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
     let ids = prompt(name, n);
     let cache = || {
         model

@@ -10,14 +10,16 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{Decoder, Gemma3, GgufFile, GgufTokenizer, LoadedModel, ModelError};
+use fluent_ai_candle_models::{
+    decoder, CandleTokenizer, Decoder, Gemma3, GgufFile, LoadedModel, ModelError,
+};
 
 /// The model and tokenizer, loaded once for all tests of this file.
-fn model() -> &'static (Gemma3, GgufTokenizer) {
-    static MODEL: OnceLock<(Gemma3, GgufTokenizer)> = OnceLock::new();
+fn model() -> &'static (Gemma3, CandleTokenizer) {
+    static MODEL: OnceLock<(Gemma3, CandleTokenizer)> = OnceLock::new();
     MODEL.get_or_init(|| {
         let mut gguf = GgufFile::open(common::gemma3_path()).unwrap();
-        let tok = GgufTokenizer::from_gguf(gguf.content()).unwrap();
+        let tok = CandleTokenizer::from_gguf(gguf.content()).unwrap();
         let model = Gemma3::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
         (model, tok)
     })
@@ -105,7 +107,7 @@ fn greedy_continuations_agree_with_llama_cpp() {
 #[test]
 fn loaded_model_renders_gemma_turns_with_one_bos() {
     let loaded = LoadedModel::load(common::gemma3_path(), &Device::Cpu, &mut |_| {}).unwrap();
-    assert!(matches!(loaded.model, Decoder::Gemma3(_)));
+    assert!(loaded.decoder.downcast_ref::<Gemma3>().is_some());
     let prompt = loaded.chat_prompt("What is 2+2?").unwrap();
     assert_eq!(
         prompt,
@@ -346,7 +348,7 @@ fn bad_files_are_typed_errors_naming_the_problem() {
     let mut md = tiny_metadata(4);
     md[0].1 = Value::String("mamba".into());
     let path = write_tiny("mamba.gguf", &md, &tiny_tensors());
-    let err = Decoder::load(
+    let err = decoder::load(
         &mut GgufFile::open(&path).unwrap(),
         &Device::Cpu,
         &mut |_| {},

@@ -11,7 +11,7 @@ use candle_core::Device;
 use common::gguf_bytes::{encode, tiny_model, write_file, RawTensor};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{
-    CancelToken, Decoder, GgufFile, LoadedModel, ModelConfig, ModelError,
+    CancelToken, decoder, GgufFile, LoadedModel, ModelConfig, ModelError,
 };
 
 /// The tiny llama model with `key` set to `value` (added when absent), written to a file.
@@ -28,9 +28,9 @@ fn with(name: &str, key: &str, value: Value) -> std::path::PathBuf {
 fn load(path: &std::path::Path) -> Result<(), ModelError> {
     let m = LoadedModel::load(path, &Device::Cpu, &mut |_| {})?;
     let mut cache = m
-        .model
+        .decoder
         .new_cache(&KvCacheConfig::default().max_entries(4))?;
-    m.model.forward(&[2, 3], &mut cache, false)?;
+    m.decoder.forward(&[2, 3], &mut cache, false)?;
     Ok(())
 }
 
@@ -67,7 +67,7 @@ fn a_huge_context_length_is_refused() {
         ModelConfig::from_gguf(&gguf).unwrap_err(),
         "llama.context_length",
     );
-    let err = Decoder::load(
+    let err = decoder::load(
         &mut GgufFile::open(&path).unwrap(),
         &Device::Cpu,
         &mut |_| {},

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{GgufFile, Llama};
+use fluent_ai_candle_models::{Decoder, GgufFile, Llama};
 
 /// End-of-generation ids of SmolLM2 (`<|endoftext|>`, `<|im_end|>`).
 const EOG: [u32; 2] = [0, 2];

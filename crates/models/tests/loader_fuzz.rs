@@ -21,7 +21,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::Device;
 use common::gguf_bytes::{encode, tiny_model, RawTensor};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{Decoder, GgufFile, LoadedModel, ModelConfig};
+use fluent_ai_candle_models::{decoder, GgufFile, LoadedModel, ModelConfig};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -434,10 +434,10 @@ fn build(case: &Case) -> (Vec<u8>, Option<u64>) {
 fn exercise(path: &Path) {
     if let Ok(gguf) = GgufFile::open(path) {
         let _ = ModelConfig::from_gguf(&gguf);
-        let _ = fluent_ai_candle_models::GgufTokenizer::from_gguf(gguf.content());
+        let _ = fluent_ai_candle_models::CandleTokenizer::from_gguf(gguf.content());
         let _ = fluent_ai_candle_models::ChatTemplate::from_gguf(gguf.content());
         let mut gguf = gguf;
-        let _ = Decoder::load(&mut gguf, &Device::Cpu, &mut |_| {});
+        let _ = decoder::load(&mut gguf, &Device::Cpu, &mut |_| {});
     }
     if let Ok(m) = LoadedModel::load(path, &Device::Cpu, &mut |_| {}) {
         if let Ok(ids) = m.tokenizer.encode("hello world", true) {
@@ -445,12 +445,12 @@ fn exercise(path: &Path) {
         }
         let _ = m.chat_prompt("hi");
         let n = m.config().context_length.min(4);
-        if let Ok(mut cache) = m.model.new_cache(&KvCacheConfig::default().max_entries(n)) {
+        if let Ok(mut cache) = m.decoder.new_cache(&KvCacheConfig::default().max_entries(n)) {
             let vocab = m.config().vocab_size as u32;
             let tokens: Vec<u32> = (0..n.min(3) as u32).map(|t| t % vocab.max(1)).collect();
             if !tokens.is_empty() {
-                let _ = m.model.forward(&tokens, &mut cache, false);
-                let _ = m.model.forward_batch(&tokens[..1], &mut [&mut cache]);
+                let _ = m.decoder.forward(&tokens, &mut cache, false);
+                let _ = m.decoder.forward_batch(&tokens[..1], &mut [&mut cache]);
             }
         }
     }

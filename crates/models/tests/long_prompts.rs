@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{Decoder, GgufFile};
+use fluent_ai_candle_models::{decoder, GgufFile};
 
 #[test]
 fn long_prompts_match_llama_cpp_exactly() {
@@ -19,7 +19,7 @@ fn long_prompts_match_llama_cpp_exactly() {
             _ => common::gemma3_path(),
         };
         let mut gguf = GgufFile::open(path).unwrap();
-        let model = Decoder::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
+        let model = decoder::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
         for line in lines.iter().filter(|l| l["model"] == name) {
             let ids = common::ids(&line["ids"]);
             assert!(ids.len() >= 64, "a long prompt: {}", ids.len());

@@ -14,8 +14,8 @@ use candle_core::{DType, Device, Tensor, D};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::safetensors::unpermute_qk;
 use fluent_ai_candle_models::{
-    cache, ChatMessage, GgufFile, GgufTokenizer, Llama, LoadedModel, ModelConfig, ModelError,
-    QuantizationType,
+    cache, CandleTokenizer, ChatMessage, Decoder, GgufFile, Llama, LoadedModel, ModelConfig,
+    ModelError, QuantizationType,
 };
 
 /// A fresh directory under the system temp dir, removed when dropped.
@@ -178,7 +178,7 @@ fn smollm2_from_safetensors_matches_the_gguf_model() {
     write_smollm2_hub_dir(dir);
     eprintln!("wrote the hub-layout directory in {:.1?}", t0.elapsed());
     let mut gguf = GgufFile::open(common::smollm2_path()).unwrap();
-    let tokenizer = GgufTokenizer::from_gguf(gguf.content()).unwrap();
+    let tokenizer = CandleTokenizer::from_gguf(gguf.content()).unwrap();
     let gguf_model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
     let ids = tokenizer
         .encode(
@@ -472,7 +472,7 @@ const VARIED_TEXTS: &[&str] = &[
 /// step's logits.
 fn greedy(model: &LoadedModel, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
     let mut kv = model
-        .model
+        .decoder
         .new_cache(&KvCacheConfig::default().max_entries(prompt.len() + n))
         .unwrap();
     let mut input = prompt.to_vec();
@@ -480,7 +480,7 @@ fn greedy(model: &LoadedModel, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>)
     let mut first = Vec::new();
     for _ in 0..n {
         let logits: Vec<f32> = model
-            .model
+            .decoder
             .forward(&input, &mut kv, false)
             .unwrap()
             .to_dtype(DType::F32)
@@ -501,7 +501,7 @@ fn greedy(model: &LoadedModel, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>)
 }
 
 /// The facts of two tokenizers that the engine and the constraint engine use.
-fn assert_same_tokenizer(ours: &GgufTokenizer, gguf: &GgufTokenizer) {
+fn assert_same_tokenizer(ours: &CandleTokenizer, gguf: &CandleTokenizer) {
     assert_eq!(ours.vocab_size(), gguf.vocab_size());
     assert_eq!(ours.token_bytes(), gguf.token_bytes());
     assert_eq!(ours.bos_id(), gguf.bos_id());
@@ -607,10 +607,10 @@ fn smollm2_hub_snapshot_is_a_whole_model() {
     let forced: Vec<u32> = ids.iter().chain(&gguf_answer).copied().collect();
     let rows = |m: &LoadedModel| -> Vec<Vec<f32>> {
         let mut kv = m
-            .model
+            .decoder
             .new_cache(&KvCacheConfig::default().max_entries(forced.len()))
             .unwrap();
-        m.model
+        m.decoder
             .forward(&forced, &mut kv, true)
             .unwrap()
             .to_dtype(DType::F32)
@@ -694,14 +694,14 @@ fn real_smollm2_tokenizer_json_matches_the_gguf_tokenizer() {
         "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>",
     });
     std::fs::write(tmp.0.join("tokenizer_config.json"), config.to_string()).unwrap();
-    let ours = GgufTokenizer::from_hf_dir(&tmp.0).unwrap();
+    let ours = CandleTokenizer::from_hf_dir(&tmp.0).unwrap();
     let gguf = GgufFile::open(common::smollm2_path()).unwrap();
-    let gguf = GgufTokenizer::from_gguf(gguf.content()).unwrap();
+    let gguf = CandleTokenizer::from_gguf(gguf.content()).unwrap();
     assert_same_tokenizer(&ours, &gguf);
     // Without tokenizer_config.json: no BOS/EOS, the end-of-turn markers still end a
     // generation.
     std::fs::remove_file(tmp.0.join("tokenizer_config.json")).unwrap();
-    let bare = GgufTokenizer::from_hf_dir(&tmp.0).unwrap();
+    let bare = CandleTokenizer::from_hf_dir(&tmp.0).unwrap();
     assert_eq!((bare.bos_id(), bare.eos_id()), (None, None));
     assert!(bare.is_eog(2) && bare.is_eog(0));
     assert_eq!(

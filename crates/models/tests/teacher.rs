@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_models::{GgufFile, Llama};
+use fluent_ai_candle_models::{Decoder, GgufFile, Llama};
 
 #[test]
 fn teacher_forced_argmax_matches_llama_cpp() {

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
 use fluent_ai_candle_models::chat_template::{ChatMessage, ChatTemplate};
-use fluent_ai_candle_models::tokenizer::GgufTokenizer;
+use fluent_ai_candle_models::tokenizer::CandleTokenizer;
 
 /// The SmolLM2 GGUF from the model cache; fails (never skips) when absent.
 fn smollm2_path() -> PathBuf {
@@ -30,9 +30,9 @@ fn smollm2_content() -> Content {
 }
 
 /// The SmolLM2 tokenizer, built once for the property test.
-fn smollm2_tokenizer() -> &'static GgufTokenizer {
-    static TOK: OnceLock<GgufTokenizer> = OnceLock::new();
-    TOK.get_or_init(|| GgufTokenizer::from_gguf(&smollm2_content()).unwrap())
+fn smollm2_tokenizer() -> &'static CandleTokenizer {
+    static TOK: OnceLock<CandleTokenizer> = OnceLock::new();
+    TOK.get_or_init(|| CandleTokenizer::from_gguf(&smollm2_content()).unwrap())
 }
 
 fn fixture_lines(rel: &str) -> Vec<serde_json::Value> {
@@ -57,7 +57,7 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn smollm2_encode_matches_reference() {
-    let tok = GgufTokenizer::from_gguf(&smollm2_content()).unwrap();
+    let tok = CandleTokenizer::from_gguf(&smollm2_content()).unwrap();
     let lines = fixture_lines("reference/smollm2-tokenize.jsonl");
     assert!(!lines.is_empty());
     let mut failures = Vec::new();
@@ -80,7 +80,7 @@ fn smollm2_encode_matches_reference() {
 
 #[test]
 fn smollm2_decode_round_trips() {
-    let tok = GgufTokenizer::from_gguf(&smollm2_content()).unwrap();
+    let tok = CandleTokenizer::from_gguf(&smollm2_content()).unwrap();
     for line in fixture_lines("reference/smollm2-tokenize.jsonl") {
         let text = line["text"].as_str().expect("text");
         let ids = ids_of(&line["ids"]);
@@ -93,7 +93,7 @@ fn smollm2_decode_round_trips() {
 
 #[test]
 fn smollm2_special_facts() {
-    let tok = GgufTokenizer::from_gguf(&smollm2_content()).unwrap();
+    let tok = CandleTokenizer::from_gguf(&smollm2_content()).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!(tok.bos_id(), Some(1));
     assert_eq!(tok.eos_id(), Some(2));
@@ -143,7 +143,7 @@ fn smollm2_chat_template_renders_chatml() {
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     );
     // The rendered prompt tokenizes with the chat markers as single tokens.
-    let tok = GgufTokenizer::from_gguf(&content).unwrap();
+    let tok = CandleTokenizer::from_gguf(&content).unwrap();
     let ids = tok.encode(&out, false).unwrap();
     assert_eq!(ids[0], 1);
     assert!(ids.contains(&2));
@@ -170,7 +170,7 @@ fn gemma3_encode_matches_reference() {
         "{} is missing: run `cargo xtask fetch-models` first",
         path.display()
     );
-    let tok = GgufTokenizer::from_gguf(&read_content(&path)).unwrap();
+    let tok = CandleTokenizer::from_gguf(&read_content(&path)).unwrap();
     let lines = fixture_lines("reference/gemma3-tokenize.jsonl");
     let mut failures = Vec::new();
     for line in &lines {

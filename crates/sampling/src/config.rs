@@ -7,6 +7,17 @@ use crate::error::SamplingError;
 /// Largest `top_logprobs` a step can report (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// Smallest non-zero temperature. `logits / T` stays finite for every logit of magnitude
+/// below 3.4e8 at or above it; below it (a subnormal `T` such as `1e-45` turns every ordinary
+/// logit into `inf`) values are refused. `0` itself means greedy.
+pub const MIN_TEMPERATURE: f32 = 1e-30;
+
+/// Smallest repetition penalty: dividing a logit of magnitude below 3.4e8 by it stays finite.
+pub const MIN_PENALTY: f32 = 1e-30;
+/// Largest repetition penalty, and largest magnitude of a frequency or presence penalty:
+/// multiplying a logit (or a count of at most 2^20 tokens) by it stays finite.
+pub const MAX_PENALTY: f32 = 1e30;
+
 /// One built-in step of the processor chain. Steps run in the order of the chain.
 ///
 /// Formulas follow the canonical sources cited on each variant; where llama.cpp's
@@ -144,7 +155,7 @@ impl ProcessorSpec {
         }
         match self {
             ProcessorSpec::Temperature(t) => {
-                if !(t.is_finite() && *t >= 0.0) {
+                if !(t.is_finite() && (*t == 0.0 || *t >= MIN_TEMPERATURE)) {
                     return Err(SamplingError::InvalidTemperature(*t));
                 }
             }
@@ -217,21 +228,21 @@ impl ProcessorSpec {
             } => {
                 param(
                     "repeat_penalty",
-                    repeat.is_finite() && *repeat > 0.0,
+                    (MIN_PENALTY..=MAX_PENALTY).contains(repeat),
                     *repeat as f64,
-                    "must be finite and > 0",
+                    "must be in [1e-30, 1e30] (1 is off)",
                 )?;
                 param(
                     "frequency_penalty",
-                    frequency.is_finite(),
+                    frequency.is_finite() && frequency.abs() <= MAX_PENALTY,
                     *frequency as f64,
-                    "must be finite",
+                    "must be finite with a magnitude of at most 1e30",
                 )?;
                 param(
                     "presence_penalty",
-                    presence.is_finite(),
+                    presence.is_finite() && presence.abs() <= MAX_PENALTY,
                     *presence as f64,
-                    "must be finite",
+                    "must be finite with a magnitude of at most 1e30",
                 )?;
             }
             ProcessorSpec::LogitBias(list) => {
@@ -247,6 +258,19 @@ impl ProcessorSpec {
                         !b.is_nan() && b != f32::INFINITY,
                         b as f64,
                         "must not be NaN or +inf",
+                    )?;
+                }
+                // Every token banned: nothing could ever be sampled.
+                let banned = list.iter().filter(|(_, b)| *b == f32::NEG_INFINITY);
+                if banned.clone().count() >= vocab_size {
+                    let mut ids: Vec<u32> = banned.map(|&(t, _)| t).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    param(
+                        "logit_bias",
+                        ids.len() < vocab_size,
+                        ids.len() as f64,
+                        "bans every token of the vocabulary (nothing could be sampled)",
                     )?;
                 }
             }
@@ -565,5 +589,67 @@ impl From<Sampling> for SamplingConfig {
             top_logprobs: 0,
             logprob_source: LogprobSource::Sampled,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b() -> SamplingConfigBuilder {
+        SamplingConfig::builder()
+    }
+
+    #[test]
+    fn subnormal_and_overflowing_parameters_are_refused_before_sampling() {
+        for t in [1e-45, f32::MIN_POSITIVE, 1e-31] {
+            assert_eq!(
+                b().temperature(t).build().unwrap_err(),
+                SamplingError::InvalidTemperature(t)
+            );
+        }
+        assert!(b().temperature(0.0).build().is_ok());
+        assert!(b().temperature(MIN_TEMPERATURE).build().is_ok());
+        for r in [1e-45, 0.0, 1e31, f32::INFINITY] {
+            assert!(
+                matches!(
+                    b().repetition_penalty(r, 64).build(),
+                    Err(SamplingError::InvalidParameter {
+                        name: "repeat_penalty",
+                        ..
+                    })
+                ),
+                "{r}"
+            );
+        }
+        assert!(b().repetition_penalty(1.1, 64).build().is_ok());
+        assert!(b().frequency_presence(1e31, 0.0).build().is_err());
+        assert!(b().frequency_presence(0.0, -1e31).build().is_err());
+    }
+
+    #[test]
+    fn a_bias_that_bans_every_token_is_refused() {
+        let ban = |ids: &[u32]| {
+            b().logit_bias(ids.iter().map(|&t| (t, f32::NEG_INFINITY)).collect())
+                .build()
+                .unwrap()
+        };
+        let all = ban(&[0, 1, 2, 3]);
+        assert!(matches!(
+            all.validate(4),
+            Err(SamplingError::InvalidParameter {
+                name: "logit_bias",
+                ..
+            })
+        ));
+        // Repeated ids are counted once: token 3 stays allowed.
+        assert!(ban(&[0, 1, 2, 2]).validate(4).is_ok());
+        assert!(ban(&[0, 1, 2]).validate(4).is_ok());
+        // A strong negative bias is not a ban.
+        let strong = b()
+            .logit_bias((0..4).map(|t| (t, -100.0)).collect())
+            .build()
+            .unwrap();
+        assert!(strong.validate(4).is_ok());
     }
 }

@@ -47,8 +47,9 @@ pub enum SamplingError {
         /// The allowed range, in words.
         range: &'static str,
     },
-    /// The temperature is negative or NaN.
-    #[error("temperature must be a finite number >= 0, got {0}")]
+    /// The temperature is negative, NaN, infinite or below
+    /// [`MIN_TEMPERATURE`](crate::MIN_TEMPERATURE) without being 0.
+    #[error("temperature must be 0 (greedy) or a finite number >= 1e-30, got {0}")]
     InvalidTemperature(f32),
     /// Another numeric parameter is out of range.
     #[error("{name} = {value} is invalid: {reason}")]

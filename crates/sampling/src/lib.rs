@@ -83,7 +83,8 @@ pub mod simd;
 
 pub use confidence::SequenceConfidence;
 pub use config::{
-    LogprobSource, ProcessorSpec, Sampling, SamplingConfig, SamplingConfigBuilder, MAX_TOP_LOGPROBS,
+    LogprobSource, ProcessorSpec, Sampling, SamplingConfig, SamplingConfigBuilder, MAX_PENALTY,
+    MAX_TOP_LOGPROBS, MIN_PENALTY, MIN_TEMPERATURE,
 };
 pub use error::SamplingError;
 pub use fluent_ai_candle_mask::TokenMask;

@@ -3,9 +3,11 @@
 //! Every kernel exists as a scalar twin and, where the CPU offers it, as an AVX-512, AVX2+FMA
 //! (x86-64) or NEON (aarch64) version. The backend is chosen **at run time** — never by cargo
 //! feature or `cfg(target_feature)` — once per process with `is_x86_feature_detected!` /
-//! `is_aarch64_feature_detected!`, and cached in an atomic. Set the environment variable
-//! `FLUENT_AI_CANDLE_SIMD=scalar` (read once, at the first kernel call) to force the scalar
-//! twin, or call [`set_backend_override`] from code (tests do).
+//! `is_aarch64_feature_detected!`, and cached in an atomic. The choice is the workspace's one
+//! dispatcher's ([`fluent_ai_candle_kernels::simd::chosen`]), so `FLUENT_AI_CANDLE_SIMD` means
+//! the same here as for the quantized kernels: `scalar` forces the scalar twin, `avx2` caps
+//! the choice at AVX2, `avx512` (or unset) takes the best the CPU has. Call
+//! [`set_backend_override`] to force a backend from code (tests do).
 //!
 //! # Bit-exact backends
 //!
@@ -100,23 +102,21 @@ static DETECTED: AtomicU8 = AtomicU8::new(0);
 /// Programmatic override (0 = none).
 static OVERRIDE: AtomicU8 = AtomicU8::new(0);
 
+/// The workspace dispatcher's choice ([`fluent_ai_candle_kernels::simd::chosen`]) as one of
+/// these kernels' backends: AVX-512 needs only its F subset here.
 fn detect() -> Backend {
-    let forced_scalar = std::env::var("FLUENT_AI_CANDLE_SIMD")
-        .map(|v| v.trim().eq_ignore_ascii_case("scalar"))
-        .unwrap_or(false);
-    if forced_scalar {
-        return Backend::Scalar;
-    }
-    for b in [Backend::Avx512, Backend::Avx2, Backend::Neon] {
-        if b.is_supported() {
-            return b;
-        }
-    }
-    Backend::Scalar
+    use fluent_ai_candle_kernels::simd::{chosen, Simd};
+    let b = match chosen() {
+        Simd::Scalar => Backend::Scalar,
+        Simd::Avx2 => Backend::Avx2,
+        Simd::Avx512 | Simd::Avx512Vnni => Backend::Avx512,
+        Simd::Neon => Backend::Neon,
+    };
+    usable(b)
 }
 
 /// The backend the kernels use now: the override if one is set, else the best one this CPU
-/// supports (or scalar when `FLUENT_AI_CANDLE_SIMD=scalar` was set at the first call).
+/// supports under `FLUENT_AI_CANDLE_SIMD` (see the module docs).
 #[inline]
 pub fn backend() -> Backend {
     if let Some(b) = Backend::from_code(OVERRIDE.load(Ordering::Relaxed)) {
@@ -377,20 +377,20 @@ unsafe fn exp_blocks<const WRITE: bool>(
     let blocks = len / LANES;
     match usable(b) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `usable` verified AVX-512F; the caller vouches for `p` over `len` floats.
         Backend::Avx512 => (
+            // SAFETY: `usable` verified AVX-512F; the caller vouches for `p` over `len` floats.
             unsafe { x86::exp_lanes_avx512::<WRITE>(p, blocks, max) },
             blocks * LANES,
         ),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `usable` verified AVX2 and FMA; the caller vouches for `p`.
         Backend::Avx2 => (
+            // SAFETY: `usable` verified AVX2 and FMA; the caller vouches for `p`.
             unsafe { x86::exp_lanes_avx2::<WRITE>(p, blocks, max) },
             blocks * LANES,
         ),
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: `usable` verified NEON; the caller vouches for `p`.
         Backend::Neon => (
+            // SAFETY: `usable` verified NEON; the caller vouches for `p`.
             unsafe { arm::exp_lanes_neon::<WRITE>(p, blocks, max) },
             blocks * LANES,
         ),

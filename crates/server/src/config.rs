@@ -41,6 +41,24 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// `max_tokens` of a chat request that sets none (completions default to 16, as OpenAI).
     pub default_max_tokens: usize,
+    /// Open connections at most; one more is answered 503 and closed at once (it never holds a
+    /// file descriptor). Lowered at start to fit the process's open-file limit.
+    pub max_connections: usize,
+    /// A new connection must deliver a complete request head within this (and a keep-alive
+    /// connection, once the first byte of its next request arrives); else it is closed.
+    pub header_timeout: Duration,
+    /// A request body must arrive completely within this (408 otherwise).
+    pub body_timeout: Duration,
+    /// A keep-alive connection waiting for its next request, or one whose client stopped
+    /// reading its response, is closed after this.
+    pub idle_timeout: Duration,
+    /// Browser origins (`scheme://host[:port]`) allowed by CORS and to open WebSockets; empty
+    /// (the default) refuses every browser origin.
+    pub cors_origins: Vec<String>,
+    /// Serve `/metrics` without the API key even when one is set.
+    pub metrics_open: bool,
+    /// Models loaded at once at most (start-up models included); a hot load past it is 409.
+    pub max_models: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +74,13 @@ impl Default for ServerConfig {
             body_limit: 2 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             default_max_tokens: 512,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            cors_origins: Vec::new(),
+            metrics_open: false,
+            max_models: 4,
         }
     }
 }
@@ -115,6 +140,48 @@ impl ServerConfig {
         self
     }
 
+    /// Sets the most open connections.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets the time a request head may take to arrive.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// Sets the time a request body may take to arrive.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// Sets how long an idle keep-alive connection (or a stalled response) is kept.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Allows a browser origin (CORS and WebSocket `Origin`), e.g. `https://app.example.com`.
+    pub fn cors_origin(mut self, origin: impl Into<String>) -> Self {
+        self.cors_origins.push(origin.into());
+        self
+    }
+
+    /// Serves `/metrics` without the API key.
+    pub fn metrics_open(mut self, open: bool) -> Self {
+        self.metrics_open = open;
+        self
+    }
+
+    /// Sets the most models loaded at once.
+    pub fn max_models(mut self, n: usize) -> Self {
+        self.max_models = n;
+        self
+    }
+
     /// The socket address to bind.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
@@ -123,7 +190,7 @@ impl ServerConfig {
     /// The models to load: the configured ones, or the default model when none is given.
     pub fn model_specs(&self) -> Vec<String> {
         if self.models.is_empty() {
-            vec![fluent_ai_candle_models::cache::DEFAULT_MODEL.to_string()]
+            vec![fluent_ai_candle_engine::cache::DEFAULT_MODEL.to_string()]
         } else {
             self.models.clone()
         }
@@ -133,7 +200,7 @@ impl ServerConfig {
     pub fn resolved_models_dir(&self) -> PathBuf {
         self.models_dir
             .clone()
-            .unwrap_or_else(fluent_ai_candle_models::cache::cache_dir)
+            .unwrap_or_else(fluent_ai_candle_engine::cache::cache_dir)
     }
 
     /// Checks the limits.
@@ -154,18 +221,37 @@ impl ServerConfig {
         if matches!(&self.api_key, Some(k) if k.is_empty()) {
             return Err(ServerError::Config("the API key must not be empty".into()));
         }
+        if self.max_connections == 0 {
+            return Err(ServerError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        for (name, t) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if t < Duration::from_millis(10) {
+                return Err(ServerError::Config(format!(
+                    "{name} must be at least 10 ms, got {t:?}"
+                )));
+            }
+        }
+        if self.max_models == 0 || self.model_specs().len() > self.max_models {
+            return Err(ServerError::Config(format!(
+                "max_models ({}) must be at least 1 and cover the {} start-up model(s)",
+                self.max_models,
+                self.model_specs().len()
+            )));
+        }
+        for origin in &self.cors_origins {
+            crate::guard::check_origin(origin).map_err(ServerError::Config)?;
+        }
         Ok(())
     }
 }
 
 /// The id a `--model` argument is served under: a known name as is, a path by its file stem.
 pub fn model_id(spec: &str) -> String {
-    if fluent_ai_candle_models::cache::known_model(spec).is_some() {
-        return spec.to_string();
-    }
-    std::path::Path::new(spec)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| spec.to_string())
+    fluent_ai_candle_engine::model_name(spec)
 }

@@ -1,13 +1,14 @@
 //! Errors: [`ServerError`] for starting the server, [`ApiError`] for one HTTP request (rendered
 //! as OpenAI's error JSON with the matching status).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fluent_ai_candle_engine::EngineError;
-use fluent_ai_candle_models::ModelError;
+use fluent_ai_candle_engine::{EngineError, ModelError};
 use serde::Serialize;
 
 /// What can stop the server from starting or running.
@@ -99,7 +100,7 @@ struct ErrorBody<'a> {
 /// The inner error object (also sent alone inside streams).
 #[derive(Serialize)]
 pub(crate) struct ErrorObject<'a> {
-    message: &'a str,
+    message: Cow<'a, str>,
     #[serde(rename = "type")]
     kind: &'static str,
     param: Option<&'a str>,
@@ -171,6 +172,44 @@ impl ApiError {
         }
     }
 
+    /// A 408: the request body did not arrive in time.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: ErrorKind::InvalidRequest,
+            message: format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
+    /// A 415: a POST body that is not declared `application/json`.
+    pub fn unsupported_media_type() -> Self {
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            kind: ErrorKind::InvalidRequest,
+            message: "send the request body with `Content-Type: application/json`".into(),
+            param: None,
+            code: Some("unsupported_media_type"),
+        }
+    }
+
+    /// A 409: loading one more model would pass `--max-models`.
+    pub fn model_limit(limit: usize) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            kind: ErrorKind::InvalidRequest,
+            message: format!(
+                "{limit} model(s) are loaded, the most allowed (--max-models): unload one first"
+            ),
+            param: Some("model".into()),
+            code: Some("model_limit_reached"),
+        }
+    }
+
     /// A 413 for a body over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self {
@@ -217,7 +256,7 @@ impl ApiError {
 
     pub(crate) fn object(&self) -> ErrorObject<'_> {
         ErrorObject {
-            message: &self.message,
+            message: redact_paths(&self.message),
             kind: self.kind.as_str(),
             param: self.param.as_deref(),
             code: self.code,
@@ -231,6 +270,47 @@ impl ApiError {
         })
         .unwrap_or_else(|_| r#"{"error":{"message":"error","type":"server_error"}}"#.into())
     }
+}
+
+/// Directories whose absolute paths never appear in an error body (the models directory, the
+/// model cache, the folders of start-up models), longest first.
+static PRIVATE_DIRS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Hides `dir` (and its canonical form) in every error body from now on: a path inside it is
+/// shown relative to it, the directory itself as `<models>`.
+pub(crate) fn register_private_dir(dir: &Path) {
+    // Only absolute forms: a relative one ("models") would hide ordinary words.
+    let mut forms = Vec::new();
+    if dir.is_absolute() {
+        forms.push(dir.display().to_string());
+    }
+    if let Ok(c) = dir.canonicalize() {
+        forms.push(c.display().to_string());
+    }
+    let mut dirs = PRIVATE_DIRS.write().unwrap_or_else(|p| p.into_inner());
+    for f in forms {
+        let f = f.trim_end_matches('/').to_string();
+        // The root (or an empty path) would hide every slash.
+        if f.len() > 1 && !dirs.contains(&f) {
+            dirs.push(f);
+        }
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+}
+
+/// `message` with every registered private directory removed (see [`register_private_dir`]).
+pub(crate) fn redact_paths(message: &str) -> Cow<'_, str> {
+    let dirs = PRIVATE_DIRS.read().unwrap_or_else(|p| p.into_inner());
+    if !dirs.iter().any(|d| message.contains(d.as_str())) {
+        return Cow::Borrowed(message);
+    }
+    let mut out = message.to_string();
+    for d in dirs.iter() {
+        out = out
+            .replace(&format!("{d}/"), "")
+            .replace(d.as_str(), "<models>");
+    }
+    Cow::Owned(out)
 }
 
 impl std::fmt::Display for ApiError {
@@ -270,9 +350,27 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
         match e {
+            // A sampling parameter the engine refused (with the model's vocabulary): name it.
+            EngineError::Sampling(s) => {
+                use fluent_ai_candle_sampling::SamplingError as S;
+                let param = match s {
+                    S::InvalidTemperature(_) => Some("temperature"),
+                    S::InvalidParameter { name, .. } | S::InvalidProbability { name, .. } => {
+                        Some(match name {
+                            "repeat_penalty" => "repetition_penalty",
+                            other => other,
+                        })
+                    }
+                    S::TokenOutOfRange { .. } => Some("logit_bias"),
+                    _ => None,
+                };
+                match param {
+                    Some(p) => Self::invalid_param(p, message),
+                    None => Self::bad_request(message),
+                }
+            }
             EngineError::InvalidRequest(_)
             | EngineError::KvCache(_)
-            | EngineError::Sampling(_)
             | EngineError::Constraint(_) => Self::bad_request(message),
             EngineError::Model(ModelError::ContextOverflow { .. }) => Self {
                 code: Some("context_length_exceeded"),

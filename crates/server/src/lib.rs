@@ -12,8 +12,9 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | the models loaded |
 //! | `POST /v1/models/load`, `POST /v1/models/unload` | hot swap, only from the models directory |
 //! | `GET /v1/ws` | WebSocket: send the request JSON, receive one message per chunk, then `[DONE]` |
-//! | `GET /health` | 200 `{"status":"ok"}`, 503 while draining |
-//! | `GET /metrics` | Prometheus text: HTTP counters and each model's engine counters |
+//! | `GET /health`, `GET /health/ready` | readiness: 200 `{"status":"ok","ready":true,"models":[…]}`; 503 while loading, with no model, or draining |
+//! | `GET /health/live` | liveness: 200 whenever the process answers |
+//! | `GET /metrics` | Prometheus text: HTTP and connection counters, readiness, each model's engine counters (behind the key when one is set, unless `metrics_open`) |
 //!
 //! Requests take OpenAI's fields (`max_tokens`/`max_completion_tokens`, `temperature`, `top_p`,
 //! `n`, `stop`, `seed`, `frequency_penalty`, `presence_penalty`, `logit_bias`,
@@ -26,8 +27,16 @@
 //!
 //! Errors use OpenAI's JSON (`{"error": {"message", "type", "param", "code"}}`) with the
 //! matching status: 400 for bad parameters, 401 for a missing or wrong API key (compared in
-//! constant time), 404 for an unknown model, 413 above the body limit, 429 when a model's queue
-//! is full and 503 while the server drains. A client that disconnects cancels its generation
+//! constant time, `Bearer` in any case), 403 for a WebSocket from a browser origin not listed,
+//! 404 for an unknown model, 408 for a body that did not arrive in time, 409 for a hot load past
+//! `max_models`, 413 above the body limit, 415 for a POST body not declared
+//! `application/json`, 429 when a model's queue is full and 503 while the server loads or
+//! drains (and, written raw before closing, to a connection past `max_connections`). Error
+//! bodies show paths relative to the models directory, never absolute ones.
+//!
+//! Connections are served by an accept loop of this crate over hyper (see the `conn` module):
+//! a cap on open connections, a header timeout, an idle timeout (also for a client that stops
+//! reading) and, in the request guard, a body timeout; CORS is off unless origins are listed. A client that disconnects cancels its generation
 //! (dropping an engine stream frees its slot). On shutdown (Ctrl-C, SIGTERM or a
 //! [`ShutdownHandle`]) new work gets 503 while requests in flight finish, for at most
 //! [`ServerConfig::shutdown_timeout`]; then whatever is left is cut.
@@ -67,7 +76,10 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod conn;
 mod error;
+mod guard;
+mod health;
 mod metrics;
 pub mod openai;
 mod params;
@@ -77,13 +89,12 @@ mod stream;
 mod ws;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
-use fluent_ai_candle_engine::CandleGenerator;
-use fluent_ai_candle_models::{cache, LoadedModel};
+use fluent_ai_candle_engine::{cache, Device, EngineError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -93,23 +104,28 @@ pub use params::{MAX_CHOICES, MAX_STOP, MAX_TOP_LOGPROBS};
 
 use state::AppState;
 
-/// Starts a server with `config` and runs it until Ctrl-C or SIGTERM.
+/// Starts a server with `config` and runs it until Ctrl-C or SIGTERM. It listens at once and
+/// loads the models while answering (`/health` is 503 `loading` until they are loaded).
 pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
-    let server = Server::bind(config).await?;
+    let server = Server::listen(config).await?;
     eprintln!(
-        "fluent-ai-candle: serving {} on http://{}",
-        server.models().join(", "),
-        server.local_addr()
+        "fluent-ai-candle: listening on http://{}, loading {}",
+        server.local_addr(),
+        server.pending.join(", ")
     );
     server.run().await
 }
 
-/// A bound server with its models loaded, ready to [`run`](Server::run).
+/// A bound server, ready to [`run`](Server::run): its models loaded ([`bind`](Server::bind)),
+/// or loaded by `run` while it already answers ([`listen`](Server::listen)).
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
     state: Arc<AppState>,
     stop: watch::Sender<bool>,
+    /// Start-up models `run` still has to load.
+    pending: Vec<String>,
+    limits: conn::Limits,
 }
 
 impl std::fmt::Debug for Server {
@@ -131,6 +147,41 @@ impl ShutdownHandle {
     }
 }
 
+/// Loads the start-up models one after the other into the registry, then marks the server
+/// ready (`loading` cleared).
+async fn load_models(state: &Arc<AppState>, specs: Vec<String>) -> Result<(), ServerError> {
+    for spec in specs {
+        let id = model_id(&spec);
+        // SIGTERM during a start-up load cancels it (before its next tensor).
+        let guard = routes::LoadGuard::new(state);
+        let loaded = state
+            .load(&id, spec.clone().into(), guard.cancel.clone())
+            .await;
+        drop(guard);
+        loaded.map_err(|e| match e {
+                EngineError::Model(source) => ServerError::Model { name: spec, source },
+                other => ServerError::Engine(other),
+            })?;
+    }
+    state.loading.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Keeps the directories models come from out of error bodies.
+fn hide_model_dirs(config: &ServerConfig) {
+    error::register_private_dir(&config.resolved_models_dir());
+    error::register_private_dir(&cache::cache_dir());
+    for spec in config.model_specs() {
+        if let Some(parent) = Path::new(&spec)
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            error::register_private_dir(&parent);
+        }
+    }
+}
+
 impl Server {
     /// Validates `config`, loads its models on the CPU and binds the listening socket.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
@@ -139,29 +190,34 @@ impl Server {
 
     /// [`bind`](Self::bind) with the models on `device`.
     pub async fn bind_on(config: ServerConfig, device: Device) -> Result<Self, ServerError> {
+        let mut server = Self::listen_on(config, device).await?;
+        let specs = std::mem::take(&mut server.pending);
+        load_models(&server.state, specs).await?;
+        Ok(server)
+    }
+
+    /// Validates `config` and binds the listening socket without loading the models: [`run`]
+    /// loads them while already answering, `/health` being 503 `loading` until then (a load
+    /// failure ends `run` with the error).
+    ///
+    /// [`run`]: Self::run
+    pub async fn listen(config: ServerConfig) -> Result<Self, ServerError> {
+        Self::listen_on(config, Device::Cpu).await
+    }
+
+    /// [`listen`](Self::listen) with the models on `device`.
+    pub async fn listen_on(config: ServerConfig, device: Device) -> Result<Self, ServerError> {
         config.validate()?;
-        let specs = config.model_specs();
+        hide_model_dirs(&config);
+        let limits = conn::Limits {
+            max_connections: conn::fit_to_fd_limit(config.max_connections),
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let pending = config.model_specs();
         let addr = config.addr();
         let state = Arc::new(AppState::new(config, device));
-        for spec in specs {
-            let id = model_id(&spec);
-            let path = cache::resolve(&spec).map_err(|source| ServerError::Model {
-                name: spec.clone(),
-                source,
-            })?;
-            let device = state.device.clone();
-            let loaded =
-                tokio::task::spawn_blocking(move || LoadedModel::load(&path, &device, &mut |_| {}))
-                    .await
-                    .map_err(|e| ServerError::Config(format!("model loading task failed: {e}")))?
-                    .map_err(|source| ServerError::Model {
-                        name: spec.clone(),
-                        source,
-                    })?;
-            let generator =
-                CandleGenerator::from_loaded(&id, Arc::new(loaded), state.generation.clone())?;
-            state.register(&id, generator);
-        }
+        state.loading.store(true, Ordering::SeqCst);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -171,6 +227,8 @@ impl Server {
             addr,
             state,
             stop: watch::channel(false).0,
+            pending,
+            limits,
         })
     }
 
@@ -182,6 +240,12 @@ impl Server {
     /// The ids of the models loaded.
     pub fn models(&self) -> Vec<String> {
         self.state.registry.names()
+    }
+
+    /// The connections served at once at most: the configured cap, lowered when the
+    /// process's open-file limit (raised to its hard limit at start) is smaller.
+    pub fn max_connections(&self) -> usize {
+        self.limits.max_connections
     }
 
     /// A handle that stops the server.
@@ -205,51 +269,94 @@ impl Server {
     }
 
     /// Serves until `signal` completes (or [`ShutdownHandle::shutdown`]), then shuts down
-    /// gracefully: new work gets 503 while requests in flight finish, for at most the
-    /// configured bound; what is left then is cut.
+    /// gracefully: the server reports itself not ready and new work gets 503 (with
+    /// `Connection: close`) while requests in flight finish, for at most the configured
+    /// bound; then what is left is cut, the listener closes and `run_until` returns.
     pub async fn run_until(
         self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let state = self.state.clone();
+        let Server {
+            listener,
+            state,
+            stop,
+            pending,
+            limits,
+            ..
+        } = self;
         let bound = state.config.shutdown_timeout;
-        let (begun_tx, mut begun_rx) = watch::channel(None::<Instant>);
-        let mut stop = self.stop.subscribe();
-        let drain_state = state.clone();
-        let graceful = async move {
+        let app = routes::router(state.clone());
+        // Outermost, so a preflight is answered before the key is asked for.
+        let app = match guard::cors_layer(&state.config.cors_origins) {
+            Some(cors) => app.layer(cors),
+            None => app,
+        };
+        let (close_tx, close_rx) = watch::channel(false);
+        let mut serving = tokio::spawn(conn::serve(
+            listener,
+            app,
+            limits,
+            close_rx,
+            state.connections.clone(),
+        ));
+
+        let mut stop = stop.subscribe();
+        let shutdown = async move {
             tokio::select! {
                 _ = signal => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
-            let begun = Instant::now();
-            drain_state.draining.store(true, Ordering::SeqCst);
-            begun_tx.send_replace(Some(begun));
-            while drain_state.in_flight.load(Ordering::SeqCst) > 0 && begun.elapsed() < bound {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        tokio::pin!(shutdown);
+        let background = !pending.is_empty();
+        let loading = load_models(&state, pending);
+        tokio::pin!(loading);
+        let mut loaded = !background;
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                r = &mut loading, if !loaded => {
+                    loaded = true;
+                    match r {
+                        Ok(()) => eprintln!(
+                            "fluent-ai-candle: ready, serving {}",
+                            state.registry.names().join(", ")
+                        ),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                _ = &mut shutdown => break,
+                r = &mut serving => {
+                    return Err(ServerError::Io(std::io::Error::other(format!(
+                        "the accept loop stopped: {r:?}"
+                    ))));
+                }
             }
-            // Anything still running is cut now; its connection then closes.
-            drain_state.abort.send_replace(true);
-        };
-        let app = routes::router(state.clone());
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(graceful);
-        let hard_stop = async move {
-            let begun = loop {
-                if let Some(t) = *begun_rx.borrow_and_update() {
-                    break t;
-                }
-                if begun_rx.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::time::sleep_until((begun + bound + Duration::from_secs(1)).into()).await;
-        };
-        tokio::select! {
-            r = server => r.map_err(ServerError::Io),
-            _ = hard_stop => Ok(()),
+        }
+
+        let begun = Instant::now();
+        state.draining.store(true, Ordering::SeqCst);
+        while state.in_flight.load(Ordering::SeqCst) > 0 && begun.elapsed() < bound {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Anything still running is cut now; its connection then closes.
+        state.abort.send_replace(true);
+        close_tx.send_replace(true);
+        if tokio::time::timeout(Duration::from_secs(1), &mut serving)
+            .await
+            .is_err()
+        {
+            serving.abort();
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 }
-
 async fn os_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {

@@ -180,7 +180,42 @@ pub(crate) fn render(state: &AppState) -> String {
         "fluent_ai_candle_draining {}",
         u8::from(state.draining.load(Ordering::SeqCst))
     );
+    let conns = &state.connections;
+    for (name, kind, help, value) in [
+        (
+            "fluent_ai_candle_http_connections_open",
+            "gauge",
+            "TCP connections open.",
+            conns.open.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "fluent_ai_candle_http_connections_refused_total",
+            "counter",
+            "Connections refused past --max-connections.",
+            conns.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "fluent_ai_candle_http_connections_timed_out_total",
+            "counter",
+            "Connections closed by the header or idle timeout.",
+            conns.timed_out.load(Ordering::Relaxed),
+        ),
+    ] {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     let names = state.registry.names();
+    header(
+        &mut out,
+        "fluent_ai_candle_ready",
+        "gauge",
+        "1 when the server takes traffic (a model loaded, not loading, not draining).",
+    );
+    let _ = writeln!(
+        out,
+        "fluent_ai_candle_ready {}",
+        u8::from(crate::health::not_ready(state, &names).is_none())
+    );
     header(
         &mut out,
         "fluent_ai_candle_models_loaded",

@@ -128,6 +128,11 @@ pub struct CommonParams {
     /// Extension: a regular expression the output must match.
     #[serde(default)]
     pub regex: Option<String>,
+    /// Extension: how `response_format`'s JSON Schema is read: `"generation"` (the default:
+    /// undeclared properties only where the schema allows them explicitly, one whitespace
+    /// style) or `"spec"` (every JSON text the schema accepts).
+    #[serde(default)]
+    pub json_schema_mode: Option<String>,
     /// Extension: keep going after end-of-generation tokens (fixed-length benchmarks).
     #[serde(default)]
     pub ignore_eos: Option<bool>,

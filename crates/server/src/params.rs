@@ -1,9 +1,11 @@
 //! Request validation and mapping onto engine requests: OpenAI fields → a
-//! [`SamplingConfig`] chain, a constraint, limits and one engine request per choice.
+//! [`SamplingConfig`] chain, a constraint, limits and one engine request per choice (the
+//! prompt travels as the engine's [`Prompt`]: a chat, a text or token ids, rendered and
+//! tokenized by the engine).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec};
+use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec, JsonSchemaMode, Prompt};
 use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
 
 use crate::error::ApiError;
@@ -72,6 +74,14 @@ pub(crate) fn build_template(
         }
     };
     check_range("temperature", p.temperature, 0.0, 2.0)?;
+    if let Some(t) = p.temperature.filter(|&t| t > 0.0) {
+        if t < fluent_ai_candle_sampling::MIN_TEMPERATURE {
+            return Err(ApiError::invalid_param(
+                "temperature",
+                format!("temperature must be 0 (greedy) or at least 1e-30, got {t}"),
+            ));
+        }
+    }
     check_open01("top_p", p.top_p)?;
     check_range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
     check_range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
@@ -117,10 +127,12 @@ pub(crate) fn build_template(
         bias.push((id, b));
     }
     let repetition = p.repetition_penalty.unwrap_or(1.0);
-    if !(repetition.is_finite() && repetition > 0.0) {
+    if !(fluent_ai_candle_sampling::MIN_PENALTY..=fluent_ai_candle_sampling::MAX_PENALTY)
+        .contains(&repetition)
+    {
         return Err(ApiError::invalid_param(
             "repetition_penalty",
-            format!("repetition_penalty must be > 0, got {repetition}"),
+            format!("repetition_penalty must be in [1e-30, 1e30] (1 is off), got {repetition}"),
         ));
     }
     let mirostat = p.mirostat.unwrap_or(0);
@@ -198,8 +210,16 @@ pub(crate) fn build_template(
                     "response_format.json_schema.name must not be empty",
                 ));
             }
+            let mode = match &p.json_schema_mode {
+                None => JsonSchemaMode::default(),
+                Some(m) => m
+                    .parse()
+                    .map_err(|e: String| ApiError::invalid_param("json_schema_mode", e))?,
+            };
             constraints.push(match &json_schema.schema {
-                Some(s) if s.is_object() || s.is_boolean() => ConstraintSpec::JsonSchema(s.clone()),
+                Some(s) if s.is_object() || s.is_boolean() => {
+                    ConstraintSpec::JsonSchemaWithMode(s.clone(), mode)
+                }
                 Some(_) => {
                     return Err(ApiError::invalid_param(
                         "response_format",
@@ -224,7 +244,6 @@ pub(crate) fn build_template(
     let seed = p.seed.map(|s| s as u64);
     let request = CandleCompletionRequest {
         max_tokens: Some(max_tokens),
-        temperature: Some(temperature),
         sampling: Some(sampling),
         stop,
         constraints: constraints.pop(),
@@ -259,23 +278,11 @@ pub(crate) fn expand(
         for _ in 0..n {
             let mut r = template.clone();
             r.seed = Some(base.wrapping_add(out.len() as u64));
-            match prompt {
-                Prompt::Text(t) => r.prompt = t.clone(),
-                Prompt::Tokens(ids) => r.prompt_tokens = Some(ids.clone()),
-            }
+            r.input = Some(prompt.clone());
             out.push(r);
         }
     }
     Ok(out)
-}
-
-/// A prompt as text (tokenized by the engine, BOS per the model) or as token ids.
-#[derive(Debug, Clone)]
-pub(crate) enum Prompt {
-    /// Text.
-    Text(String),
-    /// Token ids.
-    Tokens(Vec<u32>),
 }
 
 /// Checks `top_logprobs` (chat) against `logprobs`.
@@ -321,7 +328,12 @@ mod tests {
     fn defaults_map_to_one_sampled_choice() {
         let (r, n, seed) = build_template(&common(serde_json::json!({})), 16, None).unwrap();
         assert_eq!((r.max_tokens, n, seed), (Some(16), 1, None));
-        assert_eq!(r.temperature, Some(1.0));
+        // One sampling description: the whole chain, OpenAI's default temperature 1.
+        assert!(r.temperature.is_none());
+        assert_eq!(
+            r.sampling.unwrap().chain,
+            vec![fluent_ai_candle_engine::ProcessorSpec::Temperature(1.0)]
+        );
         assert!(r.constraints.is_none());
     }
 
@@ -336,6 +348,11 @@ mod tests {
             (serde_json::json!({"logit_bias": {"x": 1}}), "logit_bias"),
             (serde_json::json!({"logit_bias": {"1": 101}}), "logit_bias"),
             (serde_json::json!({"mirostat": 3}), "mirostat"),
+            (serde_json::json!({"temperature": 1e-45}), "temperature"),
+            (
+                serde_json::json!({"repetition_penalty": 1e-45}),
+                "repetition_penalty",
+            ),
             (
                 serde_json::json!({"frequency_penalty": -2.5}),
                 "frequency_penalty",
@@ -356,7 +373,13 @@ mod tests {
             "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}}}),
         );
         let (r, _, _) = build_template(&p, 16, None).unwrap();
-        assert!(matches!(r.constraints, Some(ConstraintSpec::JsonSchema(_))));
+        assert!(matches!(
+            r.constraints,
+            Some(ConstraintSpec::JsonSchemaWithMode(
+                _,
+                JsonSchemaMode::Generation
+            ))
+        ));
     }
 
     #[test]

@@ -5,14 +5,13 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Path as UrlPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fluent_ai_candle_engine::CandleGenerator;
-use fluent_ai_candle_models::{cache, CancelToken, ChatMessage, LoadedModel, ModelError};
+use fluent_ai_candle_engine::{cache, CancelToken, ChatMessage, ModelError, Prompt};
 use futures::StreamExt;
 
 use crate::error::ApiError;
@@ -20,13 +19,13 @@ use crate::openai::{
     ChatCompletionRequest, CompletionRequest, LoadModelRequest, MessageContent, ModelList,
     ModelObject, PromptInput, UnloadModelRequest,
 };
-use crate::params::{self, Prompt};
+use crate::params;
 use crate::state::{lock, ApiJson, AppState};
 use crate::stream::{Endpoint, Prepared};
 
 /// Builds the router over a state.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
@@ -34,27 +33,19 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/load", post(load_model))
         .route("/v1/models/unload", post(unload_model))
         .route("/v1/ws", get(crate::ws::upgrade))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .merge(v1)
-        .route("/health", get(health))
+        .route("/health", get(crate::health::ready))
+        .route("/health/ready", get(crate::health::ready))
+        .route("/health/live", get(crate::health::live))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        // The API key, browser checks and body limits (see `guard`), inside the counter so
+        // that what they refuse is counted.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::guard,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
-}
-
-async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if !state.key_ok(presented) {
-        return ApiError::unauthorized().into_response();
-    }
-    next.run(req).await
 }
 
 async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -76,8 +67,9 @@ async fn fallback(req: Request) -> ApiError {
     ))
 }
 
-/// Renders a chat conversation through the model's template and tokenizes it.
-fn chat_prompt(model: &LoadedModel, req: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+/// The conversation as the engine's chat messages (OpenAI's roles and text parts checked
+/// here; the engine renders the model's template and tokenizes).
+fn chat_messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -117,29 +109,11 @@ fn chat_prompt(model: &LoadedModel, req: &ChatCompletionRequest) -> Result<Vec<u
         };
         messages.push(ChatMessage::new(role, content));
     }
-    let text = model
-        .chat_template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(format!("chat template: {e}")))?;
-    model
-        .tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::bad_request(format!("tokenizer: {e}")))
+    Ok(messages)
 }
 
-/// Starts one engine stream per request; any refusal drops (cancels) the ones started.
-fn start(
-    generator: &CandleGenerator,
-    requests: &[fluent_ai_candle_engine::CandleCompletionRequest],
-) -> Result<Vec<fluent_ai_candle_engine::CandleCompletionStream>, ApiError> {
-    requests
-        .iter()
-        .map(|r| generator.generate_stream(r).map_err(ApiError::from))
-        .collect()
-}
-
-/// Validates and starts a chat request.
-pub(crate) fn prepare_chat(
+/// Validates and starts a chat request (the engine prepares it off the async threads).
+pub(crate) async fn prepare_chat(
     state: &Arc<AppState>,
     req: ChatCompletionRequest,
 ) -> Result<Prepared, ApiError> {
@@ -148,13 +122,12 @@ pub(crate) fn prepare_chat(
     let (template, n, seed) =
         params::build_template(&req.common, state.config.default_max_tokens, logprobs)?;
     let generator = state.generator(req.common.model.as_deref())?;
-    let ids = chat_prompt(generator.model(), &req)?;
-    let requests = params::expand(&template, vec![Prompt::Tokens(ids)], n, seed)?;
-    let streams = start(&generator, &requests)?;
+    let messages = chat_messages(&req)?;
+    let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
+    let streams = generator.submit_all(requests).await?;
     let c = &req.common;
     Ok(Prepared::new(
         Endpoint::Chat,
-        generator.name().to_string(),
         streams,
         (
             c.stream.unwrap_or(false),
@@ -163,13 +136,13 @@ pub(crate) fn prepare_chat(
         ),
         guard,
         state.abort.subscribe(),
-        generator.model().clone(),
     )
     .with_logprobs(logprobs.is_some()))
 }
 
-/// Validates and starts a text completion request.
-pub(crate) fn prepare_completion(
+/// Validates and starts a text completion request (the engine prepares it off the async
+/// threads).
+pub(crate) async fn prepare_completion(
     state: &Arc<AppState>,
     req: CompletionRequest,
 ) -> Result<Prepared, ApiError> {
@@ -190,11 +163,10 @@ pub(crate) fn prepare_completion(
         PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
     };
     let requests = params::expand(&template, prompts, n, seed)?;
-    let streams = start(&generator, &requests)?;
+    let streams = generator.submit_all(requests).await?;
     let c = &req.common;
     Ok(Prepared::new(
         Endpoint::Completion,
-        generator.name().to_string(),
         streams,
         (
             c.stream.unwrap_or(false),
@@ -203,7 +175,6 @@ pub(crate) fn prepare_completion(
         ),
         guard,
         state.abort.subscribe(),
-        generator.model().clone(),
     )
     .with_logprobs(logprobs.is_some()))
 }
@@ -228,7 +199,7 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Response {
-    match prepare_chat(&state, req) {
+    match prepare_chat(&state, req).await {
         Ok(p) => respond(p).await,
         Err(e) => e.into_response(),
     }
@@ -238,7 +209,7 @@ async fn completions(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
-    match prepare_completion(&state, req) {
+    match prepare_completion(&state, req).await {
         Ok(p) => respond(p).await,
         Err(e) => e.into_response(),
     }
@@ -314,13 +285,13 @@ fn load_path(dir: &Path, req: &LoadModelRequest) -> Result<std::path::PathBuf, A
 /// Cancels a model load when dropped (the handler's future is dropped when its client
 /// disconnects) and when the server starts draining (a load is new work; SIGTERM must not
 /// wait for it): the loading thread stops before its next tensor.
-struct LoadGuard {
-    cancel: CancelToken,
+pub(crate) struct LoadGuard {
+    pub(crate) cancel: CancelToken,
     watcher: tokio::task::JoinHandle<()>,
 }
 
 impl LoadGuard {
-    fn new(state: &Arc<AppState>) -> Self {
+    pub(crate) fn new(state: &Arc<AppState>) -> Self {
         let cancel = CancelToken::new();
         let watcher = {
             let (state, cancel) = (state.clone(), cancel.clone());
@@ -357,18 +328,11 @@ async fn load_model(
     }
     let path = load_path(&state.models_dir, &req)?;
     let _one_at_a_time = state.load_lock.lock().await;
-    let device = state.device.clone();
-    let config = state.generation.clone();
-    let id = req.model.clone();
+    crate::guard::check_model_capacity(&state, &req.model)?;
     let guard = LoadGuard::new(&state);
-    let cancel = guard.cancel.clone();
-    let generator = tokio::task::spawn_blocking(move || {
-        let model = LoadedModel::load_cancellable(&path, &device, &mut |_| {}, &[], &cancel)?;
-        CandleGenerator::from_loaded(&id, Arc::new(model), config)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("loading task failed: {e}")))?
-    .map_err(|e| match e {
+    let loaded = state.load(&req.model, path, guard.cancel.clone()).await;
+    drop(guard);
+    loaded.map_err(|e| match e {
         fluent_ai_candle_engine::EngineError::Model(ModelError::Cancelled) => {
             ApiError::unavailable("the load was cancelled: the server is shutting down")
         }
@@ -377,8 +341,6 @@ async fn load_model(
         }
         other => ApiError::from(other),
     })?;
-    drop(guard);
-    state.register(&req.model, generator);
     Ok(Json(model_object(&state, &req.model)))
 }
 
@@ -393,21 +355,6 @@ async fn unload_model(
         "object": "model",
         "deleted": true,
     })))
-}
-
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let draining = state.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let body = serde_json::json!({
-        "status": if draining { "draining" } else { "ok" },
-        "models": state.registry.names(),
-        "in_flight": state.in_flight.load(std::sync::atomic::Ordering::SeqCst),
-    });
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

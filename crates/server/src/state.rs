@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use candle_core::Device;
-use fluent_ai_candle_engine::{CandleGenerator, GenerationConfig, ModelRegistry};
+use fluent_ai_candle_engine::{
+    CancelToken, CandleGenerator, Device, EngineError, GenerationConfig, ModelRegistry,
+};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -31,6 +32,10 @@ pub(crate) struct AppState {
     pub generation: GenerationConfig,
     pub http: HttpMetrics,
     pub draining: AtomicBool,
+    /// True while the start-up models load (not ready).
+    pub loading: AtomicBool,
+    /// Connection counters of the connection layer.
+    pub connections: Arc<crate::conn::ConnStats>,
     pub in_flight: AtomicUsize,
     /// Set once the shutdown bound has passed: streams still running end at once.
     pub abort: watch::Sender<bool>,
@@ -67,6 +72,8 @@ impl AppState {
             generation,
             http: HttpMetrics::default(),
             draining: AtomicBool::new(false),
+            loading: AtomicBool::new(false),
+            connections: Arc::default(),
             in_flight: AtomicUsize::new(0),
             abort: watch::channel(false).0,
             load_lock: tokio::sync::Mutex::new(()),
@@ -86,9 +93,35 @@ impl AppState {
         constant_time_eq(expected, &got)
     }
 
-    /// Registers a generator (replacing any of the same id) and records when.
-    pub fn register(&self, id: &str, generator: CandleGenerator) {
-        self.registry.insert(id, generator);
+    /// Loads the model a spec names (path, cached name, `hf:` reference: the engine resolves
+    /// it) on a blocking thread and registers it as `id`, replacing any of the same id once
+    /// loaded. Once `cancel` is cancelled the load stops (within one tensor) with
+    /// [`ModelError::Cancelled`](fluent_ai_candle_engine::ModelError::Cancelled).
+    pub async fn load(
+        self: &Arc<Self>,
+        id: &str,
+        spec: PathBuf,
+        cancel: CancelToken,
+    ) -> Result<(), EngineError> {
+        let state = self.clone();
+        let name = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            state.registry.load_cancellable(
+                &name,
+                &spec,
+                &state.device,
+                state.generation.clone(),
+                &cancel,
+            )
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("loading task failed: {e}")))??;
+        self.loaded(id);
+        Ok(())
+    }
+
+    /// Records that `id` was (re)loaded now; the first model loaded is the default.
+    fn loaded(&self, id: &str) {
         lock(&self.loaded_at).insert(id.to_string(), unix_now());
         let mut default = lock(&self.default_model);
         if default.is_none() {

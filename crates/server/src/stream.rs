@@ -4,12 +4,10 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use fluent_ai_candle_engine::{
     CandleCompletionChunk, CandleCompletionStream, FinishReason, TokenLogprob,
 };
-use fluent_ai_candle_models::LoadedModel;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
@@ -31,7 +29,8 @@ pub(crate) enum Endpoint {
     Completion,
 }
 
-/// A request accepted by the engine: one stream per choice, merged.
+/// A request accepted by the engine: one stream per choice, merged. Its `id`, `created` and
+/// `model` are the engine's, of the first choice's stream.
 pub(crate) struct Prepared {
     pub endpoint: Endpoint,
     pub id: String,
@@ -45,8 +44,6 @@ pub(crate) struct Prepared {
     pub merged: SelectAll<BoxStream<'static, (usize, CandleCompletionChunk)>>,
     pub guard: InFlight,
     pub abort: watch::Receiver<bool>,
-    /// The model, for the text of tokens in logprobs.
-    pub loaded: Arc<LoadedModel>,
     /// Whether the response carries `logprobs`.
     pub logprobs: bool,
 }
@@ -54,29 +51,27 @@ pub(crate) struct Prepared {
 impl Prepared {
     pub fn new(
         endpoint: Endpoint,
-        model: String,
         streams: Vec<CandleCompletionStream>,
         meta: (bool, bool, usize),
         guard: InFlight,
         abort: watch::Receiver<bool>,
-        loaded: Arc<LoadedModel>,
     ) -> Self {
         let (stream, include_usage, n) = meta;
         let choices = streams.len();
+        let (id, created, model) = streams
+            .first()
+            .map(|s| (s.id().to_string(), s.created(), s.model().to_string()))
+            .unwrap_or_default();
         let merged = futures::stream::select_all(
             streams
                 .into_iter()
                 .enumerate()
                 .map(|(i, s)| s.map(move |c| (i, c)).boxed()),
         );
-        let prefix = match endpoint {
-            Endpoint::Chat => "chatcmpl",
-            Endpoint::Completion => "cmpl",
-        };
         Self {
             endpoint,
-            id: format!("{prefix}-{}", next_id()),
-            created: crate::state::unix_now(),
+            id,
+            created,
             model,
             stream,
             include_usage,
@@ -85,7 +80,6 @@ impl Prepared {
             merged,
             guard,
             abort,
-            loaded,
             logprobs: false,
         }
     }
@@ -96,17 +90,6 @@ impl Prepared {
         self
     }
 
-    /// The bytes and (lossy) text of a token.
-    fn token_text(&self, id: u32) -> (String, Vec<u8>) {
-        let bytes = self
-            .loaded
-            .tokenizer
-            .token_bytes_of(id)
-            .unwrap_or_default()
-            .to_vec();
-        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
-    }
-
     /// Chat `logprobs` of some tokens.
     fn chat_logprobs(&self, entries: &[TokenLogprob]) -> Option<ChatLogprobs> {
         if !self.logprobs {
@@ -114,25 +97,20 @@ impl Prepared {
         }
         let content = entries
             .iter()
-            .map(|e| {
-                let (token, bytes) = self.token_text(e.token);
-                TokenLogprobOut {
-                    token,
-                    logprob: e.logprob,
-                    bytes,
-                    top_logprobs: e
-                        .top_logprobs
-                        .iter()
-                        .map(|&(id, logprob)| {
-                            let (token, bytes) = self.token_text(id);
-                            TopLogprobOut {
-                                token,
-                                logprob,
-                                bytes,
-                            }
-                        })
-                        .collect(),
-                }
+            .map(|e| TokenLogprobOut {
+                token: text_of(&e.bytes),
+                logprob: e.logprob,
+                bytes: e.bytes.clone(),
+                top_logprobs: e
+                    .top_logprobs
+                    .iter()
+                    .zip(&e.top_bytes)
+                    .map(|(&(_, logprob), bytes)| TopLogprobOut {
+                        token: text_of(bytes),
+                        logprob,
+                        bytes: bytes.clone(),
+                    })
+                    .collect(),
             })
             .collect();
         Some(ChatLogprobs { content })
@@ -150,7 +128,7 @@ impl Prepared {
         }
         let mut out = CompletionLogprobs::default();
         for e in entries {
-            let (token, _) = self.token_text(e.token);
+            let token = text_of(&e.bytes);
             out.text_offset.push(offset);
             offset += token.chars().count();
             out.tokens.push(token);
@@ -158,7 +136,8 @@ impl Prepared {
             out.top_logprobs.push(
                 e.top_logprobs
                     .iter()
-                    .map(|&(id, lp)| (self.token_text(id).0, lp))
+                    .zip(&e.top_bytes)
+                    .map(|(&(_, lp), bytes)| (text_of(bytes), lp))
                     .collect(),
             );
         }
@@ -291,15 +270,9 @@ fn add_usage(total: &mut UsageOut, u: &fluent_ai_candle_engine::Usage, count_pro
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
 }
 
-fn next_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    format!("{t:x}{n:04x}")
+/// The (lossy) text of a token's bytes.
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 struct Emitter {

@@ -22,14 +22,14 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpg
         .on_upgrade(move |socket| session(state, socket))
 }
 
-fn prepare(state: &Arc<AppState>, text: &str) -> Result<Prepared, ApiError> {
+async fn prepare(state: &Arc<AppState>, text: &str) -> Result<Prepared, ApiError> {
     let value: serde_json::Value = parse_json(text.as_bytes())?;
     if value.get("messages").is_some() {
-        let mut p = prepare_chat(state, parse_json(text.as_bytes())?)?;
+        let mut p = prepare_chat(state, parse_json(text.as_bytes())?).await?;
         p.stream = true;
         Ok(p)
     } else {
-        let mut p = prepare_completion(state, parse_json(text.as_bytes())?)?;
+        let mut p = prepare_completion(state, parse_json(text.as_bytes())?).await?;
         p.stream = true;
         Ok(p)
     }
@@ -44,7 +44,7 @@ async fn session(state: Arc<AppState>, socket: WebSocket) {
             Message::Close(_) => return,
             _ => continue,
         };
-        let prepared = match prepare(&state, &text) {
+        let prepared = match prepare(&state, &text).await {
             Ok(p) => p,
             Err(e) => {
                 state.http.record("/v1/ws (message)", e.status.as_u16());

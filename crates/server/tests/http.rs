@@ -548,7 +548,7 @@ async fn metrics_are_prometheus_text() {
 #[tokio::test]
 async fn models_hot_swap_only_from_the_models_directory() {
     let addr = shared();
-    let file = fluent_ai_candle_models::cache::known_model(MODEL)
+    let file = fluent_ai_candle_engine::cache::known_model(MODEL)
         .unwrap()
         .file;
     let (status, r) = post(

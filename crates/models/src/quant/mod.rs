@@ -1,38 +1,28 @@
 //! Quantized linear layers with our own CPU kernels.
 //!
 //! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
-//! code (SmolLM2's and most of Gemma 3 270M's layers), so [`QLinear`] runs those formats, and
-//! `Q8_0` (both models' output layer), with x86 SIMD kernels chosen at run time ([`kernels`]:
-//! AVX2, or AVX-512 with VNNI byte products and two activation rows per 512-bit register
-//! for batches and prompts; `FLUENT_AI_CANDLE_SIMD=scalar` forces the
-//! scalar twins, `=avx2` leaves VNNI out), on candle's own CPU thread pool. Every other
-//! format, and every non-CPU device, goes through candle's `QMatMul` unchanged.
+//! code (SmolLM2's and most of Gemma 3 270M's layers), so [`QLinear`] runs those formats,
+//! `Q8_0` (both models' output layer), `Q4_K` and `Q6_K` with the kernels of
+//! [`fluent_ai_candle_kernels::quant`] (x86 SIMD chosen at run time by
+//! [`fluent_ai_candle_kernels::simd`]: AVX2, or AVX-512 with VNNI; `FLUENT_AI_CANDLE_SIMD=scalar`
+//! forces the scalar twins, `=avx2` leaves AVX-512 out), on candle's own CPU thread pool.
+//! Every other format, and every non-CPU device, goes through candle's `QMatMul` unchanged.
 //! `FLUENT_AI_CANDLE_QMATMUL=candle` sends every format to candle (for side-by-side
 //! benchmarks).
 //!
-//! Activations are quantized to 8 bits per 32-value block exactly as llama.cpp's x86 code
-//! does (`127 / amax`, half to even, scales rounded through f16: candle rounds half away from
-//! zero), so the integer products are llama.cpp's; the f32 accumulation follows llama.cpp's
-//! x86 kernels (eight lanes, one FMA per block, the same horizontal sum). Together with the
-//! attention kernel and `ggml_math`, a decoder's logits are llama.cpp's to the bit. A kernel
-//! multiplies each weight row with a tile of activation rows (prefill, batched decode: each
-//! weight block unpacked once per tile, and two or four weight rows per call share each
-//! activation block's loads): tiles of eight with the AVX-512 kernels, which hold two
-//! activation rows per 512-bit register (the rows paired once per matmul), four otherwise. A
-//! work item's rows are walked
-//! inside the kernel's instruction set and the weights prefetched 1 KiB ahead (rows are a
-//! few hundred bytes, too short for the hardware prefetchers: SmolLM2 decode went from 91 to
-//! ~125 tok/s). Every output is one accumulation whatever is computed beside it: a row's
-//! result does not depend on how many rows are multiplied with it, which keeps batched
-//! decoding batch-invariant. The one exception is asked for: under `as_prompt` (a
-//! sequence's prompt), `Q4_K` and `Q6_K` rows are summed in the orders llama.cpp uses for
-//! prompts (its 4-row repacked gemm, its tiled matmul for eight rows or more).
+//! This module is the candle-facing half: it reads a `QTensor`'s blocks once, quantizes a
+//! matmul's activation rows (over the pool for prefill sizes) into per-thread buffers, and
+//! splits the output over the pool in work items of [`COL_GROUP`] weight rows by one tile of
+//! activation rows, each item one [`dots`] call. The kernels' arithmetic is llama.cpp's (see
+//! the kernels crate): together with the attention kernel and `ggml_math`, a decoder's logits
+//! are llama.cpp's to the bit. Every output is one accumulation whatever is computed beside
+//! it, which keeps batched decoding batch-invariant; the one exception is asked for: under
+//! [`as_prompt`] (a sequence's prompt), `Q4_K` and `Q6_K` rows are summed in the orders
+//! llama.cpp uses for prompts (its 4-row repacked gemm, its tiled matmul for eight rows or
+//! more).
 
-mod blocks;
+#[cfg(test)]
 mod kquant;
-mod scalar;
-#[cfg(target_arch = "x86_64")]
-mod x86;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,70 +31,16 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-#[cfg(target_arch = "x86_64")]
-use x86::vnni512::Pair;
-/// Paired activation blocks exist only for the x86 512-bit kernels.
-#[cfg(not(target_arch = "x86_64"))]
-type Pair = ();
+use fluent_ai_candle_kernels::quant::{
+    dots, read_blocks, ActBlock, ActBlockK, Activation, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K,
+    BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K,
+};
+pub use fluent_ai_candle_kernels::simd::Kernels;
 
-use blocks::{read_blocks, ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock, QK};
-use kquant::{ActBlockK, BlockQ4K, BlockQ6K, QK_K};
-
-/// The kernels [`QLinear`] uses on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernels {
-    /// Portable scalar code.
-    Scalar,
-    /// AVX2 + FMA + F16C.
-    Avx2,
-    /// AVX2 + FMA + F16C with AVX-512 F, VL, DQ, BW and VNNI: byte products in one
-    /// instruction, two activation rows per 512-bit register for several rows, activations
-    /// quantized with AVX-512 (bit-identical results to [`Kernels::Avx2`], about half the
-    /// instructions per row in batches and prompts).
-    Avx512Vnni,
-}
-
-/// Quantizes one activation row into 32-value blocks ([`blocks::quantize_row`]), with
-/// AVX-512 where the kernels in use have it (the same bits).
-#[allow(unsafe_code)]
-fn quantize_acts(xs: &[f32], out: &mut [ActBlock]) {
-    #[cfg(target_arch = "x86_64")]
-    if kernels() == Kernels::Avx512Vnni {
-        // SAFETY: `kernels()` found AVX-512 F, VL, BW and VNNI; `Kernel::quantize` is given
-        // `QK * out.len()` values.
-        unsafe { x86::quantize_row(xs, out) };
-        return;
-    }
-    blocks::quantize_row(xs, out)
-}
-
-/// The kernels chosen at run time (once per process): the best the CPU has, unless
-/// `FLUENT_AI_CANDLE_SIMD=scalar` (or `=avx2`, to leave VNNI out).
+/// The kernels [`QLinear`] uses on this machine: [`Kernels::chosen`] (once per process, the
+/// best the CPU has, capped by `FLUENT_AI_CANDLE_SIMD`).
 pub fn kernels() -> Kernels {
-    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
-    *CHOSEN.get_or_init(|| {
-        let forced = std::env::var("FLUENT_AI_CANDLE_SIMD").unwrap_or_default();
-        if forced == "scalar" {
-            return Kernels::Scalar;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            if forced != "avx2"
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512dq")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-            {
-                return Kernels::Avx512Vnni;
-            }
-            return Kernels::Avx2;
-        }
-        Kernels::Scalar
-    })
+    Kernels::chosen()
 }
 
 fn candle_forced() -> bool {
@@ -144,12 +80,6 @@ struct OurMatMul {
     kernels: Kernels,
 }
 
-/// Rows multiplied together by one kernel call of the K-quant formats and of the 256-bit
-/// kernels (and the rows llama.cpp's repacked `Q4_K` gemm takes at a time).
-pub(crate) const ROW_TILE: usize = 4;
-/// Rows multiplied together by one call of the 512-bit kernels of the 32-value formats (four
-/// pairs of rows: each weight block unpacked once for eight rows); the most any kernel takes.
-pub(crate) const MAX_TILE: usize = 8;
 /// Output features per work item.
 const COL_GROUP: usize = 8;
 
@@ -180,302 +110,22 @@ pub(crate) fn as_prompt<T>(f: impl FnOnce() -> T) -> T {
 
 /// Quantized activation blocks, each kind with its own per-thread buffer (sized once, reused
 /// by every call on the thread).
-trait Act: Copy + Default + Send + Sync + 'static {
+trait ActBuffer: Activation {
     /// Runs `f` with this thread's buffer.
     fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T;
-    /// Fills `out` with the `m` rows (`kb` blocks each) of `acts` paired as the `kernels`
-    /// want them (two consecutive rows side by side, for the 512-bit kernels), or leaves it
-    /// empty where they take rows as they are.
-    fn pair_rows(kernels: Kernels, acts: &[Self], m: usize, kb: usize, out: &mut Vec<Pair>) {
-        let _ = (kernels, acts, m, kb);
-        out.clear();
-    }
 }
 
-impl Act for ActBlock {
+impl ActBuffer for ActBlock {
     fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T {
         ACTIVATIONS.with(|b| f(&mut b.borrow_mut()))
     }
-    fn pair_rows(kernels: Kernels, acts: &[Self], m: usize, kb: usize, out: &mut Vec<Pair>) {
-        out.clear();
-        #[cfg(target_arch = "x86_64")]
-        if kernels == Kernels::Avx512Vnni && m > 1 {
-            x86::vnni512::pair_up(acts, m, kb, out);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (kernels, acts, m, kb);
-    }
 }
 
-impl Act for ActBlockK {
+impl ActBuffer for ActBlockK {
     fn with_buffer<T>(f: impl FnOnce(&mut Vec<Self>) -> T) -> T {
         ACTIVATIONS_K.with(|b| f(&mut b.borrow_mut()))
     }
 }
-
-/// Dot products of every weight row of `w` (`out.len()` rows of `kb` blocks) with the
-/// activation rows `rows` (1..=[`Kernel::tile`]), into `out[c][r]`, in the format's prompt order when
-/// `prompt` (see [`Kernel::prompt_order`]). Every output is the same whatever else is
-/// computed beside it (batch invariance), given the order.
-fn dots<B: Kernel>(
-    kernels: Kernels,
-    w: &[B],
-    kb: usize,
-    (rows, pairs): (&[&[B::Act]], &[Pair]),
-    prompt: bool,
-    out: &mut [[f32; MAX_TILE]],
-) {
-    assert!(
-        !rows.is_empty()
-            && rows.len() <= MAX_TILE
-            && w.len() == out.len() * kb
-            && rows.iter().all(|r| r.len() >= kb)
-            && (pairs.is_empty() || pairs.len() == rows.len() / 2 * kb)
-    );
-    match kernels {
-        #[cfg(target_arch = "x86_64")]
-        Kernels::Avx2 | Kernels::Avx512Vnni => B::simd(kernels, w, kb, (rows, pairs), prompt, out),
-        _ => {
-            let twin = if prompt { B::prompt_scalar } else { B::scalar };
-            for (o, w) in out.iter_mut().zip(w.chunks_exact(kb.max(1))) {
-                for (o, r) in o.iter_mut().zip(rows) {
-                    *o = twin(w, r);
-                }
-            }
-        }
-    }
-}
-
-/// A weight format with kernels.
-trait Kernel: WeightBlock {
-    /// The activation blocks it multiplies with.
-    type Act: Act;
-    /// Values per block (of weights and of activations).
-    const VALUES: usize;
-    /// Quantizes one activation row of `VALUES * out.len()` values.
-    fn quantize(xs: &[f32], out: &mut [Self::Act]);
-    /// Appends the block's values to `out`.
-    fn dequantize(b: &Self, out: &mut Vec<f32>);
-    /// The scalar twin: one weight row · one activation row.
-    fn scalar(w: &[Self], a: &[Self::Act]) -> f32;
-    /// Whether, in a prompt of `m` rows, a call with `rows` of them is summed in the order
-    /// llama.cpp uses for prompts where that differs from its one-row kernel: `Q4_K`'s
-    /// repacked 4-row gemm (full tiles of four rows), `Q6_K`'s tiled matmul (prompts of eight
-    /// rows or more). Never for the other formats.
-    fn prompt_order(m: usize, rows: usize) -> bool {
-        let _ = (m, rows);
-        false
-    }
-    /// The scalar twin in the prompt order (see [`Kernel::prompt_order`]).
-    fn prompt_scalar(w: &[Self], a: &[Self::Act]) -> f32 {
-        Self::scalar(w, a)
-    }
-    /// Activation rows per kernel call with `kernels`.
-    fn tile(kernels: Kernels) -> usize {
-        let _ = kernels;
-        ROW_TILE
-    }
-    /// Only called with the `kernels` that [`kernels`] found the CPU supports (AVX2, FMA and
-    /// F16C, and AVX-512 VNNI for [`Kernels::Avx512Vnni`]), with the shapes [`dots`] checks;
-    /// in the prompt order when `prompt`.
-    #[cfg(target_arch = "x86_64")]
-    fn simd(
-        kernels: Kernels,
-        w: &[Self],
-        kb: usize,
-        rows: (&[&[Self::Act]], &[Pair]),
-        prompt: bool,
-        out: &mut [[f32; MAX_TILE]],
-    );
-}
-
-/// Calls the row loop `$k` (one of the `rows_*` functions) for the 1..=4 activation rows
-/// (`4`), or 1..=8 (`8`, for the 512-bit loops, which also take the paired rows `$pairs`).
-macro_rules! call_rows {
-    (4, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident) => {
-        // SAFETY: `kernels()` detected the instruction set of this row loop before choosing it
-        // (every loop needs at most what the chosen set has), and `dots` checked `w` holds
-        // `out.len()` rows of `kb` blocks and every activation row at least `kb` blocks.
-        unsafe {
-            match *$rows {
-                [a] => $k::<1>($w, $kb, [a], $out),
-                [a, b] => $k::<2>($w, $kb, [a, b], $out),
-                [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out),
-                [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out),
-                _ => {}
-            }
-        }
-    };
-    (4, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident, $pairs:ident) => {{
-        let _ = $pairs;
-        call_rows!(4, $k, $w, $kb, $rows, $out)
-    }};
-    (8, $k:ident, $w:ident, $kb:ident, $rows:ident, $out:ident, $pairs:ident) => {
-        // SAFETY: as above.
-        unsafe {
-            match *$rows {
-                [a] => $k::<1>($w, $kb, [a], $out, $pairs),
-                [a, b] => $k::<2>($w, $kb, [a, b], $out, $pairs),
-                [a, b, c] => $k::<3>($w, $kb, [a, b, c], $out, $pairs),
-                [a, b, c, d] => $k::<4>($w, $kb, [a, b, c, d], $out, $pairs),
-                [a, b, c, d, e] => $k::<5>($w, $kb, [a, b, c, d, e], $out, $pairs),
-                [a, b, c, d, e, f] => $k::<6>($w, $kb, [a, b, c, d, e, f], $out, $pairs),
-                [a, b, c, d, e, f, g] => $k::<7>($w, $kb, [a, b, c, d, e, f, g], $out, $pairs),
-                [a, b, c, d, e, f, g, h] => {
-                    $k::<8>($w, $kb, [a, b, c, d, e, f, g, h], $out, $pairs)
-                }
-                _ => {}
-            }
-        }
-    };
-}
-
-/// Implements [`Kernel`] for a weight format: its activation blocks (`$act`, `$values` values
-/// per block, quantized by `$quantize`), scalar twin, dequantization, and the SIMD row loops
-/// for [`Kernels::Avx2`] and [`Kernels::Avx512Vnni`]; optionally (`prompt:`) when its prompt
-/// order applies and that order's scalar twin and row loop (one build, used under either set).
-macro_rules! kernel {
-    (
-        $block:ty,
-        $act:ty,
-        $values:expr,
-        $quantize:path,
-        $scalar:path,
-        $dequantize:path,
-        avx2: $($avx2:ident)::+,
-        vnni: $($vnni:ident)::+,
-        vnni_tile: $vnni_tile:tt
-        $(, prompt: $when:expr, $gscalar:path, $($gsimd:ident)::+, $($gvnni:ident)::+)? $(,)?
-    ) => {
-        impl Kernel for $block {
-            type Act = $act;
-            const VALUES: usize = $values;
-            fn quantize(xs: &[f32], out: &mut [$act]) {
-                $quantize(xs, out)
-            }
-            fn dequantize(b: &Self, out: &mut Vec<f32>) {
-                $dequantize(b, out)
-            }
-            fn scalar(w: &[Self], a: &[$act]) -> f32 {
-                $scalar(w, a)
-            }
-            fn tile(kernels: Kernels) -> usize {
-                if kernels == Kernels::Avx512Vnni {
-                    $vnni_tile
-                } else {
-                    ROW_TILE
-                }
-            }
-            $(
-            fn prompt_order(m: usize, rows: usize) -> bool {
-                let when: fn(usize, usize) -> bool = $when;
-                when(m, rows)
-            }
-            fn prompt_scalar(w: &[Self], a: &[$act]) -> f32 {
-                $gscalar(w, a)
-            }
-            )?
-            #[cfg(target_arch = "x86_64")]
-            #[allow(unsafe_code)]
-            fn simd(
-                kernels: Kernels,
-                w: &[Self],
-                kb: usize,
-                (rows, pairs): (&[&[$act]], &[Pair]),
-                prompt: bool,
-                out: &mut [[f32; MAX_TILE]],
-            ) {
-                use $($avx2)::+ as avx2_rows;
-                use $($vnni)::+ as vnni_rows;
-                $(
-                if prompt {
-                    use $($gsimd)::+ as prompt_rows;
-                    use $($gvnni)::+ as prompt_vnni_rows;
-                    match kernels {
-                        Kernels::Avx512Vnni => call_rows!(4, prompt_vnni_rows, w, kb, rows, out),
-                        _ => call_rows!(4, prompt_rows, w, kb, rows, out),
-                    }
-                    return;
-                }
-                )?
-                let _ = prompt;
-                match kernels {
-                    Kernels::Avx512Vnni => {
-                        call_rows!($vnni_tile, vnni_rows, w, kb, rows, out, pairs)
-                    },
-                    _ => call_rows!(4, avx2_rows, w, kb, rows, out),
-                }
-            }
-        }
-    };
-}
-
-kernel!(
-    BlockQ4_1,
-    ActBlock,
-    QK,
-    quantize_acts,
-    scalar::dot_q4_1,
-    scalar::dequantize_q4_1,
-    avx2: x86::avx2::rows_q4_1,
-    vnni: x86::vnni512::rows_q4_1,
-    vnni_tile: 8,
-);
-kernel!(
-    BlockQ5_0,
-    ActBlock,
-    QK,
-    quantize_acts,
-    scalar::dot_q5_0,
-    scalar::dequantize_q5_0,
-    avx2: x86::avx2::rows_q5_0,
-    vnni: x86::vnni512::rows_q5_0,
-    vnni_tile: 8,
-);
-kernel!(
-    BlockQ8_0,
-    ActBlock,
-    QK,
-    quantize_acts,
-    scalar::dot_q8_0,
-    scalar::dequantize_q8_0,
-    avx2: x86::avx2::rows_q8_0,
-    vnni: x86::vnni512::rows_q8_0,
-    vnni_tile: 8,
-);
-// The K-quant row loops have one build (AVX2 + FMA + F16C), used under either set.
-kernel!(
-    BlockQ4K,
-    ActBlockK,
-    QK_K,
-    kquant::quantize_row_q8k,
-    kquant::dot_q4k,
-    kquant::dequantize_q4k,
-    avx2: kquant::x86::rows_q4k,
-    vnni: kquant::x86::rows_q4k,
-    vnni_tile: 4,
-    // llama.cpp's repacked gemm takes a prompt's rows four at a time.
-    prompt: |_, rows| rows == ROW_TILE,
-    kquant::dot_q4k_grouped,
-    kquant::x86::rows_q4k_grouped,
-    kquant::x86::rows_q4k_grouped_vnni,
-);
-kernel!(
-    BlockQ6K,
-    ActBlockK,
-    QK_K,
-    kquant::quantize_row_q8k,
-    kquant::dot_q6k,
-    kquant::dequantize_q6k,
-    avx2: kquant::x86::rows_q6k,
-    vnni: kquant::x86::rows_q6k,
-    vnni_tile: 4,
-    // llama.cpp's tiled matmul takes prompts of eight rows or more.
-    prompt: |m, _| m >= 8,
-    kquant::dot_q6k_tiled,
-    kquant::x86::rows_q6k_tiled,
-    kquant::x86::rows_q6k_tiled_vnni,
-);
 
 /// Rows from which quantizing the activations is split over the pool (below, the hand-off
 /// costs more than it saves: with the AVX-512 quantizer a batched decode step's eight rows
@@ -521,7 +171,10 @@ impl OurMatMul {
         with_blocks!(&self.weights, w => self.matmul_with(w, x, m))
     }
 
-    fn matmul_with<B: Kernel>(&self, w: &[B], x: &[f32], m: usize) -> Vec<f32> {
+    fn matmul_with<B: Kernel>(&self, w: &[B], x: &[f32], m: usize) -> Vec<f32>
+    where
+        B::Act: ActBuffer,
+    {
         let (n, k) = (self.n, self.k);
         let kb = k / B::VALUES;
         B::Act::with_buffer(|acts| {
@@ -843,6 +496,8 @@ impl Module for QLinear {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use fluent_ai_candle_kernels::quant::blocks;
+    use fluent_ai_candle_kernels::simd::Simd;
     use proptest::prelude::*;
 
     fn both(dtype: GgmlDType, w: &Tensor) -> (QLinear, QMatMul) {
@@ -967,16 +622,16 @@ mod tests {
             return Ok(());
         };
         let twin = OurMatMul {
-            kernels: Kernels::Scalar,
+            kernels: Kernels::scalar(),
             ..op.as_ref().clone()
         };
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let m = x.dim(0).unwrap();
         let fast = op.matmul(&xs, m);
         // The VNNI build computes the same lane sums as the AVX2 one: bit-identical.
-        if op.kernels == Kernels::Avx512Vnni {
+        if op.kernels.simd() == Simd::Avx512Vnni {
             let avx2 = OurMatMul {
-                kernels: Kernels::Avx2,
+                kernels: Kernels::new(Simd::Avx2).unwrap(),
                 ..twin.clone()
             };
             if avx2.matmul(&xs, m) != fast {
@@ -1065,30 +720,6 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
-
-        /// The AVX-512 activation quantizer returns the scalar one's blocks, bit for bit,
-        /// on rows with ties, zeros, tiny and huge magnitudes.
-        #[test]
-        fn simd_quantizer_is_the_scalar_one(
-            seed in any::<u64>(),
-            kb in 1usize..6,
-            scale in prop_oneof![Just(0f32), Just(1e-40f32), Just(1e-30f32), Just(1f32), Just(3e4f32)],
-            ties in any::<bool>(),
-        ) {
-            let mut xs: Vec<f32> = uniform(seed, kb * QK).iter().map(|v| v * scale).collect();
-            if ties {
-                // Multiples of amax / 127 / 2: exact halves after scaling.
-                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-                for (i, x) in xs.iter_mut().enumerate().skip(1).step_by(3) {
-                    *x = amax * ((i % 255) as f32 - 127.0) / 254.0;
-                }
-            }
-            let mut want = vec![ActBlock::default(); kb];
-            blocks::quantize_row(&xs, &mut want);
-            let mut got = vec![ActBlock::default(); kb];
-            quantize_acts(&xs, &mut got);
-            prop_assert_eq!(got, want);
-        }
 
         /// Against GGML's definition of the quantized product (see `ggml_reference`) and
         /// against candle's quantized matmul on the same quantized weights, for every format,

@@ -192,7 +192,7 @@ pub fn diff(ours: &[f32], reference: &[f32]) -> (f32, f32) {
 /// way the model rotates them. For one-layer models (a token's cached keys then depend only on
 /// the token and its position). Returns the largest difference.
 pub fn sink_rerotation_max_diff(
-    model: &fluent_ai_candle_models::Decoder,
+    model: &dyn fluent_ai_candle_models::Decoder,
     vocab: usize,
     label: &str,
 ) -> f32 {

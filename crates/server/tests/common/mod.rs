@@ -19,7 +19,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Fails (never skips) when the model is not cached.
 pub fn require_model() {
-    if let Err(e) = fluent_ai_candle_models::cache::resolve(MODEL) {
+    if let Err(e) = fluent_ai_candle_engine::cache::resolve(MODEL) {
         panic!("the server tests need {MODEL}: {e}. Run `cargo xtask fetch-models` first.");
     }
 }
@@ -53,15 +53,18 @@ pub fn start(config: ServerConfig) -> (SocketAddr, ShutdownHandle, std::sync::mp
     (addr, handle, done_rx)
 }
 
-/// The server most tests share: API key required, 64 KiB body limit.
+/// The server most tests share: API key required (not for `/metrics`), 64 KiB body limit.
 pub fn shared() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
         let (addr, handle, _) = start(
+            // `/metrics` is behind the key once one is set; this server opens it so the
+            // format test reads it as a scraper would (the key rule: tests/hardening.rs).
             ServerConfig::default()
                 .api_key(KEY)
                 .body_limit(BODY_LIMIT)
-                .max_concurrent(8),
+                .max_concurrent(8)
+                .metrics_open(true),
         );
         std::mem::forget(handle);
         addr

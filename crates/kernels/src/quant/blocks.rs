@@ -7,31 +7,41 @@
 use half::f16;
 
 /// Values per block in every format here.
-pub(crate) const QK: usize = 32;
+pub const QK: usize = 32;
 
 /// GGML `Q4_1`: `value = d * q + m`, `q` in 0..16; element `j` is the low nibble of
-/// `qs[j]`, element `j + 16` its high nibble. 20 bytes in the file.
+/// `qs[j]`, element `j + 16` its high nibble. 20 bytes in the file. `repr(C)`: the kernels
+/// load `d` and `m` together.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct BlockQ4_1 {
-    pub(crate) d: u16,
-    pub(crate) m: u16,
-    pub(crate) qs: [u8; 16],
+#[repr(C)]
+pub struct BlockQ4_1 {
+    /// The scale, as f16 bits.
+    pub d: u16,
+    /// The offset, as f16 bits.
+    pub m: u16,
+    /// The 32 nibbles.
+    pub qs: [u8; 16],
 }
 
 /// GGML `Q5_0`: `value = d * (q - 16)`, `q` in 0..32: the nibbles as in `Q4_1`, plus bit `j`
 /// of `qh` as the fifth bit of element `j`. 22 bytes in the file.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct BlockQ5_0 {
-    pub(crate) d: u16,
-    pub(crate) qh: u32,
-    pub(crate) qs: [u8; 16],
+pub struct BlockQ5_0 {
+    /// The scale, as f16 bits.
+    pub d: u16,
+    /// The fifth bit of each value (bit `j` for element `j`).
+    pub qh: u32,
+    /// The low four bits of each value, as nibbles.
+    pub qs: [u8; 16],
 }
 
 /// GGML `Q8_0`: `value = d * q`, `q` in -127..=127. 34 bytes in the file.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct BlockQ8_0 {
-    pub(crate) d: u16,
-    pub(crate) qs: [i8; 32],
+pub struct BlockQ8_0 {
+    /// The scale, as f16 bits.
+    pub d: u16,
+    /// The 32 quants.
+    pub qs: [i8; 32],
 }
 
 /// One block of an activation row quantized to 8 bits (GGML's `Q8_0`/`Q8_1`): `d` and `s`
@@ -39,15 +49,19 @@ pub(crate) struct BlockQ8_0 {
 /// exact sum of `qs`. `repr(C)`: the kernels load `d` and `s` together.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
-pub(crate) struct ActBlock {
-    pub(crate) d: f32,
-    pub(crate) s: f32,
-    pub(crate) sum: i32,
-    pub(crate) qs: [i8; 32],
+pub struct ActBlock {
+    /// The scale `amax / 127`, rounded through f16.
+    pub d: f32,
+    /// `d · sum`, rounded through f16.
+    pub s: f32,
+    /// The exact sum of `qs`.
+    pub sum: i32,
+    /// The 32 quants.
+    pub qs: [i8; 32],
     /// `-16 ×` the sum of each four consecutive `qs` (one per 32-bit lane): the VNNI `Q5_0`
     /// kernel starts its lane sums here, so the unsigned weight nibbles (`q + 16`) need no
     /// sign fix-up per row.
-    pub(crate) neg16: [i32; 8],
+    pub neg16: [i32; 8],
 }
 
 impl Default for ActBlock {
@@ -62,14 +76,15 @@ impl Default for ActBlock {
     }
 }
 
-/// A weight format with a fast path here.
-pub(crate) trait WeightBlock: Copy + Send + Sync + 'static {
+/// A weight format read from a GGUF tensor's bytes.
+pub trait WeightBlock: Copy + Send + Sync + 'static {
     /// Bytes per block in the file.
     const BYTES: usize;
     /// Reads one block from exactly `Self::BYTES` bytes.
     fn read(b: &[u8]) -> Self;
 }
 
+/// The little-endian u16 at byte `i`.
 fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
@@ -114,21 +129,23 @@ impl WeightBlock for BlockQ8_0 {
     }
 }
 
-/// Reads every block of a tensor's bytes (`bytes.len()` a multiple of `B::BYTES`).
-pub(crate) fn read_blocks<B: WeightBlock>(bytes: &[u8]) -> Vec<B> {
+/// Reads every block of a tensor's bytes (`bytes.len()` a multiple of `B::BYTES`; a partial
+/// block at the end is left out).
+pub fn read_blocks<B: WeightBlock>(bytes: &[u8]) -> Vec<B> {
     bytes.chunks_exact(B::BYTES).map(B::read).collect()
 }
 
 /// An f16 bit pattern as f32.
 #[inline(always)]
-pub(crate) fn f16_bits(b: u16) -> f32 {
+pub fn f16_bits(b: u16) -> f32 {
     f16::from_bits(b).to_f32()
 }
 
 /// Quantizes one row of `QK * out.len()` values into `out` the way llama.cpp's x86
 /// `quantize_row_q8_1` does: `d = amax / 127`, `q = x · (127 / amax)` rounded half to even;
-/// `d` and `s = d * Σq` rounded through f16.
-pub(crate) fn quantize_row(xs: &[f32], out: &mut [ActBlock]) {
+/// `d` and `s = d * Σq` rounded through f16. The portable twin of
+/// [`quantize_acts`](super::quantize_acts), which picks the SIMD build.
+pub fn quantize_row(xs: &[f32], out: &mut [ActBlock]) {
     debug_assert_eq!(xs.len(), out.len() * QK);
     for (block, xs) in out.iter_mut().zip(xs.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));

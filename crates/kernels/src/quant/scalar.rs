@@ -32,7 +32,7 @@ fn lanes<W, A>(
 /// `Σ w·a` over the blocks of one `Q4_1` weight row and one activation row, in the order of
 /// llama.cpp's x86 `ggml_vec_dot_q4_1_q8_1` (and our SIMD kernels): eight lanes, then the
 /// `m · s` terms added one by one.
-pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlock]) -> f32 {
+pub fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlock]) -> f32 {
     let nibble = |w: &BlockQ4_1, v: usize| {
         if v < 16 {
             (w.qs[v] & 0x0F) as i32
@@ -55,7 +55,7 @@ pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[ActBlock]) -> f32 {
 
 /// `Σ w·a` over the blocks of one `Q5_0` weight row and one activation row, in the order of
 /// llama.cpp's x86 `ggml_vec_dot_q5_0_q8_0` (and our SIMD kernels).
-pub(crate) fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlock]) -> f32 {
+pub fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlock]) -> f32 {
     let value = |w: &BlockQ5_0, v: usize| {
         let low = if v < 16 {
             w.qs[v] & 0x0F
@@ -74,7 +74,7 @@ pub(crate) fn dot_q5_0(w: &[BlockQ5_0], a: &[ActBlock]) -> f32 {
 
 /// `Σ w·a` over the blocks of one `Q8_0` weight row and one activation row, in the order of
 /// llama.cpp's x86 `ggml_vec_dot_q8_0_q8_0` (and our SIMD kernels).
-pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
+pub fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
     lanes(
         w,
         a,
@@ -84,14 +84,14 @@ pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[ActBlock]) -> f32 {
 }
 
 /// Appends a `Q4_1` block's 32 values to `out`.
-pub(crate) fn dequantize_q4_1(b: &BlockQ4_1, out: &mut Vec<f32>) {
+pub fn dequantize_q4_1(b: &BlockQ4_1, out: &mut Vec<f32>) {
     let (d, m) = (f16_bits(b.d), f16_bits(b.m));
     out.extend(b.qs.iter().map(|&q| d * (q & 0x0F) as f32 + m));
     out.extend(b.qs.iter().map(|&q| d * (q >> 4) as f32 + m));
 }
 
 /// Appends a `Q5_0` block's 32 values to `out`.
-pub(crate) fn dequantize_q5_0(b: &BlockQ5_0, out: &mut Vec<f32>) {
+pub fn dequantize_q5_0(b: &BlockQ5_0, out: &mut Vec<f32>) {
     let d = f16_bits(b.d);
     let fifth = |j: usize| (((b.qh >> j) & 1) << 4) as i32;
     out.extend((0..16).map(|j| d * (((b.qs[j] & 0x0F) as i32 | fifth(j)) - 16) as f32));
@@ -99,7 +99,7 @@ pub(crate) fn dequantize_q5_0(b: &BlockQ5_0, out: &mut Vec<f32>) {
 }
 
 /// Appends a `Q8_0` block's 32 values to `out`.
-pub(crate) fn dequantize_q8_0(b: &BlockQ8_0, out: &mut Vec<f32>) {
+pub fn dequantize_q8_0(b: &BlockQ8_0, out: &mut Vec<f32>) {
     let d = f16_bits(b.d);
     out.extend(b.qs.iter().map(|&q| d * q as f32));
 }

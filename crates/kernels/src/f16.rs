@@ -1,28 +1,29 @@
-//! The f16 vector operations of the attention kernel ([`crate::attention`]) on keys and
-//! values read straight from the f16 cache: the dot product of a key with a query, and the
-//! running value sum's updates with the sum rounded to f16 after each (llama.cpp keeps it in
-//! an f16 buffer). With AVX-512 (and F16C) when [`crate::quant::kernels`] chose AVX-512,
-//! sixteen values per instruction converted in registers; otherwise the scalar twins, which
-//! return the same bits (the unit tests require it).
-#![allow(unsafe_code)]
+//! The f16 vector operations of an attention kernel on keys and values read straight from an
+//! f16 cache: the dot product of a key with a query, and the running value sum's updates with
+//! the sum rounded to f16 after each (llama.cpp keeps it in an f16 buffer). With AVX-512 (and
+//! F16C) where [`crate::simd::chosen`] allows AVX-512, sixteen values per instruction
+//! converted in registers ([`crate::arch::x86_64::avx512::f16`]); otherwise the scalar twins,
+//! which return the same bits (the unit tests require it).
+//!
+//! ```
+//! use fluent_ai_candle_kernels::f16::{dot, mad};
+//! use half::f16;
+//!
+//! let k = [f16::from_f32(1.0), f16::from_f32(2.0)];
+//! assert_eq!(dot(&k, &[3.0, 4.0]), 11.0);
+//! let mut acc = [0.5f32, 0.25];
+//! mad(&mut acc, &k, 2.0);
+//! assert_eq!(acc, [2.5, 4.25]);
+//! ```
 
 use half::f16;
 
-/// Values GGML's AVX-512 f16 dot product takes per step (four registers of sixteen).
-const DOT_STEP: usize = 64;
-/// Lanes per register in that dot product.
-const LANES: usize = 16;
+use crate::simd::Kernels;
 
-fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::quant::kernels() == crate::quant::Kernels::Avx512Vnni
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+/// Values GGML's AVX-512 f16 dot product takes per step (four registers of sixteen).
+pub(crate) const DOT_STEP: usize = 64;
+/// Lanes per register in that dot product.
+pub(crate) const LANES: usize = 16;
 
 /// `x` rounded to the nearest f16 (ties to even), as f32.
 #[inline]
@@ -32,7 +33,7 @@ fn round16(x: f32) -> f32 {
 
 /// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them: upper 256 bits +
 /// lower, upper 128 + lower, lanes 2,3 + 0,1, lane 1 + lane 0.
-pub(crate) fn reduce16(x: &[f32]) -> f32 {
+pub fn reduce16(x: &[f32]) -> f32 {
     let mut t8 = [0f32; 8];
     for i in 0..8 {
         t8[i] = x[8 + i] + x[i];
@@ -49,19 +50,25 @@ pub(crate) fn reduce16(x: &[f32]) -> f32 {
 /// each 64-value step, reduced `a0+a2, a1+a3, then their sum`, then across lanes by
 /// [`reduce16`]; values past the last full step are added in f64. Products of two f16 values
 /// are exact in f32, so plain adds equal the kernel's fused multiply-adds.
-pub(crate) fn dot(k: &[f16], q: &[f32]) -> f32 {
+pub fn dot(k: &[f16], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
     let full = n - n % DOT_STEP;
+    dot_with(Kernels::chosen(), &k[..n], &q[..n], full)
+}
+
+/// [`dot`] with the `kernels` given, of `k` and `q` of one length of which `full` is the
+/// multiple of 64.
+#[inline]
+fn dot_with(kernels: Kernels, k: &[f16], q: &[f32], full: usize) -> f32 {
+    let n = k.len();
     #[cfg(target_arch = "x86_64")]
-    let lanes = if simd() {
-        // SAFETY: `simd()` is true only where the CPU has AVX-512 F and F16C; both slices
-        // hold at least `full` values.
-        unsafe { x86::dot_steps(&k[..full], &q[..full]) }
-    } else {
+    let lanes = crate::arch::x86_64::avx512::f16::dot_steps(kernels, &k[..full], &q[..full])
+        .unwrap_or_else(|| dot_steps(&k[..full], &q[..full]));
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes = {
+        let _ = kernels;
         dot_steps(&k[..full], &q[..full])
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let lanes = dot_steps(&k[..full], &q[..full]);
     let mut sum = f64::from(reduce16(&lanes));
     for (k, q) in k[full..n].iter().zip(&q[full..n]) {
         sum += f64::from(k.to_f32() * q);
@@ -71,7 +78,7 @@ pub(crate) fn dot(k: &[f16], q: &[f32]) -> f32 {
 
 /// The scalar twin of the full 64-value steps of [`dot`]: the sixteen lanes before the
 /// cross-lane sum.
-fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
+pub(crate) fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
     let mut acc = [[0f32; LANES]; 4];
     for (kc, qc) in k.chunks_exact(DOT_STEP).zip(q.chunks_exact(DOT_STEP)) {
         for (j, a) in acc.iter_mut().enumerate() {
@@ -90,108 +97,43 @@ fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
 }
 
 /// `acc[i] = round16(v[i] · s + acc[i])` (one fused multiply-add, then rounded to f16).
-pub(crate) fn mad(acc: &mut [f32], v: &[f16], s: f32) {
+pub fn mad(acc: &mut [f32], v: &[f16], s: f32) {
+    mad_with(Kernels::chosen(), acc, v, s)
+}
+
+/// [`mad`] with the `kernels` given.
+#[inline]
+fn mad_with(kernels: Kernels, acc: &mut [f32], v: &[f16], s: f32) {
     let n = acc.len().min(v.len());
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if simd() {
-        done = n - n % LANES;
-        // SAFETY: AVX-512 F and F16C are present (see `dot`); both hold `done` values.
-        unsafe { x86::mad(&mut acc[..done], &v[..done], s) };
-    }
+    let done = crate::arch::x86_64::avx512::f16::mad(kernels, &mut acc[..n], &v[..n], s);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = kernels;
+        0
+    };
     for (a, x) in acc[done..n].iter_mut().zip(&v[done..n]) {
         *a = round16(x.to_f32().mul_add(s, *a));
     }
 }
 
 /// `acc[i] = round16(acc[i] · s)`.
-pub(crate) fn scale(acc: &mut [f32], s: f32) {
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if simd() {
-        done = acc.len() - acc.len() % LANES;
-        // SAFETY: as in `mad`.
-        unsafe { x86::scale(&mut acc[..done], s) };
-    }
-    for a in &mut acc[done..] {
-        *a = round16(*a * s);
-    }
+pub fn scale(acc: &mut [f32], s: f32) {
+    scale_with(Kernels::chosen(), acc, s)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{f16, DOT_STEP, LANES};
-    use std::arch::x86_64::*;
-
-    /// Sixteen f16 values from `p` as f32.
-    #[inline(always)]
-    unsafe fn load16(p: *const f16) -> __m512 {
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
-    }
-
-    /// Every lane rounded to f16 and back.
-    #[inline(always)]
-    unsafe fn round(x: __m512) -> __m512 {
-        unsafe { _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)) }
-    }
-
-    /// [`super::dot_steps`].
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F and F16C; `k` and `q` hold the same multiple of 64 values.
-    #[target_feature(enable = "avx512f,f16c,fma")]
-    pub(super) unsafe fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut i = 0;
-            while i + DOT_STEP <= k.len() {
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let at = i + j * LANES;
-                    let kv = load16(k.as_ptr().add(at));
-                    *a = _mm512_fmadd_ps(kv, _mm512_loadu_ps(q.as_ptr().add(at)), *a);
-                }
-                i += DOT_STEP;
-            }
-            let r = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
-            let mut out = [0f32; LANES];
-            _mm512_storeu_ps(out.as_mut_ptr(), r);
-            out
-        }
-    }
-
-    /// [`super::mad`] on a multiple of sixteen values.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F and F16C; `acc` and `v` hold the same multiple of 16 values.
-    #[target_feature(enable = "avx512f,f16c,fma")]
-    pub(super) unsafe fn mad(acc: &mut [f32], v: &[f16], s: f32) {
-        unsafe {
-            let s = _mm512_set1_ps(s);
-            let mut i = 0;
-            while i + LANES <= acc.len() {
-                let p = acc.as_mut_ptr().add(i);
-                let x = _mm512_fmadd_ps(load16(v.as_ptr().add(i)), s, _mm512_loadu_ps(p));
-                _mm512_storeu_ps(p, round(x));
-                i += LANES;
-            }
-        }
-    }
-
-    /// [`super::scale`] on a multiple of sixteen values.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F and F16C; `acc` holds a multiple of 16 values.
-    #[target_feature(enable = "avx512f,f16c,fma")]
-    pub(super) unsafe fn scale(acc: &mut [f32], s: f32) {
-        unsafe {
-            let s = _mm512_set1_ps(s);
-            let mut i = 0;
-            while i + LANES <= acc.len() {
-                let p = acc.as_mut_ptr().add(i);
-                _mm512_storeu_ps(p, round(_mm512_mul_ps(_mm512_loadu_ps(p), s)));
-                i += LANES;
-            }
-        }
+/// [`scale`] with the `kernels` given.
+#[inline]
+fn scale_with(kernels: Kernels, acc: &mut [f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    let done = crate::arch::x86_64::avx512::f16::scale(kernels, acc, s);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = kernels;
+        0
+    };
+    for a in &mut acc[done..] {
+        *a = round16(*a * s);
     }
 }
 
