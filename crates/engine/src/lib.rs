@@ -70,7 +70,8 @@ pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, Jso
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
-    cache, CancelToken, ChatMessage, DeviceType, LoadProgress, LoadedModel, ModelError, QuantizationType,
+    cache, CancelToken, ChatMessage, DeviceType, LoadProgress, LoadedModel, ModelError,
+    QuantizationType,
 };
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};

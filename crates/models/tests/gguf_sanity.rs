@@ -11,7 +11,7 @@ use candle_core::Device;
 use common::gguf_bytes::{encode, tiny_model, write_file, RawTensor};
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::{
-    CancelToken, decoder, GgufFile, LoadedModel, ModelConfig, ModelError,
+    decoder, CancelToken, GgufFile, LoadedModel, ModelConfig, ModelError,
 };
 
 /// The tiny llama model with `key` set to `value` (added when absent), written to a file.

@@ -445,7 +445,10 @@ fn exercise(path: &Path) {
         }
         let _ = m.chat_prompt("hi");
         let n = m.config().context_length.min(4);
-        if let Ok(mut cache) = m.decoder.new_cache(&KvCacheConfig::default().max_entries(n)) {
+        if let Ok(mut cache) = m
+            .decoder
+            .new_cache(&KvCacheConfig::default().max_entries(n))
+        {
             let vocab = m.config().vocab_size as u32;
             let tokens: Vec<u32> = (0..n.min(3) as u32).map(|t| t % vocab.max(1)).collect();
             if !tokens.is_empty() {

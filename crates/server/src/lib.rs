@@ -159,9 +159,9 @@ async fn load_models(state: &Arc<AppState>, specs: Vec<String>) -> Result<(), Se
             .await;
         drop(guard);
         loaded.map_err(|e| match e {
-                EngineError::Model(source) => ServerError::Model { name: spec, source },
-                other => ServerError::Engine(other),
-            })?;
+            EngineError::Model(source) => ServerError::Model { name: spec, source },
+            other => ServerError::Engine(other),
+        })?;
     }
     state.loading.store(false, Ordering::SeqCst);
     Ok(())
