@@ -144,7 +144,7 @@ fn ttft_constrained(model: &Arc<LoadedModel>) -> Result<(f64, f64)> {
         prompt: model.chat_prompt("Describe a person as a JSON object.")?,
         max_tokens: Some(1),
         temperature: Some(0.0),
-        constraints: Some(ConstraintSpec::JsonSchema(schema)),
+        constraints: Some(vec![ConstraintSpec::JsonSchema(schema)]),
         ..Default::default()
     };
     let once = || -> Result<f64> {

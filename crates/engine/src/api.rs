@@ -142,8 +142,13 @@ pub struct CandleCompletionRequest {
     pub seed: Option<u64>,
     /// Stop sequences (never emitted); empty means the generator's defaults.
     pub stop: Vec<String>,
-    /// An output constraint (JSON Schema, grammar, regex...).
-    pub constraints: Option<ConstraintSpec>,
+    /// The output constraint (JSON Schema, grammar, regex, a custom
+    /// [`GenerationConstraint`](crate::GenerationConstraint)...), as the seed writes it:
+    /// `Some(vec![constraint])`. At most one: two constraints at once would need the
+    /// intersection of their languages, which the constraint engine does not compute, so a
+    /// second one is refused with [`EngineError::InvalidRequest`] (see
+    /// [`constraint`](Self::constraint)). `None` and an empty list mean no constraint.
+    pub constraints: Option<Vec<ConstraintSpec>>,
     /// This request's KV cache (capacity and eviction strategy); `None` takes the
     /// generator's default, else prompt + `max_tokens` capped at the context, eviction off.
     pub kv_cache: Option<KvCacheConfig>,
@@ -170,6 +175,19 @@ impl CandleCompletionRequest {
         Self {
             input: Some(prompt.into()),
             ..Default::default()
+        }
+    }
+
+    /// The request's one constraint, if any: `constraints` holding more than one is refused
+    /// with [`EngineError::InvalidRequest`].
+    pub fn constraint(&self) -> Result<Option<&ConstraintSpec>, EngineError> {
+        match self.constraints.as_deref() {
+            None | Some([]) => Ok(None),
+            Some([one]) => Ok(Some(one)),
+            Some(many) => Err(EngineError::InvalidRequest(format!(
+                "{} constraints given: at most one constraint per request is supported",
+                many.len()
+            ))),
         }
     }
 

@@ -199,7 +199,7 @@ fn emoji_and_cjk_split_across_tokens_stream_intact() {
         generator(GenerationConfig::default().streaming(StreamingConfig::default().chunk_size(1)));
     let expected = "日本語のテキスト😀🎉";
     let mut req = request(&chat("Write something."), 64, 0.0, 1);
-    req.constraints = Some(ConstraintSpec::Regex(regex_escape(expected)));
+    req.constraints = Some(vec![ConstraintSpec::Regex(regex_escape(expected))]);
     let mut stream = g.generate_stream(&req).unwrap();
     let mut chunks = Vec::new();
     let mut tokens = Vec::new();
@@ -446,7 +446,7 @@ fn failure_mid_generation_returns_the_text_so_far() {
     }
     let g = generator(GenerationConfig::default());
     let mut req = request(&chat("Tell me a story."), 40, 0.0, 1);
-    req.constraints = Some(ConstraintSpec::Custom(std::sync::Arc::new(Dead)));
+    req.constraints = Some(vec![ConstraintSpec::Custom(std::sync::Arc::new(Dead))]);
     let r = g.generate(&req).blocking_collect().unwrap();
     let c = &r.choices[0];
     assert_eq!(c.finish_reason, FinishReason::Error);
@@ -464,11 +464,11 @@ fn failure_mid_generation_returns_the_text_so_far() {
 fn constrained_output_cut_by_max_tokens_ends_with_length() {
     let g = generator(GenerationConfig::default());
     let mut req = request(&chat("Give me a JSON object describing a cat."), 6, 0.0, 1);
-    req.constraints = Some(ConstraintSpec::JsonSchema(serde_json::json!({
+    req.constraints = Some(vec![ConstraintSpec::JsonSchema(serde_json::json!({
         "type": "object",
         "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
         "required": ["name", "description"]
-    })));
+    }))]);
     let r = g.generate(&req).blocking_collect().unwrap();
     let c = &r.choices[0];
     assert_eq!(c.finish_reason, FinishReason::Length);
@@ -677,7 +677,7 @@ fn logprobs_carry_token_bytes() {
 async fn submit_prepares_off_the_runtime() {
     let g = generator(GenerationConfig::default());
     let req = CandleCompletionRequest {
-        constraints: Some(ConstraintSpec::Regex("(red|green|blue)".into())),
+        constraints: Some(vec![ConstraintSpec::Regex("(red|green|blue)".into())]),
         ..request(&chat("Name a colour."), 8, 0.0, 1)
     };
     let a = g
@@ -752,7 +752,7 @@ fn constrained_ttft() {
         prompt: chat("Describe a person as a JSON object."),
         max_tokens: Some(1),
         temperature: Some(0.0),
-        constraints: Some(ConstraintSpec::JsonSchema(schema)),
+        constraints: Some(vec![ConstraintSpec::JsonSchema(schema)]),
         ..Default::default()
     };
     let once = || {
