@@ -327,9 +327,57 @@ pub struct CandleCompletionStream {
     pub(crate) id: String,
     pub(crate) created: u64,
     pub(crate) model: Arc<str>,
+    /// Why the request was refused before it started (a stream from
+    /// [`CandleGenerator::generate_stream`]): yielded as one error chunk, returned by
+    /// [`collect`](Self::collect).
+    pub(crate) refused: Option<EngineError>,
 }
 
 impl CandleCompletionStream {
+    /// A stream for a request refused before it started: it yields one chunk with
+    /// [`FinishReason::Error`] and the error's text, then ends; [`collect`](Self::collect)
+    /// returns the typed error itself.
+    pub(crate) fn refused(error: EngineError, model: Arc<str>) -> Self {
+        let (_, rx) = tokio::sync::mpsc::channel(1);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            rx,
+            finished: false,
+            id: String::new(),
+            created,
+            model,
+            refused: Some(error),
+        }
+    }
+
+    /// Why the request was refused before it started, while the stream has not yielded it
+    /// yet (a stream from [`CandleGenerator::generate_stream`]; `None` for a started
+    /// request).
+    pub fn refusal(&self) -> Option<&EngineError> {
+        self.refused.as_ref()
+    }
+
+    /// The one chunk of a refused request.
+    fn refusal_chunk(&mut self) -> Option<CandleCompletionChunk> {
+        let error = self.refused.take()?;
+        self.finished = true;
+        Some(CandleCompletionChunk {
+            id: self.id.clone(),
+            created: self.created,
+            model: self.model.to_string(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: ChunkDelta::default(),
+                finish_reason: Some(FinishReason::Error),
+                error: Some(error.to_string()),
+            }],
+            usage: Some(Usage::default()),
+        })
+    }
+
     /// The request's id, the same as every chunk's `id`: `chatcmpl-…` for a
     /// [`Prompt::Chat`], `cmpl-…` otherwise, unique in the process and across restarts.
     pub fn id(&self) -> &str {
@@ -348,6 +396,9 @@ impl CandleCompletionStream {
 
     /// The next chunk, waiting without an async runtime (do not call it inside one).
     pub fn blocking_next(&mut self) -> Option<CandleCompletionChunk> {
+        if self.refused.is_some() {
+            return self.refusal_chunk();
+        }
         if self.finished {
             return None;
         }
@@ -366,6 +417,9 @@ impl CandleCompletionStream {
 
     /// Reads the whole stream into a response.
     pub async fn collect(mut self) -> Result<CandleCompletionResponse, EngineError> {
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
         let mut acc = Accumulator::default();
         while let Some(chunk) = futures::StreamExt::next(&mut self).await {
             acc.push(chunk);
@@ -375,6 +429,9 @@ impl CandleCompletionStream {
 
     /// Reads the whole stream into a response, without an async runtime.
     pub fn blocking_collect(mut self) -> Result<CandleCompletionResponse, EngineError> {
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
         let mut acc = Accumulator::default();
         while let Some(chunk) = self.blocking_next() {
             acc.push(chunk);
@@ -387,6 +444,9 @@ impl Stream for CandleCompletionStream {
     type Item = CandleCompletionChunk;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.refused.is_some() {
+            return Poll::Ready(self.refusal_chunk());
+        }
         if self.finished {
             return Poll::Ready(None);
         }
@@ -481,6 +541,6 @@ impl CandleCompletion {
     /// The chunk stream instead of the whole response (the request is prepared and started
     /// on the calling thread).
     pub fn into_stream(self) -> Result<CandleCompletionStream, EngineError> {
-        self.generator.generate_stream(&self.request)
+        self.generator.try_generate_stream(&self.request)
     }
 }
