@@ -481,3 +481,89 @@ fn simd_optimizations() -> Result<(), Box<dyn std::error::Error>> {
     assert!(simd_top_k_f32(&probabilities, 0).is_err());
     Ok(())
 }
+
+/// "Zero-Allocation Design Principles": a style rule, not an API; compiled and run as
+/// written, with the tensor and the helper it assumes defined by the wrapping.
+#[rustfmt::skip] // the seed's lines as written
+#[test]
+fn zero_allocation_principle() -> Result<(), Box<dyn std::error::Error>> {
+    // Wrapping: the names the snippet assumes.
+    use arrayvec::ArrayVec;
+    use candle_core::{Device, Tensor};
+    let output = Tensor::new(&[7u32, 11, 13], &Device::Cpu)?;
+    let tensor = output.clone();
+    /// Copies a tensor's ids into a stack buffer, one scalar at a time (no `Vec`).
+    fn tensor_to_tokens(t: &Tensor, out: &mut ArrayVec<u32, 2048>) -> candle_core::Result<()> {
+        for i in 0..t.dim(0)? {
+            out.push(t.get(i)?.to_scalar::<u32>()?);
+        }
+        Ok(())
+    }
+
+    // ---- seed README, "Zero-Allocation Design Principles" ----
+    // ✅ Good: Stack allocation with ArrayVec
+    let mut token_buffer = ArrayVec::<u32, 2048>::new();
+    tensor_to_tokens(&output, &mut token_buffer)?;
+
+    // ❌ Bad: Heap allocation
+    let tokens: Vec<u32> = tensor.to_vec1()?;
+    // ---- end ----
+
+    assert_eq!(token_buffer.as_slice(), tokens.as_slice());
+    Ok(())
+}
+
+/// "Lock-Free Patterns": a style rule; compiled and run.
+#[rustfmt::skip] // the seed's lines as written
+#[test]
+fn lock_free_patterns() {
+    // Wrapping: the names the snippet assumes.
+    use std::sync::{Arc, Mutex};
+    type Token = u32;
+
+    // ---- seed README, "Lock-Free Patterns" ----
+    // ✅ Good: Crossbeam channels for communication
+    let (sender, receiver) = crossbeam_channel::unbounded();
+
+    // ❌ Bad: Mutex for communication
+    // SEED FIX: turbofish and `default()`: `Arc<Mutex<Vec<Token>>>::new()` is not an
+    // expression (comparison operators), and `Arc::new` needs a value.
+    let shared_data = Arc::<Mutex<Vec<Token>>>::default();
+    // ---- end ----
+
+    sender.send(1 as Token).unwrap();
+    assert_eq!(receiver.recv().unwrap(), 1);
+    shared_data.lock().unwrap().push(2);
+    assert_eq!(*shared_data.lock().unwrap(), vec![2]);
+}
+
+/// "SIMD-First Sampling": a dispatch sketch. The seed's bodies are comments (`/* AVX2
+/// implementation */`), which do not return the `Vec<f32>` the signatures promise; the
+/// smallest fix makes each body call the crate's softmax, whose run-time dispatch picks the
+/// AVX2, AVX-512 or NEON kernel (the seed's compile-time `cfg`s are kept as written).
+#[rustfmt::skip] // the seed's lines as written
+#[test]
+fn simd_first_sampling() {
+    // Wrapping: the kernel the fixed bodies call.
+    fn kernel(logits: &[f32]) -> Vec<f32> {
+        fluent_ai_candle::sampling::simd::simd_softmax_f32(logits, 1.0).unwrap_or_default()
+    }
+
+    // ---- seed README, "SIMD-First Sampling" ----
+    // Automatic SIMD feature detection and dispatch
+    #[cfg(target_feature = "avx2")]
+    fn softmax_avx2(logits: &[f32]) -> Vec<f32> { kernel(logits) /* SEED FIX: was only `/* AVX2 implementation */` */ }
+
+    #[cfg(target_feature = "neon")]
+    fn softmax_neon(logits: &[f32]) -> Vec<f32> { kernel(logits) /* SEED FIX: was only `/* ARM NEON implementation */` */ }
+
+    fn softmax_scalar(logits: &[f32]) -> Vec<f32> { kernel(logits) /* SEED FIX: was only `/* Fallback implementation */` */ }
+    // ---- end ----
+
+    let p = softmax_scalar(&[0.0, 0.0]);
+    assert_eq!(p, vec![0.5, 0.5]);
+    #[cfg(target_feature = "avx2")]
+    assert_eq!(softmax_avx2(&[0.0, 0.0]), p);
+    #[cfg(target_feature = "neon")]
+    assert_eq!(softmax_neon(&[0.0, 0.0]), p);
+}
