@@ -202,8 +202,10 @@ impl CandleCompletionRequest {
         }
     }
 
-    /// The sampling chain this request describes: `sampling` as is, else temperature → top-k
-    /// → top-p from `temperature`, `top_k` and `top_p`, each unset one from `defaults`.
+    /// The sampling chain this request describes: `sampling` as is, else the generator's
+    /// default chain ([`GenerationConfig::sampling`]) when none of `temperature`, `top_k` and
+    /// `top_p` is set, else temperature → top-k → top-p from them, each unset one from
+    /// `defaults`.
     /// Both descriptions at once are refused.
     pub fn sampling_config(
         &self,
@@ -218,6 +220,11 @@ impl CandleCompletionRequest {
                 ));
             }
             return Ok(s.clone());
+        }
+        if self.temperature.is_none() && self.top_p.is_none() && self.top_k.is_none() {
+            if let Some(s) = &defaults.sampling {
+                return Ok(s.clone());
+            }
         }
         let mut b =
             SamplingConfig::builder().temperature(self.temperature.unwrap_or(defaults.temperature));

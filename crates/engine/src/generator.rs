@@ -15,8 +15,8 @@ use crate::config::StreamingConfig;
 use crate::metrics::{EngineMetrics, MetricsSnapshot};
 use crate::prepare::{prepare, tokenize_prompt, ModelTables, Prepared, Reuse};
 use crate::scheduler::{self, Job, SchedulerConfig};
-use crate::seed::{CandleModel, Sampling};
-use crate::{EngineError, KvCacheConfig, Prompt};
+use crate::seed::CandleModel;
+use crate::{EngineError, KvCacheConfig, Prompt, Sampling};
 
 /// A streaming-first generator: one model, one scheduler thread that decodes every active
 /// request together (continuous batching), and any number of handles (it is cheap to clone).
@@ -127,8 +127,9 @@ impl CandleGenerator {
         Self::from_loaded("model", loaded, config)
     }
 
-    /// The seed's constructor with everything set at once: `sampling` becomes the default
-    /// sampling of every request (see [`Sampling::apply_to`]), `streaming` the chunking and
+    /// The seed's constructor with everything set at once: `sampling` (the sampling crate's
+    /// preset) becomes the default chain of every request that describes no sampling of its
+    /// own (see [`GenerationConfig::sampling`]), `streaming` the chunking and
     /// buffering, and `kv_cache` (when given) every request's default KV cache (capacity and
     /// eviction). Invalid settings are a typed error; the rest is [`try_new`](Self::try_new).
     #[allow(clippy::too_many_arguments)]
@@ -141,7 +142,15 @@ impl CandleGenerator {
         streaming: StreamingConfig,
         kv_cache: Option<KvCacheConfig>,
     ) -> Result<Self, EngineError> {
-        sampling.apply_to(&mut config)?;
+        let model: Arc<CandleModel> = model.into();
+        let sampling = fluent_ai_candle_sampling::SamplingConfig::from(sampling);
+        // Checked now (a bad preset is a typed error here, not at the first request).
+        fluent_ai_candle_sampling::Sampler::new(
+            sampling.clone(),
+            model.decoder.config().vocab_size,
+            0,
+        )?;
+        config.sampling = Some(sampling);
         config.streaming = streaming;
         if let Some(kv) = kv_cache {
             kv.validate()?;

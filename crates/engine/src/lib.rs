@@ -74,12 +74,12 @@ pub use fluent_ai_candle_models::{
     cache, device_name, CancelToken, CandleTokenizer, ChatMessage, DeviceError, DeviceType,
     LoadProgress, LoadedModel, ModelError, QuantizationType,
 };
-pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
+pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, Sampling, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::CandleGenerator;
 pub use metrics::{EngineMetrics, MetricsSnapshot};
 pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
-pub use seed::{CandleModel, Sampling};
+pub use seed::CandleModel;
 pub use stop::{StopMatcher, StopOutcome};
 
 /// The seed's spelling of [`KvCacheConfig`].

@@ -299,7 +299,12 @@ mod advanced_configuration {
                 assert_eq!(client.config().max_concurrent_requests, 4);
                 // The sophisticated generator's defaults are the example's.
                 let c = generator.config();
-                assert_eq!((c.temperature, c.top_k, c.top_p), (0.8, Some(40), Some(0.95)));
+                let preset = Sampling::TopKThenTopP { k: 40, p: 0.95, temperature: 0.8 };
+                assert_eq!(c.sampling, Some(preset.clone().into()));
+                // A request that describes no sampling runs the preset's chain.
+                let plain = fluent_ai_candle::CandleCompletionRequest::default();
+                let chain = plain.sampling_config(c).unwrap().chain;
+                assert_eq!(chain, fluent_ai_candle::SamplingConfig::from(preset).chain);
                 assert_eq!(c.streaming.chunk_size, 8);
                 assert_eq!(c.streaming.buffer_timeout, Duration::from_millis(50));
                 let kv = c.kv_cache.clone().unwrap();
