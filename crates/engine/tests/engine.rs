@@ -509,7 +509,7 @@ async fn registry_replaces_and_unloads_while_requests_run() {
 
 #[test]
 fn seed_constructor_and_streaming_chunks() {
-    // `CandleGenerator::new(model, tokenizer, config, device)` with an owned model.
+    // `CandleGenerator::from_decoder(decoder, tokenizer, config, device)` with an owned model.
     let path = fluent_ai_candle_models::cache::model_path("smollm2-135m-instruct").unwrap();
     let loaded =
         fluent_ai_candle_models::LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})
