@@ -75,7 +75,7 @@ fn concurrent(model: &Arc<LoadedModel>, n: usize) -> Result<f64> {
             ignore_eos: true,
             ..Default::default()
         };
-        streams.push(g.generate_stream(&req)?);
+        streams.push(g.try_generate_stream(&req)?);
     }
     let readers: Vec<_> = streams
         .into_iter()
@@ -116,7 +116,7 @@ fn concurrent(model: &Arc<LoadedModel>, n: usize) -> Result<f64> {
 
 fn first_token(g: &CandleGenerator, ids: Vec<u32>) -> Result<Duration> {
     let t = Instant::now();
-    let mut s = g.generate_stream(&CandleCompletionRequest {
+    let mut s = g.try_generate_stream(&CandleCompletionRequest {
         input: Some(Prompt::Tokens(ids)),
         max_tokens: Some(1),
         temperature: Some(0.0),
@@ -144,12 +144,12 @@ fn ttft_constrained(model: &Arc<LoadedModel>) -> Result<(f64, f64)> {
         prompt: model.chat_prompt("Describe a person as a JSON object.")?,
         max_tokens: Some(1),
         temperature: Some(0.0),
-        constraints: Some(ConstraintSpec::JsonSchema(schema)),
+        constraints: Some(vec![ConstraintSpec::JsonSchema(schema)]),
         ..Default::default()
     };
     let once = || -> Result<f64> {
         let t = Instant::now();
-        let mut s = g.generate_stream(&request)?;
+        let mut s = g.try_generate_stream(&request)?;
         s.blocking_next().context("no first chunk")?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         while s.blocking_next().is_some() {}
@@ -216,7 +216,7 @@ fn long_prompt_ttft(model: &Arc<LoadedModel>, chunk: usize) -> Result<(f64, f64)
     )?;
     let ids = long_prompt(&g)?;
     let t_long = Instant::now();
-    let mut long = g.generate_stream(&CandleCompletionRequest {
+    let mut long = g.try_generate_stream(&CandleCompletionRequest {
         input: Some(Prompt::Tokens(ids)),
         max_tokens: Some(1),
         temperature: Some(0.0),
@@ -231,7 +231,7 @@ fn long_prompt_ttft(model: &Arc<LoadedModel>, chunk: usize) -> Result<(f64, f64)
     // Into the prefill: the short request arrives mid-chunk.
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
-    let mut short = g.generate_stream(&short_request(model)?)?;
+    let mut short = g.try_generate_stream(&short_request(model)?)?;
     short.blocking_next().context("no first chunk")?;
     let short_ttft = t.elapsed();
     while short.blocking_next().is_some() {}
@@ -254,7 +254,7 @@ fn disconnect_free(model: &Arc<LoadedModel>) -> Result<f64> {
         GenerationConfig::default().prefix_cache(None),
     )?;
     let ids = long_prompt(&g)?;
-    let long = g.generate_stream(&CandleCompletionRequest {
+    let long = g.try_generate_stream(&CandleCompletionRequest {
         input: Some(Prompt::Tokens(ids)),
         max_tokens: Some(16),
         temperature: Some(0.0),
@@ -264,7 +264,7 @@ fn disconnect_free(model: &Arc<LoadedModel>) -> Result<f64> {
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     drop(long);
-    let mut short = g.generate_stream(&short_request(model)?)?;
+    let mut short = g.try_generate_stream(&short_request(model)?)?;
     short.blocking_next().context("no first chunk")?;
     let freed = t.elapsed();
     while short.blocking_next().is_some() {}

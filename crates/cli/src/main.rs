@@ -287,7 +287,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p,
         top_k: a.top_k,
         seed: Some(a.seed),
-        constraints: constraint_spec(&a)?,
+        constraints: constraint_spec(&a)?.map(|c| vec![c]),
         ..CandleCompletionRequest::new(prompt)
     };
     let mut stdout = std::io::stdout().lock();

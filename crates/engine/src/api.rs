@@ -142,8 +142,13 @@ pub struct CandleCompletionRequest {
     pub seed: Option<u64>,
     /// Stop sequences (never emitted); empty means the generator's defaults.
     pub stop: Vec<String>,
-    /// An output constraint (JSON Schema, grammar, regex...).
-    pub constraints: Option<ConstraintSpec>,
+    /// The output constraint (JSON Schema, grammar, regex, a custom
+    /// [`GenerationConstraint`](crate::GenerationConstraint)...), as the seed writes it:
+    /// `Some(vec![constraint])`. At most one: two constraints at once would need the
+    /// intersection of their languages, which the constraint engine does not compute, so a
+    /// second one is refused with [`EngineError::InvalidRequest`] (see
+    /// [`constraint`](Self::constraint)). `None` and an empty list mean no constraint.
+    pub constraints: Option<Vec<ConstraintSpec>>,
     /// This request's KV cache (capacity and eviction strategy); `None` takes the
     /// generator's default, else prompt + `max_tokens` capped at the context, eviction off.
     pub kv_cache: Option<KvCacheConfig>,
@@ -173,6 +178,19 @@ impl CandleCompletionRequest {
         }
     }
 
+    /// The request's one constraint, if any: `constraints` holding more than one is refused
+    /// with [`EngineError::InvalidRequest`].
+    pub fn constraint(&self) -> Result<Option<&ConstraintSpec>, EngineError> {
+        match self.constraints.as_deref() {
+            None | Some([]) => Ok(None),
+            Some([one]) => Ok(Some(one)),
+            Some(many) => Err(EngineError::InvalidRequest(format!(
+                "{} constraints given: at most one constraint per request is supported",
+                many.len()
+            ))),
+        }
+    }
+
     /// The prompt: `input`, else `prompt` as text. Both at once are refused.
     pub fn prompt_input(&self) -> Result<Prompt, EngineError> {
         match &self.input {
@@ -184,8 +202,10 @@ impl CandleCompletionRequest {
         }
     }
 
-    /// The sampling chain this request describes: `sampling` as is, else temperature → top-k
-    /// → top-p from `temperature`, `top_k` and `top_p`, each unset one from `defaults`.
+    /// The sampling chain this request describes: `sampling` as is, else the generator's
+    /// default chain ([`GenerationConfig::sampling`]) when none of `temperature`, `top_k` and
+    /// `top_p` is set, else temperature → top-k → top-p from them, each unset one from
+    /// `defaults`.
     /// Both descriptions at once are refused.
     pub fn sampling_config(
         &self,
@@ -200,6 +220,11 @@ impl CandleCompletionRequest {
                 ));
             }
             return Ok(s.clone());
+        }
+        if self.temperature.is_none() && self.top_p.is_none() && self.top_k.is_none() {
+            if let Some(s) = &defaults.sampling {
+                return Ok(s.clone());
+            }
         }
         let mut b =
             SamplingConfig::builder().temperature(self.temperature.unwrap_or(defaults.temperature));
@@ -309,9 +334,57 @@ pub struct CandleCompletionStream {
     pub(crate) id: String,
     pub(crate) created: u64,
     pub(crate) model: Arc<str>,
+    /// Why the request was refused before it started (a stream from
+    /// [`CandleGenerator::generate_stream`]): yielded as one error chunk, returned by
+    /// [`collect`](Self::collect).
+    pub(crate) refused: Option<EngineError>,
 }
 
 impl CandleCompletionStream {
+    /// A stream for a request refused before it started: it yields one chunk with
+    /// [`FinishReason::Error`] and the error's text, then ends; [`collect`](Self::collect)
+    /// returns the typed error itself.
+    pub(crate) fn refused(error: EngineError, model: Arc<str>) -> Self {
+        let (_, rx) = tokio::sync::mpsc::channel(1);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            rx,
+            finished: false,
+            id: String::new(),
+            created,
+            model,
+            refused: Some(error),
+        }
+    }
+
+    /// Why the request was refused before it started, while the stream has not yielded it
+    /// yet (a stream from [`CandleGenerator::generate_stream`]; `None` for a started
+    /// request).
+    pub fn refusal(&self) -> Option<&EngineError> {
+        self.refused.as_ref()
+    }
+
+    /// The one chunk of a refused request.
+    fn refusal_chunk(&mut self) -> Option<CandleCompletionChunk> {
+        let error = self.refused.take()?;
+        self.finished = true;
+        Some(CandleCompletionChunk {
+            id: self.id.clone(),
+            created: self.created,
+            model: self.model.to_string(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: ChunkDelta::default(),
+                finish_reason: Some(FinishReason::Error),
+                error: Some(error.to_string()),
+            }],
+            usage: Some(Usage::default()),
+        })
+    }
+
     /// The request's id, the same as every chunk's `id`: `chatcmpl-…` for a
     /// [`Prompt::Chat`], `cmpl-…` otherwise, unique in the process and across restarts.
     pub fn id(&self) -> &str {
@@ -330,6 +403,9 @@ impl CandleCompletionStream {
 
     /// The next chunk, waiting without an async runtime (do not call it inside one).
     pub fn blocking_next(&mut self) -> Option<CandleCompletionChunk> {
+        if self.refused.is_some() {
+            return self.refusal_chunk();
+        }
         if self.finished {
             return None;
         }
@@ -348,6 +424,9 @@ impl CandleCompletionStream {
 
     /// Reads the whole stream into a response.
     pub async fn collect(mut self) -> Result<CandleCompletionResponse, EngineError> {
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
         let mut acc = Accumulator::default();
         while let Some(chunk) = futures::StreamExt::next(&mut self).await {
             acc.push(chunk);
@@ -357,6 +436,9 @@ impl CandleCompletionStream {
 
     /// Reads the whole stream into a response, without an async runtime.
     pub fn blocking_collect(mut self) -> Result<CandleCompletionResponse, EngineError> {
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
         let mut acc = Accumulator::default();
         while let Some(chunk) = self.blocking_next() {
             acc.push(chunk);
@@ -369,6 +451,9 @@ impl Stream for CandleCompletionStream {
     type Item = CandleCompletionChunk;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.refused.is_some() {
+            return Poll::Ready(self.refusal_chunk());
+        }
         if self.finished {
             return Poll::Ready(None);
         }
@@ -463,6 +548,6 @@ impl CandleCompletion {
     /// The chunk stream instead of the whole response (the request is prepared and started
     /// on the calling thread).
     pub fn into_stream(self) -> Result<CandleCompletionStream, EngineError> {
-        self.generator.generate_stream(&self.request)
+        self.generator.try_generate_stream(&self.request)
     }
 }

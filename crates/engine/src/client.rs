@@ -1,9 +1,10 @@
 //! [`CandleClientBuilder`]: everything needed to start a [`CandleGenerator`] from files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fluent_ai_candle_models::DeviceType;
+use candle_core::quantized::GgmlDType;
+use fluent_ai_candle_models::{CandleTokenizer, DeviceType, GgufFile, QuantizationType};
 
 use crate::config::GenerationConfig;
 use crate::generator::CandleGenerator;
@@ -13,10 +14,66 @@ use crate::EngineError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Quantization {
-    /// As stored in the GGUF file (GGUF weights are quantized ahead of time; requantizing at
-    /// load time is not supported).
+    /// As stored: a GGUF file's formats; a Hugging Face directory's default quantize-on-load
+    /// format ([`QuantizationType::default`]).
     #[default]
     AsStored,
+    /// This format: a Hugging Face directory is quantized to it on load. A GGUF file is used
+    /// as stored when its weights already have this many bits per value (`Q4` for a `Q4_1`
+    /// or `Q4_K` file); re-quantizing GGUF weights is not supported and is refused with
+    /// [`EngineError::InvalidRequest`].
+    To(QuantizationType),
+}
+
+impl From<QuantizationType> for Quantization {
+    fn from(q: QuantizationType) -> Self {
+        Quantization::To(q)
+    }
+}
+
+/// Bits per weight of a GGML format (0 for formats this check does not know).
+fn ggml_bits(dtype: GgmlDType) -> u32 {
+    use GgmlDType as G;
+    match dtype {
+        G::Q2K => 2,
+        G::Q3K => 3,
+        G::Q4_0 | G::Q4_1 | G::Q4K => 4,
+        G::Q5_0 | G::Q5_1 | G::Q5K => 5,
+        G::Q6K => 6,
+        G::Q8_0 | G::Q8_1 | G::Q8K => 8,
+        G::F16 | G::BF16 => 16,
+        G::F32 => 32,
+        #[allow(unreachable_patterns)]
+        _ => 0,
+    }
+}
+
+/// Checks that a GGUF file's weights are already in `q`'s precision (the most common format
+/// of its matrices); re-quantizing GGUF weights is not supported.
+fn check_gguf_quantization(path: &Path, q: QuantizationType) -> Result<(), EngineError> {
+    let gguf = GgufFile::open(path)?;
+    let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
+    for info in gguf.content().tensor_infos.values() {
+        if info.shape.dims().len() < 2 {
+            continue;
+        }
+        match counts.iter_mut().find(|(d, _)| *d == info.ggml_dtype) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((info.ggml_dtype, 1)),
+        }
+    }
+    let Some((stored, _)) = counts.into_iter().max_by_key(|&(_, n)| n) else {
+        return Ok(());
+    };
+    if ggml_bits(stored) == ggml_bits(q.ggml_dtype()) {
+        return Ok(());
+    }
+    Err(EngineError::InvalidRequest(format!(
+        "{} stores its weights as {stored:?}: re-quantizing GGUF weights to {q:?} is not \
+         supported (load a Hugging Face directory to quantize on load, or a GGUF file of that \
+         format)",
+        path.display()
+    )))
 }
 
 /// Builds a [`CandleGenerator`] from a model file:
@@ -54,7 +111,10 @@ impl CandleClientBuilder {
         self
     }
 
-    /// The tokenizer: GGUF files carry theirs, so this may only name the model file itself.
+    /// A tokenizer other than the model's own: a `tokenizer.json` or a GGUF file (see
+    /// [`CandleTokenizer::from_file`]), used to encode and decode every request. Its
+    /// vocabulary must fit the model's embedding rows. Naming the model file itself is the
+    /// same as not setting it.
     pub fn tokenizer_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.tokenizer_path = Some(path.into());
         self
@@ -66,9 +126,10 @@ impl CandleClientBuilder {
         self
     }
 
-    /// How the weights are quantized.
-    pub fn quantization(mut self, quantization: Quantization) -> Self {
-        self.quantization = quantization;
+    /// How the weights are quantized: [`Quantization::AsStored`] or a [`QuantizationType`]
+    /// (the seed's `QuantizationType::Q4`; see [`Quantization::To`]).
+    pub fn quantization(mut self, quantization: impl Into<Quantization>) -> Self {
+        self.quantization = quantization.into();
         self
     }
 
@@ -96,22 +157,36 @@ impl CandleClientBuilder {
         let path = self
             .model_path
             .ok_or_else(|| EngineError::InvalidRequest("model_path is required".into()))?;
-        if let Some(t) = &self.tokenizer_path {
-            if t != &path {
-                return Err(EngineError::InvalidRequest(format!(
-                    "separate tokenizer files are not supported: the tokenizer is read from {}",
-                    path.display()
-                )));
+        let resolved = crate::resolve_model(&path)?;
+        let quant = match self.quantization {
+            Quantization::AsStored => None,
+            Quantization::To(q) if resolved.is_dir() => Some(q),
+            Quantization::To(q) => {
+                check_gguf_quantization(&resolved, q)?;
+                None
             }
-        }
-        let Quantization::AsStored = self.quantization;
+        };
+        let tokenizer = match &self.tokenizer_path {
+            Some(t) if t != &path && t != &resolved => Some(CandleTokenizer::from_file(t)?),
+            _ => None,
+        };
         let device = self.device_type.open().map_err(EngineError::Candle)?;
         let mut config = self.config;
         if let Some(n) = self.max_concurrent_requests {
             config.max_concurrent_requests = n;
         }
         config.validate()?;
-        let model = crate::load_model(&path, None, &device, &mut |_| {})?;
+        let mut model = crate::load_model(&resolved, quant, &device, &mut |_| {})?;
+        if let Some(tokenizer) = tokenizer {
+            let rows = model.decoder.config().vocab_size;
+            if tokenizer.vocab_size() > rows {
+                return Err(EngineError::InvalidRequest(format!(
+                    "the tokenizer has {} tokens, the model's embedding {rows} rows",
+                    tokenizer.vocab_size()
+                )));
+            }
+            model.tokenizer = tokenizer;
+        }
         let name = self.name.unwrap_or_else(|| crate::model_name(&path));
         CandleGenerator::from_loaded(&name, Arc::new(model), config)
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fluent_ai_candle_kv_cache::{KvCacheConfig, PrefixCacheConfig};
+use fluent_ai_candle_sampling::SamplingConfig;
 
 use crate::EngineError;
 
@@ -70,6 +71,11 @@ pub struct GenerationConfig {
     pub top_p: Option<f32>,
     /// Default top-k.
     pub top_k: Option<usize>,
+    /// Default sampling chain of a request that describes none (no `sampling`,
+    /// `temperature`, `top_p` or `top_k`): the seed's [`Sampling`](crate::Sampling) preset of
+    /// [`CandleGenerator::with_sophisticated_features`](crate::CandleGenerator::with_sophisticated_features).
+    /// `None`: the chain `temperature`, `top_k` and `top_p` above describe.
+    pub sampling: Option<SamplingConfig>,
     /// Default seed.
     pub seed: u64,
     /// Default stop sequences.
@@ -101,6 +107,7 @@ impl Default for GenerationConfig {
             temperature: 0.7,
             top_p: None,
             top_k: None,
+            sampling: None,
             seed: 299_792_458,
             stop: Vec::new(),
             kv_cache: None,
@@ -117,6 +124,13 @@ impl GenerationConfig {
     /// The defaults, to be changed with the setters and finished with [`build`](Self::build).
     pub fn builder() -> Self {
         Self::default()
+    }
+
+    /// Sets the default sampling chain (a [`SamplingConfig`] or a
+    /// [`Sampling`](crate::Sampling) preset; see [`sampling`](Self::sampling)).
+    pub fn sampling(mut self, sampling: impl Into<SamplingConfig>) -> Self {
+        self.sampling = Some(sampling.into());
+        self
     }
 
     /// Finishes the builder.

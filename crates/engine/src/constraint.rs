@@ -122,3 +122,64 @@ impl ActiveConstraint {
         Ok(self.state.constraint().validate(text)?)
     }
 }
+
+/// The seed's JSON Schema constraint: a schema (and how it is read), checked against a
+/// tokenizer's vocabulary by [`for_tokenizer`](Self::for_tokenizer) and put in a request as
+/// the [`ConstraintSpec`] it becomes.
+///
+/// ```
+/// use fluent_ai_candle_engine::constraint::{ConstraintSpec, JsonConstraint};
+/// let spec: ConstraintSpec = JsonConstraint::new(serde_json::json!({"type": "integer"})).into();
+/// assert!(matches!(spec, ConstraintSpec::JsonSchemaWithMode(..)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct JsonConstraint {
+    /// The JSON Schema.
+    pub schema: serde_json::Value,
+    /// How it is read ([`JsonSchemaMode::Generation`] by default).
+    pub mode: JsonSchemaMode,
+}
+
+impl JsonConstraint {
+    /// A constraint to JSON valid under `schema`, read in generation mode.
+    pub fn new(schema: serde_json::Value) -> Self {
+        Self {
+            schema,
+            mode: JsonSchemaMode::Generation,
+        }
+    }
+
+    /// Reads the schema in `mode`.
+    pub fn mode(mut self, mode: JsonSchemaMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Compiles the schema for `tokenizer`'s vocabulary, so a schema no output could satisfy
+    /// (or an invalid one) is a typed error here rather than at the first request, and
+    /// returns the request's constraint. The compiled form is not kept: a generator compiles
+    /// a request's constraint against its model's shared vocabulary (and reuses it across the
+    /// choices of one request).
+    pub fn for_tokenizer(self, tokenizer: &CandleTokenizer) -> Result<ConstraintSpec, EngineError> {
+        let spec = ConstraintSpec::from(self);
+        compile(&spec, vocabulary_for(tokenizer))?;
+        Ok(spec)
+    }
+}
+
+impl From<JsonConstraint> for ConstraintSpec {
+    fn from(c: JsonConstraint) -> Self {
+        ConstraintSpec::JsonSchemaWithMode(c.schema, c.mode)
+    }
+}
+
+/// The seed's `create_json_constraint_for_tokenizer(&schema, &tokenizer)?`: a
+/// [`JsonConstraint`] for `schema`, checked against `tokenizer`'s vocabulary (see
+/// [`JsonConstraint::for_tokenizer`]), as the [`ConstraintSpec`] a request's `constraints`
+/// list takes.
+pub fn create_json_constraint_for_tokenizer(
+    schema: &serde_json::Value,
+    tokenizer: &CandleTokenizer,
+) -> Result<ConstraintSpec, EngineError> {
+    JsonConstraint::new(schema.clone()).for_tokenizer(tokenizer)
+}

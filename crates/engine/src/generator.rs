@@ -11,10 +11,12 @@ use fluent_ai_candle_models::{CandleTokenizer, ChatTemplate, Decoder, LoadedMode
 
 use crate::api::{CandleCompletion, CandleCompletionRequest, CandleCompletionStream};
 use crate::config::GenerationConfig;
+use crate::config::StreamingConfig;
 use crate::metrics::{EngineMetrics, MetricsSnapshot};
 use crate::prepare::{prepare, tokenize_prompt, ModelTables, Prepared, Reuse};
 use crate::scheduler::{self, Job, SchedulerConfig};
-use crate::{EngineError, Prompt};
+use crate::seed::CandleModel;
+use crate::{EngineError, KvCacheConfig, Prompt, Sampling};
 
 /// A streaming-first generator: one model, one scheduler thread that decodes every active
 /// request together (continuous batching), and any number of handles (it is cheap to clone).
@@ -33,6 +35,16 @@ struct Inner {
     tx: Sender<Job>,
     metrics: Arc<EngineMetrics>,
     tables: ModelTables,
+    /// Why every request is refused (a generator [`CandleGenerator::new`] could not build).
+    refusal: Option<String>,
+}
+
+/// True when two tokenizers have the same vocabulary: every token's bytes and the same
+/// end-of-generation ids.
+fn same_vocabulary(a: &CandleTokenizer, b: &CandleTokenizer) -> bool {
+    a.vocab_size() == b.vocab_size()
+        && a.eot_ids() == b.eot_ids()
+        && (0..a.vocab_size() as u32).all(|id| a.token_bytes_of(id) == b.token_bytes_of(id))
 }
 
 /// A response id unique in the process and across restarts: `{prefix}-` then the start time in
@@ -48,10 +60,126 @@ fn next_id(prefix: &str) -> String {
 }
 
 impl CandleGenerator {
-    /// A generator for `model` (a loaded `Box<dyn Decoder>` or a concrete decoder such as
-    /// [`Llama`](fluent_ai_candle_models::Llama)) and `tokenizer` (the seed's constructor). The
-    /// weights must live on `device`.
+    /// The seed's constructor: a generator for a loaded [`CandleModel`] and a tokenizer,
+    /// with `config`'s defaults, on `device`:
+    /// `CandleGenerator::new(Arc::new(model), Arc::new(tokenizer), config, device)`.
+    ///
+    /// The tokenizer is the one requests are encoded and decoded with. When it is the model's
+    /// own (the same vocabulary: every token's bytes and the end-of-generation ids), the model
+    /// is used as loaded; a different one replaces the model's, when the model is not shared
+    /// (no other `Arc` holds it) and its vocabulary fits the model's embedding rows.
+    ///
+    /// It cannot fail, as the seed writes it (no `?`): a tokenizer that does not fit, weights
+    /// that are not on `device` or an invalid `config` make a generator that refuses every
+    /// request with that typed error ([`EngineError::InvalidRequest`]; a stream yields it as an
+    /// error chunk). [`try_new`](Self::try_new) returns the error instead.
     pub fn new(
+        model: impl Into<Arc<CandleModel>>,
+        tokenizer: impl Into<Arc<CandleTokenizer>>,
+        config: GenerationConfig,
+        device: Device,
+    ) -> Self {
+        let model: Arc<CandleModel> = model.into();
+        let shared = model.loaded().clone();
+        match Self::try_new(model, tokenizer, config.clone(), device) {
+            Ok(g) => g,
+            Err(e) => Self::refusing(shared, config, e.to_string()),
+        }
+    }
+
+    /// [`new`](Self::new), returning the typed error instead of a refusing generator.
+    pub fn try_new(
+        model: impl Into<Arc<CandleModel>>,
+        tokenizer: impl Into<Arc<CandleTokenizer>>,
+        config: GenerationConfig,
+        device: Device,
+    ) -> Result<Self, EngineError> {
+        let model: Arc<CandleModel> = model.into();
+        let tokenizer: Arc<CandleTokenizer> = tokenizer.into();
+        if !model.decoder.device().same_device(&device) {
+            return Err(EngineError::InvalidRequest(format!(
+                "the model's weights are on {:?}, not on {device:?}",
+                model.decoder.device()
+            )));
+        }
+        let loaded = if same_vocabulary(&model.tokenizer, &tokenizer) {
+            model.loaded().clone()
+        } else {
+            let rows = model.decoder.config().vocab_size;
+            if tokenizer.vocab_size() > rows {
+                return Err(EngineError::InvalidRequest(format!(
+                    "the tokenizer has {} tokens, the model's embedding {rows} rows",
+                    tokenizer.vocab_size()
+                )));
+            }
+            let owned = Arc::try_unwrap(model)
+                .ok()
+                .and_then(|m| m.into_loaded().ok())
+                .ok_or_else(|| {
+                    EngineError::InvalidRequest(
+                        "a tokenizer other than the model's own needs a model no other                          generator shares"
+                            .into(),
+                    )
+                })?;
+            let tokenizer = Arc::try_unwrap(tokenizer).unwrap_or_else(|t| (*t).clone());
+            Arc::new(LoadedModel { tokenizer, ..owned })
+        };
+        Self::from_loaded("model", loaded, config)
+    }
+
+    /// The seed's constructor with everything set at once: `sampling` (the sampling crate's
+    /// preset) becomes the default chain of every request that describes no sampling of its
+    /// own (see [`GenerationConfig::sampling`]), `streaming` the chunking and
+    /// buffering, and `kv_cache` (when given) every request's default KV cache (capacity and
+    /// eviction). Invalid settings are a typed error; the rest is [`try_new`](Self::try_new).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_sophisticated_features(
+        model: impl Into<Arc<CandleModel>>,
+        tokenizer: impl Into<Arc<CandleTokenizer>>,
+        mut config: GenerationConfig,
+        device: Device,
+        sampling: Sampling,
+        streaming: StreamingConfig,
+        kv_cache: Option<KvCacheConfig>,
+    ) -> Result<Self, EngineError> {
+        let model: Arc<CandleModel> = model.into();
+        let sampling = fluent_ai_candle_sampling::SamplingConfig::from(sampling);
+        // Checked now (a bad preset is a typed error here, not at the first request).
+        fluent_ai_candle_sampling::Sampler::new(
+            sampling.clone(),
+            model.decoder.config().vocab_size,
+            0,
+        )?;
+        config.sampling = Some(sampling);
+        config.streaming = streaming;
+        if let Some(kv) = kv_cache {
+            kv.validate()?;
+            config.kv_cache = Some(kv);
+        }
+        Self::try_new(model, tokenizer, config, device)
+    }
+
+    /// A generator that refuses every request with `reason` (see [`new`](Self::new)).
+    fn refusing(model: Arc<LoadedModel>, config: GenerationConfig, reason: String) -> Self {
+        let (tx, _) = crossbeam_channel::bounded(1);
+        let tables = ModelTables::new(&model);
+        Self {
+            inner: Arc::new(Inner {
+                name: "model".into(),
+                model,
+                config,
+                tx,
+                metrics: Arc::new(EngineMetrics::default()),
+                tables,
+                refusal: Some(reason),
+            }),
+        }
+    }
+
+    /// A generator for a bare decoder (a loaded `Box<dyn Decoder>` or a concrete decoder
+    /// such as [`Llama`](fluent_ai_candle_models::Llama)) and its `tokenizer`, with the
+    /// ChatML chat template. The weights must live on `device`.
+    pub fn from_decoder(
         model: impl Into<Box<dyn Decoder>>,
         tokenizer: CandleTokenizer,
         config: GenerationConfig,
@@ -120,6 +248,7 @@ impl CandleGenerator {
                 tx,
                 metrics,
                 tables,
+                refusal: None,
             }),
         })
     }
@@ -179,6 +308,36 @@ impl CandleGenerator {
         }
     }
 
+    /// Starts a request and returns its stream of chunks, as the seed writes it
+    /// (`let mut stream = generator.generate_stream(&request);`): a request refused before it
+    /// started (see [`try_generate_stream`](Self::try_generate_stream)) is a stream of one
+    /// chunk with [`FinishReason::Error`](crate::FinishReason::Error) and the error's text in
+    /// `choices[0].error`; its [`refusal`](CandleCompletionStream::refusal) is the typed error
+    /// and its `collect()` returns it.
+    ///
+    /// ```no_run
+    /// # use fluent_ai_candle_engine::{CandleCompletionRequest, CandleGenerator, FinishReason};
+    /// # async fn run(generator: CandleGenerator) {
+    /// use futures::StreamExt;
+    /// let request = CandleCompletionRequest { prompt: "Once".into(), ..Default::default() };
+    /// let mut stream = generator.generate_stream(&request);
+    /// while let Some(chunk) = stream.next().await {
+    ///     if let Some(content) = &chunk.choices[0].delta.content {
+    ///         print!("{content}");
+    ///     }
+    ///     if chunk.choices[0].finish_reason == Some(FinishReason::Error) {
+    ///         eprintln!("failed: {:?}", chunk.choices[0].error);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn generate_stream(&self, request: &CandleCompletionRequest) -> CandleCompletionStream {
+        match self.try_generate_stream(request) {
+            Ok(stream) => stream,
+            Err(e) => CandleCompletionStream::refused(e, self.inner.name.clone()),
+        }
+    }
+
     /// Starts a request and returns its stream of chunks, preparing the request (chat
     /// template, tokenizing, constraint compilation) on the calling thread: from async code,
     /// [`submit`](Self::submit) keeps that work off the runtime's worker threads.
@@ -188,7 +347,7 @@ impl CandleGenerator {
     /// does not fit the context (or the request's KV cache), two descriptions of the prompt or
     /// of the sampling at once, an invalid sampling, cache or constraint configuration, a chat
     /// the template refuses, and a full queue ([`EngineError::QueueFull`]).
-    pub fn generate_stream(
+    pub fn try_generate_stream(
         &self,
         request: &CandleCompletionRequest,
     ) -> Result<CandleCompletionStream, EngineError> {
@@ -251,6 +410,9 @@ impl CandleGenerator {
         reuse: &mut Reuse,
     ) -> Result<CandleCompletionStream, EngineError> {
         let inner = &*self.inner;
+        if let Some(reason) = &inner.refusal {
+            return Err(EngineError::InvalidRequest(reason.clone()));
+        }
         let cfg = &inner.config;
         let Prepared {
             prompt_ids,
@@ -284,6 +446,7 @@ impl CandleGenerator {
                     id,
                     created,
                     model: inner.name.clone(),
+                    refused: None,
                 })
             }
             Err(TrySendError::Full(_)) => Err(EngineError::QueueFull {

@@ -56,6 +56,7 @@ mod metrics;
 mod prepare;
 mod registry;
 mod scheduler;
+mod seed;
 mod sequence;
 mod stop;
 
@@ -70,14 +71,15 @@ pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, Jso
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
-    cache, device_name, CancelToken, ChatMessage, DeviceError, DeviceType, LoadProgress,
-    LoadedModel, ModelError, QuantizationType,
+    cache, device_name, CancelToken, CandleTokenizer, ChatMessage, DeviceError, DeviceType,
+    LoadProgress, LoadedModel, ModelError, QuantizationType,
 };
-pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
+pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, Sampling, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::{run_blocking, CandleGenerator};
 pub use metrics::{EngineMetrics, MetricsSnapshot};
 pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
+pub use seed::CandleModel;
 pub use stop::{StopMatcher, StopOutcome};
 
 /// The seed's spelling of [`KvCacheConfig`].

@@ -195,7 +195,7 @@ pub(crate) fn prepare(
         }
         None => KvCacheConfig::default().max_entries((prompt_ids.len() + max_tokens).min(context)),
     };
-    let constraint = match &request.constraints {
+    let constraint = match request.constraint()? {
         None => None,
         Some(spec) => Some(match &reuse.constraint {
             Some((s, compiled)) if same_constraint(s, spec) => compiled.clone(),
@@ -257,7 +257,7 @@ mod tests {
         let request = CandleCompletionRequest {
             prompt: "Colour:".into(),
             max_tokens: Some(4),
-            constraints: Some(ConstraintSpec::Regex("(red|blue)".into())),
+            constraints: Some(vec![ConstraintSpec::Regex("(red|blue)".into())]),
             ..Default::default()
         };
         let defaults = GenerationConfig::default();
@@ -277,5 +277,47 @@ mod tests {
         };
         prepare(&model, &fresh, &plain, &defaults, &mut Reuse::default()).unwrap();
         assert!(fresh.vocabulary.get().is_none());
+    }
+
+    /// The seed's `constraints: Some(vec![..])`: one constraint applies, an empty list is none,
+    /// and a second one is a typed error before anything is compiled.
+    #[test]
+    fn constraints_list_takes_one() {
+        let model = smollm2();
+        let tables = ModelTables::new(&model);
+        let defaults = GenerationConfig::default();
+        let regex = |r: &str| ConstraintSpec::Regex(r.into());
+        let request = |c: Option<Vec<ConstraintSpec>>| CandleCompletionRequest {
+            prompt: "Colour:".into(),
+            max_tokens: Some(4),
+            constraints: c,
+            ..Default::default()
+        };
+        let one = prepare(
+            &model,
+            &tables,
+            &request(Some(vec![regex("red")])),
+            &defaults,
+            &mut Reuse::default(),
+        )
+        .unwrap();
+        assert!(one.seq.constraint_vocabulary().is_some());
+        let empty = prepare(
+            &model,
+            &tables,
+            &request(Some(vec![])),
+            &defaults,
+            &mut Reuse::default(),
+        )
+        .unwrap();
+        assert!(empty.seq.constraint_vocabulary().is_none());
+        let two = prepare(
+            &model,
+            &tables,
+            &request(Some(vec![regex("red"), regex("blue")])),
+            &defaults,
+            &mut Reuse::default(),
+        );
+        assert!(matches!(two, Err(EngineError::InvalidRequest(_))));
     }
 }

@@ -203,6 +203,6 @@ impl ModelRegistry {
         name: &str,
         request: &CandleCompletionRequest,
     ) -> Result<CandleCompletionStream, EngineError> {
-        self.get(name)?.generate_stream(request)
+        self.get(name)?.try_generate_stream(request)
     }
 }

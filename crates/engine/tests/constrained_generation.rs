@@ -81,7 +81,7 @@ fn generation_always_validates_on_maskbench_schemas() {
                 max_tokens: Some(160),
                 temperature: Some(temperature),
                 seed: Some(seed),
-                constraints: Some(ConstraintSpec::JsonSchema(schema.clone())),
+                constraints: Some(vec![ConstraintSpec::JsonSchema(schema.clone())]),
                 ..Default::default()
             };
             let t0 = std::time::Instant::now();
@@ -187,7 +187,7 @@ fn a_small_budget_closes_the_json_in_time() {
                 input: Some(Prompt::Tokens(prompt_ids.clone())),
                 max_tokens: Some(max_tokens),
                 temperature: Some(0.0),
-                constraints: Some(ConstraintSpec::JsonSchema(schema.clone())),
+                constraints: Some(vec![ConstraintSpec::JsonSchema(schema.clone())]),
                 close_constraint: Some(close_constraint),
                 ..Default::default()
             };

@@ -89,7 +89,7 @@ fn logprobs_describe_every_generated_token() {
         logprobs: true,
         ..request(&chat("Name a colour."), 10, 0.0, 1)
     };
-    let mut stream = g.generate_stream(&req).unwrap();
+    let mut stream = g.try_generate_stream(&req).unwrap();
     let mut from_chunks = Vec::new();
     while let Some(chunk) = stream.blocking_next() {
         let delta = &chunk.choices[0].delta;
@@ -144,7 +144,7 @@ fn batch_invariance_alone_and_in_a_batch_of_8() {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                g.generate_stream(&request(&chat(p), 24, temperature, i as u64))
+                g.try_generate_stream(&request(&chat(p), 24, temperature, i as u64))
                     .unwrap()
             })
             .collect();
@@ -199,8 +199,8 @@ fn emoji_and_cjk_split_across_tokens_stream_intact() {
         generator(GenerationConfig::default().streaming(StreamingConfig::default().chunk_size(1)));
     let expected = "日本語のテキスト😀🎉";
     let mut req = request(&chat("Write something."), 64, 0.0, 1);
-    req.constraints = Some(ConstraintSpec::Regex(regex_escape(expected)));
-    let mut stream = g.generate_stream(&req).unwrap();
+    req.constraints = Some(vec![ConstraintSpec::Regex(regex_escape(expected))]);
+    let mut stream = g.try_generate_stream(&req).unwrap();
     let mut chunks = Vec::new();
     let mut tokens = Vec::new();
     while let Some(chunk) = stream.blocking_next() {
@@ -263,7 +263,7 @@ fn stop_string_split_across_chunks_is_cut() {
         .expect("a boundary between two ascii pieces");
     let mut req = request(&prompt, 32, 0.0, 1);
     req.stop = vec![stop.clone()];
-    let mut stream = g.generate_stream(&req).unwrap();
+    let mut stream = g.try_generate_stream(&req).unwrap();
     let mut chunks = Vec::new();
     while let Some(c) = stream.blocking_next() {
         chunks.push(c);
@@ -282,7 +282,7 @@ fn stop_string_split_across_chunks_is_cut() {
 fn dropped_stream_frees_its_slot() {
     let g = generator(GenerationConfig::default().max_concurrent_requests(1));
     let mut long = g
-        .generate_stream(&request(&chat(PROMPTS[3]), 2000, 0.8, 1))
+        .try_generate_stream(&request(&chat(PROMPTS[3]), 2000, 0.8, 1))
         .unwrap();
     assert!(long.blocking_next().is_some());
     drop(long);
@@ -306,7 +306,7 @@ fn slow_consumer_does_not_slow_the_others() {
         .streaming(StreamingConfig::default().chunk_size(1).buffer_size(2));
     let g = generator(config);
     let mut slow = g
-        .generate_stream(&request(&chat(PROMPTS[3]), 64, 0.8, 1))
+        .try_generate_stream(&request(&chat(PROMPTS[3]), 64, 0.8, 1))
         .unwrap();
     let fast = g
         .generate(&request(&chat(PROMPTS[4]), 32, 0.8, 2))
@@ -333,11 +333,11 @@ fn bad_input_is_a_typed_error() {
     let p = chat("hi");
     for max_tokens in [0, usize::MAX] {
         let e = g
-            .generate_stream(&request(&p, max_tokens, 0.0, 1))
+            .try_generate_stream(&request(&p, max_tokens, 0.0, 1))
             .unwrap_err();
         assert!(matches!(e, EngineError::InvalidRequest(_)), "{e}");
     }
-    let e = g.generate_stream(&request("", 8, 0.0, 1));
+    let e = g.try_generate_stream(&request("", 8, 0.0, 1));
     // An empty prompt is an error unless the tokenizer adds BOS.
     if !smollm2().tokenizer.add_bos() {
         assert!(matches!(e, Err(EngineError::InvalidRequest(_))));
@@ -348,27 +348,27 @@ fn bad_input_is_a_typed_error() {
         1;
         smollm2().config().context_length + 10
     ]));
-    let e = g.generate_stream(&req).unwrap_err();
+    let e = g.try_generate_stream(&req).unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
     // A prompt over the request's cache.
     let mut req = request("", 8, 0.0, 1);
     req.input = Some(Prompt::Tokens(vec![1; 100]));
     req.kv_cache = Some(KvCacheConfig::default().max_entries(64));
-    assert!(g.generate_stream(&req).is_err());
+    assert!(g.try_generate_stream(&req).is_err());
     // A cache larger than the context, an invalid eviction configuration.
     req.kv_cache = Some(KvCacheConfig::default().max_entries(1 << 30));
-    assert!(g.generate_stream(&req).is_err());
+    assert!(g.try_generate_stream(&req).is_err());
     req.kv_cache = Some(
         KvCacheConfig::default()
             .max_entries(64)
             .eviction_strategy(EvictionStrategy::SlidingWindow { window: 100 }),
     );
-    assert!(g.generate_stream(&req).is_err());
+    assert!(g.try_generate_stream(&req).is_err());
     // A token id outside the vocabulary.
     req.kv_cache = None;
     req.input = Some(Prompt::Tokens(vec![u32::MAX]));
     assert!(matches!(
-        g.generate_stream(&req),
+        g.try_generate_stream(&req),
         Err(EngineError::InvalidRequest(_))
     ));
     assert!(g.metrics().rejected >= 7);
@@ -383,14 +383,14 @@ fn full_queue_is_a_typed_error() {
             .max_queued_requests(1),
     );
     let mut running = g
-        .generate_stream(&request(&chat(PROMPTS[0]), 24, 0.0, 1))
+        .try_generate_stream(&request(&chat(PROMPTS[0]), 24, 0.0, 1))
         .unwrap();
     assert!(running.blocking_next().is_some()); // admitted: it left the queue
     let queued = g
-        .generate_stream(&request(&chat(PROMPTS[1]), 8, 0.0, 1))
+        .try_generate_stream(&request(&chat(PROMPTS[1]), 8, 0.0, 1))
         .unwrap();
     let e = g
-        .generate_stream(&request(&chat(PROMPTS[2]), 8, 0.0, 1))
+        .try_generate_stream(&request(&chat(PROMPTS[2]), 8, 0.0, 1))
         .unwrap_err();
     assert!(matches!(e, EngineError::QueueFull { capacity: 1 }), "{e}");
     let mut rest = 0;
@@ -446,7 +446,7 @@ fn failure_mid_generation_returns_the_text_so_far() {
     }
     let g = generator(GenerationConfig::default());
     let mut req = request(&chat("Tell me a story."), 40, 0.0, 1);
-    req.constraints = Some(ConstraintSpec::Custom(std::sync::Arc::new(Dead)));
+    req.constraints = Some(vec![ConstraintSpec::Custom(std::sync::Arc::new(Dead))]);
     let r = g.generate(&req).blocking_collect().unwrap();
     let c = &r.choices[0];
     assert_eq!(c.finish_reason, FinishReason::Error);
@@ -464,11 +464,11 @@ fn failure_mid_generation_returns_the_text_so_far() {
 fn constrained_output_cut_by_max_tokens_ends_with_length() {
     let g = generator(GenerationConfig::default());
     let mut req = request(&chat("Give me a JSON object describing a cat."), 6, 0.0, 1);
-    req.constraints = Some(ConstraintSpec::JsonSchema(serde_json::json!({
+    req.constraints = Some(vec![ConstraintSpec::JsonSchema(serde_json::json!({
         "type": "object",
         "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
         "required": ["name", "description"]
-    })));
+    }))]);
     let r = g.generate(&req).blocking_collect().unwrap();
     let c = &r.choices[0];
     assert_eq!(c.finish_reason, FinishReason::Length);
@@ -509,12 +509,12 @@ async fn registry_replaces_and_unloads_while_requests_run() {
 
 #[test]
 fn seed_constructor_and_streaming_chunks() {
-    // `CandleGenerator::new(model, tokenizer, config, device)` with an owned model.
+    // `CandleGenerator::from_decoder(decoder, tokenizer, config, device)` with an owned model.
     let path = fluent_ai_candle_models::cache::model_path("smollm2-135m-instruct").unwrap();
     let loaded =
         fluent_ai_candle_models::LoadedModel::load(&path, &candle_core::Device::Cpu, &mut |_| {})
             .unwrap();
-    let g = CandleGenerator::new(
+    let g = CandleGenerator::from_decoder(
         loaded.decoder,
         loaded.tokenizer,
         GenerationConfig::builder()
@@ -530,7 +530,7 @@ fn seed_constructor_and_streaming_chunks() {
     )
     .unwrap();
     let mut s = g
-        .generate_stream(&CandleCompletionRequest {
+        .try_generate_stream(&CandleCompletionRequest {
             prompt: chat(PROMPTS[2]),
             ..Default::default()
         })
@@ -580,7 +580,7 @@ fn chat_prompts_are_rendered_by_the_engine() {
         input: Some(Prompt::Tokens(by_hand)),
         ..chat_request.clone()
     };
-    let mut stream = g.generate_stream(&chat_request).unwrap();
+    let mut stream = g.try_generate_stream(&chat_request).unwrap();
     assert!(stream.id().starts_with("chatcmpl-"), "{}", stream.id());
     assert_eq!(stream.model(), "smollm2");
     let id = stream.id().to_string();
@@ -595,12 +595,12 @@ fn chat_prompts_are_rendered_by_the_engine() {
     assert_eq!(from_chat, from_tokens.choices[0].token_ids);
     // Another generator never reuses an id.
     let other = generator(GenerationConfig::default());
-    let again = other.generate_stream(&chat_request).unwrap();
+    let again = other.try_generate_stream(&chat_request).unwrap();
     assert_ne!(again.id(), id);
     // An empty chat is a typed error.
     let empty = CandleCompletionRequest::new(Prompt::Chat(Vec::new()));
     assert!(matches!(
-        g.generate_stream(&empty),
+        g.try_generate_stream(&empty),
         Err(EngineError::InvalidRequest(_))
     ));
 }
@@ -615,7 +615,7 @@ fn two_descriptions_at_once_are_refused() {
         ..CandleCompletionRequest::new(Prompt::Tokens(vec![1, 2, 3]))
     };
     assert!(matches!(
-        g.generate_stream(&both_prompts),
+        g.try_generate_stream(&both_prompts),
         Err(EngineError::InvalidRequest(_))
     ));
     let both_samplings = CandleCompletionRequest {
@@ -623,7 +623,7 @@ fn two_descriptions_at_once_are_refused() {
         top_p: Some(0.9),
         ..request(&chat("hi"), 4, 0.0, 1)
     };
-    let e = g.generate_stream(&both_samplings).unwrap_err();
+    let e = g.try_generate_stream(&both_samplings).unwrap_err();
     assert!(e.to_string().contains("sampling"), "{e}");
     // temperature from the request, top-k 1 from the generator: greedy whatever the seed.
     let a = g
@@ -677,7 +677,7 @@ fn logprobs_carry_token_bytes() {
 async fn submit_prepares_off_the_runtime() {
     let g = generator(GenerationConfig::default());
     let req = CandleCompletionRequest {
-        constraints: Some(ConstraintSpec::Regex("(red|green|blue)".into())),
+        constraints: Some(vec![ConstraintSpec::Regex("(red|green|blue)".into())]),
         ..request(&chat("Name a colour."), 8, 0.0, 1)
     };
     let a = g
@@ -752,12 +752,12 @@ fn constrained_ttft() {
         prompt: chat("Describe a person as a JSON object."),
         max_tokens: Some(1),
         temperature: Some(0.0),
-        constraints: Some(ConstraintSpec::JsonSchema(schema)),
+        constraints: Some(vec![ConstraintSpec::JsonSchema(schema)]),
         ..Default::default()
     };
     let once = || {
         let t = Instant::now();
-        let mut s = g.generate_stream(&req).unwrap();
+        let mut s = g.try_generate_stream(&req).unwrap();
         s.blocking_next().unwrap();
         let ms = t.elapsed().as_secs_f64() * 1e3;
         while s.blocking_next().is_some() {}

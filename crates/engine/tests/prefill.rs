@@ -64,7 +64,7 @@ fn a_short_request_overtakes_a_long_prefill() {
             .prefix_cache(None),
     );
     let t0 = Instant::now();
-    let mut long = g.generate_stream(&greedy(long_ids(1200), 1)).unwrap();
+    let mut long = g.try_generate_stream(&greedy(long_ids(1200), 1)).unwrap();
     while g.metrics().active_sequences == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -111,7 +111,7 @@ fn a_client_leaving_mid_prefill_frees_the_model_within_one_chunk() {
         }
         best
     };
-    let long = g.generate_stream(&greedy(ids, 4)).unwrap();
+    let long = g.try_generate_stream(&greedy(ids, 4)).unwrap();
     while g.metrics().active_sequences == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -82,7 +82,7 @@ fn run(model: &LoadedModel, cases: &[(String, Value)], seeds: &[u64]) -> Tally {
                 max_tokens: Some(300),
                 temperature: Some(0.7),
                 seed: Some(seed),
-                constraints: Some(ConstraintSpec::JsonSchema(schema.clone())),
+                constraints: Some(vec![ConstraintSpec::JsonSchema(schema.clone())]),
                 ..Default::default()
             };
             let out = match generate(model, &request, &mut |_| {}) {

@@ -105,27 +105,33 @@
 //! ```
 //!
 //! ## The parts
-//! - [`sampling`]: temperature, top-k/p, min-p, penalties, seeded RNG — every sampling decision;
-//! - [`constraints`]: JSON Schema, regex and GBNF constraints compiled to token masks;
+//! - [`sampling`]: temperature, top-k/p, min-p, penalties, seeded RNG — every sampling decision
+//!   (and [`sampling::simd`], its kernels, with the seed's allocating forms);
+//! - [`constraints`]: JSON Schema, regex and GBNF constraints compiled to token masks (and
+//!   the seed's [`constraints::create_json_constraint_for_tokenizer`]);
+//! - [`device`]: device selection (the seed's [`device::auto_device`]);
 //! - [`kv_cache`]: per-sequence caches with eviction, and the LRU prefix cache;
 //! - [`models`]: GGUF loading, tokenizer, chat templates and the llama-family decoder;
 //! - [`engine`]: the request type, its preparation (chat template, tokenizer, constraint),
 //!   the scheduler, streaming, stop rules, metrics and the model registry (loading by spec).
 #![forbid(unsafe_code)]
 
-pub use fluent_ai_candle_constraints as constraints;
 pub use fluent_ai_candle_engine as engine;
 pub use fluent_ai_candle_kv_cache as kv_cache;
 pub use fluent_ai_candle_mask as mask;
 pub use fluent_ai_candle_models as models;
-pub use fluent_ai_candle_sampling as sampling;
+
+pub mod constraints;
+pub mod device;
+pub mod sampling;
 
 pub use fluent_ai_candle_engine::{
     CandleClientBuilder, CandleCompletion, CandleCompletionChunk, CandleCompletionRequest,
-    CandleCompletionResponse, CandleCompletionStream, CandleGenerator, ChatMessage, ChunkChoice,
-    ChunkDelta, CompletionChoice, ConstraintSpec, Device, DeviceType, EngineError, EngineMetrics,
-    EvictionStrategy, FinishReason, GenerationConfig, KVCacheConfig, KvCacheConfig,
-    MetricsSnapshot, ModelRegistry, PrefixCacheConfig, Prompt, Quantization, StreamingConfig,
+    CandleCompletionResponse, CandleCompletionStream, CandleGenerator, CandleModel,
+    CandleTokenizer, ChatMessage, ChunkChoice, ChunkDelta, CompletionChoice, ConstraintSpec,
+    Device, DeviceType, EngineError, EngineMetrics, EvictionStrategy, FinishReason,
+    GenerationConfig, KVCacheConfig, KvCacheConfig, MetricsSnapshot, ModelRegistry,
+    PrefixCacheConfig, Prompt, Quantization, QuantizationType, Sampling, StreamingConfig,
     TokenLogprob, Usage,
 };
 pub use fluent_ai_candle_models::{init_cpu_threads, LoadedModel, ModelError};

@@ -102,6 +102,21 @@ pub enum EvictionStrategy {
         /// Recent tokens kept after an eviction, besides the sinks.
         window: usize,
     },
+    /// The seed's `EvictionStrategy::LRU`: evict the entries used least recently. In one
+    /// sequence's cache every entry is read at every decode step, so the least recently used
+    /// are the oldest: a full cache drops its oldest quarter (a
+    /// [`SlidingWindow`](Self::SlidingWindow) keeping `max_entries - max_entries / 4` tokens,
+    /// see [`KvCacheConfig::effective_strategy`]). Not a budget shared across sequences.
+    #[allow(clippy::upper_case_acronyms)]
+    LRU,
+}
+
+/// The tokens [`EvictionStrategy::LRU`] keeps when a cache of `max_entries` is full: all but
+/// the oldest quarter (at least one evicted, at least one kept).
+fn lru_window(max_entries: usize) -> usize {
+    (max_entries - max_entries / 4)
+        .min(max_entries.saturating_sub(1))
+        .max(1)
 }
 
 /// Configuration of one sequence's cache, built in the seed's style:
@@ -136,6 +151,18 @@ impl KvCacheConfig {
         self
     }
 
+    /// The strategy as the cache runs it: [`EvictionStrategy::LRU`] becomes the sliding
+    /// window it amounts to in one sequence's cache (the newest `max_entries - max_entries /
+    /// 4` tokens kept, at least one); the others as they are.
+    pub fn effective_strategy(&self) -> EvictionStrategy {
+        match self.eviction_strategy {
+            EvictionStrategy::LRU => EvictionStrategy::SlidingWindow {
+                window: lru_window(self.max_entries),
+            },
+            other => other,
+        }
+    }
+
     /// Checks the configuration is consistent.
     pub fn validate(&self) -> Result<()> {
         if self.max_entries == 0 {
@@ -145,6 +172,10 @@ impl KvCacheConfig {
         }
         match self.eviction_strategy {
             EvictionStrategy::None => Ok(()),
+            EvictionStrategy::LRU if self.max_entries < 2 => Err(KvCacheError::InvalidConfig(
+                "LRU eviction needs max_entries ≥ 2".into(),
+            )),
+            EvictionStrategy::LRU => Ok(()),
             EvictionStrategy::SlidingWindow { window } => {
                 if window == 0 || window >= self.max_entries {
                     Err(KvCacheError::InvalidConfig(format!(
@@ -286,6 +317,7 @@ impl SequenceCache {
                 sink_tokens,
                 window,
             } => (sink_tokens.min(self.len), window),
+            EvictionStrategy::LRU => (0, lru_window(capacity)),
         };
         // Keep at most `keep` recent tokens, fewer if `n` would not fit otherwise.
         let room_for_recent = capacity.saturating_sub(sinks + n);
@@ -451,6 +483,30 @@ mod tests {
         push(&mut c, 2.0).unwrap();
         assert!(matches!(push(&mut c, 3.0), Err(KvCacheError::Full { .. })));
         assert_eq!(contents(&c), vec![1.0, 2.0]);
+    }
+
+    /// The seed's `EvictionStrategy::LRU`: a full cache drops its least recently used (the
+    /// oldest) quarter, exactly as the sliding window it maps to.
+    #[test]
+    fn lru_drops_the_oldest_quarter() {
+        let cfg = KvCacheConfig::default()
+            .max_entries(8)
+            .eviction_strategy(EvictionStrategy::LRU);
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.effective_strategy(),
+            EvictionStrategy::SlidingWindow { window: 6 }
+        );
+        let mut c = SequenceCache::new(shape(), &cfg, &Device::Cpu).unwrap();
+        for i in 0..8 {
+            assert_eq!(push(&mut c, i as f32).unwrap(), 0);
+        }
+        assert_eq!(push(&mut c, 8.0).unwrap(), 2);
+        assert_eq!(contents(&c), vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let tiny = KvCacheConfig::default()
+            .max_entries(1)
+            .eviction_strategy(EvictionStrategy::LRU);
+        assert!(tiny.validate().is_err());
     }
 
     #[test]

@@ -80,6 +80,17 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// True when the file at `path` starts with GGUF's magic bytes (either byte order), whatever
+/// its name; false when it cannot be read or is shorter than four bytes.
+pub fn has_gguf_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && matches!(u32::from_le_bytes(magic), 0x4655_4747 | 0x4747_5546)
+}
+
 impl GgufFile {
     /// Opens and parses the header of a GGUF file. A missing file, a file that is not GGUF, a
     /// header whose counts, lengths, dimensions or alignment do not fit the file, and a file

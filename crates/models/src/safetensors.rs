@@ -45,6 +45,14 @@ pub enum QuantizationType {
 }
 
 impl QuantizationType {
+    /// The seed's 4-bit choice: [`Q4_0`](Self::Q4_0) when quantizing on load; a GGUF file
+    /// stored in any 4-bit format satisfies it.
+    pub const Q4: Self = Self::Q4_0;
+    /// The seed's 8-bit choice: [`Q8_0`](Self::Q8_0).
+    pub const Q8: Self = Self::Q8_0;
+    /// The seed's half-precision choice: [`F16`](Self::F16).
+    pub const FP16: Self = Self::F16;
+
     /// The candle GGML type of this format.
     pub fn ggml_dtype(self) -> GgmlDType {
         match self {

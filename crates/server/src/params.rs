@@ -246,7 +246,7 @@ pub(crate) fn build_template(
         max_tokens: Some(max_tokens),
         sampling: Some(sampling),
         stop,
-        constraints: constraints.pop(),
+        constraints: constraints.pop().map(|c| vec![c]),
         ignore_eos: p.ignore_eos.unwrap_or(false),
         logprobs: logprobs.is_some(),
         close_constraint: p.close_constraint,
@@ -374,11 +374,11 @@ mod tests {
         );
         let (r, _, _) = build_template(&p, 16, None).unwrap();
         assert!(matches!(
-            r.constraints,
-            Some(ConstraintSpec::JsonSchemaWithMode(
+            r.constraints.as_deref(),
+            Some([ConstraintSpec::JsonSchemaWithMode(
                 _,
                 JsonSchemaMode::Generation
-            ))
+            )])
         ));
     }
 

@@ -103,7 +103,14 @@ impl CandleTokenizer {
     /// other than BPE, or a BPE without a `ByteLevel` pre-tokenizer (sentencepiece-style, as
     /// Llama 2 and Mistral ship), [`ModelError::UnsupportedTokenizer`].
     pub fn from_hf_dir(dir: &Path) -> Result<CandleTokenizer> {
-        let path = dir.join(TOKENIZER_JSON);
+        Self::from_tokenizer_json(&dir.join(TOKENIZER_JSON))
+    }
+
+    /// [`from_hf_dir`](Self::from_hf_dir) for a `tokenizer.json` given by its path (of any
+    /// name): the special-token files are read from the same directory.
+    pub fn from_tokenizer_json(path: &Path) -> Result<CandleTokenizer> {
+        let path = path.to_path_buf();
+        let dir = path.parent().unwrap_or(Path::new("."));
         let text = crate::safetensors::read_to_string(&path)?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| crate::safetensors::invalid(&path, e.to_string()))?;

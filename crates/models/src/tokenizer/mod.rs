@@ -158,6 +158,29 @@ fn tok_err(msg: impl Into<String>) -> ModelError {
 }
 
 impl CandleTokenizer {
+    /// The seed's constructor: a tokenizer from one file — a GGUF model file (its
+    /// `tokenizer.ggml.*` metadata, recognized by its magic bytes whatever its name) or a
+    /// Hugging Face `tokenizer.json` (see [`from_tokenizer_json`](Self::from_tokenizer_json);
+    /// `tokenizer_config.json` and the other special-token files are read beside it).
+    ///
+    /// A missing file is [`ModelError::NotFound`]; a file of neither kind is
+    /// [`ModelError::InvalidModelFile`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<CandleTokenizer> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(ModelError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        if crate::gguf::has_gguf_magic(path) {
+            let file = crate::gguf::GgufFile::open(path)?;
+            return Self::from_gguf(file.content());
+        }
+        Self::from_tokenizer_json(path)
+    }
+}
+
+impl CandleTokenizer {
     /// A GGUF file's tokenizer, or a Hugging Face model directory's
     /// ([`CandleTokenizer::from_hf_dir`]) when `path` is a directory.
     pub fn from_path(path: &Path) -> Result<CandleTokenizer> {
