@@ -287,8 +287,11 @@ pub struct ConstraintState {
     live: Vec<(u32, StateID)>,
     /// The shortest completion of the text so far, once asked for, with its length in tokens
     /// (greedy tokenization), keyed by the text's length (every commit lengthens the text).
-    completion: Option<(usize, Option<(Vec<u8>, usize)>)>,
+    completion: Option<(usize, Option<Completion>)>,
 }
+
+/// A shortest completion's bytes and its token count.
+type Completion = (Vec<u8>, usize);
 
 impl std::fmt::Debug for ConstraintState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -629,7 +632,7 @@ impl ConstraintState {
     }
 
     /// The shortest completion and its token count, computed once per committed text.
-    fn completion_memo(&mut self) -> Option<&(Vec<u8>, usize)> {
+    fn completion_memo(&mut self) -> Option<&Completion> {
         let key = self.text.len() + usize::from(self.eos_done);
         if self.completion.as_ref().is_none_or(|(k, _)| *k != key) {
             let rest = if self.eos_done {
