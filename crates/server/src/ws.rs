@@ -60,8 +60,14 @@ async fn session(state: Arc<AppState>, socket: WebSocket) {
             tokio::select! {
                 m = messages.next() => match m {
                     Some(m) => {
+                        // `[DONE]` ends the request: the client may send the next one at once,
+                        // before this stream reports its end.
+                        let done = m == "[DONE]";
                         if tx.send(Message::Text(m.into())).await.is_err() {
                             return;
+                        }
+                        if done {
+                            break;
                         }
                     }
                     None => break,
