@@ -240,7 +240,7 @@ impl CandleGenerator {
             return self.generate_streams(&requests);
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.generate_streams(&requests))
+        run_blocking(move || this.generate_streams(&requests))
             .await
             .map_err(|e| EngineError::Internal(format!("preparing the request failed: {e}")))?
     }
@@ -292,4 +292,28 @@ impl CandleGenerator {
             Err(TrySendError::Disconnected(_)) => Err(EngineError::Shutdown),
         }
     }
+}
+
+/// Runs CPU-heavy request work (parsing a large body, a chat template, tokenizing, compiling a
+/// constraint) on tokio's blocking pool, at most one such job per core but one (at least one)
+/// in the whole process at a time: on a small machine sixteen schema compiles at once would
+/// otherwise take every core from the async threads (a server's `/health` answered in ~1 s on
+/// two cores). Jobs beyond that wait here without holding a thread. Call it from a tokio
+/// runtime; the error is the job's panic.
+pub async fn run_blocking<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))
+    });
+    // The semaphore is never closed, so `acquire` cannot fail; without a permit the job
+    // simply runs.
+    let permit = slots.acquire().await.ok();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        job()
+    })
+    .await
 }

@@ -75,7 +75,7 @@ pub use fluent_ai_candle_models::{
 };
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
-pub use generator::CandleGenerator;
+pub use generator::{run_blocking, CandleGenerator};
 pub use metrics::{EngineMetrics, MetricsSnapshot};
 pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
 pub use stop::{StopMatcher, StopOutcome};

@@ -184,12 +184,21 @@ impl Drop for InFlight {
 /// JSON, both as OpenAI error JSON.
 pub(crate) struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
+/// Bodies at least this long are parsed on the blocking pool: a megabyte of JSON takes
+/// milliseconds to parse, and sixteen at once would hold up the async threads (`/health`).
+const BLOCKING_PARSE_BYTES: usize = 64 * 1024;
+
+impl<T: DeserializeOwned + Send + 'static> FromRequest<Arc<AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let bytes = read_body(req, state.config.body_limit).await?;
-        parse_json(&bytes).map(ApiJson)
+        if bytes.len() < BLOCKING_PARSE_BYTES {
+            return parse_json(&bytes).map(ApiJson);
+        }
+        fluent_ai_candle_engine::run_blocking(move || parse_json(&bytes).map(ApiJson))
+            .await
+            .map_err(|e| ApiError::internal(format!("parsing the body failed: {e}")))?
     }
 }
 
