@@ -80,6 +80,18 @@ pub struct CompileOptions {
     /// spec-faithful [`JsonSchemaMode::Spec`]. A [`ConstraintSpec::JsonSchemaWithMode`]
     /// overrides it.
     pub json_schema_mode: JsonSchemaMode,
+    /// In [`JsonSchemaMode::Generation`]: the most characters of a string (a value, or an
+    /// undeclared key) whose schema sets no `maxLength`, `pattern` or `format` (a larger
+    /// `minLength` raises it). Default 128: a small model that starts repeating itself inside
+    /// a free string does not close it on its own; a schema that wants longer strings says so
+    /// with `maxLength`. Spec mode ignores it.
+    pub generation_max_string_length: u32,
+    /// In [`JsonSchemaMode::Generation`]: the most items of an array whose schema sets no
+    /// `maxItems` (a larger `minItems` or prefix raises it), and the most undeclared
+    /// properties written after the declared ones in an object laid out in the schema's order
+    /// (every object that declares no property, or more than 8). Default 32: a small model
+    /// repeating itself does not end a list on its own. Spec mode ignores it.
+    pub generation_max_items: u32,
 }
 
 impl Default for CompileOptions {
@@ -93,6 +105,8 @@ impl Default for CompileOptions {
             max_length_bound: 2_000,
             share_lexemes: true,
             json_schema_mode: JsonSchemaMode::default(),
+            generation_max_string_length: 128,
+            generation_max_items: 32,
         }
     }
 }
@@ -207,6 +221,7 @@ impl CompiledConstraint {
             frames: Vec::with_capacity(self.vocab.trie.max_depth + 2),
             key: Vec::new(),
             live: Vec::new(),
+            completion: None,
         };
         st.accepting = st.compute_accepting();
         st
@@ -247,6 +262,7 @@ impl CompiledConstraint {
     }
 }
 
+#[derive(Clone)]
 enum Inner {
     Grammar(Box<Parser>),
     Custom,
@@ -254,6 +270,10 @@ enum Inner {
 
 /// The constraint state of one sequence. Follows the sampling loop:
 /// [`compute_mask`](Self::compute_mask) → sample → [`commit_token`](Self::commit_token).
+///
+/// Cloning copies the parser chart (linear in the text so far): a clone can try a token
+/// without touching the original (see [`commit_if_closable`](Self::commit_if_closable)).
+#[derive(Clone)]
 pub struct ConstraintState {
     c: Arc<CompiledConstraint>,
     inner: Inner,
@@ -265,7 +285,13 @@ pub struct ConstraintState {
     key: MaskKey,
     /// Scratch: a group's live states as grammar lexeme ids.
     live: Vec<(u32, StateID)>,
+    /// The shortest completion of the text so far, once asked for, with its length in tokens
+    /// (greedy tokenization), keyed by the text's length (every commit lengthens the text).
+    completion: Option<(usize, Option<Completion>)>,
 }
+
+/// A shortest completion's bytes and its token count.
+type Completion = (Vec<u8>, usize);
 
 impl std::fmt::Debug for ConstraintState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -602,14 +628,71 @@ impl ConstraintState {
     /// # Ok::<(), fluent_ai_candle_constraints::ConstraintError>(())
     /// ```
     pub fn shortest_completion(&mut self) -> Option<Vec<u8>> {
-        if self.eos_done {
-            return Some(Vec::new());
+        self.completion_memo().map(|(rest, _)| rest.clone())
+    }
+
+    /// The shortest completion and its token count, computed once per committed text.
+    fn completion_memo(&mut self) -> Option<&Completion> {
+        let key = self.text.len() + usize::from(self.eos_done);
+        if self.completion.as_ref().is_none_or(|(k, _)| *k != key) {
+            let rest = if self.eos_done {
+                Some(Vec::new())
+            } else {
+                let accepting = self.accepting;
+                match &mut self.inner {
+                    Inner::Grammar(p) => p.shortest_completion(accepting),
+                    Inner::Custom => accepting.then(Vec::new),
+                }
+            };
+            let rest = rest.map(|r| {
+                let n = self.c.vocab.greedy_tokenize(&r).len();
+                (r, n)
+            });
+            self.completion = Some((key, rest));
         }
-        let accepting = self.accepting;
-        match &mut self.inner {
-            Inner::Grammar(p) => p.shortest_completion(accepting),
-            Inner::Custom => accepting.then(Vec::new),
+        self.completion.as_ref().and_then(|(_, r)| r.as_ref())
+    }
+
+    /// How many tokens the shortest completion takes (its greedy tokenization, which is how
+    /// [`closing_token`](Self::closing_token) walks it): `Some(0)` when the text is complete,
+    /// `None` when no completion is known (see
+    /// [`shortest_completion`](Self::shortest_completion)). Cached per committed text.
+    pub fn completion_tokens(&mut self) -> Option<usize> {
+        self.completion_memo().map(|&(_, n)| n)
+    }
+
+    /// True when the text can be completed within `budget` tokens with room to spare: the
+    /// shortest completion's tokens plus [`closing_slack`] of them (a safety margin for
+    /// completions that tokenize differently once part of them is written).
+    pub fn can_close_within(&mut self, budget: usize) -> bool {
+        self.completion_tokens()
+            .is_some_and(|n| n + closing_slack(n) <= budget)
+    }
+
+    /// Commits `token` only if the text can still be completed within `budget` tokens after
+    /// it ([`can_close_within`](Self::can_close_within)); `Ok(false)`, state unchanged, when
+    /// it could not — a freely chosen token can open more than it closes (a new array item
+    /// that is an object with required properties), so a caller closing an output against a
+    /// token budget tries each sampled token this way and forces the
+    /// [`closing_token`](Self::closing_token) instead when it does not fit. An error (state
+    /// unchanged) when the token is not allowed at all. An EOS token is committed as by
+    /// [`commit_token`](Self::commit_token).
+    pub fn commit_if_closable(
+        &mut self,
+        token: u32,
+        budget: usize,
+    ) -> Result<bool, ConstraintError> {
+        if self.c.vocab.is_eos(token) {
+            self.commit_token(token)?;
+            return Ok(true);
         }
+        let mut next = self.clone();
+        next.commit_token(token)?;
+        if !next.can_close_within(budget) {
+            return Ok(false);
+        }
+        *self = next;
+        Ok(true)
     }
 
     /// The next token on the way to the end along `completion` (from
@@ -637,6 +720,19 @@ impl ConstraintState {
     pub fn forced_tokens(&mut self) -> Vec<u32> {
         let bytes = self.forced_bytes();
         self.c.vocab.greedy_tokenize(&bytes)
+    }
+}
+
+/// The safety margin, in tokens, that [`ConstraintState::can_close_within`] keeps above a
+/// shortest completion of `tokens` tokens: none for a complete text, else 2 plus an eighth.
+/// Closing walks the completion one token at a time, recomputing it after each; a recomputed
+/// completion may tokenize a little differently from the first (another path of the same
+/// length), and the margin absorbs it.
+pub fn closing_slack(tokens: usize) -> usize {
+    if tokens == 0 {
+        0
+    } else {
+        2 + tokens / 8
     }
 }
 

@@ -23,7 +23,9 @@
 //!    ([`ConstraintState::forced_bytes`] / [`ConstraintState::forced_tokens`]).
 //! 6. Near the end of a token budget, [`ConstraintState::shortest_completion`] gives the
 //!    fewest bytes that complete the text and [`ConstraintState::closing_token`] the next
-//!    token along them, so an output can be closed before it is cut.
+//!    token along them, so an output can be closed before it is cut;
+//!    [`ConstraintState::commit_if_closable`] commits a sampled token only if the output can
+//!    still be closed within the tokens left (with [`closing_slack`] to spare).
 //! 7. Stop on EOS or when [`ConstraintState::is_finished`]; for JSON Schema, run
 //!    [`CompiledConstraint::validate`] (the `jsonschema` crate) on the text before returning it.
 //!
@@ -88,7 +90,7 @@ mod satisfiable;
 mod vocab;
 
 pub use engine::{
-    CompileOptions, CompiledConstraint, Constraint, ConstraintSpec, ConstraintState,
+    closing_slack, CompileOptions, CompiledConstraint, Constraint, ConstraintSpec, ConstraintState,
     GenerationConstraint,
 };
 pub use error::{ConstraintError, Position};

@@ -160,12 +160,16 @@ pub struct CandleCompletionRequest {
     /// Close a constrained output before `max_tokens` runs out (`None`: yes, the default).
     ///
     /// Once the shortest completion of the text so far (see
-    /// [`ConstraintState::shortest_completion`]) needs about as many tokens as remain, each
-    /// next token is taken along it, so the output ends complete and valid; `finish_reason`
-    /// stays `length` (the content was cut short). Off: the output is cut mid-value, as
-    /// OpenAI's API does.
+    /// [`ConstraintState::shortest_completion`]) needs about as many tokens as remain (with a
+    /// small margin), each next token is taken along it, so the output ends complete and
+    /// valid; `finish_reason` stays `length` (the content was cut short). Before that, in the
+    /// last 256 tokens of the budget, a sampled token after which the output could no longer
+    /// be closed in time (one that opens a long required structure) is replaced by the first
+    /// closing token ([`ConstraintState::commit_if_closable`]). Off: the output is cut
+    /// mid-value, as OpenAI's API does.
     ///
     /// [`ConstraintState::shortest_completion`]: fluent_ai_candle_constraints::ConstraintState::shortest_completion
+    /// [`ConstraintState::commit_if_closable`]: fluent_ai_candle_constraints::ConstraintState::commit_if_closable
     pub close_constraint: Option<bool>,
 }
 

@@ -58,6 +58,8 @@ const CLOSE_WINDOW: usize = 256;
 #[derive(Debug)]
 pub struct ActiveConstraint {
     state: ConstraintState,
+    /// Set once a token was forced to close the output: every later token is forced too.
+    closing: bool,
 }
 
 impl ActiveConstraint {
@@ -65,6 +67,7 @@ impl ActiveConstraint {
     pub fn from_compiled(compiled: &Arc<CompiledConstraint>) -> Self {
         Self {
             state: compiled.start(),
+            closing: false,
         }
     }
 
@@ -89,27 +92,66 @@ impl ActiveConstraint {
     }
 
     /// The token to force next so the output ends complete within `remaining` tokens (this
-    /// one included), or `None` while the model may still choose freely. Forces once the
-    /// shortest completion, tokenized greedily, needs at least `remaining - 1` tokens (one
-    /// step of slack: a freely chosen token may lengthen the completion).
+    /// one included), or `None` while the model may still choose freely. Once closing has
+    /// begun every later token is forced, along the shortest completion (an EOS token once
+    /// the text is complete). Closing begins when the shortest completion, tokenized
+    /// greedily, plus [`closing_slack`](fluent_ai_candle_constraints::closing_slack) tokens
+    /// no longer fits in the tokens after this one; [`commit_if_closable`](Self::commit_if_closable)
+    /// keeps the model's own tokens from outgrowing the budget before that.
     pub fn closing_token(&mut self, remaining: usize) -> Option<u32> {
-        if remaining > CLOSE_WINDOW {
-            return None;
+        if !self.closing {
+            if remaining > CLOSE_WINDOW {
+                return None;
+            }
+            self.state.completion_tokens()?;
+            if self.state.can_close_within(remaining.saturating_sub(1)) {
+                return None;
+            }
         }
+        self.force_closing_token()
+    }
+
+    /// The next token along the shortest completion (EOS when the text is complete); closing
+    /// has begun once it returns one.
+    fn force_closing_token(&mut self) -> Option<u32> {
         let rest = self.state.shortest_completion()?;
-        if rest.is_empty() {
-            return None;
-        }
-        let need = self
+        let token = self.state.closing_token(&rest)?;
+        self.closing = true;
+        Some(token)
+    }
+
+    /// Whether a freely sampled token should be committed with
+    /// [`commit_if_closable`](Self::commit_if_closable) at this step: near the end of the
+    /// budget, while the output can still be closed in time.
+    pub fn guards_budget(&mut self, remaining: usize) -> bool {
+        !self.closing
+            && remaining <= CLOSE_WINDOW
+            && self.state.can_close_within(remaining.saturating_sub(1))
+    }
+
+    /// Commits a freely sampled `token` if the output can still be closed within the
+    /// `remaining - 1` tokens after it. Otherwise commits nothing and returns the token to
+    /// force instead (the next one along the shortest completion: closing begins); `None`
+    /// when the token was committed.
+    pub fn commit_if_closable(
+        &mut self,
+        token: u32,
+        remaining: usize,
+    ) -> Result<Option<u32>, EngineError> {
+        if self
             .state
-            .constraint()
-            .vocabulary()
-            .greedy_tokenize(&rest)
-            .len();
-        if need + 1 < remaining {
-            return None;
+            .commit_if_closable(token, remaining.saturating_sub(1))?
+        {
+            return Ok(None);
         }
-        self.state.closing_token(&rest)
+        match self.force_closing_token() {
+            Some(forced) => Ok(Some(forced)),
+            None => {
+                // no token leads along the completion: keep the model's
+                self.commit(token)?;
+                Ok(None)
+            }
+        }
     }
 
     /// True when the text so far is complete.
@@ -182,4 +224,129 @@ pub fn create_json_constraint_for_tokenizer(
     tokenizer: &CandleTokenizer,
 ) -> Result<ConstraintSpec, EngineError> {
     JsonConstraint::new(schema.clone()).for_tokenizer(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fluent_ai_candle_constraints::ConstraintSpec;
+    use proptest::prelude::*;
+
+    /// Every byte as a token, a few multi-byte JSON pieces (so one token can open a whole
+    /// array item), and EOS last.
+    fn vocab() -> Arc<Vocabulary> {
+        let mut t: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        for piece in [
+            "{\"", "\", \"", "\": \"", "\"}", "[{\"", "}, {\"", "\"}, {\"", "}]", "\": [", "\": 1",
+            ", ", "aaaa", "123",
+        ] {
+            t.push(piece.as_bytes().to_vec());
+        }
+        t.push(Vec::new());
+        let eos = t.len() as u32 - 1;
+        Arc::new(Vocabulary::new(t, &[eos], &[]))
+    }
+
+    fn schema() -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "integer"},
+                            "label": {"type": "string"},
+                            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2}
+                        },
+                        "required": ["id", "label", "tags"]
+                    }
+                },
+                "n": {"type": "number"}
+            },
+            "required": ["name", "items"]
+        })
+    }
+
+    /// The fewest tokens in which the closing rule can bring an empty output to a complete
+    /// one: the start's shortest completion plus its slack, plus the first step.
+    fn start_budget() -> usize {
+        let compiled = compile(&ConstraintSpec::JsonSchema(schema()), vocab()).unwrap();
+        let need = compiled.start().completion_tokens().unwrap();
+        need + fluent_ai_candle_constraints::closing_slack(need) + 1
+    }
+
+    /// Runs the engine's decode loop (`SequenceState::advance`) with an adversary for a model:
+    /// at each free step it takes the allowed token `choices` points at, never EOS while
+    /// anything else is allowed. Returns the text and whether it ended complete.
+    fn run(max_tokens: usize, choices: &[u16]) -> (String, bool) {
+        let v = vocab();
+        let eos = v.len() as u32 - 1;
+        let compiled = compile(&ConstraintSpec::JsonSchema(schema()), v.clone()).unwrap();
+        let mut c = ActiveConstraint::from_compiled(&compiled);
+        let mut mask = TokenMask::forbid_all(v.len());
+        let mut ended = false;
+        for step in 0..max_tokens {
+            if c.is_finished() {
+                ended = true;
+                break;
+            }
+            let remaining = max_tokens - step;
+            let token = match c.closing_token(remaining) {
+                Some(forced) => {
+                    c.commit(forced).unwrap();
+                    forced
+                }
+                None => {
+                    c.compute_mask(&mut mask).unwrap();
+                    let allowed: Vec<u32> = (0..v.len() as u32)
+                        .filter(|&t| mask.is_allowed(t) && t != eos)
+                        .collect();
+                    let pick = if allowed.is_empty() {
+                        eos
+                    } else {
+                        allowed[choices[step % choices.len()] as usize % allowed.len()]
+                    };
+                    if c.guards_budget(remaining) {
+                        match c.commit_if_closable(pick, remaining).unwrap() {
+                            Some(forced) => {
+                                c.commit(forced).unwrap();
+                                forced
+                            }
+                            None => pick,
+                        }
+                    } else {
+                        c.commit(pick).unwrap();
+                        pick
+                    }
+                }
+            };
+            if token == eos {
+                ended = true;
+                break;
+            }
+        }
+        let text = String::from_utf8(c.state.text_bytes().to_vec()).unwrap_or_default();
+        (text, ended || c.is_accepting())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the model picks, an output whose shortest completion fits the budget at
+        /// the start ends complete and valid within `max_tokens` (without the check of each
+        /// sampled token, tokens such as `[{"` open more than the last few tokens can close).
+        #[test]
+        fn every_output_closes_within_the_budget(
+            extra in 0usize..100,
+            choices in proptest::collection::vec(any::<u16>(), 1..64),
+        ) {
+            let (text, complete) = run(start_budget() + extra, &choices);
+            prop_assert!(complete, "{}", text);
+            let compiled = compile(&ConstraintSpec::JsonSchema(schema()), vocab()).unwrap();
+            prop_assert!(compiled.validate(&text).is_ok(), "{}", text);
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub(crate) struct SequenceState {
     /// Set once a token was forced to close the constraint: the output then ends with
     /// `Length` (cut short by the budget), whatever token ends it.
     closing: bool,
+    /// The logits of a step whose sampled token is checked against the budget (see
+    /// `ActiveConstraint::commit_if_closable`), to sample the closing token from instead.
+    guard_logits: Vec<f32>,
 }
 
 /// What a sequence is asked to do, resolved from a request (see `prepare`).
@@ -95,6 +98,7 @@ impl SequenceState {
             logprobs: Vec::new(),
             close_constraint: params.close_constraint,
             closing: false,
+            guard_logits: Vec::new(),
         })
     }
 
@@ -193,6 +197,7 @@ impl SequenceState {
     ) -> Result<Option<u32>, EngineError> {
         let remaining = self.max_tokens.saturating_sub(self.generated.len());
         let close = self.close_constraint;
+        let mut guard = false;
         let mask = match self.constraint.as_mut() {
             Some(c) => {
                 // Near the end of the budget, the next token may be forced along the
@@ -208,15 +213,36 @@ impl SequenceState {
                         self.mask.set_all(false);
                         self.mask.allow(forced);
                     }
-                    None => c.compute_mask(&mut self.mask)?,
+                    None => {
+                        c.compute_mask(&mut self.mask)?;
+                        guard = close && c.guards_budget(remaining);
+                    }
                 }
                 Some(&self.mask)
             }
             None => None,
         };
-        let sampled = self.sampler.sample(logits, mask, &self.history)?;
+        if guard {
+            // kept to sample again should the model's token leave no room to close
+            self.guard_logits.clear();
+            self.guard_logits.extend_from_slice(logits);
+        }
+        let mut sampled = self.sampler.sample(logits, mask, &self.history)?;
         if let Some(c) = self.constraint.as_mut() {
-            c.commit(sampled.token)?;
+            if !guard {
+                c.commit(sampled.token)?;
+            } else if let Some(forced) = c.commit_if_closable(sampled.token, remaining)? {
+                // The sampled token opens more than the budget can close (a new array item
+                // with required properties, say): the closing token is taken instead.
+                self.closing = true;
+                self.mask.set_all(false);
+                self.mask.allow(forced);
+                logits.copy_from_slice(&self.guard_logits);
+                sampled = self
+                    .sampler
+                    .sample(logits, Some(&self.mask), &self.history)?;
+                c.commit(sampled.token)?;
+            }
         }
         let token = sampled.token;
         if self.record_logprobs {

@@ -1,6 +1,6 @@
 //! Arrays: `items`/`prefixItems`/`additionalItems` with `minItems`/`maxItems` bounds.
 
-use super::{invalid, Ctx};
+use super::{invalid, Ctx, JsonSchemaMode};
 use crate::grammar::Sym;
 use crate::ConstraintError;
 use serde_json::{Map, Value};
@@ -58,8 +58,13 @@ impl Ctx<'_> {
             }
         };
         let min = get_u("minItems")?.unwrap_or(0) as usize;
-        let max = get_u("maxItems")?.map(|x| x as usize);
+        let mut max = get_u("maxItems")?.map(|x| x as usize);
         let k = prefix.len();
+        // Generation mode: an array that sets no `maxItems` takes at most
+        // `generation_max_items` items (more where `minItems` or the prefix needs them).
+        if self.opts.json_schema_mode == JsonSchemaMode::Generation && max.is_none() {
+            max = Some(k.max(min).max(self.opts.generation_max_items as usize));
+        }
         let limit = k.max(min).max(max.unwrap_or(0));
         if limit > self.opts.max_repeat {
             return Err(ConstraintError::Budget(format!(

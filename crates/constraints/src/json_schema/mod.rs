@@ -45,6 +45,21 @@ pub(crate) const STR_CHAR: &str = concat!(
 const STR_CHAR_LOOSE: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})"#;
 const NUMBER: &str = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?";
 const INTEGER: &str = r"-?(?:0|[1-9][0-9]*)";
+/// One JSON string character in generation mode: [`STR_CHAR`] without `\u` escapes of
+/// surrogates (characters outside the BMP are written as UTF-8), so a counted string's
+/// automaton stays small and never holds a lone surrogate (which JSON parsers reject).
+const STR_CHAR_GEN: &str = concat!(
+    r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|"#,
+    r"\\u(?:[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))"
+);
+/// Generation mode: an integer as written ([`INTEGER`] with at most 18 digits: every integer
+/// an `i64` holds but the 19-digit ones), so a model cannot run on writing digits. Number
+/// bounds are read only below 10^17, so every bound's value still fits.
+const GEN_INTEGER: &str = r"-?(?:0|[1-9][0-9]{0,17})";
+/// Generation mode: a number as written ([`NUMBER`] with at most 18 digits before the point,
+/// 16 after it and a two-digit exponent, so every value is a finite `f64`: an unbounded
+/// exponent lets `1e999` through, which JSON parsers reject).
+const GEN_NUMBER: &str = r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,2})?";
 /// Whitespace between JSON tokens in spec mode: bounded, so a model cannot loop on blank
 /// space (room for a newline plus indentation).
 const WS: &str = r"[ \t\n\r]{0,20}";
@@ -253,6 +268,31 @@ impl<'a> Ctx<'a> {
         self.b.literal(s)
     }
 
+    /// The regex of a JSON string with no `maxLength`, `pattern` or `format` and at least
+    /// `min` characters: any string in spec mode; in generation mode at most
+    /// [`CompileOptions::generation_max_string_length`] characters (or `min`, when more).
+    fn free_string(&self, min: u64) -> String {
+        match self.opts.json_schema_mode {
+            JsonSchemaMode::Spec if min == 0 => format!("\"{STR_CHAR}*\""),
+            JsonSchemaMode::Spec => format!("\"{STR_CHAR_LOOSE}{{{min},}}\""),
+            JsonSchemaMode::Generation => {
+                let max = min.max(self.opts.generation_max_string_length as u64);
+                format!("\"{STR_CHAR_GEN}{{{min},{max}}}\"")
+            }
+        }
+    }
+
+    /// The regex of an unbounded number (`integer`: of an integer), digits bounded in
+    /// generation mode (see [`GEN_NUMBER`]).
+    fn number_regex(&self, integer: bool) -> String {
+        match (self.opts.json_schema_mode, integer) {
+            (JsonSchemaMode::Spec, true) => INTEGER.to_string(),
+            (JsonSchemaMode::Spec, false) => NUMBER.to_string(),
+            (JsonSchemaMode::Generation, true) => GEN_INTEGER.to_string(),
+            (JsonSchemaMode::Generation, false) => GEN_NUMBER.to_string(),
+        }
+    }
+
     /// Any JSON value.
     fn any_value(&mut self) -> Sym {
         if let Some(a) = self.any {
@@ -260,8 +300,8 @@ impl<'a> Ctx<'a> {
         }
         let value = self.b.new_rule("value");
         self.any = Some(Sym::N(value));
-        let string = self.b.lexeme(&format!("\"{STR_CHAR}*\""));
-        let number = self.b.lexeme(NUMBER);
+        let string = self.b.lexeme(&self.free_string(0));
+        let number = self.b.lexeme(&self.number_regex(false));
         let (lb, rb, lk, rk, comma, colon) = (
             self.lit("{"),
             self.lit("}"),

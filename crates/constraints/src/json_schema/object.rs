@@ -248,7 +248,9 @@ impl Ctx<'_> {
             // (determinizing one excluding regex per schema dominated compile time)
             let key = if !names.is_empty() {
                 let neg: Vec<String> = names.iter().map(|n| key_regex(n)).collect();
-                self.b.lexeme_combo(&[format!("\"{STR_CHAR}*\"")], &neg)
+                self.b.lexeme_combo(&[self.free_string(0)], &neg)
+            } else if self.opts.json_schema_mode == JsonSchemaMode::Generation {
+                self.b.lexeme(&self.free_string(0))
             } else {
                 self.b.lexeme(&string_excluding(&names))
             };
@@ -266,7 +268,7 @@ impl Ctx<'_> {
         if let Some(a) = add_sym {
             let mut neg = name_res;
             neg.extend(kw.patterns.iter().map(|p| p.key_re.clone()));
-            let key = self.b.lexeme_combo(&[format!("\"{STR_CHAR}*\"")], &neg);
+            let key = self.b.lexeme_combo(&[self.free_string(0)], &neg);
             alts.push(vec![key, colon, a]);
         }
         Ok(Some(self.b.rule("extrapair", alts)))
@@ -334,7 +336,17 @@ impl Ctx<'_> {
         let mut next: Vec<Sym> = Vec::with_capacity(n + 1);
         match extra_pair {
             Some(p) => {
-                let more = self.b.star(vec![comma, p]);
+                // Generation mode: at most `generation_max_items` extra pairs after the
+                // counted ones.
+                let more = match self.opts.json_schema_mode {
+                    JsonSchemaMode::Spec => self.b.star(vec![comma, p]),
+                    JsonSchemaMode::Generation => self.b.repeat(
+                        vec![comma, p],
+                        0,
+                        Some(self.opts.generation_max_items),
+                        self.opts.max_repeat,
+                    )?,
+                };
                 // built from c = n down to 0
                 let mut rev: Vec<Sym> = Vec::new();
                 for c in (0..=n).rev() {

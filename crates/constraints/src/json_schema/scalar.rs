@@ -5,7 +5,8 @@ use super::formats::format_regex;
 use super::pattern::pattern_to_content;
 use super::range_regex::{int_range_regex, number_range_regex};
 use super::{
-    invalid, unsupported, Ctx, INTEGER, NOT_ENUM, NOT_PATTERN, NUMBER, STR_CHAR, STR_CHAR_LOOSE,
+    invalid, unsupported, Ctx, JsonSchemaMode, NOT_ENUM, NOT_PATTERN, STR_CHAR, STR_CHAR_GEN,
+    STR_CHAR_LOOSE,
 };
 use crate::grammar::Sym;
 use crate::ConstraintError;
@@ -56,18 +57,24 @@ impl Ctx<'_> {
                 "string length bound over {lim}"
             )));
         }
+        // Generation mode counts characters that never spell a lone surrogate, and bounds
+        // the length of a string that nothing else shapes (see `free_string`).
+        let generation = self.opts.json_schema_mode == JsonSchemaMode::Generation;
+        let ch = if generation {
+            STR_CHAR_GEN
+        } else {
+            STR_CHAR_LOOSE
+        };
+        let shaped = !pos.is_empty();
         match (min, max) {
+            (mn, None) if generation && !shaped => pos.push(self.free_string(mn.unwrap_or(0))),
             (None | Some(0), None) => {}
-            (mn, None) => pos.push(format!("\"{STR_CHAR_LOOSE}{{{},}}\"", mn.unwrap_or(0))),
+            (mn, None) => pos.push(format!("\"{ch}{{{},}}\"", mn.unwrap_or(0))),
             (mn, Some(mx)) => {
                 if mn.unwrap_or(0) > mx {
                     return Ok(self.nothing());
                 }
-                pos.push(format!(
-                    "\"{STR_CHAR_LOOSE}{{{},{}}}\"",
-                    mn.unwrap_or(0),
-                    mx
-                ));
+                pos.push(format!("\"{ch}{{{},{}}}\"", mn.unwrap_or(0), mx));
             }
         }
         if pos.is_empty() {
@@ -160,7 +167,7 @@ impl Ctx<'_> {
                 }
             });
             if l.is_none() && h.is_none() {
-                INTEGER.to_string()
+                self.number_regex(true)
             } else {
                 match int_range_regex(l, h) {
                     Some(r) => r,
@@ -168,7 +175,7 @@ impl Ctx<'_> {
                 }
             }
         } else if lo.is_none() && hi.is_none() {
-            NUMBER.to_string()
+            self.number_regex(false)
         } else {
             for (b, kw) in [(lo, "minimum"), (hi, "maximum")] {
                 if let Some((x, _)) = b {
@@ -196,6 +203,16 @@ impl Ctx<'_> {
             .filter(|v| v.is_number())
             .map(|v| regex_syntax::escape(&v.to_string()))
             .collect();
-        Ok(self.b.lexeme_combo(&[re], &neg))
+        // Generation mode: digits bounded on an open side too (bounds are below 10^17, so
+        // the values at the bounds keep their spellings).
+        let mut pos = vec![re];
+        let open_side = lo.is_none() || hi.is_none() || !integer;
+        if self.opts.json_schema_mode == JsonSchemaMode::Generation && open_side {
+            let cap = self.number_regex(integer);
+            if pos[0] != cap {
+                pos.push(cap);
+            }
+        }
+        Ok(self.b.lexeme_combo(&pos, &neg))
     }
 }
