@@ -58,6 +58,7 @@ mod registry;
 mod scheduler;
 mod sequence;
 mod stop;
+pub mod tools;
 
 pub use api::{
     CandleCompletion, CandleCompletionChunk, CandleCompletionRequest, CandleCompletionResponse,
@@ -70,7 +71,8 @@ pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, Jso
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
-    cache, ChatMessage, DeviceType, LoadProgress, LoadedModel, ModelError, QuantizationType,
+    cache, ChatMessage, ChatToolCall, DeviceType, LoadProgress, LoadedModel, ModelError,
+    QuantizationType,
 };
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
 pub use generate::{generate, MAX_TOKENS_LIMIT};
@@ -78,6 +80,7 @@ pub use generator::CandleGenerator;
 pub use metrics::{EngineMetrics, MetricsSnapshot};
 pub use registry::{load_model, model_name, resolve_model, ModelRegistry};
 pub use stop::{StopMatcher, StopOutcome};
+pub use tools::{ToolChoice, ToolDefinition};
 
 /// The seed's spelling of [`KvCacheConfig`].
 pub type KVCacheConfig = KvCacheConfig;
