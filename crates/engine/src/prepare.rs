@@ -73,12 +73,15 @@ pub(crate) struct Prepared {
     pub(crate) seq: SequenceState,
 }
 
+/// What a prompt's token ids depend on: the prompt and the tools shown to the template.
+type PromptKey = (Prompt, Vec<serde_json::Value>);
+
 /// Work already done for an earlier request of the same batch (a request's `n` choices share
 /// their prompt and constraint): reused when the next request has the same prompt or
 /// constraint.
 #[derive(Default)]
 pub(crate) struct Reuse {
-    prompt: Option<((Prompt, Vec<serde_json::Value>), Vec<u32>)>,
+    prompt: Option<(PromptKey, Vec<u32>)>,
     constraint: Option<(ConstraintSpec, Arc<CompiledConstraint>)>,
 }
 
