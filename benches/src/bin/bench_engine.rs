@@ -12,6 +12,15 @@
 //! 512 tokens are the same, followed by 16 others (`ttft_prefix_ms`): its prefill copies the
 //! cached prefix and runs only the 16 new tokens.
 //!
+//! Long prompt: a 4,000-token prompt is being prefilled (in chunks of the default
+//! `prefill_chunk`, 512 tokens) when a short chat request arrives; `long_prompt_short_ttft_ms`
+//! is the short request's time to first token (it overtakes the long prompt between two of
+//! its chunks), `long_prompt_ms` the long prompt's own time to first token, and
+//! `long_prompt_unchunked_short_ttft_ms` the same short request's TTFT with the prompt in one
+//! chunk (the old behaviour: it waits for the whole prefill). `disconnect_free_ms`: a client
+//! leaves 1 s into the long prefill; the time from then until another short request has its
+//! first token (the model is free again after at most one chunk).
+//!
 //! Constrained TTFT: a chat request whose output must match a small JSON Schema, one token,
 //! on a generator that has already served one constrained request (`ttft_constrained_ms`,
 //! the best of 5; the generator's first constrained request is `ttft_constrained_first_ms`).
@@ -20,9 +29,9 @@
 //!
 //! `cargo xtask bench engine --json` prints one JSON object as its last line:
 //! `{"single_tok_s", "concurrent4_tok_s", "concurrent8_tok_s", "ttft_cold_ms", "ttft_prefix_ms",
-//! "ttft_constrained_ms", ...}`.
+//! "ttft_constrained_ms", "long_prompt_short_ttft_ms", ...}`.
 //! `--streams N` measures only N concurrent streams (one line; for profiling);
-//! `--constrained` only the constrained TTFT (one line).
+//! `--constrained` only the constrained TTFT (one line); `--long` only the long-prompt measures.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,6 +178,119 @@ fn ttft(model: &Arc<LoadedModel>, round: u64) -> Result<(f64, f64)> {
     Ok((cold.as_secs_f64() * 1e3, warm.as_secs_f64() * 1e3))
 }
 
+/// The 4,000 tokens of the long prompt.
+fn long_prompt(g: &CandleGenerator) -> Result<Vec<u32>> {
+    let text = "The quick brown fox jumps over the lazy dog near the river bank while the sun \
+                sets behind the hills, and the birds sing their evening songs. "
+        .repeat(200);
+    let ids = g.tokenize(&text)?;
+    anyhow::ensure!(ids.len() >= 4000, "prompt too short: {}", ids.len());
+    Ok(ids[..4000].to_vec())
+}
+
+fn short_request(model: &LoadedModel) -> Result<CandleCompletionRequest> {
+    Ok(CandleCompletionRequest {
+        prompt: model.chat_prompt("What is the capital of France?")?,
+        max_tokens: Some(1),
+        temperature: Some(0.0),
+        ..Default::default()
+    })
+}
+
+/// Waits until the generator's scheduler holds `n` sequences.
+fn wait_active(g: &CandleGenerator, n: u64) {
+    while g.metrics().active_sequences < n {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// With the 4,000-token prompt being prefilled in chunks of `chunk`: (the short request's
+/// TTFT, the long prompt's TTFT), in ms.
+fn long_prompt_ttft(model: &Arc<LoadedModel>, chunk: usize) -> Result<(f64, f64)> {
+    let g = CandleGenerator::from_loaded(
+        "smollm2",
+        model.clone(),
+        GenerationConfig::default()
+            .prefix_cache(None)
+            .prefill_chunk(chunk),
+    )?;
+    let ids = long_prompt(&g)?;
+    let t_long = Instant::now();
+    let mut long = g.generate_stream(&CandleCompletionRequest {
+        input: Some(Prompt::Tokens(ids)),
+        max_tokens: Some(1),
+        temperature: Some(0.0),
+        ..Default::default()
+    })?;
+    let long_reader = std::thread::spawn(move || {
+        let first = long.blocking_next().map(|_| t_long.elapsed());
+        while long.blocking_next().is_some() {}
+        first
+    });
+    wait_active(&g, 1);
+    // Into the prefill: the short request arrives mid-chunk.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut short = g.generate_stream(&short_request(model)?)?;
+    short.blocking_next().context("no first chunk")?;
+    let short_ttft = t.elapsed();
+    while short.blocking_next().is_some() {}
+    let long_ttft = long_reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?
+        .context("no first chunk of the long prompt")?;
+    Ok((
+        short_ttft.as_secs_f64() * 1e3,
+        long_ttft.as_secs_f64() * 1e3,
+    ))
+}
+
+/// A client leaves 1 s into the 4,000-token prefill: ms from then until another short
+/// request has its first token.
+fn disconnect_free(model: &Arc<LoadedModel>) -> Result<f64> {
+    let g = CandleGenerator::from_loaded(
+        "smollm2",
+        model.clone(),
+        GenerationConfig::default().prefix_cache(None),
+    )?;
+    let ids = long_prompt(&g)?;
+    let long = g.generate_stream(&CandleCompletionRequest {
+        input: Some(Prompt::Tokens(ids)),
+        max_tokens: Some(16),
+        temperature: Some(0.0),
+        ..Default::default()
+    })?;
+    wait_active(&g, 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    drop(long);
+    let mut short = g.generate_stream(&short_request(model)?)?;
+    short.blocking_next().context("no first chunk")?;
+    let freed = t.elapsed();
+    while short.blocking_next().is_some() {}
+    anyhow::ensure!(
+        g.metrics().cancelled == 1,
+        "the long request was not cancelled"
+    );
+    Ok(freed.as_secs_f64() * 1e3)
+}
+
+/// The long-prompt measures, best of [`REPEATS`]: (short TTFT chunked, long TTFT chunked,
+/// short TTFT unchunked, disconnect-to-free).
+fn long_prompt_measures(model: &Arc<LoadedModel>) -> Result<[f64; 4]> {
+    let mut best = [f64::INFINITY; 4];
+    for _ in 0..REPEATS {
+        let (short, long) =
+            long_prompt_ttft(model, fluent_ai_candle_engine::DEFAULT_PREFILL_CHUNK)?;
+        let (unchunked, _) = long_prompt_ttft(model, usize::MAX)?;
+        let freed = disconnect_free(model)?;
+        for (b, v) in best.iter_mut().zip([short, long, unchunked, freed]) {
+            *b = b.min(v);
+        }
+    }
+    Ok(best)
+}
+
 fn main() -> Result<()> {
     fluent_ai_candle_models::init_cpu_threads();
     let args: Vec<String> = std::env::args().collect();
@@ -208,6 +330,14 @@ fn main() -> Result<()> {
         println!("{n} streams: {:.1} tok/s", best(n)?);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--long") {
+        let [short, long, unchunked, freed] = long_prompt_measures(&model)?;
+        println!(
+            "4000-token prompt: short request TTFT {short:.0} ms (unchunked {unchunked:.0} ms), \
+             long prompt TTFT {long:.0} ms, disconnect frees the model in {freed:.0} ms"
+        );
+        return Ok(());
+    }
     let single = best(1)?;
     let c4 = best(4)?;
     let c8 = best(8)?;
@@ -218,6 +348,7 @@ fn main() -> Result<()> {
         cold_ms = cold_ms.min(c);
         prefix_ms = prefix_ms.min(p);
     }
+    let [long_short, long_ms, long_unchunked, freed_ms] = long_prompt_measures(&model)?;
     let (constrained_first_ms, constrained_ms) = ttft_constrained(&model)?;
     let threads = std::env::var("CANDLE_NUM_THREADS")
         .or_else(|_| std::env::var("RAYON_NUM_THREADS"))
@@ -237,6 +368,10 @@ fn main() -> Result<()> {
                 "ttft_cold_ms": round2(cold_ms),
                 "ttft_prefix_ms": round2(prefix_ms),
                 "ttft_speedup": round2(cold_ms / prefix_ms),
+                "long_prompt_short_ttft_ms": round2(long_short),
+                "long_prompt_unchunked_short_ttft_ms": round2(long_unchunked),
+                "long_prompt_ms": round2(long_ms),
+                "disconnect_free_ms": round2(freed_ms),
                 "ttft_constrained_first_ms": round2(constrained_first_ms),
                 "ttft_constrained_ms": round2(constrained_ms),
             })
@@ -249,6 +384,11 @@ fn main() -> Result<()> {
         println!(
             "TTFT 512-token prompt: cold {cold_ms:.1} ms, prefix hit {prefix_ms:.1} ms ({:.1}x)",
             cold_ms / prefix_ms
+        );
+        println!(
+            "4000-token prompt: short request TTFT {long_short:.0} ms (unchunked \
+             {long_unchunked:.0} ms), long prompt TTFT {long_ms:.0} ms, disconnect frees the \
+             model in {freed_ms:.0} ms"
         );
         println!(
             "TTFT JSON-Schema-constrained chat request: {constrained_ms:.1} ms \

@@ -85,6 +85,13 @@ pub struct GenerationConfig {
     pub max_queued_requests: usize,
     /// Bounds of the prefix cache shared across requests; `None` turns it off.
     pub prefix_cache: Option<PrefixCacheConfig>,
+    /// Most prompt tokens one prefill forward runs (≥ 1; default
+    /// [`DEFAULT_PREFILL_CHUNK`](crate::DEFAULT_PREFILL_CHUNK), llama.cpp's `n_ubatch`): a long
+    /// prompt is prefilled in chunks of this size, with the other sequences' decode steps
+    /// between them, and is dropped between two chunks when its client leaves. Smaller chunks
+    /// let other requests in sooner; other sizes than llama.cpp's may change the last bits of
+    /// a long prompt's logits.
+    pub prefill_chunk: usize,
 }
 
 impl Default for GenerationConfig {
@@ -101,6 +108,7 @@ impl Default for GenerationConfig {
             max_concurrent_requests: 8,
             max_queued_requests: 64,
             prefix_cache: Some(PrefixCacheConfig::default()),
+            prefill_chunk: crate::DEFAULT_PREFILL_CHUNK,
         }
     }
 }
@@ -182,9 +190,20 @@ impl GenerationConfig {
         self
     }
 
+    /// Sets the most prompt tokens one prefill forward runs.
+    pub fn prefill_chunk(mut self, n: usize) -> Self {
+        self.prefill_chunk = n;
+        self
+    }
+
     /// Checks the limits.
     pub fn validate(&self) -> Result<(), EngineError> {
         self.streaming.validate()?;
+        if self.prefill_chunk == 0 {
+            return Err(EngineError::InvalidRequest(
+                "prefill_chunk must be ≥ 1".into(),
+            ));
+        }
         if self.max_concurrent_requests == 0 || self.max_queued_requests == 0 {
             return Err(EngineError::InvalidRequest(
                 "max_concurrent_requests and max_queued_requests must be ≥ 1".into(),

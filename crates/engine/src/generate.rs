@@ -15,6 +15,32 @@ use crate::{EngineError, FinishReason, Generation};
 /// Largest `max_tokens` accepted (anything larger is an error, not a silent clamp).
 pub const MAX_TOKENS_LIMIT: usize = 1 << 20;
 
+/// Prompt tokens run by one prefill forward unless configured otherwise
+/// ([`GenerationConfig::prefill_chunk`](crate::GenerationConfig::prefill_chunk)): llama.cpp's
+/// default micro-batch (`n_ubatch`), so that a long prompt's rows are computed in the groups
+/// llama.cpp computes them in, and its logits are llama.cpp's.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// Runs `prompt[start..end]` (the next chunk of a prefill; the tokens before `start` are in
+/// `cache`) and, when `end` is the prompt's end, returns the last position's logits (`vocab`
+/// wide, padded with `-inf`).
+pub(crate) fn prefill_chunk(
+    model: &LoadedModel,
+    prompt: &[u32],
+    start: usize,
+    end: usize,
+    cache: &mut fluent_ai_candle_kv_cache::SequenceCache,
+    vocab: usize,
+) -> Result<Option<Vec<f32>>, EngineError> {
+    let logits = model.decoder.forward(&prompt[start..end], cache, false)?;
+    if end < prompt.len() {
+        return Ok(None);
+    }
+    let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    logits.resize(vocab, f32::NEG_INFINITY);
+    Ok(Some(logits))
+}
+
 /// Generates a completion of `request` with `model` on the calling thread, calling `on_text`
 /// with each piece of text as soon as it is complete (UTF-8 safe, stop sequences cut). Fields
 /// the request leaves unset take [`GenerationConfig::default`]'s values.
@@ -46,10 +72,16 @@ pub fn generate(
         }
         piece.clear();
         let step = (|| -> Result<Option<u32>, EngineError> {
-            let logits = model.decoder.forward(&input, &mut kv, false)?;
-            let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-            logits.resize(vocab, f32::NEG_INFINITY);
-            seq.advance(&mut logits, &mut piece)
+            // The prompt in chunks, as the scheduler runs it (the same logits).
+            let mut start = 0;
+            loop {
+                let end = (start + DEFAULT_PREFILL_CHUNK).min(input.len());
+                if let Some(mut logits) = prefill_chunk(model, &input, start, end, &mut kv, vocab)?
+                {
+                    return seq.advance(&mut logits, &mut piece);
+                }
+                start = end;
+            }
         })();
         if !piece.is_empty() {
             on_text(&piece);

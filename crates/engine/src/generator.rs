@@ -102,6 +102,7 @@ impl CandleGenerator {
         let sched = SchedulerConfig {
             max_active: config.max_concurrent_requests,
             prefix_cache: config.prefix_cache,
+            prefill_chunk: config.prefill_chunk,
         };
         {
             let model = model.clone();

@@ -71,14 +71,14 @@ pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, Jso
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
-    cache, ChatMessage, ChatToolCall, DeviceType, LoadProgress, LoadedModel, ModelError,
-    QuantizationType,
+    cache, CancelToken, ChatMessage, ChatToolCall, DeviceType, LoadProgress, LoadedModel,
+    ModelError, QuantizationType,
 };
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
-pub use generate::{generate, MAX_TOKENS_LIMIT};
+pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::CandleGenerator;
 pub use metrics::{EngineMetrics, MetricsSnapshot};
-pub use registry::{load_model, model_name, resolve_model, ModelRegistry};
+pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
 pub use stop::{StopMatcher, StopOutcome};
 pub use tools::{ToolChoice, ToolDefinition};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use candle_core::Device;
-use fluent_ai_candle_models::{cache, LoadProgress, LoadedModel, QuantizationType};
+use fluent_ai_candle_models::{cache, CancelToken, LoadProgress, LoadedModel, QuantizationType};
 
 use crate::api::{CandleCompletion, CandleCompletionRequest, CandleCompletionStream};
 use crate::config::GenerationConfig;
@@ -59,14 +59,25 @@ pub fn load_model(
     device: &Device,
     progress: &mut dyn FnMut(LoadProgress),
 ) -> Result<LoadedModel, EngineError> {
+    load_model_cancellable(spec, quant, device, progress, &CancelToken::new())
+}
+
+/// [`load_model`] that stops with [`ModelError::Cancelled`](fluent_ai_candle_models::ModelError::Cancelled)
+/// once `cancel` is cancelled (a GGUF's loader checks it before every tensor; a directory
+/// before and after its weights).
+pub fn load_model_cancellable(
+    spec: impl AsRef<Path>,
+    quant: Option<QuantizationType>,
+    device: &Device,
+    progress: &mut dyn FnMut(LoadProgress),
+    cancel: &CancelToken,
+) -> Result<LoadedModel, EngineError> {
+    cancel.check()?;
     let path = resolve_model(spec)?;
     if path.is_dir() {
-        return Ok(LoadedModel::load_dir(
-            &path,
-            quant.unwrap_or_default(),
-            device,
-            progress,
-        )?);
+        let model = LoadedModel::load_dir(&path, quant.unwrap_or_default(), device, progress)?;
+        cancel.check()?;
+        return Ok(model);
     }
     if quant.is_some() {
         return Err(EngineError::InvalidRequest(format!(
@@ -75,7 +86,13 @@ pub fn load_model(
             path.display()
         )));
     }
-    Ok(LoadedModel::load(&path, device, progress)?)
+    Ok(LoadedModel::load_cancellable(
+        &path,
+        device,
+        progress,
+        &[],
+        cancel,
+    )?)
 }
 
 /// Named generators. Each has its own scheduler; unloading or replacing a model only stops new
@@ -128,7 +145,22 @@ impl ModelRegistry {
         device: &Device,
         config: GenerationConfig,
     ) -> Result<Option<CandleGenerator>, EngineError> {
-        let model = load_model(spec, None, device, &mut |_| {})?;
+        self.load_cancellable(name, spec, device, config, &CancelToken::new())
+    }
+
+    /// [`ModelRegistry::load`] that stops with
+    /// [`ModelError::Cancelled`](fluent_ai_candle_models::ModelError::Cancelled) once `cancel`
+    /// is cancelled (within one tensor of a GGUF file); nothing is registered then.
+    pub fn load_cancellable(
+        &self,
+        name: &str,
+        spec: impl AsRef<Path>,
+        device: &Device,
+        config: GenerationConfig,
+        cancel: &CancelToken,
+    ) -> Result<Option<CandleGenerator>, EngineError> {
+        let model = load_model_cancellable(spec, None, device, &mut |_| {}, cancel)?;
+        cancel.check()?;
         self.insert_model(name, Arc::new(model), config)
     }
 

@@ -1,11 +1,19 @@
 //! The scheduler thread: continuous batching of every active sequence.
 //!
 //! One thread per generator owns the decode loop. Each step it
-//! 1. admits queued requests into free slots (prefix-cache lookup, prefill, first token),
+//! 1. admits queued requests into free slots (a cache, and a prefix-cache lookup),
 //! 2. delivers buffered chunks and drops sequences whose stream was dropped,
-//! 3. runs one batched forward over every sequence whose consumer has room (the weights are
-//!    read once for the whole batch) and lets each sequence sample from its own row.
+//! 3. runs one chunk of one prompt's prefill (at most `prefill_chunk` tokens; the prompt with
+//!    the fewest tokens left goes first, so a short request is not queued behind a long one;
+//!    its last chunk gives the first token),
+//! 4. runs one batched forward over every decoding sequence whose consumer has room (the
+//!    weights are read once for the whole batch) and lets each sequence sample from its own
+//!    row.
 //!
+//! A long prompt is thus prefilled in chunks interleaved with the other sequences' decode
+//! steps (as vLLM's chunked prefill), and a client that leaves during it frees its slot at the
+//! next chunk boundary. A chunk's rows are computed as llama.cpp computes a micro-batch of its
+//! prompt (`n_ubatch`, 512 by default), so a long prompt's logits are those of llama.cpp.
 //! A sequence whose stream buffer is full sits out the step (it pauses; the others go on).
 
 use std::collections::VecDeque;
@@ -43,6 +51,17 @@ pub(crate) struct Job {
 pub(crate) struct SchedulerConfig {
     pub(crate) max_active: usize,
     pub(crate) prefix_cache: Option<PrefixCacheConfig>,
+    /// Most prompt tokens one prefill forward runs (≥ 1).
+    pub(crate) prefill_chunk: usize,
+}
+
+/// A prompt being prefilled, chunk by chunk.
+struct Prefill {
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache (a prefix-cache hit counts).
+    done: usize,
+    /// Prompt tokens the prefix cache gave.
+    reused: usize,
 }
 
 /// A sequence holding a slot (or, once `done`, only delivering its last chunks).
@@ -62,6 +81,8 @@ struct Active {
     pending_since: Option<Instant>,
     first_sent: bool,
     done: bool,
+    /// The prompt still to prefill; `None` once the first token is sampled.
+    prefill: Option<Prefill>,
 }
 
 impl Active {
@@ -175,9 +196,9 @@ impl Active {
         true
     }
 
-    /// Whether the sequence may take part in the next step.
+    /// Whether the sequence may take part in the next decode step.
     fn runnable(&mut self, metrics: &EngineMetrics) -> bool {
-        if self.done || !self.outbox.is_empty() {
+        if self.done || !self.outbox.is_empty() || self.prefill.is_some() {
             return false;
         }
         let full = match &self.cache {
@@ -202,6 +223,7 @@ struct Scheduler {
     metrics: Arc<EngineMetrics>,
     prefix: Option<PrefixCache>,
     vocab: usize,
+    prefill_chunk: usize,
 }
 
 fn row_logits(t: &candle_core::Tensor, vocab: usize) -> Result<Vec<Vec<f32>>, EngineError> {
@@ -213,7 +235,8 @@ fn row_logits(t: &candle_core::Tensor, vocab: usize) -> Result<Vec<Vec<f32>>, En
 }
 
 impl Scheduler {
-    /// Takes a job into a slot: prefix lookup, prefill, first token.
+    /// Takes a job into a slot: its cache and a prefix lookup; the prefill runs in chunks
+    /// from the loop ([`Scheduler::prefill_step`]).
     fn admit(&mut self, job: Job) -> Option<Active> {
         if job.tx.is_closed() {
             self.metrics.cancelled();
@@ -235,12 +258,17 @@ impl Scheduler {
             pending_since: None,
             first_sent: false,
             done: false,
+            prefill: None,
         };
         self.metrics.prompt(job.prompt_ids.len());
-        match self.prefill(&job.prompt_ids, &job.kv) {
-            Ok((cache, mut logits)) => {
+        match self.start_prefill(&job.prompt_ids, &job.kv) {
+            Ok((cache, done)) => {
                 a.cache = Some(cache);
-                a.on_logits(&mut logits, &self.metrics);
+                a.prefill = Some(Prefill {
+                    prompt: job.prompt_ids,
+                    done,
+                    reused: done,
+                });
             }
             Err(e) => {
                 a.seq.fail(&e);
@@ -250,11 +278,13 @@ impl Scheduler {
         Some(a)
     }
 
-    fn prefill(
+    /// A new cache for `prompt`, holding what the prefix cache has of it; returns the cache
+    /// and the number of prompt tokens it holds.
+    fn start_prefill(
         &mut self,
         prompt: &[u32],
         kv: &KvCacheConfig,
-    ) -> Result<(SequenceCache, Vec<f32>), EngineError> {
+    ) -> Result<(SequenceCache, usize), EngineError> {
         let mut cache = self.model.decoder.new_cache(kv)?;
         let mut start = 0;
         if let Some(pc) = self.prefix.as_mut() {
@@ -273,20 +303,43 @@ impl Scheduler {
             }
             self.metrics.prefix(reused);
         }
-        let logits = self
-            .model
-            .decoder
-            .forward(&prompt[start..], &mut cache, false)?;
-        let mut logits = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-        logits.resize(self.vocab, f32::NEG_INFINITY);
-        if let Some(pc) = self.prefix.as_mut() {
-            if cache.evicted() == 0 && start + 1 < prompt.len() && cache.len() == prompt.len() {
-                if let Ok((k, v)) = cache.snapshot(prompt.len()) {
-                    pc.insert(prompt.to_vec(), k, v);
+        Ok((cache, start))
+    }
+
+    /// Runs the next chunk of `a`'s prefill. After the last chunk the prompt goes into the
+    /// prefix cache and the sequence samples its first token; a failure ends the sequence.
+    fn prefill_step(&mut self, a: &mut Active) {
+        let (Some(p), Some(cache)) = (a.prefill.as_mut(), a.cache.as_mut()) else {
+            return;
+        };
+        let start = p.done;
+        let end = (start + self.prefill_chunk).min(p.prompt.len());
+        let step =
+            crate::generate::prefill_chunk(&self.model, &p.prompt, start, end, cache, self.vocab);
+        match step {
+            Ok(None) => p.done = end,
+            Ok(Some(mut logits)) => {
+                let reused = p.reused;
+                let prompt = std::mem::take(&mut p.prompt);
+                a.prefill = None;
+                if let Some(pc) = self.prefix.as_mut() {
+                    if cache.evicted() == 0
+                        && reused + 1 < prompt.len()
+                        && cache.len() == prompt.len()
+                    {
+                        if let Ok((k, v)) = cache.snapshot(prompt.len()) {
+                            pc.insert(prompt, k, v);
+                        }
+                    }
                 }
+                a.on_logits(&mut logits, &self.metrics);
+            }
+            Err(e) => {
+                a.prefill = None;
+                a.seq.fail(&e);
+                a.finish(&self.metrics);
             }
         }
-        Ok((cache, logits))
     }
 
     /// One batched decode step over `batch`.
@@ -358,6 +411,7 @@ pub(crate) fn run(
         metrics,
         prefix: config.prefix_cache.map(PrefixCache::new),
         vocab,
+        prefill_chunk: config.prefill_chunk.max(1),
     };
     let max_active = config.max_active.max(1);
     let mut active: Vec<Active> = Vec::new();
@@ -405,12 +459,28 @@ pub(crate) fn run(
         s.metrics
             .set_active(active.iter().filter(|a| !a.done).count());
 
+        // One chunk of the prefill with the fewest tokens left (a short prompt overtakes a
+        // long one between its chunks).
+        let prefilling = active
+            .iter_mut()
+            .filter(|a| !a.done)
+            .filter_map(|a| {
+                let left = a.prefill.as_ref().map(|p| p.prompt.len() - p.done)?;
+                Some((left, a))
+            })
+            .min_by_key(|(left, _)| *left);
+        let prefilled = prefilling.is_some();
+        if let Some((_, a)) = prefilling {
+            s.prefill_step(a);
+        }
+        let metrics = &s.metrics;
+
         let mut batch: Vec<&mut Active> = active
             .iter_mut()
             .filter_map(|a| if a.runnable(metrics) { Some(a) } else { None })
             .collect();
         if batch.is_empty() {
-            if !active.is_empty() {
+            if !active.is_empty() && !prefilled {
                 // Every sequence waits for its consumer (or just finished): don't spin.
                 std::thread::sleep(Duration::from_micros(500));
             }

@@ -127,6 +127,9 @@ pub enum ModelError {
     /// A tensor operation failed inside candle.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The load was cancelled through its [`CancelToken`](crate::gguf::CancelToken).
+    #[error("model load cancelled")]
+    Cancelled,
     /// Reading a file failed.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -1,14 +1,65 @@
 //! Reading GGUF files with typed errors, and typed access to their metadata.
+//!
+//! The header (metadata and tensor index) is read here rather than by candle's
+//! `Content::read`, so that every count, length and offset a hostile file declares is checked
+//! against the bytes the file has before anything is allocated, with checked arithmetic: a
+//! file never makes the reader panic, abort or run long (candle's reader divides by a
+//! `general.alignment` of 0). The result is candle's [`Content`], and tensors are read by
+//! candle as before.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
 use crate::{ModelError, Result};
+
+/// The longest string a header may hold (llama.cpp's and candle's limit).
+const MAX_STRING_LENGTH: u64 = 1 << 30;
+/// The most elements an array, and the most entries the metadata or tensor index, may have.
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 30;
+/// The most dimensions a tensor may have (GGML's `GGML_MAX_DIMS`).
+const MAX_TENSOR_DIMS: u32 = 4;
+/// How deep arrays of arrays may nest.
+const MAX_VALUE_DEPTH: usize = 8;
+/// The largest `general.alignment` accepted (a power of two).
+const MAX_ALIGNMENT: u64 = 1 << 20;
+
+/// A flag that asks a model load to stop: set it (from any thread) and the load in progress
+/// returns [`ModelError::Cancelled`] before it reads its next tensor. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not (yet) cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks every load holding a clone of this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(ModelError::Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<()> {
+        match self.is_cancelled() {
+            true => Err(ModelError::Cancelled),
+            false => Ok(()),
+        }
+    }
+}
 
 /// An open GGUF file: its parsed header (metadata and tensor index) and a reader for tensors.
 pub struct GgufFile {
@@ -16,6 +67,7 @@ pub struct GgufFile {
     content: Content,
     reader: BufReader<File>,
     file_size: u64,
+    cancel: Option<CancelToken>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -29,48 +81,51 @@ impl std::fmt::Debug for GgufFile {
 }
 
 impl GgufFile {
-    /// Opens and parses the header of a GGUF file. A missing file, a file that is not GGUF, and
-    /// a file truncated before its tensor data ends are each a typed error.
+    /// Opens and parses the header of a GGUF file. A missing file, a file that is not GGUF, a
+    /// header whose counts, lengths, dimensions or alignment do not fit the file, and a file
+    /// truncated before its tensor data ends are each a typed error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| match e.kind() {
+        let io = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => ModelError::NotFound { path: path.clone() },
             _ => ModelError::Io {
                 path: path.clone(),
                 source: e,
             },
-        })?;
-        let file_size = file
-            .metadata()
-            .map_err(|e| ModelError::Io {
-                path: path.clone(),
-                source: e,
-            })?
-            .len();
-        let mut reader = BufReader::new(file);
-        let invalid = |reason: String| ModelError::InvalidGguf {
-            path: path.clone(),
-            reason,
         };
-        let content = Content::read(&mut reader).map_err(|e| invalid(e.to_string()))?;
-        // Every tensor must lie inside the file: catches truncated downloads up front.
-        for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            let bytes = (elems / block.max(1)) as u64 * info.ggml_dtype.type_size() as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > file_size {
-                return Err(invalid(format!(
-                    "truncated: tensor '{name}' ends at byte {end} but the file has {file_size} bytes"
-                )));
-            }
-        }
+        let file = File::open(&path).map_err(io)?;
+        let file_size = file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::new(file);
+        let content = read_header(&mut reader, file_size).map_err(|e| match e {
+            HeaderError::Metadata { key, reason } => ModelError::InvalidMetadata { key, reason },
+            HeaderError::Invalid(reason) => ModelError::InvalidGguf {
+                path: path.clone(),
+                reason,
+            },
+        })?;
         Ok(Self {
             path,
             content,
             reader,
             file_size,
+            cancel: None,
         })
+    }
+
+    /// Makes every later [`GgufFile::tensor`] read fail with [`ModelError::Cancelled`] once
+    /// `token` is cancelled: a decoder's load, which reads its tensors one by one, stops
+    /// within one tensor.
+    pub fn set_cancel(&mut self, token: CancelToken) {
+        self.cancel = Some(token);
+    }
+
+    /// `Err(ModelError::Cancelled)` when the token given to [`GgufFile::set_cancel`] is
+    /// cancelled.
+    pub fn check_cancelled(&self) -> Result<()> {
+        match &self.cancel {
+            Some(t) => t.check(),
+            None => Ok(()),
+        }
     }
 
     /// The file's path.
@@ -93,8 +148,28 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
-    /// Reads one tensor onto `device`.
+    /// The number of tensors in the file.
+    pub fn tensor_count(&self) -> usize {
+        self.content.tensor_infos.len()
+    }
+
+    /// The largest dimension of any tensor in the file (0 when it has none): every size a
+    /// model's metadata declares (width, vocabulary, feed-forward length, heads) is bounded by
+    /// it, and it is bounded by the file's size (the header reader checks that every tensor's
+    /// bytes lie inside the file).
+    pub fn largest_dimension(&self) -> usize {
+        self.content
+            .tensor_infos
+            .values()
+            .flat_map(|t| t.shape.dims().iter().copied())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Reads one tensor onto `device`. Fails with [`ModelError::Cancelled`], before reading,
+    /// once the token of [`GgufFile::set_cancel`] is cancelled.
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        self.check_cancelled()?;
         if !self.has_tensor(name) {
             return Err(ModelError::BadTensor {
                 name: name.to_string(),
@@ -186,4 +261,306 @@ pub fn value_as_u64(v: &Value) -> Option<u64> {
         Value::I64(x) => u64::try_from(*x).ok(),
         _ => None,
     }
+}
+
+/// Why a header was refused: a metadata value that cannot be used (named), or anything else.
+enum HeaderError {
+    Metadata { key: String, reason: String },
+    Invalid(String),
+}
+
+impl From<std::io::Error> for HeaderError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Invalid(match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "truncated header".into(),
+            _ => e.to_string(),
+        })
+    }
+}
+
+fn invalid<T>(reason: impl Into<String>) -> std::result::Result<T, HeaderError> {
+    Err(HeaderError::Invalid(reason.into()))
+}
+
+/// A reader of the header's little-endian fields that knows how many bytes are left.
+struct HeaderReader<'a, R> {
+    inner: &'a mut R,
+    pos: u64,
+    size: u64,
+    /// Width of string and array lengths and of the counts: 4 bytes in GGUF v1, 8 after.
+    wide: bool,
+}
+
+impl<R: Read> HeaderReader<'_, R> {
+    fn remaining(&self) -> u64 {
+        self.size.saturating_sub(self.pos)
+    }
+
+    fn bytes<const N: usize>(&mut self) -> std::result::Result<[u8; N], HeaderError> {
+        let mut b = [0u8; N];
+        self.inner.read_exact(&mut b)?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, HeaderError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, HeaderError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    fn length(&mut self) -> std::result::Result<u64, HeaderError> {
+        match self.wide {
+            true => self.u64(),
+            false => Ok(self.u32()? as u64),
+        }
+    }
+
+    fn string(&mut self) -> std::result::Result<String, HeaderError> {
+        let len = self.length()?;
+        if len > MAX_STRING_LENGTH || len > self.remaining() {
+            return invalid(format!(
+                "a string of {len} bytes at byte {} does not fit the file",
+                self.pos
+            ));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.inner.read_exact(&mut v)?;
+        self.pos += len;
+        // Strings are not NUL-terminated, but some writers add one (candle trims them too).
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// The smallest number of bytes a value of `ty` takes in the file.
+    fn min_size(&self, ty: u32) -> u64 {
+        let len = if self.wide { 8 } else { 4 };
+        match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 => len,
+            9 => 4 + len,
+            _ => 8,
+        }
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<Value, HeaderError> {
+        Ok(match ty {
+            0 => Value::U8(self.bytes::<1>()?[0]),
+            1 => Value::I8(self.bytes::<1>()?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.bytes()?)),
+            3 => Value::I16(i16::from_le_bytes(self.bytes()?)),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(i32::from_le_bytes(self.bytes()?)),
+            6 => Value::F32(f32::from_le_bytes(self.bytes()?)),
+            7 => match self.bytes::<1>()?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return invalid(format!("a bool of value {b}")),
+            },
+            8 => Value::String(self.string()?),
+            9 => {
+                if depth >= MAX_VALUE_DEPTH {
+                    return invalid(format!("arrays nested more than {MAX_VALUE_DEPTH} deep"));
+                }
+                let ty = self.u32()?;
+                if ty > 12 {
+                    return invalid(format!("unknown value type {ty}"));
+                }
+                let len = self.length()?;
+                let need = len.saturating_mul(self.min_size(ty));
+                if len > MAX_ARRAY_ELEMENTS || need > self.remaining() {
+                    return invalid(format!(
+                        "an array of {len} elements at byte {} does not fit the file",
+                        self.pos
+                    ));
+                }
+                let mut items = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    items.push(self.value(ty, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(i64::from_le_bytes(self.bytes()?)),
+            12 => Value::F64(f64::from_le_bytes(self.bytes()?)),
+            other => return invalid(format!("unknown value type {other}")),
+        })
+    }
+}
+
+/// GGML's type ids (`ggml_type`) of the tensor formats candle reads.
+fn ggml_dtype(id: u32) -> Option<GgmlDType> {
+    Some(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
+}
+
+/// Reads the header of a GGUF file of `file_size` bytes, checking every declared count,
+/// length, dimension, offset and the alignment against the file before using it.
+fn read_header<R: Read + Seek>(
+    reader: &mut R,
+    file_size: u64,
+) -> std::result::Result<Content, HeaderError> {
+    reader.rewind()?;
+    let mut r = HeaderReader {
+        inner: reader,
+        pos: 0,
+        size: file_size,
+        wide: true,
+    };
+    let magic = r.u32()?;
+    if magic != 0x4655_4747 && magic != 0x4747_5546 {
+        return invalid(format!("not a GGUF file (magic 0x{magic:08x})"));
+    }
+    let magic = match r.u32()? {
+        1 => VersionedMagic::GgufV1,
+        2 => VersionedMagic::GgufV2,
+        3 => VersionedMagic::GgufV3,
+        v => return invalid(format!("unsupported GGUF version {v}")),
+    };
+    r.wide = !matches!(magic, VersionedMagic::GgufV1);
+    let tensor_count = r.length()?;
+    let kv_count = r.length()?;
+    // A metadata entry takes at least a key length, a type and one byte; a tensor entry a name
+    // length, a dimension count, a type and an offset.
+    let len = if r.wide { 8 } else { 4 };
+    let need = kv_count
+        .saturating_mul(len + 5)
+        .saturating_add(tensor_count.saturating_mul(len + 16));
+    if tensor_count > MAX_ARRAY_ELEMENTS || kv_count > MAX_ARRAY_ELEMENTS || need > r.remaining() {
+        return invalid(format!(
+            "the header declares {tensor_count} tensors and {kv_count} metadata entries, more \
+             than the file's {file_size} bytes hold"
+        ));
+    }
+    let mut metadata = HashMap::new();
+    for _ in 0..kv_count {
+        let key = r.string()?;
+        let ty = r.u32()?;
+        let value = r.value(ty, 0)?;
+        if metadata.insert(key.clone(), value).is_some() {
+            return Err(HeaderError::Metadata {
+                key,
+                reason: "appears twice".into(),
+            });
+        }
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => candle_core::quantized::gguf_file::DEFAULT_ALIGNMENT,
+        Some(v) => match value_as_u64(v) {
+            Some(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => a,
+            _ => {
+                return Err(HeaderError::Metadata {
+                    key: "general.alignment".into(),
+                    reason: format!("{v:?} is not a power of two between 1 and {MAX_ALIGNMENT}"),
+                })
+            }
+        },
+    };
+    let mut infos = Vec::with_capacity(tensor_count as usize);
+    for _ in 0..tensor_count {
+        let name = r.string()?;
+        let n_dims = r.u32()?;
+        if n_dims > MAX_TENSOR_DIMS {
+            return invalid(format!(
+                "tensor '{name}' has {n_dims} dimensions (at most {MAX_TENSOR_DIMS})"
+            ));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            let d = match r.wide {
+                true => r.u64()?,
+                false => r.u32()? as u64,
+            };
+            dims.push(d);
+        }
+        let ty = r.u32()?;
+        let dtype = match ggml_dtype(ty) {
+            Some(t) => t,
+            None => return invalid(format!("tensor '{name}' has an unknown type {ty}")),
+        };
+        let offset = r.u64()?;
+        infos.push((name, dims, dtype, offset));
+    }
+    let data_offset = r
+        .pos
+        .checked_next_multiple_of(alignment)
+        .filter(|&o| o <= file_size);
+    let Some(data_offset) = data_offset else {
+        return invalid("truncated: the file ends before its tensor data");
+    };
+    let mut tensor_infos = HashMap::with_capacity(infos.len());
+    for (name, dims, dtype, offset) in infos {
+        // Elements and bytes in checked arithmetic; the innermost dimension (first in the
+        // file) splits into whole blocks.
+        // A tensor without elements has no data for candle to read (its reader would view an
+        // empty buffer's dangling pointer as blocks); no model has one.
+        if dims.contains(&0) {
+            return invalid(format!("tensor '{name}' has a dimension of 0: {dims:?}"));
+        }
+        let block = dtype.block_size() as u64;
+        if dims.first().is_some_and(|d| d % block != 0) {
+            return invalid(format!(
+                "tensor '{name}': rows of {} values do not split into {dtype:?} blocks of {block}",
+                dims[0]
+            ));
+        }
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&e| e <= i64::MAX as u64);
+        let bytes = elems.and_then(|e| (e / block).checked_mul(dtype.type_size() as u64));
+        let end = bytes.and_then(|b| data_offset.checked_add(offset)?.checked_add(b));
+        match end {
+            Some(end) if end <= file_size => {}
+            Some(end) => {
+                return invalid(format!(
+                    "truncated: tensor '{name}' ends at byte {end} but the file has \
+                     {file_size} bytes"
+                ))
+            }
+            None => {
+                return invalid(format!(
+                    "tensor '{name}': dimensions {dims:?} at offset {offset} overflow"
+                ))
+            }
+        }
+        let mut shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        shape.reverse();
+        let info = TensorInfo {
+            ggml_dtype: dtype,
+            shape: candle_core::Shape::from(shape),
+            offset,
+        };
+        if tensor_infos.insert(name.clone(), info).is_some() {
+            return invalid(format!("tensor '{name}' appears twice"));
+        }
+    }
+    Ok(Content {
+        magic,
+        metadata,
+        tensor_infos,
+        tensor_data_offset: data_offset,
+    })
 }

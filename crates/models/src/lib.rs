@@ -92,7 +92,7 @@ pub use deepseek::{DeepSeek, DeepSeekConfig, ExpertGating, YarnScaling};
 pub use device::{auto_device, init_cpu_threads, DeviceType};
 pub use error::{ModelError, Result};
 pub use gemma3::{Gemma3, Gemma3Config};
-pub use gguf::GgufFile;
+pub use gguf::{CancelToken, GgufFile};
 pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
 pub use plugin::ArchitecturePlugin;

@@ -209,9 +209,6 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     output: QLinear,
-    /// RoPE tables, `[context_length, head_dim / 2]`.
-    cos: Tensor,
-    sin: Tensor,
     device: Device,
     kv_dtype: DType,
     fused_attention: bool,
@@ -443,7 +440,6 @@ impl Llama {
             });
             tick(4 + n_mats + n_extras);
         }
-        let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, c.context_length, device)?;
         Ok(Self {
             config,
             variant,
@@ -451,8 +447,6 @@ impl Llama {
             blocks,
             norm,
             output,
-            cos,
-            sin,
             device: device.clone(),
             kv_dtype: DType::F16,
             fused_attention: true,
@@ -502,8 +496,7 @@ impl Llama {
                 down: b.down,
             })
             .collect();
-        let c = &config;
-        let (cos, sin) = rope_tables(c.head_dim, c.rope_theta, c.context_length, device)?;
+        config.validate()?;
         Ok(Self {
             config,
             variant,
@@ -511,8 +504,6 @@ impl Llama {
             blocks,
             norm,
             output,
-            cos,
-            sin,
             device: device.clone(),
             kv_dtype: DType::F16,
             fused_attention: true,
@@ -522,6 +513,17 @@ impl Llama {
     /// The architecture's variant (RoPE style, biases, query/key norms).
     pub fn variant(&self) -> LlamaVariant {
         self.variant
+    }
+
+    /// RoPE's cos and sin rows (`[positions, head_dim / 2]`) of `positions`, computed for each
+    /// step rather than tabled for the whole context (whose length a file declares: a table
+    /// would be sized by it).
+    fn rope_rows(
+        &self,
+        positions: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<(Tensor, Tensor)> {
+        let c = &self.config;
+        rope_tables(c.head_dim, c.rope_theta, positions, &self.device)
     }
 
     /// Applies RoPE in this architecture's style to `x` (`[b, heads, n, d]`, contiguous).
@@ -607,8 +609,7 @@ impl Llama {
         let n = tokens.len();
         let eps = c.rms_eps as f32;
         let mut x = self.embedding.lookup(tokens, &self.device)?; // [n, hidden]
-        let cos = self.cos.narrow(0, pos, n)?;
-        let sin = self.sin.narrow(0, pos, n)?;
+        let (cos, sin) = self.rope_rows(pos..pos + n)?;
         // The mask of the general attention path, built only if it is taken.
         let mask = std::cell::OnceCell::new();
         let mask = || -> Result<Option<&Tensor>> {
@@ -705,10 +706,8 @@ impl Llama {
         let bsz = tokens.len();
         let eps = c.rms_eps as f32;
         let rep = c.n_heads / c.n_kv_heads;
-        let positions: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let pos = Tensor::new(positions.as_slice(), &self.device)?;
-        let cos = self.cos.index_select(&pos, 0)?.unsqueeze(1)?; // [b, 1, d/2]
-        let sin = self.sin.index_select(&pos, 0)?.unsqueeze(1)?;
+        let (cos, sin) = self.rope_rows(positions.iter().copied())?;
+        let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?); // [b, 1, d/2]
         let mut x = self.embedding.lookup(tokens, &self.device)?; // [b, hidden]
         let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         for (layer, b) in self.blocks.iter().enumerate() {
@@ -870,20 +869,22 @@ fn causal_mask(n: usize, pos: usize, device: &Device) -> candle_core::Result<Ten
     Tensor::from_vec(mask, (n, total), device)
 }
 
+/// RoPE's cos and sin tables `[positions, head_dim / 2]`.
 fn rope_tables(
     head_dim: usize,
     theta: f64,
-    max_pos: usize,
+    positions: impl ExactSizeIterator<Item = usize>,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(max_pos * half);
-    let mut sin = Vec::with_capacity(max_pos * half);
+    let rows = positions.len();
+    let mut cos = Vec::with_capacity(rows * half);
+    let mut sin = Vec::with_capacity(rows * half);
     // As GGML computes the angles (f32, the frequency stepped by repeated multiplication), so
     // near-tied logits break the way llama.cpp's do: measured on SmolLM2's greedy references,
     // 12 of 34 identical continuations with these tables, 11 with exact f64 angles.
     let scale = (theta as f32).powf(-2.0 / head_dim as f32);
-    for p in 0..max_pos {
+    for p in positions {
         let mut angle = p as f32;
         for _ in 0..half {
             cos.push(angle.cos());
@@ -892,7 +893,7 @@ fn rope_tables(
         }
     }
     Ok((
-        Tensor::from_vec(cos, (max_pos, half), device)?,
-        Tensor::from_vec(sin, (max_pos, half), device)?,
+        Tensor::from_vec(cos, (rows, half), device)?,
+        Tensor::from_vec(sin, (rows, half), device)?,
     ))
 }

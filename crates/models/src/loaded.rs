@@ -7,7 +7,7 @@ use candle_core::Device;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::decoder::{self, Decoder};
-use crate::gguf::GgufFile;
+use crate::gguf::{CancelToken, GgufFile};
 use crate::llama::{Llama, LoadProgress};
 use crate::plugin::ArchitecturePlugin;
 use crate::safetensors::{HfConfig, QuantizationType};
@@ -56,11 +56,29 @@ impl LoadedModel {
         progress: &mut dyn FnMut(LoadProgress),
         plugins: &[&dyn ArchitecturePlugin],
     ) -> Result<Self> {
+        Self::load_cancellable(path, device, progress, plugins, &CancelToken::new())
+    }
+
+    /// [`LoadedModel::load_with`] that stops with [`ModelError::Cancelled`] once `cancel` is
+    /// cancelled: a GGUF's decoder checks it before every tensor it reads (so a load stops
+    /// within one tensor), the tokenizer and template steps before and after; a directory is
+    /// checked before and after its weights are read.
+    pub fn load_cancellable(
+        path: impl AsRef<Path>,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+        plugins: &[&dyn ArchitecturePlugin],
+        cancel: &CancelToken,
+    ) -> Result<Self> {
+        cancel.check()?;
         let path = path.as_ref();
         if path.is_dir() {
-            return Self::load_dir(path, QuantizationType::default(), device, progress);
+            let model = Self::load_dir(path, QuantizationType::default(), device, progress)?;
+            cancel.check()?;
+            return Ok(model);
         }
         let mut gguf = GgufFile::open(path)?;
+        gguf.set_cancel(cancel.clone());
         // The config of a built-in architecture is checked first so an unknown architecture
         // fails before any work; a plugin's architecture is the plugin's to check.
         let arch = gguf.architecture()?;
@@ -84,8 +102,10 @@ impl LoadedModel {
         } else {
             ChatTemplate::from_gguf(gguf.content())?
         };
+        cancel.check()?;
         let mut decoder = decoder::load_with(&mut gguf, device, progress, plugins)?;
         attention_from_env(decoder.as_mut())?;
+        cancel.check()?;
         Ok(Self {
             decoder,
             tokenizer,

@@ -152,13 +152,16 @@ impl ShutdownHandle {
 async fn load_models(state: &Arc<AppState>, specs: Vec<String>) -> Result<(), ServerError> {
     for spec in specs {
         let id = model_id(&spec);
-        state
-            .load(&id, spec.clone().into())
-            .await
-            .map_err(|e| match e {
-                EngineError::Model(source) => ServerError::Model { name: spec, source },
-                other => ServerError::Engine(other),
-            })?;
+        // SIGTERM during a start-up load cancels it (before its next tensor).
+        let guard = routes::LoadGuard::new(state);
+        let loaded = state
+            .load(&id, spec.clone().into(), guard.cancel.clone())
+            .await;
+        drop(guard);
+        loaded.map_err(|e| match e {
+            EngineError::Model(source) => ServerError::Model { name: spec, source },
+            other => ServerError::Engine(other),
+        })?;
     }
     state.loading.store(false, Ordering::SeqCst);
     Ok(())

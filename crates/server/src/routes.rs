@@ -11,7 +11,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fluent_ai_candle_engine::{cache, ChatMessage, ChatToolCall, Prompt, ToolChoice};
+use fluent_ai_candle_engine::{
+    cache, CancelToken, ChatMessage, ChatToolCall, ModelError, Prompt, ToolChoice,
+};
 use futures::StreamExt;
 
 use crate::error::ApiError;
@@ -341,6 +343,37 @@ fn load_path(dir: &Path, req: &LoadModelRequest) -> Result<std::path::PathBuf, A
     Ok(canonical)
 }
 
+/// Cancels a model load when dropped (the handler's future is dropped when its client
+/// disconnects) and when the server starts draining (a load is new work; SIGTERM must not
+/// wait for it): the loading thread stops before its next tensor.
+pub(crate) struct LoadGuard {
+    pub(crate) cancel: CancelToken,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl LoadGuard {
+    pub(crate) fn new(state: &Arc<AppState>) -> Self {
+        let cancel = CancelToken::new();
+        let watcher = {
+            let (state, cancel) = (state.clone(), cancel.clone());
+            tokio::spawn(async move {
+                while !state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        Self { cancel, watcher }
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.watcher.abort();
+    }
+}
+
 async fn load_model(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<LoadModelRequest>,
@@ -357,7 +390,13 @@ async fn load_model(
     let path = load_path(&state.models_dir, &req)?;
     let _one_at_a_time = state.load_lock.lock().await;
     crate::guard::check_model_capacity(&state, &req.model)?;
-    state.load(&req.model, path).await.map_err(|e| match e {
+    let guard = LoadGuard::new(&state);
+    let loaded = state.load(&req.model, path, guard.cancel.clone()).await;
+    drop(guard);
+    loaded.map_err(|e| match e {
+        fluent_ai_candle_engine::EngineError::Model(ModelError::Cancelled) => {
+            ApiError::unavailable("the load was cancelled: the server is shutting down")
+        }
         fluent_ai_candle_engine::EngineError::Model(m) => {
             ApiError::bad_request(format!("cannot load '{}': {m}", req.model))
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use fluent_ai_candle_engine::{
-    CandleGenerator, Device, EngineError, GenerationConfig, ModelRegistry,
+    CancelToken, CandleGenerator, Device, EngineError, GenerationConfig, ModelRegistry,
 };
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -95,14 +95,24 @@ impl AppState {
 
     /// Loads the model a spec names (path, cached name, `hf:` reference: the engine resolves
     /// it) on a blocking thread and registers it as `id`, replacing any of the same id once
-    /// loaded.
-    pub async fn load(self: &Arc<Self>, id: &str, spec: PathBuf) -> Result<(), EngineError> {
+    /// loaded. Once `cancel` is cancelled the load stops (within one tensor) with
+    /// [`ModelError::Cancelled`](fluent_ai_candle_engine::ModelError::Cancelled).
+    pub async fn load(
+        self: &Arc<Self>,
+        id: &str,
+        spec: PathBuf,
+        cancel: CancelToken,
+    ) -> Result<(), EngineError> {
         let state = self.clone();
         let name = id.to_string();
         tokio::task::spawn_blocking(move || {
-            state
-                .registry
-                .load(&name, &spec, &state.device, state.generation.clone())
+            state.registry.load_cancellable(
+                &name,
+                &spec,
+                &state.device,
+                state.generation.clone(),
+                &cancel,
+            )
         })
         .await
         .map_err(|e| EngineError::Internal(format!("loading task failed: {e}")))??;

@@ -118,6 +118,7 @@ impl DeepSeekConfig {
         if arch != ARCHITECTURE {
             return Err(ModelError::UnsupportedArchitecture(arch));
         }
+        crate::config::check_metadata_bounds(gguf)?;
         let key = |k: &str| format!("{ARCHITECTURE}.{k}");
         let req = |k: &str| gguf.usize(&key(k));
         let opt = |k: &str| gguf.usize_opt(&key(k));

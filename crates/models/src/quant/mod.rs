@@ -461,6 +461,24 @@ impl QLinear {
                 });
             }
         }
+        // candle's 32-value block dot products assert (in debug builds) an even number of
+        // blocks per row; a row of an odd number is valid GGUF, so such a layer runs on its
+        // dequantized f32 weights instead (correct in every build; only unusual shapes).
+        let legacy = matches!(
+            t.dtype(),
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q8_1
+        );
+        if legacy && dims.last().is_some_and(|k| (k / QK) % 2 == 1) {
+            let device = t.device();
+            return Ok(Self {
+                inner: Inner::Candle(QMatMul::Tensor(t.dequantize(&device)?)),
+            });
+        }
         Ok(Self {
             inner: Inner::Candle(QMatMul::from_arc(t)?),
         })

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub mod gguf_bytes;
 pub mod tiny_hf;
 
 /// Index of the first maximum (lowest id on ties), as the sampler's greedy path picks.
