@@ -682,6 +682,46 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_checked_before_any_work() {
+        let chat = Prompt::user("hi");
+        let tool = ToolDefinition::new("f", json!({"type": "object"}));
+        let ok = CandleCompletionRequest {
+            tools: vec![tool.clone()],
+            tool_choice: ToolChoice::Function("f".into()),
+            ..CandleCompletionRequest::new(chat.clone())
+        };
+        check(&ok, &chat).unwrap();
+        let bad = [
+            CandleCompletionRequest {
+                tool_choice: ToolChoice::Required,
+                ..CandleCompletionRequest::new(chat.clone())
+            },
+            CandleCompletionRequest {
+                tool_choice: ToolChoice::Function("g".into()),
+                ..ok.clone()
+            },
+            CandleCompletionRequest {
+                tools: vec![tool.clone(), tool.clone()],
+                ..ok.clone()
+            },
+            CandleCompletionRequest {
+                tools: vec![ToolDefinition::new("f", json!([1]))],
+                ..ok.clone()
+            },
+            CandleCompletionRequest {
+                constraints: Some(ConstraintSpec::JsonObject),
+                ..ok.clone()
+            },
+        ];
+        for r in &bad {
+            assert!(matches!(check(r, &chat), Err(EngineError::InvalidRequest(_))), "{r:?}");
+        }
+        // Tools need a chat.
+        let text = Prompt::Text("hi".into());
+        assert!(check(&ok, &text).is_err());
+    }
+
+    #[test]
     fn call_ids_are_fresh() {
         let a = new_call_id();
         assert!(a.starts_with("call_") && a.len() == 29, "{a}");
