@@ -9,7 +9,8 @@
 //!
 //! Output formats read back, wherever they appear:
 //! - Hermes / Qwen: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, one or more (a last
-//!   one without its closing tag is accepted when its JSON is whole);
+//!   one without its closing tag is accepted when its JSON is whole; one cut mid-JSON after
+//!   whole ones stays content, and the whole ones are kept);
 //! - Llama 3: the whole output one JSON object `{"name": …, "parameters"|"arguments": {…}}`
 //!   (or a list of them), optionally after `<|python_tag|>`;
 //! - Mistral: `[TOOL_CALLS][{"name": …, "arguments": {…}}, …]` or `[TOOL_CALLS]name[ARGS]{…}`.
@@ -287,6 +288,13 @@ pub fn parse_tool_calls(text: &str) -> ParsedToolCalls {
     let mut rest = &text[m..];
     loop {
         let Some((found, after)) = marked_calls(rest) else {
+            // A last call cut short (no closing tag, JSON unfinished: the output ran into
+            // `max_tokens`) after whole ones: the whole ones are kept, the cut one is content.
+            let cut = rest.starts_with(HERMES_OPEN) && !rest.contains(HERMES_CLOSE);
+            if cut && !calls.is_empty() {
+                content.push_str(rest);
+                break;
+            }
             return whole(text);
         };
         calls.extend(found);
@@ -614,6 +622,7 @@ mod tests {
             "ends with <tool_ca",
             "\n\n",
             "  <|python_tag|>{\"name\": \"f\", \"parameters\": {}}",
+            "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>\n<tool_call>\n{\"na",
         ];
         for text in texts {
             let whole = parse_tool_calls(text);
@@ -714,7 +723,10 @@ mod tests {
             },
         ];
         for r in &bad {
-            assert!(matches!(check(r, &chat), Err(EngineError::InvalidRequest(_))), "{r:?}");
+            assert!(
+                matches!(check(r, &chat), Err(EngineError::InvalidRequest(_))),
+                "{r:?}"
+            );
         }
         // Tools need a chat.
         let text = Prompt::Text("hi".into());

@@ -91,12 +91,16 @@ async fn forced_calls_validate_over_many_seeds() {
             let choice0 = &out["choices"][0];
             // With parallel calls a small model may go on calling until `max_tokens`: the
             // calls are closed in time (still valid) and the reason says `length`.
+            // A call started too late to fit is cut; it is returned as content, never as a
+            // call (the whole calls before it are kept).
             let finish = choice0["finish_reason"].as_str().unwrap();
             assert!(
                 finish == "tool_calls" || (parallel && finish == "length"),
                 "{out}"
             );
-            assert!(choice0["message"]["content"].is_null(), "{out}");
+            if finish == "tool_calls" {
+                assert!(choice0["message"]["content"].is_null(), "{out}");
+            }
             let calls = validated_calls(&choice0["message"]);
             if !parallel {
                 assert_eq!(calls.len(), 1);
