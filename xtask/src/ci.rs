@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{fetch, util};
+use crate::{cuda, fetch, util};
 
 /// The property tests' seed under `cargo xtask ci` (any fixed value: CI must replay).
 const PROPTEST_SEED: &str = "20261127";
@@ -103,22 +103,76 @@ pub fn demo(prompt: &str) -> Result<()> {
 }
 
 /// Builds the CPU configuration, and CUDA / Metal where their toolchains exist.
+///
+/// Each configuration compiles and links every crate and test of the workspace but the
+/// benches (`cargo test --no-run` with the arguments `cargo xtask ci` uses, so the CPU one
+/// reuses CI's build: `-p` would resolve features differently and rebuild candle and
+/// tokenizers). CUDA uses the toolchain `cargo xtask cuda-toolchain` installed (else an `nvcc`
+/// on PATH) and turns on the CLI's `cuda` feature, which the CLI forwards through the server,
+/// engine and models crates to candle: a compile and link check (no GPU is needed to build).
+/// It prints the time and the disk the build added to `target/`.
 pub fn build_matrix() -> Result<()> {
-    util::run(util::cargo().args(["build", "-p", "fluent-ai-candle"]))?;
+    let build = |features: Option<&str>| {
+        let mut c = util::cargo();
+        c.args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "fluent-ai-candle-benches",
+            "--no-run",
+        ]);
+        if let Some(f) = features {
+            c.args(["--features", f]);
+        }
+        c
+    };
+    util::run(&mut build(None))?;
     println!("cpu: built");
-    let nvcc = Command::new("nvcc").arg("--version").output();
-    if nvcc.map(|o| o.status.success()).unwrap_or(false) {
-        util::run(util::cargo().args(["build", "-p", "fluent-ai-candle", "--features", "cuda"]))?;
-        println!("cuda: built");
-    } else {
-        println!("cuda: skipped (nvcc not found: no CUDA toolkit on this machine)");
-    }
-    if cfg!(target_os = "macos") {
-        util::run(util::cargo().args(["build", "-p", "fluent-ai-candle", "--features", "metal"]))?;
-        println!("metal: built");
+    let toolchain = cuda::installed(None, cuda::DEFAULT_COMPUTE_CAP);
+    let system_nvcc = Command::new("nvcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if toolchain.is_some() || system_nvcc {
+        let mut cmd = build(Some("fluent-ai-candle-cli/cuda"));
+        let from = match &toolchain {
+            Some(t) => {
+                t.apply(&mut cmd);
+                format!("CUDA {} from {}", cuda::CUDA_VERSION, t.root.display())
+            }
+            None => {
+                // Without a GPU, cudaforge cannot ask nvidia-smi which generation to build for.
+                if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+                    cmd.env("CUDA_COMPUTE_CAP", cuda::DEFAULT_COMPUTE_CAP);
+                }
+                "the nvcc on PATH".to_string()
+            }
+        };
+        let target = util::root().join("target");
+        let before = cuda::dir_size(&target);
+        let started = std::time::Instant::now();
+        util::run(&mut cmd)?;
+        let took = started.elapsed();
+        let grew = cuda::dir_size(&target).saturating_sub(before);
+        println!(
+            "cuda: built ({from}; {:.0}s, target/ grew by {})",
+            took.as_secs_f64(),
+            cuda::human_bytes(grew)
+        );
     } else {
         println!(
-            "metal: skipped (Metal needs macOS; this is {})",
+            "cuda: skipped (no CUDA toolkit: run `cargo xtask cuda-toolchain` first, or put nvcc \
+             on PATH)"
+        );
+    }
+    if cfg!(target_os = "macos") {
+        util::run(&mut build(Some("fluent-ai-candle-cli/metal")))?;
+        println!("metal: built");
+    } else {
+        // candle's Metal backend binds Apple's Metal framework (objc2-metal), which exists
+        // only on macOS: there is nothing to compile or link against here.
+        println!(
+            "metal: skipped (Metal needs macOS and its Metal framework; this is {})",
             std::env::consts::OS
         );
     }

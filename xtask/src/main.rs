@@ -5,6 +5,8 @@
 
 mod bench;
 mod ci;
+mod cluster;
+mod cuda;
 mod fetch;
 mod tidy;
 mod util;
@@ -50,8 +52,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the CPU configuration, and CUDA / Metal where their toolchains exist.
+    /// Build the CPU configuration, and CUDA / Metal where their toolchains exist (CUDA from
+    /// `cuda-toolchain`'s folder, else an `nvcc` on PATH).
     BuildMatrix,
+    /// Install CUDA's compiler and libraries from the Python package index into a cache folder
+    /// and print the environment candle's `cuda` build needs (`eval "$(cargo xtask
+    /// cuda-toolchain)"`).
+    CudaToolchain(cuda::ToolchainArgs),
+    /// Start N server replicas behind nginx on loopback, load them, kill and restart one, and
+    /// compare prefix-cache hits with affinity routing and round-robin.
+    ClusterTest(cluster::ClusterArgs),
     /// Check the architecture invariants: forbidden crate arrows and `unsafe` placement.
     Tidy,
 }
@@ -66,6 +76,8 @@ fn main() -> Result<()> {
         Command::Maskbench { args } => bench::run_bin("maskbench", &args),
         Command::Loadtest { args } => bench::run_bin("loadtest", &args),
         Command::BuildMatrix => ci::build_matrix(),
+        Command::CudaToolchain(args) => cuda::run(&args),
+        Command::ClusterTest(args) => cluster::run(&args),
         Command::Tidy => tidy::run(),
     }
 }

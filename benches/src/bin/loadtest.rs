@@ -4,16 +4,26 @@
 //! ```text
 //! cargo run --release -p fluent-ai-candle-benches --bin loadtest -- \
 //!     [--duration 60 | --seconds 60] [--clients 32] [--max-tokens 32] [--max-concurrent 32]
-//!     [--warmup S] [--model M] [--url http://HOST:PORT --server-pid PID --api-key KEY]
+//!     [--warmup S] [--model M] [--url http://127.0.0.1:PORT [--server-pid PID]] [--api-key KEY]
+//!     [--workload chat|shared-prefix] [--groups 24] [--tag T]
 //! ```
 //!
-//! By default the server runs in-process on a free loopback port (the same `Server` the CLI's
-//! `serve` starts); with `--url` an external one is driven instead (its RSS is read from
-//! `/proc/PID/status` when `--server-pid` is given). Each client loops: POST a streaming chat
-//! completion, time the first content chunk (TTFT), read to `data: [DONE]`, count the tokens
-//! from the usage chunk. A request fails on a non-200 status, a transport error, an error event
-//! or a stream without `[DONE]`. Clients start no request after the deadline; those in flight
-//! finish.
+//! Without `--url` the server runs in-process on a free loopback port (the same `Server` the
+//! CLI's `serve` starts); with it the clients drive that server (a loopback address only: a
+//! replica or a load balancer in front of several, as `cargo xtask cluster-test` does; its RSS
+//! is read from `/proc/PID/status` when `--server-pid` is given). Each client loops: POST a
+//! streaming request, time the first content chunk (TTFT), read to `data: [DONE]`, count the
+//! tokens from the usage chunk. A request fails on a non-200 status, a transport error, an
+//! error event or a stream without `[DONE]`. Clients start no request after the deadline; those
+//! in flight finish.
+//!
+//! Workloads: `chat` (the default) sends a distinct short chat message per request;
+//! `shared-prefix` sends text completions whose prompts start with one of `--groups` long
+//! shared prefixes (a group per request, drawn pseudo-randomly; `--tag` makes the texts of one
+//! run differ from another's) and end with a distinct question, with the group as the
+//! `X-Routing-Key` header, so a balancer hashing on that header sends a group to one replica.
+//! A response's `X-Upstream` header (the replica a balancer chose) is kept: failures are
+//! counted per upstream, and apart for streams cut after they had started.
 //!
 //! The JSON line has the requests and failures, p50/p99 of the whole request's latency and of
 //! the TTFT, the tokens per second, and the server's RSS at start (before any request), after
@@ -37,8 +47,17 @@ struct Args {
     max_concurrent: usize,
     model: String,
     url: Option<String>,
+    workload: Workload,
+    groups: u64,
+    tag: String,
     server_pid: Option<u32>,
     api_key: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    Chat,
+    SharedPrefix,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +69,9 @@ fn parse_args() -> Result<Args> {
         max_concurrent: 32,
         model: fluent_ai_candle_models::cache::DEFAULT_MODEL.to_string(),
         url: None,
+        workload: Workload::Chat,
+        groups: 24,
+        tag: "run".to_string(),
         server_pid: None,
         api_key: None,
     };
@@ -64,16 +86,30 @@ fn parse_args() -> Result<Args> {
             "--max-concurrent" => a.max_concurrent = value()?.parse()?,
             "--model" => a.model = value()?,
             "--url" => a.url = Some(value()?.trim_end_matches('/').to_string()),
+            "--workload" => {
+                a.workload = match value()?.as_str() {
+                    "chat" => Workload::Chat,
+                    "shared-prefix" => Workload::SharedPrefix,
+                    w => bail!("unknown workload {w} (chat, shared-prefix)"),
+                }
+            }
+            "--groups" => a.groups = value()?.parse()?,
+            "--tag" => a.tag = value()?,
             "--server-pid" => a.server_pid = Some(value()?.parse()?),
             "--api-key" => a.api_key = Some(value()?),
             other => bail!("unknown argument {other}"),
         }
     }
-    if a.seconds == 0 || a.clients == 0 || a.max_tokens == 0 {
-        bail!("--duration, --clients and --max-tokens must be at least 1");
+    if a.seconds == 0 || a.clients == 0 || a.max_tokens == 0 || a.groups == 0 {
+        bail!("--duration, --clients, --max-tokens and --groups must be at least 1");
     }
     if a.warmup.is_some_and(|w| w >= a.seconds) {
         bail!("--warmup must be shorter than --duration");
+    }
+    if let Some(url) = &a.url {
+        if !is_loopback_url(url) {
+            bail!("--url must be a loopback address (127.0.0.0/8, localhost or [::1]): {url}");
+        }
     }
     Ok(a)
 }
@@ -95,6 +131,22 @@ fn rss_mb(pid: Option<u32>) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// True for `http://127.x.x.x[:port]…`, `http://localhost…` and `http://[::1]…`.
+fn is_loopback_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[derive(Default)]
 struct ClientStats {
     requests: u64,
@@ -103,6 +155,24 @@ struct ClientStats {
     ttft_ms: Vec<f64>,
     latency_ms: Vec<f64>,
     errors: Vec<String>,
+    /// Failures per upstream (`X-Upstream`, or `none`).
+    failed_by_upstream: std::collections::BTreeMap<String, u64>,
+    /// Of those, streams that had started (status 200 received) and were then cut.
+    cut_by_upstream: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why a request failed, and which upstream served it when a balancer said so.
+struct Failure {
+    why: String,
+    upstream: Option<String>,
+    /// The response had started (status 200) when it failed.
+    started: bool,
+}
+
+/// The last address of an `X-Upstream` header (nginx lists every upstream it tried).
+fn upstream_of(r: &reqwest::Response) -> Option<String> {
+    let v = r.headers().get("x-upstream")?.to_str().ok()?;
+    v.rsplit(',').next().map(|s| s.trim().to_string())
 }
 
 /// One streaming request: Ok((ttft, completion tokens)) or why it failed.
@@ -111,22 +181,40 @@ async fn one_request(
     url: &str,
     key: Option<&str>,
     body: &serde_json::Value,
-) -> Result<(f64, u64), String> {
+    routing_key: Option<&str>,
+) -> Result<(f64, u64), Failure> {
     let start = Instant::now();
-    let mut r = http.post(url).json(body);
+    let mut req = http.post(url).json(body);
     if let Some(k) = key {
-        r = r.bearer_auth(k);
+        req = req.bearer_auth(k);
     }
-    let r = r.send().await.map_err(|e| e.to_string())?;
+    if let Some(k) = routing_key {
+        req = req.header("X-Routing-Key", k);
+    }
+    let r = req.send().await.map_err(|e| Failure {
+        why: e.to_string(),
+        upstream: None,
+        started: false,
+    })?;
+    let upstream = upstream_of(&r);
     if r.status() != 200 {
-        return Err(format!("status {}", r.status()));
+        return Err(Failure {
+            why: format!("status {}", r.status()),
+            upstream,
+            started: false,
+        });
     }
+    let fail = |why: String| Failure {
+        why,
+        upstream: upstream.clone(),
+        started: true,
+    };
     let mut bytes = r.bytes_stream();
     let mut buf = String::new();
     let mut ttft = None;
     let mut tokens = 0;
     while let Some(piece) = bytes.next().await {
-        let piece = piece.map_err(|e| e.to_string())?;
+        let piece = piece.map_err(|e| fail(e.to_string()))?;
         buf.push_str(&String::from_utf8_lossy(&piece));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
@@ -136,12 +224,16 @@ async fn one_request(
             if data == "[DONE]" {
                 return Ok((ttft.unwrap_or(0.0), tokens));
             }
-            let v: serde_json::Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_str(data).map_err(|e| fail(e.to_string()))?;
             if v.get("error").is_some() {
-                return Err(format!("error event: {data}"));
+                return Err(fail(format!("error event: {data}")));
             }
-            let has_text = v["choices"][0]["delta"]["content"]
+            // Chat chunks carry `delta.content`, text completions `text`.
+            let choice = &v["choices"][0];
+            let has_text = choice["delta"]["content"]
                 .as_str()
+                .or(choice["text"].as_str())
                 .is_some_and(|s| !s.is_empty());
             if ttft.is_none() && has_text {
                 ttft = Some(start.elapsed().as_secs_f64() * 1e3);
@@ -151,7 +243,35 @@ async fn one_request(
             }
         }
     }
-    Err("stream ended without [DONE]".into())
+    Err(fail("stream ended without [DONE]".into()))
+}
+
+/// A cheap deterministic mix (splitmix64) for drawing groups and words.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The long shared prefix of group `g`: ~150 words drawn from the group's own seed, so two
+/// groups' prompts part after a few tokens (fewer than the prefix cache's 16-token minimum).
+fn group_prefix(tag: &str, g: u64) -> String {
+    const WORDS: &[&str] = &[
+        "river", "stone", "market", "winter", "lantern", "harbor", "copper", "meadow", "signal",
+        "orchard", "engine", "valley", "thunder", "garden", "ledger", "bridge", "canvas", "falcon",
+        "station", "pepper", "island", "mirror", "castle", "forest", "rocket", "silver", "candle",
+        "tunnel", "planet", "basket", "anchor", "velvet",
+    ];
+    let seed = tag.bytes().fold(g.wrapping_mul(0x100_0000_01B3), |h, b| {
+        mix(h ^ u64::from(b))
+    });
+    let mut out = format!("Notes {g} ({tag}):");
+    for k in 0..150u64 {
+        out.push(' ');
+        out.push_str(WORDS[(mix(seed ^ k) % WORDS.len() as u64) as usize]);
+    }
+    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -193,7 +313,11 @@ async fn run() -> Result<()> {
             (format!("http://{addr}"), Some((stop, task)), None)
         }
     };
-    let url = format!("{base}/v1/chat/completions");
+    let path = match args.workload {
+        Workload::Chat => "/v1/chat/completions",
+        Workload::SharedPrefix => "/v1/completions",
+    };
+    let url = format!("{base}{path}");
     let key = args.api_key.clone();
     let rss_start = rss_mb(pid);
 
@@ -201,9 +325,15 @@ async fn run() -> Result<()> {
     let http = reqwest::Client::new();
     let warm = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": 4, "stream": true});
-    one_request(&http, &url, key.as_deref(), &warm)
-        .await
-        .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
+    one_request(
+        &http,
+        &format!("{base}/v1/chat/completions"),
+        key.as_deref(),
+        &warm,
+        None,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("warm-up failed: {}", e.why))?;
 
     let warmup = args
         .warmup
@@ -237,31 +367,61 @@ async fn run() -> Result<()> {
         let url = url.clone();
         let key = key.clone();
         let max_tokens = args.max_tokens;
+        let (workload, groups, tag) = (args.workload, args.groups, args.tag.clone());
         tasks.push(tokio::spawn(async move {
             let mut stats = ClientStats::default();
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let body = serde_json::json!({
-                    "messages": [{"role": "user",
-                        "content": format!("Client {c}, request {i}: write a short poem about the sea.")}],
-                    "max_tokens": max_tokens,
-                    "temperature": 0.7,
-                    "seed": c as u64 * 1_000_003 + i,
-                    "stream": true,
-                    "stream_options": {"include_usage": true},
-                });
+                let seed = c as u64 * 1_000_003 + i;
+                let (body, routing) = match workload {
+                    Workload::Chat => (
+                        serde_json::json!({
+                            "messages": [{"role": "user",
+                                "content": format!("Client {c}, request {i}: write a short poem about the sea.")}],
+                            "max_tokens": max_tokens,
+                            "temperature": 0.7,
+                            "seed": seed,
+                            "stream": true,
+                            "stream_options": {"include_usage": true},
+                        }),
+                        None,
+                    ),
+                    Workload::SharedPrefix => {
+                        let g = mix(seed) % groups;
+                        let prompt = format!(
+                            "{}\nQuestion {c}-{i}: which word comes up most often above?\nAnswer:",
+                            group_prefix(&tag, g)
+                        );
+                        (
+                            serde_json::json!({
+                                "prompt": prompt,
+                                "max_tokens": max_tokens,
+                                "temperature": 0.7,
+                                "seed": seed,
+                                "stream": true,
+                                "stream_options": {"include_usage": true},
+                            }),
+                            Some(format!("{tag}-{g}")),
+                        )
+                    }
+                };
                 stats.requests += 1;
-                let t = Instant::now();
-                match one_request(&http, &url, key.as_deref(), &body).await {
+                let t0 = Instant::now();
+                match one_request(&http, &url, key.as_deref(), &body, routing.as_deref()).await {
                     Ok((ttft, tokens)) => {
                         stats.ttft_ms.push(ttft);
-                        stats.latency_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                        stats.latency_ms.push(t0.elapsed().as_secs_f64() * 1e3);
                         stats.tokens += tokens;
                     }
                     Err(e) => {
                         stats.failed += 1;
+                        let up = e.upstream.clone().unwrap_or_else(|| "none".into());
+                        *stats.failed_by_upstream.entry(up.clone()).or_default() += 1;
+                        if e.started {
+                            *stats.cut_by_upstream.entry(up).or_default() += 1;
+                        }
                         if stats.errors.len() < 3 {
-                            stats.errors.push(e);
+                            stats.errors.push(e.why);
                         }
                     }
                 }
@@ -279,6 +439,12 @@ async fn run() -> Result<()> {
         total.ttft_ms.extend(s.ttft_ms);
         total.latency_ms.extend(s.latency_ms);
         total.errors.extend(s.errors);
+        for (k, n) in s.failed_by_upstream {
+            *total.failed_by_upstream.entry(k).or_default() += n;
+        }
+        for (k, n) in s.cut_by_upstream {
+            *total.cut_by_upstream.entry(k).or_default() += n;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     sampler.abort();
@@ -317,6 +483,8 @@ async fn run() -> Result<()> {
         "rss_mb_end": r1(rss_end),
         "rss_mb_max": r1(rss_max),
         "rss_end_vs_warmup_pct": r1(if rss_warm > 0.0 { (rss_end / rss_warm - 1.0) * 100.0 } else { 0.0 }),
+        "failed_by_upstream": total.failed_by_upstream,
+        "cut_by_upstream": total.cut_by_upstream,
     });
     println!("{out}");
     if total.failed > 0 {

@@ -5,13 +5,19 @@
 //! fluent-ai-candle generate [--model M] (--file F | PROMPT) [--max-tokens N] [--temperature T]
 //!                           [--seed S] [--raw] [--json] [--quant Q]
 //!                           [--json-schema FILE [--json-schema-mode generation|spec]
-//!                            | --grammar FILE | --regex R]
+//!                            | --grammar FILE | --regex R] [--device auto|cpu|cuda[:N]|metal[:N]]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
 //!                        [--max-concurrent N] [--max-queued N] [--models-dir DIR]
 //!                        [--max-models N] [--max-connections N] [--header-timeout S]
 //!                        [--body-timeout S] [--idle-timeout S] [--shutdown-timeout S]
 //!                        [--cors-origin ORIGIN]... [--metrics-open]
+//!                        [--device auto|cpu|cuda[:N]|metal[:N]]
 //! ```
+//!
+//! `--device auto` (the default) runs on CUDA when the binary was built with `--features cuda`
+//! and a GPU answers, then on Metal likewise, else on the CPU; the device chosen is printed on
+//! stderr at start. An explicit `cuda` or `metal` never falls back to the CPU: a build without
+//! the feature, or a machine without the device, is an error naming which.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -21,8 +27,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fluent_ai_candle::engine::{
-    cache, generate, load_model, CandleCompletionRequest, ConstraintSpec, Device, FinishReason,
-    LoadProgress, LoadedModel, ModelError, Prompt, QuantizationType,
+    cache, generate, load_model, CandleCompletionRequest, ConstraintSpec, Device, DeviceError,
+    DeviceType, FinishReason, LoadProgress, LoadedModel, ModelError, Prompt, QuantizationType,
 };
 
 /// Run large language models locally on Candle.
@@ -93,6 +99,33 @@ struct ServeArgs {
     /// Serve /metrics without the API key.
     #[arg(long)]
     metrics_open: bool,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct DeviceArg {
+    /// Where to run: auto (CUDA if built with it and a GPU is present, then Metal, else the
+    /// CPU), cpu, cuda, cuda:N, metal or metal:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: DeviceType,
+}
+
+impl DeviceArg {
+    /// Opens the device and says on stderr which one runs.
+    fn open(&self) -> Result<Device> {
+        let device = self.device.select()?;
+        eprintln!(
+            "fluent-ai-candle: device {} (--device {})",
+            fluent_ai_candle::engine::device_name(&device),
+            self.device
+        );
+        Ok(device)
+    }
+}
+
+fn parse_device(s: &str) -> std::result::Result<DeviceType, String> {
+    s.parse().map_err(|e: DeviceError| e.to_string())
 }
 
 fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
@@ -170,6 +203,8 @@ struct GenerateArgs {
     /// (the default), f16, bf16 or f32. Not for GGUF files, whose weights are used as stored.
     #[arg(long, value_parser = parse_quant)]
     quant: Option<QuantizationType>,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn parse_quant(s: &str) -> std::result::Result<QuantizationType, String> {
@@ -204,8 +239,8 @@ fn input_text(file: &Option<PathBuf>, text: &Option<String>, what: &str) -> Resu
     }
 }
 
-/// Loads a model spec (the engine resolves it) with a progress bar.
-fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
+/// Loads a model spec (the engine resolves it) onto `device` with a progress bar.
+fn load(model: &str, quant: Option<QuantizationType>, device: &Device) -> Result<LoadedModel> {
     let path = fluent_ai_candle::engine::resolve_model(model)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -222,7 +257,7 @@ fn load(model: &str, quant: Option<QuantizationType>) -> Result<LoadedModel> {
         bar.set_length(p.total as u64);
         bar.set_position(p.loaded as u64);
     };
-    let loaded = load_model(&path, quant, &Device::Cpu, &mut progress);
+    let loaded = load_model(&path, quant, device, &mut progress);
     bar.finish_and_clear();
     Ok(loaded?)
 }
@@ -238,7 +273,8 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let prompt = input_text(&a.file, &a.prompt, "prompt")?;
-    let loaded = load(&a.model.model, a.quant)?;
+    let device = a.device.open()?;
+    let loaded = load(&a.model.model, a.quant, &device)?;
     // The engine renders the chat template (or, with --raw, tokenizes the text as is).
     let prompt = if a.raw {
         Prompt::Text(prompt)
@@ -311,11 +347,12 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     config.shutdown_timeout = std::time::Duration::from_secs_f64(a.shutdown_timeout);
     config.cors_origins = a.cors_origins;
     config.metrics_open = a.metrics_open;
+    let device = a.device.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(fluent_ai_candle_server::serve(config))?;
+    runtime.block_on(fluent_ai_candle_server::serve_on(config, device))?;
     Ok(())
 }
 

@@ -71,8 +71,8 @@ pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, Jso
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
-    cache, CancelToken, ChatMessage, ChatToolCall, DeviceType, LoadProgress, LoadedModel,
-    ModelError, QuantizationType,
+    cache, device_name, CancelToken, ChatMessage, ChatToolCall, DeviceError, DeviceType,
+    LoadProgress, LoadedModel, ModelError, QuantizationType,
 };
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};

@@ -89,7 +89,7 @@ pub use chat_template::{
 pub use config::ModelConfig;
 pub use decoder::Decoder;
 pub use deepseek::{DeepSeek, DeepSeekConfig, ExpertGating, YarnScaling};
-pub use device::{auto_device, init_cpu_threads, DeviceType};
+pub use device::{auto_device, device_name, init_cpu_threads, DeviceError, DeviceType};
 pub use error::{ModelError, Result};
 pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::{CancelToken, GgufFile};

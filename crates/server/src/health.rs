@@ -1,7 +1,7 @@
 //! Health for load balancers and orchestrators.
 //!
 //! - `GET /health` (also `/health/ready`) is **readiness**: 200 `{"status":"ok","ready":true,
-//!   "models":[…],"in_flight":n}` when at least one model is loaded and the server is neither
+//!   "models":[…],"device":"cpu","in_flight":n}` when at least one model is loaded and the server is neither
 //!   loading its start-up models nor draining; otherwise 503 with `status` `loading`,
 //!   `no_model` or `draining` (and `ready: false`), so a balancer sends it no traffic.
 //! - `GET /health/live` is **liveness**: 200 whenever the process answers at all (also while
@@ -40,6 +40,7 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
         "status": why.unwrap_or("ok"),
         "ready": why.is_none(),
         "models": models,
+        "device": fluent_ai_candle_engine::device_name(&state.device),
         "in_flight": state.in_flight.load(Ordering::SeqCst),
     });
     let status = if why.is_some() {

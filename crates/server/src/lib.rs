@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI chat completions: messages through the model's chat template; `stream: true` gives server-sent events (`data: {chunk}` … `data: [DONE]`) |
 //! | `POST /v1/completions` | OpenAI text completions, same streaming |
-//! | `GET /v1/models`, `GET /v1/models/{id}` | the models loaded |
+//! | `GET /v1/models`, `GET /v1/models/{id}` | the models loaded, each with the device it runs on |
 //! | `POST /v1/models/load`, `POST /v1/models/unload` | hot swap, only from the models directory |
 //! | `GET /v1/ws` | WebSocket: send the request JSON, receive one message per chunk, then `[DONE]` |
 //! | `GET /health`, `GET /health/ready` | readiness: 200 `{"status":"ok","ready":true,"models":[…]}`; 503 while loading, with no model, or draining |
@@ -107,10 +107,16 @@ use state::AppState;
 /// Starts a server with `config` and runs it until Ctrl-C or SIGTERM. It listens at once and
 /// loads the models while answering (`/health` is 503 `loading` until they are loaded).
 pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
-    let server = Server::listen(config).await?;
+    serve_on(config, Device::Cpu).await
+}
+
+/// [`serve`] with the models on `device` (`fluent-ai-candle serve --device`).
+pub async fn serve_on(config: ServerConfig, device: Device) -> Result<(), ServerError> {
+    let server = Server::listen_on(config, device).await?;
     eprintln!(
-        "fluent-ai-candle: listening on http://{}, loading {}",
+        "fluent-ai-candle: listening on http://{} ({}), loading {}",
         server.local_addr(),
+        fluent_ai_candle_engine::device_name(&server.state.device),
         server.pending.join(", ")
     );
     server.run().await

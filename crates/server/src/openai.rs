@@ -480,6 +480,8 @@ pub struct ModelObject {
     pub created: u64,
     /// `fluent-ai-candle`.
     pub owned_by: &'static str,
+    /// The device it runs on: `cpu`, `cuda:N` or `metal:N` (an extension of OpenAI's object).
+    pub device: String,
 }
 
 /// `GET /v1/models`.

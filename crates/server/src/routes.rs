@@ -282,6 +282,7 @@ fn model_object(state: &AppState, id: &str) -> ModelObject {
         object: "model",
         created: lock(&state.loaded_at).get(id).copied().unwrap_or(0),
         owned_by: "fluent-ai-candle",
+        device: fluent_ai_candle_engine::device_name(&state.device),
     }
 }
 

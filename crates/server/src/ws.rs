@@ -57,15 +57,17 @@ async fn session(state: Arc<AppState>, socket: WebSocket) {
         state.http.record("/v1/ws (message)", 200);
         let mut messages = prepared.into_messages();
         loop {
-            // Biased: once `[DONE]` is sent the stream's end is ready at once, so a next
-            // request the client sends right after `[DONE]` is never taken for a second one
-            // sent during the first.
             tokio::select! {
-                biased;
                 m = messages.next() => match m {
                     Some(m) => {
+                        // `[DONE]` ends the request: the client may send the next one at once,
+                        // before this stream reports its end.
+                        let done = m == "[DONE]";
                         if tx.send(Message::Text(m.into())).await.is_err() {
                             return;
+                        }
+                        if done {
+                            break;
                         }
                     }
                     None => break,

@@ -29,6 +29,7 @@ async fn health_is_open_and_reports_models() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "ok");
     assert!(body["models"].as_array().unwrap().contains(&json!(MODEL)));
+    assert_eq!(body["device"], "cpu", "{body}");
 }
 
 #[tokio::test]
@@ -42,9 +43,11 @@ async fn models_list_and_lookup() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|m| m["id"] == MODEL && m["object"] == "model"));
-    let (status, _) = get(addr, &format!("/v1/models/{MODEL}")).await;
+        .any(|m| m["id"] == MODEL && m["object"] == "model" && m["device"] == "cpu"));
+    let (status, text) = get(addr, &format!("/v1/models/{MODEL}")).await;
     assert_eq!(status, 200);
+    let one: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(one["device"], "cpu", "{one}");
     let (status, text) = get(addr, "/v1/models/no-such-model").await;
     assert_eq!(status, 404);
     let err: Value = serde_json::from_str(&text).unwrap();
