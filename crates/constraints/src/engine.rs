@@ -111,17 +111,30 @@ impl TaggedJson {
             rest = rest
                 .strip_prefix(self.prefix.as_str())
                 .ok_or_else(|| bad(format!("value {count}: expected {:?}", self.prefix)))?;
-            let mut values =
-                serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
-            let value = match values.next() {
-                Some(Ok(v)) => v,
-                Some(Err(e)) => return Err(bad(format!("value {count}: not JSON: {e}"))),
-                None => return Err(bad(format!("value {count}: missing"))),
+            // The value ends where the text after it begins (a number needs no delimiter).
+            let mark = if self.suffix.is_empty() {
+                self.separator.as_str()
+            } else {
+                self.suffix.as_str()
             };
+            let mut ends: Vec<usize> = if mark.is_empty() {
+                Vec::new()
+            } else {
+                rest.match_indices(mark).map(|(i, _)| i).collect()
+            };
+            ends.push(rest.len());
+            let (value, end) = ends
+                .into_iter()
+                .find_map(|end| {
+                    serde_json::from_str::<serde_json::Value>(&rest[..end])
+                        .ok()
+                        .map(|v| (v, end))
+                })
+                .ok_or_else(|| bad(format!("value {count}: not JSON")))?;
             validator
                 .validate(&value)
                 .map_err(|e| bad(format!("value {count}: {e}")))?;
-            rest = &rest[values.byte_offset()..];
+            rest = &rest[end..];
             rest = rest.strip_prefix(self.suffix.as_str()).ok_or_else(|| {
                 bad(format!(
                     "value {count}: expected {:?} after it",
