@@ -36,8 +36,128 @@ pub enum ConstraintSpec {
     Regex(String),
     /// A context-free grammar in llama.cpp's GBNF format (start rule `root`).
     Grammar(String),
+    /// JSON values under a schema, each between literal texts, one or more times
+    /// ([`TaggedJson`]: tool calls forced as `<tool_call>\n{…}\n</tool_call>`).
+    TaggedJson(TaggedJson),
     /// A text-level constraint.
     Custom(Arc<dyn GenerationConstraint>),
+}
+
+/// JSON values valid under a schema, each written between a literal `prefix` and `suffix`,
+/// `min..=max` of them joined by `separator`:
+/// `prefix VALUE suffix (separator prefix VALUE suffix)*`.
+///
+/// The schema is read in [`JsonSchemaMode::Generation`] (one whitespace style, so the
+/// literals around the values are the only other text). [`CompiledConstraint::validate`]
+/// checks the whole text: the literals where they belong and every value with the
+/// `jsonschema` crate.
+///
+/// ```
+/// use fluent_ai_candle_constraints::{CompileOptions, Constraint, ConstraintSpec, TaggedJson, Vocabulary};
+/// use std::sync::Arc;
+///
+/// let bytes: Vec<Vec<u8>> = (0u8..=255).map(|b| vec![b]).collect();
+/// let vocab = Arc::new(Vocabulary::new(bytes, &[], &[]));
+/// let spec = ConstraintSpec::TaggedJson(TaggedJson {
+///     prefix: "<call>".into(),
+///     suffix: "</call>".into(),
+///     ..TaggedJson::new(serde_json::json!({"type": "integer"}))
+/// });
+/// let c = Constraint::compile(&spec, vocab, &CompileOptions::default())?;
+/// c.validate("<call>42</call>")?;
+/// assert!(c.validate("<call>\"x\"</call>").is_err());
+/// assert!(c.validate("<call>1</call>\n<call>2</call>").is_err(), "at most one by default");
+/// # Ok::<(), fluent_ai_candle_constraints::ConstraintError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaggedJson {
+    /// The JSON Schema every value follows.
+    pub schema: serde_json::Value,
+    /// Literal text before each value.
+    pub prefix: String,
+    /// Literal text after each value.
+    pub suffix: String,
+    /// Literal text between two wrapped values.
+    pub separator: String,
+    /// Fewest values (at least 1).
+    pub min: u32,
+    /// Most values (`None`: unbounded; at least `min`).
+    pub max: Option<u32>,
+}
+
+impl TaggedJson {
+    /// Exactly one value under `schema`, with no text around it (set the other fields).
+    pub fn new(schema: serde_json::Value) -> Self {
+        Self {
+            schema,
+            prefix: String::new(),
+            suffix: String::new(),
+            separator: String::new(),
+            min: 1,
+            max: Some(1),
+        }
+    }
+
+    /// Checks `text` against the layout and every value against `validator`.
+    fn validate(
+        &self,
+        text: &str,
+        validator: &jsonschema::Validator,
+    ) -> Result<(), ConstraintError> {
+        let bad = |m: String| ConstraintError::Validation(m);
+        let mut rest = text;
+        let mut count = 0u32;
+        loop {
+            rest = rest
+                .strip_prefix(self.prefix.as_str())
+                .ok_or_else(|| bad(format!("value {count}: expected {:?}", self.prefix)))?;
+            // The value ends where the text after it begins (a number needs no delimiter).
+            let mark = if self.suffix.is_empty() {
+                self.separator.as_str()
+            } else {
+                self.suffix.as_str()
+            };
+            let mut ends: Vec<usize> = if mark.is_empty() {
+                Vec::new()
+            } else {
+                rest.match_indices(mark).map(|(i, _)| i).collect()
+            };
+            ends.push(rest.len());
+            let (value, end) = ends
+                .into_iter()
+                .find_map(|end| {
+                    serde_json::from_str::<serde_json::Value>(&rest[..end])
+                        .ok()
+                        .map(|v| (v, end))
+                })
+                .ok_or_else(|| bad(format!("value {count}: not JSON")))?;
+            validator
+                .validate(&value)
+                .map_err(|e| bad(format!("value {count}: {e}")))?;
+            rest = &rest[end..];
+            rest = rest.strip_prefix(self.suffix.as_str()).ok_or_else(|| {
+                bad(format!(
+                    "value {count}: expected {:?} after it",
+                    self.suffix
+                ))
+            })?;
+            count += 1;
+            if rest.is_empty() {
+                break;
+            }
+            rest = rest
+                .strip_prefix(self.separator.as_str())
+                .ok_or_else(|| bad(format!("unexpected text after value {}", count - 1)))?;
+        }
+        if count < self.min || self.max.is_some_and(|m| count > m) {
+            return Err(bad(format!(
+                "{count} values, expected {}..={}",
+                self.min,
+                self.max.map_or("".to_string(), |m| m.to_string())
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ConstraintSpec {
@@ -52,6 +172,7 @@ impl std::fmt::Debug for ConstraintSpec {
             Self::JsonObject => f.write_str("JsonObject"),
             Self::Regex(r) => f.debug_tuple("Regex").field(r).finish(),
             Self::Grammar(g) => f.debug_tuple("Grammar").field(&g.len()).finish(),
+            Self::TaggedJson(t) => f.debug_tuple("TaggedJson").field(t).finish(),
             Self::Custom(_) => f.write_str("Custom(..)"),
         }
     }
@@ -124,8 +245,50 @@ impl Constraint {
     ) -> Result<Arc<CompiledConstraint>, ConstraintError> {
         let started = Instant::now();
         let validator = OnceLock::new();
+        let mut tagged = None;
         let (kind, schema) = match spec {
             ConstraintSpec::Custom(c) => (Kind::Custom(c.clone()), None),
+            ConstraintSpec::TaggedJson(t) => {
+                if t.min == 0 || t.max.is_some_and(|m| m < t.min) {
+                    return Err(ConstraintError::InvalidSchema {
+                        path: String::new(),
+                        message: format!(
+                            "tagged JSON needs 1 <= min <= max, got min {} max {:?}",
+                            t.min, t.max
+                        ),
+                    });
+                }
+                let opts = CompileOptions {
+                    json_schema_mode: JsonSchemaMode::Generation,
+                    ..opts.clone()
+                };
+                let (mut b, value, v_check) =
+                    crate::json_schema::compile(&t.schema, &opts, started)?;
+                if let Some(v_check) = v_check {
+                    let _ = validator.set(Ok(v_check));
+                }
+                let mut one = Vec::new();
+                if !t.prefix.is_empty() {
+                    one.push(b.literal(&t.prefix));
+                }
+                one.push(value);
+                if !t.suffix.is_empty() {
+                    one.push(b.literal(&t.suffix));
+                }
+                let wrapped = b.rule("tagged_value", vec![one]);
+                let mut more = Vec::new();
+                if !t.separator.is_empty() {
+                    more.push(b.literal(&t.separator));
+                }
+                more.push(wrapped);
+                let rest = b.repeat(more, t.min - 1, t.max.map(|m| m - 1), opts.max_repeat)?;
+                let root = b.rule("root", vec![vec![wrapped, rest]]);
+                tagged = Some(t.clone());
+                (
+                    Kind::Grammar(Arc::new(CompiledGrammar::compile(b, root, &opts, started)?)),
+                    Some(t.schema.clone()),
+                )
+            }
             ConstraintSpec::JsonSchema(v) | ConstraintSpec::JsonSchemaWithMode(v, _) => {
                 let with_mode;
                 let opts = match spec {
@@ -178,6 +341,7 @@ impl Constraint {
             vocab,
             kind,
             schema,
+            tagged,
             validator,
         }))
     }
@@ -193,6 +357,8 @@ pub struct CompiledConstraint {
     vocab: Arc<Vocabulary>,
     kind: Kind,
     schema: Option<serde_json::Value>,
+    /// The layout around the values of a [`ConstraintSpec::TaggedJson`].
+    tagged: Option<TaggedJson>,
     validator: OnceLock<Result<jsonschema::Validator, String>>,
 }
 
@@ -249,6 +415,9 @@ impl CompiledConstraint {
                 .build(schema)
                 .map_err(|e| e.to_string())
         });
+        if let (Some(t), Ok(v)) = (&self.tagged, v) {
+            return t.validate(text, v);
+        }
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| ConstraintError::Validation(format!("not JSON: {e}")))?;
         match v {

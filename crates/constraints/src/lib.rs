@@ -91,7 +91,7 @@ mod vocab;
 
 pub use engine::{
     closing_slack, CompileOptions, CompiledConstraint, Constraint, ConstraintSpec, ConstraintState,
-    GenerationConstraint,
+    GenerationConstraint, TaggedJson,
 };
 pub use error::{ConstraintError, Position};
 pub use fluent_ai_candle_mask::TokenMask;

@@ -10,6 +10,7 @@ use futures::Stream;
 
 use crate::config::GenerationConfig;
 use crate::constraint::ConstraintSpec;
+use crate::tools::{ToolChoice, ToolDefinition};
 use crate::{CandleGenerator, ChatMessage, EngineError, FinishReason, TokenLogprob, Usage};
 
 /// What to complete: text, token ids, or a conversation the engine renders through the
@@ -171,6 +172,16 @@ pub struct CandleCompletionRequest {
     /// [`ConstraintState::shortest_completion`]: fluent_ai_candle_constraints::ConstraintState::shortest_completion
     /// [`ConstraintState::commit_if_closable`]: fluent_ai_candle_constraints::ConstraintState::commit_if_closable
     pub close_constraint: Option<bool>,
+    /// Functions the model may call (a chat prompt only): the chat template receives them
+    /// (see [`tools`](crate::tools)); parse the output with
+    /// [`parse_tool_calls`](crate::tools::parse_tool_calls).
+    pub tools: Vec<ToolDefinition>,
+    /// Whether and which function the model must call. A forced call (`Required`, a named
+    /// function) is generated under [`forced_call_constraint`](crate::tools::forced_call_constraint),
+    /// so its arguments always parse and validate; `None` hides the tools from the model.
+    pub tool_choice: ToolChoice,
+    /// Whether a forced call may be followed by more (`None`: yes, OpenAI's default).
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl CandleCompletionRequest {

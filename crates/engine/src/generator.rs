@@ -282,7 +282,7 @@ impl CandleGenerator {
     /// The token ids a request's prompt becomes: a chat rendered through the model's template
     /// and tokenized, a text tokenized, token ids as they are.
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
-        tokenize_prompt(&self.inner.model, prompt)
+        tokenize_prompt(&self.inner.model, prompt, &[])
     }
 
     /// The bytes of a token (for a token's text in logprobs, use

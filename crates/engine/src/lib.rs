@@ -59,6 +59,7 @@ mod scheduler;
 mod seed;
 mod sequence;
 mod stop;
+pub mod tools;
 
 pub use api::{
     CandleCompletion, CandleCompletionChunk, CandleCompletionRequest, CandleCompletionResponse,
@@ -71,8 +72,8 @@ pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, Jso
 pub use detok::Detokenizer;
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
-    cache, device_name, CancelToken, CandleTokenizer, ChatMessage, DeviceError, DeviceType,
-    LoadProgress, LoadedModel, ModelError, QuantizationType,
+    cache, device_name, CancelToken, CandleTokenizer, ChatMessage, ChatToolCall, DeviceError,
+    DeviceType, LoadProgress, LoadedModel, ModelError, QuantizationType,
 };
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, Sampling, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
@@ -81,6 +82,7 @@ pub use metrics::{EngineMetrics, MetricsSnapshot};
 pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
 pub use seed::CandleModel;
 pub use stop::{StopMatcher, StopOutcome};
+pub use tools::{ToolChoice, ToolDefinition};
 
 /// The seed's spelling of [`KvCacheConfig`].
 pub type KVCacheConfig = KvCacheConfig;

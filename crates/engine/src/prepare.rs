@@ -21,6 +21,7 @@ use crate::api::{CandleCompletionRequest, Prompt};
 use crate::config::GenerationConfig;
 use crate::constraint::{compile, vocabulary_for};
 use crate::sequence::{SequenceParams, SequenceState};
+use crate::tools::{ToolChoice, ToolDefinition};
 use crate::{EngineError, MAX_TOKENS_LIMIT};
 
 /// What the engine derives once from a loaded model: every token's bytes (detokenizing and
@@ -72,20 +73,25 @@ pub(crate) struct Prepared {
     pub(crate) seq: SequenceState,
 }
 
+/// What a prompt's token ids depend on: the prompt and the tools shown to the template.
+type PromptKey = (Prompt, Vec<serde_json::Value>);
+
 /// Work already done for an earlier request of the same batch (a request's `n` choices share
 /// their prompt and constraint): reused when the next request has the same prompt or
 /// constraint.
 #[derive(Default)]
 pub(crate) struct Reuse {
-    prompt: Option<(Prompt, Vec<u32>)>,
+    prompt: Option<(PromptKey, Vec<u32>)>,
     constraint: Option<(ConstraintSpec, Arc<CompiledConstraint>)>,
 }
 
-/// The token ids of a prompt: chats rendered through the model's template, text tokenized
-/// (BOS as the tokenizer says), token ids as they are.
+/// The token ids of a prompt: chats rendered through the model's template (with `tools`,
+/// OpenAI's tool objects, when there are any), text tokenized (BOS as the tokenizer says),
+/// token ids as they are.
 pub(crate) fn tokenize_prompt(
     model: &LoadedModel,
     prompt: &Prompt,
+    tools: &[serde_json::Value],
 ) -> Result<Vec<u32>, EngineError> {
     let tok = &model.tokenizer;
     let bad = |what: &str, e: ModelError| EngineError::InvalidRequest(format!("{what}: {e}"));
@@ -102,7 +108,7 @@ pub(crate) fn tokenize_prompt(
             }
             let text = model
                 .chat_template
-                .render(messages, true)
+                .render_with_tools(messages, tools, true)
                 .map_err(|e| bad("chat template", e))?;
             tok.encode(&text, false).map_err(|e| bad("tokenizer", e))
         }
@@ -141,6 +147,7 @@ fn same_constraint(a: &ConstraintSpec, b: &ConstraintSpec) -> bool {
         (C::JsonObject, C::JsonObject) => true,
         (C::Regex(x), C::Regex(y)) | (C::Grammar(x), C::Grammar(y)) => x == y,
         (C::Custom(x), C::Custom(y)) => Arc::ptr_eq(x, y),
+        (C::TaggedJson(x), C::TaggedJson(y)) => x == y,
         _ => false,
     }
 }
@@ -162,11 +169,18 @@ pub(crate) fn prepare(
     }
     let sampling = request.sampling_config(defaults)?;
     let prompt = request.prompt_input()?;
+    crate::tools::check(request, &prompt)?;
+    // `tool_choice: none` hides the tools: the model writes plain text.
+    let tools: Vec<serde_json::Value> = match request.tool_choice {
+        ToolChoice::None => Vec::new(),
+        _ => request.tools.iter().map(ToolDefinition::to_json).collect(),
+    };
+    let key = (prompt, tools);
     let prompt_ids = match &reuse.prompt {
-        Some((p, ids)) if *p == prompt => ids.clone(),
+        Some((k, ids)) if *k == key => ids.clone(),
         _ => {
-            let ids = tokenize_prompt(model, &prompt)?;
-            reuse.prompt = Some((prompt, ids.clone()));
+            let ids = tokenize_prompt(model, &key.0, &key.1)?;
+            reuse.prompt = Some((key, ids.clone()));
             ids
         }
     };
@@ -195,7 +209,12 @@ pub(crate) fn prepare(
         }
         None => KvCacheConfig::default().max_entries((prompt_ids.len() + max_tokens).min(context)),
     };
-    let constraint = match request.constraint()? {
+    let forced = crate::tools::forced_call_constraint(
+        &request.tools,
+        &request.tool_choice,
+        request.parallel_tool_calls.unwrap_or(true),
+    )?;
+    let constraint = match forced.as_ref().or(request.constraint()?) {
         None => None,
         Some(spec) => Some(match &reuse.constraint {
             Some((s, compiled)) if same_constraint(s, spec) => compiled.clone(),

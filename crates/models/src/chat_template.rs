@@ -25,12 +25,26 @@ const TEMPLATE_NAME: &str = "chat";
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// One chat message.
+///
+/// Besides `role` and `content`, the fields of OpenAI's tool calling: an assistant message's
+/// `tool_calls` (its content may then be empty) and a `tool` message's `tool_call_id` (and the
+/// function's `name`). [`ChatTemplate::render_with_tools`] hands them to the template the way
+/// Hugging Face templates expect them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant`, ...
+    /// `system`, `user`, `assistant`, `tool`, ...
     pub role: String,
     /// The message text.
     pub content: String,
+    /// The function calls of an assistant message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The participant's name (a `tool` message: the function's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -39,8 +53,85 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
     }
+
+    /// An assistant message that calls functions (`content` may be empty).
+    pub fn assistant_tool_calls(content: impl Into<String>, calls: Vec<ChatToolCall>) -> Self {
+        ChatMessage {
+            tool_calls: calls,
+            ..ChatMessage::new("assistant", content)
+        }
+    }
+
+    /// A `tool` message: the result of the call `tool_call_id`.
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            tool_call_id: Some(tool_call_id.into()),
+            ..ChatMessage::new("tool", content)
+        }
+    }
+}
+
+/// One function call of an assistant message (OpenAI's `tool_calls[i]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatToolCall {
+    /// The call's id (`call_…`), which the `tool` message answering it names.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as JSON text (OpenAI's `function.arguments`).
+    pub arguments: String,
+}
+
+/// What a template does with tools, found by rendering probe conversations once when it is
+/// compiled (a template that fails on a probe is taken not to support that feature).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolSupport {
+    /// It renders the `tools` list (a probe function's name appears in its output).
+    pub tools: bool,
+    /// It renders an assistant message's `tool_calls`.
+    pub tool_calls: bool,
+    /// It wants `function.arguments` as a JSON object (Hugging Face's convention) rather
+    /// than the JSON text OpenAI sends.
+    pub arguments_as_object: bool,
+}
+
+/// The system-message text that describes `tools` to a model whose template does not render
+/// them (the Hermes convention: the functions as JSON within `<tools></tools>`, calls asked for
+/// as `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, which the engine parses back).
+pub fn tool_system_prompt(tools: &[serde_json::Value]) -> String {
+    let mut out = String::from(
+        "You can call functions to help with the user's request. \
+         The functions are described as JSON objects within <tools></tools> tags:\n<tools>\n",
+    );
+    for t in tools {
+        py_json(t, None, 0, &mut out);
+        out.push('\n');
+    }
+    out.push_str(
+        "</tools>\nTo call a function, write a JSON object with its name and arguments \
+         within <tool_call></tool_call> tags, like this:\n<tool_call>\n\
+         {\"name\": \"function_name\", \"arguments\": {\"argument\": \"value\"}}\n</tool_call>",
+    );
+    out
+}
+
+/// A call written as text the way [`tool_system_prompt`] asks for it
+/// (`<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`).
+pub fn tool_call_text(call: &ChatToolCall) -> String {
+    let mut out = String::from("<tool_call>\n{\"name\": ");
+    json_string(&call.name, &mut out);
+    out.push_str(", \"arguments\": ");
+    match serde_json::from_str::<serde_json::Value>(&call.arguments) {
+        Ok(v) => py_json(&v, None, 0, &mut out),
+        Err(_) => json_string(&call.arguments, &mut out),
+    }
+    out.push_str("}\n</tool_call>");
+    out
 }
 
 /// A compiled chat template plus the BOS/EOS strings it may reference.
@@ -49,6 +140,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    tool_support: ToolSupport,
 }
 
 fn tmpl_err(e: Error) -> ModelError {
@@ -75,11 +167,14 @@ impl ChatTemplate {
         env.set_unknown_method_callback(python_method);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(tmpl_err)?;
-        Ok(ChatTemplate {
+        let mut t = ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
-        })
+            tool_support: ToolSupport::default(),
+        };
+        t.tool_support = t.probe_tool_support();
+        Ok(t)
     }
 
     /// The ChatML template (`<|im_start|>role\ncontent<|im_end|>\n`), the
@@ -91,6 +186,7 @@ impl ChatTemplate {
             env: Environment::new(),
             bos_token: String::new(),
             eos_token: "<|im_end|>".to_string(),
+            tool_support: ToolSupport::default(),
         })
     }
 
@@ -193,14 +289,132 @@ impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the template appends
     /// the opening of an assistant turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders `messages` with the functions the model may call: `tools` are OpenAI's tool
+    /// objects (`{"type": "function", "function": {"name", "description", "parameters"}}`),
+    /// the list Hugging Face templates receive as `tools` (none: the template sees no
+    /// `tools`).
+    ///
+    /// Assistant `tool_calls` reach the template as `tool_calls[i] = {"id", "type":
+    /// "function", "function": {"name", "arguments"}}` (arguments as an object or as JSON text,
+    /// whichever the template renders, see [`ToolSupport`]), `tool` messages with their
+    /// `tool_call_id` and `name`. A template without tool support gets the Hermes rendering
+    /// instead: the tools described by [`tool_system_prompt`] at the end of the first system
+    /// message (a system message is added when there is none), each call written into its
+    /// message's content by [`tool_call_text`], and tool results wrapped in
+    /// `<tool_response></tool_response>`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let support = self.tool_support;
+        let hermes = !tools.is_empty() && !support.tools;
+        let mut out: Vec<serde_json::Value> = Vec::with_capacity(messages.len() + 1);
+        if hermes && messages.first().is_none_or(|m| m.role != "system") {
+            out.push(serde_json::json!({"role": "system", "content": tool_system_prompt(tools)}));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let mut content = m.content.clone();
+            if hermes && i == 0 && m.role == "system" {
+                if !content.is_empty() {
+                    content.push_str("\n\n");
+                }
+                content.push_str(&tool_system_prompt(tools));
+            }
+            let mut v = serde_json::Map::new();
+            v.insert("role".into(), m.role.clone().into());
+            if !m.tool_calls.is_empty() && !support.tool_calls {
+                for call in &m.tool_calls {
+                    if !content.is_empty() {
+                        content.push('\n');
+                    }
+                    content.push_str(&tool_call_text(call));
+                }
+            }
+            if m.role == "tool" && !support.tools {
+                content = format!("<tool_response>\n{content}\n</tool_response>");
+            }
+            v.insert("content".into(), content.into());
+            if !m.tool_calls.is_empty() && support.tool_calls {
+                let calls: Vec<serde_json::Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| template_call(c, support.arguments_as_object))
+                    .collect();
+                v.insert("tool_calls".into(), calls.into());
+            }
+            if let Some(id) = &m.tool_call_id {
+                v.insert("tool_call_id".into(), id.clone().into());
+            }
+            if let Some(name) = &m.name {
+                v.insert("name".into(), name.clone().into());
+            }
+            out.push(serde_json::Value::Object(v));
+        }
+        self.render_values(
+            &out,
+            (!tools.is_empty() && !hermes).then_some(tools),
+            add_generation_prompt,
+        )
+    }
+
+    fn render_values(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(tmpl_err)?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
         })
         .map_err(tmpl_err)
+    }
+
+    /// What this template does with tools (found when it was compiled).
+    pub fn tool_support(&self) -> ToolSupport {
+        self.tool_support
+    }
+
+    fn probe_tool_support(&self) -> ToolSupport {
+        use serde_json::json;
+        const NAME: &str = "probe_function_4f1c";
+        const ARG: &str = "probe_argument_9b2e";
+        let user = json!({"role": "user", "content": "Hi"});
+        let tool = json!({"type": "function", "function": {
+            "name": NAME, "description": "A probe.",
+            "parameters": {"type": "object", "properties": {ARG: {"type": "string"}}}}});
+        let rendered = |messages: &[serde_json::Value], tools: Option<&[serde_json::Value]>| {
+            self.render_values(messages, tools, false)
+                .unwrap_or_default()
+        };
+        let tools = rendered(
+            std::slice::from_ref(&user),
+            Some(std::slice::from_ref(&tool)),
+        )
+        .contains(NAME);
+        let call = |arguments: serde_json::Value| {
+            let assistant = json!({"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_probe", "type": "function",
+                 "function": {"name": NAME, "arguments": arguments}}]});
+            rendered(&[user.clone(), assistant], None)
+        };
+        let as_object = call(json!({ARG: "x"}));
+        let as_text = call(json!(format!("{{\"{ARG}\": \"x\"}}")));
+        let arguments_as_object = as_object.contains(ARG);
+        ToolSupport {
+            tools,
+            tool_calls: as_object.contains(NAME) || as_text.contains(NAME),
+            arguments_as_object: arguments_as_object || !as_text.contains(ARG),
+        }
     }
 
     /// The BOS text exposed to the template.
@@ -212,6 +426,19 @@ impl ChatTemplate {
     pub fn eos_token(&self) -> &str {
         &self.eos_token
     }
+}
+
+/// A call as Hugging Face templates read it.
+fn template_call(call: &ChatToolCall, as_object: bool) -> serde_json::Value {
+    let arguments = match serde_json::from_str::<serde_json::Value>(&call.arguments) {
+        Ok(v) if as_object => v,
+        _ => serde_json::Value::String(call.arguments.clone()),
+    };
+    serde_json::json!({
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments},
+    })
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
@@ -693,6 +920,109 @@ mod tests {
         assert_eq!(
             t.render(&[], false).unwrap(),
             "{\n  \"a\": [\n    1,\n    2\n  ]\n}"
+        );
+    }
+
+    fn weather_tool() -> serde_json::Value {
+        serde_json::json!({"type": "function", "function": {
+            "name": "get_weather", "description": "Weather of a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}})
+    }
+
+    fn tool_history() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage::assistant_tool_calls(
+                "",
+                vec![ChatToolCall {
+                    id: "call_1".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                }],
+            ),
+            ChatMessage::tool_result("call_1", "22 C"),
+        ]
+    }
+
+    /// A template that knows nothing of tools (SmolLM2's, ChatML) gets the Hermes rendering:
+    /// tools in a system message, calls and results as tagged text.
+    #[test]
+    fn templates_without_tools_get_the_hermes_rendering() {
+        let t = ChatTemplate::chatml();
+        assert_eq!(
+            t.tool_support(),
+            ToolSupport {
+                arguments_as_object: true,
+                ..Default::default()
+            }
+        );
+        let out = t
+            .render_with_tools(&tool_history(), &[weather_tool()], true)
+            .unwrap();
+        let system = tool_system_prompt(&[weather_tool()]);
+        assert!(system.contains(
+            "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""
+        ));
+        assert!(
+            out.starts_with(&format!("<|im_start|>system\n{system}<|im_end|>\n")),
+            "{out}"
+        );
+        assert!(out.contains(
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"
+        ), "{out}");
+        assert!(
+            out.contains("<|im_start|>tool\n<tool_response>\n22 C\n</tool_response><|im_end|>"),
+            "{out}"
+        );
+        // An existing system message gets the tools appended.
+        let mut with_system = vec![ChatMessage::new("system", "Be brief.")];
+        with_system.extend(tool_history());
+        let out = t
+            .render_with_tools(&with_system, &[weather_tool()], true)
+            .unwrap();
+        assert!(out.starts_with(&format!(
+            "<|im_start|>system\nBe brief.\n\n{system}<|im_end|>"
+        )));
+        // Without tools, nothing is added (the history's calls are still written out).
+        let plain = t.render(&tool_history(), true).unwrap();
+        assert!(!plain.contains("<tools>") && plain.contains("<tool_call>"));
+    }
+
+    /// A template with tool support receives `tools` and the history's `tool_calls` in Hugging
+    /// Face's shapes (arguments as an object, which `tojson` writes).
+    #[test]
+    fn tool_templates_receive_tools_and_calls() {
+        let src = "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}{% for m in messages %}{{ m.role }}:{{ m.content }}{% if m.tool_calls %}{% for c in m.tool_calls %}CALL {{ c.id }} {{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}{% endif %}{% if m.tool_call_id %}({{ m.tool_call_id }}){% endif %}|{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.tool_support(),
+            ToolSupport {
+                tools: true,
+                tool_calls: true,
+                arguments_as_object: true
+            }
+        );
+        let out = t
+            .render_with_tools(&tool_history(), &[weather_tool()], false)
+            .unwrap();
+        assert_eq!(
+            out,
+            "TOOLS:get_weather;user:Weather in Paris?|assistant:CALL call_1 get_weather {\"city\": \"Paris\"}|tool:22 C(call_1)|"
+        );
+        // Without tools the template sees none.
+        assert!(!t.render(&tool_history(), false).unwrap().contains("TOOLS"));
+    }
+
+    /// A template that treats the arguments as text (a string method) gets them as JSON text.
+    #[test]
+    fn arguments_as_text_when_the_template_wants_a_string() {
+        let src = "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.name }} ARGS={{ c.function.arguments.strip() }}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert!(t.tool_support().tool_calls && !t.tool_support().arguments_as_object);
+        assert_eq!(
+            t.render(&tool_history(), false).unwrap(),
+            "get_weather ARGS={\"city\":\"Paris\"}"
         );
     }
 }

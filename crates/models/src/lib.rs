@@ -83,7 +83,9 @@ mod loaded;
 mod step;
 mod weights;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{
+    tool_call_text, tool_system_prompt, ChatMessage, ChatTemplate, ChatToolCall, ToolSupport,
+};
 pub use config::ModelConfig;
 pub use decoder::Decoder;
 pub use deepseek::{DeepSeek, DeepSeekConfig, ExpertGating, YarnScaling};

@@ -163,13 +163,8 @@ impl LoadedModel {
 
     /// Renders one user message through the chat template, with the assistant turn opened.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
-        self.chat_template.render(
-            &[ChatMessage {
-                role: "user".into(),
-                content: user.into(),
-            }],
-            true,
-        )
+        self.chat_template
+            .render(&[ChatMessage::new("user", user)], true)
     }
 }
 

@@ -163,6 +163,28 @@ pub enum MessageContent {
     Parts(Vec<ContentPart>),
 }
 
+/// The function of a tool call in an assistant message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    /// The function's name.
+    pub name: String,
+    /// The arguments: JSON text (OpenAI), or a JSON object (accepted too).
+    #[serde(default)]
+    pub arguments: Option<Value>,
+}
+
+/// One tool call of an assistant message in the history.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    /// The call's id (which the `tool` message answering it names).
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The call.
+    pub function: FunctionCallIn,
+}
+
 /// One chat message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatMessageIn {
@@ -174,6 +196,12 @@ pub struct ChatMessageIn {
     /// An optional participant name.
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's function calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -187,6 +215,17 @@ pub struct ChatCompletionRequest {
     /// Alternatives per position (0..=20; needs `logprobs`).
     #[serde(default)]
     pub top_logprobs: Option<i64>,
+    /// Functions the model may call: a list of `{"type": "function", "function": {"name",
+    /// "description", "parameters"}}` (checked by hand, so a bad shape names the field).
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// `"auto"` (the default with tools), `"none"`, `"required"` or `{"type": "function",
+    /// "function": {"name": …}}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Whether a forced call may be followed by more (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     /// Everything else.
     #[serde(flatten)]
     pub common: CommonParams,
@@ -280,13 +319,42 @@ pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
 }
 
+/// The function of a tool call in a response.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FunctionCallOut {
+    /// The function's name (streams: on the call's first delta).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The arguments as JSON text (streams: pieces to concatenate).
+    pub arguments: String,
+}
+
+/// One tool call of a response message, or its piece in a stream delta.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    /// Streams: which call this piece belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// `call_…` (streams: on the call's first delta).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function` (streams: on the call's first delta).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The call.
+    pub function: FunctionCallOut,
+}
+
 /// The assistant message of a chat choice.
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: &'static str,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (null when the message is only tool calls).
+    pub content: Option<String>,
+    /// The function calls the model made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 /// One choice of a chat completion.
@@ -298,7 +366,7 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     /// Log-probabilities, when asked.
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: &'static str,
 }
 
@@ -330,6 +398,9 @@ pub struct ChatDelta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// New tool calls (or pieces of them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 /// One choice of a chat stream chunk.

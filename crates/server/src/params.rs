@@ -5,8 +5,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fluent_ai_candle_engine::{CandleCompletionRequest, ConstraintSpec, JsonSchemaMode, Prompt};
+use fluent_ai_candle_engine::{
+    CandleCompletionRequest, ConstraintSpec, JsonSchemaMode, Prompt, ToolChoice, ToolDefinition,
+};
 use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::openai::{CommonParams, ResponseFormat, StopSpec};
@@ -285,6 +288,117 @@ pub(crate) fn expand(
     Ok(out)
 }
 
+/// Most tools one request may offer.
+pub const MAX_TOOLS: usize = 128;
+
+/// A chat request's `tools`, `tool_choice` and `parallel_tool_calls`, checked: tools a list
+/// of `{"type": "function", "function": {"name", "description"?, "parameters"?}}` with
+/// distinct names and object schemas; `tool_choice` only with tools, and a named function
+/// among them.
+pub(crate) fn tool_params(
+    tools: Option<&Value>,
+    tool_choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<(Vec<ToolDefinition>, ToolChoice, Option<bool>), ApiError> {
+    let bad_tools = |m: String| ApiError::invalid_param("tools", m);
+    let list = match tools {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => return Err(bad_tools("tools must be an array of tool objects".into())),
+    };
+    if list.len() > MAX_TOOLS {
+        return Err(bad_tools(format!("at most {MAX_TOOLS} tools")));
+    }
+    let mut defs: Vec<ToolDefinition> = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(bad_tools(format!(
+                "tools[{i}].type must be \"function\" (the only tool type supported)"
+            )));
+        }
+        let Some(f) = t.get("function").filter(|f| f.is_object()) else {
+            return Err(bad_tools(format!("tools[{i}].function must be an object")));
+        };
+        let name = match f.get("name").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() && n.len() <= 64 => n.to_string(),
+            _ => {
+                return Err(bad_tools(format!(
+                    "tools[{i}].function.name must be a non-empty string of at most 64 characters"
+                )))
+            }
+        };
+        if defs.iter().any(|d| d.name == name) {
+            return Err(bad_tools(format!("two tools are named '{name}'")));
+        }
+        let description = match f.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => {
+                return Err(bad_tools(format!(
+                    "tools[{i}].function.description must be a string"
+                )))
+            }
+        };
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => None,
+            Some(p) if p.is_object() => Some(p.clone()),
+            Some(_) => {
+                return Err(bad_tools(format!(
+                    "tools[{i}].function.parameters must be a JSON Schema object"
+                )))
+            }
+        };
+        defs.push(ToolDefinition {
+            name,
+            description,
+            parameters,
+        });
+    }
+    let bad_choice = |m: String| ApiError::invalid_param("tool_choice", m);
+    let choice = match tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(_) if defs.is_empty() => {
+            return Err(bad_choice(
+                "tool_choice is only allowed when tools are given".into(),
+            ))
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(bad_choice(format!(
+                    "tool_choice must be \"auto\", \"none\", \"required\" or a function, got \"{other}\""
+                )))
+            }
+        },
+        Some(v) => {
+            let name = (v.get("type").and_then(Value::as_str) == Some("function"))
+                .then(|| v.get("function")?.get("name")?.as_str())
+                .flatten()
+                .ok_or_else(|| {
+                    bad_choice(
+                        "tool_choice must be a string or {\"type\": \"function\", \"function\": {\"name\": …}}"
+                            .into(),
+                    )
+                })?;
+            if !defs.iter().any(|d| d.name == name) {
+                return Err(bad_choice(format!(
+                    "tool_choice names '{name}', which is not among the tools"
+                )));
+            }
+            ToolChoice::Function(name.to_string())
+        }
+    };
+    if parallel.is_some() && defs.is_empty() {
+        return Err(ApiError::invalid_param(
+            "parallel_tool_calls",
+            "parallel_tool_calls is only allowed when tools are given",
+        ));
+    }
+    Ok((defs, choice, parallel))
+}
+
 /// Checks `top_logprobs` (chat) against `logprobs`.
 pub(crate) fn chat_logprobs(
     logprobs: Option<bool>,
@@ -389,6 +503,55 @@ mod tests {
         let rs = expand(&t, vec![Prompt::Text("hi".into())], n, seed).unwrap();
         let seeds: Vec<_> = rs.iter().map(|r| r.seed.unwrap()).collect();
         assert_eq!(seeds, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn tool_fields_are_checked_and_name_their_field() {
+        let tools = serde_json::json!([{"type": "function", "function": {
+            "name": "get_weather", "parameters": {"type": "object"}}}]);
+        let (defs, choice, parallel) = tool_params(Some(&tools), None, None).unwrap();
+        assert_eq!((defs.len(), choice, parallel), (1, ToolChoice::Auto, None));
+        let named = serde_json::json!({"type": "function", "function": {"name": "get_weather"}});
+        let (_, choice, _) = tool_params(Some(&tools), Some(&named), Some(false)).unwrap();
+        assert_eq!(choice, ToolChoice::Function("get_weather".into()));
+        let required = serde_json::json!("required");
+        assert_eq!(
+            tool_params(Some(&tools), Some(&required), None).unwrap().1,
+            ToolChoice::Required
+        );
+        for (tools, choice, field) in [
+            (serde_json::json!({"type": "function"}), None, "tools"),
+            (serde_json::json!([{"type": "retrieval"}]), None, "tools"),
+            (
+                serde_json::json!([{"type": "function", "function": {}}]),
+                None,
+                "tools",
+            ),
+            (
+                serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": []}}]),
+                None,
+                "tools",
+            ),
+            (
+                tools.clone(),
+                Some(serde_json::json!({"type": "function", "function": {"name": "nope"}})),
+                "tool_choice",
+            ),
+            (
+                tools.clone(),
+                Some(serde_json::json!("sometimes")),
+                "tool_choice",
+            ),
+            (
+                serde_json::Value::Null,
+                Some(serde_json::json!("auto")),
+                "tool_choice",
+            ),
+        ] {
+            let e = tool_params(Some(&tools), choice.as_ref(), None).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400);
+            assert_eq!(e.param.as_deref(), Some(field), "{tools} {choice:?}");
+        }
     }
 
     #[test]

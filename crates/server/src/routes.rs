@@ -11,7 +11,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fluent_ai_candle_engine::{cache, CancelToken, ChatMessage, ModelError, Prompt};
+use fluent_ai_candle_engine::{
+    cache, CancelToken, ChatMessage, ChatToolCall, ModelError, Prompt, ToolChoice,
+};
 use futures::StreamExt;
 
 use crate::error::ApiError;
@@ -107,7 +109,50 @@ fn chat_messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiErr
                 s
             }
         };
-        messages.push(ChatMessage::new(role, content));
+        let mut message = ChatMessage::new(role, content);
+        if let Some(calls) = &m.tool_calls {
+            if role != "assistant" {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!("only assistant messages carry tool_calls, not '{role}'"),
+                ));
+            }
+            for c in calls {
+                if c.kind.as_deref().is_some_and(|k| k != "function") {
+                    return Err(ApiError::invalid_param(
+                        "messages",
+                        "tool_calls entries must be of type 'function'",
+                    ));
+                }
+                let arguments = match &c.function.arguments {
+                    None | Some(serde_json::Value::Null) => "{}".to_string(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v @ serde_json::Value::Object(_)) => v.to_string(),
+                    Some(_) => {
+                        return Err(ApiError::invalid_param(
+                            "messages",
+                            "tool_calls[].function.arguments must be a JSON string",
+                        ))
+                    }
+                };
+                message.tool_calls.push(ChatToolCall {
+                    id: c.id.clone(),
+                    name: c.function.name.clone(),
+                    arguments,
+                });
+            }
+        }
+        if role == "tool" {
+            let Some(id) = &m.tool_call_id else {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    "a tool message needs the tool_call_id it answers",
+                ));
+            };
+            message.tool_call_id = Some(id.clone());
+        }
+        message.name = m.name.clone();
+        messages.push(message);
     }
     Ok(messages)
 }
@@ -119,8 +164,23 @@ pub(crate) async fn prepare_chat(
 ) -> Result<Prepared, ApiError> {
     let guard = state.admit()?;
     let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
-    let (template, n, seed) =
+    let (mut template, n, seed) =
         params::build_template(&req.common, state.config.default_max_tokens, logprobs)?;
+    let (tools, tool_choice, parallel) = params::tool_params(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    if tool_choice.is_forced() && template.constraints.is_some() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            "a forced tool call cannot be combined with response_format, grammar or regex",
+        ));
+    }
+    let parse_tools = !tools.is_empty() && tool_choice != ToolChoice::None;
+    template.tools = tools;
+    template.tool_choice = tool_choice;
+    template.parallel_tool_calls = parallel;
     let generator = state.generator(req.common.model.as_deref())?;
     let messages = chat_messages(&req)?;
     let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
@@ -137,7 +197,8 @@ pub(crate) async fn prepare_chat(
         guard,
         state.abort.subscribe(),
     )
-    .with_logprobs(logprobs.is_some()))
+    .with_logprobs(logprobs.is_some())
+    .with_tool_calls(parse_tools))
 }
 
 /// Validates and starts a text completion request (the engine prepares it off the async

@@ -5,8 +5,9 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 
+use fluent_ai_candle_engine::tools::{parse_tool_calls, ToolCallStream};
 use fluent_ai_candle_engine::{
-    CandleCompletionChunk, CandleCompletionStream, FinishReason, TokenLogprob,
+    CandleCompletionChunk, CandleCompletionStream, ChatToolCall, FinishReason, TokenLogprob,
 };
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
@@ -16,7 +17,7 @@ use crate::error::ApiError;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
     ChatDelta, ChatLogprobs, CompletionChoiceOut, CompletionLogprobs, CompletionResponse,
-    TokenLogprobOut, TopLogprobOut, UsageOut,
+    FunctionCallOut, TokenLogprobOut, ToolCallOut, TopLogprobOut, UsageOut,
 };
 use crate::state::InFlight;
 
@@ -46,6 +47,8 @@ pub(crate) struct Prepared {
     pub abort: watch::Receiver<bool>,
     /// Whether the response carries `logprobs`.
     pub logprobs: bool,
+    /// Whether chat outputs are parsed into `tool_calls` (the request offered tools).
+    pub tool_calls: bool,
 }
 
 impl Prepared {
@@ -81,7 +84,15 @@ impl Prepared {
             guard,
             abort,
             logprobs: false,
+            tool_calls: false,
         }
+    }
+
+    /// Makes chat outputs parsed into `tool_calls` (the engine's
+    /// [`parse_tool_calls`](fluent_ai_candle_engine::tools::parse_tool_calls)).
+    pub fn with_tool_calls(mut self, on: bool) -> Self {
+        self.tool_calls = on && self.endpoint == Endpoint::Chat;
+        self
     }
 
     /// Makes the response carry `logprobs` (the engine requests must have asked for them).
@@ -194,14 +205,26 @@ impl Prepared {
                 choices: texts
                     .into_iter()
                     .enumerate()
-                    .map(|(i, content)| ChatChoice {
-                        index: i,
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content,
-                        },
-                        logprobs: self.chat_logprobs(&logprobs[i]),
-                        finish_reason: reason(i),
+                    .map(|(i, text)| {
+                        let (content, calls) = if self.tool_calls {
+                            let parsed = parse_tool_calls(&text);
+                            (parsed.content, parsed.tool_calls)
+                        } else {
+                            (Some(text), Vec::new())
+                        };
+                        let finish_reason = tool_finish(finish[i], !calls.is_empty());
+                        ChatChoice {
+                            index: i,
+                            message: AssistantMessage {
+                                role: "assistant",
+                                content,
+                                tool_calls: (!calls.is_empty()).then(|| {
+                                    calls.into_iter().map(|c| tool_call_out(c, None)).collect()
+                                }),
+                            },
+                            logprobs: self.chat_logprobs(&logprobs[i]),
+                            finish_reason,
+                        }
                     })
                     .collect(),
                 usage,
@@ -239,6 +262,7 @@ impl Prepared {
             pending: VecDeque::new(),
             role_sent: vec![false; choices],
             offsets: vec![0; choices],
+            tool_streams: vec![ToolCallStream::default(); choices],
             usage: UsageOut::default(),
             done: false,
         };
@@ -270,6 +294,28 @@ fn add_usage(total: &mut UsageOut, u: &fluent_ai_candle_engine::Usage, count_pro
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
 }
 
+/// The finish reason of a chat choice: `tool_calls` when it stopped on its own with calls.
+fn tool_finish(reason: Option<FinishReason>, calls: bool) -> &'static str {
+    match reason {
+        Some(FinishReason::Stop) if calls => "tool_calls",
+        Some(r) => r.as_str(),
+        None => "stop",
+    }
+}
+
+/// A call in OpenAI's shape; `index` for a stream delta.
+fn tool_call_out(call: ChatToolCall, index: Option<usize>) -> ToolCallOut {
+    ToolCallOut {
+        index,
+        id: Some(call.id),
+        kind: Some("function"),
+        function: FunctionCallOut {
+            name: Some(call.name),
+            arguments: call.arguments,
+        },
+    }
+}
+
 /// The (lossy) text of a token's bytes.
 fn text_of(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -281,6 +327,8 @@ struct Emitter {
     role_sent: Vec<bool>,
     /// Characters of token text already reported per choice (completions' `text_offset`).
     offsets: Vec<usize>,
+    /// Per choice, the text held while it may be a tool call (requests with tools).
+    tool_streams: Vec<ToolCallStream>,
     usage: UsageOut,
     done: bool,
 }
@@ -318,7 +366,16 @@ impl Emitter {
             self.pending.push_back(err.to_json());
             finish = Some(FinishReason::Stop);
         }
-        let text = chunk.text().to_string();
+        let mut text = chunk.text().to_string();
+        let mut calls = Vec::new();
+        if p.tool_calls {
+            text = self.tool_streams[i].push(&text);
+            if finish.is_some() {
+                let end = std::mem::take(&mut self.tool_streams[i]).finish();
+                text.push_str(end.content.as_deref().unwrap_or(""));
+                calls = end.tool_calls;
+            }
+        }
         let entries = first
             .map(|c| c.delta.logprobs.as_slice())
             .unwrap_or_default();
@@ -330,26 +387,70 @@ impl Emitter {
         let usage = self.usage_field(false);
         match p.endpoint {
             Endpoint::Chat => {
+                let chunk = |delta: ChatDelta,
+                             logprobs: Option<ChatLogprobs>,
+                             finish_reason: Option<&'static str>| {
+                    ChatCompletionChunk {
+                        id: p.id.clone(),
+                        object: "chat.completion.chunk",
+                        created: p.created,
+                        model: p.model.clone(),
+                        choices: vec![ChatChunkChoice {
+                            index: i,
+                            delta,
+                            logprobs,
+                            finish_reason,
+                        }],
+                        usage,
+                        system_fingerprint: None,
+                    }
+                };
                 let role = (!self.role_sent[i]).then_some("assistant");
                 self.role_sent[i] = true;
-                let out = ChatCompletionChunk {
-                    id: p.id.clone(),
-                    object: "chat.completion.chunk",
-                    created: p.created,
-                    model: p.model.clone(),
-                    choices: vec![ChatChunkChoice {
-                        index: i,
-                        delta: ChatDelta {
+                if calls.is_empty() {
+                    let out = chunk(
+                        ChatDelta {
                             role,
                             content: (!text.is_empty() || role.is_some()).then_some(text),
+                            tool_calls: None,
                         },
-                        logprobs: p.chat_logprobs(entries),
+                        p.chat_logprobs(entries),
                         finish_reason,
-                    }],
-                    usage,
-                    system_fingerprint: None,
-                };
-                self.push_json(&out);
+                    );
+                    self.push_json(&out);
+                    return;
+                }
+                // Content (and logprobs) first, one delta per call, then the finish.
+                let mut out = Vec::with_capacity(calls.len() + 2);
+                if !text.is_empty() || role.is_some() || !no_logprobs {
+                    out.push(chunk(
+                        ChatDelta {
+                            role,
+                            content: (!text.is_empty()).then_some(text),
+                            tool_calls: None,
+                        },
+                        p.chat_logprobs(entries),
+                        None,
+                    ));
+                }
+                for (k, call) in calls.into_iter().enumerate() {
+                    out.push(chunk(
+                        ChatDelta {
+                            tool_calls: Some(vec![tool_call_out(call, Some(k))]),
+                            ..ChatDelta::default()
+                        },
+                        None,
+                        None,
+                    ));
+                }
+                out.push(chunk(
+                    ChatDelta::default(),
+                    None,
+                    Some(tool_finish(finish, true)),
+                ));
+                for o in &out {
+                    self.push_json(o);
+                }
             }
             Endpoint::Completion => {
                 let logprobs = p.completion_logprobs(entries, self.offsets[i]);
