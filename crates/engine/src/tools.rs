@@ -723,7 +723,7 @@ mod tests {
                 ..ok.clone()
             },
             CandleCompletionRequest {
-                constraints: Some(ConstraintSpec::JsonObject),
+                constraints: Some(vec![ConstraintSpec::JsonObject]),
                 ..ok.clone()
             },
         ];
