@@ -429,3 +429,40 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use fluent_ai_candle_engine::Device;
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    /// A hot load stops (before its next tensor) when its client leaves — the handler's future,
+    /// and with it the guard, is dropped — and when the server starts draining (SIGTERM), so
+    /// neither waits for a load to finish.
+    #[tokio::test]
+    async fn a_load_is_cancelled_when_its_client_leaves_or_the_server_drains() {
+        let state = Arc::new(AppState::new(ServerConfig::default(), Device::Cpu));
+        let guard = LoadGuard::new(&state);
+        let token = guard.cancel.clone();
+        assert!(!token.is_cancelled());
+        drop(guard);
+        assert!(token.is_cancelled());
+
+        let guard = LoadGuard::new(&state);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(!guard.cancel.is_cancelled(), "cancelled without a reason");
+        state.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !guard.cancel.is_cancelled() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "draining did not cancel"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
