@@ -163,41 +163,51 @@ pub(crate) async fn prepare_chat(
     req: ChatCompletionRequest,
 ) -> Result<Prepared, ApiError> {
     let guard = state.admit()?;
-    let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
-    let (mut template, n, seed) =
-        params::build_template(&req.common, state.config.default_max_tokens, logprobs)?;
-    let (tools, tool_choice, parallel) = params::tool_params(
-        req.tools.as_ref(),
-        req.tool_choice.as_ref(),
-        req.parallel_tool_calls,
-    )?;
-    if tool_choice.is_forced() && template.constraints.is_some() {
-        return Err(ApiError::invalid_param(
-            "tool_choice",
-            "a forced tool call cannot be combined with response_format, grammar or regex",
-        ));
-    }
-    let parse_tools = !tools.is_empty() && tool_choice != ToolChoice::None;
-    template.tools = tools;
-    template.tool_choice = tool_choice;
-    template.parallel_tool_calls = parallel;
     let generator = state.generator(req.common.model.as_deref())?;
-    let messages = chat_messages(&req)?;
-    let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
-    let streams = generator.submit_all(requests).await?;
-    let c = &req.common;
-    Ok(Prepared::new(
-        Endpoint::Chat,
-        streams,
-        (
+    let default_max_tokens = state.config.default_max_tokens;
+    // Building the engine's requests clones the request's schema, possibly huge: on the
+    // blocking pool (the request is dropped there too), not on the async threads.
+    let built = fluent_ai_candle_engine::run_blocking(move || {
+        let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
+        let (mut template, n, seed) =
+            params::build_template(&req.common, default_max_tokens, logprobs)?;
+        let (tools, tool_choice, parallel) = params::tool_params(
+            req.tools.as_ref(),
+            req.tool_choice.as_ref(),
+            req.parallel_tool_calls,
+        )?;
+        if tool_choice.is_forced() && template.constraints.is_some() {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "a forced tool call cannot be combined with response_format, grammar or regex",
+            ));
+        }
+        let parse_tools = !tools.is_empty() && tool_choice != ToolChoice::None;
+        template.tools = tools;
+        template.tool_choice = tool_choice;
+        template.parallel_tool_calls = parallel;
+        let messages = chat_messages(&req)?;
+        let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
+        let c = &req.common;
+        let flags = (
             c.stream.unwrap_or(false),
             c.stream_options.as_ref().is_some_and(|o| o.include_usage),
             n,
-        ),
+        );
+        Ok((requests, flags, logprobs.is_some(), parse_tools))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))??;
+    let (requests, flags, logprobs, parse_tools) = built;
+    let streams = generator.submit_all(requests).await?;
+    Ok(Prepared::new(
+        Endpoint::Chat,
+        streams,
+        flags,
         guard,
         state.abort.subscribe(),
     )
-    .with_logprobs(logprobs.is_some())
+    .with_logprobs(logprobs)
     .with_tool_calls(parse_tools))
 }
 
@@ -208,36 +218,44 @@ pub(crate) async fn prepare_completion(
     req: CompletionRequest,
 ) -> Result<Prepared, ApiError> {
     let guard = state.admit()?;
-    let logprobs = params::completion_logprobs(req.logprobs)?;
-    if req.echo == Some(true) {
-        return Err(ApiError::invalid_param("echo", "echo is not supported"));
-    }
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
-    }
-    let (template, n, seed) = params::build_template(&req.common, 16, logprobs)?;
     let generator = state.generator(req.common.model.as_deref())?;
-    let prompts = match req.prompt {
-        PromptInput::Text(t) => vec![Prompt::Text(t)],
-        PromptInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
-        PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
-        PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
-    };
-    let requests = params::expand(&template, prompts, n, seed)?;
-    let streams = generator.submit_all(requests).await?;
-    let c = &req.common;
-    Ok(Prepared::new(
-        Endpoint::Completion,
-        streams,
-        (
+    // As for chat: the requests (schema clones) are built on the blocking pool.
+    let built = fluent_ai_candle_engine::run_blocking(move || {
+        let logprobs = params::completion_logprobs(req.logprobs)?;
+        if req.echo == Some(true) {
+            return Err(ApiError::invalid_param("echo", "echo is not supported"));
+        }
+        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
+        }
+        let (template, n, seed) = params::build_template(&req.common, 16, logprobs)?;
+        let c = &req.common;
+        let flags = (
             c.stream.unwrap_or(false),
             c.stream_options.as_ref().is_some_and(|o| o.include_usage),
             n,
-        ),
+        );
+        let prompts = match req.prompt {
+            PromptInput::Text(t) => vec![Prompt::Text(t)],
+            PromptInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
+            PromptInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
+            PromptInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
+        };
+        let requests = params::expand(&template, prompts, n, seed)?;
+        Ok((requests, flags, logprobs.is_some()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))??;
+    let (requests, flags, logprobs) = built;
+    let streams = generator.submit_all(requests).await?;
+    Ok(Prepared::new(
+        Endpoint::Completion,
+        streams,
+        flags,
         guard,
         state.abort.subscribe(),
     )
-    .with_logprobs(logprobs.is_some()))
+    .with_logprobs(logprobs))
 }
 
 async fn respond(prepared: Prepared) -> Response {

@@ -470,12 +470,9 @@ fn huge_enum(n: usize) -> Value {
 /// Issue 13 item 5: request bodies of 64 KiB and more are parsed, and requests prepared
 /// (template, tokenizing, constraint compiling), on the blocking pool, at most one per core but
 /// one at a time, so `/health` stays prompt while sixteen 100k-value enums are compiled.
-///
-/// Not met yet on two cores, hence ignored: the worst probe was 80 ms on a quiet machine (the
-/// first probes, while the sixteen 1.5 MB bodies arrive) and 105 ms at load 10; before
-/// `run_blocking` it was 1.1–1.3 s. Run it with `--ignored`.
+/// The handlers also build the engine's requests (which clone the schema) and drop the parsed
+/// body there: those clones on the async threads were the last 80 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "worst /health probe 80 ms on two quiet cores while the bodies upload (bar: 50 ms)"]
 async fn health_answers_in_under_50_ms_while_16_heavy_requests_are_prepared() {
     let (addr, _h, _) = start(ServerConfig::default().max_concurrent(16));
     let schema = huge_enum(100_000);
@@ -541,6 +538,7 @@ async fn health_answers_in_under_50_ms_while_16_heavy_requests_are_prepared() {
         );
     }
     assert!(probes >= 3, "the heavy requests took {probes} probes only");
+    eprintln!("/health: worst {worst:?} over {probes} probes");
     assert!(
         worst < Duration::from_millis(50),
         "/health took {worst:?} at worst over {probes} probes"
