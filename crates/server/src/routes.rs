@@ -18,8 +18,8 @@ use futures::StreamExt;
 
 use crate::error::ApiError;
 use crate::openai::{
-    ChatCompletionRequest, CompletionRequest, LoadModelRequest, MessageContent, ModelList,
-    ModelObject, PromptInput, UnloadModelRequest,
+    ChatCompletionRequest, CommonParams, CompletionRequest, LoadModelRequest, MessageContent,
+    ModelList, ModelObject, PromptInput, UnloadModelRequest,
 };
 use crate::params;
 use crate::state::{lock, ApiJson, AppState};
@@ -157,6 +157,26 @@ fn chat_messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiErr
     Ok(messages)
 }
 
+/// Builds a request's engine form with `job` on the blocking pool
+/// ([`run_blocking`](fluent_ai_candle_engine::run_blocking)): it clones the request's schema,
+/// possibly huge, and drops the parsed body.
+async fn off_async_threads<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    fluent_ai_candle_engine::run_blocking(job)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
+/// `(stream, include_usage, n)` of a request, as [`Prepared::new`] takes them.
+fn stream_flags(c: &CommonParams, n: usize) -> (bool, bool, usize) {
+    (
+        c.stream.unwrap_or(false),
+        c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        n,
+    )
+}
+
 /// Validates and starts a chat request (the engine prepares it off the async threads).
 pub(crate) async fn prepare_chat(
     state: &Arc<AppState>,
@@ -167,7 +187,7 @@ pub(crate) async fn prepare_chat(
     let default_max_tokens = state.config.default_max_tokens;
     // Building the engine's requests clones the request's schema, possibly huge: on the
     // blocking pool (the request is dropped there too), not on the async threads.
-    let built = fluent_ai_candle_engine::run_blocking(move || {
+    let built = off_async_threads(move || {
         let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
         let (mut template, n, seed) =
             params::build_template(&req.common, default_max_tokens, logprobs)?;
@@ -188,16 +208,10 @@ pub(crate) async fn prepare_chat(
         template.parallel_tool_calls = parallel;
         let messages = chat_messages(&req)?;
         let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
-        let c = &req.common;
-        let flags = (
-            c.stream.unwrap_or(false),
-            c.stream_options.as_ref().is_some_and(|o| o.include_usage),
-            n,
-        );
+        let flags = stream_flags(&req.common, n);
         Ok((requests, flags, logprobs.is_some(), parse_tools))
     })
-    .await
-    .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))??;
+    .await?;
     let (requests, flags, logprobs, parse_tools) = built;
     let streams = generator.submit_all(requests).await?;
     Ok(Prepared::new(
@@ -220,7 +234,7 @@ pub(crate) async fn prepare_completion(
     let guard = state.admit()?;
     let generator = state.generator(req.common.model.as_deref())?;
     // As for chat: the requests (schema clones) are built on the blocking pool.
-    let built = fluent_ai_candle_engine::run_blocking(move || {
+    let built = off_async_threads(move || {
         let logprobs = params::completion_logprobs(req.logprobs)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid_param("echo", "echo is not supported"));
@@ -229,12 +243,7 @@ pub(crate) async fn prepare_completion(
             return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
         }
         let (template, n, seed) = params::build_template(&req.common, 16, logprobs)?;
-        let c = &req.common;
-        let flags = (
-            c.stream.unwrap_or(false),
-            c.stream_options.as_ref().is_some_and(|o| o.include_usage),
-            n,
-        );
+        let flags = stream_flags(&req.common, n);
         let prompts = match req.prompt {
             PromptInput::Text(t) => vec![Prompt::Text(t)],
             PromptInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
@@ -244,8 +253,7 @@ pub(crate) async fn prepare_completion(
         let requests = params::expand(&template, prompts, n, seed)?;
         Ok((requests, flags, logprobs.is_some()))
     })
-    .await
-    .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))??;
+    .await?;
     let (requests, flags, logprobs) = built;
     let streams = generator.submit_all(requests).await?;
     Ok(Prepared::new(
