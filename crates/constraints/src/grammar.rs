@@ -261,6 +261,25 @@ pub(crate) struct Lexeme {
 }
 
 impl Lexeme {
+    /// A lexeme over a byte-class transition table (state 0 dead, 1 the start).
+    fn from_table(classes: [u8; 256], ncls: usize, trans: Vec<u32>, matching: Vec<bool>) -> Self {
+        let alive = alive_states(&trans, ncls, &matching);
+        Self {
+            uid: next_lexeme_uid(),
+            auto: LexAuto::Table(Table {
+                classes,
+                ncls,
+                trans,
+                matching,
+            }),
+            start: StateID::new_unchecked(1),
+            dead: StateID::ZERO,
+            alive,
+            stride2: 0,
+            loops: Default::default(),
+        }
+    }
+
     fn new(dfa: dense::DFA<Vec<u32>>, start: StateID) -> Self {
         let stride2 = dfa.stride2();
         let reps: Vec<u8> = dfa
@@ -401,21 +420,7 @@ impl Lexeme {
                         .all(|((l, pos), &s)| l.is_match(s) == *pos)
             })
             .collect();
-        let alive = alive_states(&trans, ncls, &matching);
-        Ok(Self {
-            uid: next_lexeme_uid(),
-            auto: LexAuto::Table(Table {
-                classes,
-                ncls,
-                trans,
-                matching,
-            }),
-            start: StateID::new_unchecked(1),
-            dead: StateID::ZERO,
-            alive,
-            stride2: 0,
-            loops: Default::default(),
-        })
+        Ok(Self::from_table(classes, ncls, trans, matching))
     }
 
     /// An automaton matching any of `lits` after any run of the bytes `skip` marks (every
@@ -462,21 +467,7 @@ impl Lexeme {
             }
             matching[s] = true;
         }
-        let alive = alive_states(&trans, ncls, &matching);
-        Self {
-            uid: next_lexeme_uid(),
-            auto: LexAuto::Table(Table {
-                classes,
-                ncls,
-                trans,
-                matching,
-            }),
-            start: StateID::new_unchecked(1),
-            dead: StateID::ZERO,
-            alive,
-            stride2: 0,
-            loops: Default::default(),
-        }
+        Self::from_table(classes, ncls, trans, matching)
     }
 
     /// The automaton of `skip` followed by the literal `lit`, built directly (no regex
@@ -565,21 +556,7 @@ impl Lexeme {
                 None => matching[s] = true,
             }
         }
-        let alive = alive_states(&trans, ncls, &matching);
-        Some(Self {
-            uid: next_lexeme_uid(),
-            auto: LexAuto::Table(Table {
-                classes,
-                ncls,
-                trans,
-                matching,
-            }),
-            start: StateID::new_unchecked(1),
-            dead: StateID::ZERO,
-            alive,
-            stride2: 0,
-            loops: Default::default(),
-        })
+        Some(Self::from_table(classes, ncls, trans, matching))
     }
 
     /// Every byte some state reachable from the start can consume without dying.
