@@ -4,26 +4,17 @@
 //! digits and a two-digit exponent (so every value is a finite `f64`). Spec mode keeps
 //! accepting every spelling the schema accepts.
 
+mod common;
+
+use common::{accepts, byte_vocab};
 use fluent_ai_candle_constraints::{
-    CompileOptions, CompiledConstraint, Constraint, ConstraintSpec, JsonSchemaMode, TokenMask,
-    Vocabulary,
+    CompileOptions, CompiledConstraint, Constraint, ConstraintSpec, JsonSchemaMode,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 use JsonSchemaMode::{Generation, Spec};
-
-/// Single bytes (ids 0..256) and EOS = 256.
-fn byte_vocab() -> Arc<Vocabulary> {
-    static V: std::sync::OnceLock<Arc<Vocabulary>> = std::sync::OnceLock::new();
-    V.get_or_init(|| {
-        let mut t: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-        t.push(Vec::new());
-        Arc::new(Vocabulary::new(t, &[256], &[]))
-    })
-    .clone()
-}
 
 fn compile(schema: &Value, mode: JsonSchemaMode) -> Arc<CompiledConstraint> {
     Constraint::compile(
@@ -32,20 +23,6 @@ fn compile(schema: &Value, mode: JsonSchemaMode) -> Arc<CompiledConstraint> {
         &CompileOptions::default(),
     )
     .unwrap_or_else(|e| panic!("{schema}: {e}"))
-}
-
-/// Whether the constraint accepts `text` whole (each byte checked against the mask).
-fn accepts(c: &Arc<CompiledConstraint>, text: &str) -> bool {
-    let mut st = c.start();
-    let mut mask = TokenMask::forbid_all(c.vocabulary().len());
-    for &b in text.as_bytes() {
-        st.compute_mask(&mut mask).unwrap();
-        if !mask.is_allowed(b as u32) {
-            return false;
-        }
-        st.commit_token(b as u32).unwrap();
-    }
-    st.is_accepting()
 }
 
 fn quoted(n: usize) -> String {

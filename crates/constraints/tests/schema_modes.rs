@@ -2,24 +2,16 @@
 //! satisfiability, `oneOf` that cannot be made exclusive), exact `oneOf`, and patterns with
 //! anchors inside groups and alternations.
 
+mod common;
+
+use common::{accepts, byte_vocab};
 use fluent_ai_candle_constraints::{
     CompileOptions, CompiledConstraint, Constraint, ConstraintError, ConstraintSpec,
-    JsonSchemaMode, TokenMask, Vocabulary,
+    JsonSchemaMode, TokenMask,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// Single bytes (ids 0..256) and EOS = 256.
-fn byte_vocab() -> Arc<Vocabulary> {
-    static V: std::sync::OnceLock<Arc<Vocabulary>> = std::sync::OnceLock::new();
-    V.get_or_init(|| {
-        let mut t: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-        t.push(Vec::new());
-        Arc::new(Vocabulary::new(t, &[256], &[]))
-    })
-    .clone()
-}
 
 fn opts(mode: JsonSchemaMode) -> CompileOptions {
     CompileOptions {
@@ -37,19 +29,6 @@ fn compile(
         byte_vocab(),
         &opts(mode),
     )
-}
-
-fn accepts(c: &Arc<CompiledConstraint>, text: &str) -> bool {
-    let mut st = c.start();
-    let mut mask = TokenMask::forbid_all(c.vocabulary().len());
-    for &b in text.as_bytes() {
-        st.compute_mask(&mut mask).unwrap();
-        if !mask.is_allowed(b as u32) {
-            return false;
-        }
-        st.commit_token(b as u32).unwrap();
-    }
-    st.is_accepting()
 }
 
 use JsonSchemaMode::{Generation, Spec};

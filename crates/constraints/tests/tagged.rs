@@ -1,17 +1,12 @@
 //! `ConstraintSpec::TaggedJson`: JSON values between literal texts (forced tool calls).
 
+mod common;
+
+use common::byte_vocab;
 use fluent_ai_candle_constraints::{
-    CompileOptions, Constraint, ConstraintError, ConstraintSpec, TaggedJson, TokenMask, Vocabulary,
+    CompileOptions, Constraint, ConstraintError, ConstraintSpec, TaggedJson, TokenMask,
 };
 use serde_json::json;
-use std::sync::Arc;
-
-/// A byte vocabulary (ids 0..256 = single bytes); EOS = 256.
-fn byte_vocab() -> Arc<Vocabulary> {
-    let mut t: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-    t.push(Vec::new());
-    Arc::new(Vocabulary::new(t, &[256], &[]))
-}
 
 fn call_schema() -> serde_json::Value {
     json!({
