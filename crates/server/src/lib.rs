@@ -83,6 +83,8 @@ mod health;
 mod metrics;
 pub mod openai;
 mod params;
+pub mod reqlog;
+pub mod responses;
 mod routes;
 mod state;
 mod stream;
