@@ -45,7 +45,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Stream a completion of a prompt to stdout.
     Generate(GenerateArgs),
-    /// Serve the OpenAI-compatible HTTP API (chat/completions, completions, models, WebSocket).
+    /// Serve the OpenAI-compatible HTTP API (chat/completions, completions, embeddings, models,
+    /// tokenize/detokenize, WebSocket).
     Serve(ServeArgs),
 }
 
@@ -61,7 +62,7 @@ struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on /v1/*.
+    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize.
     #[arg(long)]
     api_key: Option<String>,
     /// Sequences decoded together per model.
