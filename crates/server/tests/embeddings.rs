@@ -86,6 +86,13 @@ async fn embeddings_have_openai_shape_unit_norm_and_meaning() {
     let other = embed(json!({"input": [TAX]})).await;
     assert!(max_diff(&other[0], &vectors[2]) <= 1e-5);
     assert_eq!(embed(json!({"input": CAT})).await, single);
+
+    // Counted per route as every other request is.
+    let (_, metrics) = get(shared(), "/metrics").await;
+    assert!(
+        metrics.contains(r#"route="/v1/embeddings",status="200""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
