@@ -45,7 +45,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Stream a completion of a prompt to stdout.
     Generate(GenerateArgs),
-    /// Serve the OpenAI-compatible HTTP API (chat/completions, completions, models, WebSocket).
+    /// Serve the OpenAI-compatible HTTP API (chat/completions, completions, embeddings, models,
+    /// tokenize/detokenize, WebSocket).
     Serve(ServeArgs),
 }
 
@@ -61,9 +62,9 @@ struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on /v1/*. A key on the command line is visible to
-    /// every local user in the process list: prefer --api-key-file or the
-    /// FLUENT_AI_CANDLE_API_KEY environment variable (used when neither flag is given).
+    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize. A key on the
+    /// command line is visible to every local user in the process list: prefer --api-key-file
+    /// or the FLUENT_AI_CANDLE_API_KEY environment variable (used when neither flag is given).
     #[arg(long, conflicts_with = "api_key_file")]
     api_key: Option<String>,
     /// Read the API key from this file (its first line; surrounding whitespace is trimmed).

@@ -16,7 +16,9 @@ use crate::metrics::{EngineMetrics, MetricsSnapshot};
 use crate::prepare::{prepare, tokenize_prompt, ModelTables, Prepared, Reuse};
 use crate::scheduler::{self, Job, SchedulerConfig};
 use crate::seed::CandleModel;
-use crate::{EngineError, KvCacheConfig, Prompt, Sampling};
+use crate::{
+    EmbedError, EmbeddingRequest, Embeddings, EngineError, KvCacheConfig, Prompt, Sampling,
+};
 
 /// A streaming-first generator: one model, one scheduler thread that decodes every active
 /// request together (continuous batching), and any number of handles (it is cheap to clone).
@@ -279,10 +281,98 @@ impl CandleGenerator {
         self.tokenize_prompt(&Prompt::Text(text.to_string()))
     }
 
+    /// Tokenizes a text with the tokenizer's special tokens (its BOS, when it asks for one)
+    /// when `add_special_tokens` is set — as [`tokenize`](Self::tokenize) — or without them.
+    pub fn tokenize_text(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        let tok = &self.inner.model.tokenizer;
+        tok.encode(text, add_special_tokens && tok.add_bos())
+            .map_err(|e| EngineError::InvalidRequest(format!("tokenizer: {e}")))
+    }
+
     /// The token ids a request's prompt becomes: a chat rendered through the model's template
     /// and tokenized, a text tokenized, token ids as they are.
     pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
         tokenize_prompt(&self.inner.model, prompt, &[])
+    }
+
+    /// Tokenizes a conversation as the model's chat template renders it, with the
+    /// assistant turn opened when `add_generation_prompt` is set (a chat request's prompt
+    /// is rendered with it set). An empty conversation is [`EngineError::InvalidRequest`].
+    pub fn tokenize_chat(
+        &self,
+        messages: &[crate::ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        if messages.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "the chat has no messages".into(),
+            ));
+        }
+        let model = &self.inner.model;
+        let bad = |what: &str, e: fluent_ai_candle_models::ModelError| {
+            EngineError::InvalidRequest(format!("{what}: {e}"))
+        };
+        let text = model
+            .chat_template
+            .render(messages, add_generation_prompt)
+            .map_err(|e| bad("chat template", e))?;
+        model
+            .tokenizer
+            .encode(&text, false)
+            .map_err(|e| bad("tokenizer", e))
+    }
+
+    /// The text of token ids, special tokens included (so tokenizing a text and detokenizing
+    /// its ids gives the text back). An id outside the tokenizer's vocabulary is
+    /// [`EngineError::InvalidRequest`].
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let tok = &self.inner.model.tokenizer;
+        let vocab = tok.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} out of range for a vocabulary of {vocab}"
+            )));
+        }
+        tok.decode(ids, false)
+            .map_err(|e| EngineError::InvalidRequest(format!("tokenizer: {e}")))
+    }
+
+    /// The model's context length in tokens (the longest prompt plus output it can run).
+    pub fn context_length(&self) -> usize {
+        self.inner.model.config().context_length
+    }
+
+    /// The width of the model's hidden states: the length of its embeddings.
+    pub fn hidden_size(&self) -> usize {
+        self.inner.model.config().hidden_size
+    }
+
+    /// Embeds `request`'s inputs on the calling thread: each input's final hidden states
+    /// pooled and L2-normalised (see [`EmbeddingRequest`]). Every input is checked before
+    /// any forward pass; each runs in a cache of its own, so requests being generated are
+    /// not disturbed (they share the CPU). From async code use [`embed`](Self::embed).
+    pub fn embed_blocking(&self, request: &EmbeddingRequest) -> Result<Embeddings, EmbedError> {
+        if let Some(reason) = &self.inner.refusal {
+            return Err(EngineError::InvalidRequest(reason.clone()).into());
+        }
+        crate::embed::embed(&self.inner.model, request, self.inner.config.prefill_chunk)
+    }
+
+    /// [`embed_blocking`](Self::embed_blocking) on tokio's blocking pool through
+    /// [`run_blocking`] (without a tokio runtime, on the calling thread), so the forward
+    /// passes never hold up an async worker.
+    pub async fn embed(&self, request: EmbeddingRequest) -> Result<Embeddings, EmbedError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.embed_blocking(&request);
+        }
+        let this = self.clone();
+        run_blocking(move || this.embed_blocking(&request))
+            .await
+            .map_err(|e| EmbedError::Internal(format!("the embedding job failed: {e}")))?
     }
 
     /// The bytes of a token (for a token's text in logprobs, use

@@ -50,6 +50,7 @@ mod client;
 mod config;
 pub mod constraint;
 mod detok;
+mod embed;
 mod generate;
 mod generator;
 mod metrics;
@@ -70,6 +71,7 @@ pub use client::{CandleClientBuilder, Quantization};
 pub use config::{GenerationConfig, StreamingConfig};
 pub use constraint::{ActiveConstraint, ConstraintSpec, GenerationConstraint, JsonSchemaMode};
 pub use detok::Detokenizer;
+pub use embed::{EmbedError, EmbeddingRequest, Embeddings, Pooling};
 pub use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig, PrefixCacheConfig};
 pub use fluent_ai_candle_models::{
     cache, device_name, CancelToken, CandleTokenizer, ChatMessage, ChatToolCall, DeviceError,

@@ -24,7 +24,9 @@ use crate::{ModelError, Result};
 /// Only [`config`](Decoder::config), [`device`](Decoder::device),
 /// [`cache_shape`](Decoder::cache_shape) and [`forward`](Decoder::forward) are required;
 /// [`new_cache`](Decoder::new_cache), [`forward_batch`](Decoder::forward_batch) and
-/// [`use_candle_attention`](Decoder::use_candle_attention) have defaults built on them.
+/// [`use_candle_attention`](Decoder::use_candle_attention) have defaults built on them, and
+/// [`hidden_states`](Decoder::hidden_states) (for embeddings) defaults to a typed
+/// "not supported" error.
 ///
 /// A loaded decoder is a `Box<dyn Decoder>`; [`downcast_ref`](trait.Decoder.html#method.downcast_ref)
 /// and [`downcast_mut`](trait.Decoder.html#method.downcast_mut) reach the concrete type (e.g.
@@ -62,6 +64,21 @@ pub trait Decoder: Any + Send + Sync + std::fmt::Debug {
         cache: &mut SequenceCache,
         all_logits: bool,
     ) -> Result<Tensor>;
+
+    /// The final hidden states of `tokens` run after what `cache` holds: one row per token,
+    /// after the final norm and before the output projection (`[tokens.len(), hidden]`,
+    /// f32) — what embeddings are pooled from. The tokens' keys and values are appended to
+    /// `cache` as [`forward`](Decoder::forward) appends them, so a text is embedded alone in a
+    /// fresh cache (and in chunks by calling again with the same cache). The default is
+    /// [`ModelError::UnsupportedOperation`]: a decoder that does not expose its hidden states
+    /// ([`Llama`] and [`Gemma3`] do).
+    fn hidden_states(&self, tokens: &[u32], cache: &mut SequenceCache) -> Result<Tensor> {
+        let _ = (tokens, cache);
+        Err(ModelError::UnsupportedOperation {
+            architecture: self.config().architecture.clone(),
+            operation: "hidden states (embeddings)",
+        })
+    }
 
     /// One decode step for several sequences at once (`tokens[i]` continues `caches[i]`).
     /// Returns logits `[batch, vocab]`. The default runs [`forward`](Decoder::forward) once

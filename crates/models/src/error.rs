@@ -95,6 +95,15 @@ pub enum ModelError {
         /// What the feature is and why it is refused.
         reason: String,
     },
+    /// The architecture's decoder does not offer this operation (e.g. its final hidden
+    /// states for embeddings, [`Decoder::hidden_states`](crate::Decoder::hidden_states)).
+    #[error("architecture '{architecture}' does not support {operation}")]
+    UnsupportedOperation {
+        /// `general.architecture` of the model.
+        architecture: String,
+        /// What was asked of it.
+        operation: &'static str,
+    },
     /// A Hugging Face `tokenizer.json` that parses but describes a tokenizer this crate does
     /// not run (a model type other than byte-level BPE, e.g. WordPiece, Unigram, or a
     /// sentencepiece-style BPE without a `ByteLevel` pre-tokenizer).

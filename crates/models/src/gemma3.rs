@@ -384,9 +384,14 @@ impl Gemma3 {
         Ok((x * f64::from((self.config.base.hidden_size as f32).sqrt()))?)
     }
 
+    /// The final RMSNorm (the hidden states embeddings are pooled from).
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        let eps = self.config.base.rms_eps as f32;
+        Ok(crate::ggml_math::rms_norm(x, &self.norm, eps)?)
+    }
+
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let x = crate::ggml_math::rms_norm(x, &self.norm, self.config.base.rms_eps as f32)?;
-        Ok(self.output.forward(&x)?)
+        Ok(self.output.forward(&self.final_norm(x)?)?)
     }
 
     fn forward_inner(
@@ -395,6 +400,24 @@ impl Gemma3 {
         cache: &mut SequenceCache,
         pos: usize,
         all_logits: bool,
+    ) -> Result<Tensor> {
+        let x = self.layers(tokens, cache, pos, all_logits)?;
+        if all_logits {
+            self.logits(&x)
+        } else {
+            Ok(self.logits(&x.narrow(0, x.dim(0)? - 1, 1)?)?.squeeze(0)?)
+        }
+    }
+
+    /// The blocks over `tokens` at cache position `pos`, before the final norm: `[n, hidden]`,
+    /// or the last row alone (the last block's feed-forward run on it only) when not
+    /// `all_rows` and `n > 1`.
+    fn layers(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        pos: usize,
+        all_rows: bool,
     ) -> Result<Tensor> {
         let c = &self.config.base;
         let eps = c.rms_eps as f32;
@@ -450,7 +473,7 @@ impl Gemma3 {
                 self.attend(&q, &keys, &values, masks()?.0.as_ref())?
             };
             let mut attn = b.wo.forward(&y)?;
-            if !all_logits && n > 1 && layer + 1 == self.blocks.len() {
+            if !all_rows && n > 1 && layer + 1 == self.blocks.len() {
                 // Only the last position's logits are wanted: as llama.cpp, the last
                 // block's feed-forward runs on that row alone.
                 attn = attn.narrow(0, n - 1, 1)?;
@@ -458,11 +481,7 @@ impl Gemma3 {
             }
             x = self.finish_block(b, &x, &attn)?;
         }
-        if all_logits {
-            self.logits(&x)
-        } else {
-            Ok(self.logits(&x.narrow(0, x.dim(0)? - 1, 1)?)?.squeeze(0)?)
-        }
+        Ok(x)
     }
 
     fn forward_batch_inner(
@@ -594,6 +613,21 @@ impl Decoder for Gemma3 {
             |cache| self.make_room(cache, tokens.len()),
             |cache, start| {
                 crate::quant::as_prompt(|| self.forward_inner(tokens, cache, start, all_logits))
+            },
+        )
+    }
+
+    /// The final-norm hidden states of `tokens` (`[n, hidden]`), run as a prompt is by
+    /// [`forward`](Decoder::forward) but without the output projection.
+    fn hidden_states(&self, tokens: &[u32], cache: &mut SequenceCache) -> Result<Tensor> {
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |cache, start| {
+                crate::quant::as_prompt(|| {
+                    self.final_norm(&self.layers(tokens, cache, start, true)?)
+                })
             },
         )
     }

@@ -605,6 +605,25 @@ impl Llama {
         pos: usize,
         all_logits: bool,
     ) -> Result<Tensor> {
+        let x = self.hidden_inner(tokens, cache, pos, all_logits)?;
+        let logits = self.output.forward(&x)?;
+        Ok(if all_logits {
+            logits
+        } else {
+            logits.squeeze(0)?
+        })
+    }
+
+    /// The blocks and the final norm over `tokens` at cache position `pos`: `[n, hidden]`, or
+    /// the last row alone (`[1, hidden]`, the last block's feed-forward run on it only) when
+    /// not `all_rows`.
+    fn hidden_inner(
+        &self,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        pos: usize,
+        all_rows: bool,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let n = tokens.len();
         let eps = c.rms_eps as f32;
@@ -677,7 +696,7 @@ impl Llama {
                 }
             };
             let mut attn = b.wo.forward(&y)?;
-            if !all_logits && n > 1 && layer + 1 == self.blocks.len() {
+            if !all_rows && n > 1 && layer + 1 == self.blocks.len() {
                 // Only the last position's logits are wanted: as llama.cpp, the last
                 // block's feed-forward runs on that row alone.
                 attn = attn.narrow(0, n - 1, 1)?;
@@ -687,13 +706,7 @@ impl Llama {
             let h = crate::ggml_math::rms_norm(&x, &b.ffn_norm, eps)?;
             x = (x + b.ffn(&h, c.ffn_size)?)?;
         }
-        let x = crate::ggml_math::rms_norm(&x, &self.norm, eps)?;
-        let logits = self.output.forward(&x)?;
-        Ok(if all_logits {
-            logits
-        } else {
-            logits.squeeze(0)?
-        })
+        Ok(crate::ggml_math::rms_norm(&x, &self.norm, eps)?)
     }
 
     fn forward_batch_inner(
@@ -831,6 +844,17 @@ impl Decoder for Llama {
             |cache, pos| {
                 crate::quant::as_prompt(|| self.forward_inner(tokens, cache, pos, all_logits))
             },
+        )
+    }
+
+    /// The final-norm hidden states of `tokens` (`[n, hidden]`), run as a prompt is by
+    /// [`forward`](Decoder::forward) but without the output projection.
+    fn hidden_states(&self, tokens: &[u32], cache: &mut SequenceCache) -> Result<Tensor> {
+        crate::step::single(
+            tokens,
+            cache,
+            |cache| self.make_room(cache, tokens.len()),
+            |cache, pos| crate::quant::as_prompt(|| self.hidden_inner(tokens, cache, pos, true)),
         )
     }
 

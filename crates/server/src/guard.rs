@@ -4,7 +4,7 @@
 //!
 //! | Check | Answer |
 //! |---|---|
-//! | `/v1/*` (and `/metrics` unless `metrics_open`) without the key, when one is set | 401 |
+//! | `/v1/*`, `/tokenize`, `/detokenize` (and `/metrics` unless `metrics_open`) without the key, when one is set | 401 |
 //! | `GET /v1/ws` from a browser `Origin` not listed | 403 |
 //! | a POST body over `body_limit` | 413 |
 //! | a POST body not complete within `body_timeout` | 408 (connection closed) |
@@ -123,8 +123,11 @@ pub(crate) async fn guard(
             }
         }
     }
-    let needs_key =
-        path == "/v1" || path.starts_with("/v1/") || (path == "/metrics" && !config.metrics_open);
+    let needs_key = path == "/v1"
+        || path.starts_with("/v1/")
+        || path == "/tokenize"
+        || path == "/detokenize"
+        || (path == "/metrics" && !config.metrics_open);
     if needs_key && !state.key_ok(bearer(req.headers())) {
         return ApiError::unauthorized().into_response();
     }

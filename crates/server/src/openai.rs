@@ -520,3 +520,133 @@ pub struct UnloadModelRequest {
     /// The name to remove.
     pub model: String,
 }
+
+/// `input` of `/v1/embeddings`: OpenAI's four forms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    /// One text.
+    Text(String),
+    /// Several texts.
+    Texts(Vec<String>),
+    /// One input as token ids.
+    Tokens(Vec<u32>),
+    /// Several inputs as token ids.
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequestIn {
+    /// What to embed.
+    pub input: EmbeddingInput,
+    /// The model (default: the server's default model).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `float` (the default: arrays of numbers) or `base64` (each vector's little-endian
+    /// f32 bytes, base64-encoded).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Shorten each vector to its first `dimensions` components, normalised again (1 to the
+    /// model's hidden size).
+    #[serde(default)]
+    pub dimensions: Option<i64>,
+    /// OpenAI's end-user id (accepted, unused).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Extension: `mean` (the default) or `last` pooling of the tokens' hidden states.
+    #[serde(default)]
+    pub pooling: Option<String>,
+}
+
+/// One vector: numbers, or base64 text.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `encoding_format: "float"`.
+    Float(Vec<f32>),
+    /// `encoding_format: "base64"`.
+    Base64(String),
+}
+
+/// `data[i]` of an embeddings response.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingObject {
+    /// Always `embedding`.
+    pub object: &'static str,
+    /// The input's position in the request.
+    pub index: usize,
+    /// The vector.
+    pub embedding: EmbeddingVector,
+}
+
+/// `usage` of an embeddings response.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EmbeddingUsage {
+    /// Tokens of every input.
+    pub prompt_tokens: usize,
+    /// The same (nothing is generated).
+    pub total_tokens: usize,
+}
+
+/// The response of `POST /v1/embeddings`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// One entry per input.
+    pub data: Vec<EmbeddingObject>,
+    /// The model that computed them.
+    pub model: String,
+    /// Token counts.
+    pub usage: EmbeddingUsage,
+}
+
+/// `POST /tokenize` (vLLM's shape): a `prompt`, or `messages` rendered through the chat
+/// template.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeRequest {
+    /// The model (default: the server's default model).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A text to tokenize.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// A conversation to render and tokenize.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessageIn>>,
+    /// With `messages`: open the assistant turn (default true, as vLLM).
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
+    /// With `prompt`: add the tokenizer's special tokens (its BOS), default true, as vLLM.
+    #[serde(default)]
+    pub add_special_tokens: Option<bool>,
+}
+
+/// The response of `POST /tokenize`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenizeResponse {
+    /// The token ids.
+    pub tokens: Vec<u32>,
+    /// How many.
+    pub count: usize,
+    /// The model's context length.
+    pub max_model_len: usize,
+}
+
+/// `POST /detokenize` (vLLM's shape).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetokenizeRequest {
+    /// The model (default: the server's default model).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The token ids.
+    pub tokens: Vec<u32>,
+}
+
+/// The response of `POST /detokenize`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DetokenizeResponse {
+    /// The text of the tokens.
+    pub prompt: String,
+}

@@ -12,14 +12,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use fluent_ai_candle_engine::{
-    cache, CancelToken, ChatMessage, ChatToolCall, ModelError, Prompt, ToolChoice,
+    cache, CancelToken, ChatMessage, ChatToolCall, EmbedError, EmbeddingRequest, ModelError,
+    Pooling, Prompt, ToolChoice,
 };
 use futures::StreamExt;
 
 use crate::error::ApiError;
 use crate::openai::{
-    ChatCompletionRequest, CommonParams, CompletionRequest, LoadModelRequest, MessageContent,
-    ModelList, ModelObject, PromptInput, UnloadModelRequest,
+    ChatCompletionRequest, ChatMessageIn, CommonParams, CompletionRequest, DetokenizeRequest,
+    DetokenizeResponse, EmbeddingInput, EmbeddingList, EmbeddingObject, EmbeddingRequestIn,
+    EmbeddingUsage, EmbeddingVector, LoadModelRequest, MessageContent, ModelList, ModelObject,
+    PromptInput, TokenizeRequest, TokenizeResponse, UnloadModelRequest,
 };
 use crate::params;
 use crate::reqlog::{RequestLog, RequestStats};
@@ -32,6 +35,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/responses", post(crate::responses::create))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/v1/models/load", post(load_model))
@@ -87,15 +93,15 @@ async fn fallback(req: Request) -> ApiError {
 
 /// The conversation as the engine's chat messages (OpenAI's roles and text parts checked
 /// here; the engine renders the model's template and tokenizes).
-fn chat_messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
-    if req.messages.is_empty() {
+fn chat_messages(input: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+    if input.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
             "messages must not be empty",
         ));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
+    let mut messages = Vec::with_capacity(input.len());
+    for m in input {
         let role = match m.role.as_str() {
             "developer" => "system",
             r @ ("system" | "user" | "assistant" | "tool") => r,
@@ -222,7 +228,7 @@ pub(crate) async fn prepare_chat(
         template.tools = tools;
         template.tool_choice = tool_choice;
         template.parallel_tool_calls = parallel;
-        let messages = chat_messages(&req)?;
+        let messages = chat_messages(&req.messages)?;
         let requests = params::expand(&template, vec![Prompt::Chat(messages)], n, seed)?;
         let flags = stream_flags(&req.common, n);
         Ok((requests, flags, logprobs.is_some(), parse_tools))
@@ -319,6 +325,139 @@ async fn completions(
         Ok(p) => respond(p, stats).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// An engine's embedding error as OpenAI's error JSON: the request's fault is a 400 naming
+/// the field to blame.
+fn embed_error(e: EmbedError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        EmbedError::TooLong { .. } => ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid_param("input", message)
+        },
+        EmbedError::Dimensions { .. } => ApiError::invalid_param("dimensions", message),
+        EmbedError::UnknownPooling(_) => ApiError::invalid_param("pooling", message),
+        EmbedError::Unsupported(_) => ApiError::invalid_param("model", message),
+        EmbedError::Engine(e) => ApiError::from(e),
+        e if e.is_client_error() => ApiError::invalid_param("input", message),
+        _ => ApiError::internal(message),
+    }
+}
+
+/// `POST /v1/embeddings`: each input's pooled, normalised final hidden states of the model
+/// (see the engine's `EmbeddingRequest`). `dimensions` below the hidden size keeps the first
+/// components and normalises them again (as OpenAI shortens its embeddings); above it, or 0,
+/// is a 400. `pooling` (`mean`, the default, or `last`) is an extension.
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<EmbeddingRequestIn>,
+) -> Result<Json<EmbeddingList>, ApiError> {
+    let _guard = state.admit()?;
+    let generator = state.generator(req.model.as_deref())?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("encoding_format must be 'float' or 'base64', not '{other}'"),
+            ))
+        }
+    };
+    let pooling = match req.pooling.as_deref() {
+        None => Pooling::default(),
+        Some(p) => p.parse().map_err(embed_error)?,
+    };
+    let dimensions = match req.dimensions {
+        None => None,
+        Some(d) => Some(usize::try_from(d).ok().filter(|&d| d > 0).ok_or_else(|| {
+            ApiError::invalid_param("dimensions", "dimensions must be a positive integer")
+        })?),
+    };
+    let inputs = match req.input {
+        EmbeddingInput::Text(t) => vec![Prompt::Text(t)],
+        EmbeddingInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
+        EmbeddingInput::Tokens(ids) => vec![Prompt::Tokens(ids)],
+        EmbeddingInput::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
+    };
+    let request = EmbeddingRequest {
+        inputs,
+        pooling,
+        dimensions,
+    };
+    let out = generator.embed(request).await.map_err(embed_error)?;
+    let data = out
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingObject {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingVector::Float(v)
+            },
+        })
+        .collect();
+    Ok(Json(EmbeddingList {
+        object: "list",
+        data,
+        model: generator.name().to_string(),
+        usage: EmbeddingUsage {
+            prompt_tokens: out.prompt_tokens,
+            total_tokens: out.prompt_tokens,
+        },
+    }))
+}
+
+/// `POST /tokenize` (vLLM's shape): a `prompt` tokenized (with the tokenizer's BOS unless
+/// `add_special_tokens` is false), or `messages` rendered through the chat template (the
+/// assistant turn opened unless `add_generation_prompt` is false) and tokenized.
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let generator = state.generator(req.model.as_deref())?;
+    let max_model_len = generator.context_length();
+    let tokens = off_async_threads(move || match (req.prompt, req.messages) {
+        (Some(prompt), None) => {
+            Ok(generator.tokenize_text(&prompt, req.add_special_tokens.unwrap_or(true))?)
+        }
+        (None, Some(messages)) => {
+            let messages = chat_messages(&messages)?;
+            Ok(generator.tokenize_chat(&messages, req.add_generation_prompt.unwrap_or(true))?)
+        }
+        _ => Err(ApiError::invalid_param(
+            "prompt",
+            "give either prompt or messages (exactly one)",
+        )),
+    })
+    .await?;
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        tokens,
+        max_model_len,
+    }))
+}
+
+/// `POST /detokenize` (vLLM's shape): the text of `tokens`, special tokens included; an id
+/// outside the vocabulary is a 400.
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let generator = state.generator(req.model.as_deref())?;
+    let prompt = off_async_threads(move || {
+        generator
+            .detokenize(&req.tokens)
+            .map_err(|e| ApiError::invalid_param("tokens", e.to_string()))
+    })
+    .await?;
+    Ok(Json(DetokenizeResponse { prompt }))
 }
 
 fn model_object(state: &AppState, id: &str) -> ModelObject {
