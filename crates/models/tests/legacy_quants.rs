@@ -125,8 +125,9 @@ fn teacher_forced_with_candle(path: &Path) -> Vec<(u32, f32)> {
 /// where candle's margin is at least 0.5 (the bar for llama.cpp comparisons). Not
 /// bit equality: candle quantizes activations otherwise (half away from zero; 256-wide
 /// `Q8_K` blocks for its repacked `Q8_0` output layer on VNNI machines) and sums in another
-/// order, which moves SmolLM2's logits by a few hundredths; where the margin is smaller the
-/// two may legitimately pick different tokens, so those positions are only counted.
+/// order, which moves the logits a little; where the margin is smaller the two may
+/// legitimately pick different tokens, so those positions are only counted (at least 90%
+/// must still agree: measured 190/197 for `Q4_0`, 185/197 for `Q5_1`).
 fn argmax_equals_candle(dtype: GgmlDType) {
     let path = requantized(dtype);
     let ours = teacher_forced(&path);
