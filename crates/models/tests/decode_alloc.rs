@@ -221,9 +221,9 @@ fn attribute(trace: &str) -> (String, String) {
             op = format!("{} ({})", short(sym), file_line(rel));
         } else if loc.starts_with("./src/") || loc.contains("/crates/") {
             let rel = loc.find("crates/").map_or(loc.as_str(), |i| &loc[i..]);
-            let rel = rel.strip_prefix("./src/").map_or(rel.to_string(), |r| {
-                format!("crates/models/src/{r}")
-            });
+            let rel = rel
+                .strip_prefix("./src/")
+                .map_or(rel.to_string(), |r| format!("crates/models/src/{r}"));
             return (format!("{} {}", file_line(&rel), short(sym)), op);
         }
     }

@@ -122,6 +122,32 @@ pub struct CommonParams {
     /// Extension: repetition penalty (> 0; 1 is off) over the last 64 tokens.
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// Extension (llama.cpp's name): top-nσ, keep logits within `n` standard deviations of
+    /// the largest (> 0).
+    #[serde(default)]
+    pub top_n_sigma: Option<f32>,
+    /// Extension (llama.cpp's name): XTC's chance per step, in [0, 1] (0, the default, is off).
+    #[serde(default)]
+    pub xtc_probability: Option<f32>,
+    /// Extension: XTC's probability threshold, in [0, 1] (default 0.1).
+    #[serde(default)]
+    pub xtc_threshold: Option<f32>,
+    /// Extension (llama.cpp's name): DRY's penalty scale (0, the default, is off).
+    #[serde(default)]
+    pub dry_multiplier: Option<f32>,
+    /// Extension: DRY's exponential base, ≥ 1 (default 1.75).
+    #[serde(default)]
+    pub dry_base: Option<f32>,
+    /// Extension: the shortest repeat DRY penalises, ≥ 1 (default 2).
+    #[serde(default)]
+    pub dry_allowed_length: Option<i64>,
+    /// Extension: how many recent tokens DRY searches, 1..=65536 (default 1024).
+    #[serde(default)]
+    pub dry_penalty_last_n: Option<i64>,
+    /// Extension: strings that break a DRY match (default `["\n", ":", "\"", "*"]`); every
+    /// token of each string's tokenization is a breaker.
+    #[serde(default)]
+    pub dry_sequence_breakers: Option<Vec<String>>,
     /// Extension: a GBNF grammar the output must follow.
     #[serde(default)]
     pub grammar: Option<String>,

@@ -60,6 +60,7 @@ pub(crate) fn build_template(
     p: &CommonParams,
     default_max_tokens: usize,
     logprobs: Option<usize>,
+    dry_breakers: &[u32],
 ) -> Result<(CandleCompletionRequest, usize, Option<u64>), ApiError> {
     let max_tokens = match p.max_completion_tokens.or(p.max_tokens) {
         None => default_max_tokens,
@@ -170,6 +171,23 @@ pub(crate) fn build_template(
     if f != 0.0 || pr != 0.0 {
         b = b.frequency_presence(f, pr);
     }
+    if let Some(m) = p.dry_multiplier.filter(|&m| m != 0.0) {
+        let int = |name: &str, v: Option<i64>, default: usize| match v {
+            None => Ok(default),
+            Some(v) if (1..=65_536).contains(&v) => Ok(v as usize),
+            Some(v) => Err(ApiError::invalid_param(
+                name,
+                format!("{name} must be in 1..=65536, got {v}"),
+            )),
+        };
+        b = b.dry(
+            m,
+            p.dry_base.unwrap_or(1.75),
+            int("dry_allowed_length", p.dry_allowed_length, 2)?,
+            int("dry_penalty_last_n", p.dry_penalty_last_n, 1024)?,
+            dry_breakers.to_vec(),
+        );
+    }
     if temperature == 0.0 {
         b = b.temperature(0.0);
     } else if mirostat > 0 {
@@ -180,6 +198,9 @@ pub(crate) fn build_template(
             b.mirostat_v2(tau, eta)
         };
     } else {
+        if let Some(n) = p.top_n_sigma {
+            b = b.top_n_sigma(n);
+        }
         if let Some(k) = p.top_k.filter(|&k| k > 0) {
             b = b.top_k(k as usize);
         }
@@ -191,6 +212,9 @@ pub(crate) fn build_template(
         }
         if let Some(m) = p.min_p {
             b = b.min_p(m);
+        }
+        if let Some(x) = p.xtc_probability.filter(|&x| x != 0.0) {
+            b = b.xtc(x, p.xtc_threshold.unwrap_or(0.1));
         }
         b = b.temperature(temperature);
     }
@@ -430,6 +454,38 @@ pub(crate) fn completion_logprobs(logprobs: Option<i64>) -> Result<Option<usize>
     }
 }
 
+/// DRY's default sequence breakers (llama.cpp's).
+pub(crate) const DRY_DEFAULT_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
+
+/// The token ids that break a DRY match: every token of each breaker string (the request's,
+/// else [`DRY_DEFAULT_BREAKERS`]); none when DRY is off.
+pub(crate) fn dry_breakers(
+    p: &CommonParams,
+    tokenize: impl Fn(&str) -> Result<Vec<u32>, String>,
+) -> Result<Vec<u32>, ApiError> {
+    if p.dry_multiplier.is_none_or(|m| m == 0.0) {
+        return Ok(Vec::new());
+    }
+    let strings: Vec<&str> = match &p.dry_sequence_breakers {
+        Some(v) if v.len() > 64 || v.iter().any(|s| s.is_empty() || s.len() > 64) => {
+            return Err(ApiError::invalid_param(
+                "dry_sequence_breakers",
+                "dry_sequence_breakers takes at most 64 non-empty strings of at most 64 bytes",
+            ))
+        }
+        Some(v) => v.iter().map(String::as_str).collect(),
+        None => DRY_DEFAULT_BREAKERS.to_vec(),
+    };
+    let mut ids = Vec::new();
+    for s in strings {
+        let t = tokenize(s).map_err(|e| ApiError::invalid_param("dry_sequence_breakers", e))?;
+        ids.extend(t);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +496,7 @@ mod tests {
 
     #[test]
     fn defaults_map_to_one_sampled_choice() {
-        let (r, n, seed) = build_template(&common(serde_json::json!({})), 16, None).unwrap();
+        let (r, n, seed) = build_template(&common(serde_json::json!({})), 16, None, &[]).unwrap();
         assert_eq!((r.max_tokens, n, seed), (Some(16), 1, None));
         // One sampling description: the whole chain, OpenAI's default temperature 1.
         assert!(r.temperature.is_none());
@@ -449,6 +505,72 @@ mod tests {
             vec![fluent_ai_candle_engine::ProcessorSpec::Temperature(1.0)]
         );
         assert!(r.constraints.is_none());
+    }
+
+    /// DRY, top-nσ and XTC take llama.cpp's places in the chain: penalties, DRY, top-nσ, the
+    /// other truncations, XTC, temperature.
+    #[test]
+    fn dry_xtc_and_top_n_sigma_join_the_chain_in_llama_cpp_order() {
+        use fluent_ai_candle_engine::ProcessorSpec as P;
+        let p = common(serde_json::json!({
+            "temperature": 0.8, "min_p": 0.05, "top_n_sigma": 1.5, "xtc_probability": 0.5,
+            "dry_multiplier": 0.8, "dry_allowed_length": 3, "dry_sequence_breakers": ["\n"],
+        }));
+        let (r, _, _) = build_template(&p, 16, None, &[198]).unwrap();
+        assert_eq!(
+            r.sampling.unwrap().chain,
+            vec![
+                P::Dry {
+                    multiplier: 0.8,
+                    base: 1.75,
+                    allowed_length: 3,
+                    last_n: 1024,
+                    sequence_breakers: vec![198],
+                },
+                P::TopNSigma(1.5),
+                P::MinP(0.05),
+                P::Xtc {
+                    probability: 0.5,
+                    threshold: 0.1,
+                },
+                P::Temperature(0.8),
+            ]
+        );
+        // Off by default and at 0.
+        let (r, _, _) = build_template(
+            &common(serde_json::json!({"dry_multiplier": 0, "xtc_probability": 0})),
+            16,
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.sampling.unwrap().chain, vec![P::Temperature(1.0)]);
+        // Out-of-range values are 400s.
+        for json in [
+            serde_json::json!({"dry_multiplier": 1, "dry_allowed_length": 0}),
+            serde_json::json!({"dry_multiplier": 1, "dry_penalty_last_n": 100000}),
+            serde_json::json!({"dry_multiplier": 1, "dry_base": 0.5}),
+            serde_json::json!({"xtc_probability": 1.5}),
+            serde_json::json!({"top_n_sigma": -1}),
+        ] {
+            let e = build_template(&common(json.clone()), 16, None, &[]).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400, "{json}");
+        }
+    }
+
+    #[test]
+    fn dry_breakers_are_tokenized_only_when_dry_is_on() {
+        let tok = |s: &str| Ok(s.bytes().map(u32::from).collect::<Vec<u32>>());
+        assert!(dry_breakers(&common(serde_json::json!({})), tok)
+            .unwrap()
+            .is_empty());
+        let on = dry_breakers(&common(serde_json::json!({"dry_multiplier": 1})), tok).unwrap();
+        assert_eq!(on, vec![10, 34, 42, 58], "llama.cpp's defaults: \\n \" * :");
+        let custom =
+            common(serde_json::json!({"dry_multiplier": 1, "dry_sequence_breakers": ["ab", "b"]}));
+        assert_eq!(dry_breakers(&custom, tok).unwrap(), vec![97, 98]);
+        let empty = common(serde_json::json!({"dry_multiplier": 1, "dry_sequence_breakers": [""]}));
+        assert!(dry_breakers(&empty, tok).is_err());
     }
 
     #[test]
@@ -472,7 +594,7 @@ mod tests {
                 "frequency_penalty",
             ),
         ] {
-            let e = build_template(&common(json), 16, None).unwrap_err();
+            let e = build_template(&common(json), 16, None, &[]).unwrap_err();
             assert_eq!(e.status.as_u16(), 400);
             assert_eq!(e.param.as_deref(), Some(field));
         }
@@ -481,12 +603,12 @@ mod tests {
     #[test]
     fn one_constraint_at_most() {
         let p = common(serde_json::json!({"regex": "a+", "grammar": "root ::= \"a\""}));
-        assert!(build_template(&p, 16, None).is_err());
+        assert!(build_template(&p, 16, None, &[]).is_err());
         let p = common(
             serde_json::json!({"response_format": {"type": "json_schema",
             "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}}}),
         );
-        let (r, _, _) = build_template(&p, 16, None).unwrap();
+        let (r, _, _) = build_template(&p, 16, None, &[]).unwrap();
         assert!(matches!(
             r.constraints.as_deref(),
             Some([ConstraintSpec::JsonSchemaWithMode(
@@ -498,8 +620,13 @@ mod tests {
 
     #[test]
     fn choices_get_consecutive_seeds() {
-        let (t, n, seed) =
-            build_template(&common(serde_json::json!({"n": 3, "seed": 7})), 16, None).unwrap();
+        let (t, n, seed) = build_template(
+            &common(serde_json::json!({"n": 3, "seed": 7})),
+            16,
+            None,
+            &[],
+        )
+        .unwrap();
         let rs = expand(&t, vec![Prompt::Text("hi".into())], n, seed).unwrap();
         let seeds: Vec<_> = rs.iter().map(|r| r.seed.unwrap()).collect();
         assert_eq!(seeds, vec![7, 8, 9]);

@@ -190,6 +190,16 @@ async fn off_async_threads<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
 }
 
+/// DRY's sequence breakers of a request, tokenized by its model (none when DRY is off).
+fn dry_breakers(
+    common: &CommonParams,
+    generator: &fluent_ai_candle_engine::CandleGenerator,
+) -> Result<Vec<u32>, ApiError> {
+    params::dry_breakers(common, |s| {
+        generator.tokenize_text(s, false).map_err(|e| e.to_string())
+    })
+}
+
 /// `(stream, include_usage, n)` of a request, as [`Prepared::new`] takes them.
 fn stream_flags(c: &CommonParams, n: usize) -> (bool, bool, usize) {
     (
@@ -207,12 +217,14 @@ pub(crate) async fn prepare_chat(
     let guard = state.admit()?;
     let generator = state.generator(req.common.model.as_deref())?;
     let default_max_tokens = state.config.default_max_tokens;
+    let tokenizer = generator.clone();
     // Building the engine's requests clones the request's schema, possibly huge: on the
     // blocking pool (the request is dropped there too), not on the async threads.
     let built = off_async_threads(move || {
         let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
+        let breakers = dry_breakers(&req.common, &tokenizer)?;
         let (mut template, n, seed) =
-            params::build_template(&req.common, default_max_tokens, logprobs)?;
+            params::build_template(&req.common, default_max_tokens, logprobs, &breakers)?;
         let (tools, tool_choice, parallel) = params::tool_params(
             req.tools.as_ref(),
             req.tool_choice.as_ref(),
@@ -255,16 +267,18 @@ pub(crate) async fn prepare_completion(
 ) -> Result<Prepared, ApiError> {
     let guard = state.admit()?;
     let generator = state.generator(req.common.model.as_deref())?;
+    let tokenizer = generator.clone();
     // As for chat: the requests (schema clones) are built on the blocking pool.
     let built = off_async_threads(move || {
         let logprobs = params::completion_logprobs(req.logprobs)?;
+        let breakers = dry_breakers(&req.common, &tokenizer)?;
         if req.echo == Some(true) {
             return Err(ApiError::invalid_param("echo", "echo is not supported"));
         }
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
         }
-        let (template, n, seed) = params::build_template(&req.common, 16, logprobs)?;
+        let (template, n, seed) = params::build_template(&req.common, 16, logprobs, &breakers)?;
         let flags = stream_flags(&req.common, n);
         let prompts = match req.prompt {
             PromptInput::Text(t) => vec![Prompt::Text(t)],

@@ -429,6 +429,47 @@ async fn every_sampling_parameter_is_accepted_and_seeds_reproduce() {
     }
 }
 
+/// DRY (with its default breakers tokenized by the model), XTC and top-nσ are accepted, and
+/// DRY changes a greedy continuation that repeats itself.
+#[tokio::test]
+async fn dry_xtc_and_top_n_sigma_extensions() {
+    let addr = shared();
+    let prompt = json!({"model": MODEL, "prompt": "red blue red blue red blue red blue red blue",
+                        "max_tokens": 8, "temperature": 0});
+    let (s, plain) = post(addr, "/v1/completions", prompt.clone()).await;
+    assert_eq!(s, 200, "{plain}");
+    let mut dry = prompt.clone();
+    dry["dry_multiplier"] = json!(3.0);
+    dry["dry_allowed_length"] = json!(1);
+    let (s, with_dry) = post(addr, "/v1/completions", dry).await;
+    assert_eq!(s, 200, "{with_dry}");
+    let (a, b) = (
+        plain["choices"][0]["text"].as_str().unwrap(),
+        with_dry["choices"][0]["text"].as_str().unwrap(),
+    );
+    assert!(
+        a.matches("blue").count() >= 3,
+        "the greedy run repeats: {a:?}"
+    );
+    assert_ne!(a, b, "DRY penalises the repeat");
+    let mut sampled = prompt;
+    sampled["temperature"] = json!(0.9);
+    sampled["top_n_sigma"] = json!(1.0);
+    sampled["xtc_probability"] = json!(0.5);
+    sampled["xtc_threshold"] = json!(0.1);
+    sampled["seed"] = json!(3);
+    let (s, r) = post(addr, "/v1/completions", sampled).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = post(
+        addr,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "x", "dry_multiplier": 1, "dry_allowed_length": 0}),
+    )
+    .await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(r["error"]["param"], "dry_allowed_length");
+}
+
 #[tokio::test]
 async fn bad_parameters_are_400_with_openai_errors() {
     let addr = shared();
