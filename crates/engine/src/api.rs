@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_sampling::SamplingConfig;
+use fluent_ai_candle_sampling::{SamplingConfig, SequenceConfidence};
 use futures::Stream;
 
 use crate::config::GenerationConfig;
@@ -268,6 +268,10 @@ pub struct CompletionChoice {
     pub error: Option<String>,
     /// Per-token log-probabilities, when the request asked for them.
     pub logprobs: Vec<TokenLogprob>,
+    /// The whole output's confidence (see [`Generation::confidence`]).
+    ///
+    /// [`Generation::confidence`]: crate::Generation::confidence
+    pub confidence: Option<SequenceConfidence>,
 }
 
 /// A finished completion (OpenAI's `text_completion` object).
@@ -307,6 +311,10 @@ pub struct ChunkChoice {
     pub finish_reason: Option<FinishReason>,
     /// The error that ended the stream, on a last chunk with [`FinishReason::Error`].
     pub error: Option<String>,
+    /// The whole output's confidence, on the last chunk (see [`Generation::confidence`]).
+    ///
+    /// [`Generation::confidence`]: crate::Generation::confidence
+    pub confidence: Option<SequenceConfidence>,
 }
 
 /// One chunk of a completion stream (OpenAI's chunk shape: `choices[0].delta.content`).
@@ -395,6 +403,7 @@ impl CandleCompletionStream {
                 delta: ChunkDelta::default(),
                 finish_reason: Some(FinishReason::Error),
                 error: Some(error.to_string()),
+                confidence: None,
             }],
             usage: Some(Usage::default()),
         })
@@ -496,6 +505,7 @@ struct Accumulator {
     finish: Option<FinishReason>,
     error: Option<String>,
     usage: Option<Usage>,
+    confidence: Option<SequenceConfidence>,
 }
 
 impl Accumulator {
@@ -515,6 +525,7 @@ impl Accumulator {
             if c.finish_reason.is_some() {
                 self.finish = c.finish_reason;
                 self.error = c.error;
+                self.confidence = c.confidence;
             }
         }
     }
@@ -532,6 +543,7 @@ impl Accumulator {
                 finish_reason: finish,
                 error: self.error,
                 logprobs: self.logprobs,
+                confidence: self.confidence,
             }],
             usage: self.usage.unwrap_or_default(),
         })

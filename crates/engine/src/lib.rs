@@ -77,7 +77,9 @@ pub use fluent_ai_candle_models::{
     cache, device_name, CancelToken, CandleTokenizer, ChatMessage, ChatToolCall, DeviceError,
     DeviceType, LoadProgress, LoadedModel, ModelError, QuantizationType,
 };
-pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, Sampling, SamplingConfig};
+pub use fluent_ai_candle_sampling::{
+    LogprobSource, ProcessorSpec, Sampling, SamplingConfig, SequenceConfidence,
+};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::{run_blocking, CandleGenerator};
 pub use metrics::{
@@ -143,6 +145,12 @@ pub struct Generation {
     /// One entry per generated token when the request's
     /// [`logprobs`](CandleCompletionRequest::logprobs) is set, else empty.
     pub logprobs: Vec<TokenLogprob>,
+    /// How sure the sampling was over the whole output: the geometric-mean token probability,
+    /// perplexity, least likely token and mean entropy of the distribution each token was
+    /// drawn from (the model's own with [`LogprobSource::Model`]); `None` before any token.
+    ///
+    /// [`LogprobSource::Model`]: fluent_ai_candle_sampling::LogprobSource::Model
+    pub confidence: Option<SequenceConfidence>,
 }
 
 /// The log-probability of one generated token, and the most probable alternatives at its

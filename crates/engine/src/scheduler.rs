@@ -120,6 +120,7 @@ impl Active {
                 } else {
                     None
                 },
+                confidence: if finish { self.seq.confidence() } else { None },
             }],
             usage: if finish { Some(self.seq.usage()) } else { None },
         }

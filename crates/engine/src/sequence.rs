@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fluent_ai_candle_constraints::CompiledConstraint;
 use fluent_ai_candle_mask::TokenMask;
-use fluent_ai_candle_sampling::{Sampler, SamplingConfig};
+use fluent_ai_candle_sampling::{Sampler, SamplingConfig, SequenceConfidence};
 
 use crate::constraint::ActiveConstraint;
 use crate::detok::Detokenizer;
@@ -29,6 +29,8 @@ pub(crate) struct SequenceState {
     eog: Arc<[u32]>,
     history: Vec<u32>,
     prompt_len: usize,
+    /// Every sampled token's log-probability and entropy, summed (no allocation).
+    confidence: SequenceConfidence,
     /// Prompt tokens the prefix cache supplied.
     cached_tokens: usize,
     generated: Vec<u32>,
@@ -89,6 +91,7 @@ impl SequenceState {
             history,
             prompt_len: prompt_ids.len(),
             cached_tokens: 0,
+            confidence: SequenceConfidence::new(),
             generated: Vec::new(),
             text: String::new(),
             max_tokens: params.max_tokens,
@@ -159,6 +162,11 @@ impl SequenceState {
             total_tokens: self.prompt_len + self.generated.len(),
             cached_tokens: self.cached_tokens,
         }
+    }
+
+    /// The whole output's confidence so far (`None` before the first token).
+    pub(crate) fn confidence(&self) -> Option<SequenceConfidence> {
+        (!self.confidence.is_empty()).then_some(self.confidence)
     }
 
     /// Records that the prefix cache supplied the first `n` prompt tokens.
@@ -254,6 +262,7 @@ impl SequenceState {
             }
         }
         let token = sampled.token;
+        self.confidence.push(&sampled);
         if self.record_logprobs {
             let bytes_of = |t: u32| {
                 self.token_bytes
@@ -356,6 +365,7 @@ impl SequenceState {
             usage,
             error: self.error,
             logprobs: self.logprobs,
+            confidence: (!self.confidence.is_empty()).then_some(self.confidence),
         }
     }
 }

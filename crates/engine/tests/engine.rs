@@ -116,6 +116,25 @@ fn logprobs_describe_every_generated_token() {
         let mass: f32 = lp.top_logprobs.iter().map(|(_, l)| l.exp()).sum();
         assert!(mass <= 1.0 + 1e-4, "{mass}");
     }
+    // The choice's confidence summarises the same log-probabilities.
+    let c = choice
+        .confidence
+        .expect("a confidence once tokens were generated");
+    assert_eq!(c.len(), choice.logprobs.len() as u64);
+    let mean = choice
+        .logprobs
+        .iter()
+        .map(|l| l.logprob as f64)
+        .sum::<f64>()
+        / choice.logprobs.len() as f64;
+    assert!((c.mean_logprob().unwrap() - mean).abs() < 1e-9);
+    assert!((c.score().unwrap() - mean.exp()).abs() < 1e-9);
+    let min = choice
+        .logprobs
+        .iter()
+        .map(|l| l.logprob)
+        .fold(0.0, f32::min);
+    assert_eq!(c.min_logprob(), Some(min));
     // Without the flag nothing is recorded.
     let plain = g
         .generate(&request(&chat("Name a colour."), 4, 0.0, 1))

@@ -126,6 +126,10 @@ pub struct CommonParams {
     /// the largest (> 0).
     #[serde(default)]
     pub top_n_sigma: Option<f32>,
+    /// Extension: report each choice's `confidence` (geometric-mean token probability,
+    /// perplexity, least likely token, mean entropy, from the model's distribution).
+    #[serde(default)]
+    pub confidence: Option<bool>,
     /// Extension (llama.cpp's name): XTC's chance per step, in [0, 1] (0, the default, is off).
     #[serde(default)]
     pub xtc_probability: Option<f32>,
@@ -405,6 +409,41 @@ pub struct ChatChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// `stop`, `length` or `tool_calls`.
     pub finish_reason: &'static str,
+    /// Extension: the whole output's confidence, with `"confidence": true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceOut>,
+}
+
+/// Extension: how sure the model was of its whole output (from the model's own distribution
+/// at each generated token).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct ConfidenceOut {
+    /// The geometric-mean token probability, in (0, 1]: `exp(mean_logprob)`.
+    pub score: f64,
+    /// `exp(-mean_logprob)`, ≥ 1.
+    pub perplexity: f64,
+    /// Mean natural-log probability per generated token.
+    pub mean_logprob: f64,
+    /// The least likely generated token's log-probability.
+    pub min_logprob: f32,
+    /// Mean entropy (nats) of the distributions the tokens were drawn from.
+    pub mean_entropy: f64,
+    /// Tokens it covers.
+    pub tokens: u64,
+}
+
+impl ConfidenceOut {
+    /// The OpenAI-side form of the engine's accumulator (`None` before any token).
+    pub fn of(c: &fluent_ai_candle_engine::SequenceConfidence) -> Option<Self> {
+        Some(Self {
+            score: c.score()?,
+            perplexity: c.perplexity()?,
+            mean_logprob: c.mean_logprob()?,
+            min_logprob: c.min_logprob()?,
+            mean_entropy: c.mean_entropy()?,
+            tokens: c.len(),
+        })
+    }
 }
 
 /// A chat completion (`object: "chat.completion"`).
@@ -451,6 +490,9 @@ pub struct ChatChunkChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// Set on the choice's last chunk.
     pub finish_reason: Option<&'static str>,
+    /// Extension: on the choice's last chunk, with `"confidence": true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceOut>,
 }
 
 /// A chat stream chunk (`object: "chat.completion.chunk"`).
@@ -484,6 +526,10 @@ pub struct CompletionChoiceOut {
     pub logprobs: Option<CompletionLogprobs>,
     /// Set when the choice has ended.
     pub finish_reason: Option<&'static str>,
+    /// Extension: the whole output's confidence (on the last chunk of a stream), with
+    /// `"confidence": true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceOut>,
 }
 
 /// A text completion or one of its stream chunks (`object: "text_completion"`).

@@ -221,6 +221,10 @@ pub(crate) fn build_template(
     if let Some(k) = logprobs {
         // OpenAI reports the model's distribution, before temperature and truncation.
         b = b.top_logprobs(k).logprob_source(LogprobSource::Model);
+    } else if p.confidence == Some(true) {
+        // Confidence describes the model, not the sampler's truncated distribution (which
+        // is certain under greedy decoding).
+        b = b.logprob_source(LogprobSource::Model);
     }
     let sampling = b
         .build()

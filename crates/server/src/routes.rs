@@ -218,6 +218,7 @@ pub(crate) async fn prepare_chat(
     let generator = state.generator(req.common.model.as_deref())?;
     let default_max_tokens = state.config.default_max_tokens;
     let tokenizer = generator.clone();
+    let confidence = req.common.confidence == Some(true);
     // Building the engine's requests clones the request's schema, possibly huge: on the
     // blocking pool (the request is dropped there too), not on the async threads.
     let built = off_async_threads(move || {
@@ -256,6 +257,7 @@ pub(crate) async fn prepare_chat(
         state.abort.subscribe(),
     )
     .with_logprobs(logprobs)
+    .with_confidence(confidence)
     .with_tool_calls(parse_tools))
 }
 
@@ -268,6 +270,7 @@ pub(crate) async fn prepare_completion(
     let guard = state.admit()?;
     let generator = state.generator(req.common.model.as_deref())?;
     let tokenizer = generator.clone();
+    let confidence = req.common.confidence == Some(true);
     // As for chat: the requests (schema clones) are built on the blocking pool.
     let built = off_async_threads(move || {
         let logprobs = params::completion_logprobs(req.logprobs)?;
@@ -299,7 +302,8 @@ pub(crate) async fn prepare_completion(
         guard,
         state.abort.subscribe(),
     )
-    .with_logprobs(logprobs))
+    .with_logprobs(logprobs)
+    .with_confidence(confidence))
 }
 
 async fn respond(prepared: Prepared, stats: Option<Extension<Arc<RequestStats>>>) -> Response {

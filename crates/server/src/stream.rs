@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
     ChatDelta, ChatLogprobs, CompletionChoiceOut, CompletionLogprobs, CompletionResponse,
-    FunctionCallOut, TokenLogprobOut, ToolCallOut, TopLogprobOut, UsageOut,
+    ConfidenceOut, FunctionCallOut, TokenLogprobOut, ToolCallOut, TopLogprobOut, UsageOut,
 };
 use crate::reqlog::RequestStats;
 use crate::state::InFlight;
@@ -53,6 +53,8 @@ pub(crate) struct Prepared {
     pub tool_calls: bool,
     /// Where the request's log line gets its model, tokens and time to first token.
     pub stats: Option<Arc<RequestStats>>,
+    /// Whether choices carry `confidence` (the request's extension).
+    pub confidence: bool,
 }
 
 impl Prepared {
@@ -90,7 +92,26 @@ impl Prepared {
             logprobs: false,
             tool_calls: false,
             stats: None,
+            confidence: false,
         }
+    }
+
+    /// Makes each choice carry its `confidence` (on its last chunk when streamed).
+    pub fn with_confidence(mut self, on: bool) -> Self {
+        self.confidence = on;
+        self
+    }
+
+    /// A choice's confidence from its last engine chunk, when the request asked for it.
+    fn confidence_of(&self, chunk: &CandleCompletionChunk) -> Option<ConfidenceOut> {
+        if !self.confidence {
+            return None;
+        }
+        chunk
+            .choices
+            .first()
+            .and_then(|c| c.confidence.as_ref())
+            .and_then(ConfidenceOut::of)
     }
 
     /// Makes the chunks report to a request's log line.
@@ -195,7 +216,11 @@ impl Prepared {
         let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); self.choices];
         let mut finish: Vec<Option<FinishReason>> = vec![None; self.choices];
         let mut usage = UsageOut::default();
+        let mut confidence: Vec<Option<ConfidenceOut>> = vec![None; self.choices];
         while let Some((i, chunk)) = self.next().await {
+            if let Some(c) = self.confidence_of(&chunk) {
+                confidence[i] = Some(c);
+            }
             texts[i].push_str(chunk.text());
             if let Some(c) = chunk.choices.first() {
                 logprobs[i].extend(c.delta.logprobs.iter().cloned());
@@ -247,6 +272,7 @@ impl Prepared {
                             },
                             logprobs: self.chat_logprobs(&logprobs[i]),
                             finish_reason,
+                            confidence: confidence[i],
                         }
                     })
                     .collect(),
@@ -266,6 +292,7 @@ impl Prepared {
                         index: i,
                         logprobs: self.completion_logprobs(&logprobs[i], 0),
                         finish_reason: Some(reason(i)),
+                        confidence: confidence[i],
                     })
                     .collect(),
                 usage: Some(Some(usage)),
@@ -409,6 +436,7 @@ impl Emitter {
         }
         let finish_reason = finish.map(FinishReason::as_str);
         let usage = self.usage_field(false);
+        let confidence = p.confidence_of(&chunk);
         match p.endpoint {
             Endpoint::Chat => {
                 let chunk = |delta: ChatDelta,
@@ -424,6 +452,7 @@ impl Emitter {
                             delta,
                             logprobs,
                             finish_reason,
+                            confidence: finish_reason.and(confidence),
                         }],
                         usage,
                         system_fingerprint: None,
@@ -496,6 +525,7 @@ impl Emitter {
                         index: i,
                         logprobs,
                         finish_reason,
+                        confidence,
                     }],
                     usage,
                     system_fingerprint: None,

@@ -1022,3 +1022,83 @@ async fn responses_function_call_round_trip() {
     assert_eq!(status, 200, "{r2}");
     assert!(!r2["output"].as_array().unwrap().is_empty(), "{r2}");
 }
+
+/// The `confidence` extension: each choice's geometric-mean token probability, perplexity,
+/// least likely token and mean entropy (from the model's distribution, so it is not 1 under
+/// greedy decoding); absent without the flag; on the last chunk of a stream.
+#[tokio::test]
+async fn confidence_extension() {
+    let addr = shared();
+    let (s, r) = post(
+        addr,
+        "/v1/chat/completions",
+        chat(
+            "Name a colour.",
+            json!({"confidence": true, "logprobs": true}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let c = &r["choices"][0]["confidence"];
+    let score = c["score"].as_f64().unwrap();
+    assert!(score > 0.0 && score < 1.0, "{c}");
+    assert!((c["perplexity"].as_f64().unwrap() - 1.0 / score).abs() < 1e-6);
+    let lps: Vec<f64> = r["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["logprob"].as_f64().unwrap())
+        .collect();
+    assert_eq!(c["tokens"].as_u64().unwrap(), lps.len() as u64);
+    let mean = lps.iter().sum::<f64>() / lps.len() as f64;
+    assert!(
+        (c["mean_logprob"].as_f64().unwrap() - mean).abs() < 1e-5,
+        "{c} vs {mean}"
+    );
+    // Without logprobs too (greedy: still the model's distribution, not the sampler's 1).
+    let (_, r) = post(
+        addr,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "The sky is", "max_tokens": 4, "temperature": 0,
+               "confidence": true}),
+    )
+    .await;
+    assert!(
+        r["choices"][0]["confidence"]["score"].as_f64().unwrap() < 1.0,
+        "{r}"
+    );
+    let (_, plain) = post(
+        addr,
+        "/v1/chat/completions",
+        chat("Name a colour.", json!({})),
+    )
+    .await;
+    assert!(plain["choices"][0].get("confidence").is_none(), "{plain}");
+    // Streamed: on the chunk that carries the finish reason.
+    let r = client()
+        .post(url(addr, "/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat(
+            "Name a colour.",
+            json!({"confidence": true, "stream": true}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let events = sse_events(r).await;
+    let with: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| !c["choices"][0]["confidence"].is_null())
+        .collect();
+    assert_eq!(with.len(), 1, "{events:?}");
+    assert!(!with[0]["choices"][0]["finish_reason"].is_null());
+    assert!(
+        (with[0]["choices"][0]["confidence"]["score"]
+            .as_f64()
+            .unwrap()
+            - score)
+            .abs()
+            < 1e-6
+    );
+}
