@@ -110,6 +110,17 @@ struct ServeArgs {
     /// RUST_LOG (default `info`; `RUST_LOG=warn` silences them).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Tokens per streamed chunk (a request may set `stream_chunk_size`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    stream_chunk_size: u32,
+    /// Milliseconds a partial chunk may wait before it is sent anyway (a request may set
+    /// `stream_buffer_timeout_ms`).
+    #[arg(long, default_value_t = 50)]
+    stream_buffer_timeout_ms: u64,
+    /// Chunks buffered per stream; a client that falls this far behind pauses its own
+    /// sequence (the others go on).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    stream_buffer_size: u32,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -379,6 +390,10 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     config.shutdown_timeout = std::time::Duration::from_secs_f64(a.shutdown_timeout);
     config.cors_origins = a.cors_origins;
     config.metrics_open = a.metrics_open;
+    config.streaming = fluent_ai_candle::engine::StreamingConfig::default()
+        .chunk_size(a.stream_chunk_size as usize)
+        .buffer_timeout(std::time::Duration::from_millis(a.stream_buffer_timeout_ms))
+        .buffer_size(a.stream_buffer_size as usize);
     let device = a.device.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -182,6 +182,11 @@ pub struct CandleCompletionRequest {
     pub tool_choice: ToolChoice,
     /// Whether a forced call may be followed by more (`None`: yes, OpenAI's default).
     pub parallel_tool_calls: Option<bool>,
+    /// This request's chunking (tokens per chunk, how long a partial chunk may wait, chunks
+    /// buffered); `None` takes the generator's [`GenerationConfig::streaming`].
+    ///
+    /// [`GenerationConfig::streaming`]: crate::GenerationConfig::streaming
+    pub streaming: Option<crate::StreamingConfig>,
 }
 
 impl CandleCompletionRequest {

@@ -515,7 +515,9 @@ impl CandleGenerator {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let (tx, rx) = tokio::sync::mpsc::channel(cfg.streaming.buffer_size);
+        let streaming = request.streaming.unwrap_or(cfg.streaming);
+        streaming.validate()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(streaming.buffer_size);
         let job = Job {
             id: id.clone(),
             created,
@@ -523,7 +525,7 @@ impl CandleGenerator {
             prompt_ids,
             seq,
             kv,
-            streaming: cfg.streaming,
+            streaming,
             tx,
             enqueued: Instant::now(),
         };

@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// `max_tokens` of a chat request that sets none (completions default to 16, as OpenAI).
     pub default_max_tokens: usize,
+    /// How streams are chunked by default (tokens per chunk, how long a partial chunk may
+    /// wait, chunks buffered per stream); a request may override the first two with
+    /// `stream_chunk_size` and `stream_buffer_timeout_ms`.
+    pub streaming: fluent_ai_candle_engine::StreamingConfig,
     /// Open connections at most; one more is answered 503 and closed at once (it never holds a
     /// file descriptor). Lowered at start to fit the process's open-file limit.
     pub max_connections: usize,
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             body_limit: 2 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             default_max_tokens: 512,
+            streaming: fluent_ai_candle_engine::StreamingConfig::default(),
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -213,6 +218,11 @@ impl ServerConfig {
         if self.body_limit < 1024 {
             return Err(ServerError::Config(
                 "body_limit must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.streaming.validate().is_err() {
+            return Err(ServerError::Config(
+                "streaming chunk size and buffer size must be ≥ 1".into(),
             ));
         }
         if self.default_max_tokens == 0 {

@@ -126,6 +126,13 @@ pub struct CommonParams {
     /// the largest (> 0).
     #[serde(default)]
     pub top_n_sigma: Option<f32>,
+    /// Extension: tokens per streamed chunk (≥ 1; default the server's `--stream-chunk-size`).
+    #[serde(default)]
+    pub stream_chunk_size: Option<i64>,
+    /// Extension: how long (ms) a partial chunk may wait before it is sent anyway (default the
+    /// server's `--stream-buffer-timeout-ms`).
+    #[serde(default)]
+    pub stream_buffer_timeout_ms: Option<f64>,
     /// Extension: report each choice's `confidence` (geometric-mean token probability,
     /// perplexity, least likely token, mean entropy, from the model's distribution).
     #[serde(default)]

@@ -6,7 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fluent_ai_candle_engine::{
-    CandleCompletionRequest, ConstraintSpec, JsonSchemaMode, Prompt, ToolChoice, ToolDefinition,
+    CandleCompletionRequest, ConstraintSpec, JsonSchemaMode, Prompt, StreamingConfig, ToolChoice,
+    ToolDefinition,
 };
 use fluent_ai_candle_sampling::{LogprobSource, SamplingConfig};
 use serde_json::Value;
@@ -488,6 +489,36 @@ pub(crate) fn dry_breakers(
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+/// The request's streaming knobs over the server's defaults (`None` when it sets none).
+pub(crate) fn streaming(
+    p: &CommonParams,
+    defaults: StreamingConfig,
+) -> Result<Option<StreamingConfig>, ApiError> {
+    if p.stream_chunk_size.is_none() && p.stream_buffer_timeout_ms.is_none() {
+        return Ok(None);
+    }
+    let mut s = defaults;
+    if let Some(n) = p.stream_chunk_size {
+        if !(1..=4096).contains(&n) {
+            return Err(ApiError::invalid_param(
+                "stream_chunk_size",
+                format!("stream_chunk_size must be in 1..=4096, got {n}"),
+            ));
+        }
+        s.chunk_size = n as usize;
+    }
+    if let Some(ms) = p.stream_buffer_timeout_ms {
+        if !(ms.is_finite() && (0.0..=60_000.0).contains(&ms)) {
+            return Err(ApiError::invalid_param(
+                "stream_buffer_timeout_ms",
+                format!("stream_buffer_timeout_ms must be in [0, 60000], got {ms}"),
+            ));
+        }
+        s.buffer_timeout = std::time::Duration::from_secs_f64(ms / 1e3);
+    }
+    Ok(Some(s))
 }
 
 #[cfg(test)]

@@ -219,6 +219,7 @@ pub(crate) async fn prepare_chat(
     let default_max_tokens = state.config.default_max_tokens;
     let tokenizer = generator.clone();
     let confidence = req.common.confidence == Some(true);
+    let stream_defaults = state.config.streaming;
     // Building the engine's requests clones the request's schema, possibly huge: on the
     // blocking pool (the request is dropped there too), not on the async threads.
     let built = off_async_threads(move || {
@@ -226,6 +227,7 @@ pub(crate) async fn prepare_chat(
         let breakers = dry_breakers(&req.common, &tokenizer)?;
         let (mut template, n, seed) =
             params::build_template(&req.common, default_max_tokens, logprobs, &breakers)?;
+        template.streaming = params::streaming(&req.common, stream_defaults)?;
         let (tools, tool_choice, parallel) = params::tool_params(
             req.tools.as_ref(),
             req.tool_choice.as_ref(),
@@ -271,6 +273,7 @@ pub(crate) async fn prepare_completion(
     let generator = state.generator(req.common.model.as_deref())?;
     let tokenizer = generator.clone();
     let confidence = req.common.confidence == Some(true);
+    let stream_defaults = state.config.streaming;
     // As for chat: the requests (schema clones) are built on the blocking pool.
     let built = off_async_threads(move || {
         let logprobs = params::completion_logprobs(req.logprobs)?;
@@ -281,7 +284,8 @@ pub(crate) async fn prepare_completion(
         if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid_param("suffix", "suffix is not supported"));
         }
-        let (template, n, seed) = params::build_template(&req.common, 16, logprobs, &breakers)?;
+        let (mut template, n, seed) = params::build_template(&req.common, 16, logprobs, &breakers)?;
+        template.streaming = params::streaming(&req.common, stream_defaults)?;
         let flags = stream_flags(&req.common, n);
         let prompts = match req.prompt {
             PromptInput::Text(t) => vec![Prompt::Text(t)],

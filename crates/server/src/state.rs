@@ -59,6 +59,7 @@ impl AppState {
         let generation = GenerationConfig::builder()
             .max_concurrent_requests(config.max_concurrent)
             .max_queued_requests(config.max_queued)
+            .streaming(config.streaming)
             .build();
         let models_dir = config.resolved_models_dir();
         Self {

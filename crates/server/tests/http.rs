@@ -1102,3 +1102,54 @@ async fn confidence_extension() {
             < 1e-6
     );
 }
+
+/// The streaming knobs as request extensions: with chunks of 1,000 tokens, a partial chunk
+/// still goes out once it is `stream_buffer_timeout_ms` old (the timeout flush), so a long
+/// enough answer arrives in several content chunks; with a timeout longer than the request,
+/// all of it arrives in the last chunk. Bad values are 400s.
+#[tokio::test]
+async fn stream_chunk_size_and_buffer_timeout_extensions() {
+    let addr = shared();
+    let content_chunks = |extra: Value| async move {
+        let mut body = chat("Write a sentence about the sea.", extra);
+        body["stream"] = json!(true);
+        body["max_tokens"] = json!(24);
+        body["ignore_eos"] = json!(true);
+        let r = client()
+            .post(url(addr, "/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let events = sse_events(r).await;
+        events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).unwrap())
+            .filter(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|t| !t.is_empty())
+            })
+            .count()
+    };
+    let flushed =
+        content_chunks(json!({"stream_chunk_size": 1000, "stream_buffer_timeout_ms": 0})).await;
+    assert!(
+        flushed >= 4,
+        "the timeout flushes partial chunks: {flushed} content chunks"
+    );
+    let held =
+        content_chunks(json!({"stream_chunk_size": 1000, "stream_buffer_timeout_ms": 60000})).await;
+    assert_eq!(held, 1, "everything waits for the end");
+    let one_each = content_chunks(json!({"stream_chunk_size": 1})).await;
+    assert!(one_each >= 20, "{one_each}");
+    for bad in [
+        json!({"stream_chunk_size": 0}),
+        json!({"stream_buffer_timeout_ms": -1}),
+    ] {
+        let (s, r) = post(addr, "/v1/chat/completions", chat("Hi", bad.clone())).await;
+        assert_eq!(s, 400, "{bad}: {r}");
+    }
+}
