@@ -81,21 +81,27 @@ static GLOBAL: Counting = Counting;
 /// naming the new allocation in PERFORMANCE.md.
 const MAX_ALLOCS_PER_STEP: u64 = 5_000;
 
-#[test]
-fn decode_steps_allocate_a_fixed_bounded_amount() {
+/// The real SmolLM2 after a 32-token prompt and two warm-up steps (first-use tables and the
+/// pool's per-thread scratch), with room for `steps` more tokens; and the next token.
+fn warm_decoder(steps: usize) -> (Llama, fluent_ai_candle_kv_cache::SequenceCache, u32) {
     let mut gguf = GgufFile::open(common::smollm2_path()).unwrap();
     let model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
     let prompt: Vec<u32> = (0..32).map(|i| 1000 + i * 37).collect();
     let mut cache = model
-        .new_cache(&KvCacheConfig::default().max_entries(prompt.len() + 64))
+        .new_cache(&KvCacheConfig::default().max_entries(prompt.len() + steps))
         .unwrap();
     let logits = model.forward(&prompt, &mut cache, false).unwrap();
     let mut token = common::argmax(&logits.to_vec1::<f32>().unwrap());
-    // Two warm-up steps: first-use tables and the pool's per-thread scratch.
     for _ in 0..2 {
         let logits = model.forward(&[token], &mut cache, false).unwrap();
         token = common::argmax(&logits.to_vec1::<f32>().unwrap());
     }
+    (model, cache, token)
+}
+
+#[test]
+fn decode_steps_allocate_a_fixed_bounded_amount() {
+    let (model, mut cache, mut token) = warm_decoder(64);
     let mut per_step = Vec::new();
     let mut bytes_per_step = Vec::new();
     for _ in 0..32 {
@@ -132,18 +138,7 @@ fn decode_steps_allocate_a_fixed_bounded_amount() {
 #[test]
 #[ignore = "diagnostic: captures a stack per allocation (slow); prints the per-site table"]
 fn itemise_one_decode_step() {
-    let mut gguf = GgufFile::open(common::smollm2_path()).unwrap();
-    let model = Llama::load(&mut gguf, &Device::Cpu, &mut |_| {}).unwrap();
-    let prompt: Vec<u32> = (0..32).map(|i| 1000 + i * 37).collect();
-    let mut cache = model
-        .new_cache(&KvCacheConfig::default().max_entries(prompt.len() + 8))
-        .unwrap();
-    let logits = model.forward(&prompt, &mut cache, false).unwrap();
-    let mut token = common::argmax(&logits.to_vec1::<f32>().unwrap());
-    for _ in 0..2 {
-        let logits = model.forward(&[token], &mut cache, false).unwrap();
-        token = common::argmax(&logits.to_vec1::<f32>().unwrap());
-    }
+    let (model, mut cache, token) = warm_decoder(8);
     let a0 = ALLOCS.load(Ordering::SeqCst);
     RECORD.store(true, Ordering::SeqCst);
     let logits = model.forward(&[token], &mut cache, false).unwrap();

@@ -89,13 +89,7 @@ async fn chat_streaming_sse_matches_the_whole_response() {
         "Name a colour.",
         json!({"stream": true, "stream_options": {"include_usage": true}}),
     );
-    let r = client()
-        .post(url(addr, "/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(addr, "/v1/chat/completions", &body).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
         .to_str()
@@ -181,13 +175,7 @@ async fn text_completions_whole_and_streamed_with_n_and_stop() {
 
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let r = client()
-        .post(url(addr, "/v1/completions"))
-        .bearer_auth(KEY)
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(addr, "/v1/completions", &streamed).await;
     let events = sse_events(r).await;
     assert_eq!(events.last().unwrap(), "[DONE]");
     let mut texts = [String::new(), String::new()];
@@ -254,13 +242,7 @@ async fn logprobs_whole_streamed_and_legacy() {
         "Name a colour.",
         json!({"logprobs": true, "top_logprobs": 2, "stream": true}),
     );
-    let r = client()
-        .post(url(addr, "/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(addr, "/v1/chat/completions", &body).await;
     let events = sse_events(r).await;
     let mut streamed = Vec::new();
     for e in &events[..events.len() - 1] {
@@ -926,13 +908,7 @@ async fn responses_whole_and_streamed() {
 
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let r = client()
-        .post(url(addr, "/v1/responses"))
-        .bearer_auth(KEY)
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(addr, "/v1/responses", &streamed).await;
     assert_eq!(r.status(), 200);
     let raw = r.text().await.unwrap();
     let mut events = Vec::new();
@@ -1115,13 +1091,7 @@ async fn stream_chunk_size_and_buffer_timeout_extensions() {
         body["stream"] = json!(true);
         body["max_tokens"] = json!(24);
         body["ignore_eos"] = json!(true);
-        let r = client()
-            .post(url(addr, "/v1/chat/completions"))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_raw(addr, "/v1/chat/completions", &body).await;
         assert_eq!(r.status(), 200);
         let events = sse_events(r).await;
         events[..events.len() - 1]

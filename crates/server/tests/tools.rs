@@ -115,13 +115,7 @@ async fn streamed(
     addr: std::net::SocketAddr,
     body: Value,
 ) -> (String, Vec<(String, String)>, String) {
-    let r = client()
-        .post(url(addr, "/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(addr, "/v1/chat/completions", &body).await;
     assert_eq!(r.status(), 200);
     let events = sse_events(r).await;
     assert_eq!(events.last().unwrap(), "[DONE]");

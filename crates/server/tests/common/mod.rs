@@ -84,19 +84,24 @@ pub fn url(addr: SocketAddr, path: &str) -> String {
     format!("http://{addr}{path}")
 }
 
+/// POSTs JSON with the shared key; the response as it arrives (for streams and headers).
+pub async fn post_raw(addr: SocketAddr, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    client()
+        .post(url(addr, path))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
 /// POSTs JSON with the shared key; returns status and body JSON (or the text as a string).
 pub async fn post(
     addr: SocketAddr,
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = client()
-        .post(url(addr, path))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
+    let r = post_raw(addr, path, &body).await;
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
