@@ -100,6 +100,9 @@ struct ServeArgs {
     /// Serve /metrics without the API key.
     #[arg(long)]
     metrics_open: bool,
+    /// Do not serve the built-in chat page at / (it is then 404).
+    #[arg(long)]
+    no_chat_page: bool,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -348,6 +351,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     config.shutdown_timeout = std::time::Duration::from_secs_f64(a.shutdown_timeout);
     config.cors_origins = a.cors_origins;
     config.metrics_open = a.metrics_open;
+    config.chat_page = !a.no_chat_page;
     let device = a.device.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
