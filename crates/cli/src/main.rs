@@ -62,9 +62,14 @@ struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize.
-    #[arg(long)]
+    /// Require `Authorization: Bearer KEY` on /v1/*, /tokenize and /detokenize. A key on the
+    /// command line is visible to every local user in the process list: prefer --api-key-file
+    /// or the FLUENT_AI_CANDLE_API_KEY environment variable (used when neither flag is given).
+    #[arg(long, conflicts_with = "api_key_file")]
     api_key: Option<String>,
+    /// Read the API key from this file (its first line; surrounding whitespace is trimmed).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
     /// Sequences decoded together per model.
     #[arg(long, default_value_t = 16)]
     max_concurrent: usize,
@@ -103,6 +108,11 @@ struct ServeArgs {
     /// Do not serve the built-in chat page at / (it is then 404).
     #[arg(long)]
     no_chat_page: bool,
+    /// Request log lines on stderr (one per request: id, route, status, model, tokens, time to
+    /// first token, duration): `text` or `json` (one JSON object per line). Filtered by
+    /// RUST_LOG (default `info`; `RUST_LOG=warn` silences them).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -334,13 +344,34 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Installs the `tracing` subscriber that writes the server's request lines to stderr.
+fn init_logs(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    // A second subscriber (never installed here) would be an error, not worth stopping for.
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
 fn run_serve(a: ServeArgs) -> Result<()> {
+    init_logs(&a.log_format);
     let mut config = fluent_ai_candle_server::ServerConfig::default()
         .host(a.host)
         .port(a.port)
         .max_concurrent(a.max_concurrent);
     config.models = a.models;
-    config.api_key = a.api_key;
+    config.api_key = api_key(
+        a.api_key,
+        a.api_key_file.as_deref(),
+        std::env::var(API_KEY_ENV).ok(),
+    )?;
     config.models_dir = a.models_dir;
     config.max_queued = a.max_queued;
     config.max_models = a.max_models;
@@ -361,6 +392,32 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The environment variable holding the API key when no flag gives one.
+const API_KEY_ENV: &str = "FLUENT_AI_CANDLE_API_KEY";
+
+/// The server's API key: the file's first line, else the flag, else the environment variable;
+/// an empty key (or an unreadable file) is an error rather than an open server.
+fn api_key(
+    flag: Option<String>,
+    file: Option<&std::path::Path>,
+    env: Option<String>,
+) -> Result<Option<String>> {
+    let (key, from) = if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --api-key-file {}", path.display()))?;
+        let first = text.lines().next().unwrap_or("").trim().to_string();
+        (Some(first), format!("--api-key-file {}", path.display()))
+    } else if flag.is_some() {
+        (flag, "--api-key".to_string())
+    } else {
+        (env, API_KEY_ENV.to_string())
+    };
+    match key {
+        Some(k) if k.is_empty() => bail!("the API key from {from} is empty"),
+        k => Ok(k),
+    }
+}
+
 fn constraint_spec(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
@@ -377,4 +434,39 @@ fn constraint_spec(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
     } else {
         a.regex.clone().map(ConstraintSpec::Regex)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_comes_from_the_file_then_the_flag_then_the_environment() {
+        let dir = std::env::temp_dir().join(format!("fac-api-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "  s3cret \nignored second line\n").unwrap();
+        let env = Some("from-env".to_string());
+        assert_eq!(
+            api_key(None, Some(&file), env.clone()).unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(
+            api_key(Some("flag".into()), None, env.clone())
+                .unwrap()
+                .as_deref(),
+            Some("flag")
+        );
+        assert_eq!(
+            api_key(None, None, env).unwrap().as_deref(),
+            Some("from-env")
+        );
+        assert_eq!(api_key(None, None, None).unwrap(), None);
+        // An empty key would leave the server open: refused, wherever it came from.
+        std::fs::write(&file, "\n").unwrap();
+        assert!(api_key(None, Some(&file), None).is_err());
+        assert!(api_key(None, None, Some(String::new())).is_err());
+        assert!(api_key(None, Some(&dir.join("missing")), None).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

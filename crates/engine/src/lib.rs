@@ -80,7 +80,9 @@ pub use fluent_ai_candle_models::{
 pub use fluent_ai_candle_sampling::{LogprobSource, ProcessorSpec, Sampling, SamplingConfig};
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::{run_blocking, CandleGenerator};
-pub use metrics::{EngineMetrics, MetricsSnapshot};
+pub use metrics::{
+    EngineMetrics, HistogramSnapshot, MetricsSnapshot, LATENCY_BUCKETS, TOKEN_BUCKETS,
+};
 pub use registry::{load_model, load_model_cancellable, model_name, resolve_model, ModelRegistry};
 pub use seed::CandleModel;
 pub use stop::{StopMatcher, StopOutcome};
@@ -120,6 +122,9 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Their sum.
     pub total_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of a forward
+    /// pass (OpenAI's `usage.prompt_tokens_details.cached_tokens`); counted in `prompt_tokens`.
+    pub cached_tokens: usize,
 }
 
 /// A finished generation.

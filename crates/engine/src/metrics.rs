@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Live counters of one generator (atomics: the scheduler writes, anyone reads).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineMetrics {
     requests: AtomicU64,
     completed: AtomicU64,
@@ -23,6 +23,125 @@ pub struct EngineMetrics {
     prefix_hits: AtomicU64,
     prefix_misses: AtomicU64,
     prefix_tokens_reused: AtomicU64,
+    ttft_hist: Histogram,
+    inter_token_hist: Histogram,
+    request_hist: Histogram,
+}
+
+/// Upper bounds (seconds) of the time-to-first-token and request-duration buckets.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Upper bounds (seconds) of the per-token (inter-token latency) buckets.
+pub const TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+];
+/// Most buckets a histogram has (the `+Inf` bucket is the count).
+const MAX_BUCKETS: usize = 14;
+
+/// A latency histogram with fixed buckets: one atomic counter per bucket, so recording is
+/// lock-free and allocation-free on the scheduler's thread.
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last slot counts those above every bound.
+    counts: [AtomicU64; MAX_BUCKETS + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(bounds.len() <= MAX_BUCKETS);
+        Self {
+            bounds,
+            counts: Default::default(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, nanos: u64) {
+        let seconds = nanos as f64 * 1e-9;
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = [0; MAX_BUCKETS + 1];
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate().take(self.bounds.len() + 1) {
+            total += c.load(Relaxed);
+            cumulative[i] = total;
+        }
+        HistogramSnapshot {
+            bounds: self.bounds,
+            cumulative,
+            count: total,
+            sum_seconds: self.sum_nanos.load(Relaxed) as f64 * 1e-9,
+        }
+    }
+}
+
+/// A histogram's state at one moment, in Prometheus' shape: cumulative counts per upper bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Upper bounds of the buckets, in seconds, ascending.
+    pub bounds: &'static [f64],
+    /// `cumulative[i]`: observations ≤ `bounds[i]` (entries past `bounds.len()` are unused).
+    pub cumulative: [u64; MAX_BUCKETS + 1],
+    /// Every observation (the `+Inf` bucket).
+    pub count: u64,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    /// `(upper bound, cumulative count)` per bucket, `+Inf` (`f64::INFINITY`) last.
+    pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        self.bounds
+            .iter()
+            .copied()
+            .zip(self.cumulative.iter().copied())
+            .chain(std::iter::once((f64::INFINITY, self.count)))
+    }
+}
+
+impl Default for HistogramSnapshot {
+    fn default() -> Self {
+        Histogram::new(&[]).snapshot()
+    }
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            decode_steps: AtomicU64::new(0),
+            decode_tokens: AtomicU64::new(0),
+            decode_nanos: AtomicU64::new(0),
+            ttft_count: AtomicU64::new(0),
+            ttft_nanos: AtomicU64::new(0),
+            last_ttft_nanos: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
+            prefix_misses: AtomicU64::new(0),
+            prefix_tokens_reused: AtomicU64::new(0),
+            ttft_hist: Histogram::new(LATENCY_BUCKETS),
+            inter_token_hist: Histogram::new(TOKEN_BUCKETS),
+            request_hist: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -60,6 +179,13 @@ pub struct MetricsSnapshot {
     pub prefix_cache_misses: u64,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub prefix_tokens_reused: u64,
+    /// Time to first token (from enqueue), per request.
+    pub ttft_seconds: HistogramSnapshot,
+    /// Time between consecutive tokens of one sequence (a step that yields several tokens
+    /// counts each at the step's time divided by their number).
+    pub inter_token_seconds: HistogramSnapshot,
+    /// Whole request time, from enqueue to the last token, per finished request.
+    pub request_seconds: HistogramSnapshot,
 }
 
 impl EngineMetrics {
@@ -93,6 +219,9 @@ impl EngineMetrics {
             prefix_cache_hits: self.prefix_hits.load(Relaxed),
             prefix_cache_misses: self.prefix_misses.load(Relaxed),
             prefix_tokens_reused: self.prefix_tokens_reused.load(Relaxed),
+            ttft_seconds: self.ttft_hist.snapshot(),
+            inter_token_seconds: self.inter_token_hist.snapshot(),
+            request_seconds: self.request_hist.snapshot(),
         }
     }
 
@@ -132,6 +261,13 @@ impl EngineMetrics {
         self.ttft_count.fetch_add(1, Relaxed);
         self.ttft_nanos.fetch_add(nanos, Relaxed);
         self.last_ttft_nanos.store(nanos, Relaxed);
+        self.ttft_hist.observe(nanos);
+    }
+    pub(crate) fn inter_token(&self, nanos: u64) {
+        self.inter_token_hist.observe(nanos);
+    }
+    pub(crate) fn request_done(&self, nanos: u64) {
+        self.request_hist.observe(nanos);
     }
     pub(crate) fn prefix(&self, reused: Option<usize>) {
         match reused {
@@ -143,5 +279,35 @@ impl EngineMetrics {
                 self.prefix_misses.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_inf_last() {
+        let m = EngineMetrics::default();
+        for ms in [3, 7, 7, 400, 200_000] {
+            m.ttft(ms * 1_000_000);
+        }
+        let h = m.snapshot().ttft_seconds;
+        assert_eq!(h.count, 5);
+        assert!((h.sum_seconds - 200.417).abs() < 1e-9);
+        let buckets: Vec<(f64, u64)> = h.buckets().collect();
+        assert_eq!(buckets.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(buckets[0], (0.005, 1));
+        assert_eq!(buckets[1], (0.01, 3));
+        assert_eq!(buckets[6], (0.5, 4));
+        assert_eq!(buckets[13], (120.0, 4), "200 s is above every bound");
+        assert_eq!(buckets[14], (f64::INFINITY, 5));
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        // A bound is inclusive (Prometheus' `le`).
+        m.inter_token(1_000_000);
+        assert_eq!(
+            m.snapshot().inter_token_seconds.buckets().next(),
+            Some((0.001, 1))
+        );
     }
 }

@@ -80,6 +80,8 @@ struct Active {
     sent_tokens: usize,
     pending_since: Option<Instant>,
     first_sent: bool,
+    /// When the sequence last produced a token (for the inter-token histogram).
+    last_token_at: Option<Instant>,
     done: bool,
     /// The prompt still to prefill; `None` once the first token is sampled.
     prefill: Option<Prefill>,
@@ -136,6 +138,7 @@ impl Active {
         self.done = true;
         self.cache = None;
         metrics.completed(self.seq.error().is_some());
+        metrics.request_done(self.enqueued.elapsed().as_nanos() as u64);
     }
 
     /// Feeds one row of logits to the sequence and queues what it produced.
@@ -149,9 +152,19 @@ impl Active {
         }
         let produced = self.seq.generated().len() - before;
         metrics.generated(produced);
-        if produced > 0 && !self.first_sent {
-            self.first_sent = true;
-            metrics.ttft(self.enqueued.elapsed().as_nanos() as u64);
+        if produced > 0 {
+            let now = Instant::now();
+            if let Some(last) = self.last_token_at {
+                let per_token = now.duration_since(last).as_nanos() as u64 / produced as u64;
+                for _ in 0..produced {
+                    metrics.inter_token(per_token);
+                }
+            }
+            self.last_token_at = Some(now);
+            if !self.first_sent {
+                self.first_sent = true;
+                metrics.ttft(now.duration_since(self.enqueued).as_nanos() as u64);
+            }
         }
         if !text.is_empty() && self.pending_since.is_none() {
             self.pending_since = Some(Instant::now());
@@ -257,6 +270,7 @@ impl Scheduler {
             sent_tokens: 0,
             pending_since: None,
             first_sent: false,
+            last_token_at: None,
             done: false,
             prefill: None,
         };
@@ -264,6 +278,7 @@ impl Scheduler {
         match self.start_prefill(&job.prompt_ids, &job.kv) {
             Ok((cache, done)) => {
                 a.cache = Some(cache);
+                a.seq.set_cached_tokens(done);
                 a.prefill = Some(Prefill {
                     prompt: job.prompt_ids,
                     done,

@@ -29,6 +29,8 @@ pub(crate) struct SequenceState {
     eog: Arc<[u32]>,
     history: Vec<u32>,
     prompt_len: usize,
+    /// Prompt tokens the prefix cache supplied.
+    cached_tokens: usize,
     generated: Vec<u32>,
     text: String,
     max_tokens: usize,
@@ -86,6 +88,7 @@ impl SequenceState {
             eog: tables.eog.clone(),
             history,
             prompt_len: prompt_ids.len(),
+            cached_tokens: 0,
             generated: Vec::new(),
             text: String::new(),
             max_tokens: params.max_tokens,
@@ -154,7 +157,13 @@ impl SequenceState {
             prompt_tokens: self.prompt_len,
             completion_tokens: self.generated.len(),
             total_tokens: self.prompt_len + self.generated.len(),
+            cached_tokens: self.cached_tokens,
         }
+    }
+
+    /// Records that the prefix cache supplied the first `n` prompt tokens.
+    pub(crate) fn set_cached_tokens(&mut self, n: usize) {
+        self.cached_tokens = n.min(self.prompt_len);
     }
 
     /// How an end chosen by the model or the constraint is reported: `Stop`, or `Length` when

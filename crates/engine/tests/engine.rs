@@ -420,6 +420,10 @@ fn prefix_cache_hit_gives_the_same_tokens() {
     let m = g.metrics();
     assert_eq!(m.prefix_cache_hits, 1);
     assert!(m.prefix_tokens_reused >= 60, "{m:?}");
+    // The second request's usage says how much of its prompt came from the cache.
+    assert_eq!(a.usage.cached_tokens, 0);
+    assert_eq!(b.usage.cached_tokens as u64, m.prefix_tokens_reused);
+    assert!(b.usage.cached_tokens < b.usage.prompt_tokens);
     assert_eq!(a.choices[0].token_ids, b.choices[0].token_ids);
     // Without the prefix cache: same tokens too.
     let g2 = generator(GenerationConfig::default().prefix_cache(None));

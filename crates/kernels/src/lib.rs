@@ -3,9 +3,9 @@
 //! The CPU kernels of fluent-ai-candle's decoders, on plain slices (no ML framework, no
 //! tensors: the `models` crate wraps them in candle ops):
 //!
-//! - [`quant`]: GGML's quantized block formats (`Q4_1`, `Q5_0`, `Q8_0`, `Q4_K`, `Q6_K`) read
-//!   from a GGUF tensor's bytes, the 8-bit quantization of activations, and their dot products
-//!   in llama.cpp's summation order, so a model's logits are llama.cpp's to the bit;
+//! - [`quant`]: GGML's quantized block formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`,
+//!   `Q4_K`, `Q6_K`) read from a GGUF tensor's bytes, the 8-bit quantization of activations,
+//!   and their dot products in llama.cpp's summation order, so a model's logits are llama.cpp's to the bit;
 //! - [`f16`](mod@f16): an attention kernel's vector ops on f16 keys and values (GGML's order);
 //! - [`ggml`]: RMS norm, SwiGLU, GEGLU and RoPE arithmetic as llama.cpp's CPU backend does it;
 //! - [`simd`]: the workspace's one run-time SIMD dispatcher (`FLUENT_AI_CANDLE_SIMD`), which

@@ -85,6 +85,8 @@ mod metrics;
 pub mod openai;
 mod page;
 mod params;
+pub mod reqlog;
+pub mod responses;
 mod routes;
 mod state;
 mod stream;

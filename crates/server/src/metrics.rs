@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use fluent_ai_candle_engine::MetricsSnapshot;
+use fluent_ai_candle_engine::{HistogramSnapshot, MetricsSnapshot};
 
 use crate::state::{lock, AppState};
 
@@ -142,6 +142,45 @@ const ENGINE: &[Field] = &[
     ),
 ];
 
+type HistogramField = (
+    &'static str,
+    &'static str,
+    fn(&MetricsSnapshot) -> &HistogramSnapshot,
+);
+
+const HISTOGRAMS: &[HistogramField] = &[
+    (
+        "fluent_ai_candle_engine_ttft_seconds",
+        "Time to first token, from enqueue (seconds).",
+        |s| &s.ttft_seconds,
+    ),
+    (
+        "fluent_ai_candle_engine_inter_token_seconds",
+        "Time between consecutive tokens of one sequence (seconds).",
+        |s| &s.inter_token_seconds,
+    ),
+    (
+        "fluent_ai_candle_engine_request_seconds",
+        "Whole request time, from enqueue to the last token (seconds).",
+        |s| &s.request_seconds,
+    ),
+];
+
+/// Writes one model's histogram: cumulative `_bucket` lines (`le`), then `_sum` and `_count`.
+fn histogram(out: &mut String, name: &str, model: &str, h: &HistogramSnapshot) {
+    let model = label(model);
+    for (bound, n) in h.buckets() {
+        let le = if bound.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            bound.to_string()
+        };
+        let _ = writeln!(out, "{name}_bucket{{model=\"{model}\",le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_sum{{model=\"{model}\"}} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{model=\"{model}\"}} {}", h.count);
+}
+
 /// Renders every metric.
 pub(crate) fn render(state: &AppState) -> String {
     let mut out = String::new();
@@ -233,12 +272,38 @@ pub(crate) fn render(state: &AppState) -> String {
             let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), get(snap));
         }
     }
+    for (name, help, get) in HISTOGRAMS {
+        header(&mut out, name, "histogram", help);
+        for (model, snap) in &snaps {
+            histogram(&mut out, name, model, get(snap));
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_render_in_prometheus_shape() {
+        let h = HistogramSnapshot {
+            bounds: &[0.01, 0.5],
+            cumulative: [2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            count: 4,
+            sum_seconds: 1.25,
+        };
+        let mut out = String::new();
+        histogram(&mut out, "x_seconds", "m\"1", &h);
+        assert_eq!(
+            out,
+            "x_seconds_bucket{model=\"m\\\"1\",le=\"0.01\"} 2\n\
+             x_seconds_bucket{model=\"m\\\"1\",le=\"0.5\"} 3\n\
+             x_seconds_bucket{model=\"m\\\"1\",le=\"+Inf\"} 4\n\
+             x_seconds_sum{model=\"m\\\"1\"} 1.25\n\
+             x_seconds_count{model=\"m\\\"1\"} 4\n"
+        );
+    }
 
     #[test]
     fn labels_are_escaped() {

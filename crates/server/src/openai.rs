@@ -273,6 +273,17 @@ pub struct UsageOut {
     pub completion_tokens: usize,
     /// Their sum.
     pub total_tokens: usize,
+    /// Where the prompt tokens came from.
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prefix cache (their keys and values were reused, not
+    /// computed).
+    pub cached_tokens: usize,
 }
 
 /// One alternative of a chat logprob entry.

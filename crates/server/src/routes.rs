@@ -10,7 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use fluent_ai_candle_engine::{
     cache, CancelToken, ChatMessage, ChatToolCall, EmbedError, EmbeddingRequest, ModelError,
     Pooling, Prompt, ToolChoice,
@@ -25,6 +25,7 @@ use crate::openai::{
     PromptInput, TokenizeRequest, TokenizeResponse, UnloadModelRequest,
 };
 use crate::params;
+use crate::reqlog::{RequestLog, RequestStats};
 use crate::state::{lock, ApiJson, AppState};
 use crate::stream::{Endpoint, Prepared};
 
@@ -38,6 +39,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     router
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(crate::responses::create))
         .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
@@ -61,15 +63,29 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// Counts every request per route and status, and writes its log line (see `reqlog`) when
+/// its response body ends; the request id comes back as `x-request-id`.
+async fn count(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    let header_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    let mut log = RequestLog::new(req.method().as_str(), &route, header_id);
+    req.extensions_mut().insert(log.stats());
     let response = next.run(req).await;
-    state.http.record(&route, response.status().as_u16());
-    response
+    let status = response.status().as_u16();
+    state.http.record(&route, status);
+    log.status(status);
+    let (mut parts, body) = response.into_parts();
+    if let Ok(v) = header::HeaderValue::from_str(log.id()) {
+        parts.headers.insert("x-request-id", v);
+    }
+    Response::from_parts(parts, log.wrap(body))
 }
 
 async fn fallback(req: Request) -> ApiError {
@@ -277,7 +293,8 @@ pub(crate) async fn prepare_completion(
     .with_logprobs(logprobs))
 }
 
-async fn respond(prepared: Prepared) -> Response {
+async fn respond(prepared: Prepared, stats: Option<Extension<Arc<RequestStats>>>) -> Response {
+    let prepared = prepared.with_stats(stats.map(|Extension(s)| s));
     if prepared.stream {
         let events = prepared
             .into_messages()
@@ -295,20 +312,22 @@ async fn respond(prepared: Prepared) -> Response {
 
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    stats: Option<Extension<Arc<RequestStats>>>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Response {
     match prepare_chat(&state, req).await {
-        Ok(p) => respond(p).await,
+        Ok(p) => respond(p, stats).await,
         Err(e) => e.into_response(),
     }
 }
 
 async fn completions(
     State(state): State<Arc<AppState>>,
+    stats: Option<Extension<Arc<RequestStats>>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
     match prepare_completion(&state, req).await {
-        Ok(p) => respond(p).await,
+        Ok(p) => respond(p, stats).await,
         Err(e) => e.into_response(),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use fluent_ai_candle_engine::tools::{parse_tool_calls, ToolCallStream};
 use fluent_ai_candle_engine::{
@@ -19,6 +20,7 @@ use crate::openai::{
     ChatDelta, ChatLogprobs, CompletionChoiceOut, CompletionLogprobs, CompletionResponse,
     FunctionCallOut, TokenLogprobOut, ToolCallOut, TopLogprobOut, UsageOut,
 };
+use crate::reqlog::RequestStats;
 use crate::state::InFlight;
 
 /// Which endpoint's shapes to produce.
@@ -49,6 +51,8 @@ pub(crate) struct Prepared {
     pub logprobs: bool,
     /// Whether chat outputs are parsed into `tool_calls` (the request offered tools).
     pub tool_calls: bool,
+    /// Where the request's log line gets its model, tokens and time to first token.
+    pub stats: Option<Arc<RequestStats>>,
 }
 
 impl Prepared {
@@ -85,7 +89,17 @@ impl Prepared {
             abort,
             logprobs: false,
             tool_calls: false,
+            stats: None,
         }
+    }
+
+    /// Makes the chunks report to a request's log line.
+    pub fn with_stats(mut self, stats: Option<Arc<RequestStats>>) -> Self {
+        if let Some(s) = &stats {
+            s.start(&self.id, &self.model);
+        }
+        self.stats = stats;
+        self
     }
 
     /// Makes chat outputs parsed into `tool_calls` (the engine's
@@ -156,14 +170,23 @@ impl Prepared {
     }
 
     /// The next chunk, or `None` at the end or once the shutdown bound cuts the request.
-    async fn next(&mut self) -> Option<(usize, CandleCompletionChunk)> {
+    pub(crate) async fn next(&mut self) -> Option<(usize, CandleCompletionChunk)> {
         if *self.abort.borrow() {
             return None;
         }
-        tokio::select! {
+        let next = tokio::select! {
             c = self.merged.next() => c,
             _ = self.abort.wait_for(|a| *a) => None,
+        };
+        if let (Some(stats), Some((i, chunk))) = (&self.stats, &next) {
+            let first = chunk.choices.first();
+            let has_tokens = first.is_some_and(|c| !c.delta.token_ids.is_empty());
+            stats.chunk(has_tokens, chunk.usage.as_ref(), i % self.n.max(1) == 0);
+            if let Some(reason) = first.and_then(|c| c.finish_reason) {
+                stats.finish(reason.as_str());
+            }
         }
+        next
     }
 
     /// Reads every chunk into one OpenAI response (JSON text).
@@ -289,6 +312,7 @@ pub(crate) type MessageStream = Pin<Box<dyn Stream<Item = String> + Send>>;
 fn add_usage(total: &mut UsageOut, u: &fluent_ai_candle_engine::Usage, count_prompt: bool) {
     if count_prompt {
         total.prompt_tokens += u.prompt_tokens;
+        total.prompt_tokens_details.cached_tokens += u.cached_tokens;
     }
     total.completion_tokens += u.completion_tokens;
     total.total_tokens = total.prompt_tokens + total.completion_tokens;

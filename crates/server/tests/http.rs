@@ -128,7 +128,37 @@ async fn chat_streaming_sse_matches_the_whole_response() {
     assert_eq!(finish.unwrap(), whole["choices"][0]["finish_reason"]);
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
-    assert_eq!(last["usage"], whole["usage"]);
+    // The same counts; the streamed request's prompt may come from the prefix cache that the
+    // whole one filled, so only its `cached_tokens` may differ.
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(last["usage"][field], whole["usage"][field], "{field}");
+    }
+    let cached = |u: &Value| {
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(cached(&last["usage"]) >= cached(&whole["usage"]));
+}
+
+/// `usage.prompt_tokens_details.cached_tokens` counts the prompt tokens the prefix cache gave:
+/// a repeated long prompt gets most of them from the cache.
+#[tokio::test]
+async fn repeated_prompt_reports_cached_tokens() {
+    let addr = shared();
+    let text = "List three facts about the planet Saturn and its rings, briefly. ".repeat(4);
+    let (status, first) = post(addr, "/v1/chat/completions", chat(&text, json!({}))).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = post(addr, "/v1/chat/completions", chat(&text, json!({}))).await;
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= prompt / 2 && cached < prompt,
+        "cached {cached} of {prompt} prompt tokens: {second}"
+    );
+    assert!(first["usage"]["prompt_tokens_details"]["cached_tokens"].is_u64());
 }
 
 #[tokio::test]
@@ -542,6 +572,19 @@ async fn metrics_are_prometheus_text() {
         "fluent_ai_candle_engine_requests_total{{model=\"{MODEL}\"}}"
     )));
     assert!(text.contains("fluent_ai_candle_engine_ttft_mean_ms"));
+    // Latency histograms: at least this request is counted in each, with a +Inf bucket.
+    for h in ["ttft", "inter_token", "request"] {
+        let name = format!("fluent_ai_candle_engine_{h}_seconds");
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{name}");
+        let inf = format!("{name}_bucket{{model=\"{MODEL}\",le=\"+Inf\"}} ");
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&inf))
+            .unwrap_or_else(|| panic!("no {inf}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{name}: {count}");
+    }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
@@ -653,7 +696,12 @@ async fn websocket_streams_one_message_per_chunk() {
         text,
         whole["choices"][0]["message"]["content"].as_str().unwrap()
     );
-    assert_eq!(usage.unwrap(), whole["usage"]);
+    // The same counts; the socket's request found the prompt in the prefix cache that the
+    // HTTP one filled, so only `cached_tokens` may differ.
+    let usage = usage.unwrap();
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[field], whole["usage"][field], "{field}");
+    }
 
     // The same socket takes a completion request next, and reports errors as messages.
     ws.send(Message::Text(
@@ -698,4 +746,238 @@ async fn websocket_streams_one_message_per_chunk() {
         tokio_tungstenite::tungstenite::Error::Http(r) => assert_eq!(r.status(), 401),
         other => panic!("expected HTTP 401, got {other}"),
     }
+}
+
+/// Log lines captured by the JSON subscriber that `request_log_lines` installs.
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The request line of `id`, waiting for it (it is written when the body ends).
+async fn log_line(id: &str) -> Value {
+    for _ in 0..100 {
+        let text = String::from_utf8(LOG.lock().unwrap().clone()).unwrap();
+        if let Some(line) = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["id"] == id)
+        {
+            return line;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no log line for {id}");
+}
+
+/// One `tracing` line per request (here as JSON, as `serve --log-format json` writes them),
+/// with the status, and for generation the model, token counts and time to first token; the
+/// client's `x-request-id` names the line and comes back in the response.
+#[tokio::test]
+async fn request_log_lines() {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(|| LogWriter)
+        .try_init();
+    let addr = shared();
+    let send = |id: &'static str, body: Value, path: &'static str| {
+        client()
+            .post(url(addr, path))
+            .bearer_auth(KEY)
+            .header("x-request-id", id)
+            .json(&body)
+            .send()
+    };
+    let r = send(
+        "log-chat-1",
+        chat("Hi", json!({"max_tokens": 3})),
+        "/v1/chat/completions",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "log-chat-1");
+    let body: Value = r.json().await.unwrap();
+    let line = log_line("log-chat-1").await;
+    assert_eq!(line["target"], "fluent_ai_candle::request", "{line}");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "/v1/chat/completions");
+    assert_eq!(line["model"], MODEL);
+    assert_eq!(line["completion_id"], body["id"]);
+    assert_eq!(line["prompt_tokens"], body["usage"]["prompt_tokens"]);
+    assert_eq!(
+        line["completion_tokens"],
+        body["usage"]["completion_tokens"]
+    );
+    let (ttft, total) = (
+        line["ttft_ms"].as_f64().unwrap(),
+        line["duration_ms"].as_f64().unwrap(),
+    );
+    assert!(ttft > 0.0 && ttft <= total, "{line}");
+    assert_eq!(line["finish_reason"], body["choices"][0]["finish_reason"]);
+    // A streamed request: the line is written when the stream ends.
+    let r = send(
+        "log-stream-1",
+        chat("Hi", json!({"max_tokens": 3, "stream": true})),
+        "/v1/chat/completions",
+    )
+    .await
+    .unwrap();
+    let events = sse_events(r).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let line = log_line("log-stream-1").await;
+    assert_eq!(line["status"], 200);
+    assert!(line["completion_tokens"].as_u64().unwrap() >= 1, "{line}");
+    // A refused request still gets its line, without generation fields.
+    let r = send("log-bad-1", json!({"model": MODEL}), "/v1/chat/completions")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let line = log_line("log-bad-1").await;
+    assert_eq!(line["status"], 400);
+    assert!(line.get("model").is_none(), "{line}");
+}
+
+/// `POST /v1/responses`, whole: a `message` item with `output_text`, usage in the Responses
+/// names, `incomplete` when `max_output_tokens` cut it; streamed: the typed events, whose
+/// deltas add up to the whole answer, ending with the response object.
+#[tokio::test]
+async fn responses_whole_and_streamed() {
+    let addr = shared();
+    let body = json!({
+        "model": MODEL,
+        "instructions": "Answer in one short sentence.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]}],
+        "max_output_tokens": 5,
+        "temperature": 0,
+    });
+    let (status, whole) = post(addr, "/v1/responses", body.clone()).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "response");
+    assert!(whole["id"].as_str().unwrap().starts_with("resp_"));
+    let item = &whole["output"][0];
+    assert_eq!(item["type"], "message");
+    assert_eq!(item["role"], "assistant");
+    let text = item["content"][0]["text"].as_str().unwrap();
+    assert_eq!(item["content"][0]["type"], "output_text");
+    assert!(!text.is_empty());
+    let u = &whole["usage"];
+    assert!(u["input_tokens"].as_u64().unwrap() > 0);
+    let out = u["output_tokens"].as_u64().unwrap();
+    assert!((1..=5).contains(&out), "{u}");
+    if out == 5 {
+        assert_eq!(whole["status"], "incomplete");
+        assert_eq!(whole["incomplete_details"]["reason"], "max_output_tokens");
+    } else {
+        assert_eq!(whole["status"], "completed");
+    }
+    assert_eq!(whole["store"], false);
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let r = client()
+        .post(url(addr, "/v1/responses"))
+        .bearer_auth(KEY)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let raw = r.text().await.unwrap();
+    let mut events = Vec::new();
+    for block in raw.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let name = block.lines().find_map(|l| l.strip_prefix("event: "));
+        let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+        if let (Some(name), Some(data)) = (name, data) {
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["type"], name, "event name and type agree");
+            assert_eq!(v["sequence_number"], events.len() as u64);
+            events.push(v);
+        }
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..2], ["response.created", "response.in_progress"]);
+    assert!(matches!(
+        *kinds.last().unwrap(),
+        "response.completed" | "response.incomplete"
+    ));
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        deltas, text,
+        "greedy: the stream says what the whole response said"
+    );
+    let last = &events.last().unwrap()["response"];
+    assert_eq!(last["output"][0]["content"][0]["text"], text);
+    assert_eq!(last["usage"]["output_tokens"], u["output_tokens"]);
+
+    // Stateless: a previous response id is refused, with OpenAI's error shape.
+    let (status, err) = post(
+        addr,
+        "/v1/responses",
+        json!({"model": MODEL, "input": "hi", "previous_response_id": "resp_x"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["param"], "previous_response_id");
+}
+
+/// A forced function call through `/v1/responses` comes back as a `function_call` item whose
+/// arguments parse, and a follow-up turn with its output answers in text.
+#[tokio::test]
+async fn responses_function_call_round_trip() {
+    let addr = shared();
+    let tools = json!([{
+        "type": "function",
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"], "additionalProperties": false},
+    }]);
+    let (status, r) = post(
+        addr,
+        "/v1/responses",
+        json!({"model": MODEL, "input": "What is the weather in Paris?", "tools": tools,
+               "tool_choice": "required", "max_output_tokens": 60, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let call = r["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("no function_call item: {r}"))
+        .clone();
+    assert_eq!(call["name"], "get_weather");
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+    let (status, r2) = post(
+        addr,
+        "/v1/responses",
+        json!({"model": MODEL, "tools": tools, "max_output_tokens": 8, "temperature": 0,
+        "input": [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"type": "function_call", "call_id": call["call_id"], "name": "get_weather",
+             "arguments": call["arguments"]},
+            {"type": "function_call_output", "call_id": call["call_id"],
+             "output": "{\"temperature_c\": 18, \"sky\": \"clear\"}"},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r2}");
+    assert!(!r2["output"].as_array().unwrap().is_empty(), "{r2}");
 }

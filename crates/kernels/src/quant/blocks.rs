@@ -9,6 +9,16 @@ use half::f16;
 /// Values per block in every format here.
 pub const QK: usize = 32;
 
+/// GGML `Q4_0`: `value = d * (q - 8)`, `q` in 0..16; element `j` is the low nibble of
+/// `qs[j]`, element `j + 16` its high nibble. 18 bytes in the file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ4_0 {
+    /// The scale, as f16 bits.
+    pub d: u16,
+    /// The 32 nibbles.
+    pub qs: [u8; 16],
+}
+
 /// GGML `Q4_1`: `value = d * q + m`, `q` in 0..16; element `j` is the low nibble of
 /// `qs[j]`, element `j + 16` its high nibble. 20 bytes in the file. `repr(C)`: the kernels
 /// load `d` and `m` together.
@@ -29,6 +39,22 @@ pub struct BlockQ4_1 {
 pub struct BlockQ5_0 {
     /// The scale, as f16 bits.
     pub d: u16,
+    /// The fifth bit of each value (bit `j` for element `j`).
+    pub qh: u32,
+    /// The low four bits of each value, as nibbles.
+    pub qs: [u8; 16],
+}
+
+/// GGML `Q5_1`: `value = d * q + m`, `q` in 0..32: the nibbles as in `Q4_1`, plus bit `j`
+/// of `qh` as the fifth bit of element `j`. 24 bytes in the file. `repr(C)`: the kernels load
+/// `d` and `m` together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    /// The scale, as f16 bits.
+    pub d: u16,
+    /// The offset, as f16 bits.
+    pub m: u16,
     /// The fifth bit of each value (bit `j` for element `j`).
     pub qh: u32,
     /// The low four bits of each value, as nibbles.
@@ -59,8 +85,8 @@ pub struct ActBlock {
     /// The 32 quants.
     pub qs: [i8; 32],
     /// `-16 ×` the sum of each four consecutive `qs` (one per 32-bit lane): the VNNI `Q5_0`
-    /// kernel starts its lane sums here, so the unsigned weight nibbles (`q + 16`) need no
-    /// sign fix-up per row.
+    /// kernel starts its lane sums here (and the `Q4_0` one from half of it), so the unsigned
+    /// weight values (`q + 16`, `q + 8`) need no sign fix-up per row.
     pub neg16: [i32; 8],
 }
 
@@ -89,6 +115,18 @@ fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
 
+impl WeightBlock for BlockQ4_0 {
+    const BYTES: usize = 18;
+    fn read(b: &[u8]) -> Self {
+        let mut qs = [0u8; 16];
+        qs.copy_from_slice(&b[2..18]);
+        Self {
+            d: u16_at(b, 0),
+            qs,
+        }
+    }
+}
+
 impl WeightBlock for BlockQ4_1 {
     const BYTES: usize = 20;
     fn read(b: &[u8]) -> Self {
@@ -110,6 +148,20 @@ impl WeightBlock for BlockQ5_0 {
         Self {
             d: u16_at(b, 0),
             qh: u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+            qs,
+        }
+    }
+}
+
+impl WeightBlock for BlockQ5_1 {
+    const BYTES: usize = 24;
+    fn read(b: &[u8]) -> Self {
+        let mut qs = [0u8; 16];
+        qs.copy_from_slice(&b[8..24]);
+        Self {
+            d: u16_at(b, 0),
+            m: u16_at(b, 2),
+            qh: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             qs,
         }
     }

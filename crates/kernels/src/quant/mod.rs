@@ -1,7 +1,7 @@
 //! GGML's quantized weight formats and their dot products with 8-bit activations.
 //!
 //! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
-//! code, so these kernels run those formats, `Q8_0`, `Q4_K` and `Q6_K` with x86 SIMD chosen at
+//! code, so these kernels run those formats, `Q4_0`, `Q5_1`, `Q8_0`, `Q4_K` and `Q6_K` with x86 SIMD chosen at
 //! run time ([`Kernels`]: AVX2, or AVX-512 with VNNI byte products and two activation rows per
 //! 512-bit register for batches and prompts), each with a portable scalar twin
 //! ([`scalar`], [`kquant`]) that returns the same bits.
@@ -47,7 +47,9 @@ pub mod blocks;
 pub mod kquant;
 pub mod scalar;
 
-pub use blocks::{read_blocks, ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0, WeightBlock, QK};
+pub use blocks::{
+    read_blocks, ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, WeightBlock, QK,
+};
 pub use kquant::{ActBlockK, BlockQ4K, BlockQ6K, QK_K};
 
 use crate::simd::{Kernels, Simd};
@@ -255,6 +257,16 @@ macro_rules! kernel {
 }
 
 kernel!(
+    BlockQ4_0,
+    ActBlock,
+    QK,
+    quantize_acts,
+    scalar::dot_q4_0,
+    scalar::dequantize_q4_0,
+    simd: dots_q4_0,
+    vnni_tile: 8,
+);
+kernel!(
     BlockQ4_1,
     ActBlock,
     QK,
@@ -272,6 +284,16 @@ kernel!(
     scalar::dot_q5_0,
     scalar::dequantize_q5_0,
     simd: dots_q5_0,
+    vnni_tile: 8,
+);
+kernel!(
+    BlockQ5_1,
+    ActBlock,
+    QK,
+    quantize_acts,
+    scalar::dot_q5_1,
+    scalar::dequantize_q5_1,
+    simd: dots_q5_1,
     vnni_tile: 8,
 );
 kernel!(
@@ -345,6 +367,26 @@ mod tests {
     /// Random blocks of a format, every bit pattern of the quants allowed, scales finite.
     trait Random: Kernel {
         fn random(g: &mut Lcg) -> Self;
+    }
+
+    impl Random for BlockQ4_0 {
+        fn random(g: &mut Lcg) -> Self {
+            Self {
+                d: g.scale(0.1),
+                qs: std::array::from_fn(|_| g.byte()),
+            }
+        }
+    }
+
+    impl Random for BlockQ5_1 {
+        fn random(g: &mut Lcg) -> Self {
+            Self {
+                d: g.scale(0.1),
+                m: g.scale(0.5),
+                qh: g.next() as u32 ^ ((g.next() as u32) << 16),
+                qs: std::array::from_fn(|_| g.byte()),
+            }
+        }
     }
 
     impl Random for BlockQ4_1 {
@@ -460,7 +502,7 @@ mod tests {
         /// The 32-value formats: every build this CPU has equals the scalar twin.
         #[test]
         fn q32_builds_are_the_scalar_twin(
-            f in 0usize..3,
+            f in 0usize..5,
             seed in any::<u64>(),
             n in 1usize..7,
             kb in 1usize..5,
@@ -469,7 +511,9 @@ mod tests {
             let r = match f {
                 0 => every_level_is_the_twin::<BlockQ4_1>(seed, n, kb, mag),
                 1 => every_level_is_the_twin::<BlockQ5_0>(seed, n, kb, mag),
-                _ => every_level_is_the_twin::<BlockQ8_0>(seed, n, kb, mag),
+                2 => every_level_is_the_twin::<BlockQ8_0>(seed, n, kb, mag),
+                3 => every_level_is_the_twin::<BlockQ4_0>(seed, n, kb, mag),
+                _ => every_level_is_the_twin::<BlockQ5_1>(seed, n, kb, mag),
             };
             prop_assert!(r.is_ok(), "format {f}: {:?}", r);
         }

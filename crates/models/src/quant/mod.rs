@@ -2,7 +2,8 @@
 //!
 //! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
 //! code (SmolLM2's and most of Gemma 3 270M's layers), so [`QLinear`] runs those formats,
-//! `Q8_0` (both models' output layer), `Q4_K` and `Q6_K` with the kernels of
+//! the other 32-value formats (`Q4_0`, `Q5_1`, `Q8_0`: both models' output layer), `Q4_K`
+//! and `Q6_K` with the kernels of
 //! [`fluent_ai_candle_kernels::quant`] (x86 SIMD chosen at run time by
 //! [`fluent_ai_candle_kernels::simd`]: AVX2, or AVX-512 with VNNI; `FLUENT_AI_CANDLE_SIMD=scalar`
 //! forces the scalar twins, `=avx2` leaves AVX-512 out), on candle's own CPU thread pool.
@@ -32,8 +33,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
-    dots, read_blocks, ActBlock, ActBlockK, Activation, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ6K,
-    BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K,
+    dots, read_blocks, ActBlock, ActBlockK, Activation, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
 
@@ -51,8 +52,10 @@ fn candle_forced() -> bool {
 /// Weight rows (one per output feature) in a format with our kernels.
 #[derive(Debug, Clone)]
 enum Weights {
+    Q4_0(Vec<BlockQ4_0>),
     Q4_1(Vec<BlockQ4_1>),
     Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
     Q8_0(Vec<BlockQ8_0>),
     Q4K(Vec<BlockQ4K>),
     Q6K(Vec<BlockQ6K>),
@@ -62,8 +65,10 @@ enum Weights {
 macro_rules! with_blocks {
     ($weights:expr, $w:ident => $body:expr) => {
         match $weights {
+            Weights::Q4_0($w) => $body,
             Weights::Q4_1($w) => $body,
             Weights::Q5_0($w) => $body,
+            Weights::Q5_1($w) => $body,
             Weights::Q8_0($w) => $body,
             Weights::Q4K($w) => $body,
             Weights::Q6K($w) => $body,
@@ -436,8 +441,10 @@ impl QLinear {
             };
             let weights = match t.dtype() {
                 _ if k % values != 0 => None,
+                GgmlDType::Q4_0 => Some(Weights::Q4_0(read_blocks(&t.data()?))),
                 GgmlDType::Q4_1 => Some(Weights::Q4_1(read_blocks(&t.data()?))),
                 GgmlDType::Q5_0 => Some(Weights::Q5_0(read_blocks(&t.data()?))),
+                GgmlDType::Q5_1 => Some(Weights::Q5_1(read_blocks(&t.data()?))),
                 GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
                 GgmlDType::Q4K => Some(Weights::Q4K(read_blocks(&t.data()?))),
                 GgmlDType::Q6K => Some(Weights::Q6K(read_blocks(&t.data()?))),
@@ -543,15 +550,17 @@ mod tests {
         Ok(())
     }
 
-    /// `Q4_1` against candle: GGML (and we) round `s = d·Σq` to f16 once, candle rounds
-    /// `Σq` and the product separately, so each block's `m·s` term may differ by an f16 ulp
-    /// of `s`: the slack is `Σ_blocks |m|·|s|·2⁻¹⁰` per output.
+    /// `Q4_1` and `Q5_1` against candle: GGML (and we) round `s = d·Σq` to f16 once, candle
+    /// rounds `Σq` and the product separately, so each block's `m·s` term may differ by an
+    /// f16 ulp of `s`: the slack is `Σ_blocks |m|·|s|·2⁻¹⁰` per output.
     fn q4_1_slack(layer: &QLinear, x: &[f32], m: usize) -> Vec<f32> {
         let Inner::Ours(op) = &layer.inner else {
             return Vec::new();
         };
-        let Weights::Q4_1(w) = &op.weights else {
-            return Vec::new();
+        let ms: Vec<u16> = match &op.weights {
+            Weights::Q4_1(w) => w.iter().map(|b| b.m).collect(),
+            Weights::Q5_1(w) => w.iter().map(|b| b.m).collect(),
+            _ => return Vec::new(),
         };
         let kb = op.k / QK;
         let mut acts = vec![ActBlock::default(); m * kb];
@@ -563,7 +572,7 @@ mod tests {
             for c in 0..op.n {
                 let s: f32 = (0..kb)
                     .map(|b| {
-                        let mw = blocks::f16_bits(w[c * kb + b].m).abs();
+                        let mw = blocks::f16_bits(ms[c * kb + b]).abs();
                         mw * acts[r * kb + b].s.abs() / 1024.0
                     })
                     .sum();
@@ -573,7 +582,17 @@ mod tests {
         slack
     }
 
-    const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0];
+    /// The 32-value formats with our kernels. `Q4_0` and `Q5_0` products are exact integers
+    /// times one f32 scale per block, so against GGML's definition only the f32 summation
+    /// order differs (the `1e-4 · max` tolerance of `close_with`); `Q4_1`/`Q5_1` add the
+    /// f16 rounding of `m·s` (`q4_1_slack`).
+    const FORMATS: [GgmlDType; 5] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ];
     /// The K-quant formats with our kernels (256-value blocks; `kquant`'s own tests check
     /// their arithmetic against GGML's definition and candle).
     const K_FORMATS: [GgmlDType; 2] = [GgmlDType::Q4K, GgmlDType::Q6K];
@@ -747,7 +766,7 @@ mod tests {
         /// finely on some machines, also the activation-quantization bound.
         #[test]
         fn matches_candle(
-            f in 0usize..3,
+            f in 0usize..5,
             m in 1usize..10,
             n in 1usize..20,
             kb in 1usize..9,

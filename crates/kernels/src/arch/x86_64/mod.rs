@@ -20,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::blocks::{ActBlock, BlockQ4_1, BlockQ5_0, BlockQ8_0};
+use crate::quant::blocks::{ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ6K};
 use crate::quant::{check_shapes, MAX_TILE};
 use crate::simd::{Kernels, Simd};
@@ -48,13 +48,20 @@ fn f16(bits: u16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// A `Q4_1` block's `d` and `m` as f32 in lanes 0 and 1.
+/// A block format that is `repr(C)` with its f16 `d` and `m` (two u16) as its first four
+/// bytes, which [`f16_pair`] loads together: implemented only for `Q4_1` and `Q5_1`, whose
+/// definitions say so.
+trait ScaleMinFirst: Sized {}
+impl ScaleMinFirst for BlockQ4_1 {}
+impl ScaleMinFirst for BlockQ5_1 {}
+
+/// A `Q4_1`/`Q5_1` block's `d` and `m` as f32 in lanes 0 and 1.
 #[inline]
 #[target_feature(enable = "f16c")]
-fn f16_pair(b: &BlockQ4_1) -> __m128 {
-    // SAFETY: `BlockQ4_1` is `repr(C)` with `d` and `m` (two u16) in its first four bytes,
-    // all inside the borrowed block; the read is unaligned.
-    let bits = unsafe { std::ptr::read_unaligned((b as *const BlockQ4_1).cast::<i32>()) };
+fn f16_pair<B: ScaleMinFirst>(b: &B) -> __m128 {
+    // SAFETY: every `ScaleMinFirst` block is `repr(C)` with `d` and `m` (two u16) in its
+    // first four bytes, all inside the borrowed block; the read is unaligned.
+    let bits = unsafe { std::ptr::read_unaligned((b as *const B).cast::<i32>()) };
     _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
 }
 
@@ -135,21 +142,25 @@ fn finish<const C: usize, const R: usize>(acc: [[__m256; R]; C]) -> [[f32; R]; C
     out
 }
 
-/// One `Q5_0` block row's lane sums with AVX2: signed weights `q` (their magnitudes `abs`)
-/// times the activations, through the sign trick (`maddubs` wants one unsigned operand).
+/// One `Q5_0`/`Q4_0` block row's lane sums with AVX2: signed weights `q` (their magnitudes
+/// `abs`) times the activations, through the sign trick (`maddubs` wants one unsigned
+/// operand). `SHIFT` is [`signed_vnni`]'s, unused here.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn q5_avx2(_u: __m256i, q: __m256i, abs: __m256i, x: &ActBlock) -> __m256 {
+fn signed_avx2<const SHIFT: i32>(_u: __m256i, q: __m256i, abs: __m256i, x: &ActBlock) -> __m256 {
     mul_sum_avx2(abs, _mm256_sign_epi8(load(&x.qs), q))
 }
 
-/// The same lane sums with VNNI: the unsigned nibbles `u = q + 16` times the activations,
-/// started from `-16 Σa` per lane (`x.neg16`): exact, and no sign fix-up per row.
+/// The same lane sums with VNNI: the unsigned values `u = q + (16 >> SHIFT)` times the
+/// activations, started from `-(16 >> SHIFT) Σa` per lane (`x.neg16 >> SHIFT`, exact: a
+/// multiple of 16): exact, and no sign fix-up per row. `SHIFT` 0 for `Q5_0` (`q + 16`), 1
+/// for `Q4_0` (`q + 8`).
 #[inline]
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
-fn q5_vnni(u: __m256i, _q: __m256i, _abs: __m256i, x: &ActBlock) -> __m256 {
+fn signed_vnni<const SHIFT: i32>(u: __m256i, _q: __m256i, _abs: __m256i, x: &ActBlock) -> __m256 {
     // SAFETY: reads the 32 bytes of `x.neg16`; `vmovdqu` needs no alignment.
     let start = unsafe { _mm256_loadu_si256(x.neg16.as_ptr().cast()) };
+    let start = _mm256_srai_epi32::<SHIFT>(start);
     _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u, load(&x.qs)))
 }
 
@@ -209,17 +220,19 @@ macro_rules! rows {
     };
 }
 
-/// The kernels of the 32-value formats, built in the module that invokes it (after `use
-/// super::*`) for one instruction set (`$features`) with its byte product.
-macro_rules! q32_kernels {
+/// The kernel of a format whose values are `d · q + m` with unsigned `q` (`Q4_1`, `Q5_1`):
+/// `$unpack` makes the 32 `q` of the block `$b` as bytes.
+macro_rules! offset_kernel {
     (
         $features:literal,
         $mul_sum:ident,
-        $q5:ident
-        $(, $with_rows:ident)?
+        $name:ident,
+        $block:ty,
+        $format:literal,
+        |$b:ident| $unpack:expr
     ) => {
-
-        /// `C` `Q4_1` weight rows · `R` activation rows (`out[c][r]`). Each output is
+        #[doc = concat!("`C` `", $format, "` weight rows · `R` activation rows (`out[c][r]`).")]
+        /// Each output is
         /// one independent accumulation, the same whatever `C` and `R` are; each weight
         /// block is unpacked once for the `R` rows and each activation block loaded once
         /// for the `C` weight rows.
@@ -229,8 +242,8 @@ macro_rules! q32_kernels {
         /// every `a[r]` at least that many blocks.
         #[inline]
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q4_1<const C: usize, const R: usize>(
-            w: [&[BlockQ4_1]; C],
+        pub(crate) unsafe fn $name<const C: usize, const R: usize>(
+            w: [&[$block]; C],
             a: [&[ActBlock]; R],
         ) -> [[f32; R]; C] {
             let mut acc = [[_mm256_setzero_ps(); R]; C];
@@ -241,10 +254,10 @@ macro_rules! q32_kernels {
                 let mut dm = [_mm_setzero_ps(); C];
                 for c in 0..C {
                     // SAFETY: `i < w[0].len()`, the length of every `w[c]` (the contract).
-                    let b = unsafe { w[c].get_unchecked(i) };
-                    prefetch(b);
-                    u[c] = nibbles(&b.qs);
-                    dm[c] = f16_pair(b);
+                    let $b = unsafe { w[c].get_unchecked(i) };
+                    prefetch($b);
+                    u[c] = $unpack;
+                    dm[c] = f16_pair($b);
                 }
                 for r in 0..R {
                     // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the
@@ -255,11 +268,7 @@ macro_rules! q32_kernels {
                         // Lane 0: d · x.d; lane 1: m · x.s.
                         let scales = _mm_mul_ps(dm[c], xds);
                         let p = $mul_sum(u[c], xq);
-                        acc[c][r] = _mm256_fmadd_ps(
-                            _mm256_broadcastss_ps(scales),
-                            p,
-                            acc[c][r],
-                        );
+                        acc[c][r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), p, acc[c][r]);
                         ms[c][r] = _mm_add_ps(ms[c][r], scales);
                     }
                 }
@@ -273,17 +282,33 @@ macro_rules! q32_kernels {
             }
             out
         }
+    };
+}
 
-        /// `C` `Q5_0` weight rows · `R` activation rows. The integer sums are exact
-        /// (see [`q5_avx2`] and [`q5_vnni`]): subtracting `16 Σa` from unsigned products
-        /// in f32 instead cancels catastrophically on Gemma's very large activations.
+/// The kernel of a format whose values are `d · (q - (16 >> $shift))` with unsigned `q`
+/// (`Q5_0`: shift 0, `Q4_0`: shift 1), multiplied as signed bytes by `$signed` (see
+/// [`signed_avx2`], [`signed_vnni`]): `$unpack` makes the 32 `q` of the block `$b` as bytes.
+macro_rules! signed_kernel {
+    (
+        $features:literal,
+        $signed:ident,
+        $name:ident,
+        $block:ty,
+        $format:literal,
+        $shift:literal,
+        |$b:ident| $unpack:expr
+    ) => {
+        #[doc = concat!("`C` `", $format, "` weight rows · `R` activation rows. The integer sums")]
+        /// are exact (see [`signed_avx2`] and [`signed_vnni`]): subtracting `16 Σa` from
+        /// unsigned products in f32 instead cancels catastrophically on Gemma's very large
+        /// activations.
         ///
         /// # Safety
         /// As [`q4_1`].
         #[inline]
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q5_0<const C: usize, const R: usize>(
-            w: [&[BlockQ5_0]; C],
+        pub(crate) unsafe fn $name<const C: usize, const R: usize>(
+            w: [&[$block]; C],
             a: [&[ActBlock]; R],
         ) -> [[f32; R]; C] {
             let mut acc = [[_mm256_setzero_ps(); R]; C];
@@ -294,12 +319,12 @@ macro_rules! q32_kernels {
                 let mut d = [_mm256_setzero_ps(); C];
                 for c in 0..C {
                     // SAFETY: `i < w[0].len()`, the length of every `w[c]` (the contract).
-                    let b = unsafe { w[c].get_unchecked(i) };
-                    prefetch(b);
-                    u[c] = _mm256_or_si256(nibbles(&b.qs), fifth_bits(b.qh));
-                    q[c] = _mm256_sub_epi8(u[c], _mm256_set1_epi8(16));
+                    let $b = unsafe { w[c].get_unchecked(i) };
+                    prefetch($b);
+                    u[c] = $unpack;
+                    q[c] = _mm256_sub_epi8(u[c], _mm256_set1_epi8(16 >> $shift));
                     abs[c] = _mm256_sign_epi8(q[c], q[c]);
-                    d[c] = _mm256_set1_ps(f16(b.d));
+                    d[c] = _mm256_set1_ps(f16($b.d));
                 }
                 for r in 0..R {
                     // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the
@@ -307,7 +332,7 @@ macro_rules! q32_kernels {
                     let x = unsafe { a[r].get_unchecked(i) };
                     let xd = _mm256_set1_ps(x.d);
                     for c in 0..C {
-                        let p = $q5(u[c], q[c], abs[c], x);
+                        let p = $signed::<$shift>(u[c], q[c], abs[c], x);
                         // d · x.d, one product broadcast (as the scalar `d * x.d`).
                         let scale = _mm256_mul_ps(d[c], xd);
                         acc[c][r] = _mm256_fmadd_ps(scale, p, acc[c][r]);
@@ -316,6 +341,29 @@ macro_rules! q32_kernels {
             }
             finish(acc)
         }
+    };
+}
+
+/// The kernels of the 32-value formats, built in the module that invokes it (after `use
+/// super::*`) for one instruction set (`$features`) with its byte product.
+macro_rules! q32_kernels {
+    (
+        $features:literal,
+        $mul_sum:ident,
+        $signed:ident
+        $(, $with_rows:ident)?
+    ) => {
+
+        offset_kernel!($features, $mul_sum, q4_1, BlockQ4_1, "Q4_1", |b| nibbles(&b.qs));
+        offset_kernel!($features, $mul_sum, q5_1, BlockQ5_1, "Q5_1", |b| _mm256_or_si256(
+            nibbles(&b.qs),
+            fifth_bits(b.qh)
+        ));
+        signed_kernel!($features, $signed, q5_0, BlockQ5_0, "Q5_0", 0, |b| _mm256_or_si256(
+            nibbles(&b.qs),
+            fifth_bits(b.qh)
+        ));
+        signed_kernel!($features, $signed, q4_0, BlockQ4_0, "Q4_0", 1, |b| nibbles(&b.qs));
 
         /// `C` `Q8_0` weight rows · `R` activation rows (signs moved onto the
         /// activations so the byte product sees unsigned weights).
@@ -360,11 +408,13 @@ macro_rules! q32_kernels {
     };
 }
 
-/// The row loops of the three formats (`with_rows` asks for them).
+/// The row loops of the five formats (`with_rows` asks for them).
 macro_rules! all_rows {
     (with_rows, $features:literal) => {
+        rows!($features, rows_q4_0, q4_0, BlockQ4_0);
         rows!($features, rows_q4_1, q4_1, BlockQ4_1);
         rows!($features, rows_q5_0, q5_0, BlockQ5_0);
+        rows!($features, rows_q5_1, q5_1, BlockQ5_1);
         rows!($features, rows_q8_0, q8_0, BlockQ8_0);
     };
 }
@@ -440,8 +490,10 @@ macro_rules! dots_q32 {
     };
 }
 
+dots_q32!(dots_q4_0, BlockQ4_0, rows_q4_0);
 dots_q32!(dots_q4_1, BlockQ4_1, rows_q4_1);
 dots_q32!(dots_q5_0, BlockQ5_0, rows_q5_0);
+dots_q32!(dots_q5_1, BlockQ5_1, rows_q5_1);
 dots_q32!(dots_q8_0, BlockQ8_0, rows_q8_0);
 
 /// The dispatch of one K-quant format: the AVX2 row loops in the one-row order, and in the

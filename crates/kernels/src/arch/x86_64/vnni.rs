@@ -8,5 +8,5 @@ use super::*;
 q32_kernels!(
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
     mul_sum_vnni,
-    q5_vnni
+    signed_vnni
 );

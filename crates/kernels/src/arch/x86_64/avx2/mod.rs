@@ -6,4 +6,4 @@ use super::*;
 
 pub mod kquant;
 
-q32_kernels!("avx2,fma,f16c", mul_sum_avx2, q5_avx2, with_rows);
+q32_kernels!("avx2,fma,f16c", mul_sum_avx2, signed_avx2, with_rows);

@@ -82,7 +82,7 @@ fn quantize_row_avx512(xs: &[f32], out: &mut [ActBlock]) {
 
 /// Block `i` of activation rows `2p` and `2p + 1` side by side, as the kernels load them:
 /// the quants of row `2p` in bytes 0..32 and of row `2p + 1` in 32..64, each row's `d`
-/// over its eight lanes, each row's `neg16` lane starts (`Q5_0`).
+/// over its eight lanes, each row's `neg16` lane starts (`Q5_0`, `Q4_0`).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub struct Pair {
@@ -165,7 +165,7 @@ fn finish2<const C: usize, const R: usize>(
     out
 }
 
-/// The 32 nibbles of a `Q4_1`/`Q5_0` block (as [`nibbles`]) in both 256-bit halves.
+/// The 32 nibbles of a `Q4_0`/`Q4_1`/`Q5_0`/`Q5_1` block (as [`nibbles`]) in both 256-bit halves.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn nibbles2(qs: &[u8; 16]) -> __m512i {
@@ -175,145 +175,175 @@ fn nibbles2(qs: &[u8; 16]) -> __m512i {
     _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
 }
 
-/// [`vnni::q4_1`] with two rows per register. The `m · s` terms of all rows of a weight
-/// row go in one 256-bit register (lane `r` for row `r`), added block by block as there.
-///
-/// # Safety
-/// As [`vnni::q4_1`], and the CPU supports AVX-512 F, VL, DQ, BW and VNNI.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-pub(crate) unsafe fn q4_1<const C: usize, const R: usize>(
-    w: [&[BlockQ4_1]; C],
-    a: [&[ActBlock]; R],
-    pairs: [&[Pair]; MAX_TILE / 2],
-) -> [[f32; R]; C] {
-    let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
-    let mut odd = [_mm256_setzero_ps(); C];
-    // Up to four rows in 128 bits, more in 256 (the narrower form measured 7% faster).
-    let mut ms4 = [_mm_setzero_ps(); C];
-    let mut ms8 = [_mm256_setzero_ps(); C];
-    for i in 0..w[0].len() {
-        let mut u = [_mm512_setzero_si512(); C];
-        let mut d = [_mm512_setzero_ps(); C];
-        let mut m = [_mm_setzero_ps(); C];
-        for c in 0..C {
-            // SAFETY: `i < w[0].len()`, the length of every `w[c]` (the contract).
-            let b = unsafe { w[c].get_unchecked(i) };
-            prefetch(b);
-            u[c] = nibbles2(&b.qs);
-            let dm = f16_pair(b);
-            d[c] = _mm512_broadcastss_ps(dm);
-            m[c] = _mm_permute_ps::<0b01_01_01_01>(dm);
-        }
-        // Every row's `s` in its lane.
-        let mut s = [0f32; MAX_TILE];
-        for r in 0..R {
-            // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the contract).
-            s[r] = unsafe { a[r].get_unchecked(i) }.s;
-        }
-        if R <= 4 {
-            // SAFETY: reads the first 4 of the 8 floats of `s`.
-            let s = unsafe { _mm_loadu_ps(s.as_ptr()) };
-            for c in 0..C {
-                ms4[c] = _mm_add_ps(ms4[c], _mm_mul_ps(m[c], s));
+/// A 512-bit kernel of a format whose values are `d · q + m` with unsigned `q` (`Q4_1`,
+/// `Q5_1`; see `offset_kernel!`): `$unpack` makes the 32 `q` of the block `$b` as bytes in
+/// both 256-bit halves.
+macro_rules! offset512 {
+    ($name:ident, $block:ty, |$b:ident| $unpack:expr) => {
+        #[doc = concat!("[`vnni::", stringify!($name), "`] with two rows per register.")]
+        /// The `m · s` terms of all rows of a weight
+        /// row go in one 256-bit register (lane `r` for row `r`), added block by block as there.
+        ///
+        /// # Safety
+        /// As [`vnni::q4_1`], and the CPU supports AVX-512 F, VL, DQ, BW and VNNI.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+        pub(crate) unsafe fn $name<const C: usize, const R: usize>(
+            w: [&[$block]; C],
+            a: [&[ActBlock]; R],
+            pairs: [&[Pair]; MAX_TILE / 2],
+        ) -> [[f32; R]; C] {
+            let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
+            let mut odd = [_mm256_setzero_ps(); C];
+            // Up to four rows in 128 bits, more in 256 (the narrower form measured 7% faster).
+            let mut ms4 = [_mm_setzero_ps(); C];
+            let mut ms8 = [_mm256_setzero_ps(); C];
+            for i in 0..w[0].len() {
+                let mut u = [_mm512_setzero_si512(); C];
+                let mut d = [_mm512_setzero_ps(); C];
+                let mut m = [_mm_setzero_ps(); C];
+                for c in 0..C {
+                    // SAFETY: `i < w[0].len()`, the length of every `w[c]` (the contract).
+                    let $b = unsafe { w[c].get_unchecked(i) };
+                    prefetch($b);
+                    u[c] = $unpack;
+                    let dm = f16_pair($b);
+                    d[c] = _mm512_broadcastss_ps(dm);
+                    m[c] = _mm_permute_ps::<0b01_01_01_01>(dm);
+                }
+                // Every row's `s` in its lane.
+                let mut s = [0f32; MAX_TILE];
+                for r in 0..R {
+                    // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the contract).
+                    s[r] = unsafe { a[r].get_unchecked(i) }.s;
+                }
+                if R <= 4 {
+                    // SAFETY: reads the first 4 of the 8 floats of `s`.
+                    let s = unsafe { _mm_loadu_ps(s.as_ptr()) };
+                    for c in 0..C {
+                        ms4[c] = _mm_add_ps(ms4[c], _mm_mul_ps(m[c], s));
+                    }
+                } else {
+                    // SAFETY: reads the 8 floats of `s`.
+                    let s = unsafe { _mm256_loadu_ps(s.as_ptr()) };
+                    for c in 0..C {
+                        let m = _mm256_broadcastss_ps(m[c]);
+                        ms8[c] = _mm256_add_ps(ms8[c], _mm256_mul_ps(m, s));
+                    }
+                }
+                for p in 0..R / 2 {
+                    // SAFETY: `pairs[p]` holds the `w[0].len()` blocks of its two rows (the contract).
+                    let pb = unsafe { pairs[p].get_unchecked(i) };
+                    let (xq, xd) = (quants(pb), scales(pb));
+                    for c in 0..C {
+                        let scale = _mm512_mul_ps(d[c], xd);
+                        let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(
+                            _mm512_setzero_si512(),
+                            u[c],
+                            xq,
+                        ));
+                        acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
+                    }
+                }
+                if R % 2 == 1 {
+                    // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the contract).
+                    let x = unsafe { a[R - 1].get_unchecked(i) };
+                    let (xq, xd) = (load(&x.qs), _mm256_set1_ps(x.d));
+                    for c in 0..C {
+                        let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
+                        let prod = mul_sum_vnni(_mm512_castsi512_si256(u[c]), xq);
+                        odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
+                    }
+                }
             }
-        } else {
-            // SAFETY: reads the 8 floats of `s`.
-            let s = unsafe { _mm256_loadu_ps(s.as_ptr()) };
+            let mut out = finish2::<C, R>(acc, odd);
             for c in 0..C {
-                let m = _mm256_broadcastss_ps(m[c]);
-                ms8[c] = _mm256_add_ps(ms8[c], _mm256_mul_ps(m, s));
+                let mut lanes = [0f32; MAX_TILE];
+                if R <= 4 {
+                    // SAFETY: writes the first 4 of the 8 floats of `lanes`.
+                    unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), ms4[c]) };
+                } else {
+                    // SAFETY: writes the 8 floats of `lanes`.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), ms8[c]) };
+                }
+                for r in 0..R {
+                    out[c][r] += lanes[r];
+                }
             }
+            out
         }
-        for p in 0..R / 2 {
-            // SAFETY: `pairs[p]` holds the `w[0].len()` blocks of its two rows (the contract).
-            let pb = unsafe { pairs[p].get_unchecked(i) };
-            let (xq, xd) = (quants(pb), scales(pb));
-            for c in 0..C {
-                let scale = _mm512_mul_ps(d[c], xd);
-                let prod =
-                    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u[c], xq));
-                acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
-            }
-        }
-        if R % 2 == 1 {
-            // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the contract).
-            let x = unsafe { a[R - 1].get_unchecked(i) };
-            let (xq, xd) = (load(&x.qs), _mm256_set1_ps(x.d));
-            for c in 0..C {
-                let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
-                let prod = mul_sum_vnni(_mm512_castsi512_si256(u[c]), xq);
-                odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
-            }
-        }
-    }
-    let mut out = finish2::<C, R>(acc, odd);
-    for c in 0..C {
-        let mut lanes = [0f32; MAX_TILE];
-        if R <= 4 {
-            // SAFETY: writes the first 4 of the 8 floats of `lanes`.
-            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), ms4[c]) };
-        } else {
-            // SAFETY: writes the 8 floats of `lanes`.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), ms8[c]) };
-        }
-        for r in 0..R {
-            out[c][r] += lanes[r];
-        }
-    }
-    out
+    };
 }
 
-/// [`vnni::q5_0`] with two rows per register.
-///
-/// # Safety
-/// As [`q4_1`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-pub(crate) unsafe fn q5_0<const C: usize, const R: usize>(
-    w: [&[BlockQ5_0]; C],
-    a: [&[ActBlock]; R],
-    pairs: [&[Pair]; MAX_TILE / 2],
-) -> [[f32; R]; C] {
-    let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
-    let mut odd = [_mm256_setzero_ps(); C];
-    for i in 0..w[0].len() {
-        let mut u = [_mm512_setzero_si512(); C];
-        let mut d = [_mm512_setzero_ps(); C];
-        for c in 0..C {
-            // SAFETY: `i < w[0].len()`, the length of every `w[c]` (the contract).
-            let b = unsafe { w[c].get_unchecked(i) };
-            prefetch(b);
-            u[c] = _mm512_or_si512(nibbles2(&b.qs), _mm512_broadcast_i64x4(fifth_bits(b.qh)));
-            d[c] = _mm512_set1_ps(f16(b.d));
-        }
-        for p in 0..R / 2 {
-            // SAFETY: `pairs[p]` holds the `w[0].len()` blocks of its two rows (the contract).
-            let pb = unsafe { pairs[p].get_unchecked(i) };
-            let (xq, xd) = (quants(pb), scales(pb));
-            // SAFETY: reads the 64 bytes of `pb.neg16`, 64-byte aligned (offset 128 of an
-            // `align(64)`, `repr(C)` struct).
-            let start = unsafe { _mm512_load_si512(pb.neg16.as_ptr().cast()) };
-            for c in 0..C {
-                let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u[c], xq));
-                let scale = _mm512_mul_ps(d[c], xd);
-                acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
+/// A 512-bit kernel of a format whose values are `d · (q - (16 >> $shift))` (`Q5_0`: shift
+/// 0, `Q4_0`: shift 1; see `signed_kernel!`): `$unpack` makes the 32 unsigned `q` of the
+/// block `$b` as bytes in both 256-bit halves.
+macro_rules! signed512 {
+    ($name:ident, $block:ty, $shift:literal, |$b:ident| $unpack:expr) => {
+        #[doc = concat!("[`vnni::", stringify!($name), "`] with two rows per register.")]
+        ///
+        /// # Safety
+        /// As [`q4_1`].
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+        pub(crate) unsafe fn $name<const C: usize, const R: usize>(
+            w: [&[$block]; C],
+            a: [&[ActBlock]; R],
+            pairs: [&[Pair]; MAX_TILE / 2],
+        ) -> [[f32; R]; C] {
+            let mut acc = [[_mm512_setzero_ps(); MAX_TILE / 2]; C];
+            let mut odd = [_mm256_setzero_ps(); C];
+            for i in 0..w[0].len() {
+                let mut u = [_mm512_setzero_si512(); C];
+                let mut d = [_mm512_setzero_ps(); C];
+                for c in 0..C {
+                    // SAFETY: `i < w[0].len()`, the length of every `w[c]` (the contract).
+                    let $b = unsafe { w[c].get_unchecked(i) };
+                    prefetch($b);
+                    u[c] = $unpack;
+                    d[c] = _mm512_set1_ps(f16($b.d));
+                }
+                for p in 0..R / 2 {
+                    // SAFETY: `pairs[p]` holds the `w[0].len()` blocks of its two rows (the contract).
+                    let pb = unsafe { pairs[p].get_unchecked(i) };
+                    let (xq, xd) = (quants(pb), scales(pb));
+                    // SAFETY: reads the 64 bytes of `pb.neg16`, 64-byte aligned (offset 128 of an
+                    // `align(64)`, `repr(C)` struct).
+                    let start = unsafe { _mm512_load_si512(pb.neg16.as_ptr().cast()) };
+                    let start = _mm512_srai_epi32::<$shift>(start);
+                    for c in 0..C {
+                        let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u[c], xq));
+                        let scale = _mm512_mul_ps(d[c], xd);
+                        acc[c][p] = _mm512_fmadd_ps(scale, prod, acc[c][p]);
+                    }
+                }
+                if R % 2 == 1 {
+                    // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the contract).
+                    let x = unsafe { a[R - 1].get_unchecked(i) };
+                    let xd = _mm256_set1_ps(x.d);
+                    for c in 0..C {
+                        let u = _mm512_castsi512_si256(u[c]);
+                        let prod = signed_vnni::<$shift>(u, u, u, x);
+                        let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
+                        odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
+                    }
+                }
             }
+            finish2(acc, odd)
         }
-        if R % 2 == 1 {
-            // SAFETY: `i < w[0].len()`, at most the length of every `a[r]` (the contract).
-            let x = unsafe { a[R - 1].get_unchecked(i) };
-            let xd = _mm256_set1_ps(x.d);
-            for c in 0..C {
-                let u = _mm512_castsi512_si256(u[c]);
-                let prod = q5_vnni(u, u, u, x);
-                let scale = _mm256_mul_ps(_mm512_castps512_ps256(d[c]), xd);
-                odd[c] = _mm256_fmadd_ps(scale, prod, odd[c]);
-            }
-        }
-    }
-    finish2(acc, odd)
+    };
 }
+
+offset512!(q4_1, BlockQ4_1, |b| nibbles2(&b.qs));
+offset512!(q5_1, BlockQ5_1, |b| _mm512_or_si512(
+    nibbles2(&b.qs),
+    _mm512_broadcast_i64x4(fifth_bits(b.qh))
+));
+signed512!(q5_0, BlockQ5_0, 0, |b| _mm512_or_si512(
+    nibbles2(&b.qs),
+    _mm512_broadcast_i64x4(fifth_bits(b.qh))
+));
+signed512!(q4_0, BlockQ4_0, 1, |b| nibbles2(&b.qs));
 
 /// [`vnni::q8_0`] with two rows per register. 512-bit registers have no byte sign
 /// instruction, so the activations are made unsigned instead (`x + 128`, a flipped top
@@ -446,8 +476,10 @@ macro_rules! rows512 {
     };
 }
 
+rows512!(rows_q4_0, q4_0, BlockQ4_0, 4);
 rows512!(rows_q4_1, q4_1, BlockQ4_1, 4);
 rows512!(rows_q5_0, q5_0, BlockQ5_0, 4);
+rows512!(rows_q5_1, q5_1, BlockQ5_1, 4);
 // Q8_0's output layer, tens of MB streaming from memory, measured 9% slower with four
 // weight rows per call.
 rows512!(rows_q8_0, q8_0, BlockQ8_0, 2);
