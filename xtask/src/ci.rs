@@ -83,6 +83,22 @@ pub fn run(no_fetch: bool) -> Result<()> {
             .env("RUST_TEST_THREADS", "1")
             .env("FLUENT_AI_CANDLE_SIMD", "scalar"),
     )?;
+    // The chat page in a real browser, where one is installed (`.ci/run` installs it); the
+    // server binary is the one the test run above linked.
+    let browser = crate::chat_page::ChatPageArgs {
+        no_build: true,
+        browser: "chromium".into(),
+        model: "smollm2-135m-instruct".into(),
+    };
+    if crate::chat_page::browser_present(&browser.browser) {
+        eprintln!("$ cargo xtask chat-page-test --no-build");
+        crate::chat_page::run(&browser)?;
+    } else {
+        eprintln!(
+            "xtask ci: chat-page-test skipped: `chromium` is not installed (apt-get install \
+             chromium; .ci/run does)"
+        );
+    }
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

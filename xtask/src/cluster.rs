@@ -85,12 +85,12 @@ pub struct ClusterArgs {
 
 /// Starts processes and stops every one of them when dropped (also on errors).
 #[derive(Default)]
-struct Procs {
+pub(crate) struct Procs {
     children: Vec<(String, Child)>,
 }
 
 impl Procs {
-    fn add(&mut self, name: &str, child: Child) {
+    pub(crate) fn add(&mut self, name: &str, child: Child) {
         self.children.push((name.to_string(), child));
     }
 
@@ -473,7 +473,7 @@ fn scrape_all(ports: &[u16]) -> Result<Vec<Counters>> {
 }
 
 /// A bare HTTP/1.0 GET on 127.0.0.1 (no client library needed here): (status, body).
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -491,7 +491,7 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 }
 
 /// Waits until `GET /health` answers 200 on the port.
-fn wait_ready(port: u16, limit: Duration) -> Result<()> {
+pub(crate) fn wait_ready(port: u16, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok((200, _)) = http_get(port, "/health") {
@@ -505,7 +505,7 @@ fn wait_ready(port: u16, limit: Duration) -> Result<()> {
 }
 
 /// `n` distinct free loopback ports.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()?;

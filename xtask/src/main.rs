@@ -4,6 +4,7 @@
 //! `cargo`, `pip` and the project's own binaries.
 
 mod bench;
+mod chat_page;
 mod ci;
 mod cluster;
 mod cuda;
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything CI checks: fmt, tidy, clippy, fetch-models, all tests (also with scalar SIMD).
+    /// Everything CI checks: fmt, tidy, clippy, fetch-models, all tests (also with scalar SIMD),
+    /// the chat page in headless Chromium (when installed).
     Ci {
         /// Skip fetching models (tests that need them then fail with a clear message).
         #[arg(long)]
@@ -62,6 +64,10 @@ enum Command {
     /// Start N server replicas behind nginx on loopback, load them, kill and restart one, and
     /// compare prefix-cache hits with affinity routing and round-robin.
     ClusterTest(cluster::ClusterArgs),
+    /// Drive the server's chat page (`GET /`) in headless Chromium over the DevTools Protocol:
+    /// stream two answers (one under a JSON Schema) and save a screenshot to
+    /// target/chat-page-test/.
+    ChatPageTest(chat_page::ChatPageArgs),
     /// Check the architecture invariants: forbidden crate arrows and `unsafe` placement.
     Tidy,
 }
@@ -78,6 +84,7 @@ fn main() -> Result<()> {
         Command::BuildMatrix => ci::build_matrix(),
         Command::CudaToolchain(args) => cuda::run(&args),
         Command::ClusterTest(args) => cluster::run(&args),
+        Command::ChatPageTest(args) => chat_page::run(&args),
         Command::Tidy => tidy::run(),
     }
 }

@@ -105,6 +105,9 @@ struct ServeArgs {
     /// Serve /metrics without the API key.
     #[arg(long)]
     metrics_open: bool,
+    /// Do not serve the built-in chat page at / (it is then 404).
+    #[arg(long)]
+    no_chat_page: bool,
     /// Request log lines on stderr (one per request: id, route, status, model, tokens, time to
     /// first token, duration): `text` or `json` (one JSON object per line). Filtered by
     /// RUST_LOG (default `info`; `RUST_LOG=warn` silences them).
@@ -394,6 +397,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         .chunk_size(a.stream_chunk_size as usize)
         .buffer_timeout(std::time::Duration::from_millis(a.stream_buffer_timeout_ms))
         .buffer_size(a.stream_buffer_size as usize);
+    config.chat_page = !a.no_chat_page;
     let device = a.device.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub metrics_open: bool,
     /// Models loaded at once at most (start-up models included); a hot load past it is 409.
     pub max_models: usize,
+    /// Serve the built-in chat page at `GET /` (on by default; off: `/` is 404).
+    pub chat_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             metrics_open: false,
             max_models: 4,
+            chat_page: true,
         }
     }
 }
@@ -184,6 +187,12 @@ impl ServerConfig {
     /// Sets the most models loaded at once.
     pub fn max_models(mut self, n: usize) -> Self {
         self.max_models = n;
+        self
+    }
+
+    /// Serves the chat page at `/` (`true`) or not (`false`: 404).
+    pub fn chat_page(mut self, on: bool) -> Self {
+        self.chat_page = on;
         self
     }
 

@@ -14,6 +14,7 @@
 //! | `GET /v1/ws` | WebSocket: send the request JSON, receive one message per chunk, then `[DONE]` |
 //! | `GET /health`, `GET /health/ready` | readiness: 200 `{"status":"ok","ready":true,"models":[…]}`; 503 while loading, with no model, or draining |
 //! | `GET /health/live` | liveness: 200 whenever the process answers |
+//! | `GET /` | the built-in chat page (one embedded HTML file, strict CSP; no key needed for the page itself, its API calls send the key typed in; off with `chat_page: false`) |
 //! | `GET /metrics` | Prometheus text: HTTP and connection counters, readiness, each model's engine counters (behind the key when one is set, unless `metrics_open`) |
 //!
 //! Requests take OpenAI's fields (`max_tokens`/`max_completion_tokens`, `temperature`, `top_p`,
@@ -82,6 +83,7 @@ mod guard;
 mod health;
 mod metrics;
 pub mod openai;
+mod page;
 mod params;
 pub mod reqlog;
 pub mod responses;
@@ -121,6 +123,12 @@ pub async fn serve_on(config: ServerConfig, device: Device) -> Result<(), Server
         fluent_ai_candle_engine::device_name(&server.state.device),
         server.pending.join(", ")
     );
+    if server.state.config.chat_page {
+        eprintln!(
+            "fluent-ai-candle: chat page at http://{}/",
+            server.local_addr()
+        );
+    }
     server.run().await
 }
 

@@ -31,7 +31,12 @@ use crate::stream::{Endpoint, Prepared};
 
 /// Builds the router over a state.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = if state.config.chat_page {
+        Router::new().route("/", get(crate::page::chat_page))
+    } else {
+        Router::new()
+    };
+    router
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/responses", post(crate::responses::create))
