@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fluent_ai_candle_kv_cache::KvCacheConfig;
-use fluent_ai_candle_sampling::{SamplingConfig, SequenceConfidence};
+use fluent_ai_candle_sampling::{LogitsProcessor, SamplingConfig, SequenceConfidence};
 use futures::Stream;
 
 use crate::config::GenerationConfig;
@@ -187,6 +187,59 @@ pub struct CandleCompletionRequest {
     ///
     /// [`GenerationConfig::streaming`]: crate::GenerationConfig::streaming
     pub streaming: Option<crate::StreamingConfig>,
+    /// User logits processors, run in order before the built-in sampling chain (so they see
+    /// the model's raw logits, as logit bias does). Each sequence builds its own from the
+    /// factory, so per-sequence state (a processor's [`reset`]) never leaks between choices.
+    ///
+    /// [`reset`]: fluent_ai_candle_sampling::LogitsProcessor::reset
+    pub processors: Vec<ProcessorFactory>,
+}
+
+/// Builds a fresh [`LogitsProcessor`] for each sequence of a request (see
+/// [`CandleCompletionRequest::processors`]).
+///
+/// ```
+/// use fluent_ai_candle_engine::{LogitsProcessor, ProcessorFactory};
+/// use fluent_ai_candle_sampling::SamplingError;
+///
+/// /// Bans one token.
+/// struct Ban(u32);
+/// impl LogitsProcessor for Ban {
+///     fn name(&self) -> &'static str {
+///         "ban"
+///     }
+///     fn process(&mut self, logits: &mut [f32], _history: &[u32]) -> Result<(), SamplingError> {
+///         if let Some(l) = logits.get_mut(self.0 as usize) {
+///             *l = f32::NEG_INFINITY;
+///         }
+///         Ok(())
+///     }
+/// }
+/// let factory = ProcessorFactory::new(|| Box::new(Ban(42)));
+/// let mut p = factory.build();
+/// let mut logits = vec![0.0; 64];
+/// p.process(&mut logits, &[]).unwrap();
+/// assert_eq!(logits[42], f32::NEG_INFINITY);
+/// ```
+#[derive(Clone)]
+pub struct ProcessorFactory(Arc<dyn Fn() -> Box<dyn LogitsProcessor> + Send + Sync>);
+
+impl ProcessorFactory {
+    /// A factory calling `f` once per sequence.
+    pub fn new(f: impl Fn() -> Box<dyn LogitsProcessor> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// A fresh processor.
+    pub fn build(&self) -> Box<dyn LogitsProcessor> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for ProcessorFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessorFactory")
+    }
 }
 
 impl CandleCompletionRequest {

@@ -64,7 +64,7 @@ pub mod tools;
 
 pub use api::{
     CandleCompletion, CandleCompletionChunk, CandleCompletionRequest, CandleCompletionResponse,
-    CandleCompletionStream, ChunkChoice, ChunkDelta, CompletionChoice, Prompt,
+    CandleCompletionStream, ChunkChoice, ChunkDelta, CompletionChoice, ProcessorFactory, Prompt,
 };
 pub use candle_core::Device;
 pub use client::{CandleClientBuilder, Quantization};
@@ -78,7 +78,7 @@ pub use fluent_ai_candle_models::{
     DeviceType, LoadProgress, LoadedModel, ModelError, QuantizationType,
 };
 pub use fluent_ai_candle_sampling::{
-    LogprobSource, ProcessorSpec, Sampling, SamplingConfig, SequenceConfidence,
+    LogitsProcessor, LogprobSource, ProcessorSpec, Sampling, SamplingConfig, SequenceConfidence,
 };
 pub use generate::{generate, DEFAULT_PREFILL_CHUNK, MAX_TOKENS_LIMIT};
 pub use generator::{run_blocking, CandleGenerator};

@@ -243,6 +243,7 @@ pub(crate) fn prepare(
             logprobs: request.logprobs,
             close_constraint: request.close_constraint.unwrap_or(true),
             ignore_eos: request.ignore_eos,
+            processors: &request.processors,
         },
     )?;
     Ok(Prepared {

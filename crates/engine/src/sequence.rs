@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fluent_ai_candle_constraints::CompiledConstraint;
 use fluent_ai_candle_mask::TokenMask;
-use fluent_ai_candle_sampling::{Sampler, SamplingConfig, SequenceConfidence};
+use fluent_ai_candle_sampling::{Sampler, SamplerChain, SamplingConfig, SequenceConfidence};
 
 use crate::constraint::ActiveConstraint;
 use crate::detok::Detokenizer;
@@ -62,6 +62,8 @@ pub(crate) struct SequenceParams<'a> {
     pub(crate) logprobs: bool,
     pub(crate) close_constraint: bool,
     pub(crate) ignore_eos: bool,
+    /// User processors, run before the built-in chain.
+    pub(crate) processors: &'a [crate::ProcessorFactory],
 }
 
 impl SequenceState {
@@ -73,7 +75,25 @@ impl SequenceState {
         prompt_ids: &[u32],
         params: SequenceParams<'_>,
     ) -> Result<Self, EngineError> {
-        let sampler = Sampler::new(params.sampling, vocab, params.seed)?;
+        let sampler = if params.processors.is_empty() {
+            Sampler::new(params.sampling, vocab, params.seed)?
+        } else {
+            params.sampling.validate(vocab)?;
+            let mut chain = params
+                .processors
+                .iter()
+                .fold(SamplerChain::new(), |c, f| c.with_processor(f.build()));
+            for spec in params.sampling.chain {
+                chain = chain.with(spec);
+            }
+            Sampler::with_chain(
+                chain,
+                params.sampling.top_logprobs,
+                params.sampling.logprob_source,
+                vocab,
+                params.seed,
+            )?
+        };
         let constraint = params
             .constraint
             .as_ref()

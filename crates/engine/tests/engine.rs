@@ -791,3 +791,62 @@ fn constrained_ttft() {
     let best = later.iter().cloned().fold(f64::INFINITY, f64::min);
     eprintln!("constrained TTFT: first {first:.1} ms, later best {best:.1} ms, all {later:.1?}");
 }
+
+/// A user logits processor given through the request runs on every step of every sequence,
+/// before the built-in chain: banning the greedy run's first token changes the output, and a
+/// second choice gets its own processor (fresh state).
+#[test]
+fn custom_processors_run_through_the_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Ban {
+        token: u32,
+        calls: Arc<AtomicUsize>,
+    }
+    impl fluent_ai_candle_engine::LogitsProcessor for Ban {
+        fn name(&self) -> &'static str {
+            "ban"
+        }
+        fn process(
+            &mut self,
+            logits: &mut [f32],
+            _history: &[u32],
+        ) -> Result<(), fluent_ai_candle_sampling::SamplingError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            logits[self.token as usize] = f32::NEG_INFINITY;
+            Ok(())
+        }
+    }
+    let g = generator(GenerationConfig::default());
+    let base = request(&chat("Name a colour."), 6, 0.0, 1);
+    let plain = g.generate(&base).blocking_collect().unwrap();
+    let first = plain.choices[0].token_ids[0];
+    let calls = Arc::new(AtomicUsize::new(0));
+    let built = Arc::new(AtomicUsize::new(0));
+    let (c, b) = (calls.clone(), built.clone());
+    let req = CandleCompletionRequest {
+        processors: vec![fluent_ai_candle_engine::ProcessorFactory::new(move || {
+            b.fetch_add(1, Ordering::SeqCst);
+            Box::new(Ban {
+                token: first,
+                calls: c.clone(),
+            })
+        })],
+        ..base.clone()
+    };
+    let banned = g.generate(&req).blocking_collect().unwrap();
+    let ids = &banned.choices[0].token_ids;
+    assert_ne!(ids[0], first, "the banned token is never chosen");
+    assert!(!ids.contains(&first));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        ids.len(),
+        "one call per generated token"
+    );
+    assert_eq!(
+        built.load(Ordering::SeqCst),
+        1,
+        "one processor per sequence"
+    );
+}
