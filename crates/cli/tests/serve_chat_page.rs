@@ -4,45 +4,20 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-const MODEL: &str = "smollm2-135m-instruct";
+mod common;
 
-/// Starts `serve` with `extra` arguments on a free port; returns the child and its address.
+use common::spawn_serve;
+
+/// Starts `serve` with the key `k` and `extra` arguments on a free port.
 fn serve(extra: &[&str]) -> (Child, SocketAddr) {
-    if let Err(e) = fluent_ai_candle_models::cache::resolve(MODEL) {
-        panic!("needs {MODEL}: {e}. Run `cargo xtask fetch-models` first.");
-    }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fluent-ai-candle"))
-        .args(["serve", "--model", MODEL, "--port", "0", "--api-key", "k"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the CLI");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on http://") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the CLI ended early"
-        );
-    }
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split([',', ' ', '\n']).next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-    });
-    (child, addr)
+    let mut args = vec!["--port", "0", "--api-key", "k"];
+    args.extend_from_slice(extra);
+    spawn_serve(&args)
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {

@@ -4,12 +4,14 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MODEL: &str = "smollm2-135m-instruct";
+mod common;
+
+use common::{spawn_serve, MODEL};
 
 /// One request on a fresh connection; the whole answer (the server closes after it).
 fn http(addr: SocketAddr, request: &str) -> String {
@@ -41,43 +43,7 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> String {
 
 #[test]
 fn sigterm_drains_the_stream_in_flight_then_exits() {
-    if let Err(e) = fluent_ai_candle_models::cache::resolve(MODEL) {
-        panic!("needs {MODEL}: {e}. Run `cargo xtask fetch-models` first.");
-    }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fluent-ai-candle"))
-        .args([
-            "serve",
-            "--model",
-            MODEL,
-            "--port",
-            "0",
-            "--shutdown-timeout",
-            "60",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the CLI");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on http://") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the CLI ended early"
-        );
-    }
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split([',', ' ', '\n']).next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    // Keep reading stderr so the child never blocks on it.
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-    });
+    let (mut child, addr) = spawn_serve(&["--port", "0", "--shutdown-timeout", "60"]);
 
     // Not ready until the model is loaded, then ready.
     let deadline = Instant::now() + Duration::from_secs(120);
