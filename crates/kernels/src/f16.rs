@@ -33,6 +33,8 @@ fn round16(x: f32) -> f32 {
 
 /// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them: upper 256 bits +
 /// lower, upper 128 + lower, lanes 2,3 + 0,1, lane 1 + lane 0.
+// Called per key position by attention in `models`: inlined across the crate boundary.
+#[inline]
 pub fn reduce16(x: &[f32]) -> f32 {
     let mut t8 = [0f32; 8];
     for i in 0..8 {
@@ -50,6 +52,8 @@ pub fn reduce16(x: &[f32]) -> f32 {
 /// each 64-value step, reduced `a0+a2, a1+a3, then their sum`, then across lanes by
 /// [`reduce16`]; values past the last full step are added in f64. Products of two f16 values
 /// are exact in f32, so plain adds equal the kernel's fused multiply-adds.
+// Called per key position by attention in `models`: inlined across the crate boundary.
+#[inline]
 pub fn dot(k: &[f16], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
     let full = n - n % DOT_STEP;
@@ -97,6 +101,8 @@ pub(crate) fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
 }
 
 /// `acc[i] = round16(v[i] · s + acc[i])` (one fused multiply-add, then rounded to f16).
+// Called per key position by attention in `models`: inlined across the crate boundary.
+#[inline]
 pub fn mad(acc: &mut [f32], v: &[f16], s: f32) {
     mad_with(Kernels::chosen(), acc, v, s)
 }
@@ -118,6 +124,8 @@ fn mad_with(kernels: Kernels, acc: &mut [f32], v: &[f16], s: f32) {
 }
 
 /// `acc[i] = round16(acc[i] · s)`.
+// Called per key position by attention in `models`: inlined across the crate boundary.
+#[inline]
 pub fn scale(acc: &mut [f32], s: f32) {
     scale_with(Kernels::chosen(), acc, s)
 }
