@@ -19,7 +19,9 @@ use axum::body::{Body, Bytes};
 use fluent_ai_candle_engine::Usage;
 use http_body::{Frame, SizeHint};
 
+use crate::openai::UsageOut;
 use crate::state::lock;
+use crate::stream::add_usage;
 
 /// The `tracing` target of the request lines (filter with `RUST_LOG=fluent_ai_candle::request=info`).
 pub const TARGET: &str = "fluent_ai_candle::request";
@@ -36,7 +38,7 @@ struct StatsInner {
     completion_id: Option<String>,
     model: Option<String>,
     first_token: Option<Instant>,
-    usage: Usage,
+    usage: UsageOut,
     finish_reason: Option<&'static str>,
 }
 
@@ -56,11 +58,7 @@ impl RequestStats {
             s.first_token = Some(Instant::now());
         }
         if let Some(u) = usage {
-            if count_prompt {
-                s.usage.prompt_tokens += u.prompt_tokens;
-                s.usage.cached_tokens += u.cached_tokens;
-            }
-            s.usage.completion_tokens += u.completion_tokens;
+            add_usage(&mut s.usage, u, count_prompt);
         }
     }
 
@@ -146,7 +144,7 @@ impl Drop for RequestLog {
                 model = %model,
                 completion_id = s.completion_id.as_deref().unwrap_or(""),
                 prompt_tokens = s.usage.prompt_tokens,
-                cached_tokens = s.usage.cached_tokens,
+                cached_tokens = s.usage.prompt_tokens_details.cached_tokens,
                 completion_tokens = s.usage.completion_tokens,
                 ttft_ms = ttft_ms.map(round1),
                 duration_ms = round1(duration_ms),
@@ -242,7 +240,7 @@ mod tests {
         let i = lock(&s.inner);
         assert_eq!(i.first_token, first);
         assert_eq!(i.usage.prompt_tokens, 10);
-        assert_eq!(i.usage.cached_tokens, 4);
+        assert_eq!(i.usage.prompt_tokens_details.cached_tokens, 4);
         assert_eq!(i.usage.completion_tokens, 6);
         assert_eq!(i.finish_reason, Some("length"));
     }

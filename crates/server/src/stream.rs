@@ -336,7 +336,11 @@ impl Prepared {
 /// JSON messages of a streamed response, ending with `[DONE]`.
 pub(crate) type MessageStream = Pin<Box<dyn Stream<Item = String> + Send>>;
 
-fn add_usage(total: &mut UsageOut, u: &fluent_ai_candle_engine::Usage, count_prompt: bool) {
+pub(crate) fn add_usage(
+    total: &mut UsageOut,
+    u: &fluent_ai_candle_engine::Usage,
+    count_prompt: bool,
+) {
     if count_prompt {
         total.prompt_tokens += u.prompt_tokens;
         total.prompt_tokens_details.cached_tokens += u.cached_tokens;
