@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Live counters of one generator (atomics: the scheduler writes, anyone reads).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct EngineMetrics {
     requests: AtomicU64,
     completed: AtomicU64,
@@ -23,9 +23,7 @@ pub struct EngineMetrics {
     prefix_hits: AtomicU64,
     prefix_misses: AtomicU64,
     prefix_tokens_reused: AtomicU64,
-    ttft_hist: Histogram,
-    inter_token_hist: Histogram,
-    request_hist: Histogram,
+    latencies: Latencies,
 }
 
 /// Upper bounds (seconds) of the time-to-first-token and request-duration buckets.
@@ -116,30 +114,20 @@ impl Default for HistogramSnapshot {
     }
 }
 
-impl Default for EngineMetrics {
+/// The three latency histograms, with their buckets.
+#[derive(Debug)]
+struct Latencies {
+    ttft: Histogram,
+    inter_token: Histogram,
+    request: Histogram,
+}
+
+impl Default for Latencies {
     fn default() -> Self {
         Self {
-            requests: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            queue_depth: AtomicU64::new(0),
-            active: AtomicU64::new(0),
-            prompt_tokens: AtomicU64::new(0),
-            generated_tokens: AtomicU64::new(0),
-            decode_steps: AtomicU64::new(0),
-            decode_tokens: AtomicU64::new(0),
-            decode_nanos: AtomicU64::new(0),
-            ttft_count: AtomicU64::new(0),
-            ttft_nanos: AtomicU64::new(0),
-            last_ttft_nanos: AtomicU64::new(0),
-            prefix_hits: AtomicU64::new(0),
-            prefix_misses: AtomicU64::new(0),
-            prefix_tokens_reused: AtomicU64::new(0),
-            ttft_hist: Histogram::new(LATENCY_BUCKETS),
-            inter_token_hist: Histogram::new(TOKEN_BUCKETS),
-            request_hist: Histogram::new(LATENCY_BUCKETS),
+            ttft: Histogram::new(LATENCY_BUCKETS),
+            inter_token: Histogram::new(TOKEN_BUCKETS),
+            request: Histogram::new(LATENCY_BUCKETS),
         }
     }
 }
@@ -219,9 +207,9 @@ impl EngineMetrics {
             prefix_cache_hits: self.prefix_hits.load(Relaxed),
             prefix_cache_misses: self.prefix_misses.load(Relaxed),
             prefix_tokens_reused: self.prefix_tokens_reused.load(Relaxed),
-            ttft_seconds: self.ttft_hist.snapshot(),
-            inter_token_seconds: self.inter_token_hist.snapshot(),
-            request_seconds: self.request_hist.snapshot(),
+            ttft_seconds: self.latencies.ttft.snapshot(),
+            inter_token_seconds: self.latencies.inter_token.snapshot(),
+            request_seconds: self.latencies.request.snapshot(),
         }
     }
 
@@ -261,13 +249,13 @@ impl EngineMetrics {
         self.ttft_count.fetch_add(1, Relaxed);
         self.ttft_nanos.fetch_add(nanos, Relaxed);
         self.last_ttft_nanos.store(nanos, Relaxed);
-        self.ttft_hist.observe(nanos);
+        self.latencies.ttft.observe(nanos);
     }
     pub(crate) fn inter_token(&self, nanos: u64) {
-        self.inter_token_hist.observe(nanos);
+        self.latencies.inter_token.observe(nanos);
     }
     pub(crate) fn request_done(&self, nanos: u64) {
-        self.request_hist.observe(nanos);
+        self.latencies.request.observe(nanos);
     }
     pub(crate) fn prefix(&self, reused: Option<usize>) {
         match reused {

@@ -75,25 +75,22 @@ impl SequenceState {
         prompt_ids: &[u32],
         params: SequenceParams<'_>,
     ) -> Result<Self, EngineError> {
-        let sampler = if params.processors.is_empty() {
-            Sampler::new(params.sampling, vocab, params.seed)?
-        } else {
-            params.sampling.validate(vocab)?;
-            let mut chain = params
-                .processors
-                .iter()
-                .fold(SamplerChain::new(), |c, f| c.with_processor(f.build()));
-            for spec in params.sampling.chain {
-                chain = chain.with(spec);
-            }
-            Sampler::with_chain(
-                chain,
-                params.sampling.top_logprobs,
-                params.sampling.logprob_source,
-                vocab,
-                params.seed,
-            )?
-        };
+        // The user's processors, then the built-in chain (what `Sampler::new` builds alone).
+        params.sampling.validate(vocab)?;
+        let mut chain = params
+            .processors
+            .iter()
+            .fold(SamplerChain::new(), |c, f| c.with_processor(f.build()));
+        for spec in params.sampling.chain {
+            chain = chain.with(spec);
+        }
+        let sampler = Sampler::with_chain(
+            chain,
+            params.sampling.top_logprobs,
+            params.sampling.logprob_source,
+            vocab,
+            params.seed,
+        )?;
         let constraint = params
             .constraint
             .as_ref()
@@ -378,6 +375,7 @@ impl SequenceState {
         let mut sink = String::new();
         self.finalize(&mut sink);
         let usage = self.usage();
+        let confidence = self.confidence();
         Generation {
             text: self.text,
             token_ids: self.generated,
@@ -385,7 +383,7 @@ impl SequenceState {
             usage,
             error: self.error,
             logprobs: self.logprobs,
-            confidence: (!self.confidence.is_empty()).then_some(self.confidence),
+            confidence,
         }
     }
 }
