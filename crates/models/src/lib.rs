@@ -77,6 +77,7 @@ pub mod llama;
 pub mod plugin;
 pub mod quant;
 pub mod safetensors;
+pub mod synth;
 pub mod tokenizer;
 
 mod loaded;
