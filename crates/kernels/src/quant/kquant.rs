@@ -473,7 +473,11 @@ impl WeightBlock for BlockQ2K {
 pub fn q5_chunk(b: &BlockQ5K, c: usize) -> [u8; 32] {
     let qs = &b.qs[32 * (c / 2)..][..32];
     std::array::from_fn(|l| {
-        let low = if c.is_multiple_of(2) { qs[l] & 0x0F } else { qs[l] >> 4 };
+        let low = if c.is_multiple_of(2) {
+            qs[l] & 0x0F
+        } else {
+            qs[l] >> 4
+        };
         low | (((b.qh[l] >> c) & 1) << 4)
     })
 }
