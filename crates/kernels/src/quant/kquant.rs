@@ -44,9 +44,10 @@
 //!   more go through llama.cpp's tiled matmul (its AVX2 microtile): per super-block the exact
 //!   integers `s1 = Σ scale·q·a` and (with mins) `s2 = Σ min·Σa` make
 //!   `r = fma(−dmin_w, s2, d_w·s1)`, fused into the accumulator with `d_a`
-//!   ([`dot_q5k_tiled`], [`dot_q3k_tiled`], [`dot_q2k_tiled`]). Read from llama.cpp's source
-//!   (the llama-cpp-python 0.3.36 sdist); not yet compared with its outputs, and llama.cpp's
-//!   AVX-512 VNNI tiled microtile adds `r·d_a` unfused, so bits there may differ.
+//!   ([`dot_q5k_tiled`], [`dot_q3k_tiled`], [`dot_q2k_tiled`]). Both orders return the bits of
+//!   llama.cpp's AVX2 build (llama-cpp-python 0.3.36's; `tests/llama_cpp_kquants.rs`, fixtures
+//!   from its public API). Its AVX-512 builds may differ: the VNNI tiled microtile adds
+//!   `r·d_a` unfused, and `Q2_K` is repacked there.
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
 //! return identical bits, and a row's result never depends on the other rows of a call. Both
