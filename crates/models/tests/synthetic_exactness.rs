@@ -3,6 +3,11 @@
 //! llama.cpp's logits at every position (`fixtures/reference/synthetic-logits.jsonl`, made by
 //! `fixtures/reference/tools/make_synthetic.sh`; provenance in `synthetic.README.md`).
 //!
+//! Architectures: llama (which also covers `mistral`, an architecture name llama.cpp does not
+//! have: Mistral GGUF files say `llama`), qwen2, qwen3 and gemma3, each in `Q8_0` and
+//! `Q4_K_M`. Not here: phi3 (llama.cpp stops loading the synthetic vocabulary), deepseek2
+//! (covered against an independent reference in `deepseek.rs`).
+//!
 //! Where llama.cpp is clear (its best logit ahead of the second by ≥ 0.5) our argmax must be
 //! its argmax at every position; the test also reports how close the logits are.
 
@@ -96,6 +101,6 @@ fn every_architecture_agrees_with_llama_cpp() {
             positions * 5
         );
     }
-    assert_eq!(report.len(), 12, "two formats of six architectures");
+    assert_eq!(report.len(), 8, "two formats of four architectures");
     assert!(failures.is_empty(), "{failures:#?}");
 }
