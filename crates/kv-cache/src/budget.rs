@@ -109,7 +109,7 @@ mod tests {
         insert(&mut c, 100, 5); // A
         insert(&mut c, 200, 5); // B
         insert(&mut c, 300, 5); // C
-        // A is used again: B is now the least recently used.
+                                // A is used again: B is now the least recently used.
         assert_eq!(c.lookup(&[100, 101, 102, 103, 104, 9]).unwrap().len, 5);
         assert_eq!(budget.used(0, Some(&c)), 15);
         // 15 tokens of prefixes + 5 of a sequence = 20: nothing to evict.

@@ -668,4 +668,3 @@ fn requantize(name: &str, t: QTensor, quant: QuantizationType, device: &Device) 
     let values = t.dequantize(device)?;
     quantize_values(name, &values, target)
 }
-

@@ -88,7 +88,14 @@ impl LoadedModel {
         plugins: &[&dyn ArchitecturePlugin],
         cancel: &CancelToken,
     ) -> Result<Self> {
-        Self::load_gguf_or_dir(path.as_ref(), Some(quant), device, progress, plugins, cancel)
+        Self::load_gguf_or_dir(
+            path.as_ref(),
+            Some(quant),
+            device,
+            progress,
+            plugins,
+            cancel,
+        )
     }
 
     fn load_gguf_or_dir(
