@@ -224,8 +224,10 @@ struct GenerateArgs {
     /// Constrain the output to this regular expression.
     #[arg(long, group = "constraint")]
     regex: Option<String>,
-    /// The format a safetensors model's matrices are quantized to on load: q4_0, q4_k, q8_0
-    /// (the default), f16, bf16 or f32. Not for GGUF files, whose weights are used as stored.
+    /// The format the weights are quantized to on load: q4_0, q4_k, q8_0, f16, bf16 or f32.
+    /// A safetensors model's matrices (q8_0 by default); a GGUF file's f32, f16, bf16 and
+    /// q8_0 matrices re-quantized to fewer bits (as stored by default; asking for more bits
+    /// than the file stores is an error).
     #[arg(long, value_parser = parse_quant)]
     quant: Option<QuantizationType>,
     #[command(flatten)]
