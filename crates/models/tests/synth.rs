@@ -82,8 +82,11 @@ fn the_mix_is_written_and_files_are_deterministic() {
     let content = gguf_file::Content::read(&mut f).unwrap();
     let dtype = |n: &str| content.tensor_infos[n].ggml_dtype;
     use candle_core::quantized::GgmlDType::*;
-    // 2 layers: both are in the first/last eighth, so attn_v and ffn_down get more bits.
-    assert_eq!(dtype("blk.0.attn_v.weight"), Q6K);
+    // 2 layers: n/8 = 0 in llama.cpp's integer arithmetic, so only layer 1 (≥ 7n/8) gets the
+    // extra bits in attn_v and ffn_down.
+    assert_eq!(dtype("blk.0.attn_v.weight"), Q4K);
+    assert_eq!(dtype("blk.1.attn_v.weight"), Q6K);
+    assert_eq!(dtype("blk.0.ffn_down.weight"), Q4K);
     assert_eq!(dtype("blk.1.ffn_down.weight"), Q6K);
     assert_eq!(dtype("blk.0.attn_q.weight"), Q4K);
     assert_eq!(dtype("output.weight"), Q6K);
