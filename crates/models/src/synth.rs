@@ -337,14 +337,14 @@ impl QuantMix {
             (Self::Q5KM, Role::AttnQkv) => Q6K,
             _ => self.base(),
         };
-        if t.block_size() == 256 && columns % 256 != 0 {
+        if t.block_size() == 256 && !columns.is_multiple_of(256) {
             match t {
                 Q4K => Q5_0,
                 Q5K => Q5_1,
                 Q6K => Q8_0,
                 _ => Q4_0,
             }
-        } else if columns % t.block_size() != 0 {
+        } else if !columns.is_multiple_of(t.block_size()) {
             F16
         } else {
             t
@@ -831,8 +831,8 @@ mod tests {
         assert_eq!(shape("llama", "llama-3.1-8b").unwrap().hidden, 4096);
         for arch in ARCHITECTURES {
             let s = shape(arch, "tiny").unwrap();
-            assert_eq!(s.hidden % 256, 0);
-            assert_eq!(s.ffn % 256, 0);
+            assert!(s.hidden.is_multiple_of(256));
+            assert!(s.ffn.is_multiple_of(256));
         }
         assert!(matches!(
             shape("llama", "qwen2.5-7b"),
