@@ -5,11 +5,12 @@
 //! templates in: `trim_blocks` and `lstrip_blocks` on, `raise_exception(msg)`,
 //! `strftime_now(fmt)`, a Python-style `tojson` filter (`", "`/`": "`
 //! separators, non-ASCII kept, optional `indent`), and the common Python
-//! string/dict methods (`strip`, `split`, `startswith`, `items`, `get`, ...).
+//! string/dict methods (`strip`, `split`, `startswith`, `items`, `get`, ...): those are
+//! `minijinja-contrib`'s `pycompat`, with `dict.get(key, default)` and `str.rsplit` added
+//! here where it has none. `strftime_now` formats with `chrono`.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
 use minijinja::value::{Kwargs, ValueKind};
@@ -447,115 +448,47 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
 
 // ---- strftime_now ---------------------------------------------------------
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-/// Formats a UTC unix time with the common `strftime` codes.
-fn format_time(secs: i64, fmt: &str) -> String {
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (tod / 3600, (tod / 60) % 60, tod % 60);
-    let wd = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = cum[(m - 1) as usize] + d + u32::from(m > 2 && is_leap(y));
-    let month = MONTHS[(m - 1) as usize];
-    let wday = WEEKDAYS[wd];
-    let h12 = if hh % 12 == 0 { 12 } else { hh % 12 };
-    let mut out = String::new();
-    let mut chars = fmt.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        let Some(code) = chars.next() else {
-            out.push('%');
-            break;
-        };
-        let s = match code {
-            'Y' => y.to_string(),
-            'y' => format!("{:02}", y.rem_euclid(100)),
-            'm' => format!("{m:02}"),
-            '-' => match chars.next() {
-                Some('d') => d.to_string(),
-                Some('m') => m.to_string(),
-                Some('H') => hh.to_string(),
-                Some('I') => h12.to_string(),
-                Some(o) => format!("%-{o}"),
-                None => "%-".to_string(),
-            },
-            'd' => format!("{d:02}"),
-            'e' => format!("{d:>2}"),
-            'j' => format!("{yday:03}"),
-            'H' => format!("{hh:02}"),
-            'I' => format!("{h12:02}"),
-            'M' => format!("{mm:02}"),
-            'S' => format!("{ss:02}"),
-            'p' => (if hh < 12 { "AM" } else { "PM" }).to_string(),
-            'B' => month.to_string(),
-            'b' | 'h' => month[..3].to_string(),
-            'A' => wday.to_string(),
-            'a' => wday[..3].to_string(),
-            'u' => (wd + 1).to_string(),
-            'w' => ((wd + 1) % 7).to_string(),
-            'F' => format!("{y}-{m:02}-{d:02}"),
-            'T' => format!("{hh:02}:{mm:02}:{ss:02}"),
-            'Z' => "UTC".to_string(),
-            'z' => "+0000".to_string(),
-            '%' => "%".to_string(),
-            o => format!("%{o}"),
-        };
-        out.push_str(&s);
+/// Formats `time` with Python's `strftime` codes (chrono implements the same set, `%-d` and
+/// the other padding modifiers included). A code chrono does not know is kept as written,
+/// as glibc's `strftime` (which Python calls) does, instead of failing the whole render.
+fn format_time(time: chrono::DateTime<chrono::Utc>, fmt: &str) -> String {
+    use chrono::format::{Item, StrftimeItems};
+    let items: Vec<Item<'_>> = StrftimeItems::new(fmt).collect();
+    if !items.contains(&Item::Error) {
+        return time.format_with_items(items.into_iter()).to_string();
     }
+    // Rare: format each `%` code on its own so one unknown code stays literal.
+    let mut out = String::new();
+    let mut rest = fmt;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let code = &rest[i..];
+        // `%` plus an optional padding modifier plus one character.
+        let mut len = 1;
+        let mut chars = code[1..].chars();
+        match chars.next() {
+            Some(c @ ('-' | '_' | '0')) => {
+                len += c.len_utf8();
+                len += chars.next().map_or(0, char::len_utf8);
+            }
+            Some(c) => len += c.len_utf8(),
+            None => {}
+        }
+        let one = &code[..len];
+        let items: Vec<Item<'_>> = StrftimeItems::new(one).collect();
+        if items.contains(&Item::Error) {
+            out.push_str(one);
+        } else {
+            out.push_str(&time.format_with_items(items.into_iter()).to_string());
+        }
+        rest = &code[len..];
+    }
+    out.push_str(rest);
     out
 }
 
 fn strftime_now(fmt: String) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-        .unwrap_or(0);
-    format_time(secs, &fmt)
+    format_time(chrono::Utc::now(), &fmt)
 }
 
 // ---- tojson ---------------------------------------------------------------
@@ -645,200 +578,56 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
 
 // ---- Python methods -------------------------------------------------------
 
-fn arg_str(args: &[Value], i: usize) -> std::result::Result<Option<&str>, Error> {
-    match args.get(i) {
-        None => Ok(None),
-        Some(v) if v.is_none() || v.is_undefined() => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(Some)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "expected a string argument")),
-    }
-}
-
-fn strip_with<'a>(s: &'a str, chars: Option<&str>, left: bool, right: bool) -> &'a str {
-    let pred = |c: char| match chars {
-        Some(set) => set.contains(c),
-        None => c.is_whitespace(),
-    };
-    let s = if left { s.trim_start_matches(pred) } else { s };
-    if right {
-        s.trim_end_matches(pred)
-    } else {
-        s
-    }
-}
-
-fn affix_match(
-    s: &str,
-    arg: Option<&Value>,
-    f: fn(&str, &str) -> bool,
-) -> std::result::Result<Value, Error> {
-    let Some(arg) = arg else {
-        return Err(Error::new(ErrorKind::MissingArgument, "missing prefix"));
-    };
-    if let Some(p) = arg.as_str() {
-        return Ok(Value::from(f(s, p)));
-    }
-    let iter = arg
-        .try_iter()
-        .map_err(|_| Error::new(ErrorKind::InvalidOperation, "expected str or tuple"))?;
-    for p in iter {
-        if let Some(p) = p.as_str() {
-            if f(s, p) {
-                return Ok(Value::from(true));
-            }
-        }
-    }
-    Ok(Value::from(false))
-}
-
-fn title_case(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut prev_alpha = false;
-    for c in s.chars() {
-        if prev_alpha {
-            out.extend(c.to_lowercase());
-        } else {
-            out.extend(c.to_uppercase());
-        }
-        prev_alpha = c.is_alphabetic();
-    }
-    out
-}
-
-fn string_method(s: &str, method: &str, args: &[Value]) -> std::result::Result<Value, Error> {
-    let v = match method {
-        "strip" => Value::from(strip_with(s, arg_str(args, 0)?, true, true)),
-        "lstrip" => Value::from(strip_with(s, arg_str(args, 0)?, true, false)),
-        "rstrip" => Value::from(strip_with(s, arg_str(args, 0)?, false, true)),
-        "upper" => Value::from(s.to_uppercase()),
-        "lower" => Value::from(s.to_lowercase()),
-        "title" => Value::from(title_case(s)),
-        "capitalize" => {
-            let mut c = s.chars();
-            Value::from(match c.next() {
-                Some(f) => f
-                    .to_uppercase()
-                    .chain(c.flat_map(char::to_lowercase))
-                    .collect(),
-                None => String::new(),
-            })
-        }
-        "startswith" => affix_match(s, args.first(), |s, p| s.starts_with(p))?,
-        "endswith" => affix_match(s, args.first(), |s, p| s.ends_with(p))?,
-        "split" | "rsplit" => {
-            let sep = arg_str(args, 0)?;
-            let maxsplit = args
-                .get(1)
-                .and_then(|v| i64::try_from(v.clone()).ok())
-                .filter(|&n| n >= 0)
-                .map(|n| n as usize);
-            let parts: Vec<Value> = match (sep, maxsplit) {
-                (Some(""), _) => {
-                    return Err(Error::new(ErrorKind::InvalidOperation, "empty separator"))
-                }
-                (Some(sep), None) => s.split(sep).map(Value::from).collect(),
-                (Some(sep), Some(n)) if method == "split" => {
-                    s.splitn(n + 1, sep).map(Value::from).collect()
-                }
-                (Some(sep), Some(n)) => {
-                    let mut v: Vec<Value> = s.rsplitn(n + 1, sep).map(Value::from).collect();
-                    v.reverse();
-                    v
-                }
-                (None, _) => s.split_whitespace().map(Value::from).collect(),
-            };
-            Value::from(parts)
-        }
-        "replace" => {
-            let (Some(old), Some(new)) = (arg_str(args, 0)?, arg_str(args, 1)?) else {
-                return Err(Error::new(ErrorKind::MissingArgument, "replace(old, new)"));
-            };
-            match args.get(2).and_then(|v| i64::try_from(v.clone()).ok()) {
-                Some(n) if n >= 0 => Value::from(s.replacen(old, new, n as usize)),
-                _ => Value::from(s.replace(old, new)),
-            }
-        }
-        "find" => {
-            let sub = arg_str(args, 0)?.unwrap_or("");
-            Value::from(s.find(sub).map_or(-1, |i| s[..i].chars().count() as i64))
-        }
-        "count" => {
-            let sub = arg_str(args, 0)?.unwrap_or("");
-            Value::from(if sub.is_empty() {
-                s.chars().count() + 1
-            } else {
-                s.matches(sub).count()
-            })
-        }
-        "join" => {
-            let items = args
-                .first()
-                .ok_or_else(|| Error::new(ErrorKind::MissingArgument, "join(iterable)"))?
-                .try_iter()?;
-            let parts: Vec<String> = items.map(|v| v.to_string()).collect();
-            Value::from(parts.join(s))
-        }
-        "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
-        "isalpha" => Value::from(!s.is_empty() && s.chars().all(char::is_alphabetic)),
-        "isalnum" => Value::from(!s.is_empty() && s.chars().all(char::is_alphanumeric)),
-        "isspace" => Value::from(!s.is_empty() && s.chars().all(char::is_whitespace)),
-        "isupper" => {
-            Value::from(s.chars().any(char::is_uppercase) && !s.chars().any(char::is_lowercase))
-        }
-        "islower" => {
-            Value::from(s.chars().any(char::is_lowercase) && !s.chars().any(char::is_uppercase))
-        }
-        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
-    };
-    Ok(v)
-}
-
-fn map_method(map: &Value, method: &str, args: &[Value]) -> std::result::Result<Value, Error> {
-    let keys: Vec<Value> = map.try_iter()?.collect();
-    let v = match method {
-        "items" => Value::from(
-            keys.into_iter()
-                .map(|k| {
-                    let v = map.get_item(&k).unwrap_or_default();
-                    Value::from(vec![k, v])
-                })
-                .collect::<Vec<_>>(),
-        ),
-        "keys" => Value::from(keys),
-        "values" => Value::from(
-            keys.iter()
-                .map(|k| map.get_item(k).unwrap_or_default())
-                .collect::<Vec<_>>(),
-        ),
-        "get" => {
-            let key = args
-                .first()
-                .ok_or_else(|| Error::new(ErrorKind::MissingArgument, "get(key)"))?;
-            match map.get_item(key) {
-                Ok(v) if !v.is_undefined() => v,
-                _ => args.get(1).cloned().unwrap_or(Value::from(())),
-            }
-        }
-        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
-    };
-    Ok(v)
-}
-
+/// Python's methods on strings, dicts and lists: `minijinja-contrib`'s `pycompat`, plus the
+/// two forms HF templates use that it lacks, `dict.get(key, default)` and `str.rsplit`.
 fn python_method(
-    _state: &State<'_, '_>,
+    state: &State<'_, '_>,
     value: &Value,
     method: &str,
     args: &[Value],
 ) -> std::result::Result<Value, Error> {
-    if let Some(s) = value.as_str() {
-        return string_method(s, method, args);
+    match (value.kind(), method, args) {
+        (ValueKind::Map, "get", [key, default]) => Ok(match value.get_item(key) {
+            Ok(v) if !v.is_undefined() => v,
+            _ => default.clone(),
+        }),
+        (ValueKind::String, "rsplit", _) => rsplit(value.as_str().unwrap_or_default(), args),
+        _ => minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
     }
-    match value.kind() {
-        ValueKind::Map => map_method(value, method, args),
-        _ => Err(Error::from(ErrorKind::UnknownMethod)),
-    }
+}
+
+/// `str.rsplit(sep=None, maxsplit=-1)`: splits from the right, at most `maxsplit` times.
+fn rsplit(s: &str, args: &[Value]) -> std::result::Result<Value, Error> {
+    let (sep, maxsplit): (Option<&str>, Option<i64>) = minijinja::value::from_args(args)?;
+    let maxsplit = maxsplit.filter(|&n| n >= 0).map(|n| n as usize);
+    let mut parts: Vec<Value> = match (sep, maxsplit) {
+        (Some(""), _) => return Err(Error::new(ErrorKind::InvalidOperation, "empty separator")),
+        (Some(sep), None) => s.rsplit(sep).map(Value::from).collect(),
+        (Some(sep), Some(n)) => s.rsplitn(n + 1, sep).map(Value::from).collect(),
+        (None, None) => s.split_whitespace().rev().map(Value::from).collect(),
+        (None, Some(n)) => {
+            // Whitespace runs from the right; the leftmost part keeps its inner spaces.
+            let mut out = Vec::new();
+            let mut rest = s.trim_end();
+            while out.len() < n {
+                match rest.rfind(char::is_whitespace) {
+                    Some(i) => {
+                        let ws = rest[i..].chars().next().map_or(1, char::len_utf8);
+                        out.push(Value::from(&rest[i + ws..]));
+                        rest = rest[..i].trim_end();
+                    }
+                    None => break,
+                }
+            }
+            // Python keeps the leftmost part's leading whitespace.
+            if !rest.trim_start().is_empty() {
+                out.push(Value::from(rest));
+            }
+            out
+        }
+    };
+    parts.reverse();
+    Ok(Value::from(parts))
 }
 
 #[cfg(test)]
@@ -901,15 +690,30 @@ mod tests {
         );
     }
 
+    /// The two methods added beside `pycompat`, as Python answers them.
+    #[test]
+    fn rsplit_and_get_with_default() {
+        let src = "{{ 'a.b.c'.rsplit('.', 1) | join('|') }} {{ ' a b  c '.rsplit(None, 1) | join('|') }} {{ 'a b c'.rsplit() | join('|') }} {{ 'a.b'.rsplit('.') | join('|') }} {{ {'k': 1}.get('k', 2) }} {{ {'k': 1}.get('k') }} {{ {'k': 1}.get('z') is none }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "a.b|c  a b|c a|b|c a|b 1 1 True"
+        );
+    }
+
     #[test]
     fn strftime() {
+        use chrono::TimeZone;
         // 2024-02-29 13:05:09 UTC, a Thursday.
-        let secs = 1_709_211_909;
+        let t = chrono::Utc.timestamp_opt(1_709_211_909, 0).unwrap();
         assert_eq!(
-            format_time(secs, "%Y-%m-%d %H:%M:%S %a %b %-d %j %%"),
+            format_time(t, "%Y-%m-%d %H:%M:%S %a %b %-d %j %%"),
             "2024-02-29 13:05:09 Thu Feb 29 060 %"
         );
-        assert_eq!(format_time(0, "%d %B %Y %A"), "01 January 1970 Thursday");
+        let epoch = chrono::Utc.timestamp_opt(0, 0).unwrap();
+        assert_eq!(format_time(epoch, "%d %B %Y %A"), "01 January 1970 Thursday");
+        // An unknown code stays as written (glibc's strftime does the same); the rest formats.
+        assert_eq!(format_time(epoch, "%Y %Q %-m"), "1970 %Q 1");
         let t = ChatTemplate::new("{{ strftime_now('%Y') | length }}", "", "").unwrap();
         assert_eq!(t.render(&[], false).unwrap(), "4");
     }
