@@ -115,6 +115,13 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = read_header(&mut reader, file_size).map_err(|e| match e {
             HeaderError::Metadata { key, reason } => ModelError::InvalidMetadata { key, reason },
+            HeaderError::UnsupportedType { tensor, format } => ModelError::UnsupportedFeature {
+                name: tensor,
+                reason: format!(
+                    "quantization format {format} is not supported (candle 0.11 has no {format} \
+                     blocks); use a file quantized to Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0"
+                ),
+            },
             HeaderError::Invalid(reason) => ModelError::InvalidGguf {
                 path: path.clone(),
                 reason,
@@ -332,7 +339,15 @@ pub fn value_as_u64(v: &Value) -> Option<u64> {
 
 /// Why a header was refused: a metadata value that cannot be used (named), or anything else.
 enum HeaderError {
-    Metadata { key: String, reason: String },
+    Metadata {
+        key: String,
+        reason: String,
+    },
+    /// A tensor in a GGML format that exists but cannot be loaded (`format`: its GGML name).
+    UnsupportedType {
+        tensor: String,
+        format: &'static str,
+    },
     Invalid(String),
 }
 
@@ -483,6 +498,31 @@ fn ggml_dtype(id: u32) -> Option<GgmlDType> {
     })
 }
 
+/// The name of a GGML tensor type that GGML defines but this crate cannot load (candle 0.11
+/// has no blocks for it), for the error that names it; `None` for an id GGML does not define.
+fn unsupported_dtype_name(id: u32) -> Option<&'static str> {
+    Some(match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
 /// Reads the header of a GGUF file of `file_size` bytes, checking every declared count,
 /// length, dimension, offset and the alignment against the file before using it.
 fn read_header<R: Read + Seek>(
@@ -565,7 +605,15 @@ fn read_header<R: Read + Seek>(
         let ty = r.u32()?;
         let dtype = match ggml_dtype(ty) {
             Some(t) => t,
-            None => return invalid(format!("tensor '{name}' has an unknown type {ty}")),
+            None => match unsupported_dtype_name(ty) {
+                Some(format) => {
+                    return Err(HeaderError::UnsupportedType {
+                        tensor: name,
+                        format,
+                    })
+                }
+                None => return invalid(format!("tensor '{name}' has an unknown type {ty}")),
+            },
         };
         let offset = r.u64()?;
         infos.push((name, dims, dtype, offset));

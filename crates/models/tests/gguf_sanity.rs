@@ -241,6 +241,25 @@ fn hostile_tensor_entries_are_refused() {
     assert_invalid_key(GgufFile::open(&path).unwrap_err(), "llama.context_length");
 }
 
+/// `IQ4_NL` and `IQ4_XS` (common in downloaded files; candle 0.11 cannot load them) are a
+/// typed error naming the format and the tensor, not "invalid file" and never a panic.
+#[test]
+fn unsupported_quant_formats_are_named() {
+    let (md, tensors) = tiny_model("llama");
+    for (id, format) in [(20, "IQ4_NL"), (23, "IQ4_XS")] {
+        let mut ts = tensors.clone();
+        ts[0].dtype = id;
+        let path = write_file("gguf-sanity", "iq4.gguf", &encode(&md, &ts).0);
+        match GgufFile::open(&path).unwrap_err() {
+            ModelError::UnsupportedFeature { name, reason } => {
+                assert_eq!(name, ts[0].name);
+                assert!(reason.contains(format), "{reason}");
+            }
+            err => panic!("{format}: {err}"),
+        }
+    }
+}
+
 #[test]
 fn hostile_counts_and_lengths_are_refused() {
     let (md, tensors) = tiny_model("llama");

@@ -4,14 +4,26 @@
 use fluent_ai_candle_kernels::quant::kquant::*;
 use fluent_ai_candle_kernels::quant::WeightBlock;
 
-/// A weight row in either format.
+/// A weight row in one of the K-quant formats.
 #[derive(Clone, Copy)]
 enum KRow<'a> {
     /// `Q4_K` blocks.
     Q4K(&'a [BlockQ4K]),
     /// `Q6_K` blocks.
     Q6K(&'a [BlockQ6K]),
+    /// `Q5_K` blocks.
+    Q5K(&'a [BlockQ5K]),
+    /// `Q3_K` blocks.
+    Q3K(&'a [BlockQ3K]),
+    /// `Q2_K` blocks.
+    Q2K(&'a [BlockQ2K]),
 }
+
+/// The K-quant formats tested, in the order the tests' format index `f` picks them.
+const DTYPES: [candle_core::quantized::GgmlDType; 5] = {
+    use candle_core::quantized::GgmlDType::*;
+    [Q4K, Q6K, Q5K, Q3K, Q2K]
+};
 
 mod tests {
     use super::*;
@@ -93,6 +105,41 @@ mod tests {
                     }
                 }
             }
+            KRow::Q5K(w) => {
+                for b in w {
+                    for c in 0..8 {
+                        for &q in &q5_chunk(b, c) {
+                            out.push(
+                                (b.d as f64 * b.scales[c] as f64 * q as f64).abs()
+                                    + (b.dmin as f64 * b.mins[c] as f64).abs(),
+                            );
+                        }
+                    }
+                }
+            }
+            KRow::Q3K(w) => {
+                for b in w {
+                    for c in 0..8 {
+                        for (l, &q) in q3_chunk(b, c).iter().enumerate() {
+                            let s = b.scales[2 * c + l / 16] as f64;
+                            out.push((b.d as f64 * s * q as f64).abs());
+                        }
+                    }
+                }
+            }
+            KRow::Q2K(w) => {
+                for b in w {
+                    for c in 0..8 {
+                        for (l, &q) in q2_chunk(b, c).iter().enumerate() {
+                            let s = 2 * c + l / 16;
+                            out.push(
+                                (b.d as f64 * b.scales[s] as f64 * q as f64).abs()
+                                    + (b.dmin as f64 * b.mins[s] as f64).abs(),
+                            );
+                        }
+                    }
+                }
+            }
         }
         out
     }
@@ -103,6 +150,9 @@ mod tests {
         match w {
             KRow::Q4K(w) => w.iter().for_each(|b| dequantize_q4k(b, &mut out)),
             KRow::Q6K(w) => w.iter().for_each(|b| dequantize_q6k(b, &mut out)),
+            KRow::Q5K(w) => w.iter().for_each(|b| dequantize_q5k(b, &mut out)),
+            KRow::Q3K(w) => w.iter().for_each(|b| dequantize_q3k(b, &mut out)),
+            KRow::Q2K(w) => w.iter().for_each(|b| dequantize_q2k(b, &mut out)),
         }
         out
     }
@@ -112,6 +162,20 @@ mod tests {
         match w {
             KRow::Q4K(w) => dot_q4k(w, a),
             KRow::Q6K(w) => dot_q6k(w, a),
+            KRow::Q5K(w) => dot_q5k(w, a),
+            KRow::Q3K(w) => dot_q3k(w, a),
+            KRow::Q2K(w) => dot_q2k(w, a),
+        }
+    }
+
+    /// The scalar twin in the prompt order (`Q4_K` grouped, the others tiled).
+    fn prompt_scalar(w: KRow<'_>, a: &[ActBlockK]) -> f32 {
+        match w {
+            KRow::Q4K(w) => dot_q4k_grouped(w, a),
+            KRow::Q6K(w) => dot_q6k_tiled(w, a),
+            KRow::Q5K(w) => dot_q5k_tiled(w, a),
+            KRow::Q3K(w) => dot_q3k_tiled(w, a),
+            KRow::Q2K(w) => dot_q2k_tiled(w, a),
         }
     }
 
@@ -146,7 +210,7 @@ mod tests {
 
     /// One case: `n` weight rows of width `k` in `dtype`, `m` activation rows.
     struct Case {
-        /// `Q4K` or `Q6K`.
+        /// One of [`DTYPES`].
         dtype: GgmlDType,
         /// Weight rows.
         n: usize,
@@ -160,11 +224,11 @@ mod tests {
         x: Vec<f32>,
     }
 
-    /// A case in format `f` (0: `Q4_K`, 1: `Q6_K`) of width `KS[ki]`, weights of about
+    /// A case in format `DTYPES[f]` of width `KS[ki]`, weights of about
     /// `0.05·10^wexp` and activations of about `10^xexp` (outliers 40 times larger).
     fn case(f: usize, n: usize, ki: usize, m: usize, seed: u64, wexp: i32, xexp: i32) -> Case {
         let k = KS[ki];
-        let dtype = [GgmlDType::Q4K, GgmlDType::Q6K][f];
+        let dtype = DTYPES[f];
         let w = values(n * k, seed ^ 1, 10f32.powi(wexp) * 0.05, 97);
         let mut x = values(m * k, seed ^ 2, 10f32.powi(xexp), 61);
         // A block of zeros now and then (d = 0).
@@ -188,6 +252,18 @@ mod tests {
                 let (q, b) = quantized::<BlockQ4K>(&c.w, c.n, c.k, c.dtype);
                 check(q, KRow::Q4K(&b))
             }
+            GgmlDType::Q5K => {
+                let (q, b) = quantized::<BlockQ5K>(&c.w, c.n, c.k, c.dtype);
+                check(q, KRow::Q5K(&b))
+            }
+            GgmlDType::Q3K => {
+                let (q, b) = quantized::<BlockQ3K>(&c.w, c.n, c.k, c.dtype);
+                check(q, KRow::Q3K(&b))
+            }
+            GgmlDType::Q2K => {
+                let (q, b) = quantized::<BlockQ2K>(&c.w, c.n, c.k, c.dtype);
+                check(q, KRow::Q2K(&b))
+            }
             _ => {
                 let (q, b) = quantized::<BlockQ6K>(&c.w, c.n, c.k, c.dtype);
                 check(q, KRow::Q6K(&b))
@@ -200,6 +276,9 @@ mod tests {
         match w {
             KRow::Q4K(w) => KRow::Q4K(&w[r * kb..(r + 1) * kb]),
             KRow::Q6K(w) => KRow::Q6K(&w[r * kb..(r + 1) * kb]),
+            KRow::Q5K(w) => KRow::Q5K(&w[r * kb..(r + 1) * kb]),
+            KRow::Q3K(w) => KRow::Q3K(&w[r * kb..(r + 1) * kb]),
+            KRow::Q2K(w) => KRow::Q2K(&w[r * kb..(r + 1) * kb]),
         }
     }
 
@@ -244,14 +323,13 @@ mod tests {
 
     /// Every SIMD build this CPU has, for 1..=4 rows, equals the scalar twin bit for bit; so
     /// does every row of a multi-row call (the rows cycle through the activation rows given);
-    /// both in the one-row order and in the prompt order (`Q4_K` grouped, `Q6_K` tiled).
+    /// both in the one-row order and in the prompt order (`Q4_K` grouped, the others tiled).
     fn check_simd(w: KRow<'_>, acts: &[Vec<ActBlockK>]) -> Result<(), String> {
         let pick = |i: usize| acts[i % acts.len()].as_slice();
         for prompt in [false, true] {
-            let twin = |a: &[ActBlockK]| match (w, prompt) {
-                (KRow::Q4K(w), true) => dot_q4k_grouped(w, a),
-                (KRow::Q6K(w), true) => dot_q6k_tiled(w, a),
-                _ => scalar(w, a),
+            let twin = |a: &[ActBlockK]| match prompt {
+                true => prompt_scalar(w, a),
+                false => scalar(w, a),
             };
             let want: Vec<u32> = (0..4).map(|i| twin(pick(i)).to_bits()).collect();
             for simd in Simd::available() {
@@ -262,6 +340,9 @@ mod tests {
                     match w {
                         KRow::Q4K(w) => dots(kernels, w, w.len(), (&rows, &[]), prompt, &mut out),
                         KRow::Q6K(w) => dots(kernels, w, w.len(), (&rows, &[]), prompt, &mut out),
+                        KRow::Q5K(w) => dots(kernels, w, w.len(), (&rows, &[]), prompt, &mut out),
+                        KRow::Q3K(w) => dots(kernels, w, w.len(), (&rows, &[]), prompt, &mut out),
+                        KRow::Q2K(w) => dots(kernels, w, w.len(), (&rows, &[]), prompt, &mut out),
                     }
                     let g = &out[0][..n];
                     if bits(g) != want[..n] {
@@ -360,7 +441,7 @@ mod tests {
         /// formats, widths of 1..=8 super-blocks and magnitudes from 10⁻³ to 10⁴.
         #[test]
         fn kernels_match_the_definition(
-            f in 0usize..2,
+            f in 0usize..5,
             n in 1usize..5,
             ki in 0usize..4,
             m in 1usize..5,
@@ -378,7 +459,7 @@ mod tests {
         /// activations away from zero accounts for.
         #[test]
         fn close_to_candle(
-            f in 0usize..2,
+            f in 0usize..5,
             ki in 0usize..4,
             m in 1usize..6,
             seed in any::<u64>(),
@@ -464,6 +545,9 @@ mod tests {
     fn block_sizes_match_ggml() {
         assert_eq!(BlockQ4K::BYTES, GgmlDType::Q4K.type_size());
         assert_eq!(BlockQ6K::BYTES, GgmlDType::Q6K.type_size());
+        assert_eq!(BlockQ5K::BYTES, GgmlDType::Q5K.type_size());
+        assert_eq!(BlockQ3K::BYTES, GgmlDType::Q3K.type_size());
+        assert_eq!(BlockQ2K::BYTES, GgmlDType::Q2K.type_size());
         assert_eq!(QK_K, GgmlDType::Q4K.block_size());
     }
 
@@ -472,7 +556,7 @@ mod tests {
     /// differs), every width, activations of about 0.1 to 100.
     #[test]
     fn largest_difference_from_candle() {
-        for f in 0..2 {
+        for f in 0..DTYPES.len() {
             let mut worst = Distance::default();
             for i in 0..32 {
                 let m = if i % 2 == 0 { 1 } else { 4 };
@@ -481,7 +565,7 @@ mod tests {
             }
             eprintln!(
                 "{}: relative {:.2e}, absolute {:.2e}, of largest output {:.2e}, {} ties",
-                ["Q4_K", "Q6_K"][f],
+                ["Q4_K", "Q6_K", "Q5_K", "Q3_K", "Q2_K"][f],
                 worst.relative,
                 worst.absolute,
                 worst.of_output,

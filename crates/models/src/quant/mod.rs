@@ -2,8 +2,8 @@
 //!
 //! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
 //! code (SmolLM2's and most of Gemma 3 270M's layers), so [`QLinear`] runs those formats,
-//! the other 32-value formats (`Q4_0`, `Q5_1`, `Q8_0`: both models' output layer), `Q4_K`
-//! and `Q6_K` with the kernels of
+//! the other 32-value formats (`Q4_0`, `Q5_1`, `Q8_0`: both models' output layer) and the
+//! K-quants `Q2_K`..`Q6_K` with the kernels of
 //! [`fluent_ai_candle_kernels::quant`] (x86 SIMD chosen at run time by
 //! [`fluent_ai_candle_kernels::simd`]: AVX2, or AVX-512 with VNNI; `FLUENT_AI_CANDLE_SIMD=scalar`
 //! forces the scalar twins, `=avx2` leaves AVX-512 out), on candle's own CPU thread pool.
@@ -18,9 +18,9 @@
 //! the kernels crate): together with the attention kernel and `ggml_math`, a decoder's logits
 //! are llama.cpp's to the bit. Every output is one accumulation whatever is computed beside
 //! it, which keeps batched decoding batch-invariant; the one exception is asked for: under
-//! [`as_prompt`] (a sequence's prompt), `Q4_K` and `Q6_K` rows are summed in the orders
-//! llama.cpp uses for prompts (its 4-row repacked gemm, its tiled matmul for eight rows or
-//! more).
+//! [`as_prompt`] (a sequence's prompt), K-quant rows are summed in the orders llama.cpp uses
+//! for prompts (`Q4_K`: its 4-row repacked gemm; the others: its tiled matmul for eight rows
+//! or more).
 
 #[cfg(test)]
 mod kquant;
@@ -33,8 +33,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
-    dots, read_blocks, ActBlock, ActBlockK, Activation, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K,
+    dots, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
+    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK,
+    QK_K,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
 
@@ -57,7 +58,10 @@ enum Weights {
     Q5_0(Vec<BlockQ5_0>),
     Q5_1(Vec<BlockQ5_1>),
     Q8_0(Vec<BlockQ8_0>),
+    Q2K(Vec<BlockQ2K>),
+    Q3K(Vec<BlockQ3K>),
     Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
     Q6K(Vec<BlockQ6K>),
 }
 
@@ -70,7 +74,10 @@ macro_rules! with_blocks {
             Weights::Q5_0($w) => $body,
             Weights::Q5_1($w) => $body,
             Weights::Q8_0($w) => $body,
+            Weights::Q2K($w) => $body,
+            Weights::Q3K($w) => $body,
             Weights::Q4K($w) => $body,
+            Weights::Q5K($w) => $body,
             Weights::Q6K($w) => $body,
         }
     };
@@ -436,7 +443,11 @@ impl QLinear {
             let (n, k) = (dims[0], dims[1]);
             // A row must hold whole blocks (GGML's own files always do).
             let values = match t.dtype() {
-                GgmlDType::Q4K | GgmlDType::Q6K => QK_K,
+                GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K => QK_K,
                 _ => QK,
             };
             let weights = match t.dtype() {
@@ -446,7 +457,10 @@ impl QLinear {
                 GgmlDType::Q5_0 => Some(Weights::Q5_0(read_blocks(&t.data()?))),
                 GgmlDType::Q5_1 => Some(Weights::Q5_1(read_blocks(&t.data()?))),
                 GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
+                GgmlDType::Q2K => Some(Weights::Q2K(read_blocks(&t.data()?))),
+                GgmlDType::Q3K => Some(Weights::Q3K(read_blocks(&t.data()?))),
                 GgmlDType::Q4K => Some(Weights::Q4K(read_blocks(&t.data()?))),
+                GgmlDType::Q5K => Some(Weights::Q5K(read_blocks(&t.data()?))),
                 GgmlDType::Q6K => Some(Weights::Q6K(read_blocks(&t.data()?))),
                 _ => None,
             };
@@ -595,7 +609,13 @@ mod tests {
     ];
     /// The K-quant formats with our kernels (256-value blocks; `kquant`'s own tests check
     /// their arithmetic against GGML's definition and candle).
-    const K_FORMATS: [GgmlDType; 2] = [GgmlDType::Q4K, GgmlDType::Q6K];
+    const K_FORMATS: [GgmlDType; 5] = [
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5K,
+        GgmlDType::Q3K,
+        GgmlDType::Q2K,
+    ];
 
     #[test]
     fn our_formats_use_our_kernels_and_others_fall_back() {
@@ -606,7 +626,7 @@ mod tests {
         for f in K_FORMATS {
             assert!(both(f, &w).0.is_ours() || candle_forced(), "{f:?}");
         }
-        assert!(!both(GgmlDType::Q5K, &w).0.is_ours());
+        assert!(!both(GgmlDType::F16, &w).0.is_ours());
     }
 
     #[test]
@@ -805,7 +825,7 @@ mod tests {
         /// `activation_slack`, as `matches_candle` does.
         #[test]
         fn k_formats_match_candle(
-            f in 0usize..2,
+            f in 0usize..5,
             m in 1usize..10,
             n in 1usize..20,
             kb in 1usize..5,
