@@ -711,7 +711,10 @@ mod tests {
             "2024-02-29 13:05:09 Thu Feb 29 060 %"
         );
         let epoch = chrono::Utc.timestamp_opt(0, 0).unwrap();
-        assert_eq!(format_time(epoch, "%d %B %Y %A"), "01 January 1970 Thursday");
+        assert_eq!(
+            format_time(epoch, "%d %B %Y %A"),
+            "01 January 1970 Thursday"
+        );
         // An unknown code stays as written (glibc's strftime does the same); the rest formats.
         assert_eq!(format_time(epoch, "%Y %Q %-m"), "1970 %Q 1");
         let t = ChatTemplate::new("{{ strftime_now('%Y') | length }}", "", "").unwrap();
