@@ -4,7 +4,8 @@
 //! - `sampling`: our sampler chain vs candle-transformers' `LogitsProcessor`;
 //! - `decode`: our decoder vs candle-transformers' `quantized_llama` on SmolLM2;
 //! - `engine`: single and concurrent streams, time to first token with and without prefix cache;
-//! - `e2e`: prefill and decode tokens/s per model.
+//! - `e2e`: prefill and decode tokens/s per model (`--model NAME|FILE` for one, any GGUF file);
+//! - `membw`: the machine's memory read bandwidth, the bound on decode speed.
 
 use anyhow::{bail, Result};
 
@@ -13,14 +14,14 @@ use crate::util;
 /// Arguments of `bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: sampling, decode, engine, e2e.
+    /// Which benchmark: sampling, decode, engine, e2e, membw.
     pub name: String,
     /// Arguments passed to the benchmark binary (e.g. `--json`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-const BENCHES: &[&str] = &["sampling", "decode", "engine", "e2e"];
+const BENCHES: &[&str] = &["sampling", "decode", "engine", "e2e", "membw"];
 
 /// Builds and runs one benchmark binary in release.
 pub fn run(args: &BenchArgs) -> Result<()> {

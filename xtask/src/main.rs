@@ -70,6 +70,13 @@ enum Command {
     ChatPageTest(chat_page::ChatPageArgs),
     /// Check the architecture invariants: forbidden crate arrows and `unsafe` placement.
     Tidy,
+    /// Write a deterministic GGUF of random weights in a real model's shape and quantization
+    /// mix (`--arch ARCH --shape SHAPE --quant MIX --seed N --out FILE`; `--help` lists them).
+    SynthModel {
+        /// Arguments passed through to the `synth-model` binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -86,5 +93,6 @@ fn main() -> Result<()> {
         Command::ClusterTest(args) => cluster::run(&args),
         Command::ChatPageTest(args) => chat_page::run(&args),
         Command::Tidy => tidy::run(),
+        Command::SynthModel { args } => bench::run_bin("synth-model", &args),
     }
 }

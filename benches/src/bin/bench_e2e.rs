@@ -1,10 +1,13 @@
-//! `cargo xtask bench e2e [--json] [--model NAME]`: prefill and decode speed of our decoders
-//! on the real model files, the way a user runs them (GGUF → [`Decoder`] → greedy tokens):
-//! a 128-token prompt, then 128 new tokens, median of 3 runs, on candle's CPU thread pool.
+//! `cargo xtask bench e2e [--json] [--model NAME|FILE] [--runs N]`: prefill and decode speed of
+//! our decoders on real model files, the way a user runs them (GGUF → [`Decoder`] → greedy
+//! tokens): a 128-token prompt, then 128 new tokens, median of 3 runs (or `--runs N`), on
+//! candle's CPU thread pool. `--model` takes a known name, `hf:ORG/REPO:FILE` or any GGUF file
+//! (e.g. one `cargo xtask synth-model` wrote); without it, the two default models.
 //!
 //! With `--json`, one line per model: `{"model", "path", "prefill_tok_s", "decode_tok_s",
 //! "threads", "peak_rss_mb" (the peak while decoding), "load_peak_rss_mb", "model_file_mb",
-//! "kv_cache_mb", "rss_over_file_and_kv"}`.
+//! "kv_cache_mb", "rss_over_file_and_kv", "load_s"}` (`load_s`: opening the file and loading
+//! the decoder, weights repacked).
 //! Without `--model`, each model runs in its own child process so that its peak resident set
 //! (`VmHWM`) is its own.
 
@@ -19,6 +22,7 @@ use fluent_ai_candle_models::{cache, decoder, Decoder, GgufFile};
 const PROMPT: usize = 128;
 const NEW: usize = 128;
 const RUNS: usize = 3;
+
 const MODELS: [&str; 2] = ["smollm2-135m-instruct", "gemma3-270m"];
 
 fn argmax(logits: &Tensor) -> Result<u32> {
@@ -60,19 +64,21 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-fn bench_one(name: &str, json: bool) -> Result<()> {
+fn bench_one(name: &str, json: bool, runs_wanted: usize) -> Result<()> {
     let path = cache::resolve(name).context("run `cargo xtask fetch-models`")?;
     let prompt = prompt_ids(&path, PROMPT)?;
+    let loading = Instant::now();
     let mut gguf = GgufFile::open(&path)?;
     let model = decoder::load(&mut gguf, &Device::Cpu, &mut |_| {})?;
     drop(gguf);
+    let load_s = loading.elapsed().as_secs_f64();
     let load_peak = peak_rss();
     // The peak while decoding is what the KV cache and the weights cost; loading has a
     // transient peak of its own (a tensor is read before it is repacked).
     let reset = reset_peak_rss();
     let mut runs = Vec::new();
     let mut kv_bytes = 0;
-    for _ in 0..RUNS {
+    for _ in 0..runs_wanted {
         let (speed, kv) = run(model.as_ref(), &prompt)?;
         runs.push(speed);
         kv_bytes = kv;
@@ -97,12 +103,13 @@ fn bench_one(name: &str, json: bool) -> Result<()> {
                 "model_file_mb": mb(file),
                 "kv_cache_mb": mb(kv_bytes as f64),
                 "rss_over_file_and_kv": rss.map(|r| r / (file + kv_bytes as f64)),
+                "load_s": load_s,
             })
         );
     } else {
         println!(
             "{name}: prefill {:.1} tok/s, decode {:.1} tok/s ({PROMPT}-token prompt, {NEW} new \
-             tokens, {threads} threads, median of {RUNS}); peak RSS while decoding {} MB (while \
+             tokens, {threads} threads, median of {runs_wanted}); peak RSS while decoding {} MB (while \
              loading {} MB) for a {:.1} MB file + {:.1} MB KV cache",
             s.prefill_tok_s,
             s.decode_tok_s,
@@ -119,14 +126,22 @@ fn main() -> Result<()> {
     fluent_ai_candle_models::init_cpu_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
+    let runs = match args.iter().position(|a| a == "--runs") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .context("--runs takes a positive whole number")?,
+        None => RUNS,
+    };
     if let Some(i) = args.iter().position(|a| a == "--model") {
         let name = args.get(i + 1).context("--model needs a model name")?;
-        return bench_one(name, json);
+        return bench_one(name, json, runs);
     }
     let me = std::env::current_exe()?;
     for name in MODELS {
         let mut cmd = std::process::Command::new(&me);
-        cmd.args(["--model", name]);
+        cmd.args(["--model", name, "--runs", &runs.to_string()]);
         if json {
             cmd.arg("--json");
         }

@@ -6,6 +6,7 @@
 //!                           [--seed S] [--raw] [--json] [--quant Q]
 //!                           [--json-schema FILE [--json-schema-mode generation|spec]
 //!                            | --grammar FILE | --regex R] [--device auto|cpu|cuda[:N]|metal[:N]]
+//! fluent-ai-candle pull hf:ORG/REPO[:FILE]
 //! fluent-ai-candle serve [--model M]... [--host 127.0.0.1] [--port 8080] [--api-key KEY]
 //!                        [--max-concurrent N] [--max-queued N] [--models-dir DIR]
 //!                        [--max-models N] [--max-connections N] [--header-timeout S]
@@ -46,9 +47,21 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Stream a completion of a prompt to stdout.
     Generate(GenerateArgs),
+    /// Download hf:ORG/REPO[:FILE] from the Hugging Face hub (HF_ENDPOINT, default
+    /// https://huggingface.co) into the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub,
+    /// else ~/.cache/huggingface/hub), where `--model hf:…` finds it. Without FILE: the
+    /// repository's only GGUF, else its only Q4_K_M GGUF, else (no GGUF) its safetensors
+    /// model. Prints the local path on stdout.
+    Pull(PullArgs),
     /// Serve the OpenAI-compatible HTTP API (chat/completions, completions, embeddings, models,
     /// tokenize/detokenize, WebSocket).
     Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// hf:ORG/REPO or hf:ORG/REPO:FILE (the hf: prefix may be left out).
+    model: String,
 }
 
 #[derive(Args)]
@@ -240,8 +253,10 @@ struct GenerateArgs {
     /// Constrain the output to this regular expression.
     #[arg(long, group = "constraint")]
     regex: Option<String>,
-    /// The format a safetensors model's matrices are quantized to on load: q4_0, q4_k, q8_0
-    /// (the default), f16, bf16 or f32. Not for GGUF files, whose weights are used as stored.
+    /// The format the weights are quantized to on load: q4_0, q4_k, q8_0, f16, bf16 or f32.
+    /// A safetensors model's matrices (q8_0 by default); a GGUF file's f32, f16, bf16 and
+    /// q8_0 matrices re-quantized to fewer bits (as stored by default; asking for more bits
+    /// than the file stores is an error).
     #[arg(long, value_parser = parse_quant)]
     quant: Option<QuantizationType>,
     #[command(flatten)]
@@ -260,6 +275,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize(a),
         Command::Generate(a) => run_generate(a),
         Command::Serve(a) => run_serve(a),
+        Command::Pull(a) => run_pull(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -368,6 +384,63 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     if let Some(err) = out.error {
         bail!("generation stopped early: {err}");
     }
+    Ok(())
+}
+
+/// Downloads a hub reference with one progress bar per file on stderr (hidden when stderr
+/// is not a terminal); then, per file, a line with the bytes the bar counted, and the local
+/// path on stdout.
+fn run_pull(a: PullArgs) -> Result<()> {
+    use fluent_ai_candle::models::pull::{pull, PullOptions, PullProgress};
+    let options = PullOptions::from_env();
+    eprintln!(
+        "fluent-ai-candle: pulling {} from {} into {}",
+        a.model,
+        options.endpoint,
+        options.cache.display()
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    let finish = |(file, bar): (String, indicatif::ProgressBar)| {
+        bar.finish_and_clear();
+        eprintln!(
+            "fluent-ai-candle: {file}: {}/{} bytes",
+            bar.position(),
+            bar.length().unwrap_or(0)
+        );
+    };
+    let result = pull(&a.model, &options, &mut |p: PullProgress<'_>| {
+        if bar.as_ref().is_none_or(|(file, _)| file != p.file) {
+            if let Some(done) = bar.take() {
+                finish(done);
+            }
+            let b = indicatif::ProgressBar::new(p.total).with_style(style.clone());
+            b.set_message(p.file.to_string());
+            bar = Some((p.file.to_string(), b));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_length(p.total);
+            b.set_position(p.downloaded);
+        }
+    });
+    if let Some(done) = bar.take() {
+        finish(done);
+    }
+    let pulled = result?;
+    for f in &pulled.files {
+        if !f.downloaded {
+            eprintln!("fluent-ai-candle: {} was already in the cache", f.name);
+        }
+    }
+    eprintln!(
+        "fluent-ai-candle: pulled {}; use it with --model {}",
+        pulled.spec, pulled.spec
+    );
+    println!("{}", pulled.path.display());
     Ok(())
 }
 

@@ -1,10 +1,9 @@
 //! [`CandleClientBuilder`]: everything needed to start a [`CandleGenerator`] from files.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::quantized::GgmlDType;
-use fluent_ai_candle_models::{CandleTokenizer, DeviceType, GgufFile, QuantizationType};
+use fluent_ai_candle_models::{CandleTokenizer, DeviceType, QuantizationType};
 
 use crate::config::GenerationConfig;
 use crate::generator::CandleGenerator;
@@ -18,10 +17,13 @@ pub enum Quantization {
     /// format ([`QuantizationType::default`]).
     #[default]
     AsStored,
-    /// This format: a Hugging Face directory is quantized to it on load. A GGUF file is used
-    /// as stored when its weights already have this many bits per value (`Q4` for a `Q4_1`
-    /// or `Q4_K` file); re-quantizing GGUF weights is not supported and is refused with
-    /// [`EngineError::InvalidRequest`].
+    /// This format: a Hugging Face directory is quantized to it on load; a GGUF file's
+    /// `F32`, `F16`, `BF16` and `Q8_0` matrices with more bits per value are re-quantized to
+    /// it on load (the token table and output projection stay `Q8_0` for 4-bit formats), the
+    /// others used as stored, so a `Q4_1` file satisfies `Q4` as it is
+    /// ([`GgufFile::requantize_to`](fluent_ai_candle_models::GgufFile::requantize_to)).
+    /// Asking a GGUF for more bits than it stores is
+    /// [`ModelError::PrecisionIncrease`](fluent_ai_candle_models::ModelError::PrecisionIncrease).
     To(QuantizationType),
 }
 
@@ -29,51 +31,6 @@ impl From<QuantizationType> for Quantization {
     fn from(q: QuantizationType) -> Self {
         Quantization::To(q)
     }
-}
-
-/// Bits per weight of a GGML format (0 for formats this check does not know).
-fn ggml_bits(dtype: GgmlDType) -> u32 {
-    use GgmlDType as G;
-    match dtype {
-        G::Q2K => 2,
-        G::Q3K => 3,
-        G::Q4_0 | G::Q4_1 | G::Q4K => 4,
-        G::Q5_0 | G::Q5_1 | G::Q5K => 5,
-        G::Q6K => 6,
-        G::Q8_0 | G::Q8_1 | G::Q8K => 8,
-        G::F16 | G::BF16 => 16,
-        G::F32 => 32,
-        #[allow(unreachable_patterns)]
-        _ => 0,
-    }
-}
-
-/// Checks that a GGUF file's weights are already in `q`'s precision (the most common format
-/// of its matrices); re-quantizing GGUF weights is not supported.
-fn check_gguf_quantization(path: &Path, q: QuantizationType) -> Result<(), EngineError> {
-    let gguf = GgufFile::open(path)?;
-    let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
-    for info in gguf.content().tensor_infos.values() {
-        if info.shape.dims().len() < 2 {
-            continue;
-        }
-        match counts.iter_mut().find(|(d, _)| *d == info.ggml_dtype) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((info.ggml_dtype, 1)),
-        }
-    }
-    let Some((stored, _)) = counts.into_iter().max_by_key(|&(_, n)| n) else {
-        return Ok(());
-    };
-    if ggml_bits(stored) == ggml_bits(q.ggml_dtype()) {
-        return Ok(());
-    }
-    Err(EngineError::InvalidRequest(format!(
-        "{} stores its weights as {stored:?}: re-quantizing GGUF weights to {q:?} is not \
-         supported (load a Hugging Face directory to quantize on load, or a GGUF file of that \
-         format)",
-        path.display()
-    )))
 }
 
 /// Builds a [`CandleGenerator`] from a model file:
@@ -160,11 +117,7 @@ impl CandleClientBuilder {
         let resolved = crate::resolve_model(&path)?;
         let quant = match self.quantization {
             Quantization::AsStored => None,
-            Quantization::To(q) if resolved.is_dir() => Some(q),
-            Quantization::To(q) => {
-                check_gguf_quantization(&resolved, q)?;
-                None
-            }
+            Quantization::To(q) => Some(q),
         };
         let tokenizer = match &self.tokenizer_path {
             Some(t) if t != &path && t != &resolved => Some(CandleTokenizer::from_file(t)?),

@@ -233,6 +233,7 @@ impl CandleGenerator {
             max_active: config.max_concurrent_requests,
             prefix_cache: config.prefix_cache,
             prefill_chunk: config.prefill_chunk,
+            budget: config.kv_cache.as_ref().and_then(KvCacheConfig::budget),
         };
         {
             let model = model.clone();

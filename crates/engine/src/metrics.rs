@@ -23,6 +23,8 @@ pub struct EngineMetrics {
     prefix_hits: AtomicU64,
     prefix_misses: AtomicU64,
     prefix_tokens_reused: AtomicU64,
+    prefix_evictions: AtomicU64,
+    kv_tokens_in_use: AtomicU64,
     latencies: Latencies,
 }
 
@@ -167,6 +169,12 @@ pub struct MetricsSnapshot {
     pub prefix_cache_misses: u64,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub prefix_tokens_reused: u64,
+    /// Cached prefixes evicted, least recently used first, to keep the prefix cache's
+    /// bounds or the KV budget (`EvictionStrategy::LRU`).
+    pub prefix_cache_evictions: u64,
+    /// Tokens of KV memory in use: the live sequences' caches (as allocated) plus the cached
+    /// prefixes; at most the KV budget when there is one.
+    pub kv_tokens_in_use: u64,
     /// Time to first token (from enqueue), per request.
     pub ttft_seconds: HistogramSnapshot,
     /// Time between consecutive tokens of one sequence (a step that yields several tokens
@@ -207,6 +215,8 @@ impl EngineMetrics {
             prefix_cache_hits: self.prefix_hits.load(Relaxed),
             prefix_cache_misses: self.prefix_misses.load(Relaxed),
             prefix_tokens_reused: self.prefix_tokens_reused.load(Relaxed),
+            prefix_cache_evictions: self.prefix_evictions.load(Relaxed),
+            kv_tokens_in_use: self.kv_tokens_in_use.load(Relaxed),
             ttft_seconds: self.latencies.ttft.snapshot(),
             inter_token_seconds: self.latencies.inter_token.snapshot(),
             request_seconds: self.latencies.request.snapshot(),
@@ -256,6 +266,10 @@ impl EngineMetrics {
     }
     pub(crate) fn request_done(&self, nanos: u64) {
         self.latencies.request.observe(nanos);
+    }
+    pub(crate) fn set_kv(&self, prefix_evictions: u64, tokens_in_use: usize) {
+        self.prefix_evictions.store(prefix_evictions, Relaxed);
+        self.kv_tokens_in_use.store(tokens_in_use as u64, Relaxed);
     }
     pub(crate) fn prefix(&self, reused: Option<usize>) {
         match reused {

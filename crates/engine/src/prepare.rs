@@ -14,7 +14,7 @@
 use std::sync::{Arc, OnceLock};
 
 use fluent_ai_candle_constraints::{CompiledConstraint, ConstraintSpec, Vocabulary};
-use fluent_ai_candle_kv_cache::KvCacheConfig;
+use fluent_ai_candle_kv_cache::{EvictionStrategy, KvCacheConfig};
 use fluent_ai_candle_models::{LoadedModel, ModelError};
 
 use crate::api::{CandleCompletionRequest, Prompt};
@@ -186,11 +186,25 @@ pub(crate) fn prepare(
     };
     check_prompt(model, &prompt_ids)?;
     let context = model.config().context_length;
-    let kv = match request
-        .kv_cache
-        .clone()
-        .or_else(|| defaults.kv_cache.clone())
-    {
+    let budget = defaults.kv_cache.as_ref().and_then(KvCacheConfig::budget);
+    let explicit = match (&request.kv_cache, budget) {
+        (Some(kv), _) => Some(kv.clone()),
+        // A default that is a budget shared by the generator's sequences: this sequence's
+        // own cache is sized as without a configuration, capped by the budget, and a full
+        // one drops its oldest tokens (LRU in one sequence).
+        (None, Some(_)) => None,
+        (None, None) => defaults.kv_cache.clone(),
+    };
+    if let (Some(kv), Some(budget)) = (&explicit, budget) {
+        if kv.max_entries > budget.max_tokens() {
+            return Err(EngineError::InvalidRequest(format!(
+                "KV cache of {} tokens exceeds the generator's KV budget of {} tokens",
+                kv.max_entries,
+                budget.max_tokens()
+            )));
+        }
+    }
+    let kv = match explicit {
         Some(kv) => {
             kv.validate()?;
             if kv.max_entries > context {
@@ -207,7 +221,25 @@ pub(crate) fn prepare(
             }
             kv
         }
-        None => KvCacheConfig::default().max_entries((prompt_ids.len() + max_tokens).min(context)),
+        None => match budget {
+            None => {
+                KvCacheConfig::default().max_entries((prompt_ids.len() + max_tokens).min(context))
+            }
+            Some(budget) => {
+                let max_entries = (prompt_ids.len() + max_tokens)
+                    .min(context)
+                    .min(budget.max_tokens());
+                if prompt_ids.len() >= max_entries {
+                    return Err(EngineError::Model(ModelError::ContextOverflow {
+                        prompt_tokens: prompt_ids.len(),
+                        context_length: max_entries,
+                    }));
+                }
+                KvCacheConfig::default()
+                    .max_entries(max_entries)
+                    .eviction_strategy(EvictionStrategy::LRU)
+            }
+        },
     };
     let forced = crate::tools::forced_call_constraint(
         &request.tools,

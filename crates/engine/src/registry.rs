@@ -51,8 +51,13 @@ pub fn model_name(spec: impl AsRef<Path>) -> String {
 }
 
 /// Loads the model a spec names ([`resolve_model`]) onto `device`, reporting progress per
-/// tensor. `quant` is the format a Hugging Face directory's matrices are quantized to on load
-/// (`None`: the default, Q8_0); GGUF weights are used as stored, so a GGUF spec refuses it.
+/// tensor. `quant` is the format the weights are quantized to on load: a Hugging Face
+/// directory's matrices (`None`: the default, Q8_0), or a GGUF file's `F32`, `F16`, `BF16` and
+/// `Q8_0` matrices re-quantized to fewer bits ([`GgufFile::requantize_to`]; `None`: as
+/// stored). Asking a GGUF for more bits than it stores is
+/// [`ModelError::PrecisionIncrease`](fluent_ai_candle_models::ModelError::PrecisionIncrease).
+///
+/// [`GgufFile::requantize_to`]: fluent_ai_candle_models::GgufFile::requantize_to
 pub fn load_model(
     spec: impl AsRef<Path>,
     quant: Option<QuantizationType>,
@@ -79,20 +84,10 @@ pub fn load_model_cancellable(
         cancel.check()?;
         return Ok(model);
     }
-    if quant.is_some() {
-        return Err(EngineError::InvalidRequest(format!(
-            "quantizing on load applies to Hugging Face safetensors models; {} is a GGUF \
-             file, whose weights are used as stored",
-            path.display()
-        )));
-    }
-    Ok(LoadedModel::load_cancellable(
-        &path,
-        device,
-        progress,
-        &[],
-        cancel,
-    )?)
+    Ok(match quant {
+        Some(quant) => LoadedModel::load_quantized(&path, quant, device, progress, &[], cancel)?,
+        None => LoadedModel::load_cancellable(&path, device, progress, &[], cancel)?,
+    })
 }
 
 /// Named generators. Each has its own scheduler; unloading or replacing a model only stops new

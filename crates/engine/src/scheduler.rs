@@ -15,6 +15,12 @@
 //! next chunk boundary. A chunk's rows are computed as llama.cpp computes a micro-batch of its
 //! prompt (`n_ubatch`, 512 by default), so a long prompt's logits are those of llama.cpp.
 //! A sequence whose stream buffer is full sits out the step (it pauses; the others go on).
+//!
+//! With a KV budget (the generator's default KV configuration is `EvictionStrategy::LRU`,
+//! see [`KvBudget`]), a request is admitted only when its cache fits beside the running
+//! sequences' caches and the cached prefixes: the least recently used prefixes are evicted to
+//! make room, and a request that does not fit even then waits at the head of the queue until
+//! a running sequence ends.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use fluent_ai_candle_kv_cache::{
-    EvictionStrategy, KvCacheConfig, PrefixCache, PrefixCacheConfig, SequenceCache,
+    EvictionStrategy, KvBudget, KvCacheConfig, PrefixCache, PrefixCacheConfig, SequenceCache,
 };
 use fluent_ai_candle_models::LoadedModel;
 use tokio::sync::mpsc::error::TrySendError;
@@ -53,6 +59,8 @@ pub(crate) struct SchedulerConfig {
     pub(crate) prefix_cache: Option<PrefixCacheConfig>,
     /// Most prompt tokens one prefill forward runs (≥ 1).
     pub(crate) prefill_chunk: usize,
+    /// The KV memory budget shared by every sequence and cached prefix, if any.
+    pub(crate) budget: Option<KvBudget>,
 }
 
 /// A prompt being prefilled, chunk by chunk.
@@ -238,6 +246,16 @@ struct Scheduler {
     prefix: Option<PrefixCache>,
     vocab: usize,
     prefill_chunk: usize,
+    budget: Option<KvBudget>,
+}
+
+/// Tokens the live sequences' caches are allocated for (what they take of a [`KvBudget`]).
+fn kv_in_use(active: &[Active]) -> usize {
+    active
+        .iter()
+        .filter_map(|a| a.cache.as_ref())
+        .map(SequenceCache::capacity)
+        .sum()
 }
 
 fn row_logits(t: &candle_core::Tensor, vocab: usize) -> Result<Vec<Vec<f32>>, EngineError> {
@@ -249,6 +267,30 @@ fn row_logits(t: &candle_core::Tensor, vocab: usize) -> Result<Vec<Vec<f32>>, En
 }
 
 impl Scheduler {
+    /// Whether `job`'s cache fits the KV budget beside `in_use` tokens of live sequences,
+    /// after evicting the least recently used prefixes as needed (always, without a budget).
+    /// A job that fits nothing but an empty budget is let in alone (preparation refuses a
+    /// cache larger than the budget, so this does not happen).
+    fn fits(&mut self, job: &Job, in_use: usize) -> bool {
+        let Some(budget) = self.budget else {
+            return true;
+        };
+        // The prefix this request will start from is the most recently used one now.
+        if let Some(pc) = self.prefix.as_mut() {
+            pc.touch(&job.prompt_ids);
+        }
+        let fits = budget.admit(in_use, job.kv.max_entries, self.prefix.as_mut());
+        self.publish_kv(in_use);
+        fits || in_use == 0
+    }
+
+    /// Publishes the prefix cache's evictions and the budget's use.
+    fn publish_kv(&self, in_use: usize) {
+        let evictions = self.prefix.as_ref().map_or(0, PrefixCache::evictions);
+        let used = in_use + self.prefix.as_ref().map_or(0, PrefixCache::tokens);
+        self.metrics.set_kv(evictions, used);
+    }
+
     /// Takes a job into a slot: its cache and a prefix lookup; the prefill runs in chunks
     /// from the loop ([`Scheduler::prefill_step`]).
     fn admit(&mut self, job: Job) -> Option<Active> {
@@ -324,7 +366,7 @@ impl Scheduler {
 
     /// Runs the next chunk of `a`'s prefill. After the last chunk the prompt goes into the
     /// prefix cache and the sequence samples its first token; a failure ends the sequence.
-    fn prefill_step(&mut self, a: &mut Active) {
+    fn prefill_step(&mut self, a: &mut Active, in_use: usize) {
         let (Some(p), Some(cache)) = (a.prefill.as_mut(), a.cache.as_mut()) else {
             return;
         };
@@ -345,6 +387,9 @@ impl Scheduler {
                     {
                         if let Ok((k, v)) = cache.snapshot(prompt.len()) {
                             pc.insert(prompt, k, v);
+                            if let Some(budget) = self.budget {
+                                budget.trim(in_use, pc);
+                            }
                         }
                     }
                 }
@@ -428,37 +473,49 @@ pub(crate) fn run(
         prefix: config.prefix_cache.map(PrefixCache::new),
         vocab,
         prefill_chunk: config.prefill_chunk.max(1),
+        budget: config.budget,
     };
     let max_active = config.max_active.max(1);
     let mut active: Vec<Active> = Vec::new();
+    // The oldest request, taken from the queue but not yet fitting the KV budget: it is
+    // admitted first, and nothing overtakes it.
+    let mut waiting: Option<Job> = None;
     let mut disconnected = false;
     loop {
-        if active.is_empty() {
+        if active.is_empty() && waiting.is_none() {
             s.metrics.set_active(0);
             if disconnected {
                 return;
             }
             match rx.recv() {
-                Ok(job) => {
-                    if let Some(a) = s.admit(job) {
-                        active.push(a);
-                    }
-                }
+                // Admitted below, through the budget like any other.
+                Ok(job) => waiting = Some(job),
                 Err(_) => return,
             }
         }
-        while !disconnected && active.iter().filter(|a| !a.done).count() < max_active {
-            match rx.try_recv() {
-                Ok(job) => {
-                    if let Some(a) = s.admit(job) {
-                        active.push(a);
+        while active.iter().filter(|a| !a.done).count() < max_active {
+            let job = match waiting.take() {
+                Some(job) => job,
+                None if disconnected => break,
+                None => match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        disconnected = true;
+                        break;
                     }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => disconnected = true,
+                },
+            };
+            if !job.tx.is_closed() && !s.fits(&job, kv_in_use(&active)) {
+                waiting = Some(job);
+                break;
+            }
+            if let Some(a) = s.admit(job) {
+                active.push(a);
             }
         }
-        s.metrics.set_queue_depth(rx.len());
+        s.metrics
+            .set_queue_depth(rx.len() + usize::from(waiting.is_some()));
 
         let now = Instant::now();
         let metrics = &s.metrics;
@@ -475,6 +532,8 @@ pub(crate) fn run(
         s.metrics
             .set_active(active.iter().filter(|a| !a.done).count());
 
+        let in_use = kv_in_use(&active);
+        s.publish_kv(in_use);
         // One chunk of the prefill with the fewest tokens left (a short prompt overtakes a
         // long one between its chunks).
         let prefilling = active
@@ -487,7 +546,7 @@ pub(crate) fn run(
             .min_by_key(|(left, _)| *left);
         let prefilled = prefilling.is_some();
         if let Some((_, a)) = prefilling {
-            s.prefill_step(a);
+            s.prefill_step(a, in_use);
         }
         let metrics = &s.metrics;
 

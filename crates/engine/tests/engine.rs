@@ -850,3 +850,158 @@ fn custom_processors_run_through_the_request() {
         "one processor per sequence"
     );
 }
+
+/// Token counts of `prompts` as the engine tokenizes them.
+fn prompt_lens(prompts: &[&str]) -> Vec<usize> {
+    let model = smollm2();
+    prompts
+        .iter()
+        .map(|p| {
+            model
+                .tokenizer
+                .encode(p, model.tokenizer.add_bos())
+                .unwrap()
+                .len()
+        })
+        .collect()
+}
+
+/// The seed's `KVCacheConfig::default().max_entries(n).eviction_strategy(EvictionStrategy::LRU)`
+/// as a generator's default is one KV budget of `n` tokens for every sequence and cached
+/// prefix: when a new sequence needs room, the least recently used prefix is evicted (not the
+/// oldest inserted), and the output of every sequence is that of a generator without a
+/// budget. With the knob ignored the prefix cache (16 entries) would keep all three prompts
+/// and every rerun would hit.
+#[test]
+fn lru_budget_evicts_the_least_recently_used_prefix() {
+    const MAX: usize = 8;
+    // Plain text, not chats: the chat template's shared system prompt would be a prefix hit.
+    let prompts: Vec<String> = [("apples", 6), ("rivers", 6), ("planets", 5)]
+        .iter()
+        .map(|(w, n)| format!("Tell me about {w}. ").repeat(*n))
+        .collect();
+    let [p1, p2, p3] = [
+        prompts[0].as_str(),
+        prompts[1].as_str(),
+        prompts[2].as_str(),
+    ];
+    let l = prompt_lens(&[p1, p2, p3]);
+    // Room for P1 and P2 cached beside either running; P3's sequence reserves `max3` more
+    // tokens than its prompt, so it does not fit beside both, but does beside P1 with P3
+    // cached.
+    let budget = (l[0] + 2 * l[1] + MAX)
+        .max(2 * l[0] + l[1] + MAX)
+        .max(2 * l[0] + l[2] + MAX);
+    let max3 = budget - l[0] - 2 * l[2];
+    assert!(l[1] > l[2] && max3 > 0, "prompt lengths {l:?}");
+    assert!(l[0] + l[1] + l[2] + max3 > budget);
+    let lru = KvCacheConfig::default()
+        .max_entries(budget)
+        .eviction_strategy(EvictionStrategy::LRU);
+    let g = generator(GenerationConfig::default().kv_cache(lru));
+    let run = |g: &CandleGenerator, p: &str, max: usize| {
+        let r = g
+            .generate(&request(p, max, 0.0, 1))
+            .blocking_collect()
+            .unwrap();
+        (r.choices[0].token_ids.clone(), r.usage.cached_tokens)
+    };
+    let (out1, c) = run(&g, p1, MAX);
+    assert_eq!(c, 0);
+    let (out2, c) = run(&g, p2, MAX);
+    assert_eq!(c, 0);
+    assert_eq!(g.metrics().prefix_cache_evictions, 0);
+    // P1 again: a hit, which makes P2 the least recently used prefix.
+    let (again1, c) = run(&g, p1, MAX);
+    assert_eq!(c, l[0] - 1);
+    assert_eq!(again1, out1);
+    // P3 needs room beside P1 and P2: P2 goes, though P1 was cached first.
+    let (out3, c) = run(&g, p3, max3);
+    assert_eq!(c, 0);
+    let m = g.metrics();
+    assert_eq!(m.prefix_cache_evictions, 1, "{m:?}");
+    assert!(m.kv_tokens_in_use as usize <= budget, "{m:?}");
+    let (again1, c) = run(&g, p1, MAX);
+    assert_eq!(c, l[0] - 1, "P1 was not evicted");
+    assert_eq!(again1, out1);
+    // P2 was evicted; caching it again evicts P3, now the least recently used.
+    let (again2, c) = run(&g, p2, MAX);
+    assert_eq!(c, 0, "P2 was evicted");
+    assert_eq!(again2, out2);
+    let m = g.metrics();
+    assert_eq!(m.prefix_cache_evictions, 2, "{m:?}");
+    assert!(m.kv_tokens_in_use as usize <= budget, "{m:?}");
+    // The same tokens as without a budget.
+    let plain = generator(GenerationConfig::default());
+    for (p, max, out) in [(p1, MAX, &out1), (p2, MAX, &out2), (p3, max3, &out3)] {
+        assert_eq!(&run(&plain, p, max).0, out);
+    }
+    assert_eq!(plain.metrics().prefix_cache_evictions, 0);
+}
+
+/// Under a KV budget that holds one sequence, concurrent requests wait for room instead of
+/// running together: the tokens in use never pass the budget, every request completes, and
+/// each gets the tokens it gets alone. Requests that cannot fit are typed errors.
+#[test]
+fn lru_budget_admits_only_what_fits() {
+    const MAX: usize = 12;
+    let prompts: Vec<String> = PROMPTS[..3].iter().map(|p| chat(p)).collect();
+    let l = prompt_lens(&prompts.iter().map(String::as_str).collect::<Vec<_>>());
+    let longest = l.iter().copied().max().unwrap();
+    let budget = longest + MAX + 4;
+    let lru = KvCacheConfig::default()
+        .max_entries(budget)
+        .eviction_strategy(EvictionStrategy::LRU);
+    let g = generator(GenerationConfig::default().kv_cache(lru.clone()));
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            g.generate(&request(p, MAX, 0.0, 1))
+                .blocking_collect()
+                .unwrap()
+                .choices[0]
+                .token_ids
+                .clone()
+        })
+        .collect();
+    let mut streams: Vec<_> = prompts
+        .iter()
+        .map(|p| g.try_generate_stream(&request(p, MAX, 0.0, 1)).unwrap())
+        .collect();
+    let mut most = 0;
+    let mut outs = vec![Vec::new(); streams.len()];
+    let mut done = vec![false; streams.len()];
+    while done.iter().any(|d| !d) {
+        for (i, s) in streams.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            most = most.max(g.metrics().kv_tokens_in_use as usize);
+            match s.blocking_next() {
+                Some(c) => {
+                    outs[i].extend(c.choices[0].delta.token_ids.iter().copied());
+                    done[i] = c.finish_reason().is_some();
+                }
+                None => done[i] = true,
+            }
+        }
+    }
+    assert_eq!(outs, alone);
+    assert!(
+        most > 0 && most <= budget,
+        "{most} tokens in use, budget {budget}"
+    );
+    // A cache larger than the budget, and a prompt that fills it, are refused.
+    let too_big = CandleCompletionRequest {
+        kv_cache: Some(KvCacheConfig::default().max_entries(budget + 1)),
+        ..request(&prompts[0], 4, 0.0, 1)
+    };
+    let e = g.generate(&too_big).blocking_collect().unwrap_err();
+    assert!(e.to_string().contains("KV budget"), "{e}");
+    let tiny = generator(GenerationConfig::default().kv_cache(lru.max_entries(l[0])));
+    let e = tiny
+        .generate(&request(&prompts[0], 4, 0.0, 1))
+        .blocking_collect()
+        .unwrap_err();
+    assert!(matches!(e, EngineError::Model(_)), "{e}");
+}

@@ -11,7 +11,13 @@
 //! - [`EvictionStrategy::SlidingWindow`]: the oldest tokens are dropped;
 //! - [`EvictionStrategy::AttentionSinks`]: the first `sink_tokens` are kept forever and the
 //!   oldest of the rest are dropped (StreamingLLM, Xiao et al. 2023, arXiv 2309.17453), so
-//!   generation can run past the model's context length.
+//!   generation can run past the model's context length;
+//! - [`EvictionStrategy::LRU`]: in one sequence's cache, the oldest quarter is dropped (every
+//!   entry is read at every step, so the least recently used are the oldest). Given to a
+//!   generator as its default configuration, it also makes `max_entries` a [`KvBudget`]: one
+//!   memory budget in tokens shared by all its sequences and its [`PrefixCache`], where the
+//!   least recently used prefixes are evicted to admit a new sequence
+//!   ([`KvCacheConfig::budget`]).
 //!
 //! Positions are *cache positions*: the token appended next sits at position
 //! [`SequenceCache::len`]. When tokens are evicted, the kept keys are shifted to their new
@@ -40,7 +46,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
+mod budget;
 mod prefix;
+pub use budget::KvBudget;
 pub use prefix::{PrefixCache, PrefixCacheConfig, PrefixHit};
 
 /// What went wrong in a cache operation.
@@ -102,11 +110,17 @@ pub enum EvictionStrategy {
         /// Recent tokens kept after an eviction, besides the sinks.
         window: usize,
     },
-    /// The seed's `EvictionStrategy::LRU`: evict the entries used least recently. In one
-    /// sequence's cache every entry is read at every decode step, so the least recently used
-    /// are the oldest: a full cache drops its oldest quarter (a
+    /// The seed's `EvictionStrategy::LRU`: evict the entries used least recently.
+    ///
+    /// Across sequences (a generator's default configuration, see
+    /// [`KvCacheConfig::budget`]): `max_entries` is a [`KvBudget`] shared by every sequence
+    /// and every cached prefix, and the least recently used prefixes are evicted when a new
+    /// sequence needs their room.
+    ///
+    /// In one sequence's cache every entry is read at every decode step, so the least
+    /// recently used are the oldest: a full cache drops its oldest quarter (a
     /// [`SlidingWindow`](Self::SlidingWindow) keeping `max_entries - max_entries / 4` tokens,
-    /// see [`KvCacheConfig::effective_strategy`]). Not a budget shared across sequences.
+    /// see [`KvCacheConfig::effective_strategy`]).
     #[allow(clippy::upper_case_acronyms)]
     LRU,
 }
@@ -160,6 +174,17 @@ impl KvCacheConfig {
                 window: lru_window(self.max_entries),
             },
             other => other,
+        }
+    }
+
+    /// The memory budget this configuration sets when it is a generator's default: with
+    /// [`EvictionStrategy::LRU`], `max_entries` tokens shared by all the generator's sequences
+    /// and cached prefixes; no budget for the other strategies (each sequence is bounded
+    /// alone).
+    pub fn budget(&self) -> Option<KvBudget> {
+        match self.eviction_strategy {
+            EvictionStrategy::LRU => Some(KvBudget::new(self.max_entries)),
+            _ => None,
         }
     }
 

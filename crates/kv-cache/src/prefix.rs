@@ -54,6 +54,7 @@ pub struct PrefixCache {
     clock: u64,
     hits: u64,
     misses: u64,
+    evictions: u64,
 }
 
 impl PrefixCache {
@@ -65,16 +66,14 @@ impl PrefixCache {
         }
     }
 
-    /// Finds the cached entry sharing the longest prefix with `tokens` (at least
-    /// `min_prefix` tokens, and always leaving one token of `tokens` to run so the model
-    /// produces logits).
-    pub fn lookup(&mut self, tokens: &[u32]) -> Option<PrefixHit> {
-        self.clock += 1;
+    /// The entry sharing the longest prefix with `tokens` (at least `min_prefix` tokens, at
+    /// most all but the last of `tokens`): its index and the shared length.
+    fn best(&self, tokens: &[u32]) -> Option<(usize, usize)> {
         let limit = tokens.len().saturating_sub(1);
-        let best = self
-            .entries
-            .iter_mut()
-            .map(|e| {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
                 let n = e
                     .tokens
                     .iter()
@@ -82,12 +81,20 @@ impl PrefixCache {
                     .take_while(|(a, b)| a == b)
                     .count()
                     .min(limit);
-                (n, e)
+                (i, n)
             })
-            .filter(|(n, _)| *n >= self.config.min_prefix.max(1))
-            .max_by_key(|(n, _)| *n);
-        match best {
-            Some((len, e)) => {
+            .filter(|(_, n)| *n >= self.config.min_prefix.max(1))
+            .max_by_key(|(_, n)| *n)
+    }
+
+    /// Finds the cached entry sharing the longest prefix with `tokens` (at least
+    /// `min_prefix` tokens, and always leaving one token of `tokens` to run so the model
+    /// produces logits).
+    pub fn lookup(&mut self, tokens: &[u32]) -> Option<PrefixHit> {
+        self.clock += 1;
+        match self.best(tokens) {
+            Some((i, len)) => {
+                let e = &mut self.entries[i];
                 e.last_used = self.clock;
                 self.hits += 1;
                 Some(PrefixHit {
@@ -100,6 +107,20 @@ impl PrefixCache {
                 self.misses += 1;
                 None
             }
+        }
+    }
+
+    /// Marks the entry [`lookup`](Self::lookup) would find for `tokens` as used now, without
+    /// counting a lookup: a request about to use a prefix refreshes it before a budget evicts
+    /// the least recently used ones to admit that request. Returns whether there was one.
+    pub fn touch(&mut self, tokens: &[u32]) -> bool {
+        self.clock += 1;
+        match self.best(tokens) {
+            Some((i, _)) => {
+                self.entries[i].last_used = self.clock;
+                true
+            }
+            None => false,
         }
     }
 
@@ -129,19 +150,51 @@ impl PrefixCache {
             last_used: self.clock,
         });
         while self.entries.len() > self.config.max_entries || self.bytes() > self.config.max_bytes {
-            let oldest = self
-                .entries
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(i, _)| i);
-            match oldest {
-                Some(i) => {
-                    self.entries.swap_remove(i);
-                }
-                None => break,
+            if self.evict_lru().is_none() {
+                break;
             }
         }
+    }
+
+    /// Drops the least recently used entry (the one whose last lookup hit or insertion is
+    /// oldest); returns its length in tokens, `None` when the cache is empty.
+    pub fn evict_lru(&mut self) -> Option<usize> {
+        let (i, _) = self
+            .entries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| e.last_used)?;
+        let e = self.entries.swap_remove(i);
+        self.evictions += 1;
+        Some(e.tokens.len())
+    }
+
+    /// Drops least recently used entries until at most `limit` tokens are cached; returns
+    /// the number of entries dropped. A [`KvBudget`](crate::KvBudget) calls it to make room.
+    pub fn evict_to_tokens(&mut self, limit: usize) -> usize {
+        let mut dropped = 0;
+        while self.tokens() > limit && self.evict_lru().is_some() {
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Tokens held: the sum of the cached prefixes' lengths (each holds its own keys and
+    /// values, so this is what they take of a [`KvBudget`](crate::KvBudget)).
+    pub fn tokens(&self) -> usize {
+        self.entries.iter().map(|e| e.tokens.len()).sum()
+    }
+
+    /// The cached prefixes' token sequences, least recently used first.
+    pub fn prefixes(&self) -> Vec<&[u32]> {
+        let mut entries: Vec<&Entry> = self.entries.iter().collect();
+        entries.sort_by_key(|e| e.last_used);
+        entries.into_iter().map(|e| e.tokens.as_slice()).collect()
+    }
+
+    /// Entries dropped to keep a bound (entries, bytes or a budget) over the cache's life.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     /// Bytes held.

@@ -131,19 +131,11 @@ fn looks_like_model_dir(dir: &Path) -> bool {
         })
 }
 
-/// Resolves `hf:ORG/REPO[:FILE]` (the `hf:` prefix already removed) in the hub cache at
-/// `cache` through hf-hub's cache layout (`models--ORG--REPO/refs/main` → snapshot), offline.
-/// Without `FILE`, the snapshot must hold exactly one `.gguf` file (which is returned), or
-/// none and a complete Hugging Face model (`config.json`, `tokenizer.json` and the
-/// safetensors weights; the snapshot directory is returned, for
-/// [`LoadedModel::load_dir`](crate::LoadedModel::load_dir)). A snapshot with safetensors but
-/// without one of those files is a [`ModelError::HubReference`] naming what is missing.
-pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
-    let spec = format!("hf:{reference}");
-    let bad = |reason: String| ModelError::HubReference {
-        spec: spec.clone(),
-        reason,
-    };
+/// Splits an `hf:ORG/REPO[:FILE]` reference (the `hf:` prefix already removed) into the
+/// repository and the file, checking both: `ORG` and `REPO` are non-empty runs of ASCII
+/// letters, digits, `-`, `_` and `.`; `FILE` is a relative path inside the repository (no
+/// empty or `..` component). The error is the reason, for the caller's error type.
+pub fn parse_hub_reference(reference: &str) -> std::result::Result<(&str, Option<&str>), String> {
     let (repo, file) = match reference.split_once(':') {
         Some((repo, file)) => (repo, Some(file)),
         None => (reference, None),
@@ -152,27 +144,137 @@ pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
         !p.is_empty()
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && p != "."
+            && p != ".."
     };
     match repo.split_once('/') {
         Some((org, name)) if valid_part(org) && valid_part(name) => {}
         _ => {
-            return Err(bad(
+            return Err(
                 "expected hf:ORG/REPO or hf:ORG/REPO:FILE (e.g. hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:model.gguf)"
                     .into(),
-            ))
+            )
         }
     }
-    if file.is_some_and(|f| f.is_empty() || f.split('/').any(|p| p == ".." || p.is_empty())) {
-        return Err(bad("the file name is empty or leaves the repository".into()));
+    if file.is_some_and(|f| {
+        f.is_empty() || f.starts_with('/') || f.split('/').any(|p| p == ".." || p.is_empty())
+    }) {
+        return Err("the file name is empty or leaves the repository".into());
     }
+    Ok((repo, file))
+}
+
+/// Which GGUF file of a repository `hf:ORG/REPO` (no file named) means: what
+/// [`choose_gguf`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GgufChoice<'a> {
+    /// This file.
+    One(&'a str),
+    /// The repository holds no GGUF model file.
+    None,
+    /// Several candidates and no rule to pick one: the user names it (`hf:ORG/REPO:FILE`).
+    Several(Vec<&'a str>),
+}
+
+/// The quantization picked among several GGUF files of one repository: the common default of
+/// GGUF repositories (llama.cpp's and Ollama's usual pick, a good size/quality balance).
+pub const PREFERRED_GGUF_QUANT: &str = "Q4_K_M";
+
+/// Picks the GGUF file `hf:ORG/REPO` means among a repository's file names (paths relative to
+/// the repository): the `.gguf` files, leaving out multimodal projectors (`mmproj*`) and
+/// the parts of split models (`*-00001-of-00003.gguf`, which this crate does not load);
+/// then the only one, else the only one whose name contains [`PREFERRED_GGUF_QUANT`]
+/// (any case), else [`GgufChoice::Several`] listing the candidates in order. `pull` and
+/// [`resolve_hub`] both decide through this, so `hf:ORG/REPO` names the same file before and
+/// after a download.
+pub fn choose_gguf<S: AsRef<str>>(files: &[S]) -> GgufChoice<'_> {
+    let mut candidates: Vec<&str> = files
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|f| {
+            let name = f.rsplit('/').next().unwrap_or(f).to_ascii_lowercase();
+            name.ends_with(".gguf") && !name.starts_with("mmproj") && !is_split_part(&name)
+        })
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    if candidates.len() == 1 {
+        return GgufChoice::One(candidates[0]);
+    }
+    let preferred = PREFERRED_GGUF_QUANT.to_ascii_lowercase();
+    let mut matching = candidates
+        .iter()
+        .filter(|f| f.to_ascii_lowercase().contains(&preferred));
+    match (matching.next(), matching.next()) {
+        (Some(one), None) => GgufChoice::One(*one),
+        _ if candidates.is_empty() => GgufChoice::None,
+        _ => GgufChoice::Several(candidates),
+    }
+}
+
+/// Whether a (lowercase) file name is one part of a split GGUF: `…-NNNNN-of-NNNNN.gguf`.
+fn is_split_part(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".gguf") else {
+        return false;
+    };
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    match stem.rsplit_once("-of-") {
+        Some((head, total)) => {
+            digits(total) && head.rsplit_once('-').is_some_and(|(_, part)| digits(part))
+        }
+        None => false,
+    }
+}
+
+/// The files under `dir` (following links), as `/`-separated paths relative to it, sorted;
+/// directories at most `depth` levels down. Unreadable entries are skipped.
+fn relative_files(dir: &Path, depth: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new(), 0)];
+    while let Some((path, prefix, level)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            let full = entry.path();
+            if full.is_dir() {
+                if level < depth {
+                    stack.push((full, format!("{rel}/"), level + 1));
+                }
+            } else if full.is_file() {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Resolves `hf:ORG/REPO[:FILE]` (the `hf:` prefix already removed) in the hub cache at
+/// `cache` through hf-hub's cache layout (`models--ORG--REPO/refs/main` → snapshot), offline.
+/// Without `FILE`, the GGUF file [`choose_gguf`] picks among the snapshot's files (the only
+/// one, else the only Q4_K_M), or, with no GGUF, a complete Hugging Face model
+/// (`config.json`, `tokenizer.json` and the safetensors weights; the snapshot directory is
+/// returned, for [`LoadedModel::load_dir`](crate::LoadedModel::load_dir)). A snapshot with
+/// safetensors but without one of those files is a [`ModelError::HubReference`] naming what
+/// is missing, as are several GGUF files and no rule to pick one (naming them).
+pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
+    let spec = format!("hf:{reference}");
+    let bad = |reason: String| ModelError::HubReference {
+        spec: spec.clone(),
+        reason,
+    };
+    let (repo, file) = parse_hub_reference(reference).map_err(bad)?;
     let hub = hf_hub::Cache::new(cache.to_path_buf());
     let cached = hub.model(repo.to_string());
     let not_cached = |what: String| {
         bad(format!(
             "{what} is not in the Hugging Face cache at {} (nothing is downloaded at run time: \
-             fetch it with `huggingface-cli download {repo}{}` on a connected machine)",
+             fetch it with `fluent-ai-candle pull hf:{repo}{}`)",
             cache.display(),
-            file.map(|f| format!(" {f}")).unwrap_or_default()
+            file.map(|f| format!(":{f}")).unwrap_or_default()
         ))
     };
     if let Some(file) = file {
@@ -180,20 +282,18 @@ pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
             .get(file)
             .ok_or_else(|| not_cached(format!("{repo}:{file}")));
     }
-    // No file named: the snapshot that refs/main points to must hold exactly one GGUF.
+    // No file named: the snapshot that refs/main points to, and the GGUF `choose_gguf` picks.
     let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
     let commit = std::fs::read_to_string(folder.join("refs").join("main"))
         .map_err(|_| not_cached(format!("repository {repo}")))?;
     let snapshot = folder.join("snapshots").join(commit.trim());
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&snapshot)
-        .map_err(|_| not_cached(format!("snapshot {} of {repo}", commit.trim())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    ggufs.sort();
-    match ggufs.len() {
-        1 => Ok(ggufs.remove(0)),
-        0 if looks_like_model_dir(&snapshot) => {
+    if !snapshot.is_dir() {
+        return Err(not_cached(format!("snapshot {} of {repo}", commit.trim())));
+    }
+    let files = relative_files(&snapshot, 4);
+    match choose_gguf(&files) {
+        GgufChoice::One(gguf) => Ok(snapshot.join(gguf)),
+        GgufChoice::None if looks_like_model_dir(&snapshot) => {
             let missing = missing_model_files(&snapshot)?;
             if missing.is_empty() {
                 Ok(snapshot)
@@ -201,22 +301,18 @@ pub fn resolve_hub(reference: &str, cache: &Path) -> Result<PathBuf> {
                 Err(bad(format!(
                     "the cached snapshot of {repo} holds no .gguf file and its safetensors model \
                      lacks {} (it needs config.json, tokenizer.json and the weights: fetch them \
-                     with `huggingface-cli download {repo}` on a connected machine)",
+                     with `fluent-ai-candle pull hf:{repo}`)",
                     missing.join(", ")
                 )))
             }
         }
-        0 => Err(bad(format!(
+        GgufChoice::None => Err(bad(format!(
             "the cached snapshot of {repo} holds no .gguf file and no safetensors model \
              (config.json, tokenizer.json, model.safetensors)"
         ))),
-        _ => Err(bad(format!(
+        GgufChoice::Several(ggufs) => Err(bad(format!(
             "the cached snapshot of {repo} holds several .gguf files; name one (hf:{repo}:FILE): {}",
-            ggufs
-                .iter()
-                .filter_map(|p| p.file_name()?.to_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            ggufs.join(", ")
         ))),
     }
 }
@@ -319,6 +415,77 @@ mod tests {
         assert!(err(resolve_hub("Org/Tiny-GGUF", &two)).contains("several"));
         std::fs::remove_dir_all(hub).ok();
         std::fs::remove_dir_all(two).ok();
+    }
+
+    #[test]
+    fn the_gguf_of_a_repository_is_the_only_one_else_the_only_q4_k_m() {
+        use GgufChoice::*;
+        assert_eq!(
+            choose_gguf(&["README.md", "m.Q8_0.gguf"]),
+            One("m.Q8_0.gguf")
+        );
+        assert_eq!(
+            choose_gguf(&[
+                "m.Q8_0.gguf",
+                "m.q4_k_m.gguf",
+                "m.Q4_K_S.gguf",
+                "config.json"
+            ]),
+            One("m.q4_k_m.gguf")
+        );
+        // Projectors and split parts are never picked on their own.
+        assert_eq!(
+            choose_gguf(&[
+                "mmproj-f16.gguf",
+                "sub/m.Q4_0.gguf",
+                "big-00001-of-00002.gguf"
+            ]),
+            One("sub/m.Q4_0.gguf")
+        );
+        assert_eq!(choose_gguf(&["README.md", "model.safetensors"]), None);
+        assert_eq!(choose_gguf::<&str>(&[]), None);
+        assert_eq!(
+            choose_gguf(&["b.Q8_0.gguf", "a.Q5_K_M.gguf"]),
+            Several(vec!["a.Q5_K_M.gguf", "b.Q8_0.gguf"])
+        );
+        // Two Q4_K_M files: no rule picks one.
+        assert_eq!(
+            choose_gguf(&["x-Q4_K_M.gguf", "y-Q4_K_M.gguf", "x-Q8_0.gguf"]),
+            Several(vec!["x-Q4_K_M.gguf", "x-Q8_0.gguf", "y-Q4_K_M.gguf"])
+        );
+        assert!(is_split_part("m-00001-of-00003.gguf"));
+        assert!(!is_split_part("m-1-of-3.gguf") && !is_split_part("of-00003.gguf"));
+    }
+
+    #[test]
+    fn hub_references_are_checked_before_any_lookup() {
+        assert_eq!(parse_hub_reference("O/R"), Ok(("O/R", Option::None)));
+        assert_eq!(
+            parse_hub_reference("O/R:sub/f.gguf"),
+            Ok(("O/R", Some("sub/f.gguf")))
+        );
+        for bad in [
+            "O",
+            "/R",
+            "O/",
+            "O/R/x",
+            "O/..",
+            "O/R:",
+            "O/R:/etc/passwd",
+            "O/R:a//b",
+            "O R/x",
+        ] {
+            assert!(parse_hub_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn several_cached_ggufs_resolve_to_the_q4_k_m_as_pull_picks_it() {
+        let hub = fake_hub(&["m.Q8_0.gguf", "m.Q4_K_M.gguf"]);
+        assert!(resolve_hub("Org/Tiny-GGUF", &hub)
+            .unwrap()
+            .ends_with("m.Q4_K_M.gguf"));
+        std::fs::remove_dir_all(hub).ok();
     }
 
     #[test]

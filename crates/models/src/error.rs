@@ -130,6 +130,24 @@ pub enum ModelError {
         /// The model's (or cache's) context length.
         context_length: usize,
     },
+    /// Re-quantizing a GGUF's weights was asked to a format of more bits per value than
+    /// they are stored in (quantizing on load only lowers precision).
+    #[error(
+        "{path} stores its weights as {stored} ({stored_bits} bits per value): re-quantizing \
+         to {requested} ({requested_bits} bits) cannot go up in precision"
+    )]
+    PrecisionIncrease {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The GGML format of most of its matrices.
+        stored: String,
+        /// Bits per value of that format.
+        stored_bits: u32,
+        /// The format asked for.
+        requested: crate::QuantizationType,
+        /// Bits per value of the format asked for.
+        requested_bits: u32,
+    },
     /// The KV cache refused an append.
     #[error(transparent)]
     KvCache(#[from] fluent_ai_candle_kv_cache::KvCacheError),

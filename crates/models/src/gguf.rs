@@ -18,7 +18,12 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMag
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
-use crate::{ModelError, Result};
+use crate::safetensors::{ggml_bits, quantize_values};
+use crate::{ModelError, QuantizationType, Result};
+
+/// The tensors a 4-bit re-quantization keeps in `Q8_0`
+/// ([`QuantizationType::for_token_table`]): the token table and the output projection.
+const TOKEN_TABLES: [&str; 2] = ["token_embd.weight", "output.weight"];
 
 /// The longest string a header may hold (llama.cpp's and candle's limit).
 const MAX_STRING_LENGTH: u64 = 1 << 30;
@@ -68,6 +73,7 @@ pub struct GgufFile {
     reader: BufReader<File>,
     file_size: u64,
     cancel: Option<CancelToken>,
+    requantize: Option<QuantizationType>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -120,6 +126,7 @@ impl GgufFile {
             reader,
             file_size,
             cancel: None,
+            requantize: None,
         })
     }
 
@@ -128,6 +135,50 @@ impl GgufFile {
     /// within one tensor.
     pub fn set_cancel(&mut self, token: CancelToken) {
         self.cancel = Some(token);
+    }
+
+    /// Re-quantizes the matrices every later [`GgufFile::tensor`] reads to `quant`, as a
+    /// Hugging Face directory is quantized on load (the same quantizer, and 4-bit formats keep
+    /// the token table and output projection in `Q8_0`,
+    /// [`QuantizationType::for_token_table`]). Only precision is lowered: a tensor of two or
+    /// more dimensions stored as `F32`, `F16`, `BF16` or `Q8_0` with more bits per value than
+    /// the target is dequantized and quantized again; every other tensor (norms and biases,
+    /// other quantized formats, those already at or below the target) is read as stored.
+    /// A tensor whose rows are not a multiple of the target's block follows llama.cpp's
+    /// fallback for `Q4_K` (`Q5_0`, blocks of 32) and otherwise keeps its format.
+    ///
+    /// Errors: [`ModelError::PrecisionIncrease`] when most of the file's matrices are stored
+    /// with fewer bits per value than `quant` has (a `Q4_1` file asked for `Q8_0`).
+    pub fn requantize_to(&mut self, quant: QuantizationType) -> Result<()> {
+        if let Some(stored) = self.stored_format() {
+            if ggml_bits(stored) < quant.bits() {
+                return Err(ModelError::PrecisionIncrease {
+                    path: self.path.clone(),
+                    stored: format!("{stored:?}"),
+                    stored_bits: ggml_bits(stored),
+                    requested: quant,
+                    requested_bits: quant.bits(),
+                });
+            }
+        }
+        self.requantize = Some(quant);
+        Ok(())
+    }
+
+    /// The format of most of the file's matrices (tensors of two or more dimensions), `None`
+    /// when it has none.
+    pub fn stored_format(&self) -> Option<GgmlDType> {
+        let mut counts: Vec<(GgmlDType, usize)> = Vec::new();
+        for info in self.content.tensor_infos.values() {
+            if info.shape.dims().len() < 2 {
+                continue;
+            }
+            match counts.iter_mut().find(|(d, _)| *d == info.ggml_dtype) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((info.ggml_dtype, 1)),
+            }
+        }
+        counts.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
     }
 
     /// `Err(ModelError::Cancelled)` when the token given to [`GgufFile::set_cancel`] is
@@ -187,12 +238,17 @@ impl GgufFile {
                 reason: "missing from the GGUF file".into(),
             });
         }
-        self.content
+        let t = self
+            .content
             .tensor(&mut self.reader, name, device)
             .map_err(|e| ModelError::BadTensor {
                 name: name.to_string(),
                 reason: e.to_string(),
-            })
+            })?;
+        match self.requantize {
+            Some(quant) => requantize(name, t, quant, device),
+            None => Ok(t),
+        }
     }
 
     /// Reads one tensor and checks its shape (outermost dimension first, as candle orders it).
@@ -574,4 +630,41 @@ fn read_header<R: Read + Seek>(
         tensor_infos,
         tensor_data_offset: data_offset,
     })
+}
+
+/// The format a tensor of `dims` stored as `source` is re-quantized to for `quant`
+/// ([`GgufFile::requantize_to`]), `None` when it is read as stored.
+pub fn requantized_format(
+    name: &str,
+    dims: &[usize],
+    source: GgmlDType,
+    quant: QuantizationType,
+) -> Option<GgmlDType> {
+    use GgmlDType as G;
+    if dims.len() < 2 || !matches!(source, G::F32 | G::F16 | G::BF16 | G::Q8_0) {
+        return None;
+    }
+    let target = match TOKEN_TABLES.contains(&name) {
+        true => quant.for_token_table(),
+        false => quant,
+    }
+    .ggml_dtype();
+    let row = *dims.last()?;
+    // llama.cpp's fallback for rows a k-quant's 256-value super-block does not divide.
+    let target = match (row.is_multiple_of(target.block_size()), target) {
+        (true, t) => t,
+        (false, G::Q4K) => G::Q5_0,
+        (false, _) => return None,
+    };
+    (row.is_multiple_of(target.block_size()) && ggml_bits(target) < ggml_bits(source))
+        .then_some(target)
+}
+
+/// `t` (tensor `name`) re-quantized for `quant` as [`requantized_format`] says.
+fn requantize(name: &str, t: QTensor, quant: QuantizationType, device: &Device) -> Result<QTensor> {
+    let Some(target) = requantized_format(name, t.shape().dims(), t.dtype(), quant) else {
+        return Ok(t);
+    };
+    let values = t.dequantize(device)?;
+    quantize_values(name, &values, target)
 }

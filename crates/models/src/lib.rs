@@ -22,7 +22,9 @@
 //!   ([`LoadedModel::load_dir`], or [`LoadedModel::load`] given the directory);
 //! - [`cache`]: the local model cache filled by `cargo xtask fetch-models`, and name resolution
 //!   (a path, a known name, or `hf:ORG/REPO[:FILE]` in the Hugging Face cache: a GGUF file or
-//!   a safetensors snapshot directory).
+//!   a safetensors snapshot directory);
+//! - `pull` (the `pull` feature): downloading `hf:ORG/REPO[:FILE]` from a Hugging Face hub
+//!   (`HF_ENDPOINT`) into that cache through hf-hub, checked against the repository listing.
 //!
 //! It knows nothing of sampling policy or HTTP. Loading a real model:
 //!
@@ -75,8 +77,11 @@ mod ggml_math;
 pub mod gguf;
 pub mod llama;
 pub mod plugin;
+#[cfg(feature = "pull")]
+pub mod pull;
 pub mod quant;
 pub mod safetensors;
+pub mod synth;
 pub mod tokenizer;
 
 mod loaded;

@@ -70,15 +70,53 @@ impl LoadedModel {
         plugins: &[&dyn ArchitecturePlugin],
         cancel: &CancelToken,
     ) -> Result<Self> {
+        Self::load_gguf_or_dir(path.as_ref(), None, device, progress, plugins, cancel)
+    }
+
+    /// [`LoadedModel::load_cancellable`] with the weights quantized on load to `quant`: a
+    /// Hugging Face directory as [`LoadedModel::load_dir`] quantizes it, a GGUF file's
+    /// matrices re-quantized as [`GgufFile::requantize_to`] describes (from `F32`, `F16`,
+    /// `BF16` or `Q8_0` to a format of fewer bits; the rest as stored).
+    ///
+    /// Errors: those of `load_cancellable`, and [`ModelError::PrecisionIncrease`] when a
+    /// GGUF's weights are stored with fewer bits per value than `quant` has.
+    pub fn load_quantized(
+        path: impl AsRef<Path>,
+        quant: QuantizationType,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+        plugins: &[&dyn ArchitecturePlugin],
+        cancel: &CancelToken,
+    ) -> Result<Self> {
+        Self::load_gguf_or_dir(
+            path.as_ref(),
+            Some(quant),
+            device,
+            progress,
+            plugins,
+            cancel,
+        )
+    }
+
+    fn load_gguf_or_dir(
+        path: &Path,
+        quant: Option<QuantizationType>,
+        device: &Device,
+        progress: &mut dyn FnMut(LoadProgress),
+        plugins: &[&dyn ArchitecturePlugin],
+        cancel: &CancelToken,
+    ) -> Result<Self> {
         cancel.check()?;
-        let path = path.as_ref();
         if path.is_dir() {
-            let model = Self::load_dir(path, QuantizationType::default(), device, progress)?;
+            let model = Self::load_dir(path, quant.unwrap_or_default(), device, progress)?;
             cancel.check()?;
             return Ok(model);
         }
         let mut gguf = GgufFile::open(path)?;
         gguf.set_cancel(cancel.clone());
+        if let Some(quant) = quant {
+            gguf.requantize_to(quant)?;
+        }
         // The config of a built-in architecture is checked first so an unknown architecture
         // fails before any work; a plugin's architecture is the plugin's to check.
         let arch = gguf.architecture()?;

@@ -70,6 +70,11 @@ impl QuantizationType {
         self.ggml_dtype().block_size()
     }
 
+    /// Bits per value of this format (4, 8, 16 or 32).
+    pub fn bits(self) -> u32 {
+        ggml_bits(self.ggml_dtype())
+    }
+
     /// The format of the token table and the output projection: 4-bit types keep them in
     /// `Q8_0`, as llama.cpp's quantizer does (every logit goes through them; SmolLM2's tied
     /// table in Q4_0 cost most of its argmax agreement).
@@ -79,6 +84,45 @@ impl QuantizationType {
             other => other,
         }
     }
+}
+
+/// Bits per value of a GGML format (its nominal width: 4 for every 4-bit format whatever its
+/// block scales take; 0 for formats this crate does not name).
+pub fn ggml_bits(dtype: GgmlDType) -> u32 {
+    use GgmlDType as G;
+    match dtype {
+        G::Q2K => 2,
+        G::Q3K => 3,
+        G::Q4_0 | G::Q4_1 | G::Q4K => 4,
+        G::Q5_0 | G::Q5_1 | G::Q5K => 5,
+        G::Q6K => 6,
+        G::Q8_0 | G::Q8_1 | G::Q8K => 8,
+        G::F16 | G::BF16 => 16,
+        G::F32 => 32,
+        #[allow(unreachable_patterns)]
+        _ => 0,
+    }
+}
+
+/// Quantizes `t` (values, rows along its last dimension) to `dtype`: the one quantizer of
+/// both loaders (a Hugging Face directory's matrices, a GGUF's re-quantized ones). A row
+/// length that is not a multiple of the format's block is [`ModelError::BadTensor`] naming
+/// `name`.
+pub(crate) fn quantize_values(name: &str, t: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    let block = dtype.block_size();
+    let row = t.dims().last().copied().unwrap_or(0);
+    if !row.is_multiple_of(block) {
+        return Err(ModelError::BadTensor {
+            name: name.to_string(),
+            reason: format!(
+                "rows of {row} values cannot be quantized to {dtype:?} (blocks of {block})"
+            ),
+        });
+    }
+    QTensor::quantize(t, dtype).map_err(|e| ModelError::BadTensor {
+        name: name.to_string(),
+        reason: format!("quantizing to {dtype:?}: {e}"),
+    })
 }
 
 /// [`QuantizationType::Q8_0`]: what [`LoadedModel::load`](crate::LoadedModel::load) and the
@@ -405,10 +449,7 @@ impl Shards {
         if let Some(heads) = permute_heads {
             t = permute_qk(&t, heads)?;
         }
-        QTensor::quantize(&t, quant.ggml_dtype()).map_err(|e| ModelError::BadTensor {
-            name: name.to_string(),
-            reason: format!("quantizing to {quant:?}: {e}"),
-        })
+        quantize_values(name, &t, quant.ggml_dtype())
     }
 
     fn linear(

@@ -140,6 +140,18 @@ const ENGINE: &[Field] = &[
         "Prompt tokens served from the prefix cache.",
         |s| s.prefix_tokens_reused as f64,
     ),
+    (
+        "fluent_ai_candle_engine_prefix_cache_evictions_total",
+        "counter",
+        "Cached prefixes evicted (least recently used first).",
+        |s| s.prefix_cache_evictions as f64,
+    ),
+    (
+        "fluent_ai_candle_engine_kv_tokens_in_use",
+        "gauge",
+        "KV memory in use, in tokens: live sequences' caches plus cached prefixes.",
+        |s| s.kv_tokens_in_use as f64,
+    ),
 ];
 
 type HistogramField = (

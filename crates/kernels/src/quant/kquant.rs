@@ -1,7 +1,8 @@
-//! GGML's K-quant weight formats `Q4_K` and `Q6_K` (256-value super-blocks), the 8-bit `Q8_K`
-//! activation blocks their dot products consume, and the kernels' scalar twins; the AVX2
-//! (+FMA+F16C) versions ([`crate::arch::x86_64::avx2::kquant`]) unpack each weight block once
-//! and multiply it into up to four activation rows.
+//! GGML's K-quant weight formats `Q2_K`, `Q3_K`, `Q4_K`, `Q5_K` and `Q6_K` (256-value
+//! super-blocks), the 8-bit `Q8_K` activation blocks their dot products consume, and the
+//! kernels' scalar twins; the AVX2 (+FMA+F16C) versions
+//! ([`crate::arch::x86_64::avx2::kquant`]) unpack each weight block once and multiply it into
+//! up to four activation rows.
 //!
 //! # What llama.cpp computes, and what we do
 //!
@@ -33,6 +34,20 @@
 //!   `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`. Prompts of eight rows or more go through
 //!   llama.cpp's tiled matmul: one exact integer per super-block, times `d_w`, fused into the
 //!   accumulator with `d_a` ([`dot_q6k_tiled`]). We do exactly both.
+//! * **`Q5_K`, `Q3_K`, `Q2_K`**: not repacked on AVX2 machines (llama.cpp repacks `Q2_K` only
+//!   with AVX-512, `Q5_K` only on ARM). One activation row goes through llama.cpp's AVX2
+//!   `ggml_vec_dot_q{5,3,2}_K_q8_K`: eight exact i32 lanes per super-block as for `Q6_K`
+//!   (each product times its sub-block's scale), converted to f32 and fused into eight
+//!   accumulators with `d_a·d_w` ([`dot_q5k`], [`dot_q3k`], [`dot_q2k`]; `Q5_K` fuses its mins'
+//!   integer into a separate scalar with `−d_a·dmin_w`, added after the lanes' sum; `Q2_K`
+//!   fuses eight lanes of mins into the same accumulators first). Prompts of eight rows or
+//!   more go through llama.cpp's tiled matmul (its AVX2 microtile): per super-block the exact
+//!   integers `s1 = Σ scale·q·a` and (with mins) `s2 = Σ min·Σa` make
+//!   `r = fma(−dmin_w, s2, d_w·s1)`, fused into the accumulator with `d_a`
+//!   ([`dot_q5k_tiled`], [`dot_q3k_tiled`], [`dot_q2k_tiled`]). Both orders return the bits of
+//!   llama.cpp's AVX2 build (llama-cpp-python 0.3.36's; `tests/llama_cpp_kquants.rs`, fixtures
+//!   from its public API). Its AVX-512 builds may differ: the VNNI tiled microtile adds
+//!   `r·d_a` unfused, and `Q2_K` is repacked there.
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
 //! return identical bits, and a row's result never depends on the other rows of a call. Both
@@ -108,25 +123,30 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+/// The eight 6-bit scales and eight 6-bit mins of GGML's 12-byte `Q4_K`/`Q5_K` packing:
+/// scales and mins 0..4 are the low six bits of bytes 0..4 and 4..8; 4..8 take their low
+/// four bits from the nibbles of bytes 8..12 and their top two from the spare top bits of
+/// bytes 0..8.
+fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut scales = [0u8; 8];
+    let mut mins = [0u8; 8];
+    for j in 0..8 {
+        (scales[j], mins[j]) = if j < 4 {
+            (s[j] & 63, s[j + 4] & 63)
+        } else {
+            (
+                (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+                (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+            )
+        };
+    }
+    (scales, mins)
+}
+
 impl WeightBlock for BlockQ4K {
     const BYTES: usize = 144;
     fn read(b: &[u8]) -> Self {
-        // GGML's 12-byte packing: scales and mins 0..4 are the low six bits of bytes 0..4 and
-        // 4..8; 4..8 take their low four bits from the nibbles of bytes 8..12 and their top
-        // two from the spare top bits of bytes 0..8.
-        let s = &b[4..16];
-        let mut scales = [0u8; 8];
-        let mut mins = [0u8; 8];
-        for j in 0..8 {
-            (scales[j], mins[j]) = if j < 4 {
-                (s[j] & 63, s[j + 4] & 63)
-            } else {
-                (
-                    (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-                    (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-                )
-            };
-        }
+        let (scales, mins) = scales_mins_k4(&b[4..16]);
         let mut qs = [0u8; 128];
         qs.copy_from_slice(&b[16..144]);
         Self {
@@ -334,6 +354,350 @@ pub fn dot_q6k_tiled(w: &[BlockQ6K], a: &[ActBlockK]) -> f32 {
             }
         }
         acc = (sum as f32 * w.d).mul_add(a.d, acc);
+    }
+    acc
+}
+
+/// GGML `Q5_K` (176 bytes in the file), with its scales unpacked: value `v` of sub-block
+/// `j = v / 32` is `d·scales[j]·q − dmin·mins[j]`, `q` in 0..32. Value `64i + l` (`l < 32`)
+/// takes its low four bits from the low nibble of `qs[32i + l]`, value `64i + 32 + l` from its
+/// high nibble; value `32j + l` takes its fifth bit from bit `j` of `qh[l]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ5K {
+    /// The super-block scale (the file's f16, exactly).
+    pub d: f32,
+    /// The super-block scale of the mins (the file's f16, exactly).
+    pub dmin: f32,
+    /// The eight 6-bit sub-block scales.
+    pub scales: [u8; 8],
+    /// The eight 6-bit sub-block mins.
+    pub mins: [u8; 8],
+    /// The fifth bit of each quant, as in the file.
+    pub qh: [u8; 32],
+    /// The low four bits of each quant, as in the file.
+    pub qs: [u8; 128],
+}
+
+/// GGML `Q3_K` (110 bytes in the file), with its scales unpacked: value `v` is
+/// `d·scales[v / 16]·q`, `q` in −4..4. Value `128h + 32t + l` (`h < 2`, `t < 4`, `l < 32`)
+/// takes its low two bits from bits `2t..2t + 2` of `qs[32h + l]`; `q` is those minus 4
+/// unless bit `4h + t` of `hmask[l]` is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ3K {
+    /// The super-block scale (the file's f16, exactly).
+    pub d: f32,
+    /// The sixteen 6-bit sub-block scales, minus 32 (in −32..32).
+    pub scales: [i8; 16],
+    /// The high bit of each quant, as in the file.
+    pub hmask: [u8; 32],
+    /// The low two bits of each quant, as in the file.
+    pub qs: [u8; 64],
+}
+
+/// GGML `Q2_K` (84 bytes in the file), with its scales unpacked: value `v` of sub-block
+/// `s = v / 16` is `d·scales[s]·q − dmin·mins[s]`, `q` in 0..4: value `128h + 32t + l`
+/// (`h < 2`, `t < 4`, `l < 32`) is bits `2t..2t + 2` of `qs[32h + l]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockQ2K {
+    /// The super-block scale (the file's f16, exactly).
+    pub d: f32,
+    /// The super-block scale of the mins (the file's f16, exactly).
+    pub dmin: f32,
+    /// The sixteen 4-bit sub-block scales.
+    pub scales: [u8; 16],
+    /// The sixteen 4-bit sub-block mins.
+    pub mins: [u8; 16],
+    /// The 2-bit quants, as in the file.
+    pub qs: [u8; 64],
+}
+
+impl WeightBlock for BlockQ5K {
+    const BYTES: usize = 176;
+    fn read(b: &[u8]) -> Self {
+        let (scales, mins) = scales_mins_k4(&b[4..16]);
+        let mut qh = [0u8; 32];
+        qh.copy_from_slice(&b[16..48]);
+        let mut qs = [0u8; 128];
+        qs.copy_from_slice(&b[48..176]);
+        Self {
+            d: f16_at(b, 0),
+            dmin: f16_at(b, 2),
+            scales,
+            mins,
+            qh,
+            qs,
+        }
+    }
+}
+
+impl WeightBlock for BlockQ3K {
+    const BYTES: usize = 110;
+    fn read(b: &[u8]) -> Self {
+        let mut hmask = [0u8; 32];
+        hmask.copy_from_slice(&b[..32]);
+        let mut qs = [0u8; 64];
+        qs.copy_from_slice(&b[32..96]);
+        // GGML's 12-byte packing of sixteen 6-bit scales: scale `j`'s low four bits are the
+        // low (j < 8) or high (j >= 8) nibble of byte `j mod 8`, its top two bits
+        // `2(j / 4)..2(j / 4) + 2` of byte `8 + j mod 4`; stored plus 32.
+        let s = &b[96..108];
+        let scales = std::array::from_fn(|j| {
+            let low = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
+            let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+            (low | (high << 4)) as i8 - 32
+        });
+        Self {
+            d: f16_at(b, 108),
+            scales,
+            hmask,
+            qs,
+        }
+    }
+}
+
+impl WeightBlock for BlockQ2K {
+    const BYTES: usize = 84;
+    fn read(b: &[u8]) -> Self {
+        let mut qs = [0u8; 64];
+        qs.copy_from_slice(&b[16..80]);
+        Self {
+            d: f16_at(b, 80),
+            dmin: f16_at(b, 82),
+            scales: std::array::from_fn(|s| b[s] & 0x0F),
+            mins: std::array::from_fn(|s| b[s] >> 4),
+            qs,
+        }
+    }
+}
+
+/// The unsigned quants `q` (0..32) of values `32c..32c + 32` of a `Q5_K` block.
+pub fn q5_chunk(b: &BlockQ5K, c: usize) -> [u8; 32] {
+    let qs = &b.qs[32 * (c / 2)..][..32];
+    std::array::from_fn(|l| {
+        let low = if c.is_multiple_of(2) {
+            qs[l] & 0x0F
+        } else {
+            qs[l] >> 4
+        };
+        low | (((b.qh[l] >> c) & 1) << 4)
+    })
+}
+
+/// The signed quants `q` (−4..4) of values `32c..32c + 32` of a `Q3_K` block.
+pub fn q3_chunk(b: &BlockQ3K, c: usize) -> [i8; 32] {
+    let (h, t) = (c / 4, c % 4);
+    let qs = &b.qs[32 * h..][..32];
+    std::array::from_fn(|l| {
+        let low = ((qs[l] >> (2 * t)) & 3) as i8;
+        if (b.hmask[l] >> c) & 1 == 1 {
+            low
+        } else {
+            low - 4
+        }
+    })
+}
+
+/// The unsigned quants `q` (0..4) of values `32c..32c + 32` of a `Q2_K` block.
+pub fn q2_chunk(b: &BlockQ2K, c: usize) -> [u8; 32] {
+    let (h, t) = (c / 4, c % 4);
+    let qs = &b.qs[32 * h..][..32];
+    std::array::from_fn(|l| (qs[l] >> (2 * t)) & 3)
+}
+
+/// Appends the block's 256 values to `out`, computed as GGML's `dequantize_row_q5_K` (and
+/// candle) does: `(d·scale)·q − dmin·min`, each product rounded to f32.
+pub fn dequantize_q5k(b: &BlockQ5K, out: &mut Vec<f32>) {
+    for c in 0..8 {
+        let (ds, m) = (b.d * b.scales[c] as f32, b.dmin * b.mins[c] as f32);
+        out.extend(q5_chunk(b, c).iter().map(|&q| ds * q as f32 - m));
+    }
+}
+
+/// Appends the block's 256 values to `out`, computed as GGML's `dequantize_row_q3_K` (and
+/// candle) does: `(d·scale)·q`.
+pub fn dequantize_q3k(b: &BlockQ3K, out: &mut Vec<f32>) {
+    for c in 0..8 {
+        let q = q3_chunk(b, c);
+        for (half, q) in q.chunks_exact(16).enumerate() {
+            let ds = b.d * b.scales[2 * c + half] as f32;
+            out.extend(q.iter().map(|&q| ds * q as f32));
+        }
+    }
+}
+
+/// Appends the block's 256 values to `out`, computed as GGML's `dequantize_row_q2_K` (and
+/// candle) does: `(d·scale)·q − dmin·min`.
+pub fn dequantize_q2k(b: &BlockQ2K, out: &mut Vec<f32>) {
+    for c in 0..8 {
+        let q = q2_chunk(b, c);
+        for (half, q) in q.chunks_exact(16).enumerate() {
+            let s = 2 * c + half;
+            let (ds, m) = (b.d * b.scales[s] as f32, b.dmin * b.mins[s] as f32);
+            out.extend(q.iter().map(|&q| ds * q as f32 - m));
+        }
+    }
+}
+
+/// The eight exact lane sums of llama.cpp's AVX2 K-quant dot products for one super-block:
+/// lane `L` takes values `32c + 4L .. 32c + 4L + 4` of every 32-value chunk `c`, each
+/// product times the scale `scale(c, L)` of its sub-block (what `vpmaddubsw` then
+/// `vpmaddwd` with the scales compute).
+fn k_lanes(
+    quants: impl Fn(usize) -> [i32; 32],
+    scale: impl Fn(usize, usize) -> i32,
+    a: &ActBlockK,
+) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    for c in 0..8 {
+        let q = quants(c);
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let p: i32 = (4 * l..4 * l + 4)
+                .map(|b| q[b] * a.qs[32 * c + b] as i32)
+                .sum();
+            *lane += scale(c, l) * p;
+        }
+    }
+    lanes
+}
+
+/// [`k_lanes`] summed: the super-block's exact `Σ scale·q·a`.
+fn k_sum(
+    quants: impl Fn(usize) -> [i32; 32],
+    scale: impl Fn(usize, usize) -> i32,
+    a: &ActBlockK,
+) -> i32 {
+    k_lanes(quants, scale, a).iter().sum()
+}
+
+/// A `Q5_K` block's chunk `c` as i32.
+fn q5_ints(b: &BlockQ5K, c: usize) -> [i32; 32] {
+    q5_chunk(b, c).map(i32::from)
+}
+
+/// A `Q3_K` block's chunk `c` as i32.
+fn q3_ints(b: &BlockQ3K, c: usize) -> [i32; 32] {
+    q3_chunk(b, c).map(i32::from)
+}
+
+/// A `Q2_K` block's chunk `c` as i32.
+fn q2_ints(b: &BlockQ2K, c: usize) -> [i32; 32] {
+    q2_chunk(b, c).map(i32::from)
+}
+
+/// `Σ min·Σa` of a `Q5_K` block: sub-block `j`'s activation sum is `bsums[2j] + bsums[2j+1]`.
+fn q5_mins(w: &BlockQ5K, a: &ActBlockK) -> i32 {
+    (0..8)
+        .map(|j| w.mins[j] as i32 * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32))
+        .sum()
+}
+
+/// `Σ w·a` over the blocks of one `Q5_K` weight row and one activation row, rounded as
+/// llama.cpp's AVX2 `ggml_vec_dot_q5_K_q8_K` rounds it: eight exact lanes per super-block
+/// (see [`k_lanes`]; 32-value sub-blocks, so every lane of chunk `c` takes scale `c`), each
+/// fused into its own accumulator with `d_a·d_w`; the mins' exact integer fused into one
+/// scalar with `−(d_a·dmin_w)`; the lanes summed as `hsum_float_8`, then the scalar added.
+pub fn dot_q5k(w: &[BlockQ5K], a: &[ActBlockK]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        summs = (-(a.d * w.dmin)).mul_add(q5_mins(w, a) as f32, summs);
+        let lanes = k_lanes(|c| q5_ints(w, c), |c, _| w.scales[c] as i32, a);
+        let d = a.d * w.d;
+        for (acc, &lane) in acc.iter_mut().zip(&lanes) {
+            *acc = d.mul_add(lane as f32, *acc);
+        }
+    }
+    hsum8(acc) + summs
+}
+
+/// `Σ w·a` as llama.cpp's tiled K-quant matmul (`ggml-cpu/tiled`, its AVX2 microtile, taken
+/// for eight or more activation rows) rounds it for formats with mins (`Q5_K`, `Q2_K`): per
+/// super-block the exact integers `s1 = Σ scale·q·a` and `s2 = Σ min·Σa` give
+/// `r = d_w·s1 − dmin_w·s2` (the product rounded, the difference fused), then `r` is fused
+/// into the accumulator with `d_a`.
+fn tiled_with_mins(acc: f32, s1: i32, s2: i32, d: f32, dmin: f32, da: f32) -> f32 {
+    let r = (-dmin).mul_add(s2 as f32, s1 as f32 * d);
+    r.mul_add(da, acc)
+}
+
+/// `Σ w·a` as llama.cpp's tiled matmul rounds it for `Q5_K` (prompts of eight rows or more;
+/// see [`tiled_with_mins`]).
+pub fn dot_q5k_tiled(w: &[BlockQ5K], a: &[ActBlockK]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        let s1 = k_sum(|c| q5_ints(w, c), |c, _| w.scales[c] as i32, a);
+        acc = tiled_with_mins(acc, s1, q5_mins(w, a), w.d, w.dmin, a.d);
+    }
+    acc
+}
+
+/// `Σ w·a` over the blocks of one `Q3_K` weight row and one activation row, rounded as
+/// llama.cpp's AVX2 `ggml_vec_dot_q3_K_q8_K` rounds it: eight exact lanes per super-block
+/// (see [`k_lanes`]; 16-value sub-blocks, so lanes 0..4 of chunk `c` take scale `2c`,
+/// lanes 4..8 scale `2c + 1`), each fused into its own accumulator with `d_a·d_w`, summed as
+/// `hsum_float_8`.
+pub fn dot_q3k(w: &[BlockQ3K], a: &[ActBlockK]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (w, a) in w.iter().zip(a) {
+        let lanes = k_lanes(|c| q3_ints(w, c), |c, l| w.scales[2 * c + l / 4] as i32, a);
+        let d = a.d * w.d;
+        for (acc, &lane) in acc.iter_mut().zip(&lanes) {
+            *acc = d.mul_add(lane as f32, *acc);
+        }
+    }
+    hsum8(acc)
+}
+
+/// `Σ w·a` as llama.cpp's tiled matmul rounds it for `Q3_K` (prompts of eight rows or more):
+/// per super-block the exact `Σ scale·q·a`, converted to f32 and multiplied by `d_w`, fused
+/// into the accumulator with `d_a` (as [`dot_q6k_tiled`]).
+pub fn dot_q3k_tiled(w: &[BlockQ3K], a: &[ActBlockK]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        let s = k_sum(|c| q3_ints(w, c), |c, l| w.scales[2 * c + l / 4] as i32, a);
+        acc = (s as f32 * w.d).mul_add(a.d, acc);
+    }
+    acc
+}
+
+/// The eight exact lanes `mins[2L]·bsums[2L] + mins[2L + 1]·bsums[2L + 1]` of a `Q2_K` block
+/// (`vpmaddwd` of the mins with the activation sums).
+fn q2_min_lanes(w: &BlockQ2K, a: &ActBlockK) -> [i32; 8] {
+    std::array::from_fn(|l| {
+        w.mins[2 * l] as i32 * a.bsums[2 * l] as i32
+            + w.mins[2 * l + 1] as i32 * a.bsums[2 * l + 1] as i32
+    })
+}
+
+/// `Σ w·a` over the blocks of one `Q2_K` weight row and one activation row, rounded as
+/// llama.cpp's AVX2 `ggml_vec_dot_q2_K_q8_K` rounds it: per super-block, the eight exact
+/// mins lanes ([`q2_min_lanes`]) fused into the eight accumulators with `−(d_a·dmin_w)`,
+/// then the eight exact lanes of the quants ([`k_lanes`], 16-value sub-blocks) with
+/// `d_a·d_w`; summed as `hsum_float_8`.
+pub fn dot_q2k(w: &[BlockQ2K], a: &[ActBlockK]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (w, a) in w.iter().zip(a) {
+        let dmin = -(a.d * w.dmin);
+        for (acc, &m) in acc.iter_mut().zip(&q2_min_lanes(w, a)) {
+            *acc = dmin.mul_add(m as f32, *acc);
+        }
+        let lanes = k_lanes(|c| q2_ints(w, c), |c, l| w.scales[2 * c + l / 4] as i32, a);
+        let d = a.d * w.d;
+        for (acc, &lane) in acc.iter_mut().zip(&lanes) {
+            *acc = d.mul_add(lane as f32, *acc);
+        }
+    }
+    hsum8(acc)
+}
+
+/// `Σ w·a` as llama.cpp's tiled matmul rounds it for `Q2_K` (prompts of eight rows or more;
+/// see [`tiled_with_mins`]).
+pub fn dot_q2k_tiled(w: &[BlockQ2K], a: &[ActBlockK]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        let s1 = k_sum(|c| q2_ints(w, c), |c, l| w.scales[2 * c + l / 4] as i32, a);
+        let s2 = q2_min_lanes(w, a).iter().sum();
+        acc = tiled_with_mins(acc, s1, s2, w.d, w.dmin, a.d);
     }
     acc
 }

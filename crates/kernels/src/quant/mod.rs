@@ -1,8 +1,8 @@
 //! GGML's quantized weight formats and their dot products with 8-bit activations.
 //!
 //! candle 0.11's CPU quantized matmul computes `Q4_1` and `Q5_0` dot products with scalar
-//! code, so these kernels run those formats, `Q4_0`, `Q5_1`, `Q8_0`, `Q4_K` and `Q6_K` with x86 SIMD chosen at
-//! run time ([`Kernels`]: AVX2, or AVX-512 with VNNI byte products and two activation rows per
+//! code, so these kernels run those formats, `Q4_0`, `Q5_1`, `Q8_0` and `Q2_K`..`Q6_K` with x86
+//! SIMD chosen at run time ([`Kernels`]: AVX2, or AVX-512 with VNNI byte products and two activation rows per
 //! 512-bit register for batches and prompts), each with a portable scalar twin
 //! ([`scalar`], [`kquant`]) that returns the same bits.
 //!
@@ -19,9 +19,9 @@
 //! prefetchers: SmolLM2 decode went from 91 to ~125 tok/s). Every output is one accumulation
 //! whatever is computed beside it: a row's result does not depend on how many rows are
 //! multiplied with it, which keeps batched decoding batch-invariant. The one exception is
-//! asked for: in the prompt order (`prompt` of [`dots`], a sequence's prompt), `Q4_K` and
-//! `Q6_K` rows are summed in the orders llama.cpp uses for prompts (its 4-row repacked gemm,
-//! its tiled matmul for eight rows or more).
+//! asked for: in the prompt order (`prompt` of [`dots`], a sequence's prompt), K-quant rows
+//! are summed in the orders llama.cpp uses for prompts (`Q4_K`: its 4-row repacked gemm; the
+//! others: its tiled matmul for eight rows or more).
 //!
 //! ```
 //! use fluent_ai_candle_kernels::quant::{dots, Activation, BlockQ8_0, Kernel, MAX_TILE, QK};
@@ -50,7 +50,7 @@ pub mod scalar;
 pub use blocks::{
     read_blocks, ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, WeightBlock, QK,
 };
-pub use kquant::{ActBlockK, BlockQ4K, BlockQ6K, QK_K};
+pub use kquant::{ActBlockK, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, QK_K};
 
 use crate::simd::{Kernels, Simd};
 
@@ -168,8 +168,8 @@ pub trait Kernel: WeightBlock {
     fn scalar(w: &[Self], a: &[Self::Act]) -> f32;
     /// Whether, in a prompt of `m` rows, a call with `rows` of them is summed in the order
     /// llama.cpp uses for prompts where that differs from its one-row kernel: `Q4_K`'s
-    /// repacked 4-row gemm (full tiles of four rows), `Q6_K`'s tiled matmul (prompts of eight
-    /// rows or more). Never for the other formats.
+    /// repacked 4-row gemm (full tiles of four rows), the tiled matmul of `Q2_K`, `Q3_K`,
+    /// `Q5_K` and `Q6_K` (prompts of eight rows or more). Never for the 32-value formats.
     fn prompt_order(m: usize, rows: usize) -> bool {
         let _ = (m, rows);
         false
@@ -332,6 +332,45 @@ kernel!(
     prompt: |m, _| m >= 8,
     kquant::dot_q6k_tiled,
 );
+kernel!(
+    BlockQ5K,
+    ActBlockK,
+    QK_K,
+    kquant::quantize_row_q8k,
+    kquant::dot_q5k,
+    kquant::dequantize_q5k,
+    simd: dots_q5k,
+    vnni_tile: 4,
+    // llama.cpp's tiled matmul takes prompts of eight rows or more.
+    prompt: |m, _| m >= 8,
+    kquant::dot_q5k_tiled,
+);
+kernel!(
+    BlockQ3K,
+    ActBlockK,
+    QK_K,
+    kquant::quantize_row_q8k,
+    kquant::dot_q3k,
+    kquant::dequantize_q3k,
+    simd: dots_q3k,
+    vnni_tile: 4,
+    // llama.cpp's tiled matmul takes prompts of eight rows or more.
+    prompt: |m, _| m >= 8,
+    kquant::dot_q3k_tiled,
+);
+kernel!(
+    BlockQ2K,
+    ActBlockK,
+    QK_K,
+    kquant::quantize_row_q8k,
+    kquant::dot_q2k,
+    kquant::dequantize_q2k,
+    simd: dots_q2k,
+    vnni_tile: 4,
+    // llama.cpp's tiled matmul takes prompts of eight rows or more.
+    prompt: |m, _| m >= 8,
+    kquant::dot_q2k_tiled,
+);
 
 #[cfg(test)]
 mod tests {
@@ -442,6 +481,42 @@ mod tests {
         }
     }
 
+    impl Random for BlockQ5K {
+        fn random(g: &mut Lcg) -> Self {
+            Self {
+                d: f16::from_bits(g.scale(0.01)).to_f32(),
+                dmin: f16::from_bits(g.scale(0.01)).to_f32(),
+                scales: std::array::from_fn(|_| g.byte() & 63),
+                mins: std::array::from_fn(|_| g.byte() & 63),
+                qh: std::array::from_fn(|_| g.byte()),
+                qs: std::array::from_fn(|_| g.byte()),
+            }
+        }
+    }
+
+    impl Random for BlockQ3K {
+        fn random(g: &mut Lcg) -> Self {
+            Self {
+                d: f16::from_bits(g.scale(0.01)).to_f32(),
+                scales: std::array::from_fn(|_| (g.byte() & 63) as i8 - 32),
+                hmask: std::array::from_fn(|_| g.byte()),
+                qs: std::array::from_fn(|_| g.byte()),
+            }
+        }
+    }
+
+    impl Random for BlockQ2K {
+        fn random(g: &mut Lcg) -> Self {
+            Self {
+                d: f16::from_bits(g.scale(0.01)).to_f32(),
+                dmin: f16::from_bits(g.scale(0.01)).to_f32(),
+                scales: std::array::from_fn(|_| g.byte() & 15),
+                mins: std::array::from_fn(|_| g.byte() & 15),
+                qs: std::array::from_fn(|_| g.byte()),
+            }
+        }
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -522,7 +597,7 @@ mod tests {
         /// one-row order and in the prompt order.
         #[test]
         fn k_builds_are_the_scalar_twin(
-            f in 0usize..2,
+            f in 0usize..5,
             seed in any::<u64>(),
             n in 1usize..4,
             kb in 1usize..4,
@@ -530,7 +605,10 @@ mod tests {
         ) {
             let r = match f {
                 0 => every_level_is_the_twin::<BlockQ4K>(seed, n, kb, mag),
-                _ => every_level_is_the_twin::<BlockQ6K>(seed, n, kb, mag),
+                1 => every_level_is_the_twin::<BlockQ6K>(seed, n, kb, mag),
+                2 => every_level_is_the_twin::<BlockQ5K>(seed, n, kb, mag),
+                3 => every_level_is_the_twin::<BlockQ3K>(seed, n, kb, mag),
+                _ => every_level_is_the_twin::<BlockQ2K>(seed, n, kb, mag),
             };
             prop_assert!(r.is_ok(), "format {f}: {:?}", r);
         }

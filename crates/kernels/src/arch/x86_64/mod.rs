@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::{ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
-use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ6K};
+use crate::quant::kquant::{ActBlockK, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use crate::quant::{check_shapes, MAX_TILE};
 use crate::simd::{Kernels, Simd};
 
@@ -497,8 +497,35 @@ dots_q32!(dots_q5_1, BlockQ5_1, rows_q5_1);
 dots_q32!(dots_q8_0, BlockQ8_0, rows_q8_0);
 
 /// The dispatch of one K-quant format: the AVX2 row loops in the one-row order, and in the
-/// prompt order the AVX-512 one under [`Simd::Avx512Vnni`], else the AVX2 one.
+/// prompt order the AVX-512 one under [`Simd::Avx512Vnni`] where the format has one
+/// (`$prompt_vnni`), else the AVX2 one.
 macro_rules! dots_k {
+    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident) => {
+        /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
+        /// level): the AVX2 build under every level (no 512-bit build yet).
+        ///
+        /// # Panics
+        /// On the shapes [`crate::quant::dots`] rejects.
+        pub(crate) fn $name(
+            kernels: Kernels,
+            w: &[$block],
+            kb: usize,
+            (rows, pairs): (&[&[ActBlockK]], &[avx512::Pair]),
+            prompt: bool,
+            out: &mut [[f32; MAX_TILE]],
+        ) {
+            check_shapes(w.len(), kb, rows, pairs.len(), out.len());
+            match (kernels.simd(), prompt) {
+                (Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni, true) => {
+                    call_rows!(4, avx2::kquant::$prompt_rows, w, kb, rows, out)
+                }
+                (Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni, false) => {
+                    call_rows!(4, avx2::kquant::$rows, w, kb, rows, out)
+                }
+                _ => unreachable!("an x86 level"),
+            }
+        }
+    };
     ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, $prompt_vnni:ident) => {
         /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
         /// level).
@@ -544,3 +571,6 @@ dots_k!(
     rows_q6k_tiled,
     rows_q6k_tiled_vnni
 );
+dots_k!(dots_q5k, BlockQ5K, rows_q5k, rows_q5k_tiled);
+dots_k!(dots_q3k, BlockQ3K, rows_q3k, rows_q3k_tiled);
+dots_k!(dots_q2k, BlockQ2K, rows_q2k, rows_q2k_tiled);

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ6K};
+use crate::quant::kquant::{ActBlockK, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 
 /// The sum of the eight i32 lanes (exact).
 #[inline]
@@ -94,6 +94,12 @@ rows!(rows_q4k, q4k, BlockQ4K);
 rows!(rows_q4k_grouped, q4k_grouped, BlockQ4K);
 rows!(rows_q6k, q6k, BlockQ6K);
 rows!(rows_q6k_tiled, q6k_tiled, BlockQ6K);
+rows!(rows_q5k, q5k, BlockQ5K);
+rows!(rows_q5k_tiled, q5k_tiled, BlockQ5K);
+rows!(rows_q3k, q3k, BlockQ3K);
+rows!(rows_q3k_tiled, q3k_tiled, BlockQ3K);
+rows!(rows_q2k, q2k, BlockQ2K);
+rows!(rows_q2k_tiled, q2k_tiled, BlockQ2K);
 
 /// `Q4_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q4k`] for each row.
 ///
@@ -287,6 +293,322 @@ unsafe fn q6k_order<const R: usize, const TILED: bool>(
             if TILED {
                 tiled[r] = (hsum_i32(sum) as f32 * b.d).mul_add(x.d, tiled[r]);
             } else {
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(x.d * b.d), _mm256_cvtepi32_ps(sum), acc[r]);
+            }
+        }
+    }
+    if TILED {
+        return tiled;
+    }
+    let mut out = [0f32; R];
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = hsum_f32(a);
+    }
+    out
+}
+
+/// A super-block's eight 32-value chunks of unsigned quants `q` times one activation block,
+/// each 16-bit pair product times its sub-block scale (`scales[c]`: the scale of every 16-bit
+/// lane of chunk `c`): the eight exact i32 lane sums of [`crate::quant::kquant`]'s `k_lanes`.
+/// `maddubs` sees weights below 32 against activations in `-127..=127`: no saturation.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lanes_unsigned(q: &[__m256i; 8], scales: &[__m256i; 8], x: &ActBlockK) -> __m256i {
+    let mut sum = _mm256_setzero_si256();
+    for c in 0..8 {
+        // SAFETY: bytes `32c..32c + 32` of the 256 of `x.qs` (`c < 8`).
+        let y = unsafe { load(x.qs.as_ptr().add(32 * c)) };
+        let p = _mm256_maddubs_epi16(q[c], y);
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, scales[c]));
+    }
+    sum
+}
+
+/// [`lanes_unsigned`] for signed quants: their magnitudes `abs` times the activations with
+/// the quants' signs (`q` zero where the quant is, as `vpsignb` wants).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lanes_signed(
+    abs: &[__m256i; 8],
+    q: &[__m256i; 8],
+    scales: &[__m256i; 8],
+    x: &ActBlockK,
+) -> __m256i {
+    let mut sum = _mm256_setzero_si256();
+    for c in 0..8 {
+        // SAFETY: bytes `32c..32c + 32` of the 256 of `x.qs` (`c < 8`).
+        let y = unsafe { load(x.qs.as_ptr().add(32 * c)) };
+        let p = _mm256_maddubs_epi16(abs[c], _mm256_sign_epi8(y, q[c]));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, scales[c]));
+    }
+    sum
+}
+
+/// The scale vectors of a format with 16-value sub-blocks: chunk `c`'s lanes 0..4 (its first
+/// 16 values) take `scales[2c]`, lanes 4..8 `scales[2c + 1]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scales16(scales: [i16; 16]) -> [__m256i; 8] {
+    let mut out = [_mm256_setzero_si256(); 8];
+    for (v, s) in out.iter_mut().zip(scales.chunks_exact(2)) {
+        *v = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
+    }
+    out
+}
+
+/// The 16 activation sums of `x` (exact i16).
+#[inline]
+#[target_feature(enable = "avx")]
+fn bsums(x: &ActBlockK) -> __m256i {
+    // SAFETY: reads the 16 i16 (32 bytes) of `x.bsums`.
+    unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) }
+}
+
+/// `Q5_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q5k`] for each row.
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q5k<const R: usize>(w: &[BlockQ5K], a: [&[ActBlockK]; R]) -> [f32; R] {
+    // SAFETY: the caller's contract is `q5k_order`'s.
+    unsafe { q5k_order::<R, false>(w, a) }
+}
+
+/// `Q5_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q5k_tiled`] for
+/// each row.
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q5k_tiled<const R: usize>(w: &[BlockQ5K], a: [&[ActBlockK]; R]) -> [f32; R] {
+    // SAFETY: the caller's contract is `q5k_order`'s.
+    unsafe { q5k_order::<R, true>(w, a) }
+}
+
+/// [`q5k`] (`TILED` false: eight f32 lanes and the mins apart) or [`q5k_tiled`] (one step
+/// per super-block).
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5k_order<const R: usize, const TILED: bool>(
+    w: &[BlockQ5K],
+    a: [&[ActBlockK]; R],
+) -> [f32; R] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut summs = [0f32; R];
+    let mut tiled = [0f32; R];
+    for (i, b) in w.iter().enumerate() {
+        prefetch(b);
+        // SAFETY: the 32 bytes of `b.qh`.
+        let hb = unsafe { load(b.qh.as_ptr()) };
+        // Chunk c: the low nibbles of qs[32(c/2)..] for even c, the high ones for odd c,
+        // plus bit c of qh as 16.
+        let mut q = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            // SAFETY: bytes `32j..32j + 32` of the 128 of `b.qs` (`j < 4`).
+            let raw = unsafe { load(b.qs.as_ptr().add(32 * j)) };
+            for (h, low) in [
+                _mm256_and_si256(raw, m4),
+                _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let c = 2 * j + h;
+                // Bit c of each byte, moved to bit 4 (a byte's bits never cross into its
+                // neighbour: shifted right by c then masked to bit 0).
+                let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(c as i32)), one);
+                q[c] = _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
+            }
+        }
+        let mut scales = [_mm256_setzero_si256(); 8];
+        for (v, &s) in scales.iter_mut().zip(&b.scales) {
+            *v = _mm256_set1_epi16(s as i16);
+        }
+        // SAFETY: reads the 8 bytes of `b.mins`.
+        let mins = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(b.mins.as_ptr().cast()) });
+        for r in 0..R {
+            // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
+            let x = unsafe { a[r].get_unchecked(i) };
+            let sum = lanes_unsigned(&q, &scales, x);
+            // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1].
+            let s = bsums(x);
+            let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            let summ = hsum_i32_4(_mm_madd_epi16(pairs, mins));
+            if TILED {
+                let r1 = (-b.dmin).mul_add(summ as f32, hsum_i32(sum) as f32 * b.d);
+                tiled[r] = r1.mul_add(x.d, tiled[r]);
+            } else {
+                summs[r] = (-(x.d * b.dmin)).mul_add(summ as f32, summs[r]);
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(x.d * b.d), _mm256_cvtepi32_ps(sum), acc[r]);
+            }
+        }
+    }
+    if TILED {
+        return tiled;
+    }
+    let mut out = [0f32; R];
+    for ((o, &a), &m) in out.iter_mut().zip(&acc).zip(&summs) {
+        *o = hsum_f32(a) + m;
+    }
+    out
+}
+
+/// `Q3_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q3k`] for each row.
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q3k<const R: usize>(w: &[BlockQ3K], a: [&[ActBlockK]; R]) -> [f32; R] {
+    // SAFETY: the caller's contract is `q3k_order`'s.
+    unsafe { q3k_order::<R, false>(w, a) }
+}
+
+/// `Q3_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q3k_tiled`] for
+/// each row.
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q3k_tiled<const R: usize>(w: &[BlockQ3K], a: [&[ActBlockK]; R]) -> [f32; R] {
+    // SAFETY: the caller's contract is `q3k_order`'s.
+    unsafe { q3k_order::<R, true>(w, a) }
+}
+
+/// [`q3k`] (`TILED` false: eight f32 lanes) or [`q3k_tiled`] (one exact integer per
+/// super-block).
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3k_order<const R: usize, const TILED: bool>(
+    w: &[BlockQ3K],
+    a: [&[ActBlockK]; R],
+) -> [f32; R] {
+    let m3 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    let four = _mm256_set1_epi8(4);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut tiled = [0f32; R];
+    for (i, b) in w.iter().enumerate() {
+        prefetch(b);
+        // SAFETY: the 32 bytes of `b.hmask`.
+        let hb = unsafe { load(b.hmask.as_ptr()) };
+        // Chunk c = 4h + t: bits 2t..2t + 2 of qs[32h..], minus 4 where bit c of hmask is
+        // clear; kept as magnitudes and signs for `maddubs`.
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut abs = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            // SAFETY: bytes `32h..32h + 32` of the 64 of `b.qs` (`h < 2`).
+            let raw = unsafe { load(b.qs.as_ptr().add(32 * h)) };
+            for t in 0..4 {
+                let c = 4 * h + t;
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(raw, _mm_cvtsi32_si128(2 * t as i32)), m3);
+                let set = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(c as i32)), one);
+                // 4 where the bit is clear, else 0.
+                let minus = _mm256_andnot_si256(_mm256_slli_epi16(set, 2), four);
+                q[c] = _mm256_sub_epi8(low, minus);
+                abs[c] = _mm256_sign_epi8(q[c], q[c]);
+            }
+        }
+        let scales = scales16(b.scales.map(i16::from));
+        for r in 0..R {
+            // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
+            let x = unsafe { a[r].get_unchecked(i) };
+            let sum = lanes_signed(&abs, &q, &scales, x);
+            if TILED {
+                tiled[r] = (hsum_i32(sum) as f32 * b.d).mul_add(x.d, tiled[r]);
+            } else {
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(x.d * b.d), _mm256_cvtepi32_ps(sum), acc[r]);
+            }
+        }
+    }
+    if TILED {
+        return tiled;
+    }
+    let mut out = [0f32; R];
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = hsum_f32(a);
+    }
+    out
+}
+
+/// `Q2_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q2k`] for each row.
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q2k<const R: usize>(w: &[BlockQ2K], a: [&[ActBlockK]; R]) -> [f32; R] {
+    // SAFETY: the caller's contract is `q2k_order`'s.
+    unsafe { q2k_order::<R, false>(w, a) }
+}
+
+/// `Q2_K` weights · `R` activation rows, as [`crate::quant::kquant::dot_q2k_tiled`] for
+/// each row.
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn q2k_tiled<const R: usize>(w: &[BlockQ2K], a: [&[ActBlockK]; R]) -> [f32; R] {
+    // SAFETY: the caller's contract is `q2k_order`'s.
+    unsafe { q2k_order::<R, true>(w, a) }
+}
+
+/// [`q2k`] (`TILED` false: eight f32 lanes, mins first) or [`q2k_tiled`] (one step per
+/// super-block).
+///
+/// # Safety
+/// As [`q4k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2k_order<const R: usize, const TILED: bool>(
+    w: &[BlockQ2K],
+    a: [&[ActBlockK]; R],
+) -> [f32; R] {
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut tiled = [0f32; R];
+    for (i, b) in w.iter().enumerate() {
+        prefetch(b);
+        // Chunk c = 4h + t: bits 2t..2t + 2 of qs[32h..].
+        let mut q = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            // SAFETY: bytes `32h..32h + 32` of the 64 of `b.qs` (`h < 2`).
+            let raw = unsafe { load(b.qs.as_ptr().add(32 * h)) };
+            q[4 * h] = _mm256_and_si256(raw, m3);
+            q[4 * h + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 2), m3);
+            q[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m3);
+            q[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16(raw, 6), m3);
+        }
+        let scales = scales16(b.scales.map(i16::from));
+        // SAFETY: reads the 16 bytes of `b.mins`.
+        let mins = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(b.mins.as_ptr().cast()) });
+        for r in 0..R {
+            // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
+            let x = unsafe { a[r].get_unchecked(i) };
+            let sum = lanes_unsigned(&q, &scales, x);
+            let prod = _mm256_madd_epi16(mins, bsums(x));
+            if TILED {
+                let r1 = (-b.dmin).mul_add(hsum_i32(prod) as f32, hsum_i32(sum) as f32 * b.d);
+                tiled[r] = r1.mul_add(x.d, tiled[r]);
+            } else {
+                let dmin = _mm256_set1_ps(-(x.d * b.dmin));
+                acc[r] = _mm256_fmadd_ps(dmin, _mm256_cvtepi32_ps(prod), acc[r]);
                 acc[r] =
                     _mm256_fmadd_ps(_mm256_set1_ps(x.d * b.d), _mm256_cvtepi32_ps(sum), acc[r]);
             }
