@@ -488,9 +488,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         .buffer_size(a.stream_buffer_size as usize);
     config.chat_page = !a.no_chat_page;
     config.tls = match (a.tls_cert, a.tls_key, a.self_signed) {
-        (Some(cert), Some(key), _) => {
-            Some(fluent_ai_candle_server::TlsSource::Files { cert, key })
-        }
+        (Some(cert), Some(key), _) => Some(fluent_ai_candle_server::TlsSource::Files { cert, key }),
         (_, _, true) => Some(fluent_ai_candle_server::TlsSource::SelfSigned),
         _ => None,
     };

@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use fluent_ai_candle_engine::{
     CandleCompletionChunk, CandleCompletionRequest, CandleCompletionResponse, CandleGenerator,
-    ChunkChoice, ChunkDelta, CompletionChoice, ConstraintSpec, EngineError, FinishReason,
-    Prompt, Usage,
+    ChunkChoice, ChunkDelta, CompletionChoice, ConstraintSpec, EngineError, FinishReason, Prompt,
+    Usage,
 };
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -292,7 +292,10 @@ impl HttpCompletionClient {
 
     /// Sends a body; a status other than 2xx is [`ClientError::Api`].
     async fn send(&self, endpoint: &str, body: &Value) -> Result<reqwest::Response, ClientError> {
-        let mut req = self.http.post(format!("{}{endpoint}", self.base)).json(body);
+        let mut req = self
+            .http
+            .post(format!("{}{endpoint}", self.base))
+            .json(body);
         if let Some(k) = &self.api_key {
             req = req.bearer_auth(k);
         }
@@ -498,8 +501,9 @@ impl CompletionClient for HttpCompletionClient {
                 std::collections::VecDeque::new(),
                 false,
             );
-            let stream =
-                futures::stream::unfold(state, |(mut body, mut asm, mut ready, ended)| async move {
+            let stream = futures::stream::unfold(
+                state,
+                |(mut body, mut asm, mut ready, ended)| async move {
                     loop {
                         if let Some(c) = ready.pop_front() {
                             return Some((Ok(c), (body, asm, ready, ended)));
@@ -525,7 +529,8 @@ impl CompletionClient for HttpCompletionClient {
                             }
                         }
                     }
-                });
+                },
+            );
             Ok(stream.boxed())
         }
         .boxed()

@@ -132,6 +132,7 @@ pub mod constraints;
 pub mod device;
 pub mod sampling;
 
+pub use client::{ClientError, CompletionClient, HttpCompletionClient};
 pub use fluent_ai_candle_engine::{
     CandleClientBuilder, CandleCompletion, CandleCompletionChunk, CandleCompletionRequest,
     CandleCompletionResponse, CandleCompletionStream, CandleGenerator, CandleModel,
@@ -141,7 +142,6 @@ pub use fluent_ai_candle_engine::{
     PrefixCacheConfig, Prompt, Quantization, QuantizationType, Sampling, StreamingConfig,
     TokenLogprob, Usage,
 };
-pub use client::{ClientError, CompletionClient, HttpCompletionClient};
 pub use fluent_ai_candle_models::{init_cpu_threads, LoadedModel, ModelError};
 pub use fluent_ai_candle_sampling::{SamplingConfig, SamplingError};
 

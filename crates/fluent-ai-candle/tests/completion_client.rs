@@ -61,7 +61,9 @@ async fn both_ways(
         (
             text,
             last.finish_reason().unwrap(),
-            last.usage.expect("usage on the last chunk").completion_tokens,
+            last.usage
+                .expect("usage on the last chunk")
+                .completion_tokens,
         ),
     ]
 }

@@ -206,7 +206,7 @@ pub fn choose_gguf<S: AsRef<str>>(files: &[S]) -> GgufChoice<'_> {
         .iter()
         .filter(|f| f.to_ascii_lowercase().contains(&preferred));
     match (matching.next(), matching.next()) {
-        (Some(one), None) => GgufChoice::One(*one),
+        (Some(one), None) => GgufChoice::One(one),
         _ if candidates.is_empty() => GgufChoice::None,
         _ => GgufChoice::Several(candidates),
     }

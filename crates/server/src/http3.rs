@@ -82,8 +82,7 @@ pub(crate) async fn serve(
 
 /// Serves the requests of one QUIC connection.
 async fn connection(conn: quinn::Connection, app: Router, mut close: watch::Receiver<bool>) {
-    let Ok(mut h3) =
-        h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await
+    let Ok(mut h3) = h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await
     else {
         return;
     };

@@ -87,8 +87,8 @@ mod config;
 mod conn;
 mod error;
 mod guard;
-mod http3;
 mod health;
+mod http3;
 mod metrics;
 pub mod openai;
 mod page;
@@ -281,9 +281,7 @@ impl Server {
         let mut quic = None;
         if let Some(source) = &state.config.tls {
             let certificate = tls::Certificate::load(source, addr.ip())?;
-            transport.tls = Some(tokio_rustls::TlsAcceptor::from(
-                certificate.tcp_config()?,
-            ));
+            transport.tls = Some(tokio_rustls::TlsAcceptor::from(certificate.tcp_config()?));
             if state.config.http3 {
                 // The same port number over UDP, as browsers expect from `alt-svc`.
                 quic = Some(http3::bind(
@@ -291,9 +289,11 @@ impl Server {
                     certificate.quic_config()?,
                     state.config.idle_timeout,
                 )?);
-                transport.alt_svc =
-                    axum::http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))
-                        .ok();
+                transport.alt_svc = axum::http::HeaderValue::from_str(&format!(
+                    "h3=\":{}\"; ma=86400",
+                    addr.port()
+                ))
+                .ok();
             }
             certificate_pem = Some(certificate.leaf_pem());
         }
@@ -401,9 +401,8 @@ impl Server {
             None => app,
         };
         let (close_tx, close_rx) = watch::channel(false);
-        let mut quic_serving = quic.map(|endpoint| {
-            tokio::spawn(http3::serve(endpoint, app.clone(), close_rx.clone()))
-        });
+        let mut quic_serving = quic
+            .map(|endpoint| tokio::spawn(http3::serve(endpoint, app.clone(), close_rx.clone())));
         let mut serving = tokio::spawn(conn::serve(
             listener,
             app,

@@ -53,8 +53,12 @@ impl Certificate {
                 cert.display()
             )));
         }
-        let key = PrivateKeyDer::from_pem_slice(&read(key)?)
-            .map_err(|e| tls_error(format!("{}: no usable PEM private key ({e})", key.display())))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| {
+            tls_error(format!(
+                "{}: no usable PEM private key ({e})",
+                key.display()
+            ))
+        })?;
         Ok(Self { chain, key })
     }
 
@@ -99,14 +103,12 @@ impl Certificate {
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<rustls::ServerConfig, ServerError> {
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            ring_provider(),
-        ))
-        .with_protocol_versions(versions)
-        .map_err(tls_error)?
-        .with_no_client_auth()
-        .with_single_cert(self.chain.clone(), self.key.clone_key())
-        .map_err(|e| tls_error(format!("the certificate and key do not fit: {e}")))
+        rustls::ServerConfig::builder_with_provider(Arc::new(ring_provider()))
+            .with_protocol_versions(versions)
+            .map_err(tls_error)?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| tls_error(format!("the certificate and key do not fit: {e}")))
     }
 }
 
@@ -121,6 +123,13 @@ fn pem_of(der: &CertificateDer<'_>) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+/// rustls' `ring` provider (deprecated in 0.23.48 only for lacking post-quantum key exchange,
+/// which would need aws-lc-rs and cmake; classical key exchange is what this server offers).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 #[cfg(test)]
@@ -180,11 +189,4 @@ mod tests {
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// rustls' `ring` provider (deprecated in 0.23.48 only for lacking post-quantum key exchange,
-/// which would need aws-lc-rs and cmake; classical key exchange is what this server offers).
-#[allow(deprecated)]
-fn ring_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures::StreamExt;
 use common::{sse_payloads, start_server, Started, KEY};
 use fluent_ai_candle_server::{ServerConfig, TlsSource};
 use reqwest::Version;
@@ -41,7 +40,11 @@ fn tokens_of(payloads: &[String]) -> (Vec<String>, String) {
         if let Some(c) = choice["delta"]["content"].as_str() {
             text.push_str(c);
         }
-        for entry in choice["logprobs"]["content"].as_array().into_iter().flatten() {
+        for entry in choice["logprobs"]["content"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             tokens.push(entry["token"].as_str().expect("token").to_string());
         }
     }
@@ -102,13 +105,11 @@ fn tls_client_config(pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
     roots
         .add(CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM"))
         .expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        ring_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
 }
@@ -122,8 +123,12 @@ async fn h2c_prior_knowledge_streams_the_same_tokens_as_http1() {
         .build()
         .unwrap();
     let base = format!("http://{}", plain().addr);
-    let (version, status, body) =
-        post(&h2, &format!("{base}/v1/chat/completions"), &stream_request()).await;
+    let (version, status, body) = post(
+        &h2,
+        &format!("{base}/v1/chat/completions"),
+        &stream_request(),
+    )
+    .await;
     assert_eq!((version, status), (Version::HTTP_2, 200), "{body}");
     assert_eq!(tokens_of(&sse_payloads(&body)), expected);
 
@@ -150,7 +155,10 @@ async fn tls_alpn_serves_http2_and_http1_with_the_same_tokens() {
     let expected = reference().await;
     let server = tls();
     let pem = server.certificate_pem.as_deref().expect("certificate");
-    let url = format!("https://localhost:{}/v1/chat/completions", server.addr.port());
+    let url = format!(
+        "https://localhost:{}/v1/chat/completions",
+        server.addr.port()
+    );
     for (alpn, want) in [
         (&[b"h2".as_slice(), b"http/1.1"][..], Version::HTTP_2),
         (&[b"http/1.1".as_slice()][..], Version::HTTP_11),
@@ -285,131 +293,6 @@ async fn http3_streams_the_same_tokens_as_http1() {
     // The guard applies over HTTP/3 too: a body that is not JSON is 415.
     let (status, _, _) = h3_request(addr, pem, "POST", "/v1/chat/completions", None).await;
     assert_eq!(status, 415);
-}
-
-/// Seconds from sending `body` to the end of its response (the `[DONE]` event of a stream),
-/// and the tokens generated.
-async fn http_total(client: &reqwest::Client, addr: SocketAddr, body: &Value) -> (f64, usize) {
-    let start = std::time::Instant::now();
-    let r = client
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .json(body)
-        .send()
-        .await
-        .expect("request");
-    if body["stream"] == json!(true) {
-        let mut reader = common::SseReader::new(r);
-        let mut tokens = 0;
-        while let Some(e) = reader.next().await {
-            if e == "[DONE]" {
-                return (start.elapsed().as_secs_f64(), tokens);
-            }
-            let v: Value = serde_json::from_str(&e).unwrap();
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                tokens = n as usize;
-            }
-        }
-        panic!("the stream ended without [DONE]");
-    }
-    let v: Value = r.json().await.expect("JSON");
-    let tokens = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
-    (start.elapsed().as_secs_f64(), tokens)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The streaming overhead per token over SSE (the seed claims < 1 ms). The same greedy
-/// 128-token chat (`ignore_eos`), timed from sending the request to the end of its response:
-/// in-process (the engine's chunk stream), through the server collected (`stream: false`) and
-/// streamed over HTTP/1.1 and HTTP/2 (h2c). Alternated for `FAC_OVERHEAD_ROUNDS` rounds
-/// (default 7) after a warm-up (weights paged in, the prompt in the prefix caches); the
-/// medians' differences divided by the tokens.
-/// `RUST_TEST_THREADS=1 cargo test --release -p fluent-ai-candle-server --test transports
-/// -- --ignored --nocapture streaming_overhead`.
-#[tokio::test]
-#[ignore = "a measurement (prints numbers): run by hand, see docs/PERFORMANCE.md"]
-async fn streaming_overhead_per_token() {
-    let rounds: usize = std::env::var("FAC_OVERHEAD_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
-    let tokens = 128;
-    let addr = plain().addr;
-    let generator = fluent_ai_candle_engine::CandleClientBuilder::new()
-        .model_path(common::MODEL)
-        .device_type(fluent_ai_candle_engine::DeviceType::Cpu)
-        .build()
-        .expect("generator");
-    let prompt = "Write a long story about a lighthouse keeper.";
-    let engine_request = fluent_ai_candle_engine::CandleCompletionRequest {
-        max_tokens: Some(tokens),
-        temperature: Some(0.0),
-        ignore_eos: true,
-        ..fluent_ai_candle_engine::CandleCompletionRequest::new(
-            fluent_ai_candle_engine::Prompt::user(prompt),
-        )
-    };
-    let streamed = json!({
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": tokens, "temperature": 0, "ignore_eos": true, "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    let mut collected = streamed.clone();
-    collected["stream"] = json!(false);
-    collected.as_object_mut().unwrap().remove("stream_options");
-    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let in_process = || async {
-        let start = std::time::Instant::now();
-        let mut stream = generator.submit(engine_request.clone()).await.unwrap();
-        let mut n = 0;
-        while let Some(chunk) = stream.next().await {
-            if let Some(u) = chunk.usage {
-                n = u.completion_tokens;
-            }
-        }
-        (start.elapsed().as_secs_f64(), n)
-    };
-    // Warm-up.
-    let _ = http_total(&h1, addr, &streamed).await;
-    let _ = in_process().await;
-    let mut runs: [Vec<f64>; 4] = Default::default();
-    for _ in 0..rounds {
-        let results = [
-            in_process().await,
-            http_total(&h1, addr, &collected).await,
-            http_total(&h1, addr, &streamed).await,
-            http_total(&h2, addr, &streamed).await,
-        ];
-        for (run, (secs, n)) in runs.iter_mut().zip(results) {
-            assert_eq!(n, tokens);
-            run.push(secs);
-        }
-    }
-    let [engine, whole, sse1, sse2] = runs.map(median);
-    let per_token = |a: f64, b: f64| (a - b) * 1e3 / tokens as f64;
-    println!(
-        "{tokens} tokens, median of {rounds}: in-process stream {:.1} ms, HTTP/1.1 collected \
-         {:.1} ms, HTTP/1.1 SSE {:.1} ms, HTTP/2 SSE {:.1} ms",
-        engine * 1e3,
-        whole * 1e3,
-        sse1 * 1e3,
-        sse2 * 1e3
-    );
-    println!(
-        "per token: SSE vs collected (HTTP/1.1) {:+.3} ms; HTTP/1.1 SSE vs in-process {:+.3} ms; \
-         HTTP/2 SSE vs in-process {:+.3} ms",
-        per_token(sse1, whole),
-        per_token(sse1, engine),
-        per_token(sse2, engine)
-    );
 }
 
 /// rustls' `ring` provider (deprecated in 0.23.48 only for lacking post-quantum key exchange,

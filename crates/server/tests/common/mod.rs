@@ -29,7 +29,8 @@ pub fn require_model() {
 /// a receiver that yields when `run` has returned.
 pub fn start(config: ServerConfig) -> (SocketAddr, ShutdownHandle, std::sync::mpsc::Receiver<()>) {
     let s = start_server(config);
-    (s.addr, s.handle, s.done)
+    let done = s.done.into_inner().unwrap_or_else(|e| e.into_inner());
+    (s.addr, s.handle, done)
 }
 
 /// A server started by [`start_server`].
@@ -42,8 +43,8 @@ pub struct Started {
     pub certificate_pem: Option<String>,
     /// Stops it.
     pub handle: ShutdownHandle,
-    /// Yields when `run` has returned.
-    pub done: std::sync::mpsc::Receiver<()>,
+    /// Yields when `run` has returned (in a mutex so a `Started` can live in a static).
+    pub done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 /// [`start`], returning what a TLS or HTTP/3 client needs too.
@@ -80,7 +81,7 @@ pub fn start_server(config: ServerConfig) -> Started {
         http3,
         certificate_pem,
         handle,
-        done: done_rx,
+        done: std::sync::Mutex::new(done_rx),
     }
 }
 
