@@ -13,14 +13,18 @@
 //! - `http1_sse`: `stream: true` over HTTP/1.1, the SSE events read as they arrive;
 //! - `h2c_sse`: the same over HTTP/2 with prior knowledge.
 //!
-//! Each way's median is reported, and the overhead per token: (median − in-process median) /
-//! tokens, and (SSE − collected) / tokens, the part that is per event. Everything runs on the
+//! Each way's median is reported, and the overhead per token: the median over rounds of
+//! (that round's SSE run − its in-process run) / tokens, paired so that a change in the
+//! machine's load between rounds cancels; and the same for SSE − collected, the part that is
+//! per event. The process's CPU time (all threads: server, engine, client) is paired the same
+//! way: the CPU the HTTP side costs per token, which the machine's other load hardly moves. Everything runs on the
 //! same two cores as the model, so the overhead includes the CPU the HTTP side takes from
 //! decoding, which is what a user of the server pays.
 //!
 //! With `--json`, one line: `{"tokens", "rounds", "in_process_ms", "http1_collected_ms",
 //! "http1_sse_ms", "h2c_sse_ms", "sse_overhead_ms_per_token" (HTTP/1.1 SSE vs in-process),
-//! "h2c_overhead_ms_per_token", "sse_vs_collected_ms_per_token", "threads"}`.
+//! "h2c_overhead_ms_per_token", "sse_vs_collected_ms_per_token", "sse_cpu_ms_per_token",
+//! "h2c_cpu_ms_per_token", "threads"}`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -49,6 +53,17 @@ fn arg(args: &[String], name: &str, default: usize) -> Result<usize> {
             .filter(|&n| n > 0)
             .with_context(|| format!("{name} takes a positive whole number")),
     }
+}
+
+/// CPU time this process's threads have used so far, in ms (Linux: the sum of
+/// `/proc/self/task/*/schedstat`'s first field, nanoseconds on a CPU); `None` elsewhere.
+fn cpu_ms() -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e6)
 }
 
 /// Seconds from sending the request to the end of its response, and the completion tokens the
@@ -155,28 +170,51 @@ async fn bench(json_out: bool, rounds: usize, tokens: usize) -> Result<()> {
     in_process(&generator, &request).await?;
 
     let mut runs: [Vec<f64>; 4] = Default::default();
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         let mut results = [(0.0, 0); 4];
+        let mut cpu_used = [f64::NAN; 4];
         // Alternate the order so no way always runs right after another.
         for k in 0..4 {
             let way = (k + round) % 4;
+            let cpu_before = cpu_ms();
             results[way] = match way {
                 0 => in_process(&generator, &request).await?,
                 1 => over_http(&h1, addr, &collected).await?,
                 2 => over_http(&h1, addr, &streamed).await?,
                 _ => over_http(&h2, addr, &streamed).await?,
             };
+            if let (Some(a), Some(b)) = (cpu_before, cpu_ms()) {
+                cpu_used[way] = b - a;
+            }
         }
         for (run, (secs, n)) in runs.iter_mut().zip(results) {
             ensure!(n == tokens, "a run generated {n} tokens, not {tokens}");
             run.push(secs * 1e3);
         }
+        for (c, used) in cpu.iter_mut().zip(cpu_used) {
+            c.push(used);
+        }
     }
     handle.shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
 
+    // Paired: each round's difference to the in-process run of the same round (adjacent in
+    // time, so a change in the machine's load cancels), per token; the median over rounds.
+    let paired_in = |runs: &[Vec<f64>; 4], way: usize, base: usize| {
+        let mut d: Vec<f64> = (0..rounds)
+            .map(|r| (runs[way][r] - runs[base][r]) / tokens as f64)
+            .collect();
+        median(&mut d)
+    };
+    let paired = |way: usize, base: usize| paired_in(&runs, way, base);
+    // The same for the process's CPU time (server, engine and client together): what the HTTP
+    // side costs, whatever else the machine runs. NaN where the OS does not report it.
+    let cpu_paired = |way: usize| paired_in(&cpu, way, 0);
+    let (cpu_sse1, cpu_sse2) = (cpu_paired(2), cpu_paired(3));
+    let (sse1_paired, sse2_paired, sse_vs_whole_paired) =
+        (paired(2, 0), paired(3, 0), paired(2, 1));
     let [engine, whole, sse1, sse2] = runs.map(|mut r| median(&mut r));
-    let per_token = |a: f64, b: f64| (a - b) / tokens as f64;
     let threads = candle_core::utils::get_num_threads();
     if json_out {
         println!(
@@ -188,9 +226,11 @@ async fn bench(json_out: bool, rounds: usize, tokens: usize) -> Result<()> {
                 "http1_collected_ms": whole,
                 "http1_sse_ms": sse1,
                 "h2c_sse_ms": sse2,
-                "sse_overhead_ms_per_token": per_token(sse1, engine),
-                "h2c_overhead_ms_per_token": per_token(sse2, engine),
-                "sse_vs_collected_ms_per_token": per_token(sse1, whole),
+                "sse_overhead_ms_per_token": sse1_paired,
+                "h2c_overhead_ms_per_token": sse2_paired,
+                "sse_vs_collected_ms_per_token": sse_vs_whole_paired,
+                "sse_cpu_ms_per_token": cpu_sse1,
+                "h2c_cpu_ms_per_token": cpu_sse2,
                 "threads": threads,
             })
         );
@@ -201,11 +241,13 @@ async fn bench(json_out: bool, rounds: usize, tokens: usize) -> Result<()> {
              {sse2:.1} ms"
         );
         println!(
-            "overhead per token: HTTP/1.1 SSE vs in-process {:+.3} ms, h2c SSE vs in-process \
-             {:+.3} ms, SSE vs collected (HTTP/1.1) {:+.3} ms",
-            per_token(sse1, engine),
-            per_token(sse2, engine),
-            per_token(sse1, whole)
+            "overhead per token (median of the rounds' paired differences): HTTP/1.1 SSE vs \
+             in-process {sse1_paired:+.3} ms, h2c SSE vs in-process {sse2_paired:+.3} ms, SSE vs \
+             collected (HTTP/1.1) {sse_vs_whole_paired:+.3} ms"
+        );
+        println!(
+            "CPU time per token over in-process (server, engine and client): HTTP/1.1 SSE \
+             {cpu_sse1:+.3} ms, h2c SSE {cpu_sse2:+.3} ms"
         );
     }
     Ok(())
