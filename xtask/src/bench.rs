@@ -5,7 +5,8 @@
 //! - `decode`: our decoder vs candle-transformers' `quantized_llama` on SmolLM2;
 //! - `engine`: single and concurrent streams, time to first token with and without prefix cache;
 //! - `e2e`: prefill and decode tokens/s per model (`--model NAME|FILE` for one, any GGUF file);
-//! - `membw`: the machine's memory read bandwidth, the bound on decode speed.
+//! - `membw`: the machine's memory read bandwidth, the bound on decode speed;
+//! - `stream`: the server's SSE streaming overhead per token against the engine in-process.
 
 use anyhow::{bail, Result};
 
@@ -14,14 +15,14 @@ use crate::util;
 /// Arguments of `bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: sampling, decode, engine, e2e, membw.
+    /// Which benchmark: sampling, decode, engine, e2e, membw, stream.
     pub name: String,
     /// Arguments passed to the benchmark binary (e.g. `--json`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
-const BENCHES: &[&str] = &["sampling", "decode", "engine", "e2e", "membw"];
+const BENCHES: &[&str] = &["sampling", "decode", "engine", "e2e", "membw", "stream"];
 
 /// Builds and runs one benchmark binary in release.
 pub fn run(args: &BenchArgs) -> Result<()> {

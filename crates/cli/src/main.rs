@@ -12,6 +12,7 @@
 //!                        [--max-models N] [--max-connections N] [--header-timeout S]
 //!                        [--body-timeout S] [--idle-timeout S] [--shutdown-timeout S]
 //!                        [--cors-origin ORIGIN]... [--metrics-open]
+//!                        [--tls-cert FILE --tls-key FILE | --self-signed] [--http3]
 //!                        [--device auto|cpu|cuda[:N]|metal[:N]]
 //! ```
 //!
@@ -126,6 +127,21 @@ struct ServeArgs {
     /// RUST_LOG (default `info`; `RUST_LOG=warn` silences them).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Serve TLS (HTTPS, HTTP/2 or HTTP/1.1 by ALPN) with this PEM certificate chain; needs
+    /// --tls-key. Without TLS the port serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(long, requires = "tls_key", conflicts_with = "self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate made at start for localhost (development only); its PEM
+    /// is written to a file named on stderr, for `curl --cacert FILE`.
+    #[arg(long)]
+    self_signed: bool,
+    /// Also serve HTTP/3 (QUIC) on the UDP port of the same number; needs --tls-cert/--tls-key
+    /// or --self-signed.
+    #[arg(long)]
+    http3: bool,
     /// Tokens per streamed chunk (a request may set `stream_chunk_size`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     stream_chunk_size: u32,
@@ -471,6 +487,12 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         .buffer_timeout(std::time::Duration::from_millis(a.stream_buffer_timeout_ms))
         .buffer_size(a.stream_buffer_size as usize);
     config.chat_page = !a.no_chat_page;
+    config.tls = match (a.tls_cert, a.tls_key, a.self_signed) {
+        (Some(cert), Some(key), _) => Some(fluent_ai_candle_server::TlsSource::Files { cert, key }),
+        (_, _, true) => Some(fluent_ai_candle_server::TlsSource::SelfSigned),
+        _ => None,
+    };
+    config.http3 = a.http3;
     let device = a.device.open()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

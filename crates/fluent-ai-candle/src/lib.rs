@@ -104,6 +104,12 @@
 //! assert!(matches!(err, EngineError::UnknownModel { .. }));
 //! ```
 //!
+//! ## One client interface
+//!
+//! [`CompletionClient`] is "something that completes requests": the [`CandleGenerator`]
+//! in-process, or [`HttpCompletionClient`] against any OpenAI-compatible server (this
+//! project's `serve` included), with the same request and response types (see [`client`]).
+//!
 //! ## The parts
 //! - [`sampling`]: temperature, top-k/p, min-p, penalties, seeded RNG — every sampling decision
 //!   (and [`sampling::simd`], its kernels, with the seed's allocating forms);
@@ -121,10 +127,12 @@ pub use fluent_ai_candle_kv_cache as kv_cache;
 pub use fluent_ai_candle_mask as mask;
 pub use fluent_ai_candle_models as models;
 
+pub mod client;
 pub mod constraints;
 pub mod device;
 pub mod sampling;
 
+pub use client::{ClientError, CompletionClient, HttpCompletionClient};
 pub use fluent_ai_candle_engine::{
     CandleClientBuilder, CandleCompletion, CandleCompletionChunk, CandleCompletionRequest,
     CandleCompletionResponse, CandleCompletionStream, CandleGenerator, CandleModel,

@@ -65,6 +65,28 @@ pub struct ServerConfig {
     pub max_models: usize,
     /// Serve the built-in chat page at `GET /` (on by default; off: `/` is 404).
     pub chat_page: bool,
+    /// TLS on the listening port (HTTPS: HTTP/2 or HTTP/1.1 chosen by ALPN); `None` (the
+    /// default) serves plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on it.
+    pub tls: Option<TlsSource>,
+    /// Also serve HTTP/3 (QUIC) on the same port number over UDP; needs `tls`. TLS responses
+    /// then advertise it with `alt-svc`.
+    pub http3: bool,
+}
+
+/// Where the server's TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1).
+    Files {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The private key file.
+        key: PathBuf,
+    },
+    /// A certificate made at start for `localhost`, `127.0.0.1`, `::1` and the listening host
+    /// (development only: clients must trust it explicitly, e.g. `curl --cacert`, or skip
+    /// verification); see [`Server::tls_certificate_pem`](crate::Server::tls_certificate_pem).
+    SelfSigned,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +111,8 @@ impl Default for ServerConfig {
             metrics_open: false,
             max_models: 4,
             chat_page: true,
+            tls: None,
+            http3: false,
         }
     }
 }
@@ -196,6 +220,18 @@ impl ServerConfig {
         self
     }
 
+    /// Serves TLS on the listening port with this certificate.
+    pub fn tls(mut self, source: TlsSource) -> Self {
+        self.tls = Some(source);
+        self
+    }
+
+    /// Also serves HTTP/3 over QUIC (UDP, same port number); needs [`tls`](Self::tls).
+    pub fn http3(mut self, on: bool) -> Self {
+        self.http3 = on;
+        self
+    }
+
     /// The socket address to bind.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
@@ -262,6 +298,12 @@ impl ServerConfig {
                 self.max_models,
                 self.model_specs().len()
             )));
+        }
+        if self.http3 && self.tls.is_none() {
+            return Err(ServerError::Config(
+                "HTTP/3 needs TLS: give a certificate (--tls-cert/--tls-key) or --self-signed"
+                    .into(),
+            ));
         }
         for origin in &self.cors_origins {
             crate::guard::check_origin(origin).map_err(ServerError::Config)?;

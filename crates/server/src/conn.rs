@@ -1,6 +1,7 @@
 //! The connection layer: an accept loop over tokio's `TcpListener` serving HTTP/1.1 (with
-//! upgrades, for WebSocket) through hyper on each connection, with the limits `axum::serve`
-//! does not offer:
+//! upgrades, for WebSocket) or HTTP/2 (prior knowledge, or ALPN `h2` under TLS) through hyper
+//! on each connection, optionally behind TLS (tokio-rustls, the handshake bounded by the header
+//! timeout), with the limits `axum::serve` does not offer:
 //!
 //! - **a connection cap**: at most `max_connections` are open; one more is answered `503` at
 //!   once and closed, so idle sockets can never exhaust the process's file descriptors (the cap
@@ -26,10 +27,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::Request;
+use axum::http::{header, HeaderValue, Request};
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -281,25 +283,48 @@ fn over_cap_response() -> Vec<u8> {
     .into_bytes()
 }
 
+/// What a TCP connection speaks besides plain HTTP/1.1 and h2c.
+#[derive(Clone, Default)]
+pub(crate) struct Transport {
+    /// TLS on every connection (HTTP/2 or HTTP/1.1 chosen by ALPN).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `alt-svc` added to every response (HTTP/3 advertised on TLS connections).
+    pub alt_svc: Option<HeaderValue>,
+}
+
+/// One connection builder for both protocols: hyper-util's `auto` reads the first bytes and
+/// serves HTTP/2 when they are its preface (prior knowledge, or after ALPN `h2`), else
+/// HTTP/1.1 with hyper's own HTTP/1 connection, configured as before.
+type AutoBuilder = auto::Builder<TokioExecutor>;
+
+fn builder() -> AutoBuilder {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The watchdog applies the header timeout (hyper's own would also close idle keep-alive
+    // connections at the same bound).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None::<Duration>);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
 /// Serves `app` on `listener` until `close` turns true; then stops accepting, asks every
 /// connection to finish its request in flight and close, and returns when all have (the caller
-/// bounds the wait). Counts connections in `stats`.
+/// bounds the wait). Counts connections in `stats`. With TLS in `transport`, every connection
+/// first completes its handshake within the header timeout.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     mut close: watch::Receiver<bool>,
     stats: Arc<ConnStats>,
+    transport: Transport,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let over_cap = over_cap_response();
     let mut connections = JoinSet::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // The watchdog applies the header timeout (hyper's own would also close idle keep-alive
-    // connections at the same bound).
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(None::<Duration>);
+    let builder = Arc::new(builder());
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(5), Duration::from_millis(500));
     loop {
@@ -338,16 +363,81 @@ pub(crate) async fn serve(
             stats: stats.clone(),
             _permit: permit,
         };
-        let app = app.clone();
+        let conn = Conn {
+            builder: builder.clone(),
+            app: app.clone(),
+            activity,
+            limits,
+            tick,
+            close: close.clone(),
+            stats: stats.clone(),
+            alt_svc: transport.alt_svc.clone(),
+        };
+        let tls = transport.tls.clone();
+        connections.spawn(async move {
+            match tls {
+                None => conn.run(io).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await;
+                    match handshake {
+                        Ok(Ok(tls_io)) => conn.run(tls_io).await,
+                        // A failed handshake: rustls already answered with an alert.
+                        Ok(Err(_)) => {}
+                        Err(_) => {
+                            conn.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// One accepted connection's service and watchdog.
+struct Conn {
+    builder: Arc<AutoBuilder>,
+    app: Router,
+    activity: Arc<Activity>,
+    limits: Limits,
+    tick: Duration,
+    close: watch::Receiver<bool>,
+    stats: Arc<ConnStats>,
+    alt_svc: Option<HeaderValue>,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until the client closes, the
+    /// watchdog expires, or the server closes (then the request in flight finishes first).
+    async fn run<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            builder,
+            app,
+            activity,
+            limits,
+            tick,
+            mut close,
+            stats,
+            alt_svc,
+        } = self;
         let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let guard = service_activity.begin();
             let app = app.clone();
+            let alt_svc = alt_svc.clone();
             async move {
-                let response = match app.oneshot(req.map(Body::new)).await {
+                let mut response = match app.oneshot(req.map(Body::new)).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
+                if let Some(v) = alt_svc {
+                    response.headers_mut().insert(header::ALT_SVC, v);
+                }
                 Ok::<_, Infallible>(response.map(|inner| GuardedBody {
                     inner,
                     _guard: guard,
@@ -355,35 +445,29 @@ pub(crate) async fn serve(
             }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        let mut close = close.clone();
-        let stats = stats.clone();
-        connections.spawn(async move {
-            tokio::pin!(conn);
-            let watchdog = async {
-                loop {
-                    tokio::time::sleep(tick).await;
-                    if activity.expired(&limits).is_some() {
-                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        tokio::pin!(conn);
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(tick).await;
+                if activity.expired(&limits).is_some() {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
-            };
-            tokio::pin!(watchdog);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = &mut watchdog => return,
-                _ = close.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
             }
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = watchdog => {}
-            }
-        });
+        };
+        tokio::pin!(watchdog);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = &mut watchdog => return,
+            _ = close.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = watchdog => {}
+        }
     }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }
 
 #[cfg(test)]

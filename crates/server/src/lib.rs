@@ -35,6 +35,13 @@
 //! drains (and, written raw before closing, to a connection past `max_connections`). Error
 //! bodies show paths relative to the models directory, never absolute ones.
 //!
+//! Transports: the listening port serves HTTP/1.1 and HTTP/2 with prior knowledge (h2c) side
+//! by side (hyper-util's `auto` connection reads the HTTP/2 preface); with
+//! [`ServerConfig::tls`] it serves TLS instead, HTTP/2 or HTTP/1.1 chosen by ALPN (rustls);
+//! with [`ServerConfig::http3`] as well, HTTP/3 over QUIC (quinn + h3) on the UDP port of the
+//! same number, advertised by `alt-svc` on the TLS responses. Every route, SSE streaming
+//! included, is the same router on all of them (WebSocket upgrades are HTTP/1.1 only).
+//!
 //! Connections are served by an accept loop of this crate over hyper (see the `conn` module):
 //! a cap on open connections, a header timeout, an idle timeout (also for a client that stops
 //! reading) and, in the request guard, a body timeout; CORS is off unless origins are listed. A client that disconnects cancels its generation
@@ -81,6 +88,7 @@ mod conn;
 mod error;
 mod guard;
 mod health;
+mod http3;
 mod metrics;
 pub mod openai;
 mod page;
@@ -90,6 +98,7 @@ pub mod responses;
 mod routes;
 mod state;
 mod stream;
+mod tls;
 mod ws;
 
 use std::net::SocketAddr;
@@ -102,7 +111,7 @@ use fluent_ai_candle_engine::{cache, Device, EngineError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{model_id, ServerConfig};
+pub use config::{model_id, ServerConfig, TlsSource};
 pub use error::{ApiError, ErrorKind, ServerError};
 pub use params::{MAX_CHOICES, MAX_STOP, MAX_TOP_LOGPROBS};
 
@@ -117,15 +126,38 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
 /// [`serve`] with the models on `device` (`fluent-ai-candle serve --device`).
 pub async fn serve_on(config: ServerConfig, device: Device) -> Result<(), ServerError> {
     let server = Server::listen_on(config, device).await?;
+    let scheme = server.scheme();
     eprintln!(
-        "fluent-ai-candle: listening on http://{} ({}), loading {}",
+        "fluent-ai-candle: listening on {scheme}://{} ({}; {}), loading {}",
         server.local_addr(),
         fluent_ai_candle_engine::device_name(&server.state.device),
+        server.protocols(),
         server.pending.join(", ")
     );
+    if server.state.config.tls == Some(TlsSource::SelfSigned) {
+        if let Some(pem) = server.tls_certificate_pem() {
+            let path = std::env::temp_dir().join(format!(
+                "fluent-ai-candle-self-signed-{}.pem",
+                server.local_addr().port()
+            ));
+            match std::fs::write(&path, pem) {
+                Ok(()) => eprintln!(
+                    "fluent-ai-candle: self-signed certificate (development only) in {}: \
+                     curl --cacert {} https://localhost:{}/health",
+                    path.display(),
+                    path.display(),
+                    server.local_addr().port()
+                ),
+                Err(e) => eprintln!(
+                    "fluent-ai-candle: self-signed certificate not written to {}: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
     if server.state.config.chat_page {
         eprintln!(
-            "fluent-ai-candle: chat page at http://{}/",
+            "fluent-ai-candle: chat page at {scheme}://{}/",
             server.local_addr()
         );
     }
@@ -142,6 +174,12 @@ pub struct Server {
     /// Start-up models `run` still has to load.
     pending: Vec<String>,
     limits: conn::Limits,
+    /// TLS and `alt-svc` of the TCP connections.
+    transport: conn::Transport,
+    /// The leaf certificate in PEM, when TLS is on.
+    certificate_pem: Option<String>,
+    /// The HTTP/3 endpoint (UDP), when on.
+    quic: Option<quinn::Endpoint>,
 }
 
 impl std::fmt::Debug for Server {
@@ -238,6 +276,27 @@ impl Server {
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let addr = listener.local_addr()?;
+        let mut transport = conn::Transport::default();
+        let mut certificate_pem = None;
+        let mut quic = None;
+        if let Some(source) = &state.config.tls {
+            let certificate = tls::Certificate::load(source, addr.ip())?;
+            transport.tls = Some(tokio_rustls::TlsAcceptor::from(certificate.tcp_config()?));
+            if state.config.http3 {
+                // The same port number over UDP, as browsers expect from `alt-svc`.
+                quic = Some(http3::bind(
+                    addr,
+                    certificate.quic_config()?,
+                    state.config.idle_timeout,
+                )?);
+                transport.alt_svc = axum::http::HeaderValue::from_str(&format!(
+                    "h3=\":{}\"; ma=86400",
+                    addr.port()
+                ))
+                .ok();
+            }
+            certificate_pem = Some(certificate.leaf_pem());
+        }
         Ok(Self {
             listener,
             addr,
@@ -245,7 +304,39 @@ impl Server {
             stop: watch::channel(false).0,
             pending,
             limits,
+            transport,
+            certificate_pem,
+            quic,
         })
+    }
+
+    /// `https` when TLS is on, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.transport.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The protocols served, in words (for the start-up line).
+    pub fn protocols(&self) -> &'static str {
+        match (self.transport.tls.is_some(), self.quic.is_some()) {
+            (false, _) => "HTTP/1.1 and h2c",
+            (true, false) => "TLS: HTTP/2 and HTTP/1.1 by ALPN",
+            (true, true) => "TLS: HTTP/2 and HTTP/1.1 by ALPN; HTTP/3 on UDP",
+        }
+    }
+
+    /// The server's TLS certificate (the leaf, PEM), when TLS is on: what a client must trust
+    /// to reach a [`TlsSource::SelfSigned`] server.
+    pub fn tls_certificate_pem(&self) -> Option<&str> {
+        self.certificate_pem.as_deref()
+    }
+
+    /// The UDP address HTTP/3 is served on, when it is.
+    pub fn http3_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|q| q.local_addr().ok())
     }
 
     /// The address it listens on (the real port when the config asked for 0).
@@ -298,6 +389,8 @@ impl Server {
             stop,
             pending,
             limits,
+            transport,
+            quic,
             ..
         } = self;
         let bound = state.config.shutdown_timeout;
@@ -308,12 +401,15 @@ impl Server {
             None => app,
         };
         let (close_tx, close_rx) = watch::channel(false);
+        let mut quic_serving = quic
+            .map(|endpoint| tokio::spawn(http3::serve(endpoint, app.clone(), close_rx.clone())));
         let mut serving = tokio::spawn(conn::serve(
             listener,
             app,
             limits,
             close_rx,
             state.connections.clone(),
+            transport,
         ));
 
         let mut stop = stop.subscribe();
@@ -366,6 +462,14 @@ impl Server {
             .is_err()
         {
             serving.abort();
+        }
+        if let Some(quic) = &mut quic_serving {
+            if tokio::time::timeout(Duration::from_secs(2), &mut *quic)
+                .await
+                .is_err()
+            {
+                quic.abort();
+            }
         }
         match failure {
             Some(e) => Err(e),

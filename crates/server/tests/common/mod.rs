@@ -28,6 +28,27 @@ pub fn require_model() {
 /// runtime of its own on a background thread. Returns its address and its shutdown handle and
 /// a receiver that yields when `run` has returned.
 pub fn start(config: ServerConfig) -> (SocketAddr, ShutdownHandle, std::sync::mpsc::Receiver<()>) {
+    let s = start_server(config);
+    let done = s.done.into_inner().unwrap_or_else(|e| e.into_inner());
+    (s.addr, s.handle, done)
+}
+
+/// A server started by [`start_server`].
+pub struct Started {
+    /// The TCP address.
+    pub addr: SocketAddr,
+    /// The HTTP/3 (UDP) address, when served.
+    pub http3: Option<SocketAddr>,
+    /// The TLS certificate (PEM), when TLS is on.
+    pub certificate_pem: Option<String>,
+    /// Stops it.
+    pub handle: ShutdownHandle,
+    /// Yields when `run` has returned (in a mutex so a `Started` can live in a static).
+    pub done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+/// [`start`], returning what a TLS or HTTP/3 client needs too.
+pub fn start_server(config: ServerConfig) -> Started {
     require_model();
     let (tx, rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -41,16 +62,27 @@ pub fn start(config: ServerConfig) -> (SocketAddr, ShutdownHandle, std::sync::mp
             let config = config.model(MODEL).port(0);
             let server = Server::bind(config).await.expect("server starts");
             assert!(server.local_addr().ip().is_loopback());
-            tx.send((server.local_addr(), server.shutdown_handle()))
-                .unwrap();
+            tx.send((
+                server.local_addr(),
+                server.http3_addr(),
+                server.tls_certificate_pem().map(str::to_string),
+                server.shutdown_handle(),
+            ))
+            .unwrap();
             server.run().await.expect("server runs");
             let _ = done_tx.send(());
         });
     });
-    let (addr, handle) = rx
+    let (addr, http3, certificate_pem, handle) = rx
         .recv_timeout(Duration::from_secs(120))
         .expect("server ready");
-    (addr, handle, done_rx)
+    Started {
+        addr,
+        http3,
+        certificate_pem,
+        handle,
+        done: std::sync::Mutex::new(done_rx),
+    }
 }
 
 /// The server most tests share: API key required (not for `/metrics`), 64 KiB body limit.
@@ -117,6 +149,20 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("request");
     (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+/// The `data:` payloads of a whole SSE body.
+pub fn sse_payloads(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
 }
 
 /// Reads SSE `data:` payloads until the stream ends.
