@@ -295,7 +295,11 @@ pub fn parse_tool_calls(text: &str) -> ParsedToolCalls {
         let Some((found, after)) = marked_calls(rest) else {
             // A last call cut short (no closing tag, JSON unfinished: the output ran into
             // `max_tokens`) after whole ones: the whole ones are kept, the cut one is content.
-            let cut = rest.starts_with(HERMES_OPEN) && !rest.contains(HERMES_CLOSE);
+            let cut = rest.strip_prefix(HERMES_OPEN).is_some_and(|after| {
+                let mut values =
+                    serde_json::Deserializer::from_str(after.trim_start()).into_iter::<Value>();
+                matches!(values.next(), Some(Err(e)) if e.is_eof())
+            });
             if cut && !calls.is_empty() {
                 content.push_str(rest);
                 break;
@@ -333,11 +337,15 @@ fn first_marker(text: &str) -> Option<usize> {
 /// malformed.
 fn marked_calls(text: &str) -> Option<(Vec<ChatToolCall>, &str)> {
     if let Some(after) = text.strip_prefix(HERMES_OPEN) {
-        let (inner, rest) = match after.find(HERMES_CLOSE) {
-            Some(end) => (&after[..end], &after[end + HERMES_CLOSE.len()..]),
-            None => (after, ""),
+        // The JSON value first, then the closing tag (or the end of the text): a
+        // `</tool_call>` inside a string argument is text, not the end of the call.
+        let (v, rest) = first_json(after.trim_start())?;
+        let rest = rest.trim_start();
+        let rest = match rest.strip_prefix(HERMES_CLOSE) {
+            Some(r) => r,
+            None if rest.is_empty() => rest,
+            None => return None,
         };
-        let v: Value = serde_json::from_str(inner.trim()).ok()?;
         return Some((vec![call_of(&v)?], rest));
     }
     if let Some(after) = text.strip_prefix(PYTHON_TAG) {
@@ -518,6 +526,41 @@ mod tests {
 
     fn pair(name: &str, args: &str) -> (String, String) {
         (name.to_string(), args.to_string())
+    }
+
+    /// A closing tag inside a string argument is text (a forced call at temperature 1.0 wrote
+    /// this, which a parser cutting at the first `</tool_call>` turned into plain content).
+    #[test]
+    fn a_closing_tag_inside_a_string_is_not_the_end_of_the_call() {
+        let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"{city}}}</tool_call> for day of tomorrow\", \"unit\": \"fahrenheit\", \"days\": 1}}\n</tool_call>";
+        let want = vec![pair(
+            "get_weather",
+            r#"{"city":"{city}}}</tool_call> for day of tomorrow","unit":"fahrenheit","days":1}"#,
+        )];
+        assert_eq!(calls(text), want);
+        assert_eq!(parse_tool_calls(text).content, None);
+        // The same in pieces, split inside the string's tag.
+        let mut s = ToolCallStream::default();
+        let mut shown = String::new();
+        for piece in text.split_inclusive("</tool") {
+            shown.push_str(&s.push(piece));
+        }
+        assert_eq!(shown, "");
+        let end = s.finish();
+        let streamed: Vec<_> = end
+            .tool_calls
+            .into_iter()
+            .map(|c| (c.name, c.arguments))
+            .collect();
+        assert_eq!(streamed, want);
+        // A call cut inside such a string after a whole one: the whole one is kept.
+        let cut = format!(
+            "{}\n<tool_call>\n{{\"name\": \"f\", \"arguments\": {{\"a\": \"x</tool_call> y",
+            text
+        );
+        let parsed = parse_tool_calls(&cut);
+        assert_eq!(parsed.tool_calls.len(), 1);
+        assert!(parsed.content.unwrap().contains("x</tool_call> y"));
     }
 
     #[test]
