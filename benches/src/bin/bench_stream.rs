@@ -256,6 +256,20 @@ async fn bench(json_out: bool, rounds: usize, tokens: usize) -> Result<()> {
 fn main() -> Result<()> {
     fluent_ai_candle_models::init_cpu_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    const USAGE: &str = "usage: bench-stream [--json] [--rounds N] [--tokens N]";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    // An unknown flag is an error, not a benchmark run with the defaults.
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--json" => i += 1,
+            "--rounds" | "--tokens" => i += 2,
+            other => bail!("unknown argument '{other}'\n{USAGE}"),
+        }
+    }
     let json_out = args.iter().any(|a| a == "--json");
     let rounds = arg(&args, "--rounds", ROUNDS)?;
     let tokens = arg(&args, "--tokens", TOKENS)?;
