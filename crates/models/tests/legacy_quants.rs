@@ -145,25 +145,31 @@ fn argmax_equals_candle(dtype: GgmlDType) {
     let ours = teacher_forced(&path);
     let theirs = teacher_forced_with_candle(&path);
     let _ = std::fs::remove_file(&path);
+    assert_agrees(&format!("{dtype:?}"), "candle", &ours, &theirs);
+}
+
+/// Our argmax equals `peer`'s at every position where `peer`'s margin is at least 0.5, and
+/// at 90% of all positions; prints the counts.
+fn assert_agrees(name: &str, peer: &str, ours: &[(u32, f32)], theirs: &[(u32, f32)]) {
     assert_eq!(ours.len(), theirs.len());
-    let agree = ours.iter().zip(&theirs).filter(|(a, b)| a.0 == b.0).count();
-    let confident: Vec<_> = ours
+    let agree = ours.iter().zip(theirs).filter(|(a, b)| a.0 == b.0).count();
+    let confident = theirs.iter().filter(|b| b.1 >= 0.5).count();
+    let bad: Vec<_> = ours
         .iter()
-        .zip(&theirs)
+        .zip(theirs)
         .enumerate()
-        .filter(|(_, (_, b))| b.1 >= 0.5)
+        .filter(|(_, (a, b))| b.1 >= 0.5 && a.0 != b.0)
         .collect();
-    let bad: Vec<_> = confident.iter().filter(|(_, (a, b))| a.0 != b.0).collect();
     eprintln!(
-        "{dtype:?}: argmax agrees at {agree} of {} positions, {} of {} with candle's margin >= 0.5",
+        "{name}: argmax agrees with {peer} at {agree} of {} positions, {} of {confident} with \
+         its margin >= 0.5",
         ours.len(),
-        confident.len() - bad.len(),
-        confident.len()
+        confident - bad.len(),
     );
-    assert!(bad.is_empty(), "{dtype:?}: disagreements {bad:?}");
+    assert!(bad.is_empty(), "{name}: disagreements {bad:?}");
     assert!(
         agree * 10 >= ours.len() * 9,
-        "{dtype:?}: {agree} of {}",
+        "{name}: {agree} of {}",
         ours.len()
     );
 }
@@ -211,27 +217,7 @@ fn argmax_equals_llama_cpp(dtype: GgmlDType) {
         .iter()
         .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
         .collect();
-    assert_eq!(ours.len(), theirs.len());
-    let agree = ours.iter().zip(&theirs).filter(|(a, b)| a.0 == b.0).count();
-    let confident = theirs.iter().filter(|b| b.1 >= 0.5).count();
-    let bad: Vec<_> = ours
-        .iter()
-        .zip(&theirs)
-        .enumerate()
-        .filter(|(_, (a, b))| b.1 >= 0.5 && a.0 != b.0)
-        .collect();
-    eprintln!(
-        "{name}: argmax agrees with llama.cpp at {agree} of {} positions, {} of {confident} \
-         with its margin >= 0.5",
-        ours.len(),
-        confident - bad.len(),
-    );
-    assert!(bad.is_empty(), "{name}: disagreements {bad:?}");
-    assert!(
-        agree * 10 >= ours.len() * 9,
-        "{name}: {agree} of {}",
-        ours.len()
-    );
+    assert_agrees(&name, "llama.cpp", &ours, &theirs);
 }
 
 #[test]
