@@ -24,10 +24,12 @@ pub fn run(no_fetch: bool) -> Result<()> {
         "warnings",
     ]))?;
     if !no_fetch {
+        let t = std::time::Instant::now();
         fetch::run(&fetch::FetchArgs {
             dir: None,
             only: Vec::new(),
         })?;
+        eprintln!("xtask: {:.0}s: fetch-models", t.elapsed().as_secs_f64());
     }
     // Property tests draw from one fixed seed here, so a red run replays exactly (a plain
     // `cargo test` draws fresh cases each run and saves any failure under
@@ -92,7 +94,9 @@ pub fn run(no_fetch: bool) -> Result<()> {
     };
     if crate::chat_page::browser_present(&browser.browser) {
         eprintln!("$ cargo xtask chat-page-test --no-build");
+        let t = std::time::Instant::now();
         crate::chat_page::run(&browser)?;
+        eprintln!("xtask: {:.0}s: chat-page-test", t.elapsed().as_secs_f64());
     } else {
         eprintln!(
             "xtask ci: chat-page-test skipped: `chromium` is not installed (apt-get install \

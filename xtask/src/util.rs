@@ -24,9 +24,16 @@ pub fn cargo() -> Command {
 /// Runs a command, echoing it, and fails when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
+    let started = std::time::Instant::now();
     let status = cmd
         .status()
         .with_context(|| format!("could not start {}", describe(cmd)))?;
+    // Each step's wall time, so a slow CI run says where its minutes went.
+    eprintln!(
+        "xtask: {:.0}s: {}",
+        started.elapsed().as_secs_f64(),
+        describe(cmd)
+    );
     if !status.success() {
         bail!("command failed ({status}): {}", describe(cmd));
     }
