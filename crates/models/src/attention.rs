@@ -86,6 +86,52 @@ fn f32_view<'a>(storage: &'a Storage, layout: &Layout) -> Option<View<'a, f32>> 
     }
 }
 
+/// How a query·key dot product becomes an attention score: times a scale and, for models with
+/// attention logit soft-capping (Gemma 2), squashed to `c · tanh(s / c)`. Computed as
+/// llama.cpp's flash attention computes it: the scale divided by `c` once, then
+/// `c · tanhf(dot · scale / c)` per score (the C library's `tanhf`, as there).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Scores {
+    /// The factor on the dot product (already divided by the cap when there is one).
+    scale: f32,
+    /// The soft-cap `c`, or 0 for none.
+    softcap: f32,
+}
+
+impl Scores {
+    /// Scores scaled by `scale`, soft-capped at `softcap` when it is given.
+    pub(crate) fn capped(scale: f32, softcap: Option<f32>) -> Self {
+        match softcap {
+            Some(c) if c != 0.0 => Self {
+                scale: scale / c,
+                softcap: c,
+            },
+            _ => Self {
+                scale,
+                softcap: 0.0,
+            },
+        }
+    }
+
+    /// The score of one dot product.
+    #[inline]
+    fn of(self, dot: f32) -> f32 {
+        let s = dot * self.scale;
+        if self.softcap != 0.0 {
+            self.softcap * s.tanh()
+        } else {
+            s
+        }
+    }
+}
+
+/// A plain scale, without soft-capping.
+impl From<f32> for Scores {
+    fn from(scale: f32) -> Self {
+        Self::capped(scale, None)
+    }
+}
+
 /// One sequence's share of an attention step.
 pub(crate) struct Job<'a> {
     /// Queries `[heads, n, d]` (f32).
@@ -203,7 +249,7 @@ fn row_tiled(
     q: &[f32],
     (kt, v): (&[f32], &[f32]),
     (lo, hi): (usize, usize),
-    scale: f32,
+    scores: Scores,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
@@ -228,7 +274,7 @@ fn row_tiled(
             if j < a || j >= b {
                 *x = f32::NEG_INFINITY;
             } else {
-                *x *= scale;
+                *x = scores.of(*x);
                 tile_max = tile_max.max(*x);
             }
         }
@@ -271,7 +317,7 @@ fn row(
     (k, v): (&View<'_, f16>, &View<'_, f16>),
     h: usize,
     (lo, hi): (usize, usize),
-    scale: f32,
+    scores: Scores,
     s: &mut Scratch,
     out: &mut [f32],
 ) {
@@ -282,7 +328,7 @@ fn row(
     let mut max = f32::NEG_INFINITY;
     let mut sum = 0f32;
     for j in lo..hi {
-        let score = f16k::dot(k.row(h, j), &s.q) * scale;
+        let score = scores.of(f16k::dot(k.row(h, j), &s.q));
         let (ms, vs) = if score > max {
             let ms = (max - score).exp();
             max = score;
@@ -301,11 +347,16 @@ fn row(
 }
 
 /// Attention of several sequences' query rows over their caches, each row attending to the
-/// keys its job makes visible, with scores scaled by `scale`. Returns `[rows, heads · d]`
+/// keys its job makes visible, with scores made by `scores` (a plain `f32` scale, or
+/// [`Scores::capped`]). Returns `[rows, heads · d]`
 /// (the rows of every job in order, each row's heads side by side), or `None` when a query is
 /// not f32 or a cache not f16 on the CPU (or not of matching shapes): the caller then takes
 /// the general path.
-pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Option<Tensor>> {
+pub(crate) fn attention(
+    jobs: &[Job<'_>],
+    scores: impl Into<Scores>,
+) -> candle_core::Result<Option<Tensor>> {
+    let scores = scores.into();
     let Some(first) = jobs.first() else {
         return Ok(None);
     };
@@ -404,7 +455,7 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
                     if p.tiled {
                         kv.load((call, job, head / rep), (&p.k, &p.v), p.len);
                         let v = &kv.v[..p.len * d];
-                        row_tiled(p.q.row(head, i), (&kv.kt, v), (lo, hi), scale, s, &mut o);
+                        row_tiled(p.q.row(head, i), (&kv.kt, v), (lo, hi), scores, s, &mut o);
                     } else {
                         let views = (&p.k, &p.v);
                         row(
@@ -412,7 +463,7 @@ pub(crate) fn attention(jobs: &[Job<'_>], scale: f32) -> candle_core::Result<Opt
                             views,
                             head / rep,
                             (lo, hi),
-                            scale,
+                            scores,
                             s,
                             &mut o,
                         );
@@ -445,7 +496,7 @@ pub(crate) fn decode_step(
     q: &Tensor,
     caches: &[(Tensor, Tensor)],
     window: usize,
-    scale: f32,
+    scores: impl Into<Scores>,
 ) -> candle_core::Result<Option<Tensor>> {
     let qs: Vec<Tensor> = (0..caches.len())
         .map(|i| q.get(i))
@@ -460,7 +511,7 @@ pub(crate) fn decode_step(
             window,
         });
     }
-    attention(&jobs, scale)
+    attention(&jobs, scores)
 }
 
 #[cfg(test)]
@@ -470,13 +521,28 @@ mod tests {
 
     /// matmul, scale, mask, softmax, matmul in f32 on the same f16 inputs.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, first: usize) -> Tensor {
+        reference_capped(q, k, v, scale, None, first)
+    }
+
+    /// As [`reference`], the scores soft-capped (`c · tanh(s / c)`) when `cap` is given.
+    fn reference_capped(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        cap: Option<f64>,
+        first: usize,
+    ) -> Tensor {
         let (heads, n, _) = q.dims3().unwrap();
         let kv = k.dim(0).unwrap();
         let len = k.dim(1).unwrap();
         let k = k.to_dtype(DType::F32).unwrap();
         let v = v.to_dtype(DType::F32).unwrap();
         let q = q.reshape((kv, heads / kv * n, ())).unwrap();
-        let att = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let mut att = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        if let Some(c) = cap {
+            att = ((att / c).unwrap().tanh().unwrap() * c).unwrap();
+        }
         let mask: Vec<f32> = (0..heads / kv * n)
             .flat_map(|r| {
                 let i = r % n;
@@ -553,6 +619,40 @@ mod tests {
             let diff = crate::max_abs_diff(&alone, &want);
             // f16 queries and an f16 running sum: a few f16 ulps of values of size ~1.
             assert!(diff < 2e-2, "sequence {b}: {diff}");
+        }
+    }
+
+    #[test]
+    fn soft_capped_scores_match_the_capped_op_chain_on_both_paths() {
+        let dev = Device::Cpu;
+        let (heads, kv, d) = (2, 1, 64);
+        // Keys and queries large enough that the cap (2) bends most scores.
+        let k = (Tensor::randn(0f32, 1.0, (kv, 80, d), &dev).unwrap() * 3.0)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let v = Tensor::randn(0f32, 1.0, (kv, 80, d), &dev)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let scores = Scores::capped(0.125, Some(2.0));
+        // 70 rows take the tiled path (64 or more), 1 row the one-row path.
+        for n in [70usize, 1] {
+            let q = Tensor::randn(0f32, 1.0, (heads, n, d), &dev).unwrap();
+            let job = Job {
+                q: &q,
+                keys: &k,
+                values: &v,
+                first: 80 - n,
+                window: usize::MAX,
+            };
+            let got = attention(&[job], scores).unwrap().unwrap();
+            let want = reference_capped(&q, &k, &v, 0.125, Some(2.0), 80 - n);
+            let diff = crate::max_abs_diff(&got, &want);
+            assert!(diff < 2e-2, "{n} rows: {diff}");
+            // Without the cap the answer is clearly different: the cap did act.
+            let uncapped = reference(&q, &k, &v, 0.125, 80 - n);
+            assert!(crate::max_abs_diff(&got, &uncapped) > 0.1, "{n} rows");
         }
     }
 

@@ -4,7 +4,7 @@ use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
 
 /// The hyper-parameters common to our decoders (llama family: llama, mistral, qwen2, qwen3,
-/// phi3; Gemma 3), and to those of [plugins](crate::plugin), which may read it with
+/// phi3; Gemma 1–3), and to those of [plugins](crate::plugin), which may read it with
 /// [`ModelConfig::from_gguf_unchecked`] or build it field by field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -28,7 +28,7 @@ pub struct ModelConfig {
     pub ffn_size: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f64,
-    /// RoPE frequency base (Gemma 3: of its global layers).
+    /// RoPE frequency base (Gemma 2 and 3: of their global layers).
     pub rope_theta: f64,
 }
 
@@ -123,6 +123,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "qwen2",
     "qwen3",
     "phi3",
+    "gemma",
+    "gemma2",
     "gemma3",
     "deepseek2",
 ];

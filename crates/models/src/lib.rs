@@ -1,5 +1,5 @@
 //! Device selection, GGUF loading, tokenizers and chat templates from GGUF metadata, and the
-//! decoders (llama family, Gemma 3) of fluent-ai-candle.
+//! decoders (llama family, Gemma 1–3) of fluent-ai-candle.
 //!
 //! This crate turns a GGUF file into everything a decode loop needs:
 //! - [`GgufFile`]: the file's header with typed errors (missing, not GGUF, truncated);
@@ -7,7 +7,8 @@
 //! - [`Llama`]: our llama-family decoder (llama, mistral, qwen2, qwen3, phi3) on candle-core
 //!   with quantized weights, run against a preallocated
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
-//! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU);
+//! - [`Gemma`]: the Gemma 1, 2 and 3 decoder (sliding-window and global layers, soft-capping,
+//!   QK-norm, GELU);
 //! - [`DeepSeek`]: the DeepSeek-V3 / Kimi K2 decoder (`deepseek2`: multi-head latent
 //!   attention over a compressed cache, mixture of experts);
 //! - [`Decoder`]: the trait every decoder implements, held as a `Box<dyn Decoder>`;
@@ -72,7 +73,7 @@ pub mod deepseek;
 pub mod device;
 pub mod error;
 mod geglu;
-pub mod gemma3;
+pub mod gemma;
 mod ggml_math;
 pub mod gguf;
 pub mod llama;
@@ -96,7 +97,7 @@ pub use decoder::Decoder;
 pub use deepseek::{DeepSeek, DeepSeekConfig, ExpertGating, YarnScaling};
 pub use device::{auto_device, device_name, init_cpu_threads, DeviceError, DeviceType};
 pub use error::{ModelError, Result};
-pub use gemma3::{Gemma3, Gemma3Config};
+pub use gemma::{Gemma, Gemma3, Gemma3Config, GemmaConfig, GemmaVersion};
 pub use gguf::{CancelToken, GgufFile};
 pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;

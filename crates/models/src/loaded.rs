@@ -17,14 +17,14 @@ use crate::{ModelConfig, ModelError, Result};
 /// Everything loaded from one GGUF file or one Hugging Face model directory.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The decoder (llama family, Gemma 3, DeepSeek, or a plugin's, as `general.architecture`
+    /// The decoder (llama family, Gemma, DeepSeek, or a plugin's, as `general.architecture`
     /// says; a directory's is a llama-family decoder, as `config.json`'s `model_type` says).
     pub decoder: Box<dyn Decoder>,
     /// The tokenizer from `tokenizer.ggml.*` (a directory's from `tokenizer.json`, see
     /// [`CandleTokenizer::from_hf_dir`]).
     pub tokenizer: CandleTokenizer,
     /// The chat template from `tokenizer.chat_template` (when the file has none: Gemma's turns
-    /// for Gemma 3, ChatML otherwise; a directory's from `tokenizer_config.json`, see
+    /// for Gemma, ChatML otherwise; a directory's from `tokenizer_config.json`, see
     /// [`ChatTemplate::from_hf_dir`]).
     pub chat_template: ChatTemplate,
     /// File size in bytes (a directory's: its safetensors files together).
@@ -124,7 +124,7 @@ impl LoadedModel {
             crate::ModelConfig::from_gguf(&gguf)?;
         }
         let tokenizer = CandleTokenizer::from_gguf(gguf.content())?;
-        let chat_template = if arch == crate::gemma3::ARCHITECTURE
+        let chat_template = if crate::gemma::ARCHITECTURES.contains(&arch.as_str())
             && gguf.get("tokenizer.chat_template").is_none()
         {
             let text = |id: Option<u32>| {
@@ -133,7 +133,7 @@ impl LoadedModel {
                     .unwrap_or_default()
             };
             ChatTemplate::new(
-                crate::gemma3::CHAT_TEMPLATE,
+                crate::gemma::CHAT_TEMPLATE,
                 &text(tokenizer.bos_id()),
                 &text(tokenizer.eos_id()),
             )?

@@ -66,7 +66,9 @@ pub enum SynthError {
 }
 
 /// The architectures [`write`] generates (`general.architecture` values).
-pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+pub const ARCHITECTURES: &[&str] = &[
+    "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+];
 
 /// A model's dimensions and the architecture details that change its tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -143,6 +145,8 @@ pub const SHAPES: &[Shape] = &[
         1_000_000.0,
         true,
     ),
+    shape_of("tiny", "gemma", [256, 2, 4, 1, 256, 512], 10_000.0, true),
+    shape_of("tiny", "gemma2", [256, 2, 4, 2, 256, 512], 10_000.0, true),
     shape_of(
         "llama-3.2-1b",
         "llama",
@@ -198,6 +202,34 @@ pub const SHAPES: &[Shape] = &[
         [3072, 32, 32, 32, 96, 8192],
         10_000.0,
         false,
+    ),
+    shape_of(
+        "gemma-2b",
+        "gemma",
+        [2048, 18, 8, 1, 256, 16384],
+        10_000.0,
+        true,
+    ),
+    shape_of(
+        "gemma-7b",
+        "gemma",
+        [3072, 28, 16, 16, 256, 24576],
+        10_000.0,
+        true,
+    ),
+    shape_of(
+        "gemma-2-2b",
+        "gemma2",
+        [2304, 26, 8, 4, 256, 9216],
+        10_000.0,
+        true,
+    ),
+    shape_of(
+        "gemma-2-9b",
+        "gemma2",
+        [3584, 42, 16, 8, 256, 14336],
+        10_000.0,
+        true,
     ),
     shape_of(
         "gemma-3-1b",
@@ -631,7 +663,7 @@ fn plan(s: &Shape, vocab: usize) -> Vec<Plan> {
             t.push(v(b("attn_q_norm.weight"), s.head_dim));
             t.push(v(b("attn_k_norm.weight"), s.head_dim));
         }
-        if s.arch == "gemma3" {
+        if s.arch == "gemma2" || s.arch == "gemma3" {
             t.push(v(b("post_attention_norm.weight"), h));
             t.push(v(b("post_ffw_norm.weight"), h));
         }
@@ -668,6 +700,19 @@ fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
     ];
     if a == "gemma3" {
         md.push((format!("{a}.attention.sliding_window"), u(512)));
+    }
+    if a == "gemma2" {
+        // Real Gemma 2 files: a 4096-position window, scores capped at 50 and logits at 30.
+        // The tiny shape's window (16) and caps (2 and 10) are small enough to act on a short
+        // prompt and on its random weights' scores and logits.
+        let tiny = s.name == "tiny";
+        let f = |tiny_value: f32, real: f32| Value::F32(if tiny { tiny_value } else { real });
+        md.push((
+            format!("{a}.attention.sliding_window"),
+            u(if tiny { 16 } else { 4096 }),
+        ));
+        md.push((format!("{a}.attn_logit_softcapping"), f(2.0, 50.0)));
+        md.push((format!("{a}.final_logit_softcapping"), f(10.0, 30.0)));
     }
     md
 }

@@ -210,6 +210,8 @@ const ARCHITECTURES: &[&str] = &[
     "qwen2",
     "qwen3",
     "phi3",
+    "gemma",
+    "gemma2",
     "gemma3",
     "deepseek2",
     "mamba",

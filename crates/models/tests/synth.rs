@@ -159,3 +159,59 @@ fn bad_input_is_a_typed_error() {
     let e = synth::write(&spec, &vocab, &out("no-such-dir/x.gguf")).unwrap_err();
     assert!(matches!(e, synth::SynthError::Write { .. }), "{e}");
 }
+
+/// Gemma 2's sliding window (16 on the tiny shape) and soft-caps act the same in a prompt, in
+/// one-token decode steps and in batched decode steps: a 24-token sequence reaches past the
+/// window, and each path's logits at every position agree with the prompt's.
+#[test]
+fn gemma2_window_and_caps_agree_across_prompt_decode_and_batch() {
+    let vocab = Vocabulary::byte_level_test(320);
+    let spec = SynthSpec::new(
+        synth::shape("gemma2", "tiny").unwrap(),
+        QuantMix::parse("q8_0").unwrap(),
+        5,
+    );
+    let path = out("gemma2-paths.gguf");
+    synth::write(&spec, &vocab, &path).unwrap();
+    let model = decoder::load(
+        &mut GgufFile::open(&path).unwrap(),
+        &Device::Cpu,
+        &mut |_| {},
+    )
+    .unwrap();
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 320).collect();
+    let cache = || {
+        model
+            .new_cache(&KvCacheConfig::default().max_entries(32))
+            .unwrap()
+    };
+    let mut kv = cache();
+    let prompt: Vec<Vec<f32>> = model
+        .forward(&tokens, &mut kv, true)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let (mut one, mut a, mut b) = (cache(), cache(), cache());
+    let mut worst = 0f32;
+    for (i, &t) in tokens.iter().enumerate() {
+        let step: Vec<f32> = model
+            .forward(&[t], &mut one, false)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let batch: Vec<Vec<f32>> = model
+            .forward_batch(&[t, t], &mut [&mut a, &mut b])
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for got in [&step, &batch[0], &batch[1]] {
+            for (x, y) in got.iter().zip(&prompt[i]) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        assert_eq!(batch[0], batch[1], "position {i}");
+    }
+    // Logits are capped at 10; a wrong window or a missing cap moves them by whole units.
+    assert!(worst < 1e-2, "largest difference {worst}");
+    std::fs::remove_file(&path).ok();
+}

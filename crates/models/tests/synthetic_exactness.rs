@@ -4,7 +4,8 @@
 //! `fixtures/reference/tools/make_synthetic.sh`; provenance in `synthetic.README.md`).
 //!
 //! Architectures: llama (which also covers `mistral`, an architecture name llama.cpp does not
-//! have: Mistral GGUF files say `llama`), qwen2, qwen3 and gemma3, each in `Q8_0` and
+//! have: Mistral GGUF files say `llama`), qwen2, qwen3, gemma (Gemma 1), gemma2 (soft-capped
+//! scores and logits, alternating sliding-window layers) and gemma3, each in `Q8_0` and
 //! `Q4_K_M`. Not here: phi3 (llama.cpp stops loading the synthetic vocabulary), deepseek2
 //! (covered against an independent reference in `deepseek.rs`).
 //!
@@ -101,6 +102,15 @@ fn every_architecture_agrees_with_llama_cpp() {
             positions * 5
         );
     }
-    assert_eq!(report.len(), 8, "two formats of four architectures");
+    // Every architecture the fixture must cover, in both formats (a line lost from the
+    // fixture must not quietly drop an architecture from the test).
+    for arch in ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"] {
+        for quant in ["q8_0", "q4_k_m"] {
+            assert!(
+                report.contains_key(&format!("{arch} {quant}")),
+                "no reference lines for {arch} {quant}"
+            );
+        }
+    }
     assert!(failures.is_empty(), "{failures:#?}");
 }
