@@ -8,6 +8,8 @@
 //!   with quantized weights, run against a preallocated
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
 //! - [`Gemma3`]: the Gemma 3 decoder (sliding-window and global layers, QK-norm, GELU);
+//! - [`Phi2`]: the Phi-2 decoder (`phi2`: Phi-1, Phi-1.5, Phi-2; LayerNorm with biases,
+//!   parallel attention and GELU feed-forward, partial rotary embeddings);
 //! - [`DeepSeek`]: the DeepSeek-V3 / Kimi K2 decoder (`deepseek2`: multi-head latent
 //!   attention over a compressed cache, mixture of experts);
 //! - [`Decoder`]: the trait every decoder implements, held as a `Box<dyn Decoder>`;
@@ -76,6 +78,7 @@ pub mod gemma3;
 mod ggml_math;
 pub mod gguf;
 pub mod llama;
+pub mod phi2;
 pub mod plugin;
 #[cfg(feature = "pull")]
 pub mod pull;
@@ -100,6 +103,7 @@ pub use gemma3::{Gemma3, Gemma3Config};
 pub use gguf::{CancelToken, GgufFile};
 pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
+pub use phi2::{Phi2, Phi2Config};
 pub use plugin::ArchitecturePlugin;
 pub use quant::QLinear;
 pub use safetensors::{HfConfig, QuantizationType};

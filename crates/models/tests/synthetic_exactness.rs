@@ -4,7 +4,7 @@
 //! `fixtures/reference/tools/make_synthetic.sh`; provenance in `synthetic.README.md`).
 //!
 //! Architectures: llama (which also covers `mistral`, an architecture name llama.cpp does not
-//! have: Mistral GGUF files say `llama`), qwen2, qwen3 and gemma3, each in `Q8_0` and
+//! have: Mistral GGUF files say `llama`), qwen2, qwen3, gemma3 and phi2, each in `Q8_0` and
 //! `Q4_K_M`. Not here: phi3 (llama.cpp stops loading the synthetic vocabulary), deepseek2
 //! (covered against an independent reference in `deepseek.rs`).
 //!
@@ -101,6 +101,6 @@ fn every_architecture_agrees_with_llama_cpp() {
             positions * 5
         );
     }
-    assert_eq!(report.len(), 8, "two formats of four architectures");
+    assert_eq!(report.len(), 10, "two formats of five architectures");
     assert!(failures.is_empty(), "{failures:#?}");
 }
