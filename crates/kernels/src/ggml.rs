@@ -1,16 +1,20 @@
-//! RMS norm, SwiGLU, GEGLU and RoPE computed as llama.cpp's CPU backend computes them, so
-//! that near-tied logits break the same way (a decoder's reference outputs are llama.cpp's),
-//! on plain values and slices:
+//! RMS norm, LayerNorm, SwiGLU, GELU, GEGLU and RoPE computed as llama.cpp's CPU backend
+//! computes them, so that near-tied logits break the same way (a decoder's reference outputs
+//! are llama.cpp's), on plain values and slices:
 //!
 //! - **RMS norm** ([`rms_norm_row`], `ggml_compute_forward_rms_norm_f32`): the squares summed
 //!   in f64, the mean rounded to f32, `scale = 1 / sqrtf(mean + eps)`, then `x · scale · w`
 //!   (two f32 products), where candle sums in f32 and divides by the root;
+//! - **LayerNorm** ([`layer_norm_row`], `ggml_compute_forward_norm_f32` then `ggml_mul` and
+//!   `ggml_add`): the mean from an f64 sum rounded to f32, the variance of the centred values
+//!   summed as GGML's AVX-512 `ggml_vec_cvar_f32` sums them, `scale = 1 / sqrtf(var + eps)`,
+//!   then `(x - mean) · scale · w + b`, every step rounded to f32;
 //! - **SwiGLU** ([`swiglu`], `ggml_vec_swiglu_f32`): `silu(gate) · up` with
 //!   `silu(x) = x / (1 + e^-x)` and `e^-x` from GGML's AVX-512 polynomial ([`v_expf`],
 //!   `ggml_v_expf`, ~1.5 ulp), evaluated here lane by lane with the same fused multiply-adds,
 //!   so every machine gets the same bits;
-//! - **GEGLU** ([`geglu`], `ggml_vec_geglu_f32`): tanh GELU read from a table indexed by the
-//!   gate rounded to f16 ([`GeluTable`]);
+//! - **GELU** ([`gelu`], `ggml_vec_gelu_f32`) and **GEGLU** ([`geglu`], `ggml_vec_geglu_f32`):
+//!   tanh GELU read from a table indexed by the input rounded to f16 ([`GeluTable`]);
 //! - **RoPE** ([`rotate`], `rotate_pairs`): each pair rotated with its first product fused, as
 //!   GCC contracts it.
 //!
@@ -78,6 +82,47 @@ pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.extend(x.iter().zip(w).map(|(&v, &w)| v * scale * w));
 }
 
+/// One row of LayerNorm with weight `w` and bias `b`: appends `(x - mean) · scale · w + b` to
+/// `out`, as llama.cpp's CPU backend computes `ggml_norm` (built with AVX-512) followed by
+/// `ggml_mul` and `ggml_add`:
+/// - the mean is the f64 sum of `x` rounded to f32, divided by the length in f32;
+/// - the variance: the centred values' squares summed sixteen at a time across lanes
+///   ([`crate::f16::reduce16`], `_mm512_reduce_add_ps`), those sums (and the squares of the
+///   values past the last sixteen) accumulated in f64, divided by the length in f64 and
+///   rounded to f32;
+/// - `scale = 1 / sqrtf(variance + eps)`; each product and the bias add rounded to f32.
+///
+/// `w` and `b` hold at least `x.len()` values (extra ones are ignored). An AVX2 build of
+/// llama.cpp sums the squares eight at a time instead, which can move the variance by an ulp.
+pub fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let n = x.len();
+    if n == 0 {
+        return;
+    }
+    let sum: f64 = x.iter().map(|&v| f64::from(v)).sum();
+    let mean = sum as f32 / n as f32;
+    let start = out.len();
+    out.extend(x.iter().map(|&v| v - mean));
+    let centred = &out[start..];
+    let full = n - n % 16;
+    let mut var = 0f64;
+    let mut squares = [0f32; 16];
+    for chunk in centred[..full].chunks_exact(16) {
+        for (s, &v) in squares.iter_mut().zip(chunk) {
+            *s = v * v;
+        }
+        var += f64::from(crate::f16::reduce16(&squares));
+    }
+    for &v in &centred[full..] {
+        var += f64::from(v * v);
+    }
+    let variance = (var / n as f64) as f32;
+    let scale = 1.0 / (variance + eps).sqrt();
+    for ((y, &w), &b) in out[start..].iter_mut().zip(w).zip(b) {
+        *y = *y * scale * w + b;
+    }
+}
+
 /// Rotates one pair as llama.cpp's `rotate_pairs` does, compiled by GCC with contraction:
 /// `x0·cos - x1·sin` and `x0·sin + x1·cos`, each with its first product fused.
 #[inline]
@@ -113,6 +158,20 @@ impl GeluTable {
                 .map(|bits| f16::from_f32(gelu_f32(f16::from_bits(bits).to_f32())).to_f32())
                 .collect()
         }))
+    }
+}
+
+/// `gelu(x)` the way llama.cpp's `ggml_vec_gelu_f32` computes it (`GGML_GELU_FP16`): inputs at
+/// or below -10 give 0, at or above 10 pass through, others read `table` at the input rounded
+/// to f16.
+#[inline]
+pub fn gelu(table: GeluTable, x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table.0[f16::from_f32(x).to_bits() as usize]
     }
 }
 
@@ -174,6 +233,60 @@ mod tests {
         let (y0, y1) = rotate(1.0, 2.0, c, s);
         assert!((y0 - (0.6 - 1.6)).abs() < 1e-6 && (y1 - (0.8 + 1.2)).abs() < 1e-6);
         assert_eq!(y0, 1f32.mul_add(c, -(2.0 * s)));
+    }
+
+    #[test]
+    fn layer_norm_matches_the_definition_and_sums_as_ggml() {
+        // 37 values: two sixteen-lane steps and five left over.
+        let x: Vec<f32> = (0..37)
+            .map(|i| ((i * 7 % 11) as f32 - 4.5) * 0.37)
+            .collect();
+        let w: Vec<f32> = (0..37).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..37).map(|i| i as f32 * -0.02).collect();
+        let mut out = vec![9.0]; // appended after what is there
+        layer_norm_row(&x, &w, &b, 1e-5, &mut out);
+        assert_eq!(out.len(), 38);
+        assert_eq!(out[0], 9.0);
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = x
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        for i in 0..37 {
+            let want =
+                (f64::from(x[i]) - mean) / (var + 1e-5).sqrt() * f64::from(w[i]) + f64::from(b[i]);
+            assert!((f64::from(out[i + 1]) - want).abs() < 1e-5, "{i}");
+        }
+        // The step by step definition, bit for bit.
+        let mean = (x.iter().map(|&v| f64::from(v)).sum::<f64>() as f32) / 37.0;
+        let c: Vec<f32> = x.iter().map(|&v| v - mean).collect();
+        let mut var = 0f64;
+        for k in 0..2 {
+            let sq: Vec<f32> = c[16 * k..16 * k + 16].iter().map(|v| v * v).collect();
+            var += f64::from(crate::f16::reduce16(&sq));
+        }
+        var += c[32..].iter().map(|v| f64::from(v * v)).sum::<f64>();
+        let scale = 1.0 / ((var / 37.0) as f32 + 1e-5).sqrt();
+        for i in 0..37 {
+            assert_eq!(out[i + 1], c[i] * scale * w[i] + b[i]);
+        }
+        let mut empty = Vec::new();
+        layer_norm_row(&[], &[], &[], 1e-5, &mut empty);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn gelu_reads_the_table_and_passes_large_inputs_through() {
+        let t = GeluTable::get();
+        assert_eq!(gelu(t, -10.0), 0.0);
+        assert_eq!(gelu(t, 12.5), 12.5);
+        for x in [-3.2f32, -0.4, 0.0, 0.7, 4.1] {
+            let want = f16::from_f32(gelu_f32(f16::from_f32(x).to_f32())).to_f32();
+            assert_eq!(gelu(t, x), want);
+            assert_eq!(gelu(t, x) * 2.0, geglu(t, x, 2.0));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
 
 /// The hyper-parameters common to our decoders (llama family: llama, mistral, qwen2, qwen3,
-/// phi3; Gemma 1–3), and to those of [plugins](crate::plugin), which may read it with
+/// phi3; Gemma 1–3; Phi-2), and to those of [plugins](crate::plugin), which may read it with
 /// [`ModelConfig::from_gguf_unchecked`] or build it field by field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -26,7 +26,8 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// Width of the feed-forward block.
     pub ffn_size: usize,
-    /// RMSNorm epsilon.
+    /// RMSNorm epsilon (for Phi-2, whose norms are LayerNorms, the LayerNorm epsilon:
+    /// [`Phi2Config`](crate::Phi2Config) reads it).
     pub rms_eps: f64,
     /// RoPE frequency base (Gemma 2 and 3: of their global layers).
     pub rope_theta: f64,
@@ -126,6 +127,7 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
     "gemma",
     "gemma2",
     "gemma3",
+    "phi2",
     "deepseek2",
 ];
 

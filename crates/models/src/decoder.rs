@@ -1,5 +1,5 @@
 //! [`Decoder`]: the one interface every decoder implements — ours ([`Llama`], [`Gemma`],
-//! [`DeepSeek`], each in its own file) and a [plugin](crate::plugin)'s — held as a
+//! [`Phi2`], [`DeepSeek`], each in its own file) and a [plugin](crate::plugin)'s — held as a
 //! `Box<dyn Decoder>` per loaded model; [`load`] and [`load_with`] pick the implementation by
 //! `general.architecture`.
 
@@ -13,12 +13,13 @@ use crate::deepseek::DeepSeek;
 use crate::gemma::Gemma;
 use crate::gguf::GgufFile;
 use crate::llama::{Llama, LoadProgress};
+use crate::phi2::Phi2;
 use crate::plugin::ArchitecturePlugin;
 use crate::{ModelError, Result};
 
 /// A decoder the engine can run: hyper-parameters, a KV cache layout, and the forward passes
-/// of one sequence and of one batched decode step. Implemented by [`Llama`], [`Gemma`] and
-/// [`DeepSeek`]; implement it for a decoder of your own and return it from an
+/// of one sequence and of one batched decode step. Implemented by [`Llama`], [`Gemma`],
+/// [`Phi2`] and [`DeepSeek`]; implement it for a decoder of your own and return it from an
 /// [`ArchitecturePlugin`] (see [`plugin`](crate::plugin) for an example).
 ///
 /// Only [`config`](Decoder::config), [`device`](Decoder::device),
@@ -71,7 +72,7 @@ pub trait Decoder: Any + Send + Sync + std::fmt::Debug {
     /// `cache` as [`forward`](Decoder::forward) appends them, so a text is embedded alone in a
     /// fresh cache (and in chunks by calling again with the same cache). The default is
     /// [`ModelError::UnsupportedOperation`]: a decoder that does not expose its hidden states
-    /// ([`Llama`] and [`Gemma`] do).
+    /// ([`Llama`], [`Gemma`] and [`Phi2`] do).
     fn hidden_states(&self, tokens: &[u32], cache: &mut SequenceCache) -> Result<Tensor> {
         let _ = (tokens, cache);
         Err(ModelError::UnsupportedOperation {
@@ -162,6 +163,7 @@ pub fn load_with(
         a if crate::gemma::ARCHITECTURES.contains(&a) => {
             Ok(Box::new(Gemma::load(gguf, device, progress)?))
         }
+        crate::phi2::ARCHITECTURE => Ok(Box::new(Phi2::load(gguf, device, progress)?)),
         crate::deepseek::ARCHITECTURE => Ok(Box::new(DeepSeek::load(gguf, device, progress)?)),
         other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
     }

@@ -1,5 +1,6 @@
-//! GEGLU, `gelu(gate) · up` (Gemma's feed-forward), as a candle op computed as llama.cpp's
-//! CPU backend computes it ([`fluent_ai_candle_kernels::ggml::geglu`]): GELU (tanh form) is
+//! GEGLU, `gelu(gate) · up` (Gemma's feed-forward), and GELU alone (Phi-2's), as candle ops
+//! computed as llama.cpp's CPU backend computes them ([`fluent_ai_candle_kernels::ggml::geglu`],
+//! [`fluent_ai_candle_kernels::ggml::gelu`]): GELU (tanh form) is
 //! read from a table indexed by the gate value rounded to f16, holding `gelu(v)` rounded to
 //! f16 for every f16 `v`; gates at or below -10 give 0 and at or above 10 pass through. That
 //! is both what the reference logits were computed with and much cheaper than a `tanhf` per
@@ -7,8 +8,31 @@
 //!
 //! On the CPU the op is split over candle's pool; elsewhere it falls back to candle's `gelu`.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use fluent_ai_candle_kernels::ggml::{geglu as one, GeluTable};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use fluent_ai_candle_kernels::ggml::{geglu as one, gelu as gelu_one, GeluTable};
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fluent-ai-candle-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let table = GeluTable::get();
+        crate::ggml_math::map("gelu", (s, l), |x| gelu_one(table, x))
+    }
+}
+
+/// `gelu(x)` element-wise (tanh GELU as llama.cpp's CPU backend computes it, see the module
+/// docs) for an f32 CPU tensor; candle's `gelu` otherwise.
+pub(crate) fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1_no_bwd(&Gelu)
+    } else {
+        x.gelu()
+    }
+}
 
 struct Geglu;
 
@@ -78,6 +102,19 @@ mod tests {
                 let t = f16::from_f32(gelu_f32(f16::from_f32(x).to_f32())).to_f32();
                 assert_eq!(got[i], t * g, "x = {x}");
             }
+        }
+    }
+
+    #[test]
+    fn gelu_alone_is_geglu_with_a_unit_up() {
+        let n = 5000; // split over the pool
+        let xs: Vec<f32> = (0..n).map(|i| (i as f32 - 2500.0) * 0.0053).collect();
+        let x = Tensor::from_vec(xs.clone(), (2, n / 2), &Device::Cpu).unwrap();
+        let got: Vec<f32> = gelu(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let table = GeluTable::get();
+        for i in 0..n {
+            assert_eq!(got[i], gelu_one(table, xs[i]));
+            assert_eq!(got[i], one(table, xs[i], 1.0));
         }
     }
 

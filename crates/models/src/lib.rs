@@ -9,6 +9,8 @@
 //!   [`SequenceCache`](fluent_ai_candle_kv_cache::SequenceCache) per sequence;
 //! - [`Gemma`]: the Gemma 1, 2 and 3 decoder (sliding-window and global layers, soft-capping,
 //!   QK-norm, GELU);
+//! - [`Phi2`]: the Phi-2 decoder (`phi2`: Phi-1, Phi-1.5, Phi-2; LayerNorm with biases,
+//!   parallel attention and GELU feed-forward, partial rotary embeddings);
 //! - [`DeepSeek`]: the DeepSeek-V3 / Kimi K2 decoder (`deepseek2`: multi-head latent
 //!   attention over a compressed cache, mixture of experts);
 //! - [`Decoder`]: the trait every decoder implements, held as a `Box<dyn Decoder>`;
@@ -77,6 +79,7 @@ pub mod gemma;
 mod ggml_math;
 pub mod gguf;
 pub mod llama;
+pub mod phi2;
 pub mod plugin;
 #[cfg(feature = "pull")]
 pub mod pull;
@@ -101,6 +104,7 @@ pub use gemma::{Gemma, Gemma3, Gemma3Config, GemmaConfig, GemmaVersion};
 pub use gguf::{CancelToken, GgufFile};
 pub use llama::{Llama, LlamaVariant, LoadProgress, RopeStyle};
 pub use loaded::LoadedModel;
+pub use phi2::{Phi2, Phi2Config};
 pub use plugin::ArchitecturePlugin;
 pub use quant::QLinear;
 pub use safetensors::{HfConfig, QuantizationType};

@@ -67,7 +67,7 @@ pub enum SynthError {
 
 /// The architectures [`write`] generates (`general.architecture` values).
 pub const ARCHITECTURES: &[&str] = &[
-    "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3",
+    "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "phi2",
 ];
 
 /// A model's dimensions and the architecture details that change its tensors.
@@ -87,13 +87,16 @@ pub struct Shape {
     pub kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Values of each head RoPE rotates (`rope.dimension_count`): `head_dim`, or fewer with
+    /// partial rotary embeddings (phi2).
+    pub rope_dim: usize,
     /// Feed-forward width.
     pub ffn: usize,
     /// `context_length` written to the metadata.
     pub context: usize,
     /// RoPE base frequency.
     pub rope_theta: f32,
-    /// RMS-norm epsilon.
+    /// Norm epsilon (RMSNorm's; phi2's LayerNorm's).
     pub rms_eps: f32,
     /// No `output.weight`: the output shares the token embedding.
     pub tied: bool,
@@ -115,11 +118,19 @@ const fn shape_of(
         heads,
         kv_heads,
         head_dim,
+        rope_dim: head_dim,
         ffn,
         context: 8192,
         rope_theta,
         rms_eps: 1e-5,
         tied,
+    }
+}
+
+impl Shape {
+    /// This shape with RoPE rotating only the first `rope_dim` values of each head.
+    pub const fn with_rope_dim(self, rope_dim: usize) -> Self {
+        Self { rope_dim, ..self }
     }
 }
 
@@ -147,6 +158,7 @@ pub const SHAPES: &[Shape] = &[
     ),
     shape_of("tiny", "gemma", [256, 2, 4, 1, 256, 512], 10_000.0, true),
     shape_of("tiny", "gemma2", [256, 2, 4, 2, 256, 512], 10_000.0, true),
+    shape_of("tiny", "phi2", [256, 2, 4, 4, 64, 1024], 10_000.0, false).with_rope_dim(32),
     shape_of(
         "llama-3.2-1b",
         "llama",
@@ -231,6 +243,14 @@ pub const SHAPES: &[Shape] = &[
         10_000.0,
         true,
     ),
+    shape_of(
+        "phi-2",
+        "phi2",
+        [2560, 32, 32, 32, 80, 10240],
+        10_000.0,
+        false,
+    )
+    .with_rope_dim(32),
     shape_of(
         "gemma-3-1b",
         "gemma3",
@@ -630,6 +650,27 @@ fn plan(s: &Shape, vocab: usize) -> Vec<Plan> {
     if !s.tied {
         t.push(m("output.weight".into(), vec![vocab, h], Role::Output, 0));
     }
+    if s.arch == "phi2" {
+        // LayerNorms with biases, fused projections with a bias, a bias on every other
+        // projection, a parallel block (one norm), no gate.
+        t.push(v("output_norm.bias".into(), h));
+        t.push(v("output.bias".into(), vocab));
+        for i in 0..s.layers {
+            let b = |n: &str| format!("blk.{i}.{n}");
+            t.push(v(b("attn_norm.weight"), h));
+            t.push(v(b("attn_norm.bias"), h));
+            let qkv = q + 2 * kv;
+            t.push(m(b("attn_qkv.weight"), vec![qkv, h], Role::AttnQkv, i));
+            t.push(v(b("attn_qkv.bias"), qkv));
+            t.push(m(b("attn_output.weight"), vec![h, q], Role::AttnOutput, i));
+            t.push(v(b("attn_output.bias"), h));
+            t.push(m(b("ffn_up.weight"), vec![s.ffn, h], Role::Other, i));
+            t.push(v(b("ffn_up.bias"), s.ffn));
+            t.push(m(b("ffn_down.weight"), vec![h, s.ffn], Role::FfnDown, i));
+            t.push(v(b("ffn_down.bias"), h));
+        }
+        return t;
+    }
     for i in 0..s.layers {
         let b = |n: &str| format!("blk.{i}.{n}");
         t.push(v(b("attn_norm.weight"), h));
@@ -675,6 +716,13 @@ fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
     let s = &spec.shape;
     let a = s.arch;
     let u = |n: usize| Value::U32(n as u32);
+    // phi2 as llama.cpp's converter writes it: a LayerNorm epsilon, and no key/value lengths
+    // (the head is the width over the heads).
+    let eps = if a == "phi2" {
+        "layer_norm_epsilon"
+    } else {
+        "layer_norm_rms_epsilon"
+    };
     let mut md = vec![
         ("general.architecture".into(), Value::String(a.into())),
         (
@@ -689,15 +737,14 @@ fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
         (format!("{a}.feed_forward_length"), u(s.ffn)),
         (format!("{a}.attention.head_count"), u(s.heads)),
         (format!("{a}.attention.head_count_kv"), u(s.kv_heads)),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(s.rms_eps),
-        ),
+        (format!("{a}.attention.{eps}"), Value::F32(s.rms_eps)),
         (format!("{a}.rope.freq_base"), Value::F32(s.rope_theta)),
-        (format!("{a}.rope.dimension_count"), u(s.head_dim)),
-        (format!("{a}.attention.key_length"), u(s.head_dim)),
-        (format!("{a}.attention.value_length"), u(s.head_dim)),
+        (format!("{a}.rope.dimension_count"), u(s.rope_dim)),
     ];
+    if a != "phi2" {
+        md.push((format!("{a}.attention.key_length"), u(s.head_dim)));
+        md.push((format!("{a}.attention.value_length"), u(s.head_dim)));
+    }
     if a == "gemma3" {
         md.push((format!("{a}.attention.sliding_window"), u(512)));
     }
@@ -720,10 +767,11 @@ fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
 /// The value of draw `r` (uniform in `[-0.5, 0.5)`) for a tensor: norms near 1, small biases,
 /// matrices scaled by `1/√columns` so activations keep their size through every layer.
 fn value(plan: &Plan, r: f32) -> f32 {
-    if plan.name.contains("norm") {
-        1.0 + 0.2 * r
-    } else if plan.name.contains("bias") {
+    // Biases first: a LayerNorm's bias (`attn_norm.bias`) is a small bias, not a norm weight.
+    if plan.name.contains("bias") {
         0.1 * r
+    } else if plan.name.contains("norm") {
+        1.0 + 0.2 * r
     } else if plan.name == "token_embd.weight" {
         2.0 * r
     } else {

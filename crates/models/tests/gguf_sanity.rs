@@ -46,7 +46,7 @@ fn the_tiny_model_loads_and_runs() {
     let (md, tensors) = tiny_model("llama");
     let path = write_file("gguf-sanity", "tiny.gguf", &encode(&md, &tensors).0);
     load(&path).unwrap();
-    for arch in ["qwen2", "qwen3", "phi3"] {
+    for arch in ["qwen2", "qwen3", "phi3", "phi2"] {
         let (md, tensors) = tiny_model(arch);
         let path = write_file(
             "gguf-sanity",

@@ -1,4 +1,4 @@
-//! A fuzzer over the model loader: small models (llama, qwen2, qwen3, phi3) and the real
+//! A fuzzer over the model loader: small models (llama, qwen2, qwen3, phi3, phi2) and the real
 //! SmolLM2 and Gemma 3 headers (their metadata and tensor index, over zeroed tensor data) are
 //! mutated — metadata values set to edge values or other types, keys added or removed,
 //! tensor dimensions, types and offsets changed, bytes overwritten, flipped or cut — and
@@ -109,6 +109,7 @@ fn seeds() -> &'static [Seed] {
             ("qwen2", "qwen2"),
             ("qwen3", "qwen3"),
             ("phi3", "phi3"),
+            ("phi2", "phi2"),
         ]
         .into_iter()
         .map(|(name, arch)| {
@@ -177,6 +178,7 @@ const KEYS: &[&str] = &[
     "{a}.attention.value_length",
     "{a}.attention.sliding_window",
     "{a}.attention.layer_norm_rms_epsilon",
+    "{a}.attention.layer_norm_epsilon",
     "{a}.rope.dimension_count",
     "{a}.rope.freq_base",
     "{a}.rope.freq_base_swa",
@@ -213,6 +215,7 @@ const ARCHITECTURES: &[&str] = &[
     "gemma",
     "gemma2",
     "gemma3",
+    "phi2",
     "deepseek2",
     "mamba",
     "",

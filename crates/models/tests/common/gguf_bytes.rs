@@ -153,8 +153,9 @@ pub fn q8_0_bytes(n: u64, seed: u64) -> Vec<u8> {
 }
 
 /// A small, complete model of a llama-family `arch` (`llama`, `qwen2`: q/k/v biases, `qwen3`:
-/// q/k norms, `phi3`: fused projections): hyper-parameters, a 40-token BPE vocabulary with
-/// BOS/EOS, and tensors (vectors F32, matrices Q8_0), two blocks.
+/// q/k norms, `phi3`: fused projections) or of `phi2` (LayerNorms with biases, fused
+/// projections, biases everywhere, half of each head rotated): hyper-parameters, a 40-token
+/// BPE vocabulary with BOS/EOS, and tensors (vectors F32, matrices Q8_0), two blocks.
 pub fn tiny_model(arch: &str) -> (Vec<(String, Value)>, Vec<RawTensor>) {
     let (h, heads, kv, ffn, vocab) = (TINY_HIDDEN, TINY_HEADS, TINY_KV_HEADS, TINY_FFN, TINY_VOCAB);
     let head_dim = h / heads;
@@ -208,6 +209,9 @@ pub fn tiny_model(arch: &str) -> (Vec<(String, Value)>, Vec<RawTensor>) {
             ),
         ),
     ];
+    if arch == "phi2" {
+        return phi2_model(md, phi2_tensors());
+    }
     let mut seed = 0x5eed_u64;
     let mut tensors = Vec::new();
     let mut push = |name: String, dims: Vec<u64>| {
@@ -257,6 +261,66 @@ pub fn tiny_model(arch: &str) -> (Vec<(String, Value)>, Vec<RawTensor>) {
         push(p("ffn_down.weight"), vec![ffn, h]);
     }
     (md, tensors)
+}
+
+/// [`tiny_model`]'s metadata made phi2's: a LayerNorm epsilon, half of each head rotated.
+fn phi2_model(
+    mut md: Vec<(String, Value)>,
+    tensors: Vec<RawTensor>,
+) -> (Vec<(String, Value)>, Vec<RawTensor>) {
+    for (k, v) in md.iter_mut() {
+        if k == "phi2.attention.layer_norm_rms_epsilon" {
+            *k = "phi2.attention.layer_norm_epsilon".into();
+        }
+        if k == "phi2.rope.dimension_count" {
+            *v = Value::U32((TINY_HIDDEN / TINY_HEADS / 2) as u32);
+        }
+    }
+    (md, tensors)
+}
+
+/// [`tiny_model`]'s phi2 tensors.
+fn phi2_tensors() -> Vec<RawTensor> {
+    let (h, heads, kv, ffn, vocab) = (TINY_HIDDEN, TINY_HEADS, TINY_KV_HEADS, TINY_FFN, TINY_VOCAB);
+    let qkv = h + 2 * kv * (h / heads);
+    let mut seed = 0x9b1_u64;
+    let mut tensors = Vec::new();
+    let mut push = |name: String, dims: Vec<u64>| {
+        seed += 1;
+        let n: u64 = dims.iter().product();
+        let (dtype, data) = if dims.len() == 1 {
+            (0, f32_bytes(n, seed, name.ends_with("norm.weight")))
+        } else {
+            (8, q8_0_bytes(n, seed))
+        };
+        tensors.push(RawTensor {
+            name,
+            dims,
+            dtype,
+            data,
+            offset: None,
+        });
+    };
+    // Dimensions innermost first, as GGUF stores them.
+    push("token_embd.weight".into(), vec![h, vocab]);
+    push("output_norm.weight".into(), vec![h]);
+    push("output_norm.bias".into(), vec![h]);
+    push("output.weight".into(), vec![h, vocab]);
+    push("output.bias".into(), vec![vocab]);
+    for i in 0..2 {
+        let p = |t: &str| format!("blk.{i}.{t}");
+        push(p("attn_norm.weight"), vec![h]);
+        push(p("attn_norm.bias"), vec![h]);
+        push(p("attn_qkv.weight"), vec![h, qkv]);
+        push(p("attn_qkv.bias"), vec![qkv]);
+        push(p("attn_output.weight"), vec![h, h]);
+        push(p("attn_output.bias"), vec![h]);
+        push(p("ffn_up.weight"), vec![h, ffn]);
+        push(p("ffn_up.bias"), vec![ffn]);
+        push(p("ffn_down.weight"), vec![ffn, h]);
+        push(p("ffn_down.bias"), vec![h]);
+    }
+    tensors
 }
 
 /// Writes `bytes` to a fresh file `name` under the temp dir (per process) and returns it.
