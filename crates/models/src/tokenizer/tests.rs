@@ -398,3 +398,95 @@ mod prop {
         }
     }
 }
+
+/// `byte_level_parts` with a normal token `</s>` (id 268), as Qwen2's vocabulary has one.
+fn byte_level_parts_with_normal_eos_text() -> TokenizerParts {
+    let mut p = byte_level_parts();
+    p.tokens.push("</s>".into());
+    p.token_types.push(TOKEN_TYPE_NORMAL);
+    p
+}
+
+#[test]
+fn an_end_of_generation_text_is_a_control_token_as_in_llama_cpp() {
+    // llama.cpp's loader makes every token on its end-of-generation list a control token that
+    // ends generation, whatever its GGUF type; `a</s>b` is then three tokens (Qwen2: 64 128247 65).
+    let t = CandleTokenizer::from_parts(byte_level_parts_with_normal_eos_text()).unwrap();
+    let a = t.encode("a", false).unwrap()[0];
+    let b = t.encode("b", false).unwrap()[0];
+    assert_eq!(t.encode("a</s>b", false).unwrap(), [a, 268, b]);
+    assert!(t.is_eog(268) && t.is_control(268));
+    assert_eq!(t.eot_ids(), &[2, 0, 268]);
+    assert_eq!(t.decode(&[a, 268, b], true).unwrap(), "ab");
+    // The same in an SPM vocabulary: `</s>` is control there already; a user-defined
+    // `<end_of_turn>` would be made control too.
+    let mut p = spm_parts(true);
+    let eot = p.tokens.iter().position(|s| s == "<end_of_turn>").unwrap();
+    p.token_types[eot] = TOKEN_TYPE_USER_DEFINED;
+    let t = CandleTokenizer::from_parts(p).unwrap();
+    assert_eq!(t.token_type(eot as u32), Some(TOKEN_TYPE_CONTROL));
+    assert!(t.is_eog(eot as u32));
+}
+
+#[test]
+fn tokenizer_json_matches_end_of_generation_texts_too() {
+    // A `tokenizer.json` whose `</s>` is an ordinary vocabulary entry builds the tokenizer the
+    // GGUF parts build: `</s>` matched as one control token.
+    let dir = TempDir::new("eogtext");
+    let mut json = byte_level_json();
+    json["model"]["vocab"]["</s>"] = serde_json::json!(268);
+    dir.write(TOKENIZER_JSON, &json.to_string());
+    let hf = CandleTokenizer::from_hf_dir(&dir.0).unwrap();
+    let gguf = CandleTokenizer::from_parts(byte_level_parts_with_normal_eos_text()).unwrap();
+    for text in ["a</s>b", "</s></s>", "hello </s> world"] {
+        assert_eq!(
+            hf.encode(text, false).unwrap(),
+            gguf.encode(text, false).unwrap(),
+            "{text}"
+        );
+    }
+    assert!(hf.is_eog(268) && hf.is_control(268));
+}
+
+#[test]
+fn phi3_special_tokens_drop_the_whitespace_after_them() {
+    // llama.cpp (and Phi-3's tokenizer.json) strip the whitespace after Phi-3's special tokens
+    // but `<unk>`, `<s>` and `<|endoftext|>`: `<|user|>\nHello<|end|>\n` is
+    // `<|user|> ▁Hello <|end|>`.
+    let mut p = spm_parts(true);
+    p.name = Some("Phi3".into());
+    let phi = CandleTokenizer::from_parts(p).unwrap();
+    let plain = CandleTokenizer::from_parts(spm_parts(true)).unwrap();
+    let eot = phi
+        .special_tokens()
+        .iter()
+        .find(|s| s.text == "<end_of_turn>")
+        .unwrap();
+    assert!(eot.rstrip);
+    let eot = eot.id;
+    let hello = phi.encode("hello", false).unwrap();
+    let world = phi.encode("world", false).unwrap();
+    let ids = phi.encode("hello<end_of_turn>\n\t world", false).unwrap();
+    assert_eq!(ids, [hello.as_slice(), &[eot], world.as_slice()].concat());
+    let ids = plain.encode("hello<end_of_turn>\n\t world", false).unwrap();
+    assert!(ids.len() > hello.len() + 1 + world.len(), "{ids:?}");
+    // `<s>` keeps the whitespace after it; only ASCII whitespace is dropped.
+    let bos = phi.encode("<s>\nhello", false).unwrap();
+    assert_eq!(bos[0], 1);
+    assert!(bos.len() > 1 + hello.len(), "{bos:?}");
+    let nbsp = phi.encode("<end_of_turn>\u{a0}hello", false).unwrap();
+    assert!(nbsp.len() > 1 + hello.len(), "{nbsp:?}");
+    // A byte-level vocabulary strips through its `tokenizers` added tokens.
+    let mut p = byte_level_parts();
+    p.name = Some("phi-3-test".into());
+    let t = CandleTokenizer::from_parts(p).unwrap();
+    let hello = t.encode("hello", false).unwrap();
+    assert_eq!(
+        t.encode("<|im_start|>\n \nhello", false).unwrap(),
+        [&[1], hello.as_slice()].concat()
+    );
+    assert_eq!(
+        t.encode("<|endoftext|>\nhello", false).unwrap().len(),
+        2 + hello.len()
+    );
+}
