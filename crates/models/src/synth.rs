@@ -727,7 +727,10 @@ fn metadata(spec: &SynthSpec) -> Vec<(String, Value)> {
         ("general.architecture".into(), Value::String(a.into())),
         (
             "general.name".into(),
-            Value::String(format!("synthetic {} {a} (seed {})", s.name, spec.seed)),
+            // Not the architecture's name: llama.cpp (and our tokenizer, which follows it)
+            // changes how special tokens tokenize when the model's name says `phi3`, and it
+            // stops loading a vocabulary without `</s>` then (e.g. SmolLM2's).
+            Value::String(format!("synthetic {} (seed {})", s.name, spec.seed)),
         ),
         ("general.file_type".into(), Value::U32(spec.mix.file_type())),
         ("general.quantization_version".into(), Value::U32(2)),

@@ -4,10 +4,10 @@
 //! `fixtures/reference/tools/make_synthetic.sh`; provenance in `synthetic.README.md`).
 //!
 //! Architectures: llama (which also covers `mistral`, an architecture name llama.cpp does not
-//! have: Mistral GGUF files say `llama`), qwen2, qwen3, gemma (Gemma 1), gemma2 (soft-capped
-//! scores and logits, alternating sliding-window layers), gemma3 and phi2, each in `Q8_0` and
-//! `Q4_K_M`. Not here: phi3 (llama.cpp stops loading the synthetic vocabulary), deepseek2
-//! (covered against an independent reference in `deepseek.rs`).
+//! have: Mistral GGUF files say `llama`), qwen2, qwen3, phi3, gemma (Gemma 1), gemma2
+//! (soft-capped scores and logits, alternating sliding-window layers), gemma3 and phi2, each in
+//! `Q8_0` and `Q4_K_M`. Not here: deepseek2 (covered against an independent reference in
+//! `deepseek.rs`).
 //!
 //! Where llama.cpp is clear (its best logit ahead of the second by ≥ 0.5) our argmax must be
 //! its argmax at every position; the test also reports how close the logits are.
@@ -105,7 +105,7 @@ fn every_architecture_agrees_with_llama_cpp() {
     // Every architecture the fixture must cover, in both formats (a line lost from the
     // fixture must not quietly drop an architecture from the test).
     for arch in [
-        "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi2",
+        "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "phi2",
     ] {
         for quant in ["q8_0", "q4_k_m"] {
             assert!(
