@@ -361,6 +361,16 @@ struct Block {
     down: QLinear,
 }
 
+impl Block {
+    /// Gemma 3's query and key norms, or `None` for both.
+    fn qk_norms(&self) -> (Option<&Tensor>, Option<&Tensor>) {
+        match &self.qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        }
+    }
+}
+
 /// A Gemma decoder (Gemma 1, 2 or 3's text part), e.g. `gemma-3-270m`.
 #[derive(Debug)]
 pub struct Gemma {
@@ -465,28 +475,14 @@ impl Gemma {
     /// `[n, head_dim / 2]` cos and sin tables of `positions` for the RoPE of a sliding
     /// (`true`) or global layer.
     fn rope_tables(&self, sliding: bool, positions: &[f64]) -> Result<(Tensor, Tensor)> {
-        let d = self.config.base.head_dim;
-        let half = d / 2;
         let (theta, scale) = self.config.rope_for(sliding);
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        // As GGML computes it (f32, the frequency stepped by repeated multiplication), so
-        // near-tied logits break the way llama.cpp's do.
-        let step = (theta as f32).powf(-2.0 / d as f32);
-        for &p in positions {
-            // ggml_rope_cache_init: the angle steps unscaled; each use is `freq_scale · angle`.
-            let mut angle = p as f32;
-            for _ in 0..half {
-                let a = scale as f32 * angle;
-                cos.push(a.cos());
-                sin.push(a.sin());
-                angle *= step;
-            }
-        }
-        Ok((
-            Tensor::from_vec(cos, (positions.len(), half), &self.device)?,
-            Tensor::from_vec(sin, (positions.len(), half), &self.device)?,
-        ))
+        Ok(crate::ggml_math::rope_tables(
+            self.config.base.head_dim,
+            theta,
+            scale as f32,
+            positions.iter().map(|&p| p as f32),
+            &self.device,
+        )?)
     }
 
     /// Both RoPE tables (local, global) for consecutive positions `pos..pos + n`.
@@ -654,10 +650,7 @@ impl Gemma {
             let sliding = self.config.is_sliding(layer);
             let (cos, sin) = &tables[usize::from(!sliding)];
             let h = crate::ggml_math::rms_norm(&x, &b.attn_norm, eps)?;
-            let (qn, kn) = (
-                b.qk_norm.as_ref().map(|n| &n.0),
-                b.qk_norm.as_ref().map(|n| &n.1),
-            );
+            let (qn, kn) = b.qk_norms();
             let q = self.qk(&b.wq.forward(&h)?, c.n_heads, qn, cos, sin)?;
             let q = (q * self.config.attention_scale)?;
             let k = self.qk(&b.wk.forward(&h)?, c.n_kv_heads, kn, cos, sin)?;
@@ -728,10 +721,7 @@ impl Gemma {
             let sliding = self.config.is_sliding(layer);
             let (cos, sin) = &tables[usize::from(!sliding)];
             let h = crate::ggml_math::rms_norm(&x, &b.attn_norm, eps)?;
-            let (qn, kn) = (
-                b.qk_norm.as_ref().map(|n| &n.0),
-                b.qk_norm.as_ref().map(|n| &n.1),
-            );
+            let (qn, kn) = b.qk_norms();
             let q = rope(&b.wq.forward(&h)?, c.n_heads, qn, cos, sin)?;
             let q = (q * self.config.attention_scale)?;
             let k = rope(&b.wk.forward(&h)?, c.n_kv_heads, kn, cos, sin)?;

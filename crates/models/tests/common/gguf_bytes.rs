@@ -216,19 +216,8 @@ pub fn tiny_model(arch: &str) -> (Vec<(String, Value)>, Vec<RawTensor>) {
     let mut tensors = Vec::new();
     let mut push = |name: String, dims: Vec<u64>| {
         seed += 1;
-        let n: u64 = dims.iter().product();
-        let (dtype, data) = if dims.len() == 1 {
-            (0, f32_bytes(n, seed, name.contains("norm")))
-        } else {
-            (8, q8_0_bytes(n, seed))
-        };
-        tensors.push(RawTensor {
-            name,
-            dims,
-            dtype,
-            data,
-            offset: None,
-        });
+        let around_one = name.contains("norm");
+        tensors.push(tiny_tensor(name, dims, seed, around_one));
     };
     // Dimensions innermost first, as GGUF stores them.
     push("token_embd.weight".into(), vec![h, vocab]);
@@ -279,6 +268,24 @@ fn phi2_model(
     (md, tensors)
 }
 
+/// One tensor of a tiny model: vectors as F32 (near 1 when `around_one`, for norm weights),
+/// matrices as Q8_0, drawn from `seed`.
+fn tiny_tensor(name: String, dims: Vec<u64>, seed: u64, around_one: bool) -> RawTensor {
+    let n: u64 = dims.iter().product();
+    let (dtype, data) = if dims.len() == 1 {
+        (0, f32_bytes(n, seed, around_one))
+    } else {
+        (8, q8_0_bytes(n, seed))
+    };
+    RawTensor {
+        name,
+        dims,
+        dtype,
+        data,
+        offset: None,
+    }
+}
+
 /// [`tiny_model`]'s phi2 tensors.
 fn phi2_tensors() -> Vec<RawTensor> {
     let (h, heads, kv, ffn, vocab) = (TINY_HIDDEN, TINY_HEADS, TINY_KV_HEADS, TINY_FFN, TINY_VOCAB);
@@ -287,19 +294,8 @@ fn phi2_tensors() -> Vec<RawTensor> {
     let mut tensors = Vec::new();
     let mut push = |name: String, dims: Vec<u64>| {
         seed += 1;
-        let n: u64 = dims.iter().product();
-        let (dtype, data) = if dims.len() == 1 {
-            (0, f32_bytes(n, seed, name.ends_with("norm.weight")))
-        } else {
-            (8, q8_0_bytes(n, seed))
-        };
-        tensors.push(RawTensor {
-            name,
-            dims,
-            dtype,
-            data,
-            offset: None,
-        });
+        let around_one = name.ends_with("norm.weight");
+        tensors.push(tiny_tensor(name, dims, seed, around_one));
     };
     // Dimensions innermost first, as GGUF stores them.
     push("token_embd.weight".into(), vec![h, vocab]);
