@@ -22,7 +22,6 @@
 
 use std::fs;
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -307,9 +306,7 @@ pub fn run(args: &ChatPageArgs) -> Result<()> {
             "--no-run",
         ]))?;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::root().join("target"));
+    let target = util::target_dir();
     let server_bin = target.join("debug/fluent-ai-candle");
     if !server_bin.is_file() {
         bail!(

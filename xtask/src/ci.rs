@@ -168,7 +168,7 @@ pub fn build_matrix() -> Result<()> {
                 "the nvcc on PATH".to_string()
             }
         };
-        let target = util::root().join("target");
+        let target = util::target_dir();
         let before = cuda::dir_size(&target);
         let started = std::time::Instant::now();
         util::run(&mut cmd)?;

@@ -170,9 +170,7 @@ pub fn run(args: &ClusterArgs) -> Result<()> {
         }
         util::run(&mut build)?;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::root().join("target"));
+    let target = util::target_dir();
     let server_bin = target.join(out_dir).join("fluent-ai-candle");
     let loadtest_bin = target.join(out_dir).join("loadtest");
     for b in [&server_bin, &loadtest_bin] {

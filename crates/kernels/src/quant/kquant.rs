@@ -51,10 +51,12 @@
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
 //! return identical bits, and a row's result never depends on the other rows of a call. Both
-//! prompt orders also have an AVX-512 VNNI build
+//! prompt orders, and the one-row orders of `Q4_K` and `Q6_K` for one activation row, also
+//! have an AVX-512 VNNI build
 //! ([`crate::arch::x86_64::avx512::kquant`]): 64 values per register, the sub-block scales
-//! applied by `vpdpwssd`, and the exact integers of four rows fused into their accumulators together;
-//! the same integers and per-row f32 operations, so the same bits (the tests assert it).
+//! applied by `vpdpwssd`, and in the prompt orders the exact integers of four rows fused into
+//! their accumulators together; the same integers and per-row f32 operations, so the same
+//! bits (the tests assert it).
 
 use half::f16;
 

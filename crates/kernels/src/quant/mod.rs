@@ -599,7 +599,8 @@ mod tests {
         fn k_builds_are_the_scalar_twin(
             f in 0usize..5,
             seed in any::<u64>(),
-            n in 1usize..4,
+            // Up to two groups of four weight rows (the 512-bit one-row loops) and a rest.
+            n in 1usize..11,
             kb in 1usize..4,
             mag in prop_oneof![Just(1e-3f32), Just(1f32), Just(3e3f32)],
         ) {

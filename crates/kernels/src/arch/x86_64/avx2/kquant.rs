@@ -30,19 +30,19 @@ fn hsum_i32_4(s: __m128i) -> i32 {
 /// `hsum8`).
 #[inline]
 #[target_feature(enable = "avx")]
-fn hsum_f32(v: __m256) -> f32 {
+pub(crate) fn hsum_f32(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
 }
 
-/// Hints the CPU to bring the block 1 KiB after `block` (its three cache lines) into L1,
-/// as the 32-value kernels do: the hardware prefetchers barely ramp up on
-/// rows this short. A hint: never faults, even past the end of the weights.
+/// Hints the CPU to bring the block 4 KiB after `block` (its three cache lines) into L1,
+/// as the 32-value kernels do (see `PREFETCH` there): the hardware prefetchers barely ramp
+/// up on rows this short. A hint: never faults, even past the end of the weights.
 #[inline(always)]
 pub(crate) fn prefetch<T>(block: &T) {
-    let p = (block as *const T).cast::<i8>().wrapping_add(1024);
+    let p = (block as *const T).cast::<i8>().wrapping_add(4096);
     // SAFETY: a prefetch is a hint that never faults and reads nothing into the program; the
     // addresses are only computed (`wrapping_add`), never dereferenced.
     unsafe {

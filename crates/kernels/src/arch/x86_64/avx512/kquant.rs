@@ -1,12 +1,16 @@
-//! AVX-512 (BW, VNNI) builds of the K-quant formats' prompt orders: `Q4_K` grouped (four
-//! rows, llama.cpp's repacked gemm) and `Q6_K` tiled (llama.cpp's tiled matmul). The same
-//! exact integers and per-row f32 operations as the AVX2 builds in [`super::super::avx2::kquant`],
-//! so the same bits.
+//! AVX-512 (BW, VNNI) builds of `Q4_K` and `Q6_K`: the prompt orders (`Q4_K` grouped, four
+//! rows, llama.cpp's repacked gemm; `Q6_K` tiled, llama.cpp's tiled matmul) and the one-row
+//! order for one activation row (decoding). The same exact integers and per-row f32
+//! operations as the AVX2 builds in [`super::super::avx2::kquant`], so the same bits.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
-use crate::arch::x86_64::avx2::kquant::{load, prefetch, rows_q4k_grouped};
+use crate::arch::x86_64::avx2::kquant::{
+    hsum_f32, load, prefetch, rows_q4k, rows_q4k_grouped, rows_q6k,
+};
+#[cfg(doc)]
+use crate::arch::x86_64::avx2::kquant::{q4k, q6k};
 #[cfg(doc)]
 use crate::arch::x86_64::avx2::kquant::{q4k_grouped, q6k_tiled, rows_q6k_tiled};
 use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ6K};
@@ -230,60 +234,20 @@ pub(crate) unsafe fn rows_q6k_tiled_vnni<const R: usize>(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
 unsafe fn q6k_tiled_vnni<const R: usize>(w: &[BlockQ6K], a: [&[ActBlockK]; R]) -> [f32; R] {
-    let m4 = _mm512_set1_epi8(0x0F);
-    let m3 = _mm512_set1_epi8(3);
-    // The high bits of the two chunks of a register: bits 0..2 and 2..4 of `qh`
-    // (pair A), 4..6 and 6..8 (pair B), as 16-bit shifts per half.
-    let words = |lo: i64, hi: i64| {
-        let (lo, hi) = (lo * 0x0001_0001_0001_0001, hi * 0x0001_0001_0001_0001);
-        _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
-    };
-    let (shift_a, shift_b) = (words(0, 2), words(4, 6));
-    // Register m (chunks 2m, 2m + 1) takes sub-blocks 4m..4m + 4, eight words each.
-    // SAFETY: this function's features include AVX-512 F.
-    let idx = unsafe { scale_index(&Q6K_SCALES) };
+    let unpack = Q6kUnpack::new();
     let mut tiled = _mm_setzero_ps();
     for (i, b) in w.iter().enumerate() {
         prefetch(b);
-        let mut q = [_mm512_setzero_si512(); 4];
-        for h in 0..2 {
-            // SAFETY: bytes `64h..64h + 64` of the 128 of `b.ql` and `32h..32h + 32` of the
-            // 64 of `b.qh` (`h < 2`).
-            let (l, hb) = unsafe {
-                (
-                    _mm512_loadu_si512(b.ql.as_ptr().add(64 * h).cast()),
-                    load(b.qh.as_ptr().add(32 * h)),
-                )
-            };
-            let hb = _mm512_broadcast_i64x4(hb);
-            let ha = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb, shift_a), m3), 4);
-            let hbb = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb, shift_b), m3), 4);
-            q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), ha);
-            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), hbb);
-        }
-        // SAFETY: reads the 16 bytes of `b.scales`.
-        let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) });
-        let scales = _mm512_castsi256_si512(scales16);
-        let mut sc = [_mm512_setzero_si512(); 4];
-        for m in 0..4 {
-            sc[m] = _mm512_permutexvar_epi16(idx[m], scales);
-        }
+        let (q, sc, scales16) = unpack.block(b);
         let mut g = [_mm512_setzero_si512(); 4];
         let mut xd = [0f32; 4];
         for r in 0..R {
             // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
             let x = unsafe { a[r].get_unchecked(i) };
-            let mut sum = _mm512_setzero_si512();
-            for m in 0..4 {
-                // SAFETY: bytes `64m..64m + 64` of the 256 of `x.qs` (`m < 4`).
-                let xq = unsafe { _mm512_loadu_si512(x.qs.as_ptr().add(64 * m).cast()) };
-                sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(q[m], xq), sc[m]);
-            }
+            let (xq, bsums) = q6k_act(x);
+            let sum = q6k_products(&q, &sc, &xq);
             // 32 · Σ bsums·scale off the total.
-            // SAFETY: reads the 16 i16 (32 bytes) of `x.bsums`.
-            let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
-            let sub = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
-            g[r] = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(sub));
+            g[r] = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(q6k_offset(bsums, scales16)));
             xd[r] = x.d;
         }
         let t = _mm_mul_ps(_mm_cvtepi32_ps(reduce4(g)), _mm_set1_ps(b.d));
@@ -297,4 +261,266 @@ unsafe fn q6k_tiled_vnni<const R: usize>(w: &[BlockQ6K], a: [&[ActBlockK]; R]) -
     let mut out = [0f32; R];
     out.copy_from_slice(&all[..R]);
     out
+}
+
+/// What unpacking a `Q6_K` block into 512-bit registers needs, built once per call.
+#[derive(Clone, Copy)]
+struct Q6kUnpack {
+    m4: __m512i,
+    m3: __m512i,
+    shift_a: __m512i,
+    shift_b: __m512i,
+    idx: [__m512i; 4],
+}
+
+impl Q6kUnpack {
+    /// The masks, shifts and scale indices.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn new() -> Self {
+        // The high bits of the two chunks of a register: bits 0..2 and 2..4 of `qh`
+        // (pair A), 4..6 and 6..8 (pair B), as 16-bit shifts per half.
+        let words = |lo: i64, hi: i64| {
+            let (lo, hi) = (lo * 0x0001_0001_0001_0001, hi * 0x0001_0001_0001_0001);
+            _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
+        };
+        Self {
+            m4: _mm512_set1_epi8(0x0F),
+            m3: _mm512_set1_epi8(3),
+            shift_a: words(0, 2),
+            shift_b: words(4, 6),
+            // Register m (chunks 2m, 2m + 1) takes sub-blocks 4m..4m + 4, eight words each.
+            // SAFETY: this function's features include AVX-512 F.
+            idx: unsafe { scale_index(&Q6K_SCALES) },
+        }
+    }
+
+    /// Block `b`'s unsigned quants (register `m`: chunks `2m` and `2m + 1`, values
+    /// `64m..64m + 64`), each register's sub-block scale per 16-bit word, and the sixteen
+    /// scales widened to 16 bits.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    fn block(&self, b: &BlockQ6K) -> ([__m512i; 4], [__m512i; 4], __m256i) {
+        let mut q = [_mm512_setzero_si512(); 4];
+        for h in 0..2 {
+            // SAFETY: bytes `64h..64h + 64` of the 128 of `b.ql` and `32h..32h + 32` of the
+            // 64 of `b.qh` (`h < 2`).
+            let (l, hb) = unsafe {
+                (
+                    _mm512_loadu_si512(b.ql.as_ptr().add(64 * h).cast()),
+                    load(b.qh.as_ptr().add(32 * h)),
+                )
+            };
+            let hb = _mm512_broadcast_i64x4(hb);
+            let ha = _mm512_slli_epi16(
+                _mm512_and_si512(_mm512_srlv_epi16(hb, self.shift_a), self.m3),
+                4,
+            );
+            let hbb = _mm512_slli_epi16(
+                _mm512_and_si512(_mm512_srlv_epi16(hb, self.shift_b), self.m3),
+                4,
+            );
+            q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, self.m4), ha);
+            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), self.m4), hbb);
+        }
+        // SAFETY: reads the 16 bytes of `b.scales`.
+        let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) });
+        let scales = _mm512_castsi256_si512(scales16);
+        let mut sc = [_mm512_setzero_si512(); 4];
+        for m in 0..4 {
+            sc[m] = _mm512_permutexvar_epi16(self.idx[m], scales);
+        }
+        (q, sc, scales16)
+    }
+}
+
+/// An activation block's quants (register `m`: values `64m..64m + 64`) and its sixteen
+/// 16-value sums.
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+fn q6k_act(x: &ActBlockK) -> ([__m512i; 4], __m256i) {
+    let mut xq = [_mm512_setzero_si512(); 4];
+    for (m, v) in xq.iter_mut().enumerate() {
+        // SAFETY: bytes `64m..64m + 64` of the 256 of `x.qs` (`m < 4`).
+        *v = unsafe { _mm512_loadu_si512(x.qs.as_ptr().add(64 * m).cast()) };
+    }
+    // SAFETY: reads the 16 i16 (32 bytes) of `x.bsums`.
+    let bsums = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
+    (xq, bsums)
+}
+
+/// The byte products of a `Q6_K` block's unsigned quants `q` and an activation block `xq`,
+/// times the sub-block scales, in 16 exact i32 lanes: lane `k < 8` holds the values of the
+/// even chunks that the AVX2 build's lane `k` holds, lane `8 + k` those of the odd chunks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn q6k_products(q: &[__m512i; 4], sc: &[__m512i; 4], xq: &[__m512i; 4]) -> __m512i {
+    let mut sum = _mm512_setzero_si512();
+    for m in 0..4 {
+        sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(q[m], xq[m]), sc[m]);
+    }
+    sum
+}
+
+/// The AVX2 lanes' `32 · (bsums[2l]·scale[2l] + bsums[2l + 1]·scale[2l + 1])` (the
+/// quants' `- 32`), exact.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn q6k_offset(bsums: __m256i, scales16: __m256i) -> __m256i {
+    _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)
+}
+
+/// Blocks of one weight row whose exact sums are reduced together by [`rows_q4k_vnni`].
+const STEP: usize = 4;
+
+/// [`rows_q4k`] with AVX-512 BW and VNNI for one activation row (decoding). Each weight row
+/// is read in order (one linear stream through the matrix, which the hardware prefetchers
+/// follow; reading several rows side by side halved the speed from DRAM). Per super-block,
+/// four 512-bit registers as in [`rows_q4k_grouped_vnni`], byte products summed into i16
+/// pairs and then, times the sub-block scales, into i32 lanes by `vpdpwssd`; the sums of
+/// four consecutive super-blocks are reduced together and then fused into the row's two
+/// accumulators one super-block after the other: the same integers and the same f32
+/// operations, in the same order, as [`q4k`], so the same bits. More activation rows go
+/// through the AVX2 build.
+///
+/// # Safety
+/// As [`rows_q4k_grouped_vnni`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+pub(crate) unsafe fn rows_q4k_vnni<const R: usize>(
+    w: &[BlockQ4K],
+    kb: usize,
+    a: [&[ActBlockK]; R],
+    out: &mut [[f32; crate::quant::MAX_TILE]],
+) {
+    if R != 1 {
+        // SAFETY: the caller's contract covers the AVX2 loop's (a subset of the features).
+        return unsafe { rows_q4k::<R>(w, kb, a, out) };
+    }
+    let s: &[&[ActBlockK]] = &a;
+    let x = s[0];
+    for (c, o) in out.iter_mut().enumerate() {
+        // SAFETY: `c < out.len()` and `w` holds `out.len()` rows of `kb` blocks, `x` at least
+        // `kb` (the contract).
+        o[0] = unsafe { q4k_row(w.get_unchecked(c * kb..(c + 1) * kb), x) };
+    }
+}
+
+/// One `Q4_K` weight row · one activation row in the one-row order (see
+/// [`rows_q4k_vnni`]).
+///
+/// # Safety
+/// As [`rows_q4k_grouped_vnni`]; `x` has at least `w.len()` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+unsafe fn q4k_row(w: &[BlockQ4K], x: &[ActBlockK]) -> f32 {
+    let m4 = _mm512_set1_epi8(0x0F);
+    // The upper half takes the high nibbles.
+    let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    // SAFETY: this function's features include AVX-512 F.
+    let idx = unsafe { scale_index(&Q4K_SCALES) };
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for start in (0..w.len()).step_by(STEP) {
+        let n = STEP.min(w.len() - start);
+        let mut g = [_mm512_setzero_si512(); STEP];
+        let mut ms = [_mm_setzero_si128(); STEP];
+        let mut dd = [0f32; STEP];
+        let mut dm = [0f32; STEP];
+        for t in 0..n {
+            // SAFETY: `start + t < w.len()`, at most the length of `x` (the contract).
+            let (b, xb) = unsafe { (w.get_unchecked(start + t), x.get_unchecked(start + t)) };
+            prefetch(b);
+            // SAFETY: reads the 8 bytes of `b.scales` and the 8 of `b.mins`.
+            let (scales, mins) = unsafe {
+                (
+                    _mm_loadl_epi64(b.scales.as_ptr().cast()),
+                    _mm_loadl_epi64(b.mins.as_ptr().cast()),
+                )
+            };
+            let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(scales));
+            let mut sum = _mm512_setzero_si512();
+            for k in 0..4 {
+                // SAFETY: bytes `32k..32k + 32` of the 128 of `b.qs` and `64k..64k + 64` of
+                // the 256 of `xb.qs` (`k < 4`).
+                let (raw, xq) = unsafe {
+                    (
+                        _mm512_broadcast_i64x4(load(b.qs.as_ptr().add(32 * k))),
+                        _mm512_loadu_si512(xb.qs.as_ptr().add(64 * k).cast()),
+                    )
+                };
+                let q = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), m4);
+                let p = _mm512_maddubs_epi16(q, xq);
+                sum = _mm512_dpwssd_epi32(sum, p, _mm512_permutexvar_epi16(idx[k], scales));
+            }
+            g[t] = sum;
+            // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1].
+            // SAFETY: the two halves of the 16 i16 (32 bytes) of `xb.bsums`.
+            let pairs = unsafe {
+                _mm_hadd_epi16(
+                    _mm_loadu_si128(xb.bsums.as_ptr().cast()),
+                    _mm_loadu_si128(xb.bsums.as_ptr().add(8).cast()),
+                )
+            };
+            ms[t] = _mm_madd_epi16(pairs, _mm_cvtepu8_epi16(mins));
+            dd[t] = b.d * xb.d;
+            dm[t] = b.dmin * xb.d;
+        }
+        let sums = reduce4(g);
+        let mins = _mm_hadd_epi32(_mm_hadd_epi32(ms[0], ms[1]), _mm_hadd_epi32(ms[2], ms[3]));
+        let (mut sf, mut mf) = ([0f32; STEP], [0f32; STEP]);
+        // SAFETY: writes the 4 floats of `sf` and of `mf`.
+        unsafe {
+            _mm_storeu_ps(sf.as_mut_ptr(), _mm_cvtepi32_ps(sums));
+            _mm_storeu_ps(mf.as_mut_ptr(), _mm_cvtepi32_ps(mins));
+        }
+        for t in 0..n {
+            acc = sf[t].mul_add(dd[t], acc);
+            acc_min = mf[t].mul_add(dm[t], acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// [`rows_q6k`] with AVX-512 BW and VNNI for one activation row (decoding), each weight row
+/// read in order: every super-block unpacked as in [`rows_q6k_tiled_vnni`] into 16 exact
+/// i32 lanes whose two halves add up to the AVX2 build's eight lanes, then converted and
+/// fused into the row's eight f32 lanes as there, and summed in the same order at the end:
+/// the same bits as [`q6k`]. More activation rows go through the AVX2 build.
+///
+/// # Safety
+/// As [`rows_q4k_grouped_vnni`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+pub(crate) unsafe fn rows_q6k_vnni<const R: usize>(
+    w: &[BlockQ6K],
+    kb: usize,
+    a: [&[ActBlockK]; R],
+    out: &mut [[f32; crate::quant::MAX_TILE]],
+) {
+    if R != 1 {
+        // SAFETY: the caller's contract covers the AVX2 loop's (a subset of the features).
+        return unsafe { rows_q6k::<R>(w, kb, a, out) };
+    }
+    let s: &[&[ActBlockK]] = &a;
+    let x = s[0];
+    let unpack = Q6kUnpack::new();
+    for (c, o) in out.iter_mut().enumerate() {
+        // SAFETY: `c < out.len()` and `w` holds `out.len()` rows of `kb` blocks, `x` at least
+        // `kb` (the contract).
+        let row = unsafe { w.get_unchecked(c * kb..(c + 1) * kb) };
+        let mut acc = _mm256_setzero_ps();
+        for (i, b) in row.iter().enumerate() {
+            prefetch(b);
+            // SAFETY: `i < kb`, at most the length of `x` (the contract).
+            let xb = unsafe { x.get_unchecked(i) };
+            let (xq, bsums) = q6k_act(xb);
+            let (q, sc, scales16) = unpack.block(b);
+            let sum = q6k_products(&q, &sc, &xq);
+            let eight = _mm256_add_epi32(
+                _mm512_castsi512_si256(sum),
+                _mm512_extracti64x4_epi64(sum, 1),
+            );
+            let lanes = _mm256_sub_epi32(eight, q6k_offset(bsums, scales16));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(xb.d * b.d), _mm256_cvtepi32_ps(lanes), acc);
+        }
+        o[0] = hsum_f32(acc);
+    }
 }
