@@ -33,11 +33,12 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
-    dots, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0,
-    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK,
-    QK_K,
+    dots, dots_q4k_x16, interleave_q4k, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K,
+    BlockQ3K, BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K, X16,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
+use fluent_ai_candle_kernels::simd::Simd;
 
 /// The kernels [`QLinear`] uses on this machine: [`Kernels::chosen`] (once per process, the
 /// best the CPU has, capped by `FLUENT_AI_CANDLE_SIMD`).
@@ -61,14 +62,20 @@ enum Weights {
     Q2K(Vec<BlockQ2K>),
     Q3K(Vec<BlockQ3K>),
     Q4K(Vec<BlockQ4K>),
+    /// `Q4_K` rows interleaved sixteen at a time (see [`BlockQ4Kx16`]): the layout of the
+    /// AVX-512 VNNI kernels, chosen at load under [`Simd::Avx512Vnni`] when the row count
+    /// is a multiple of 16.
+    Q4Kx16(Vec<BlockQ4Kx16>),
     Q5K(Vec<BlockQ5K>),
     Q6K(Vec<BlockQ6K>),
 }
 
-/// Runs `$body` with `$w` bound to the blocks of whichever format `$weights` holds.
+/// Runs `$body` with `$w` bound to the blocks of whichever row-major format `$weights`
+/// holds, or `$x16` with `$x` bound to interleaved `Q4_K` groups.
 macro_rules! with_blocks {
-    ($weights:expr, $w:ident => $body:expr) => {
+    ($weights:expr, $w:ident => $body:expr, $x:ident => $x16:expr) => {
         match $weights {
+            Weights::Q4Kx16($x) => $x16,
             Weights::Q4_0($w) => $body,
             Weights::Q4_1($w) => $body,
             Weights::Q5_0($w) => $body,
@@ -180,10 +187,29 @@ fn quantize_rows<B: Kernel>(x: &[f32], k: usize, acts: &mut [B::Act], kb: usize)
 impl OurMatMul {
     /// `x` (`[m, k]`, row-major) times the weights transposed: `[m, n]`.
     fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        with_blocks!(&self.weights, w => self.matmul_with(w, x, m))
+        with_blocks!(
+            &self.weights,
+            w => self.matmul_rows(w, x, m),
+            w => self.matmul_with::<BlockQ4K>(x, m, |(acts, _), outs| self.run_x16(w, acts, outs, m))
+        )
     }
 
-    fn matmul_with<B: Kernel>(&self, w: &[B], x: &[f32], m: usize) -> Vec<f32>
+    /// [`matmul`](Self::matmul) for row-major weights `w`.
+    fn matmul_rows<B: Kernel>(&self, w: &[B], x: &[f32], m: usize) -> Vec<f32>
+    where
+        B::Act: ActBuffer,
+    {
+        self.matmul_with::<B>(x, m, |acts, outs| self.run(w, acts, outs, m))
+    }
+
+    /// Quantizes the `m` rows of `x` into this thread's activation buffer (and pairs them
+    /// for the 512-bit kernels), has `run` fill the outputs, and returns them.
+    fn matmul_with<B: Kernel>(
+        &self,
+        x: &[f32],
+        m: usize,
+        run: impl FnOnce((&[B::Act], &[Pair]), &[AtomicU32]),
+    ) -> Vec<f32>
     where
         B::Act: ActBuffer,
     {
@@ -201,7 +227,7 @@ impl OurMatMul {
                 PAIRED.with(|paired| {
                     let mut paired = paired.borrow_mut();
                     B::Act::pair_rows(self.kernels, &acts[..m * kb], m, kb, &mut paired);
-                    self.run(w, (&acts[..m * kb], &paired), outs, m);
+                    run((&acts[..m * kb], &paired), outs);
                 });
                 outs.iter()
                     .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
@@ -252,14 +278,56 @@ impl OurMatMul {
                 // repacked gemm takes four at a time.
                 let prompt = prompt && B::prompt_order(m, rows_here);
                 dots(kernels, w, kb, (rows, tile_pairs), prompt, out);
-                for (j, o) in out.iter().enumerate() {
-                    for (i, v) in o.iter().take(rows_here).enumerate() {
-                        outs[(r0 + i) * n + c0 + j].store(v.to_bits(), Ordering::Relaxed);
-                    }
-                }
+                store(outs, n, (r0, rows_here), c0, out);
             }
         };
         candle_core::utils::barrier_pool().execute_chunked(groups * tiles, work);
+    }
+
+    /// [`run`](Self::run) for interleaved `Q4_K` weights: items are (group of sixteen
+    /// weight rows, tile of four activation rows), group major.
+    fn run_x16(&self, w: &[BlockQ4Kx16], acts: &[ActBlockK], outs: &[AtomicU32], m: usize) {
+        let (n, kb) = (self.n, self.k / QK_K);
+        let kernels = self.kernels;
+        let tile = ROW_TILE_X16;
+        let tiles = m.div_ceil(tile);
+        let prompt = PROMPT.get();
+        let work = |items: std::ops::Range<usize>| {
+            let mut out = [[0f32; MAX_TILE]; X16];
+            for item in items {
+                let (group, t) = (item / tiles, item % tiles);
+                let r0 = t * tile;
+                let rows_here = tile.min(m - r0);
+                let mut rows: [&[ActBlockK]; ROW_TILE_X16] = [&[]; ROW_TILE_X16];
+                for (i, r) in rows.iter_mut().take(rows_here).enumerate() {
+                    *r = &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
+                }
+                let grouped = prompt && BlockQ4K::prompt_order(m, rows_here);
+                let w = &w[group * kb..(group + 1) * kb];
+                dots_q4k_x16(kernels, w, kb, &rows[..rows_here], grouped, &mut out);
+                store(outs, n, (r0, rows_here), group * X16, &out);
+            }
+        };
+        candle_core::utils::barrier_pool().execute_chunked(n / X16 * tiles, work);
+    }
+}
+
+/// Activation rows per [`dots_q4k_x16`] call (its tile, as llama.cpp's repacked gemm).
+const ROW_TILE_X16: usize = 4;
+
+/// Writes a work item's results (`out[j][i]`: weight row `c0 + j`, activation row `r0 + i`,
+/// `i < rows`) into the `[m, n]` outputs.
+fn store(
+    outs: &[AtomicU32],
+    n: usize,
+    (r0, rows): (usize, usize),
+    c0: usize,
+    out: &[[f32; MAX_TILE]],
+) {
+    for (j, o) in out.iter().enumerate() {
+        for (i, v) in o.iter().take(rows).enumerate() {
+            outs[(r0 + i) * n + c0 + j].store(v.to_bits(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -272,7 +340,17 @@ impl OurMatMul {
                 B::dequantize(b, out);
             }
         }
-        with_blocks!(&self.weights, w => rows(w, self.k, row, out))
+        with_blocks!(
+            &self.weights,
+            w => rows(w, self.k, row, out),
+            w => {
+                let kb = self.k / QK_K;
+                let group = &w[row / X16 * kb..(row / X16 + 1) * kb];
+                for b in group {
+                    BlockQ4K::dequantize(&b.row(row % X16), out);
+                }
+            }
+        )
     }
 }
 
@@ -433,6 +511,18 @@ enum Inner {
     Candle(QMatMul),
 }
 
+/// `Q4_K` weight rows (`n` of `kb` blocks) in the layout their fastest kernels on this
+/// machine read: interleaved by sixteen under [`Simd::Avx512Vnni`] (when `n` allows), else
+/// row-major.
+fn q4k_weights(blocks: Vec<BlockQ4K>, n: usize, kb: usize) -> Weights {
+    if kernels().simd() == Simd::Avx512Vnni {
+        if let Some(x16) = interleave_q4k(&blocks, n, kb) {
+            return Weights::Q4Kx16(x16);
+        }
+    }
+    Weights::Q4K(blocks)
+}
+
 impl QLinear {
     /// Wraps a quantized `[out, in]` weight tensor, repacking it for our kernels when its
     /// format has them (and it is on the CPU).
@@ -459,13 +549,13 @@ impl QLinear {
                 GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
                 GgmlDType::Q2K => Some(Weights::Q2K(read_blocks(&t.data()?))),
                 GgmlDType::Q3K => Some(Weights::Q3K(read_blocks(&t.data()?))),
-                GgmlDType::Q4K => Some(Weights::Q4K(read_blocks(&t.data()?))),
+                GgmlDType::Q4K => Some(q4k_weights(read_blocks(&t.data()?), n, k / QK_K)),
                 GgmlDType::Q5K => Some(Weights::Q5K(read_blocks(&t.data()?))),
                 GgmlDType::Q6K => Some(Weights::Q6K(read_blocks(&t.data()?))),
                 _ => None,
             };
             if let Some(weights) = weights {
-                let blocks = with_blocks!(&weights, w => w.len());
+                let blocks = with_blocks!(&weights, w => w.len(), w => w.len() * X16);
                 if blocks != n * (k / values) {
                     candle_core::bail!(
                         "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",

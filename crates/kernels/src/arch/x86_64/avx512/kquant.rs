@@ -326,10 +326,7 @@ impl Q6kUnpack {
         // SAFETY: reads the 16 bytes of `b.scales`.
         let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) });
         let scales = _mm512_castsi256_si512(scales16);
-        let mut sc = [_mm512_setzero_si512(); 4];
-        for m in 0..4 {
-            sc[m] = _mm512_permutexvar_epi16(self.idx[m], scales);
-        }
+        let sc = self.idx.map(|idx| _mm512_permutexvar_epi16(idx, scales));
         (q, sc, scales16)
     }
 }
@@ -438,7 +435,7 @@ unsafe fn q4k_row(w: &[BlockQ4K], x: &[ActBlockK]) -> f32 {
             };
             let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(scales));
             let mut sum = _mm512_setzero_si512();
-            for k in 0..4 {
+            for (k, idx) in idx.iter().enumerate() {
                 // SAFETY: bytes `32k..32k + 32` of the 128 of `b.qs` and `64k..64k + 64` of
                 // the 256 of `xb.qs` (`k < 4`).
                 let (raw, xq) = unsafe {
@@ -449,7 +446,7 @@ unsafe fn q4k_row(w: &[BlockQ4K], x: &[ActBlockK]) -> f32 {
                 };
                 let q = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), m4);
                 let p = _mm512_maddubs_epi16(q, xq);
-                sum = _mm512_dpwssd_epi32(sum, p, _mm512_permutexvar_epi16(idx[k], scales));
+                sum = _mm512_dpwssd_epi32(sum, p, _mm512_permutexvar_epi16(*idx, scales));
             }
             g[t] = sum;
             // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1].

@@ -1,0 +1,278 @@
+//! `Q4_K` weight rows interleaved sixteen at a time ([`BlockQ4Kx16`]), the layout of the
+//! 512-bit kernels that keep one output per 32-bit lane, and their dot products
+//! ([`dots_q4k_x16`]).
+//!
+//! A row-major `Q4_K` kernel sums each weight row's products across a register and must
+//! reduce the register to one integer per super-block (or per 64 values in the prompt
+//! order): those horizontal sums, and the weight unpacking done once per row, are most of
+//! its work. Here lane `j` of every register belongs to weight row `j` of the group: four
+//! consecutive quants of each of the sixteen rows fill one 512-bit register, `vpdpbusd`
+//! multiplies them by four activation bytes broadcast to every lane, and the sums are
+//! already per row (as in llama.cpp's repacked `Q4_K` gemv/gemm, whose layout interleaves
+//! eight rows). The exact integers and the f32 operations per (weight row, activation row)
+//! are those of [`super::kquant::dot_q4k`] (one-row order) and
+//! [`super::kquant::dot_q4k_grouped`] (prompt order), so the results are the same bits
+//! (the tests assert it). A group's blocks are read in order: one linear stream.
+
+use super::kquant::{ActBlockK, BlockQ4K};
+use super::MAX_TILE;
+use crate::simd::{Kernels, Simd};
+
+/// Weight rows per interleaved group.
+pub const X16: usize = 16;
+
+/// Super-block `i` of sixteen `Q4_K` weight rows (a group), interleaved: row `j`'s values
+/// are in lane `j` (bytes `4j..4j + 4` of each `qs` register, entry `j` of the per-row
+/// arrays). 2,432 bytes, as the sixteen [`BlockQ4K`]s it holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+pub struct BlockQ4Kx16 {
+    /// `qs[t][4j + b]` is byte `4t + b` of row `j`'s 128 quant bytes (`t < 32`): the low
+    /// nibbles of `qs[t]` are values `64(t/8) + 4(t%8) .. + 4` of each row (sub-block
+    /// `2(t/8)`), the high nibbles the 32 values after them (sub-block `2(t/8) + 1`).
+    pub qs: [[u8; 64]; 32],
+    /// `scales[s][j]`: row `j`'s scale of sub-block `s`.
+    pub scales: [[u8; X16]; 8],
+    /// `mins[s][j]`: row `j`'s min of sub-block `s`.
+    pub mins: [[u8; X16]; 8],
+    /// Each row's super-block scale.
+    pub d: [f32; X16],
+    /// Each row's super-block scale of the mins.
+    pub dmin: [f32; X16],
+}
+
+impl BlockQ4Kx16 {
+    /// Super-block `i` of sixteen rows: `rows[j]` is row `j`'s block.
+    pub fn interleave(rows: [&BlockQ4K; X16]) -> Self {
+        let mut out = Self {
+            qs: [[0; 64]; 32],
+            scales: [[0; X16]; 8],
+            mins: [[0; X16]; 8],
+            d: [0.0; X16],
+            dmin: [0.0; X16],
+        };
+        for (j, b) in rows.iter().enumerate() {
+            for (t, q) in out.qs.iter_mut().enumerate() {
+                q[4 * j..4 * j + 4].copy_from_slice(&b.qs[4 * t..4 * t + 4]);
+            }
+            for s in 0..8 {
+                out.scales[s][j] = b.scales[s];
+                out.mins[s][j] = b.mins[s];
+            }
+            out.d[j] = b.d;
+            out.dmin[j] = b.dmin;
+        }
+        out
+    }
+
+    /// Row `j`'s block (`j < 16`), as it was before [`interleave`](Self::interleave).
+    pub fn row(&self, j: usize) -> BlockQ4K {
+        let mut qs = [0u8; 128];
+        for (t, q) in self.qs.iter().enumerate() {
+            qs[4 * t..4 * t + 4].copy_from_slice(&q[4 * j..4 * j + 4]);
+        }
+        BlockQ4K {
+            d: self.d[j],
+            dmin: self.dmin[j],
+            scales: std::array::from_fn(|s| self.scales[s][j]),
+            mins: std::array::from_fn(|s| self.mins[s][j]),
+            qs,
+        }
+    }
+}
+
+/// `n` row-major `Q4_K` weight rows of `kb` blocks each, interleaved by groups of sixteen
+/// (group `g`'s super-block `i` at `g·kb + i`); `None` unless `n` is a multiple of 16 and
+/// `w` holds `n·kb` blocks.
+pub fn interleave_q4k(w: &[BlockQ4K], n: usize, kb: usize) -> Option<Vec<BlockQ4Kx16>> {
+    if !n.is_multiple_of(X16) || w.len() != n * kb {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n / X16 * kb);
+    for g in 0..n / X16 {
+        for i in 0..kb {
+            out.push(BlockQ4Kx16::interleave(std::array::from_fn(|j| {
+                &w[(g * X16 + j) * kb + i]
+            })));
+        }
+    }
+    Some(out)
+}
+
+/// The sixteen weight rows of one group (`w`: its `kb` blocks) times 1..=4 activation rows
+/// (`rows`, at least `kb` blocks each), into `out[j][r]` (`out`: sixteen entries). In the
+/// prompt order (`grouped`: llama.cpp's 4-row repacked gemm, fused every 64 values) or the
+/// one-row order, the bits of [`super::kquant::dot_q4k_grouped`] or
+/// [`super::kquant::dot_q4k`] for each pair, under every [`Kernels`]: the AVX-512 VNNI build
+/// under [`Simd::Avx512Vnni`], a portable loop on the interleaved layout otherwise.
+///
+/// # Panics
+/// If the shapes disagree: `w` not `kb` blocks, no rows or more than four, a row shorter
+/// than `kb`, `out` not sixteen entries.
+pub fn dots_q4k_x16(
+    kernels: Kernels,
+    w: &[BlockQ4Kx16],
+    kb: usize,
+    rows: &[&[ActBlockK]],
+    grouped: bool,
+    out: &mut [[f32; MAX_TILE]],
+) {
+    assert!(
+        w.len() == kb
+            && !rows.is_empty()
+            && rows.len() <= 4
+            && rows.iter().all(|r| r.len() >= kb)
+            && out.len() == X16,
+        "quant::dots_q4k_x16: {} blocks for {kb}, {} activation rows, {} outputs",
+        w.len(),
+        rows.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if kernels.simd() == Simd::Avx512Vnni {
+        crate::arch::x86_64::avx512::q4k_x16::dots(kernels, w, rows, grouped, out);
+        return;
+    }
+    let _ = kernels;
+    for (r, a) in rows.iter().enumerate() {
+        for (j, o) in out.iter_mut().enumerate() {
+            o[r] = portable(w, a, j, grouped);
+        }
+    }
+}
+
+/// Row `j` of the group times activation row `a`, on the interleaved layout, in the order
+/// of [`super::kquant::dot_q4k`] (or `dot_q4k_grouped` when `grouped`).
+fn portable(w: &[BlockQ4Kx16], a: &[ActBlockK], j: usize, grouped: bool) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (b, a) in w.iter().zip(a) {
+        let (dd, dm) = (b.d[j] * a.d, b.dmin[j] * a.d);
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for g in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..8 {
+                let q = &b.qs[8 * g + l][4 * j..4 * j + 4];
+                for (k, &q) in q.iter().enumerate() {
+                    lo += (q & 0x0F) as i32 * a.qs[64 * g + 4 * l + k] as i32;
+                    hi += (q >> 4) as i32 * a.qs[64 * g + 32 + 4 * l + k] as i32;
+                }
+            }
+            let s = b.scales[2 * g][j] as i32 * lo + b.scales[2 * g + 1][j] as i32 * hi;
+            let m = b.mins[2 * g][j] as i32 * (a.bsums[4 * g] as i32 + a.bsums[4 * g + 1] as i32)
+                + b.mins[2 * g + 1][j] as i32
+                    * (a.bsums[4 * g + 2] as i32 + a.bsums[4 * g + 3] as i32);
+            if grouped {
+                acc = (s as f32).mul_add(dd, acc);
+                acc_min = (m as f32).mul_add(dm, acc_min);
+            } else {
+                sumi += s;
+                summ += m;
+            }
+        }
+        if !grouped {
+            acc = (sumi as f32).mul_add(dd, acc);
+            acc_min = (summ as f32).mul_add(dm, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::quant::kquant::{dot_q4k, dot_q4k_grouped, quantize_row_q8k, QK_K};
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 33
+        }
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+        fn unit(&mut self) -> f32 {
+            self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0
+        }
+    }
+
+    fn random_block(g: &mut Lcg) -> BlockQ4K {
+        BlockQ4K {
+            d: g.unit() * 0.01,
+            dmin: g.unit() * 0.01,
+            scales: std::array::from_fn(|_| g.byte() & 63),
+            mins: std::array::from_fn(|_| g.byte() & 63),
+            qs: std::array::from_fn(|_| g.byte()),
+        }
+    }
+
+    #[test]
+    fn interleaving_round_trips() {
+        let mut g = Lcg(7);
+        let w: Vec<BlockQ4K> = (0..32 * 3).map(|_| random_block(&mut g)).collect();
+        let x = interleave_q4k(&w, 32, 3).unwrap();
+        for row in 0..32 {
+            for i in 0..3 {
+                assert_eq!(x[(row / X16) * 3 + i].row(row % X16), w[row * 3 + i]);
+            }
+        }
+        assert!(interleave_q4k(&w, 24, 4).is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Every level (the AVX-512 VNNI build where the CPU has it, the portable loop
+        /// otherwise) gives the scalar twins' bits, in both orders, for 1..=4 rows.
+        #[test]
+        fn every_level_is_the_twin(
+            seed in any::<u64>(),
+            kb in 1usize..5,
+            mag in prop_oneof![Just(1e-3f32), Just(1f32), Just(3e3f32)],
+        ) {
+            let mut g = Lcg(seed);
+            let w: Vec<BlockQ4K> = (0..X16 * kb).map(|_| random_block(&mut g)).collect();
+            let x = interleave_q4k(&w, X16, kb).unwrap();
+            let mut acts = vec![ActBlockK::default(); 4 * kb];
+            for a in acts.chunks_exact_mut(kb) {
+                let xs: Vec<f32> = (0..kb * QK_K).map(|_| g.unit() * mag).collect();
+                quantize_row_q8k(&xs, a);
+            }
+            let rows: Vec<&[ActBlockK]> = acts.chunks_exact(kb).collect();
+            for simd in Simd::available() {
+                let kernels = Kernels::new(simd).unwrap();
+                for m in 1..=4 {
+                    for grouped in [false, true] {
+                        let mut out = [[0f32; MAX_TILE]; X16];
+                        dots_q4k_x16(kernels, &x, kb, &rows[..m], grouped, &mut out);
+                        for (j, o) in out.iter().enumerate() {
+                            for (r, a) in rows[..m].iter().enumerate() {
+                                let wr = &w[j * kb..(j + 1) * kb];
+                                let want = if grouped { dot_q4k_grouped(wr, a) } else { dot_q4k(wr, a) };
+                                prop_assert_eq!(
+                                    o[r].to_bits(), want.to_bits(),
+                                    "{:?}, {} rows, grouped {}, weight row {}, row {}: {} vs {}",
+                                    simd, m, grouped, j, r, o[r], want
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "dots_q4k_x16")]
+    fn bad_shapes_panic() {
+        let w = interleave_q4k(&[random_block(&mut Lcg(1)); X16], X16, 1).unwrap();
+        let a = [ActBlockK::default(); 1];
+        let mut out = [[0f32; MAX_TILE]; X16];
+        dots_q4k_x16(Kernels::chosen(), &w, 2, &[&a[..]], false, &mut out);
+    }
+}
