@@ -6,11 +6,13 @@
 //! Architectures: llama (which also covers `mistral`, an architecture name llama.cpp does not
 //! have: Mistral GGUF files say `llama`), qwen2, qwen3, phi3, gemma (Gemma 1), gemma2
 //! (soft-capped scores and logits, alternating sliding-window layers), gemma3 and phi2, each in
-//! `Q8_0` and `Q4_K_M`. Not here: deepseek2 (covered against an independent reference in
-//! `deepseek.rs`).
+//! `Q8_0` and `Q4_K_M`, and llama, qwen2, phi3 and gemma3 in `Q4_0`. Not here: deepseek2
+//! (covered against an independent reference in `deepseek.rs`).
 //!
 //! Where llama.cpp is clear (its best logit ahead of the second by ≥ 0.5) our argmax must be
-//! its argmax at every position; the test also reports how close the logits are.
+//! its argmax at every position. The logits themselves are llama.cpp's to the bit (the top
+//! five at every position), save the known exceptions in [`NOT_BIT_EQUAL`]; our kernels give
+//! the same bits on every SIMD level, so this holds on any machine.
 
 mod common;
 
@@ -21,6 +23,11 @@ use candle_core::Device;
 use fluent_ai_candle_kv_cache::KvCacheConfig;
 use fluent_ai_candle_models::synth::{self, QuantMix, SynthSpec, Vocabulary};
 use fluent_ai_candle_models::{decoder, GgufFile};
+
+/// Models whose top-5 logits may differ from llama.cpp's at some positions, with the fewest
+/// of the 545 that must still be bit-equal: phi3 `Q4_K_M` matches 535 (the largest difference
+/// 9.5e-7), the cause not yet found.
+const NOT_BIT_EQUAL: [(&str, usize); 1] = [("phi3 q4_k_m", 535)];
 
 fn file(arch: &str, quant: &str, seed: u64, vocab: &Vocabulary) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("synth-exact-{}", std::process::id()));
@@ -112,6 +119,24 @@ fn every_architecture_agrees_with_llama_cpp() {
                 report.contains_key(&format!("{arch} {quant}")),
                 "no reference lines for {arch} {quant}"
             );
+        }
+    }
+    for arch in ["llama", "qwen2", "phi3", "gemma3"] {
+        assert!(
+            report.contains_key(&format!("{arch} q4_0")),
+            "no reference lines for {arch} q4_0"
+        );
+    }
+    for (model, (positions, _, _, bit_equal)) in &report {
+        let floor = NOT_BIT_EQUAL
+            .iter()
+            .find(|(m, _)| m == model)
+            .map_or(positions * 5, |&(_, floor)| floor);
+        if *bit_equal < floor {
+            failures.push(format!(
+                "{model}: {bit_equal}/{} top-5 logits bit-equal to llama.cpp's, {floor} expected",
+                positions * 5
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");

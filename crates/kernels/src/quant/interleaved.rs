@@ -1,19 +1,30 @@
-//! `Q4_K` weight rows interleaved sixteen at a time ([`BlockQ4Kx16`]), the layout of the
-//! 512-bit kernels that keep one output per 32-bit lane, and their dot products
-//! ([`dots_q4k_x16`]).
+//! Weight rows interleaved sixteen at a time (`Q4_K`: [`BlockQ4Kx16`]; `Q4_0`:
+//! [`BlockQ4_0x16`]), the layout of the kernels that keep one output per 32-bit lane, and
+//! their dot products ([`dots_q4k_x16`], [`dots_q4_0_x16`]).
 //!
-//! A row-major `Q4_K` kernel sums each weight row's products across a register and must
-//! reduce the register to one integer per super-block (or per 64 values in the prompt
-//! order): those horizontal sums, and the weight unpacking done once per row, are most of
-//! its work. Here lane `j` of every register belongs to weight row `j` of the group: four
-//! consecutive quants of each of the sixteen rows fill one 512-bit register, `vpdpbusd`
-//! multiplies them by four activation bytes broadcast to every lane, and the sums are
-//! already per row (as in llama.cpp's repacked `Q4_K` gemv/gemm, whose layout interleaves
-//! eight rows). The exact integers and the f32 operations per (weight row, activation row)
-//! are those of [`super::kquant::dot_q4k`] (one-row order) and
-//! [`super::kquant::dot_q4k_grouped`] (prompt order), so the results are the same bits
-//! (the tests assert it). A group's blocks are read in order: one linear stream.
+//! A row-major kernel sums each weight row's products across a register and must reduce
+//! the register to one integer per block (or per 64 values in `Q4_K`'s prompt order):
+//! those horizontal sums, and the weight unpacking done once per row, are most of its work.
+//! Here lane `j` of every register belongs to weight row `j` of the group: four consecutive
+//! quants of each of the sixteen rows fill one 512-bit register, `vpdpbusd` multiplies them
+//! by four activation bytes broadcast to every lane, and the sums are already per row (as
+//! in llama.cpp's repacked `Q4_K` and `Q4_0` gemv/gemm, whose layouts interleave eight rows).
+//! A group's blocks are read in order: one linear stream.
+//!
+//! * `Q4_K`: the exact integers and the f32 operations per (weight row, activation row) are
+//!   those of [`super::kquant::dot_q4k`] (one-row order) and
+//!   [`super::kquant::dot_q4k_grouped`] (prompt order), so the results are the same bits.
+//! * `Q4_0`: llama.cpp's CPU backend repacks every `Q4_0` matrix whose row count is a
+//!   multiple of 8 on AVX2 and AVX-512 machines, and its repacked kernels sum differently
+//!   from its row-major `ggml_vec_dot_q4_0_q8_0` (eight f32 lanes per row): one exact integer
+//!   per block, fused into the accumulator with `d_w · d_a`
+//!   ([`super::scalar::dot_q4_0_blocks`]). These kernels compute exactly that, for a prompt
+//!   and for decoding alike, on every level (AVX-512 VNNI, AVX2, portable), so a `Q4_0`
+//!   matrix gives llama.cpp's bits wherever it repacks.
+//!
+//! The tests assert every level against the scalar twins.
 
+use super::blocks::{f16_bits, ActBlock, BlockQ4_0};
 use super::kquant::{ActBlockK, BlockQ4K};
 use super::MAX_TILE;
 use crate::simd::{Kernels, Simd};
@@ -117,20 +128,10 @@ pub fn dots_q4k_x16(
     grouped: bool,
     out: &mut [[f32; MAX_TILE]],
 ) {
-    assert!(
-        w.len() == kb
-            && !rows.is_empty()
-            && rows.len() <= 4
-            && rows.iter().all(|r| r.len() >= kb)
-            && out.len() == X16,
-        "quant::dots_q4k_x16: {} blocks for {kb}, {} activation rows, {} outputs",
-        w.len(),
-        rows.len(),
-        out.len()
-    );
+    check_x16(w.len(), kb, rows, out.len());
     #[cfg(target_arch = "x86_64")]
     if kernels.simd() == Simd::Avx512Vnni {
-        crate::arch::x86_64::avx512::q4k_x16::dots(kernels, w, rows, grouped, out);
+        crate::arch::x86_64::avx512::x16::dots_q4k(kernels, w, rows, grouped, out);
         return;
     }
     let _ = kernels;
@@ -177,12 +178,145 @@ fn portable(w: &[BlockQ4Kx16], a: &[ActBlockK], j: usize, grouped: bool) -> f32 
     acc - acc_min
 }
 
+/// Block `i` of sixteen `Q4_0` weight rows (a group), interleaved: `qs[t][4j + b]` is byte
+/// `4t + b` of row `j`'s 16 quant bytes (`t < 4`), so the low nibbles of `qs[t]` are values
+/// `4t..4t + 4` of each row and the high nibbles values `16 + 4t..16 + 4t + 4`; `d[j]` is row
+/// `j`'s scale (f16 bits). 288 bytes, as the sixteen [`BlockQ4_0`]s it holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_0x16 {
+    /// The quants, four bytes of each row per 64-byte register.
+    pub qs: [[u8; 64]; 4],
+    /// Each row's scale, as f16 bits.
+    pub d: [u16; X16],
+}
+
+impl BlockQ4_0x16 {
+    /// Block `i` of sixteen rows: `rows[j]` is row `j`'s block.
+    pub fn interleave(rows: [&BlockQ4_0; X16]) -> Self {
+        let mut out = Self {
+            qs: [[0; 64]; 4],
+            d: [0; X16],
+        };
+        for (j, b) in rows.iter().enumerate() {
+            for (t, q) in out.qs.iter_mut().enumerate() {
+                q[4 * j..4 * j + 4].copy_from_slice(&b.qs[4 * t..4 * t + 4]);
+            }
+            out.d[j] = b.d;
+        }
+        out
+    }
+
+    /// Row `j`'s block (`j < 16`), as it was before [`interleave`](Self::interleave).
+    pub fn row(&self, j: usize) -> BlockQ4_0 {
+        let mut qs = [0u8; 16];
+        for (t, q) in self.qs.iter().enumerate() {
+            qs[4 * t..4 * t + 4].copy_from_slice(&q[4 * j..4 * j + 4]);
+        }
+        BlockQ4_0 { d: self.d[j], qs }
+    }
+}
+
+/// `n` row-major `Q4_0` weight rows of `kb` blocks each, interleaved by groups of sixteen
+/// (group `g`'s block `i` at `g·kb + i`), the last group padded with zero rows when `n` is
+/// not a multiple of 16 (their outputs are never read); `None` unless `w` holds `n·kb`
+/// blocks.
+pub fn interleave_q4_0(w: &[BlockQ4_0], n: usize, kb: usize) -> Option<Vec<BlockQ4_0x16>> {
+    if w.len() != n * kb {
+        return None;
+    }
+    let zero = BlockQ4_0 { d: 0, qs: [0; 16] };
+    let groups = n.div_ceil(X16);
+    let mut out = Vec::with_capacity(groups * kb);
+    for g in 0..groups {
+        for i in 0..kb {
+            out.push(BlockQ4_0x16::interleave(std::array::from_fn(|j| {
+                let row = g * X16 + j;
+                if row < n {
+                    &w[row * kb + i]
+                } else {
+                    &zero
+                }
+            })));
+        }
+    }
+    Some(out)
+}
+
+/// The sixteen weight rows of one `Q4_0` group (`w`: its `kb` blocks) times 1..=4
+/// activation rows (`rows`, at least `kb` blocks each), into `out[j][r]` (`out`: sixteen
+/// entries), in llama.cpp's repacked order: the bits of [`super::scalar::dot_q4_0_blocks`]
+/// for each pair under every [`Kernels`] (AVX-512 VNNI under [`Simd::Avx512Vnni`], AVX2
+/// under the other x86 levels, a portable loop otherwise).
+///
+/// # Panics
+/// If the shapes disagree, as [`dots_q4k_x16`].
+pub fn dots_q4_0_x16(
+    kernels: Kernels,
+    w: &[BlockQ4_0x16],
+    kb: usize,
+    rows: &[&[ActBlock]],
+    out: &mut [[f32; MAX_TILE]],
+) {
+    check_x16(w.len(), kb, rows, out.len());
+    #[cfg(target_arch = "x86_64")]
+    match kernels.simd() {
+        Simd::Avx512Vnni => {
+            crate::arch::x86_64::avx512::x16::dots_q4_0(kernels, w, rows, out);
+            return;
+        }
+        Simd::Avx2 | Simd::Avx512 => {
+            crate::arch::x86_64::avx2::x16::dots_q4_0(kernels, w, rows, out);
+            return;
+        }
+        _ => {}
+    }
+    let _ = kernels;
+    for (r, a) in rows.iter().enumerate() {
+        for (j, o) in out.iter_mut().enumerate() {
+            o[r] = portable_q4_0(w, a, j);
+        }
+    }
+}
+
+/// Row `j` of a `Q4_0` group times activation row `a`, on the interleaved layout, in the
+/// order of [`super::scalar::dot_q4_0_blocks`].
+fn portable_q4_0(w: &[BlockQ4_0x16], a: &[ActBlock], j: usize) -> f32 {
+    let mut acc = 0f32;
+    for (b, a) in w.iter().zip(a) {
+        let mut sumi = 0i32;
+        for (t, q) in b.qs.iter().enumerate() {
+            for (k, &q) in q[4 * j..4 * j + 4].iter().enumerate() {
+                sumi += ((q & 0x0F) as i32 - 8) * a.qs[4 * t + k] as i32;
+                sumi += ((q >> 4) as i32 - 8) * a.qs[16 + 4 * t + k] as i32;
+            }
+        }
+        acc = (sumi as f32).mul_add(f16_bits(b.d[j]) * a.d, acc);
+    }
+    acc
+}
+
+/// The shape checks of the `dots_*_x16` functions.
+fn check_x16<A>(w: usize, kb: usize, rows: &[&[A]], out: usize) {
+    assert!(
+        w == kb
+            && !rows.is_empty()
+            && rows.len() <= 4
+            && rows.iter().all(|r| r.len() >= kb)
+            && out == X16,
+        "quant::dots_*_x16: {w} blocks for {kb}, {} activation rows, {out} outputs",
+        rows.len(),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::quant::blocks::{quantize_row, QK};
     use crate::quant::kquant::{dot_q4k, dot_q4k_grouped, quantize_row_q8k, QK_K};
+    use crate::quant::scalar::dot_q4_0_blocks;
 
     struct Lcg(u64);
     impl Lcg {
@@ -267,8 +401,70 @@ mod tests {
         }
     }
 
+    fn random_q4_0(g: &mut Lcg) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: half::f16::from_f32(g.unit() * 0.01).to_bits(),
+            qs: std::array::from_fn(|_| g.byte()),
+        }
+    }
+
     #[test]
-    #[should_panic(expected = "dots_q4k_x16")]
+    fn q4_0_interleaving_round_trips_and_pads() {
+        let mut g = Lcg(9);
+        let w: Vec<BlockQ4_0> = (0..20 * 3).map(|_| random_q4_0(&mut g)).collect();
+        let x = interleave_q4_0(&w, 20, 3).unwrap();
+        assert_eq!(x.len(), 2 * 3);
+        for row in 0..20 {
+            for i in 0..3 {
+                assert_eq!(x[(row / X16) * 3 + i].row(row % X16), w[row * 3 + i]);
+            }
+        }
+        assert_eq!(x[3 + 1].row(15), BlockQ4_0 { d: 0, qs: [0; 16] });
+        assert!(interleave_q4_0(&w, 21, 3).is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// `Q4_0`: every level gives the bits of the scalar twin in llama.cpp's repacked
+        /// order, for 1..=4 rows.
+        #[test]
+        fn q4_0_every_level_is_the_twin(
+            seed in any::<u64>(),
+            kb in 1usize..6,
+            mag in prop_oneof![Just(1e-3f32), Just(1f32), Just(3e3f32)],
+        ) {
+            let mut g = Lcg(seed);
+            let w: Vec<BlockQ4_0> = (0..X16 * kb).map(|_| random_q4_0(&mut g)).collect();
+            let x = interleave_q4_0(&w, X16, kb).unwrap();
+            let mut acts = vec![ActBlock::default(); 4 * kb];
+            for a in acts.chunks_exact_mut(kb) {
+                let xs: Vec<f32> = (0..kb * QK).map(|_| g.unit() * mag).collect();
+                quantize_row(&xs, a);
+            }
+            let rows: Vec<&[ActBlock]> = acts.chunks_exact(kb).collect();
+            for simd in Simd::available() {
+                let kernels = Kernels::new(simd).unwrap();
+                for m in 1..=4 {
+                    let mut out = [[0f32; MAX_TILE]; X16];
+                    dots_q4_0_x16(kernels, &x, kb, &rows[..m], &mut out);
+                    for (j, o) in out.iter().enumerate() {
+                        for (r, a) in rows[..m].iter().enumerate() {
+                            let want = dot_q4_0_blocks(&w[j * kb..(j + 1) * kb], a);
+                            prop_assert_eq!(
+                                o[r].to_bits(), want.to_bits(),
+                                "{:?}, {} rows, weight row {}, row {}: {} vs {}",
+                                simd, m, j, r, o[r], want
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "dots_*_x16")]
     fn bad_shapes_panic() {
         let w = interleave_q4k(&[random_block(&mut Lcg(1)); X16], X16, 1).unwrap();
         let a = [ActBlockK::default(); 1];

@@ -2,7 +2,9 @@
 //! machine computes the same bits, llama.cpp's), the definition the SIMD kernels are tested
 //! against, and what runs where no SIMD kernel applies.
 
-use super::blocks::{f16_bits, ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
+use super::blocks::{
+    f16_bits, ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK,
+};
 
 /// Eight f32 lanes summed as llama.cpp's `hsum_float_8` (and our SIMD kernels) sum them.
 fn hsum8(l: [f32; 8]) -> f32 {
@@ -48,6 +50,23 @@ pub fn dot_q4_0(w: &[BlockQ4_0], a: &[ActBlock]) -> f32 {
         |w, a, v| (nibble(&w.qs, v) - 8) * a.qs[v] as i32,
         |w, a| f16_bits(w.d) * a.d,
     )
+}
+
+/// `Σ w·a` over the blocks of one `Q4_0` weight row and one activation row, in the order of
+/// llama.cpp's repacked x86 kernels (`ggml_gemv_q4_0_8x8_q8_0` and `ggml_gemm_q4_0_8x8_q8_0`,
+/// which its CPU backend uses for every `Q4_0` matrix whose row count is a multiple of 8):
+/// one exact integer per block, converted to f32 and fused into the accumulator with
+/// `d_w · d_a`. The interleaved kernels ([`super::interleaved::dots_q4_0_x16`]) compute
+/// exactly this.
+pub fn dot_q4_0_blocks(w: &[BlockQ4_0], a: &[ActBlock]) -> f32 {
+    let mut acc = 0f32;
+    for (w, a) in w.iter().zip(a) {
+        let sumi: i32 = (0..QK)
+            .map(|v| (nibble(&w.qs, v) - 8) * a.qs[v] as i32)
+            .sum();
+        acc = (sumi as f32).mul_add(f16_bits(w.d) * a.d, acc);
+    }
+    acc
 }
 
 /// `Σ w·a` over the blocks of one `Q4_1` weight row and one activation row, in the order of

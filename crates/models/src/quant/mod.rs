@@ -33,9 +33,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
-    dots, dots_q4k_x16, interleave_q4k, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K,
-    BlockQ3K, BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K, X16,
+    dots, dots_q4_0_x16, dots_q4k_x16, interleave_q4_0, interleave_q4k, read_blocks, ActBlock,
+    ActBlockK, Activation, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_0x16,
+    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK,
+    QK_K, X16,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
 use fluent_ai_candle_kernels::simd::Simd;
@@ -66,16 +67,21 @@ enum Weights {
     /// AVX-512 VNNI kernels, chosen at load under [`Simd::Avx512Vnni`] when the row count
     /// is a multiple of 16.
     Q4Kx16(Vec<BlockQ4Kx16>),
+    /// `Q4_0` rows interleaved sixteen at a time (see [`BlockQ4_0x16`]), the last group
+    /// padded: llama.cpp repacks every `Q4_0` matrix whose row count is a multiple of 8 and
+    /// sums it in the repacked kernels' order, which these kernels compute on every level.
+    Q4_0x16(Vec<BlockQ4_0x16>),
     Q5K(Vec<BlockQ5K>),
     Q6K(Vec<BlockQ6K>),
 }
 
 /// Runs `$body` with `$w` bound to the blocks of whichever row-major format `$weights`
-/// holds, or `$x16` with `$x` bound to interleaved `Q4_K` groups.
+/// holds, or `$k16` / `$z16` with `$x` bound to interleaved `Q4_K` / `Q4_0` groups.
 macro_rules! with_blocks {
-    ($weights:expr, $w:ident => $body:expr, $x:ident => $x16:expr) => {
+    ($weights:expr, $w:ident => $body:expr, $x:ident => $k16:expr, $x0:ident => $z16:expr) => {
         match $weights {
-            Weights::Q4Kx16($x) => $x16,
+            Weights::Q4Kx16($x) => $k16,
+            Weights::Q4_0x16($x0) => $z16,
             Weights::Q4_0($w) => $body,
             Weights::Q4_1($w) => $body,
             Weights::Q5_0($w) => $body,
@@ -190,7 +196,19 @@ impl OurMatMul {
         with_blocks!(
             &self.weights,
             w => self.matmul_rows(w, x, m),
-            w => self.matmul_with::<BlockQ4K>(x, m, |(acts, _), outs| self.run_x16(w, acts, outs, m))
+            w => self.matmul_with::<BlockQ4K>(x, m, |(acts, _), outs| {
+                let (prompt, kb) = (PROMPT.get(), self.k / QK_K);
+                self.run_x16(kb, acts, outs, m, |blocks, rows, out| {
+                    let grouped = prompt && BlockQ4K::prompt_order(m, rows.len());
+                    dots_q4k_x16(self.kernels, &w[blocks], kb, rows, grouped, out)
+                })
+            }),
+            w => self.matmul_with::<BlockQ4_0>(x, m, |(acts, _), outs| {
+                let kb = self.k / QK;
+                self.run_x16(kb, acts, outs, m, |blocks, rows, out| {
+                    dots_q4_0_x16(self.kernels, &w[blocks], kb, rows, out)
+                })
+            })
         )
     }
 
@@ -284,35 +302,42 @@ impl OurMatMul {
         candle_core::utils::barrier_pool().execute_chunked(groups * tiles, work);
     }
 
-    /// [`run`](Self::run) for interleaved `Q4_K` weights: items are (group of sixteen
-    /// weight rows, tile of four activation rows), group major.
-    fn run_x16(&self, w: &[BlockQ4Kx16], acts: &[ActBlockK], outs: &[AtomicU32], m: usize) {
-        let (n, kb) = (self.n, self.k / QK_K);
-        let kernels = self.kernels;
+    /// [`run`](Self::run) for weights interleaved by sixteen rows (`kb` blocks per group):
+    /// items are (group, tile of four activation rows), group major; `call(blocks, rows,
+    /// out)` multiplies the group whose blocks are `blocks` by `rows` into `out[j][r]`. The
+    /// padding rows of the last group are computed but not stored.
+    fn run_x16<A: Sync>(
+        &self,
+        kb: usize,
+        acts: &[A],
+        outs: &[AtomicU32],
+        m: usize,
+        call: impl Fn(std::ops::Range<usize>, &[&[A]], &mut [[f32; MAX_TILE]]) + Sync,
+    ) {
+        let n = self.n;
         let tile = ROW_TILE_X16;
         let tiles = m.div_ceil(tile);
-        let prompt = PROMPT.get();
         let work = |items: std::ops::Range<usize>| {
             let mut out = [[0f32; MAX_TILE]; X16];
             for item in items {
                 let (group, t) = (item / tiles, item % tiles);
                 let r0 = t * tile;
                 let rows_here = tile.min(m - r0);
-                let mut rows: [&[ActBlockK]; ROW_TILE_X16] = [&[]; ROW_TILE_X16];
+                let mut rows: [&[A]; ROW_TILE_X16] = [&[]; ROW_TILE_X16];
                 for (i, r) in rows.iter_mut().take(rows_here).enumerate() {
                     *r = &acts[(r0 + i) * kb..(r0 + i + 1) * kb];
                 }
-                let grouped = prompt && BlockQ4K::prompt_order(m, rows_here);
-                let w = &w[group * kb..(group + 1) * kb];
-                dots_q4k_x16(kernels, w, kb, &rows[..rows_here], grouped, &mut out);
-                store(outs, n, (r0, rows_here), group * X16, &out);
+                call(group * kb..(group + 1) * kb, &rows[..rows_here], &mut out);
+                let c0 = group * X16;
+                store(outs, n, (r0, rows_here), c0, &out[..X16.min(n - c0)]);
             }
         };
-        candle_core::utils::barrier_pool().execute_chunked(n / X16 * tiles, work);
+        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(X16) * tiles, work);
     }
 }
 
-/// Activation rows per [`dots_q4k_x16`] call (its tile, as llama.cpp's repacked gemm).
+/// Activation rows per [`dots_q4k_x16`] / [`dots_q4_0_x16`] call (their tile, as
+/// llama.cpp's repacked gemm).
 const ROW_TILE_X16: usize = 4;
 
 /// Writes a work item's results (`out[j][i]`: weight row `c0 + j`, activation row `r0 + i`,
@@ -345,9 +370,14 @@ impl OurMatMul {
             w => rows(w, self.k, row, out),
             w => {
                 let kb = self.k / QK_K;
-                let group = &w[row / X16 * kb..(row / X16 + 1) * kb];
-                for b in group {
+                for b in &w[row / X16 * kb..(row / X16 + 1) * kb] {
                     BlockQ4K::dequantize(&b.row(row % X16), out);
+                }
+            },
+            w => {
+                let kb = self.k / QK;
+                for b in &w[row / X16 * kb..(row / X16 + 1) * kb] {
+                    BlockQ4_0::dequantize(&b.row(row % X16), out);
                 }
             }
         )
@@ -511,16 +541,27 @@ enum Inner {
     Candle(QMatMul),
 }
 
-/// `Q4_K` weight rows (`n` of `kb` blocks) in the layout their fastest kernels on this
-/// machine read: interleaved by sixteen under [`Simd::Avx512Vnni`] (when `n` allows), else
-/// row-major.
-fn q4k_weights(blocks: Vec<BlockQ4K>, n: usize, kb: usize) -> Weights {
-    if kernels().simd() == Simd::Avx512Vnni {
-        if let Some(x16) = interleave_q4k(&blocks, n, kb) {
-            return Weights::Q4Kx16(x16);
+impl Weights {
+    /// Row-major weights (`n` rows of `kb` blocks, as read from the file) in the layout
+    /// their kernels read on this machine: `Q4_0` interleaved by sixteen where llama.cpp
+    /// repacks it (`n` a multiple of 8), on every level, so that it sums in llama.cpp's
+    /// order; `Q4_K` interleaved by sixteen under [`Simd::Avx512Vnni`] when `n` is a multiple
+    /// of 16 (the same bits as row-major, faster); everything else as it is.
+    fn interleaved(self, n: usize, kb: usize) -> Self {
+        match self {
+            Weights::Q4_0(w) if n.is_multiple_of(8) => match interleave_q4_0(&w, n, kb) {
+                Some(x) => Weights::Q4_0x16(x),
+                None => Weights::Q4_0(w),
+            },
+            Weights::Q4K(w) if kernels().simd() == Simd::Avx512Vnni => {
+                match interleave_q4k(&w, n, kb) {
+                    Some(x) => Weights::Q4Kx16(x),
+                    None => Weights::Q4K(w),
+                }
+            }
+            other => other,
         }
     }
-    Weights::Q4K(blocks)
 }
 
 impl QLinear {
@@ -549,19 +590,21 @@ impl QLinear {
                 GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
                 GgmlDType::Q2K => Some(Weights::Q2K(read_blocks(&t.data()?))),
                 GgmlDType::Q3K => Some(Weights::Q3K(read_blocks(&t.data()?))),
-                GgmlDType::Q4K => Some(q4k_weights(read_blocks(&t.data()?), n, k / QK_K)),
+                GgmlDType::Q4K => Some(Weights::Q4K(read_blocks(&t.data()?))),
                 GgmlDType::Q5K => Some(Weights::Q5K(read_blocks(&t.data()?))),
                 GgmlDType::Q6K => Some(Weights::Q6K(read_blocks(&t.data()?))),
                 _ => None,
             };
             if let Some(weights) = weights {
-                let blocks = with_blocks!(&weights, w => w.len(), w => w.len() * X16);
+                let blocks =
+                    with_blocks!(&weights, w => w.len(), w => w.len() * X16, w => w.len() * X16);
                 if blocks != n * (k / values) {
                     candle_core::bail!(
                         "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",
                         n * (k / values)
                     );
                 }
+                let weights = weights.interleaved(n, k / values);
                 return Ok(Self {
                     inner: Inner::Ours(Arc::new(OurMatMul {
                         weights,

@@ -5,5 +5,6 @@
 use super::*;
 
 pub mod kquant;
+pub mod x16;
 
 q32_kernels!("avx2,fma,f16c", mul_sum_avx2, signed_avx2, with_rows);

@@ -14,7 +14,7 @@ use super::*;
 
 pub mod f16;
 pub mod kquant;
-pub mod q4k_x16;
+pub mod x16;
 
 /// [`quantize_row_avx512`] where `kernels` is [`Simd::Avx512Vnni`] (then `true`); `false`,
 /// leaving `out` alone, under the other levels.

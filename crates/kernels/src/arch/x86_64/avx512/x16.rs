@@ -1,24 +1,105 @@
-//! The AVX-512 VNNI build of [`crate::quant::dots_q4k_x16`]: sixteen interleaved `Q4_K`
-//! weight rows, one per 32-bit lane, times up to four activation rows.
+//! The AVX-512 VNNI builds of [`crate::quant::dots_q4k_x16`] and
+//! [`crate::quant::dots_q4_0_x16`]: sixteen interleaved weight rows, one per 32-bit lane,
+//! times up to four activation rows.
 //!
-//! Per super-block and 64-value group, each of its eight 512-bit quant registers gives two
+//! `Q4_K`: per super-block and 64-value group, each of its eight 512-bit quant registers gives two
 //! (low and high nibbles: sub-blocks `2g` and `2g + 1`), and `vpdpbusd` adds their products
 //! with four activation bytes broadcast to every lane into one i32 per weight row: no
 //! horizontal sums. The sub-block scales are then applied per lane (`vpmulld`), the mins'
 //! terms come from one `vpmaddwd` of each row's pair of mins against the pair of activation
 //! sums, and each group (prompt order) or super-block (one-row order) is fused into the
 //! sixteen lanes' accumulators as in the scalar twins.
+//!
+//! `Q4_0`: per block, four quant registers give eight `vpdpbusd` (unsigned nibbles times
+//! activation bytes, in two chains); `8 · Σa` off each lane makes the exact integer of
+//! `(q - 8)·a`, fused into the lane's accumulator with `d_w · d_a`.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
-use crate::quant::interleaved::{BlockQ4Kx16, X16};
+use crate::quant::blocks::ActBlock;
+use crate::quant::interleaved::{BlockQ4Kx16, BlockQ4_0x16, X16};
 use crate::quant::kquant::ActBlockK;
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
 
+/// Copies the kernel's results (`r[row][j]`) into `out[j][row]`.
+fn transpose_into<const R: usize>(r: &[[f32; X16]; R], out: &mut [[f32; MAX_TILE]]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        for (v, r) in o.iter_mut().zip(r) {
+            *v = r[j];
+        }
+    }
+}
+
+/// [`crate::quant::dots_q4_0_x16`] under [`Simd::Avx512Vnni`] (shapes already checked).
+pub(crate) fn dots_q4_0(
+    kernels: Kernels,
+    w: &[BlockQ4_0x16],
+    rows: &[&[ActBlock]],
+    out: &mut [[f32; MAX_TILE]],
+) {
+    assert_eq!(kernels.simd(), Simd::Avx512Vnni);
+    // SAFETY (each arm): the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI,
+    // AVX2, FMA and F16C; the caller checked that every row holds at least `w.len()` blocks.
+    match *rows {
+        [a] => transpose_into(&unsafe { q4_0_x16::<1>(w, [a]) }, out),
+        [a, b] => transpose_into(&unsafe { q4_0_x16::<2>(w, [a, b]) }, out),
+        [a, b, c] => transpose_into(&unsafe { q4_0_x16::<3>(w, [a, b, c]) }, out),
+        [a, b, c, d] => transpose_into(&unsafe { q4_0_x16::<4>(w, [a, b, c, d]) }, out),
+        _ => unreachable!("1..=4 rows, checked by the caller"),
+    }
+}
+
+/// The `Q4_0` group `w` (its `kb` blocks) times `R` activation rows: result `r`, lane `j` is
+/// weight row `j` · activation row `r`, in llama.cpp's repacked order.
+///
+/// # Safety
+/// As [`q4k_x16`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+unsafe fn q4_0_x16<const R: usize>(w: &[BlockQ4_0x16], a: [&[ActBlock]; R]) -> [[f32; X16]; R] {
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (i, b) in w.iter().enumerate() {
+        // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
+        let xb: [&ActBlock; R] = std::array::from_fn(|r| unsafe { a[r].get_unchecked(i) });
+        // SAFETY: reads the 16 f16 (32 bytes) of `b.d`.
+        let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(b.d.as_ptr().cast()) });
+        let mut lo = [_mm512_setzero_si512(); R];
+        let mut hi = [_mm512_setzero_si512(); R];
+        for t in 0..4 {
+            // SAFETY: the 64 bytes of `b.qs[t]`.
+            let v = unsafe { _mm512_loadu_si512(b.qs[t].as_ptr().cast()) };
+            let wl = _mm512_and_si512(v, m4);
+            let wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            for r in 0..R {
+                let q = xb[r].qs.as_ptr();
+                // SAFETY: bytes `4t..4t + 4` and `16 + 4t..16 + 4t + 4` of the 32 of `qs`
+                // (`t < 4`).
+                let (xl, xh) = unsafe { (broadcast4(q.add(4 * t)), broadcast4(q.add(16 + 4 * t))) };
+                lo[r] = _mm512_dpbusd_epi32(lo[r], wl, xl);
+                hi[r] = _mm512_dpbusd_epi32(hi[r], wh, xh);
+            }
+        }
+        for r in 0..R {
+            let sumi = _mm512_sub_epi32(
+                _mm512_add_epi32(lo[r], hi[r]),
+                _mm512_set1_epi32(8 * xb[r].sum),
+            );
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb[r].d));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, acc[r]);
+        }
+    }
+    let mut out = [[0f32; X16]; R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        // SAFETY: writes the 16 floats of `o`.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+    }
+    out
+}
+
 /// [`crate::quant::dots_q4k_x16`] under [`Simd::Avx512Vnni`] (shapes already checked).
-pub(crate) fn dots(
+pub(crate) fn dots_q4k(
     kernels: Kernels,
     w: &[BlockQ4Kx16],
     rows: &[&[ActBlockK]],
@@ -37,11 +118,7 @@ pub(crate) fn dots(
                     q4k_x16::<$r, false>(w, $rows)
                 }
             };
-            for (j, o) in out.iter_mut().enumerate() {
-                for (v, r) in o.iter_mut().zip(&r) {
-                    *v = r[j];
-                }
-            }
+            transpose_into(&r, out);
         }};
     }
     match *rows {
