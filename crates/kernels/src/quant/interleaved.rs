@@ -24,7 +24,7 @@
 //!
 //! The tests assert every level against the scalar twins.
 
-use super::blocks::{f16_bits, ActBlock, BlockQ4_0};
+use super::blocks::{f16_bits, ActBlock, BlockQ4_0, WeightBlock};
 use super::kquant::{ActBlockK, BlockQ4K};
 use super::MAX_TILE;
 use crate::simd::{Kernels, Simd};
@@ -99,15 +99,62 @@ pub fn interleave_q4k(w: &[BlockQ4K], n: usize, kb: usize) -> Option<Vec<BlockQ4
     if !n.is_multiple_of(X16) || w.len() != n * kb {
         return None;
     }
-    let mut out = Vec::with_capacity(n / X16 * kb);
-    for g in 0..n / X16 {
+    let Some(&zero) = w.first() else {
+        return Some(Vec::new());
+    };
+    let block = |row: usize, i: usize| w[row * kb + i];
+    // `n` is a multiple of 16: no padding row is ever made.
+    Some(interleave(n, kb, (zero, block), BlockQ4Kx16::interleave))
+}
+
+/// [`interleave_q4k`] straight from a tensor's bytes (GGML's 144-byte blocks), with no
+/// row-major copy in between; `None` unless `n` is a multiple of 16 and `bytes` holds exactly
+/// `n·kb` blocks.
+pub fn interleave_q4k_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ4Kx16>> {
+    let size = BlockQ4K::BYTES;
+    if !n.is_multiple_of(X16) || bytes.len() != n * kb * size {
+        return None;
+    }
+    let block = |row: usize, i: usize| {
+        let at = (row * kb + i) * size;
+        BlockQ4K::read(&bytes[at..at + size])
+    };
+    if n * kb == 0 {
+        return Some(Vec::new());
+    }
+    // `n` is a multiple of 16: no padding row is ever made.
+    Some(interleave(
+        n,
+        kb,
+        (block(0, 0), block),
+        BlockQ4Kx16::interleave,
+    ))
+}
+
+/// Groups of sixteen rows (`n` of them, `kb` blocks each; `block(row, i)`), the last padded
+/// with `zero` rows, each block of a group made by `make`.
+fn interleave<B: Copy, X>(
+    n: usize,
+    kb: usize,
+    (zero, block): (B, impl Fn(usize, usize) -> B),
+    make: fn([&B; X16]) -> X,
+) -> Vec<X> {
+    let groups = n.div_ceil(X16);
+    let mut out = Vec::with_capacity(groups * kb);
+    for g in 0..groups {
         for i in 0..kb {
-            out.push(BlockQ4Kx16::interleave(std::array::from_fn(|j| {
-                &w[(g * X16 + j) * kb + i]
-            })));
+            let rows: [B; X16] = std::array::from_fn(|j| {
+                let row = g * X16 + j;
+                if row < n {
+                    block(row, i)
+                } else {
+                    zero
+                }
+            });
+            out.push(make(std::array::from_fn(|j| &rows[j])));
         }
     }
-    Some(out)
+    out
 }
 
 /// The sixteen weight rows of one group (`w`: its `kb` blocks) times 1..=4 activation rows
@@ -217,6 +264,9 @@ impl BlockQ4_0x16 {
     }
 }
 
+/// The padding row's block: every value zero.
+const ZERO_Q4_0: BlockQ4_0 = BlockQ4_0 { d: 0, qs: [0; 16] };
+
 /// `n` row-major `Q4_0` weight rows of `kb` blocks each, interleaved by groups of sixteen
 /// (group `g`'s block `i` at `g·kb + i`), the last group padded with zero rows when `n` is
 /// not a multiple of 16 (their outputs are never read); `None` unless `w` holds `n·kb`
@@ -225,22 +275,32 @@ pub fn interleave_q4_0(w: &[BlockQ4_0], n: usize, kb: usize) -> Option<Vec<Block
     if w.len() != n * kb {
         return None;
     }
-    let zero = BlockQ4_0 { d: 0, qs: [0; 16] };
-    let groups = n.div_ceil(X16);
-    let mut out = Vec::with_capacity(groups * kb);
-    for g in 0..groups {
-        for i in 0..kb {
-            out.push(BlockQ4_0x16::interleave(std::array::from_fn(|j| {
-                let row = g * X16 + j;
-                if row < n {
-                    &w[row * kb + i]
-                } else {
-                    &zero
-                }
-            })));
-        }
+    let block = |row: usize, i: usize| w[row * kb + i];
+    Some(interleave(
+        n,
+        kb,
+        (ZERO_Q4_0, block),
+        BlockQ4_0x16::interleave,
+    ))
+}
+
+/// [`interleave_q4_0`] straight from a tensor's bytes (GGML's 18-byte blocks), with no
+/// row-major copy in between; `None` unless `bytes` holds exactly `n·kb` blocks.
+pub fn interleave_q4_0_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ4_0x16>> {
+    let size = BlockQ4_0::BYTES;
+    if bytes.len() != n * kb * size {
+        return None;
     }
-    Some(out)
+    let block = |row: usize, i: usize| {
+        let at = (row * kb + i) * size;
+        BlockQ4_0::read(&bytes[at..at + size])
+    };
+    Some(interleave(
+        n,
+        kb,
+        (ZERO_Q4_0, block),
+        BlockQ4_0x16::interleave,
+    ))
 }
 
 /// The sixteen weight rows of one `Q4_0` group (`w`: its `kb` blocks) times 1..=4
@@ -356,6 +416,26 @@ mod tests {
             }
         }
         assert!(interleave_q4k(&w, 24, 4).is_none());
+    }
+
+    /// The byte readers give what reading the blocks and then interleaving gives.
+    #[test]
+    fn interleaving_from_bytes_is_interleaving_the_blocks() {
+        let mut g = Lcg(11);
+        let bytes: Vec<u8> = (0..32 * 2 * BlockQ4K::BYTES).map(|_| g.byte()).collect();
+        let blocks: Vec<BlockQ4K> = crate::quant::read_blocks(&bytes);
+        // Random bytes make NaN scales, which `==` never equals: compare the printed forms.
+        assert_eq!(
+            format!("{:?}", interleave_q4k_bytes(&bytes, 32, 2)),
+            format!("{:?}", interleave_q4k(&blocks, 32, 2))
+        );
+        assert!(interleave_q4k_bytes(&bytes[1..], 32, 2).is_none());
+        let bytes: Vec<u8> = (0..20 * 3 * BlockQ4_0::BYTES).map(|_| g.byte()).collect();
+        let blocks: Vec<BlockQ4_0> = crate::quant::read_blocks(&bytes);
+        assert_eq!(
+            format!("{:?}", interleave_q4_0_bytes(&bytes, 20, 3)),
+            format!("{:?}", interleave_q4_0(&blocks, 20, 3))
+        );
     }
 
     proptest! {

@@ -33,10 +33,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
-    dots, dots_q4_0_x16, dots_q4k_x16, interleave_q4_0, interleave_q4k, read_blocks, ActBlock,
-    ActBlockK, Activation, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_0x16,
-    BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair, MAX_TILE, QK,
-    QK_K, X16,
+    dots, dots_q4_0_x16, dots_q4k_x16, interleave_q4_0_bytes, interleave_q4k_bytes, read_blocks,
+    ActBlock, ActBlockK, Activation, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx16, BlockQ4_0,
+    BlockQ4_0x16, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, Kernel, Pair,
+    MAX_TILE, QK, QK_K, X16,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
 use fluent_ai_candle_kernels::simd::Simd;
@@ -542,25 +542,49 @@ enum Inner {
 }
 
 impl Weights {
-    /// Row-major weights (`n` rows of `kb` blocks, as read from the file) in the layout
-    /// their kernels read on this machine: `Q4_0` interleaved by sixteen where llama.cpp
-    /// repacks it (`n` a multiple of 8), on every level, so that it sums in llama.cpp's
-    /// order; `Q4_K` interleaved by sixteen under [`Simd::Avx512Vnni`] when `n` is a multiple
-    /// of 16 (the same bits as row-major, faster); everything else as it is.
-    fn interleaved(self, n: usize, kb: usize) -> Self {
-        match self {
-            Weights::Q4_0(w) if n.is_multiple_of(8) => match interleave_q4_0(&w, n, kb) {
-                Some(x) => Weights::Q4_0x16(x),
-                None => Weights::Q4_0(w),
+    /// The weights of a `[n, k]` tensor of format `dtype` (`kb` blocks per row) from its
+    /// bytes, in the layout their kernels read on this machine: `Q4_0` interleaved by sixteen
+    /// where llama.cpp repacks it (`n` a multiple of 8), on every level, so that it sums in
+    /// llama.cpp's order; `Q4_K` interleaved by sixteen under [`Simd::Avx512Vnni`] when `n` is
+    /// a multiple of 16 (the same bits as row-major, faster); every other format row-major.
+    /// Interleaved weights are made straight from the bytes (no row-major copy between).
+    /// `None` for a format without our kernels.
+    fn read(dtype: GgmlDType, bytes: &[u8], n: usize, kb: usize) -> Option<Self> {
+        Some(match dtype {
+            GgmlDType::Q4_0 => match n.is_multiple_of(8) {
+                true => match interleave_q4_0_bytes(bytes, n, kb) {
+                    Some(x) => Weights::Q4_0x16(x),
+                    None => Weights::Q4_0(read_blocks(bytes)),
+                },
+                false => Weights::Q4_0(read_blocks(bytes)),
             },
-            Weights::Q4K(w) if kernels().simd() == Simd::Avx512Vnni => {
-                match interleave_q4k(&w, n, kb) {
+            GgmlDType::Q4K => match kernels().simd() == Simd::Avx512Vnni {
+                true => match interleave_q4k_bytes(bytes, n, kb) {
                     Some(x) => Weights::Q4Kx16(x),
-                    None => Weights::Q4K(w),
-                }
-            }
-            other => other,
-        }
+                    None => Weights::Q4K(read_blocks(bytes)),
+                },
+                false => Weights::Q4K(read_blocks(bytes)),
+            },
+            GgmlDType::Q4_1 => Weights::Q4_1(read_blocks(bytes)),
+            GgmlDType::Q5_0 => Weights::Q5_0(read_blocks(bytes)),
+            GgmlDType::Q5_1 => Weights::Q5_1(read_blocks(bytes)),
+            GgmlDType::Q8_0 => Weights::Q8_0(read_blocks(bytes)),
+            GgmlDType::Q2K => Weights::Q2K(read_blocks(bytes)),
+            GgmlDType::Q3K => Weights::Q3K(read_blocks(bytes)),
+            GgmlDType::Q5K => Weights::Q5K(read_blocks(bytes)),
+            GgmlDType::Q6K => Weights::Q6K(read_blocks(bytes)),
+            _ => return None,
+        })
+    }
+
+    /// Weight rows held (`n` once read), the padding rows of an interleaved group left out.
+    fn blocks(&self, kb: usize, n: usize) -> usize {
+        with_blocks!(
+            self,
+            w => w.len(),
+            w => w.len() * X16,
+            w => (w.len() * X16).min(n * kb)
+        )
     }
 }
 
@@ -581,30 +605,19 @@ impl QLinear {
                 | GgmlDType::Q6K => QK_K,
                 _ => QK,
             };
-            let weights = match t.dtype() {
-                _ if k % values != 0 => None,
-                GgmlDType::Q4_0 => Some(Weights::Q4_0(read_blocks(&t.data()?))),
-                GgmlDType::Q4_1 => Some(Weights::Q4_1(read_blocks(&t.data()?))),
-                GgmlDType::Q5_0 => Some(Weights::Q5_0(read_blocks(&t.data()?))),
-                GgmlDType::Q5_1 => Some(Weights::Q5_1(read_blocks(&t.data()?))),
-                GgmlDType::Q8_0 => Some(Weights::Q8_0(read_blocks(&t.data()?))),
-                GgmlDType::Q2K => Some(Weights::Q2K(read_blocks(&t.data()?))),
-                GgmlDType::Q3K => Some(Weights::Q3K(read_blocks(&t.data()?))),
-                GgmlDType::Q4K => Some(Weights::Q4K(read_blocks(&t.data()?))),
-                GgmlDType::Q5K => Some(Weights::Q5K(read_blocks(&t.data()?))),
-                GgmlDType::Q6K => Some(Weights::Q6K(read_blocks(&t.data()?))),
+            let kb = k / values;
+            let weights = match k % values {
+                0 => Weights::read(t.dtype(), &t.data()?, n, kb),
                 _ => None,
             };
             if let Some(weights) = weights {
-                let blocks =
-                    with_blocks!(&weights, w => w.len(), w => w.len() * X16, w => w.len() * X16);
-                if blocks != n * (k / values) {
+                let blocks = weights.blocks(kb, n);
+                if blocks != n * kb {
                     candle_core::bail!(
                         "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",
                         n * (k / values)
                     );
                 }
-                let weights = weights.interleaved(n, k / values);
                 return Ok(Self {
                     inner: Inner::Ours(Arc::new(OurMatMul {
                         weights,
