@@ -356,6 +356,16 @@ fn portable_q4_0(w: &[BlockQ4_0x16], a: &[ActBlock], j: usize) -> f32 {
     acc
 }
 
+/// Copies a kernel's results (`r[row][j]`: weight row `j` of the group · activation row
+/// `row`) into `out[j][row]`.
+pub(crate) fn transpose_into<const R: usize>(r: &[[f32; X16]; R], out: &mut [[f32; MAX_TILE]]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        for (v, r) in o.iter_mut().zip(r) {
+            *v = r[j];
+        }
+    }
+}
+
 /// The shape checks of the `dots_*_x16` functions.
 fn check_x16<A>(w: usize, kb: usize, rows: &[&[A]], out: usize) {
     assert!(
@@ -377,38 +387,12 @@ mod tests {
     use crate::quant::blocks::{quantize_row, QK};
     use crate::quant::kquant::{dot_q4k, dot_q4k_grouped, quantize_row_q8k, QK_K};
     use crate::quant::scalar::dot_q4_0_blocks;
-
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            self.0 >> 33
-        }
-        fn byte(&mut self) -> u8 {
-            self.next() as u8
-        }
-        fn unit(&mut self) -> f32 {
-            self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0
-        }
-    }
-
-    fn random_block(g: &mut Lcg) -> BlockQ4K {
-        BlockQ4K {
-            d: g.unit() * 0.01,
-            dmin: g.unit() * 0.01,
-            scales: std::array::from_fn(|_| g.byte() & 63),
-            mins: std::array::from_fn(|_| g.byte() & 63),
-            qs: std::array::from_fn(|_| g.byte()),
-        }
-    }
+    use crate::quant::tests::{Lcg, Random};
 
     #[test]
     fn interleaving_round_trips() {
         let mut g = Lcg(7);
-        let w: Vec<BlockQ4K> = (0..32 * 3).map(|_| random_block(&mut g)).collect();
+        let w: Vec<BlockQ4K> = (0..32 * 3).map(|_| BlockQ4K::random(&mut g)).collect();
         let x = interleave_q4k(&w, 32, 3).unwrap();
         for row in 0..32 {
             for i in 0..3 {
@@ -450,7 +434,7 @@ mod tests {
             mag in prop_oneof![Just(1e-3f32), Just(1f32), Just(3e3f32)],
         ) {
             let mut g = Lcg(seed);
-            let w: Vec<BlockQ4K> = (0..X16 * kb).map(|_| random_block(&mut g)).collect();
+            let w: Vec<BlockQ4K> = (0..X16 * kb).map(|_| BlockQ4K::random(&mut g)).collect();
             let x = interleave_q4k(&w, X16, kb).unwrap();
             let mut acts = vec![ActBlockK::default(); 4 * kb];
             for a in acts.chunks_exact_mut(kb) {
@@ -481,17 +465,10 @@ mod tests {
         }
     }
 
-    fn random_q4_0(g: &mut Lcg) -> BlockQ4_0 {
-        BlockQ4_0 {
-            d: half::f16::from_f32(g.unit() * 0.01).to_bits(),
-            qs: std::array::from_fn(|_| g.byte()),
-        }
-    }
-
     #[test]
     fn q4_0_interleaving_round_trips_and_pads() {
         let mut g = Lcg(9);
-        let w: Vec<BlockQ4_0> = (0..20 * 3).map(|_| random_q4_0(&mut g)).collect();
+        let w: Vec<BlockQ4_0> = (0..20 * 3).map(|_| BlockQ4_0::random(&mut g)).collect();
         let x = interleave_q4_0(&w, 20, 3).unwrap();
         assert_eq!(x.len(), 2 * 3);
         for row in 0..20 {
@@ -515,7 +492,7 @@ mod tests {
             mag in prop_oneof![Just(1e-3f32), Just(1f32), Just(3e3f32)],
         ) {
             let mut g = Lcg(seed);
-            let w: Vec<BlockQ4_0> = (0..X16 * kb).map(|_| random_q4_0(&mut g)).collect();
+            let w: Vec<BlockQ4_0> = (0..X16 * kb).map(|_| BlockQ4_0::random(&mut g)).collect();
             let x = interleave_q4_0(&w, X16, kb).unwrap();
             let mut acts = vec![ActBlock::default(); 4 * kb];
             for a in acts.chunks_exact_mut(kb) {
@@ -546,7 +523,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "dots_*_x16")]
     fn bad_shapes_panic() {
-        let w = interleave_q4k(&[random_block(&mut Lcg(1)); X16], X16, 1).unwrap();
+        let w = interleave_q4k(&[BlockQ4K::random(&mut Lcg(1)); X16], X16, 1).unwrap();
         let a = [ActBlockK::default(); 1];
         let mut out = [[0f32; MAX_TILE]; X16];
         dots_q4k_x16(Kernels::chosen(), &w, 2, &[&a[..]], false, &mut out);

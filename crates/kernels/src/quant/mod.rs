@@ -385,7 +385,7 @@ mod tests {
 
     /// A linear congruential generator seeded with `seed` (test data that proptest's seed
     /// reproduces).
-    struct Lcg(u64);
+    pub(super) struct Lcg(pub(super) u64);
 
     impl Lcg {
         fn next(&mut self) -> u64 {
@@ -396,10 +396,10 @@ mod tests {
             self.0 >> 33
         }
         /// A value in [-1, 1).
-        fn unit(&mut self) -> f32 {
+        pub(super) fn unit(&mut self) -> f32 {
             (self.next() as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         }
-        fn byte(&mut self) -> u8 {
+        pub(super) fn byte(&mut self) -> u8 {
             self.next() as u8
         }
         /// An f16 scale of about `mag`, as bits.
@@ -409,7 +409,7 @@ mod tests {
     }
 
     /// Random blocks of a format, every bit pattern of the quants allowed, scales finite.
-    trait Random: Kernel {
+    pub(super) trait Random: Kernel {
         fn random(g: &mut Lcg) -> Self;
     }
 

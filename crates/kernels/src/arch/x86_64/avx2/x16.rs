@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::ActBlock;
-use crate::quant::interleaved::{BlockQ4_0x16, X16};
+use crate::quant::interleaved::{transpose_into, BlockQ4_0x16, X16};
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
 
@@ -28,11 +28,7 @@ pub(crate) fn dots_q4_0(
             // SAFETY: the `Kernels` token proves the CPU has AVX2, FMA and F16C; the caller
             // checked that every row holds at least `w.len()` blocks.
             let r = unsafe { q4_0_x16::<$r>(w, $rows) };
-            for (j, o) in out.iter_mut().enumerate() {
-                for (v, r) in o.iter_mut().zip(&r) {
-                    *v = r[j];
-                }
-            }
+            transpose_into(&r, out);
         }};
     }
     match *rows {

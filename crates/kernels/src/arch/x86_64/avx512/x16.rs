@@ -18,19 +18,10 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::ActBlock;
-use crate::quant::interleaved::{BlockQ4Kx16, BlockQ4_0x16, X16};
+use crate::quant::interleaved::{transpose_into, BlockQ4Kx16, BlockQ4_0x16, X16};
 use crate::quant::kquant::ActBlockK;
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
-
-/// Copies the kernel's results (`r[row][j]`) into `out[j][row]`.
-fn transpose_into<const R: usize>(r: &[[f32; X16]; R], out: &mut [[f32; MAX_TILE]]) {
-    for (j, o) in out.iter_mut().enumerate() {
-        for (v, r) in o.iter_mut().zip(r) {
-            *v = r[j];
-        }
-    }
-}
 
 /// [`crate::quant::dots_q4_0_x16`] under [`Simd::Avx512Vnni`] (shapes already checked).
 pub(crate) fn dots_q4_0(
