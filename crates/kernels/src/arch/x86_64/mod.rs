@@ -527,6 +527,35 @@ macro_rules! dots_k {
             }
         }
     };
+    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, prompt_vnni: $prompt_vnni:ident) => {
+        /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
+        /// level).
+        ///
+        /// # Panics
+        /// On the shapes [`crate::quant::dots`] rejects.
+        pub(crate) fn $name(
+            kernels: Kernels,
+            w: &[$block],
+            kb: usize,
+            (rows, pairs): (&[&[ActBlockK]], &[avx512::Pair]),
+            prompt: bool,
+            out: &mut [[f32; MAX_TILE]],
+        ) {
+            check_shapes(w.len(), kb, rows, pairs.len(), out.len());
+            match (kernels.simd(), prompt) {
+                (Simd::Avx512Vnni, true) => {
+                    call_rows!(4, avx512::kquant::$prompt_vnni, w, kb, rows, out)
+                }
+                (Simd::Avx2 | Simd::Avx512, true) => {
+                    call_rows!(4, avx2::kquant::$prompt_rows, w, kb, rows, out)
+                }
+                (Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni, false) => {
+                    call_rows!(4, avx2::kquant::$rows, w, kb, rows, out)
+                }
+                _ => unreachable!("an x86 level"),
+            }
+        }
+    };
     ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, $rows_vnni:ident, $prompt_vnni:ident) => {
         /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
         /// level).
@@ -577,6 +606,12 @@ dots_k!(
     rows_q6k_vnni,
     rows_q6k_tiled_vnni
 );
-dots_k!(dots_q5k, BlockQ5K, rows_q5k, rows_q5k_tiled);
+dots_k!(
+    dots_q5k,
+    BlockQ5K,
+    rows_q5k,
+    rows_q5k_tiled,
+    prompt_vnni: rows_q5k_tiled_vnni
+);
 dots_k!(dots_q3k, BlockQ3K, rows_q3k, rows_q3k_tiled);
 dots_k!(dots_q2k, BlockQ2K, rows_q2k, rows_q2k_tiled);
