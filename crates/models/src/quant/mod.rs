@@ -14,7 +14,11 @@
 //! This module is the candle-facing half: it reads a `QTensor`'s blocks once, quantizes a
 //! matmul's activation rows (over the pool for prefill sizes) into per-thread buffers, and
 //! splits the output over the pool in work items of [`COL_GROUP`] weight rows by one tile of
-//! activation rows, each item one [`dots`] call. The kernels' arithmetic is llama.cpp's (see
+//! activation rows, each item one [`dots`] call. `Q4_0` (rows a multiple of 8, every level)
+//! and `Q4_K` (rows a multiple of 16, AVX-512 VNNI) are stored interleaved sixteen rows at a
+//! time instead (the kernels crate's `quant::interleaved`), their items one 16-row group by
+//! up to four activation rows; `Q4_0` is then summed in llama.cpp's repacked order, as
+//! llama.cpp sums such a matrix. The kernels' arithmetic is llama.cpp's (see
 //! the kernels crate): together with the attention kernel and `ggml_math`, a decoder's logits
 //! are llama.cpp's to the bit. Every output is one accumulation whatever is computed beside
 //! it, which keeps batched decoding batch-invariant; the one exception is asked for: under
@@ -775,16 +779,22 @@ mod tests {
         assert!(!both(GgmlDType::F16, &w).0.is_ours());
     }
 
+    /// Row lookups, row-major and interleaved alike (32 rows: `Q4_0` and, under AVX-512
+    /// VNNI, `Q4_K` interleaved; 40: `Q4_0` with a padded last group).
     #[test]
     fn embedding_rows_equal_candle_dequantization() {
-        let w = Tensor::randn(0f32, 1.0, (5, 512), &Device::Cpu).unwrap();
-        for f in FORMATS.into_iter().chain(K_FORMATS) {
-            let q = QTensor::quantize(&w, f).unwrap();
-            let want: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
-            let e = Embedding::new(q).unwrap();
-            let got: Vec<Vec<f32>> = e.lookup(&[3, 0], &Device::Cpu).unwrap().to_vec2().unwrap();
-            assert_eq!(got, vec![want[3].clone(), want[0].clone()], "{f:?}");
-            assert!(e.lookup(&[5], &Device::Cpu).is_err());
+        for rows in [5usize, 32, 40] {
+            let w = Tensor::randn(0f32, 1.0, (rows, 512), &Device::Cpu).unwrap();
+            for f in FORMATS.into_iter().chain(K_FORMATS) {
+                let q = QTensor::quantize(&w, f).unwrap();
+                let want: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
+                let e = Embedding::new(q).unwrap();
+                let ids = [3, 0, rows as u32 - 1];
+                let got: Vec<Vec<f32>> = e.lookup(&ids, &Device::Cpu).unwrap().to_vec2().unwrap();
+                let expect: Vec<Vec<f32>> = ids.iter().map(|&i| want[i as usize].clone()).collect();
+                assert_eq!(got, expect, "{f:?}, {rows} rows");
+                assert!(e.lookup(&[rows as u32], &Device::Cpu).is_err());
+            }
         }
     }
 
