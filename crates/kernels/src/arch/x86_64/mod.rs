@@ -499,35 +499,12 @@ dots_q32!(dots_q8_0, BlockQ8_0, rows_q8_0);
 
 /// The dispatch of one K-quant format: under [`Simd::Avx512Vnni`] the AVX-512 row loops
 /// where the format has them (`$rows_vnni` in the one-row order, `$prompt_vnni` in the
-/// prompt order), else the AVX2 ones.
+/// prompt order, or `prompt_vnni:` alone), else the AVX2 ones.
 macro_rules! dots_k {
-    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident) => {
-        /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
-        /// level): the AVX2 build under every level (no 512-bit build yet).
-        ///
-        /// # Panics
-        /// On the shapes [`crate::quant::dots`] rejects.
-        pub(crate) fn $name(
-            kernels: Kernels,
-            w: &[$block],
-            kb: usize,
-            (rows, pairs): (&[&[ActBlockK]], &[avx512::Pair]),
-            prompt: bool,
-            out: &mut [[f32; MAX_TILE]],
-        ) {
-            check_shapes(w.len(), kb, rows, pairs.len(), out.len());
-            match (kernels.simd(), prompt) {
-                (Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni, true) => {
-                    call_rows!(4, avx2::kquant::$prompt_rows, w, kb, rows, out)
-                }
-                (Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni, false) => {
-                    call_rows!(4, avx2::kquant::$rows, w, kb, rows, out)
-                }
-                _ => unreachable!("an x86 level"),
-            }
-        }
-    };
-    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, prompt_vnni: $prompt_vnni:ident) => {
+    (
+        $name:ident, $block:ty, $rows:ident, $prompt_rows:ident,
+        one_row_vnni: $($rv:ident)::+, prompt_vnni: $($pv:ident)::+
+    ) => {
         /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
         /// level).
         ///
@@ -543,50 +520,35 @@ macro_rules! dots_k {
         ) {
             check_shapes(w.len(), kb, rows, pairs.len(), out.len());
             match (kernels.simd(), prompt) {
-                (Simd::Avx512Vnni, true) => {
-                    call_rows!(4, avx512::kquant::$prompt_vnni, w, kb, rows, out)
-                }
+                (Simd::Avx512Vnni, true) => call_rows!(4, $($pv)::+, w, kb, rows, out),
                 (Simd::Avx2 | Simd::Avx512, true) => {
                     call_rows!(4, avx2::kquant::$prompt_rows, w, kb, rows, out)
                 }
-                (Simd::Avx2 | Simd::Avx512 | Simd::Avx512Vnni, false) => {
-                    call_rows!(4, avx2::kquant::$rows, w, kb, rows, out)
-                }
-                _ => unreachable!("an x86 level"),
-            }
-        }
-    };
-    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, $rows_vnni:ident, $prompt_vnni:ident) => {
-        /// The SIMD dot products of [`crate::quant::dots`] for this format (`kernels` an x86
-        /// level).
-        ///
-        /// # Panics
-        /// On the shapes [`crate::quant::dots`] rejects.
-        pub(crate) fn $name(
-            kernels: Kernels,
-            w: &[$block],
-            kb: usize,
-            (rows, pairs): (&[&[ActBlockK]], &[avx512::Pair]),
-            prompt: bool,
-            out: &mut [[f32; MAX_TILE]],
-        ) {
-            check_shapes(w.len(), kb, rows, pairs.len(), out.len());
-            match (kernels.simd(), prompt) {
-                (Simd::Avx512Vnni, true) => {
-                    call_rows!(4, avx512::kquant::$prompt_vnni, w, kb, rows, out)
-                }
-                (Simd::Avx2 | Simd::Avx512, true) => {
-                    call_rows!(4, avx2::kquant::$prompt_rows, w, kb, rows, out)
-                }
-                (Simd::Avx512Vnni, false) => {
-                    call_rows!(4, avx512::kquant::$rows_vnni, w, kb, rows, out)
-                }
+                (Simd::Avx512Vnni, false) => call_rows!(4, $($rv)::+, w, kb, rows, out),
                 (Simd::Avx2 | Simd::Avx512, false) => {
                     call_rows!(4, avx2::kquant::$rows, w, kb, rows, out)
                 }
                 _ => unreachable!("an x86 level"),
             }
         }
+    };
+    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident) => {
+        dots_k!(
+            $name, $block, $rows, $prompt_rows,
+            one_row_vnni: avx2::kquant::$rows, prompt_vnni: avx2::kquant::$prompt_rows
+        );
+    };
+    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, prompt_vnni: $pv:ident) => {
+        dots_k!(
+            $name, $block, $rows, $prompt_rows,
+            one_row_vnni: avx2::kquant::$rows, prompt_vnni: avx512::kquant::$pv
+        );
+    };
+    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, $rv:ident, $pv:ident) => {
+        dots_k!(
+            $name, $block, $rows, $prompt_rows,
+            one_row_vnni: avx512::kquant::$rv, prompt_vnni: avx512::kquant::$pv
+        );
     };
 }
 
