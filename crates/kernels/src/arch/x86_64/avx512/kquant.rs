@@ -110,6 +110,20 @@ unsafe fn scale_index(t: &[[i16; 32]; 4]) -> [__m512i; 4] {
     }
 }
 
+/// The activation sums of a block's eight 32-value sub-blocks (sub-block `j`'s is
+/// `bsums[2j] + bsums[2j + 1]`), as eight i16 words (exact: at most 32·127 in magnitude).
+#[inline]
+#[target_feature(enable = "ssse3")]
+fn subblock_sums(x: &ActBlockK) -> __m128i {
+    // SAFETY: the two halves of the 16 i16 (32 bytes) of `x.bsums`.
+    unsafe {
+        _mm_hadd_epi16(
+            _mm_loadu_si128(x.bsums.as_ptr().cast()),
+            _mm_loadu_si128(x.bsums.as_ptr().add(8).cast()),
+        )
+    }
+}
+
 /// A 4×4 transpose: lane `r` of result `k` is lane `k` of `s[r]`.
 #[inline]
 #[target_feature(enable = "sse2")]
@@ -175,15 +189,7 @@ unsafe fn q4k_grouped4(w: &[BlockQ4K], a: [&[ActBlockK]; 4]) -> [f32; 4] {
                 g[k] = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p, sc[k]);
             }
             sums[r] = reduce4(g);
-            // SAFETY: the two halves of the 16 i16 (32 bytes) of `x.bsums`.
-            let (lo, hi) = unsafe {
-                (
-                    _mm_loadu_si128(x.bsums.as_ptr().cast()),
-                    _mm_loadu_si128(x.bsums.as_ptr().add(8).cast()),
-                )
-            };
-            let pairs = _mm_hadd_epi16(lo, hi);
-            ms[r] = _mm_madd_epi16(pairs, mins);
+            ms[r] = _mm_madd_epi16(subblock_sums(x), mins);
             xd[r] = x.d;
         }
         let (sums, ms) = (transpose4(sums), transpose4(ms));
@@ -449,15 +455,7 @@ unsafe fn q4k_row(w: &[BlockQ4K], x: &[ActBlockK]) -> f32 {
                 sum = _mm512_dpwssd_epi32(sum, p, _mm512_permutexvar_epi16(*idx, scales));
             }
             g[t] = sum;
-            // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1].
-            // SAFETY: the two halves of the 16 i16 (32 bytes) of `xb.bsums`.
-            let pairs = unsafe {
-                _mm_hadd_epi16(
-                    _mm_loadu_si128(xb.bsums.as_ptr().cast()),
-                    _mm_loadu_si128(xb.bsums.as_ptr().add(8).cast()),
-                )
-            };
-            ms[t] = _mm_madd_epi16(pairs, _mm_cvtepu8_epi16(mins));
+            ms[t] = _mm_madd_epi16(subblock_sums(xb), _mm_cvtepu8_epi16(mins));
             dd[t] = b.d * xb.d;
             dm[t] = b.dmin * xb.d;
         }
@@ -602,15 +600,7 @@ unsafe fn q5k_tiled_vnni<const R: usize>(w: &[BlockQ5K], a: [&[ActBlockK]; R]) -
                 sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(q[k], xq), sc[k]);
             }
             g[r] = sum;
-            // Sub-block j's activation sum is bsums[2j] + bsums[2j + 1].
-            // SAFETY: the two halves of the 16 i16 (32 bytes) of `x.bsums`.
-            let pairs = unsafe {
-                _mm_hadd_epi16(
-                    _mm_loadu_si128(x.bsums.as_ptr().cast()),
-                    _mm_loadu_si128(x.bsums.as_ptr().add(8).cast()),
-                )
-            };
-            ms[r] = _mm_madd_epi16(pairs, mins);
+            ms[r] = _mm_madd_epi16(subblock_sums(x), mins);
             xd[r] = x.d;
         }
         let s1 = _mm_cvtepi32_ps(reduce4(g));
