@@ -43,6 +43,10 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin flue
     && mkdir -p /models && chown 10001:10001 /models
 COPY --from=build /out/fluent-ai-candle /usr/local/bin/fluent-ai-candle
 ENV FLUENT_AI_CANDLE_MODELS=/models
+# Loading copies each tensor out of the file and converts it; with glibc's defaults every
+# large temporary is a fresh mmap whose pages the kernel zeroes, which doubled an 8B load
+# (docs/DEPLOY.md, "Load time"). Keeping them on the heap for reuse avoids that.
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184
 VOLUME ["/models"]
 USER 10001:10001
 EXPOSE 8080
