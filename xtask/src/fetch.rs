@@ -299,15 +299,12 @@ fn fetch_sdist_set(set: &SdistSet, dir: &Path) -> Result<()> {
     }
     for (file, sha) in missing {
         let partial = dest.join(format!("{file}.partial"));
-        let got = sha256_file(&partial)?;
-        if got != sha {
-            let _ = fs::remove_file(&partial);
-            bail!(
-                "{}: {file}: sha256 mismatch: expected {sha}, got {got}",
-                set.name
-            );
-        }
-        fs::rename(&partial, dest.join(file))?;
+        install_verified(
+            &partial,
+            &dest.join(file),
+            &format!("{}: {file}", set.name),
+            sha,
+        )?;
     }
     println!("{}: {}", set.name, dest.display());
     Ok(())
@@ -333,17 +330,7 @@ fn download_sdist(set: &SdistSet, python: &str, dest: &Path) -> Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let got = sha256_file(&partial)?;
-    if got != set.archive_sha256 {
-        let _ = fs::remove_file(&partial);
-        bail!(
-            "{}: sha256 mismatch: expected {}, got {got}",
-            set.archive,
-            set.archive_sha256
-        );
-    }
-    fs::rename(&partial, dest)?;
-    Ok(())
+    install_verified(&partial, dest, set.archive, set.archive_sha256)
 }
 
 fn fetch_one(src: &Source, dir: &Path, dest: &Path) -> Result<()> {
@@ -406,16 +393,18 @@ fn fetch_one(src: &Source, dir: &Path, dest: &Path) -> Result<()> {
     }
     out.sync_all()?;
     drop(out);
-    let got = sha256_file(&partial)?;
-    if got != src.sha256 {
-        let _ = fs::remove_file(&partial);
-        bail!(
-            "{}: sha256 mismatch: expected {}, got {got}",
-            src.name,
-            src.sha256
-        );
+    install_verified(&partial, dest, src.name, src.sha256)
+}
+
+/// Moves the downloaded or extracted `partial` to `dest` if its SHA-256 is `sha`; otherwise
+/// deletes it and fails, naming `what`.
+fn install_verified(partial: &Path, dest: &Path, what: &str, sha: &str) -> Result<()> {
+    let got = sha256_file(partial)?;
+    if got != sha {
+        let _ = fs::remove_file(partial);
+        bail!("{what}: sha256 mismatch: expected {sha}, got {got}");
     }
-    fs::rename(&partial, dest)?;
+    fs::rename(partial, dest)?;
     Ok(())
 }
 
