@@ -420,6 +420,33 @@ macro_rules! all_rows {
     };
 }
 
+/// Calls an interleaved (x16) kernel with the 1..=4 activation rows `$rows` as an array
+/// bound to `$a` (its row count inferred from the array) and copies its results
+/// (`r[row][j]`) into `$out[j][row]`.
+macro_rules! x16_rows {
+    ($rows:expr, $out:expr, |$a:ident| $call:expr) => {
+        match *$rows {
+            [a] => {
+                let $a = [a];
+                crate::quant::interleaved::transpose_into(&$call, $out)
+            }
+            [a, b] => {
+                let $a = [a, b];
+                crate::quant::interleaved::transpose_into(&$call, $out)
+            }
+            [a, b, c] => {
+                let $a = [a, b, c];
+                crate::quant::interleaved::transpose_into(&$call, $out)
+            }
+            [a, b, c, d] => {
+                let $a = [a, b, c, d];
+                crate::quant::interleaved::transpose_into(&$call, $out)
+            }
+            _ => unreachable!("1..=4 rows, checked by the caller"),
+        }
+    };
+}
+
 pub mod avx2;
 pub mod avx512;
 pub mod vnni;

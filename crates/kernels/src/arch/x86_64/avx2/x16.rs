@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::ActBlock;
-use crate::quant::interleaved::{transpose_into, BlockQ4_0x16, X16};
+use crate::quant::interleaved::{BlockQ4_0x16, X16};
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
 
@@ -23,21 +23,9 @@ pub(crate) fn dots_q4_0(
     out: &mut [[f32; MAX_TILE]],
 ) {
     assert!(matches!(kernels.simd(), Simd::Avx2 | Simd::Avx512));
-    macro_rules! call {
-        ($r:literal, $rows:expr) => {{
-            // SAFETY: the `Kernels` token proves the CPU has AVX2, FMA and F16C; the caller
-            // checked that every row holds at least `w.len()` blocks.
-            let r = unsafe { q4_0_x16::<$r>(w, $rows) };
-            transpose_into(&r, out);
-        }};
-    }
-    match *rows {
-        [a] => call!(1, [a]),
-        [a, b] => call!(2, [a, b]),
-        [a, b, c] => call!(3, [a, b, c]),
-        [a, b, c, d] => call!(4, [a, b, c, d]),
-        _ => unreachable!("1..=4 rows, checked by the caller"),
-    }
+    // SAFETY: the `Kernels` token proves the CPU has AVX2, FMA and F16C; the caller checked
+    // that every row holds at least `w.len()` blocks.
+    x16_rows!(rows, out, |a| unsafe { q4_0_x16(w, a) });
 }
 
 /// The group `w` times `R` activation rows: result `r`, lane `j` is weight row `j` ·

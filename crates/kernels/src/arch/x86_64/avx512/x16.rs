@@ -18,7 +18,7 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::ActBlock;
-use crate::quant::interleaved::{transpose_into, BlockQ4Kx16, BlockQ4_0x16, X16};
+use crate::quant::interleaved::{BlockQ4Kx16, BlockQ4_0x16, X16};
 use crate::quant::kquant::ActBlockK;
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
@@ -31,15 +31,9 @@ pub(crate) fn dots_q4_0(
     out: &mut [[f32; MAX_TILE]],
 ) {
     assert_eq!(kernels.simd(), Simd::Avx512Vnni);
-    // SAFETY (each arm): the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI,
-    // AVX2, FMA and F16C; the caller checked that every row holds at least `w.len()` blocks.
-    match *rows {
-        [a] => transpose_into(&unsafe { q4_0_x16::<1>(w, [a]) }, out),
-        [a, b] => transpose_into(&unsafe { q4_0_x16::<2>(w, [a, b]) }, out),
-        [a, b, c] => transpose_into(&unsafe { q4_0_x16::<3>(w, [a, b, c]) }, out),
-        [a, b, c, d] => transpose_into(&unsafe { q4_0_x16::<4>(w, [a, b, c, d]) }, out),
-        _ => unreachable!("1..=4 rows, checked by the caller"),
-    }
+    // SAFETY: the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI, AVX2, FMA and
+    // F16C; the caller checked that every row holds at least `w.len()` blocks.
+    x16_rows!(rows, out, |a| unsafe { q4_0_x16(w, a) });
 }
 
 /// The `Q4_0` group `w` (its `kb` blocks) times `R` activation rows: result `r`, lane `j` is
@@ -98,26 +92,29 @@ pub(crate) fn dots_q4k(
     out: &mut [[f32; MAX_TILE]],
 ) {
     assert_eq!(kernels.simd(), Simd::Avx512Vnni);
-    macro_rules! call {
-        ($r:literal, $rows:expr) => {{
-            // SAFETY: the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI, AVX2,
-            // FMA and F16C; the caller checked that every row holds at least `w.len()` blocks.
-            let r = unsafe {
-                if grouped {
-                    q4k_x16::<$r, true>(w, $rows)
-                } else {
-                    q4k_x16::<$r, false>(w, $rows)
-                }
-            };
-            transpose_into(&r, out);
-        }};
-    }
-    match *rows {
-        [a] => call!(1, [a]),
-        [a, b] => call!(2, [a, b]),
-        [a, b, c] => call!(3, [a, b, c]),
-        [a, b, c, d] => call!(4, [a, b, c, d]),
-        _ => unreachable!("1..=4 rows, checked by the caller"),
+    // SAFETY: the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI, AVX2, FMA and
+    // F16C; the caller checked that every row holds at least `w.len()` blocks.
+    x16_rows!(rows, out, |a| unsafe { q4k_x16_in(w, a, grouped) });
+}
+
+/// [`q4k_x16`] in the prompt order when `grouped`, else the one-row order.
+///
+/// # Safety
+/// As [`q4k_x16`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+unsafe fn q4k_x16_in<const R: usize>(
+    w: &[BlockQ4Kx16],
+    a: [&[ActBlockK]; R],
+    grouped: bool,
+) -> [[f32; X16]; R] {
+    // SAFETY: the caller's contract is `q4k_x16`'s.
+    unsafe {
+        if grouped {
+            q4k_x16::<R, true>(w, a)
+        } else {
+            q4k_x16::<R, false>(w, a)
+        }
     }
 }
 
