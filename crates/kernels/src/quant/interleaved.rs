@@ -99,36 +99,53 @@ pub fn interleave_q4k(w: &[BlockQ4K], n: usize, kb: usize) -> Option<Vec<BlockQ4
     if !n.is_multiple_of(X16) || w.len() != n * kb {
         return None;
     }
-    let Some(&zero) = w.first() else {
-        return Some(Vec::new());
-    };
     let block = |row: usize, i: usize| w[row * kb + i];
-    // `n` is a multiple of 16: no padding row is ever made.
-    Some(interleave(n, kb, (zero, block), BlockQ4Kx16::interleave))
+    Some(interleave(
+        n,
+        kb,
+        (ZERO_Q4K, block),
+        BlockQ4Kx16::interleave,
+    ))
 }
 
 /// [`interleave_q4k`] straight from a tensor's bytes (GGML's 144-byte blocks), with no
 /// row-major copy in between; `None` unless `n` is a multiple of 16 and `bytes` holds exactly
 /// `n·kb` blocks.
 pub fn interleave_q4k_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ4Kx16>> {
-    let size = BlockQ4K::BYTES;
-    if !n.is_multiple_of(X16) || bytes.len() != n * kb * size {
+    if !n.is_multiple_of(X16) {
+        return None;
+    }
+    interleave_bytes(bytes, n, kb, ZERO_Q4K, BlockQ4Kx16::interleave)
+}
+
+/// A `Q4_K` block whose values are all zero (never made as padding: `Q4_K` groups are only
+/// made from a multiple of 16 rows).
+const ZERO_Q4K: BlockQ4K = BlockQ4K {
+    d: 0.0,
+    dmin: 0.0,
+    scales: [0; 8],
+    mins: [0; 8],
+    qs: [0; 128],
+};
+
+/// `n` rows of `kb` blocks of format `B` read from a tensor's bytes and interleaved as
+/// [`interleave`] does; `None` unless `bytes` holds exactly `n·kb` blocks.
+fn interleave_bytes<B: WeightBlock, X>(
+    bytes: &[u8],
+    n: usize,
+    kb: usize,
+    zero: B,
+    make: fn([&B; X16]) -> X,
+) -> Option<Vec<X>> {
+    let size = B::BYTES;
+    if bytes.len() != n * kb * size {
         return None;
     }
     let block = |row: usize, i: usize| {
         let at = (row * kb + i) * size;
-        BlockQ4K::read(&bytes[at..at + size])
+        B::read(&bytes[at..at + size])
     };
-    if n * kb == 0 {
-        return Some(Vec::new());
-    }
-    // `n` is a multiple of 16: no padding row is ever made.
-    Some(interleave(
-        n,
-        kb,
-        (block(0, 0), block),
-        BlockQ4Kx16::interleave,
-    ))
+    Some(interleave(n, kb, (zero, block), make))
 }
 
 /// Groups of sixteen rows (`n` of them, `kb` blocks each; `block(row, i)`), the last padded
@@ -287,20 +304,7 @@ pub fn interleave_q4_0(w: &[BlockQ4_0], n: usize, kb: usize) -> Option<Vec<Block
 /// [`interleave_q4_0`] straight from a tensor's bytes (GGML's 18-byte blocks), with no
 /// row-major copy in between; `None` unless `bytes` holds exactly `n·kb` blocks.
 pub fn interleave_q4_0_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ4_0x16>> {
-    let size = BlockQ4_0::BYTES;
-    if bytes.len() != n * kb * size {
-        return None;
-    }
-    let block = |row: usize, i: usize| {
-        let at = (row * kb + i) * size;
-        BlockQ4_0::read(&bytes[at..at + size])
-    };
-    Some(interleave(
-        n,
-        kb,
-        (ZERO_Q4_0, block),
-        BlockQ4_0x16::interleave,
-    ))
+    interleave_bytes(bytes, n, kb, ZERO_Q4_0, BlockQ4_0x16::interleave)
 }
 
 /// The sixteen weight rows of one `Q4_0` group (`w`: its `kb` blocks) times 1..=4

@@ -554,21 +554,14 @@ impl Weights {
     /// Interleaved weights are made straight from the bytes (no row-major copy between).
     /// `None` for a format without our kernels.
     fn read(dtype: GgmlDType, bytes: &[u8], n: usize, kb: usize) -> Option<Self> {
+        let vnni = kernels().simd() == Simd::Avx512Vnni;
         Some(match dtype {
-            GgmlDType::Q4_0 => match n.is_multiple_of(8) {
-                true => match interleave_q4_0_bytes(bytes, n, kb) {
-                    Some(x) => Weights::Q4_0x16(x),
-                    None => Weights::Q4_0(read_blocks(bytes)),
-                },
-                false => Weights::Q4_0(read_blocks(bytes)),
-            },
-            GgmlDType::Q4K => match kernels().simd() == Simd::Avx512Vnni {
-                true => match interleave_q4k_bytes(bytes, n, kb) {
-                    Some(x) => Weights::Q4Kx16(x),
-                    None => Weights::Q4K(read_blocks(bytes)),
-                },
-                false => Weights::Q4K(read_blocks(bytes)),
-            },
+            GgmlDType::Q4_0 if n.is_multiple_of(8) => interleave_q4_0_bytes(bytes, n, kb)
+                .map_or_else(|| Weights::Q4_0(read_blocks(bytes)), Weights::Q4_0x16),
+            GgmlDType::Q4_0 => Weights::Q4_0(read_blocks(bytes)),
+            GgmlDType::Q4K if vnni => interleave_q4k_bytes(bytes, n, kb)
+                .map_or_else(|| Weights::Q4K(read_blocks(bytes)), Weights::Q4Kx16),
+            GgmlDType::Q4K => Weights::Q4K(read_blocks(bytes)),
             GgmlDType::Q4_1 => Weights::Q4_1(read_blocks(bytes)),
             GgmlDType::Q5_0 => Weights::Q5_0(read_blocks(bytes)),
             GgmlDType::Q5_1 => Weights::Q5_1(read_blocks(bytes)),
