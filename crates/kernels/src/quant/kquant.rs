@@ -51,7 +51,7 @@
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
 //! return identical bits, and a row's result never depends on the other rows of a call. Both
-//! prompt orders, and the one-row orders of `Q4_K` and `Q6_K` for one activation row, also
+//! prompt orders (and `Q5_K`'s), and `Q6_K`'s one-row order for one activation row, also
 //! have an AVX-512 VNNI build
 //! ([`crate::arch::x86_64::avx512::kquant`]): 64 values per register, the sub-block scales
 //! applied by `vpdpwssd`, and in the prompt orders the exact integers of four rows fused into

@@ -579,13 +579,14 @@ macro_rules! dots_k {
     };
 }
 
+// Under AVX-512 VNNI the models keep `Q4_K` with a multiple of 16 rows interleaved
+// (`quant::interleaved`); the row-major one-row order left here runs the AVX2 loop.
 dots_k!(
     dots_q4k,
     BlockQ4K,
     rows_q4k,
     rows_q4k_grouped,
-    rows_q4k_vnni,
-    rows_q4k_grouped_vnni
+    prompt_vnni: rows_q4k_grouped_vnni
 );
 dots_k!(
     dots_q6k,

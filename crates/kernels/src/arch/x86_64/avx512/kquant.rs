@@ -1,18 +1,17 @@
-//! AVX-512 (BW, VNNI) builds of `Q4_K` and `Q6_K`: the prompt orders (`Q4_K` grouped, four
-//! rows, llama.cpp's repacked gemm; `Q6_K` tiled, llama.cpp's tiled matmul) and the one-row
-//! order for one activation row (decoding). The same exact integers and per-row f32
-//! operations as the AVX2 builds in [`super::super::avx2::kquant`], so the same bits.
+//! AVX-512 (BW, VNNI) builds of row-major K-quant loops: the prompt orders (`Q4_K` grouped,
+//! four rows, llama.cpp's repacked gemm; `Q5_K` and `Q6_K` tiled, llama.cpp's tiled matmul)
+//! and `Q6_K`'s one-row order for one activation row (decoding). The same exact integers and
+//! per-row f32 operations as the AVX2 builds in [`super::super::avx2::kquant`], so the same
+//! bits. (`Q4_K`'s decoding runs interleaved, [`super::x16`].)
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
-use crate::arch::x86_64::avx2::kquant::{
-    hsum_f32, load, prefetch, rows_q4k, rows_q4k_grouped, rows_q6k,
-};
-#[cfg(doc)]
-use crate::arch::x86_64::avx2::kquant::{q4k, q5k_tiled, q6k, rows_q5k_tiled};
+use crate::arch::x86_64::avx2::kquant::{hsum_f32, load, prefetch, rows_q4k_grouped, rows_q6k};
 #[cfg(doc)]
 use crate::arch::x86_64::avx2::kquant::{q4k_grouped, q6k_tiled, rows_q6k_tiled};
+#[cfg(doc)]
+use crate::arch::x86_64::avx2::kquant::{q5k_tiled, q6k, rows_q5k_tiled};
 use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ5K, BlockQ6K};
 
 /// [`rows_q4k_grouped`] with AVX-512 BW and VNNI for a full tile of four activation rows
@@ -371,108 +370,6 @@ fn q6k_products(q: &[__m512i; 4], sc: &[__m512i; 4], xq: &[__m512i; 4]) -> __m51
 #[target_feature(enable = "avx2")]
 fn q6k_offset(bsums: __m256i, scales16: __m256i) -> __m256i {
     _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)
-}
-
-/// Blocks of one weight row whose exact sums are reduced together by [`rows_q4k_vnni`].
-const STEP: usize = 4;
-
-/// [`rows_q4k`] with AVX-512 BW and VNNI for one activation row (decoding). Each weight row
-/// is read in order (one linear stream through the matrix, which the hardware prefetchers
-/// follow; reading several rows side by side halved the speed from DRAM). Per super-block,
-/// four 512-bit registers as in [`rows_q4k_grouped_vnni`], byte products summed into i16
-/// pairs and then, times the sub-block scales, into i32 lanes by `vpdpwssd`; the sums of
-/// four consecutive super-blocks are reduced together and then fused into the row's two
-/// accumulators one super-block after the other: the same integers and the same f32
-/// operations, in the same order, as [`q4k`], so the same bits. More activation rows go
-/// through the AVX2 build.
-///
-/// # Safety
-/// As [`rows_q4k_grouped_vnni`].
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-pub(crate) unsafe fn rows_q4k_vnni<const R: usize>(
-    w: &[BlockQ4K],
-    kb: usize,
-    a: [&[ActBlockK]; R],
-    out: &mut [[f32; crate::quant::MAX_TILE]],
-) {
-    if R != 1 {
-        // SAFETY: the caller's contract covers the AVX2 loop's (a subset of the features).
-        return unsafe { rows_q4k::<R>(w, kb, a, out) };
-    }
-    let s: &[&[ActBlockK]] = &a;
-    let x = s[0];
-    for (c, o) in out.iter_mut().enumerate() {
-        // SAFETY: `c < out.len()` and `w` holds `out.len()` rows of `kb` blocks, `x` at least
-        // `kb` (the contract).
-        o[0] = unsafe { q4k_row(w.get_unchecked(c * kb..(c + 1) * kb), x) };
-    }
-}
-
-/// One `Q4_K` weight row · one activation row in the one-row order (see
-/// [`rows_q4k_vnni`]).
-///
-/// # Safety
-/// As [`rows_q4k_grouped_vnni`]; `x` has at least `w.len()` blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-unsafe fn q4k_row(w: &[BlockQ4K], x: &[ActBlockK]) -> f32 {
-    let m4 = _mm512_set1_epi8(0x0F);
-    // The upper half takes the high nibbles.
-    let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
-    // SAFETY: this function's features include AVX-512 F.
-    let idx = unsafe { scale_index(&Q4K_SCALES) };
-    let (mut acc, mut acc_min) = (0f32, 0f32);
-    for start in (0..w.len()).step_by(STEP) {
-        let n = STEP.min(w.len() - start);
-        let mut g = [_mm512_setzero_si512(); STEP];
-        let mut ms = [_mm_setzero_si128(); STEP];
-        let mut dd = [0f32; STEP];
-        let mut dm = [0f32; STEP];
-        for t in 0..n {
-            // SAFETY: `start + t < w.len()`, at most the length of `x` (the contract).
-            let (b, xb) = unsafe { (w.get_unchecked(start + t), x.get_unchecked(start + t)) };
-            prefetch(b);
-            // SAFETY: reads the 8 bytes of `b.scales` and the 8 of `b.mins`.
-            let (scales, mins) = unsafe {
-                (
-                    _mm_loadl_epi64(b.scales.as_ptr().cast()),
-                    _mm_loadl_epi64(b.mins.as_ptr().cast()),
-                )
-            };
-            let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(scales));
-            let mut sum = _mm512_setzero_si512();
-            for (k, idx) in idx.iter().enumerate() {
-                // SAFETY: bytes `32k..32k + 32` of the 128 of `b.qs` and `64k..64k + 64` of
-                // the 256 of `xb.qs` (`k < 4`).
-                let (raw, xq) = unsafe {
-                    (
-                        _mm512_broadcast_i64x4(load(b.qs.as_ptr().add(32 * k))),
-                        _mm512_loadu_si512(xb.qs.as_ptr().add(64 * k).cast()),
-                    )
-                };
-                let q = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), m4);
-                let p = _mm512_maddubs_epi16(q, xq);
-                sum = _mm512_dpwssd_epi32(sum, p, _mm512_permutexvar_epi16(*idx, scales));
-            }
-            g[t] = sum;
-            ms[t] = _mm_madd_epi16(subblock_sums(xb), _mm_cvtepu8_epi16(mins));
-            dd[t] = b.d * xb.d;
-            dm[t] = b.dmin * xb.d;
-        }
-        let sums = reduce4(g);
-        let mins = _mm_hadd_epi32(_mm_hadd_epi32(ms[0], ms[1]), _mm_hadd_epi32(ms[2], ms[3]));
-        let (mut sf, mut mf) = ([0f32; STEP], [0f32; STEP]);
-        // SAFETY: writes the 4 floats of `sf` and of `mf`.
-        unsafe {
-            _mm_storeu_ps(sf.as_mut_ptr(), _mm_cvtepi32_ps(sums));
-            _mm_storeu_ps(mf.as_mut_ptr(), _mm_cvtepi32_ps(mins));
-        }
-        for t in 0..n {
-            acc = sf[t].mul_add(dd[t], acc);
-            acc_min = mf[t].mul_add(dm[t], acc_min);
-        }
-    }
-    acc - acc_min
 }
 
 /// [`rows_q6k`] with AVX-512 BW and VNNI for one activation row (decoding), each weight row
