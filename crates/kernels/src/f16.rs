@@ -33,7 +33,6 @@ fn round16(x: f32) -> f32 {
 
 /// The sum of sixteen lanes as GCC's `_mm512_reduce_add_ps` adds them: upper 256 bits +
 /// lower, upper 128 + lower, lanes 2,3 + 0,1, lane 1 + lane 0.
-// Called per key position by attention in `models`: inlined across the crate boundary.
 #[inline]
 pub fn reduce16(x: &[f32]) -> f32 {
     let mut t8 = [0f32; 8];
@@ -52,7 +51,6 @@ pub fn reduce16(x: &[f32]) -> f32 {
 /// each 64-value step, reduced `a0+a2, a1+a3, then their sum`, then across lanes by
 /// [`reduce16`]; values past the last full step are added in f64. Products of two f16 values
 /// are exact in f32, so plain adds equal the kernel's fused multiply-adds.
-// Called per key position by attention in `models`: inlined across the crate boundary.
 #[inline]
 pub fn dot(k: &[f16], q: &[f32]) -> f32 {
     let n = k.len().min(q.len());
@@ -64,7 +62,6 @@ pub fn dot(k: &[f16], q: &[f32]) -> f32 {
 /// multiple of 64.
 #[inline]
 fn dot_with(kernels: Kernels, k: &[f16], q: &[f32], full: usize) -> f32 {
-    let n = k.len();
     #[cfg(target_arch = "x86_64")]
     let lanes = crate::arch::x86_64::avx512::f16::dot_steps(kernels, &k[..full], &q[..full])
         .unwrap_or_else(|| dot_steps(&k[..full], &q[..full]));
@@ -73,8 +70,15 @@ fn dot_with(kernels: Kernels, k: &[f16], q: &[f32], full: usize) -> f32 {
         let _ = kernels;
         dot_steps(&k[..full], &q[..full])
     };
-    let mut sum = f64::from(reduce16(&lanes));
-    for (k, q) in k[full..n].iter().zip(&q[full..n]) {
+    finish_dot(&lanes, &k[full..], &q[full..])
+}
+
+/// The end of [`dot`]: the sixteen `lanes` of the whole steps summed by [`reduce16`], then the
+/// products of the values past them (`k_tail`, `q_tail`) added in f64.
+#[inline]
+pub(crate) fn finish_dot(lanes: &[f32; LANES], k_tail: &[f16], q_tail: &[f32]) -> f32 {
+    let mut sum = f64::from(reduce16(lanes));
+    for (k, q) in k_tail.iter().zip(q_tail) {
         sum += f64::from(k.to_f32() * q);
     }
     sum as f32
@@ -82,6 +86,7 @@ fn dot_with(kernels: Kernels, k: &[f16], q: &[f32], full: usize) -> f32 {
 
 /// The scalar twin of the full 64-value steps of [`dot`]: the sixteen lanes before the
 /// cross-lane sum.
+#[inline]
 pub(crate) fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
     let mut acc = [[0f32; LANES]; 4];
     for (kc, qc) in k.chunks_exact(DOT_STEP).zip(q.chunks_exact(DOT_STEP)) {
@@ -101,7 +106,6 @@ pub(crate) fn dot_steps(k: &[f16], q: &[f32]) -> [f32; LANES] {
 }
 
 /// `acc[i] = round16(v[i] · s + acc[i])` (one fused multiply-add, then rounded to f16).
-// Called per key position by attention in `models`: inlined across the crate boundary.
 #[inline]
 pub fn mad(acc: &mut [f32], v: &[f16], s: f32) {
     mad_with(Kernels::chosen(), acc, v, s)
@@ -118,13 +122,18 @@ fn mad_with(kernels: Kernels, acc: &mut [f32], v: &[f16], s: f32) {
         let _ = kernels;
         0
     };
-    for (a, x) in acc[done..n].iter_mut().zip(&v[done..n]) {
+    mad_tail(&mut acc[done..n], &v[done..n], s);
+}
+
+/// The scalar twin of [`mad`] (a SIMD build does a head of it and leaves the rest here).
+#[inline]
+pub(crate) fn mad_tail(acc: &mut [f32], v: &[f16], s: f32) {
+    for (a, x) in acc.iter_mut().zip(v) {
         *a = round16(x.to_f32().mul_add(s, *a));
     }
 }
 
 /// `acc[i] = round16(acc[i] · s)`.
-// Called per key position by attention in `models`: inlined across the crate boundary.
 #[inline]
 pub fn scale(acc: &mut [f32], s: f32) {
     scale_with(Kernels::chosen(), acc, s)
@@ -140,7 +149,13 @@ fn scale_with(kernels: Kernels, acc: &mut [f32], s: f32) {
         let _ = kernels;
         0
     };
-    for a in &mut acc[done..] {
+    scale_tail(&mut acc[done..], s);
+}
+
+/// The scalar twin of [`scale`] (a SIMD build does a head of it and leaves the rest here).
+#[inline]
+pub(crate) fn scale_tail(acc: &mut [f32], s: f32) {
+    for a in acc {
         *a = round16(*a * s);
     }
 }

@@ -6,7 +6,9 @@
 //! - [`quant`]: GGML's quantized block formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`,
 //!   `Q4_K`, `Q6_K`) read from a GGUF tensor's bytes, the 8-bit quantization of activations,
 //!   and their dot products in llama.cpp's summation order, so a model's logits are llama.cpp's to the bit;
-//! - [`f16`](mod@f16): an attention kernel's vector ops on f16 keys and values (GGML's order);
+//! - [`attention`]: one query row's attention, whole, as llama.cpp's CPU flash attention
+//!   computes it (the one-row path on an f16 cache read in place, and the tiled prompt path);
+//! - [`f16`](mod@f16): the f16 vector ops it is built of (GGML's order);
 //! - [`ggml`]: RMS norm, SwiGLU, GEGLU and RoPE arithmetic as llama.cpp's CPU backend does it;
 //! - [`simd`]: the workspace's one run-time SIMD dispatcher (`FLUENT_AI_CANDLE_SIMD`), which
 //!   the sampling crate's kernels follow too.
@@ -52,6 +54,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod attention;
 pub mod f16;
 pub mod ggml;
 pub mod quant;

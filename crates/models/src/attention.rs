@@ -1,29 +1,21 @@
 //! Attention over an f16 KV cache on the CPU, computed the way llama.cpp's CPU flash attention
-//! computes it for decode steps and short batches (`ggml_compute_forward_flash_attn_ext_f16`,
-//! one query row at a time), so that near-tied logits break as they do in llama.cpp.
+//! computes it for decode steps and prompts, so that near-tied logits break as they do in
+//! llama.cpp: this module takes candle tensors apart and hands each query row to the kernels
+//! crate's whole-row kernels ([`fluent_ai_candle_kernels::attention`], whose docs give the
+//! arithmetic: [`attend_row`] reads keys and values in place from the f16 cache for decode
+//! steps and short prompts, [`attend_row_tiled`] takes prompts of [`TILE`] rows or more, as
+//! llama.cpp does).
 //!
-//! For each query row and head, in this order:
-//! - the query is rounded to f16;
-//! - each visible key's score is the f16 dot product summed as GGML's AVX-512 build sums it
-//!   (four accumulators of sixteen lanes per 64 values, then a fixed halving tree), times
-//!   the scale;
-//! - an online softmax keeps the running maximum `M`, the running sum `S` (updated by a fused
-//!   multiply-add) and the weighted sum of values in **f16**, rounded after every key (the
-//!   previous sum rescaled by `exp(M_old - M)` when the maximum moves, then `v·exp(s - M)`
-//!   added by a fused multiply-add);
-//! - the result is the f16 sum times `1/S`.
-//!
-//! `exp` is the C library's `expf`, as in llama.cpp. Every row is computed alone, so its
-//! result does not depend on the other rows of the step: a token's attention is the same in a
-//! prefill, in a decode step and inside a batch of sequences (batch invariance). Measured on
-//! the reference continuations (`../shared/reference`, made by llama.cpp with flash
-//! attention): llama.cpp's own build reproduces all of them with flash attention on and 7 of
-//! SmolLM2's 34 with it off; candle's matmul → softmax → matmul chain, which this replaces on
-//! the CPU, matched 12.
+//! Every row is computed alone, so its result does not depend on the other rows of the step:
+//! a token's attention is the same in a prefill, in a decode step and inside a batch of
+//! sequences (batch invariance). Measured on the reference continuations
+//! (`../shared/reference`, made by llama.cpp with flash attention): llama.cpp's own build
+//! reproduces all of them with flash attention on and 7 of SmolLM2's 34 with it off; candle's
+//! matmul → softmax → matmul chain, which this replaces on the CPU, matched 12.
 //!
 //! Work items (sequence, head, row) are split over candle's CPU thread pool. Inputs are read in
 //! place through their layouts (cache views are strided): the one-row path takes keys and
-//! values straight from the f16 cache ([`fluent_ai_candle_kernels::f16`] converts in registers), the tiled
+//! values straight from the f16 cache (the kernel converts in registers), the tiled
 //! path has each worker widen the kv heads its items need to f32 once per call; anything that is not an f32 query
 //! and f16 keys and values on the CPU returns `None`, and the caller takes the general path.
 
@@ -31,6 +23,10 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use fluent_ai_candle_kernels::attention::{
+    attend_row, attend_row_tiled, transpose_tiles, Rows, TILE,
+};
+use fluent_ai_candle_kernels::simd::Kernels;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -86,51 +82,7 @@ fn f32_view<'a>(storage: &'a Storage, layout: &Layout) -> Option<View<'a, f32>> 
     }
 }
 
-/// How a query·key dot product becomes an attention score: times a scale and, for models with
-/// attention logit soft-capping (Gemma 2), squashed to `c · tanh(s / c)`. Computed as
-/// llama.cpp's flash attention computes it: the scale divided by `c` once, then
-/// `c · tanhf(dot · scale / c)` per score (the C library's `tanhf`, as there).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Scores {
-    /// The factor on the dot product (already divided by the cap when there is one).
-    scale: f32,
-    /// The soft-cap `c`, or 0 for none.
-    softcap: f32,
-}
-
-impl Scores {
-    /// Scores scaled by `scale`, soft-capped at `softcap` when it is given.
-    pub(crate) fn capped(scale: f32, softcap: Option<f32>) -> Self {
-        match softcap {
-            Some(c) if c != 0.0 => Self {
-                scale: scale / c,
-                softcap: c,
-            },
-            _ => Self {
-                scale,
-                softcap: 0.0,
-            },
-        }
-    }
-
-    /// The score of one dot product.
-    #[inline]
-    fn of(self, dot: f32) -> f32 {
-        let s = dot * self.scale;
-        if self.softcap != 0.0 {
-            self.softcap * s.tanh()
-        } else {
-            s
-        }
-    }
-}
-
-/// A plain scale, without soft-capping.
-impl From<f32> for Scores {
-    fn from(scale: f32) -> Self {
-        Self::capped(scale, None)
-    }
-}
+pub(crate) use fluent_ai_candle_kernels::attention::Scores;
 
 /// One sequence's share of an attention step.
 pub(crate) struct Job<'a> {
@@ -152,8 +104,6 @@ pub(crate) struct Job<'a> {
 struct Scratch {
     /// The query rounded to f16, as f32.
     q: Vec<f32>,
-    /// The running weighted sum of values (every element an f16 value), as f32.
-    acc: Vec<f32>,
     /// f16 buffer for the conversions.
     half: Vec<f16>,
     /// One row's output.
@@ -162,7 +112,7 @@ struct Scratch {
 
 impl Scratch {
     fn size(&mut self, d: usize) {
-        for v in [&mut self.q, &mut self.acc, &mut self.out] {
+        for v in [&mut self.q, &mut self.out] {
             v.resize(d, 0.0);
         }
         self.half.resize(d, f16::ZERO);
@@ -214,104 +164,22 @@ impl Heads {
                 view.row(h, j).convert_to_f32_slice(row);
             }
         }
-        transpose(&self.k[..len * d], d, &mut self.kt);
+        transpose_tiles(&self.k[..len * d], d, &mut self.kt);
         self.key = Some(key);
     }
 }
 
-/// Keys `[len, d]` in tiles of [`TILE`] positions transposed to `[d][TILE]` (zero beyond the
-/// last position), for the tiled path's scores.
-fn transpose(k: &[f32], d: usize, out: &mut Vec<f32>) {
-    let len = k.len() / d.max(1);
-    out.clear();
-    out.resize(len.div_ceil(TILE) * d * TILE, 0.0);
-    for (j, row) in k.chunks_exact(d.max(1)).enumerate() {
-        let base = (j / TILE) * d * TILE + j % TILE;
-        for (i, &x) in row.iter().enumerate() {
-            out[base + i * TILE] = x;
-        }
-    }
-}
-
-/// Query rows and key positions per tile of llama.cpp's tiled flash attention
-/// (`GGML_FA_TILE_Q`, `GGML_FA_TILE_KV`), which it takes for 64 query rows or more.
-const TILE: usize = 64;
-
-/// One query row of one head over the keys `lo..hi` of kv head `h`, as llama.cpp's tiled
-/// flash attention computes a prompt of 64 rows or more (`ggml_compute_forward_flash_attn_ext_tiled`):
-/// an f32 query; per tile of 64 key positions (aligned at position 0) the scores as fused
-/// multiply-add chains over the head dimension, times `scale`; the running maximum updated
-/// once per tile (rescaling by the C library's `expf`); the weights `e^(s - M)` from GGML's
-/// AVX-512 polynomial ([`fluent_ai_candle_kernels::ggml::v_expf`]), summed sixteen at a time and
-/// accumulated in f64; the values accumulated in f32 by fused multiply-adds in position order.
-#[allow(clippy::too_many_arguments)]
-fn row_tiled(
-    q: &[f32],
-    (kt, v): (&[f32], &[f32]),
-    (lo, hi): (usize, usize),
-    scores: Scores,
-    s: &mut Scratch,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    s.acc.fill(0.0);
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-    let mut p = [0f32; TILE];
-    for tile in lo / TILE..hi.div_ceil(TILE) {
-        let t0 = tile * TILE;
-        let (a, b) = (lo.max(t0) - t0, hi.min(t0 + TILE) - t0);
-        // Scores of the tile's slots: one fused chain per slot, over the head dimension.
-        let kb = &kt[tile * d * TILE..][..d * TILE];
-        let mut sc = [0f32; TILE];
-        for (k, &qk) in q.iter().enumerate() {
-            let col = &kb[k * TILE..(k + 1) * TILE];
-            for (acc, &x) in sc.iter_mut().zip(col) {
-                *acc = x.mul_add(qk, *acc);
-            }
-        }
-        let mut tile_max = f32::NEG_INFINITY;
-        for (j, x) in sc.iter_mut().enumerate() {
-            if j < a || j >= b {
-                *x = f32::NEG_INFINITY;
-            } else {
-                *x = scores.of(*x);
-                tile_max = tile_max.max(*x);
-            }
-        }
-        if tile_max == f32::NEG_INFINITY {
-            continue;
-        }
-        let new_max = max.max(tile_max);
-        if new_max > max {
-            let ms = (max - new_max).exp();
-            for x in s.acc.iter_mut() {
-                *x *= ms;
-            }
-            sum *= ms;
-        }
-        max = new_max;
-        let mut tile_sum = 0f64;
-        for (pc, sc) in p.chunks_exact_mut(16).zip(sc.chunks_exact(16)) {
-            for (pv, &x) in pc.iter_mut().zip(sc) {
-                *pv = fluent_ai_candle_kernels::ggml::v_expf(x - max);
-            }
-            tile_sum += f64::from(fluent_ai_candle_kernels::f16::reduce16(pc));
-        }
-        sum = (f64::from(sum) + tile_sum) as f32;
-        for (j, &w) in p.iter().enumerate().take(b).skip(a) {
-            for (acc, &x) in s.acc.iter_mut().zip(&v[(t0 + j) * d..(t0 + j + 1) * d]) {
-                *acc = x.mul_add(w, *acc);
-            }
-        }
-    }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for (o, a) in out.iter_mut().zip(&s.acc) {
-        *o = a * inv;
+impl<'a> View<'a, f16> {
+    /// Positions `lo..hi` of head `h` as the kernels' [`Rows`].
+    fn rows(&self, h: usize, (lo, hi): (usize, usize)) -> Rows<'a> {
+        let at = self.start + h * self.strides[0] + lo * self.strides[1];
+        Rows::new(&self.data[at..], self.strides[1], self.dims[2], hi - lo)
+            .expect("a view's rows lie in its storage")
     }
 }
 
 /// One query row of one head over the keys `lo..hi` of kv head `h`, read in place from the
-/// f16 cache: writes the attention output (`d` values) into `out`.
+/// f16 cache ([`attend_row`]): writes the attention output (`d` values) into `out`.
 fn row(
     q: &[f32],
     (k, v): (&View<'_, f16>, &View<'_, f16>),
@@ -321,29 +189,10 @@ fn row(
     s: &mut Scratch,
     out: &mut [f32],
 ) {
-    use fluent_ai_candle_kernels::f16 as f16k;
     s.q.copy_from_slice(q);
     round_to_f16(&mut s.q, &mut s.half);
-    s.acc.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0f32;
-    for j in lo..hi {
-        let score = scores.of(f16k::dot(k.row(h, j), &s.q));
-        let (ms, vs) = if score > max {
-            let ms = (max - score).exp();
-            max = score;
-            f16k::scale(&mut s.acc, ms);
-            (ms, 1.0)
-        } else {
-            (1.0, (score - max).exp())
-        };
-        f16k::mad(&mut s.acc, v.row(h, j), vs);
-        sum = sum.mul_add(ms, vs);
-    }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for (o, a) in out.iter_mut().zip(&s.acc) {
-        *o = a * inv;
-    }
+    let (keys, values) = (k.rows(h, (lo, hi)), v.rows(h, (lo, hi)));
+    attend_row(Kernels::chosen(), &s.q, keys, values, scores, out);
 }
 
 /// Attention of several sequences' query rows over their caches, each row attending to the
@@ -455,7 +304,7 @@ pub(crate) fn attention(
                     if p.tiled {
                         kv.load((call, job, head / rep), (&p.k, &p.v), p.len);
                         let v = &kv.v[..p.len * d];
-                        row_tiled(p.q.row(head, i), (&kv.kt, v), (lo, hi), scores, s, &mut o);
+                        attend_row_tiled(p.q.row(head, i), (&kv.kt, v), (lo, hi), scores, &mut o);
                     } else {
                         let views = (&p.k, &p.v);
                         row(

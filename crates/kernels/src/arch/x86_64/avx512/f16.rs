@@ -1,11 +1,13 @@
-//! AVX-512 (F, with F16C and FMA) builds of the attention kernel's f16 vector ops
-//! ([`crate::f16`]): sixteen values per instruction, converted in registers.
+//! AVX-512 (F, with F16C and FMA) builds of the f16 vector ops ([`crate::f16`]) and of the
+//! one-row attention kernel built on them ([`crate::attention::attend_row`]): sixteen values
+//! per instruction, converted in registers.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
+use crate::attention::{online_softmax, Rows, Scores};
 use crate::f16::{DOT_STEP, LANES};
 use crate::simd::{Kernels, Simd};
 
@@ -45,6 +47,43 @@ pub(crate) fn scale(kernels: Kernels, acc: &mut [f32], s: f32) -> usize {
     unsafe { scale_avx512(acc, s) }
 }
 
+/// [`crate::attention::attend_row`]'s online softmax with AVX-512: the sum of weights, with
+/// the unnormalized sum of values in `acc`; `None` where `kernels` lacks AVX-512.
+#[inline]
+pub(crate) fn attend_row(
+    kernels: Kernels,
+    q: &[f32],
+    keys: Rows<'_>,
+    values: Rows<'_>,
+    scores: Scores,
+    acc: &mut [f32],
+) -> Option<f32> {
+    // SAFETY: the token proves AVX-512 F, F16C and FMA.
+    avx512(kernels).then(|| unsafe { attend_row_avx512(q, keys, values, scores, acc) })
+}
+
+/// The whole row in one `#[target_feature]` function: the steps below inline into the loop.
+#[target_feature(enable = "avx512f,f16c,fma")]
+fn attend_row_avx512(
+    q: &[f32],
+    keys: Rows<'_>,
+    values: Rows<'_>,
+    scores: Scores,
+    acc: &mut [f32],
+) -> f32 {
+    online_softmax(
+        q,
+        (keys, values),
+        scores,
+        acc,
+        (
+            |k: &[f16], q: &[f32]| dot_steps_avx512(k, q),
+            |acc: &mut [f32], v: &[f16], s: f32| mad_avx512(acc, v, s),
+            |acc: &mut [f32], s: f32| scale_avx512(acc, s),
+        ),
+    )
+}
+
 /// Sixteen f16 values from `v` at `i` as f32.
 ///
 /// # Safety
@@ -64,6 +103,7 @@ fn round(x: __m512) -> __m512 {
 }
 
 /// `crate::f16::dot_steps` over the whole 64-value steps of the shorter of `k` and `q`.
+#[inline]
 #[target_feature(enable = "avx512f,f16c,fma")]
 fn dot_steps_avx512(k: &[f16], q: &[f32]) -> [f32; LANES] {
     let n = k.len().min(q.len());
@@ -87,6 +127,7 @@ fn dot_steps_avx512(k: &[f16], q: &[f32]) -> [f32; LANES] {
 
 /// [`crate::f16::mad`] on the first multiple of sixteen values of the shorter of `acc` and
 /// `v`: how many it did.
+#[inline]
 #[target_feature(enable = "avx512f,f16c,fma")]
 fn mad_avx512(acc: &mut [f32], v: &[f16], s: f32) -> usize {
     let n = acc.len().min(v.len()) / LANES * LANES;
@@ -105,6 +146,7 @@ fn mad_avx512(acc: &mut [f32], v: &[f16], s: f32) -> usize {
 }
 
 /// [`crate::f16::scale`] on the first multiple of sixteen values of `acc`: how many it did.
+#[inline]
 #[target_feature(enable = "avx512f,f16c,fma")]
 fn scale_avx512(acc: &mut [f32], s: f32) -> usize {
     let n = acc.len() / LANES * LANES;
