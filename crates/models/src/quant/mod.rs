@@ -121,9 +121,12 @@ thread_local! {
     static PAIRED: RefCell<Vec<Pair>> = const { RefCell::new(Vec::new()) };
     /// The `Q5_K` group this worker last interleaved for a prompt (see
     /// [`OurMatMul::matmul_q5k_prompt`]): (call, group) and its blocks.
-    static Q5K_GROUP: RefCell<(Option<(u64, usize)>, Vec<BlockQ5Kx16>)> =
-        const { RefCell::new((None, Vec::new())) };
+    static Q5K_GROUP: RefCell<InterleavedGroup> = const { RefCell::new((None, Vec::new())) };
 }
+
+/// A group of sixteen `Q5_K` weight rows interleaved by a worker, and which (call, group) it
+/// holds.
+type InterleavedGroup = (Option<(u64, usize)>, Vec<BlockQ5Kx16>);
 
 /// Numbers the calls of [`OurMatMul::matmul_q5k_prompt`], so a worker's interleaved group
 /// from an earlier call is never taken for this one's.
