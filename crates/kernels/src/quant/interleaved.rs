@@ -370,18 +370,18 @@ pub(crate) fn transpose_into<const R: usize>(r: &[[f32; X16]; R], out: &mut [[f3
     }
 }
 
-/// Super-block `i` of sixteen `Q5_K` weight rows (a group), interleaved as [`BlockQ4Kx16`]
-/// (`qs`, scales, mins, `d`, `dmin`), plus the fifth bits: `qh[l][4j + b]` is byte `4l + b`
-/// of row `j`'s 32 `qh` bytes, whose bit `c` is the fifth bit of value `32c + 4l + b`.
-/// 2,944 bytes (sixteen [`BlockQ5K`]s take 2,816).
+/// Super-block `i` of sixteen `Q5_K` weight rows (a group) for a prompt's tiled order, every
+/// quant widened to a byte (0..32), so a kernel multiplies them with no unpacking: a
+/// worker's scratch copy of a group, made from row-major blocks when a prompt needs it (the
+/// copy is reused by every activation tile of the prompt), not a layout weights are stored
+/// in. 4,480 bytes (sixteen [`BlockQ5K`]s take 2,816).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C, align(64))]
 pub struct BlockQ5Kx16 {
-    /// The fifth bits, four `qh` bytes of each row per register (first: the kernels read them
-    /// before the quants, so a block is one linear stream).
-    pub qh: [[u8; 64]; 8],
-    /// The low four bits, as [`BlockQ4Kx16::qs`].
-    pub qs: [[u8; 64]; 32],
+    /// For `t = 8g + l` (`g < 4`, `l < 8`): bytes `4j..4j + 4` of `q[2t]` are row `j`'s
+    /// quants of values `64g + 4l..64g + 4l + 4` (chunk `2g`), those of `q[2t + 1]` of values
+    /// `64g + 32 + 4l..` (chunk `2g + 1`). In the order the kernels read them.
+    pub q: [[u8; 64]; 64],
     /// `scales[s][j]`: row `j`'s scale of sub-block `s` (32 values).
     pub scales: [[u8; X16]; 8],
     /// `mins[s][j]`: row `j`'s min of sub-block `s`.
@@ -392,23 +392,47 @@ pub struct BlockQ5Kx16 {
     pub dmin: [f32; X16],
 }
 
-impl BlockQ5Kx16 {
-    /// Super-block `i` of sixteen rows: `rows[j]` is row `j`'s block.
-    pub fn interleave(rows: [&BlockQ5K; X16]) -> Self {
-        let mut out = Self {
-            qh: [[0; 64]; 8],
-            qs: [[0; 64]; 32],
+/// All zeros (a buffer's first state).
+impl Default for BlockQ5Kx16 {
+    fn default() -> Self {
+        Self {
+            q: [[0; 64]; 64],
             scales: [[0; X16]; 8],
             mins: [[0; X16]; 8],
             d: [0.0; X16],
             dmin: [0.0; X16],
-        };
+        }
+    }
+}
+
+impl BlockQ5Kx16 {
+    /// Super-block `i` of sixteen rows: `rows[j]` is row `j`'s block.
+    pub fn interleave(rows: [&BlockQ5K; X16]) -> Self {
+        let mut out = Self::default();
+        out.fill(rows);
+        out
+    }
+
+    /// Overwrites every byte with super-block `i` of sixteen rows (`rows[j]`: row `j`'s
+    /// block): [`interleave`](Self::interleave) into a buffer that is reused.
+    pub fn fill(&mut self, rows: [&BlockQ5K; X16]) {
+        let out = self;
         for (j, b) in rows.iter().enumerate() {
-            for (t, q) in out.qs.iter_mut().enumerate() {
-                q[4 * j..4 * j + 4].copy_from_slice(&b.qs[4 * t..4 * t + 4]);
-            }
-            for (l, q) in out.qh.iter_mut().enumerate() {
-                q[4 * j..4 * j + 4].copy_from_slice(&b.qh[4 * l..4 * l + 4]);
+            for g in 0..4 {
+                // Chunks 2g and 2g + 1: the low and high nibbles of 32 `qs` bytes, with bits
+                // 2g and 2g + 1 of the 32 `qh` bytes as 16 (a loop the compiler vectorizes).
+                let qs = &b.qs[32 * g..32 * g + 32];
+                let (mut lo, mut hi) = ([0u8; 32], [0u8; 32]);
+                for m in 0..32 {
+                    let h = b.qh[m] >> (2 * g);
+                    lo[m] = (qs[m] & 0x0F) | ((h & 1) << 4);
+                    hi[m] = (qs[m] >> 4) | (((h >> 1) & 1) << 4);
+                }
+                for l in 0..8 {
+                    let t = 8 * g + l;
+                    out.q[2 * t][4 * j..4 * j + 4].copy_from_slice(&lo[4 * l..4 * l + 4]);
+                    out.q[2 * t + 1][4 * j..4 * j + 4].copy_from_slice(&hi[4 * l..4 * l + 4]);
+                }
             }
             for s in 0..8 {
                 out.scales[s][j] = b.scales[s];
@@ -417,18 +441,23 @@ impl BlockQ5Kx16 {
             out.d[j] = b.d;
             out.dmin[j] = b.dmin;
         }
-        out
+    }
+
+    /// Row `j`'s quant of value `v` (`j < 16`, `v < 256`).
+    fn quant(&self, j: usize, v: usize) -> u8 {
+        let (c, m) = (v / 32, v % 32);
+        self.q[2 * (8 * (c / 2) + m / 4) + c % 2][4 * j + m % 4]
     }
 
     /// Row `j`'s block (`j < 16`), as it was before [`interleave`](Self::interleave).
     pub fn row(&self, j: usize) -> BlockQ5K {
         let mut qs = [0u8; 128];
-        for (t, q) in self.qs.iter().enumerate() {
-            qs[4 * t..4 * t + 4].copy_from_slice(&q[4 * j..4 * j + 4]);
-        }
         let mut qh = [0u8; 32];
-        for (l, q) in self.qh.iter().enumerate() {
-            qh[4 * l..4 * l + 4].copy_from_slice(&q[4 * j..4 * j + 4]);
+        for v in 0..256 {
+            let q = self.quant(j, v);
+            let (i, l) = (v / 64, v % 64);
+            qs[32 * i + l % 32] |= if l < 32 { q & 0x0F } else { (q & 0x0F) << 4 };
+            qh[v % 32] |= (q >> 4) << (v / 32);
         }
         BlockQ5K {
             d: self.d[j],
@@ -441,35 +470,10 @@ impl BlockQ5Kx16 {
     }
 }
 
-/// `Q5_K` rows straight from a tensor's bytes (GGML's 176-byte blocks), interleaved by
-/// sixteen as [`interleave_q4k_bytes`]; `None` unless `n` is a multiple of 16 and `bytes`
-/// holds exactly `n·kb` blocks.
-pub fn interleave_q5k_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ5Kx16>> {
-    let size = BlockQ5K::BYTES;
-    if !n.is_multiple_of(X16) || bytes.len() != n * kb * size {
-        return None;
-    }
-    let block = |row: usize, i: usize| {
-        let at = (row * kb + i) * size;
-        BlockQ5K::read(&bytes[at..at + size])
-    };
-    if n * kb == 0 {
-        return Some(Vec::new());
-    }
-    // `n` is a multiple of 16: no padding row is ever made.
-    Some(interleave(
-        n,
-        kb,
-        (block(0, 0), block),
-        BlockQ5Kx16::interleave,
-    ))
-}
-
 /// The sixteen weight rows of one `Q5_K` group (`w`: its `kb` blocks) times 1..=4
-/// activation rows (`rows`), into `out[j][r]`: in llama.cpp's tiled order (`tiled`, its
-/// prompts of eight rows or more) or its one-row order, the bits of
-/// [`super::kquant::dot_q5k_tiled`] or [`super::kquant::dot_q5k`] for each pair, under every
-/// [`Kernels`] (AVX-512 VNNI under [`Simd::Avx512Vnni`], a portable loop otherwise).
+/// activation rows (`rows`), into `out[j][r]`, in llama.cpp's tiled order (its prompts of
+/// eight rows or more): the bits of [`super::kquant::dot_q5k_tiled`] for each pair, under
+/// every [`Kernels`] (AVX-512 VNNI under [`Simd::Avx512Vnni`], a portable loop otherwise).
 ///
 /// # Panics
 /// If the shapes disagree, as [`dots_q4k_x16`].
@@ -478,62 +482,37 @@ pub fn dots_q5k_x16(
     w: &[BlockQ5Kx16],
     kb: usize,
     rows: &[&[ActBlockK]],
-    tiled: bool,
     out: &mut [[f32; MAX_TILE]],
 ) {
     check_x16(w.len(), kb, rows, out.len());
     #[cfg(target_arch = "x86_64")]
     if kernels.simd() == Simd::Avx512Vnni {
-        crate::arch::x86_64::avx512::x16::dots_q5k(kernels, w, rows, tiled, out);
+        crate::arch::x86_64::avx512::x16::dots_q5k(kernels, w, rows, out);
         return;
     }
     let _ = kernels;
     for (r, a) in rows.iter().enumerate() {
         for (j, o) in out.iter_mut().enumerate() {
-            o[r] = portable_q5k(w, a, j, tiled);
+            o[r] = portable_q5k(w, a, j);
         }
     }
 }
 
 /// Row `j` of a `Q5_K` group times activation row `a`, on the interleaved layout, in the
-/// order of [`super::kquant::dot_q5k_tiled`] (`tiled`) or [`super::kquant::dot_q5k`].
-fn portable_q5k(w: &[BlockQ5Kx16], a: &[ActBlockK], j: usize, tiled: bool) -> f32 {
-    let (mut acc, mut summs) = (0f32, 0f32);
-    let mut lanes_acc = [0f32; 8];
+/// order of [`super::kquant::dot_q5k_tiled`].
+fn portable_q5k(w: &[BlockQ5Kx16], a: &[ActBlockK], j: usize) -> f32 {
+    let mut acc = 0f32;
     for (b, a) in w.iter().zip(a) {
-        // Lane `l`: values `32c + 4l..32c + 4l + 4` of every chunk `c`.
-        let mut lanes = [0i32; 8];
-        for c in 0..8 {
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let q4 = &b.qs[8 * (c / 2) + l][4 * j..4 * j + 4];
-                let qh = &b.qh[l][4 * j..4 * j + 4];
-                for k in 0..4 {
-                    let low = if c % 2 == 0 { q4[k] & 0x0F } else { q4[k] >> 4 };
-                    let q = (low | (((qh[k] >> c) & 1) << 4)) as i32;
-                    *lane += b.scales[c][j] as i32 * q * a.qs[32 * c + 4 * l + k] as i32;
-                }
-            }
-        }
+        let s1: i32 = (0..256)
+            .map(|v| b.scales[v / 32][j] as i32 * b.quant(j, v) as i32 * a.qs[v] as i32)
+            .sum();
         let mins: i32 = (0..8)
             .map(|s| b.mins[s][j] as i32 * (a.bsums[2 * s] as i32 + a.bsums[2 * s + 1] as i32))
             .sum();
-        if tiled {
-            let s1: i32 = lanes.iter().sum();
-            let r = (-b.dmin[j]).mul_add(mins as f32, s1 as f32 * b.d[j]);
-            acc = r.mul_add(a.d, acc);
-        } else {
-            summs = (-(a.d * b.dmin[j])).mul_add(mins as f32, summs);
-            let d = a.d * b.d[j];
-            for (acc, &lane) in lanes_acc.iter_mut().zip(&lanes) {
-                *acc = d.mul_add(lane as f32, *acc);
-            }
-        }
+        let r = (-b.dmin[j]).mul_add(mins as f32, s1 as f32 * b.d[j]);
+        acc = r.mul_add(a.d, acc);
     }
-    if tiled {
-        return acc;
-    }
-    let l = lanes_acc;
-    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])) + summs
+    acc
 }
 
 /// The shape checks of the `dots_*_x16` functions.
@@ -555,9 +534,7 @@ mod tests {
 
     use super::*;
     use crate::quant::blocks::{quantize_row, QK};
-    use crate::quant::kquant::{
-        dot_q4k, dot_q4k_grouped, dot_q5k, dot_q5k_tiled, quantize_row_q8k, QK_K,
-    };
+    use crate::quant::kquant::{dot_q4k, dot_q4k_grouped, dot_q5k_tiled, quantize_row_q8k, QK_K};
     use crate::quant::scalar::dot_q4_0_blocks;
     use crate::quant::tests::{Lcg, Random};
 
@@ -695,8 +672,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
-        /// `Q5_K`: every level gives the scalar twins' bits, in the tiled and the one-row
-        /// order, for 1..=4 rows.
+        /// `Q5_K` (tiled order): every level gives the scalar twin's bits, for 1..=4 rows,
+        /// and the interleaved group gives back its rows.
         #[test]
         fn q5k_every_level_is_the_twin(
             seed in any::<u64>(),
@@ -705,10 +682,10 @@ mod tests {
         ) {
             let mut g = Lcg(seed);
             let w: Vec<BlockQ5K> = (0..X16 * kb).map(|_| BlockQ5K::random(&mut g)).collect();
-            let bytes: Vec<BlockQ5Kx16> = (0..kb)
+            let groups: Vec<BlockQ5Kx16> = (0..kb)
                 .map(|i| BlockQ5Kx16::interleave(std::array::from_fn(|j| &w[j * kb + i])))
                 .collect();
-            for (i, x) in bytes.iter().enumerate() {
+            for (i, x) in groups.iter().enumerate() {
                 for j in 0..X16 {
                     prop_assert_eq!(x.row(j), w[j * kb + i]);
                 }
@@ -722,19 +699,16 @@ mod tests {
             for simd in Simd::available() {
                 let kernels = Kernels::new(simd).unwrap();
                 for m in 1..=4 {
-                    for tiled in [false, true] {
-                        let mut out = [[0f32; MAX_TILE]; X16];
-                        dots_q5k_x16(kernels, &bytes, kb, &rows[..m], tiled, &mut out);
-                        for (j, o) in out.iter().enumerate() {
-                            for (r, a) in rows[..m].iter().enumerate() {
-                                let wr = &w[j * kb..(j + 1) * kb];
-                                let want = if tiled { dot_q5k_tiled(wr, a) } else { dot_q5k(wr, a) };
-                                prop_assert_eq!(
-                                    o[r].to_bits(), want.to_bits(),
-                                    "{:?}, {} rows, tiled {}, weight row {}, row {}: {} vs {}",
-                                    simd, m, tiled, j, r, o[r], want
-                                );
-                            }
+                    let mut out = [[0f32; MAX_TILE]; X16];
+                    dots_q5k_x16(kernels, &groups, kb, &rows[..m], &mut out);
+                    for (j, o) in out.iter().enumerate() {
+                        for (r, a) in rows[..m].iter().enumerate() {
+                            let want = dot_q5k_tiled(&w[j * kb..(j + 1) * kb], a);
+                            prop_assert_eq!(
+                                o[r].to_bits(), want.to_bits(),
+                                "{:?}, {} rows, weight row {}, row {}: {} vs {}",
+                                simd, m, j, r, o[r], want
+                            );
                         }
                     }
                 }

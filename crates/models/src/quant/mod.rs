@@ -257,16 +257,14 @@ impl OurMatMul {
                 Q5K_GROUP.with(|g| {
                     let (key, buf) = &mut *g.borrow_mut();
                     if *key != Some((call, group)) {
-                        buf.clear();
+                        buf.resize(kb, BlockQ5Kx16::default());
                         let rows0 = group * X16;
-                        buf.extend((0..kb).map(|i| {
-                            BlockQ5Kx16::interleave(std::array::from_fn(|j| {
-                                &w[(rows0 + j) * kb + i]
-                            }))
-                        }));
+                        for (i, x) in buf.iter_mut().enumerate() {
+                            x.fill(std::array::from_fn(|j| &w[(rows0 + j) * kb + i]));
+                        }
                         *key = Some((call, group));
                     }
-                    dots_q5k_x16(self.kernels, buf, kb, rows, true, out)
+                    dots_q5k_x16(self.kernels, buf, kb, rows, out)
                 })
             })
         }))

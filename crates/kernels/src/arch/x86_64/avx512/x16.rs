@@ -241,77 +241,25 @@ pub(crate) fn dots_q5k(
     kernels: Kernels,
     w: &[BlockQ5Kx16],
     rows: &[&[ActBlockK]],
-    tiled: bool,
     out: &mut [[f32; MAX_TILE]],
 ) {
     assert_eq!(kernels.simd(), Simd::Avx512Vnni);
     // SAFETY: the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI, AVX2, FMA and
     // F16C; the caller checked that every row holds at least `w.len()` blocks.
-    x16_rows!(rows, out, |a| unsafe { q5k_x16_in(w, a, tiled) });
+    x16_rows!(rows, out, |a| unsafe { q5k_x16(w, a) });
 }
 
-/// [`q5k_x16`] in the tiled order when `tiled`, else the one-row order.
-///
-/// # Safety
-/// As [`q4k_x16`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-unsafe fn q5k_x16_in<const R: usize>(
-    w: &[BlockQ5Kx16],
-    a: [&[ActBlockK]; R],
-    tiled: bool,
-) -> [[f32; X16]; R] {
-    // SAFETY: the caller's contract is `q5k_x16`'s.
-    unsafe {
-        if tiled {
-            q5k_x16::<R, true>(w, a)
-        } else {
-            q5k_x16::<R, false>(w, a)
-        }
-    }
-}
-
-/// A scale per lane in both 16-bit halves of the lane (for `vpdpwssd`).
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn twice16(v: __m512i) -> __m512i {
-    _mm512_or_si512(v, _mm512_slli_epi32(v, 16))
-}
-
-/// The `Q5_K` group `w` times `R` activation rows: result `r`, lane `j` is weight row `j` ·
-/// activation row `r`, in llama.cpp's tiled order when `TILED`, else its one-row order (eight
-/// lanes per row, lane `l` the values `32c + 4l..32c + 4l + 4` of every chunk `c`, each
-/// product times its chunk's scale; the mins apart).
+/// The `Q5_K` group `w` (quants widened to bytes) times `R` activation rows in llama.cpp's
+/// tiled order: result `r`, lane `j` is weight row `j` · activation row `r`. Per super-block
+/// and row the exact `s1 = Σ scale·q·a` (chunk sums by `vpdpbusd`, times the chunk's scale
+/// per lane) and `s2 = Σ min·Σa` (pairs of mins by `vpmaddwd`), then
+/// `fma(fma(−dmin, s2, s1·d), d_a, acc)` per lane, as [`crate::quant::kquant::dot_q5k_tiled`].
 ///
 /// # Safety
 /// As [`q4k_x16`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-unsafe fn q5k_x16<const R: usize, const TILED: bool>(
-    w: &[BlockQ5Kx16],
-    a: [&[ActBlockK]; R],
-) -> [[f32; X16]; R] {
-    let m4 = _mm512_set1_epi8(0x0F);
-    let one = _mm512_set1_epi8(1);
-    // Chunks 2g and 2g + 1 of register (g, l): the low and high nibbles of `qs[8g + l]`,
-    // with bits 2g and 2g + 1 of `qh[l]` as 16 (a byte's bits never cross into its
-    // neighbour: shifted, then masked to bit 0).
-    let unpack = |v: __m512i, h: __m512i, g: usize| {
-        let hl = _mm512_and_si512(_mm512_srlv_epi16(h, _mm512_set1_epi16(2 * g as i16)), one);
-        let hh = _mm512_and_si512(
-            _mm512_srlv_epi16(h, _mm512_set1_epi16(2 * g as i16 + 1)),
-            one,
-        );
-        (
-            _mm512_or_si512(_mm512_and_si512(v, m4), _mm512_slli_epi16(hl, 4)),
-            _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
-                _mm512_slli_epi16(hh, 4),
-            ),
-        )
-    };
+unsafe fn q5k_x16<const R: usize>(w: &[BlockQ5Kx16], a: [&[ActBlockK]; R]) -> [[f32; X16]; R] {
     let mut acc = [_mm512_setzero_ps(); R];
-    let mut lanes_acc = [[_mm512_setzero_ps(); 8]; R];
-    let mut summs = [_mm512_setzero_ps(); R];
     for (i, b) in w.iter().enumerate() {
         // SAFETY: reads the 16 floats of `b.d` and of `b.dmin`.
         let (d, dmin) = unsafe {
@@ -322,141 +270,66 @@ unsafe fn q5k_x16<const R: usize, const TILED: bool>(
         };
         // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
         let xb: [&ActBlockK; R] = std::array::from_fn(|r| unsafe { a[r].get_unchecked(i) });
-        // Σ min·Σa per row: sub-block pairs (2g, 2g + 1) by `vpmaddwd`.
-        let mut msum = [_mm512_setzero_si512(); R];
+        let mut s1 = [_mm512_setzero_si512(); R];
+        let mut s2 = [_mm512_setzero_si512(); R];
         for g in 0..4 {
+            let (sc_lo, sc_hi) = (widen16(&b.scales[2 * g]), widen16(&b.scales[2 * g + 1]));
             let mn = _mm512_or_si512(
                 widen16(&b.mins[2 * g]),
                 _mm512_slli_epi32(widen16(&b.mins[2 * g + 1]), 16),
             );
+            let mut lo = [_mm512_setzero_si512(); R];
+            let mut hi = [_mm512_setzero_si512(); R];
+            for l in 0..8 {
+                let t = 8 * g + l;
+                // SAFETY: the 64 bytes of `b.q[2t]` and `b.q[2t + 1]` (64-byte aligned: the
+                // struct is).
+                let (wl, wh) = unsafe {
+                    (
+                        _mm512_load_si512(b.q[2 * t].as_ptr().cast()),
+                        _mm512_load_si512(b.q[2 * t + 1].as_ptr().cast()),
+                    )
+                };
+                for r in 0..R {
+                    let q = xb[r].qs.as_ptr();
+                    // SAFETY: bytes `64g + 4l .. + 4` and `64g + 32 + 4l .. + 4` of the 256
+                    // of `qs` (`g < 4`, `l < 8`).
+                    let (xl, xh) = unsafe {
+                        (
+                            broadcast4(q.add(64 * g + 4 * l)),
+                            broadcast4(q.add(64 * g + 32 + 4 * l)),
+                        )
+                    };
+                    lo[r] = _mm512_dpbusd_epi32(lo[r], wl, xl);
+                    hi[r] = _mm512_dpbusd_epi32(hi[r], wh, xh);
+                }
+            }
             for r in 0..R {
+                let s = _mm512_add_epi32(
+                    _mm512_mullo_epi32(lo[r], sc_lo),
+                    _mm512_mullo_epi32(hi[r], sc_hi),
+                );
+                s1[r] = _mm512_add_epi32(s1[r], s);
+                // The activation sums of sub-blocks 2g and 2g + 1, as the low and high
+                // words of one i32.
                 let bs = &xb[r].bsums;
                 let p0 = bs[4 * g] as i32 + bs[4 * g + 1] as i32;
                 let p1 = bs[4 * g + 2] as i32 + bs[4 * g + 3] as i32;
                 let m = _mm512_madd_epi16(mn, _mm512_set1_epi32((p0 & 0xFFFF) | (p1 << 16)));
-                msum[r] = _mm512_add_epi32(msum[r], m);
+                s2[r] = _mm512_add_epi32(s2[r], m);
             }
         }
         let neg_dmin = _mm512_sub_ps(_mm512_setzero_ps(), dmin);
-        if TILED {
-            let mut s1 = [_mm512_setzero_si512(); R];
-            for g in 0..4 {
-                let (sc_lo, sc_hi) = (widen16(&b.scales[2 * g]), widen16(&b.scales[2 * g + 1]));
-                let mut lo = [_mm512_setzero_si512(); R];
-                let mut hi = [_mm512_setzero_si512(); R];
-                for l in 0..8 {
-                    // SAFETY: the 64 bytes of `b.qs[8g + l]` and of `b.qh[l]` (64-byte
-                    // aligned: the struct is).
-                    let (v, h) = unsafe {
-                        (
-                            _mm512_load_si512(b.qs[8 * g + l].as_ptr().cast()),
-                            _mm512_load_si512(b.qh[l].as_ptr().cast()),
-                        )
-                    };
-                    let (wl, wh) = unpack(v, h, g);
-                    for r in 0..R {
-                        let q = xb[r].qs.as_ptr();
-                        // SAFETY: bytes `64g + 4l .. + 4` and `64g + 32 + 4l .. + 4` of the
-                        // 256 of `qs` (`g < 4`, `l < 8`).
-                        let (xl, xh) = unsafe {
-                            (
-                                broadcast4(q.add(64 * g + 4 * l)),
-                                broadcast4(q.add(64 * g + 32 + 4 * l)),
-                            )
-                        };
-                        lo[r] = _mm512_dpbusd_epi32(lo[r], wl, xl);
-                        hi[r] = _mm512_dpbusd_epi32(hi[r], wh, xh);
-                    }
-                }
-                for r in 0..R {
-                    let s = _mm512_add_epi32(
-                        _mm512_mullo_epi32(lo[r], sc_lo),
-                        _mm512_mullo_epi32(hi[r], sc_hi),
-                    );
-                    s1[r] = _mm512_add_epi32(s1[r], s);
-                }
-            }
-            for r in 0..R {
-                let mins = _mm512_cvtepi32_ps(msum[r]);
-                let r1 =
-                    _mm512_fmadd_ps(neg_dmin, mins, _mm512_mul_ps(_mm512_cvtepi32_ps(s1[r]), d));
-                acc[r] = _mm512_fmadd_ps(r1, _mm512_set1_ps(xb[r].d), acc[r]);
-            }
-        } else {
-            // Each chunk's scale in both halves of every lane, for `vpdpwssd`.
-            let sw: [__m512i; 8] = std::array::from_fn(|c| twice16(widen16(&b.scales[c])));
-            // All eight `qh` registers first, then the quants in order: one linear stream.
-            // SAFETY: the 64 bytes of each `b.qh[l]` (64-byte aligned: the struct is).
-            let qh: [__m512i; 8] =
-                std::array::from_fn(|l| unsafe { _mm512_load_si512(b.qh[l].as_ptr().cast()) });
-            // Lane `l` of each row; the lane index is a literal in each step so the sums stay
-            // in registers.
-            let mut lanes = [[_mm512_setzero_si512(); 8]; R];
-            for g in 0..4 {
-                macro_rules! step {
-                    ($l:literal) => {{
-                        // SAFETY: the 64 bytes of `b.qs[8g + l]` (64-byte aligned).
-                        let v = unsafe { _mm512_load_si512(b.qs[8 * g + $l].as_ptr().cast()) };
-                        let (wl, wh) = unpack(v, qh[$l], g);
-                        for r in 0..R {
-                            let q = xb[r].qs.as_ptr();
-                            // SAFETY: as in the tiled loop.
-                            let (xl, xh) = unsafe {
-                                (
-                                    broadcast4(q.add(64 * g + 4 * $l)),
-                                    broadcast4(q.add(64 * g + 32 + 4 * $l)),
-                                )
-                            };
-                            let lane = &mut lanes[r][$l];
-                            *lane =
-                                _mm512_dpwssd_epi32(*lane, _mm512_maddubs_epi16(wl, xl), sw[2 * g]);
-                            *lane = _mm512_dpwssd_epi32(
-                                *lane,
-                                _mm512_maddubs_epi16(wh, xh),
-                                sw[2 * g + 1],
-                            );
-                        }
-                    }};
-                }
-                step!(0);
-                step!(1);
-                step!(2);
-                step!(3);
-                step!(4);
-                step!(5);
-                step!(6);
-                step!(7);
-            }
-            for r in 0..R {
-                let dd = _mm512_mul_ps(_mm512_set1_ps(xb[r].d), d);
-                for (acc, lane) in lanes_acc[r].iter_mut().zip(&lanes[r]) {
-                    *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(*lane), *acc);
-                }
-            }
-            for r in 0..R {
-                let neg = _mm512_sub_ps(
-                    _mm512_setzero_ps(),
-                    _mm512_mul_ps(_mm512_set1_ps(xb[r].d), dmin),
-                );
-                summs[r] = _mm512_fmadd_ps(neg, _mm512_cvtepi32_ps(msum[r]), summs[r]);
-            }
+        for r in 0..R {
+            let mins = _mm512_cvtepi32_ps(s2[r]);
+            let r1 = _mm512_fmadd_ps(neg_dmin, mins, _mm512_mul_ps(_mm512_cvtepi32_ps(s1[r]), d));
+            acc[r] = _mm512_fmadd_ps(r1, _mm512_set1_ps(xb[r].d), acc[r]);
         }
     }
     let mut out = [[0f32; X16]; R];
-    for (r, o) in out.iter_mut().enumerate() {
-        let v = if TILED {
-            acc[r]
-        } else {
-            // llama.cpp's `hsum_float_8` order per row, then the mins.
-            let l = &lanes_acc[r];
-            let sum = _mm512_add_ps(
-                _mm512_add_ps(_mm512_add_ps(l[0], l[4]), _mm512_add_ps(l[2], l[6])),
-                _mm512_add_ps(_mm512_add_ps(l[1], l[5]), _mm512_add_ps(l[3], l[7])),
-            );
-            _mm512_add_ps(sum, summs[r])
-        };
+    for (o, a) in out.iter_mut().zip(&acc) {
         // SAFETY: writes the 16 floats of `o`.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
     }
     out
 }
