@@ -25,7 +25,7 @@
 //! The tests assert every level against the scalar twins.
 
 use super::blocks::{f16_bits, ActBlock, BlockQ4_0, WeightBlock};
-use super::kquant::{ActBlockK, BlockQ4K, BlockQ5K};
+use super::kquant::{ActBlockK, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::MAX_TILE;
 use crate::simd::{Kernels, Simd};
 
@@ -515,6 +515,114 @@ fn portable_q5k(w: &[BlockQ5Kx16], a: &[ActBlockK], j: usize) -> f32 {
     acc
 }
 
+/// Super-block `i` of sixteen `Q6_K` weight rows (a group) for a prompt's tiled order, every
+/// quant widened to an unsigned byte `q + 32` (0..64): a worker's scratch copy, as
+/// [`BlockQ5Kx16`]. 4,416 bytes (sixteen [`BlockQ6K`]s take 3,392).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+pub struct BlockQ6Kx16 {
+    /// For `t = 8c + l` (`c < 8`, `l < 8`): bytes `4j..4j + 4` of `q[t]` are row `j`'s
+    /// `q + 32` of values `32c + 4l..32c + 4l + 4` (sub-block `2c + l / 4`).
+    pub q: [[u8; 64]; 64],
+    /// `scales[s][j]`: row `j`'s scale of sub-block `s` (16 values).
+    pub scales: [[i8; X16]; 16],
+    /// Each row's super-block scale.
+    pub d: [f32; X16],
+}
+
+/// All zeros (a buffer's first state).
+impl Default for BlockQ6Kx16 {
+    fn default() -> Self {
+        Self {
+            q: [[0; 64]; 64],
+            scales: [[0; X16]; 16],
+            d: [0.0; X16],
+        }
+    }
+}
+
+impl BlockQ6Kx16 {
+    /// Super-block `i` of sixteen rows: `rows[j]` is row `j`'s block.
+    pub fn interleave(rows: [&BlockQ6K; X16]) -> Self {
+        let mut out = Self::default();
+        out.fill(rows);
+        out
+    }
+
+    /// Overwrites every byte with super-block `i` of sixteen rows (`rows[j]`: row `j`'s
+    /// block): [`interleave`](Self::interleave) into a buffer that is reused.
+    pub fn fill(&mut self, rows: [&BlockQ6K; X16]) {
+        for (j, b) in rows.iter().enumerate() {
+            for c in 0..8 {
+                let (h, t) = (c / 4, c % 4);
+                // The chunk's low four bits (nibble `t / 2` of 32 `ql` bytes) and two high
+                // bits (bits `2t..2t + 2` of 32 `qh` bytes): `q + 32` itself.
+                let ql = &b.ql[64 * h + 32 * (t & 1)..][..32];
+                let qh = &b.qh[32 * h..][..32];
+                let mut q = [0u8; 32];
+                for m in 0..32 {
+                    let low = if t < 2 { ql[m] & 0x0F } else { ql[m] >> 4 };
+                    q[m] = low | (((qh[m] >> (2 * t)) & 3) << 4);
+                }
+                for l in 0..8 {
+                    self.q[8 * c + l][4 * j..4 * j + 4].copy_from_slice(&q[4 * l..4 * l + 4]);
+                }
+            }
+            for s in 0..16 {
+                self.scales[s][j] = b.scales[s];
+            }
+            self.d[j] = b.d;
+        }
+    }
+
+    /// Row `j`'s quant `q` (−32..32) of value `v` (`j < 16`, `v < 256`).
+    fn quant(&self, j: usize, v: usize) -> i32 {
+        let (c, m) = (v / 32, v % 32);
+        self.q[8 * c + m / 4][4 * j + m % 4] as i32 - 32
+    }
+}
+
+/// The sixteen weight rows of one `Q6_K` group (`w`: its `kb` blocks) times 1..=4
+/// activation rows (`rows`), into `out[j][r]`, in llama.cpp's tiled order (its prompts of
+/// eight rows or more): the bits of [`super::kquant::dot_q6k_tiled`] for each pair, under
+/// every [`Kernels`] (AVX-512 VNNI under [`Simd::Avx512Vnni`], a portable loop otherwise).
+///
+/// # Panics
+/// If the shapes disagree, as [`dots_q4k_x16`].
+pub fn dots_q6k_x16(
+    kernels: Kernels,
+    w: &[BlockQ6Kx16],
+    kb: usize,
+    rows: &[&[ActBlockK]],
+    out: &mut [[f32; MAX_TILE]],
+) {
+    check_x16(w.len(), kb, rows, out.len());
+    #[cfg(target_arch = "x86_64")]
+    if kernels.simd() == Simd::Avx512Vnni {
+        crate::arch::x86_64::avx512::x16::dots_q6k(kernels, w, rows, out);
+        return;
+    }
+    let _ = kernels;
+    for (r, a) in rows.iter().enumerate() {
+        for (j, o) in out.iter_mut().enumerate() {
+            o[r] = portable_q6k(w, a, j);
+        }
+    }
+}
+
+/// Row `j` of a `Q6_K` group times activation row `a`, on the interleaved layout, in the
+/// order of [`super::kquant::dot_q6k_tiled`].
+fn portable_q6k(w: &[BlockQ6Kx16], a: &[ActBlockK], j: usize) -> f32 {
+    let mut acc = 0f32;
+    for (b, a) in w.iter().zip(a) {
+        let sum: i32 = (0..256)
+            .map(|v| b.scales[v / 16][j] as i32 * b.quant(j, v) * a.qs[v] as i32)
+            .sum();
+        acc = (sum as f32 * b.d[j]).mul_add(a.d, acc);
+    }
+    acc
+}
+
 /// The shape checks of the `dots_*_x16` functions.
 fn check_x16<A>(w: usize, kb: usize, rows: &[&[A]], out: usize) {
     assert!(
@@ -534,7 +642,9 @@ mod tests {
 
     use super::*;
     use crate::quant::blocks::{quantize_row, QK};
-    use crate::quant::kquant::{dot_q4k, dot_q4k_grouped, dot_q5k_tiled, quantize_row_q8k, QK_K};
+    use crate::quant::kquant::{
+        dot_q4k, dot_q4k_grouped, dot_q5k_tiled, dot_q6k_tiled, q6_chunk, quantize_row_q8k, QK_K,
+    };
     use crate::quant::scalar::dot_q4_0_blocks;
     use crate::quant::tests::{Lcg, Random};
 
@@ -704,6 +814,55 @@ mod tests {
                     for (j, o) in out.iter().enumerate() {
                         for (r, a) in rows[..m].iter().enumerate() {
                             let want = dot_q5k_tiled(&w[j * kb..(j + 1) * kb], a);
+                            prop_assert_eq!(
+                                o[r].to_bits(), want.to_bits(),
+                                "{:?}, {} rows, weight row {}, row {}: {} vs {}",
+                                simd, m, j, r, o[r], want
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// `Q6_K` (tiled order): every level gives the scalar twin's bits, for 1..=4 rows.
+        #[test]
+        fn q6k_every_level_is_the_twin(
+            seed in any::<u64>(),
+            kb in 1usize..4,
+            mag in prop_oneof![Just(1e-3f32), Just(1f32), Just(3e3f32)],
+        ) {
+            let mut g = Lcg(seed);
+            let w: Vec<BlockQ6K> = (0..X16 * kb).map(|_| BlockQ6K::random(&mut g)).collect();
+            let groups: Vec<BlockQ6Kx16> = (0..kb)
+                .map(|i| BlockQ6Kx16::interleave(std::array::from_fn(|j| &w[j * kb + i])))
+                .collect();
+            for (i, x) in groups.iter().enumerate() {
+                for j in 0..X16 {
+                    let want = &w[j * kb + i];
+                    for v in 0..QK_K {
+                        prop_assert_eq!(x.quant(j, v), q6_chunk(want, v / 32)[v % 32] as i32);
+                    }
+                }
+            }
+            let mut acts = vec![ActBlockK::default(); 4 * kb];
+            for a in acts.chunks_exact_mut(kb) {
+                let xs: Vec<f32> = (0..kb * QK_K).map(|_| g.unit() * mag).collect();
+                quantize_row_q8k(&xs, a);
+            }
+            let rows: Vec<&[ActBlockK]> = acts.chunks_exact(kb).collect();
+            for simd in Simd::available() {
+                let kernels = Kernels::new(simd).unwrap();
+                for m in 1..=4 {
+                    let mut out = [[0f32; MAX_TILE]; X16];
+                    dots_q6k_x16(kernels, &groups, kb, &rows[..m], &mut out);
+                    for (j, o) in out.iter().enumerate() {
+                        for (r, a) in rows[..m].iter().enumerate() {
+                            let want = dot_q6k_tiled(&w[j * kb..(j + 1) * kb], a);
                             prop_assert_eq!(
                                 o[r].to_bits(), want.to_bits(),
                                 "{:?}, {} rows, weight row {}, row {}: {} vs {}",

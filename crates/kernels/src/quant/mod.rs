@@ -52,8 +52,9 @@ pub use blocks::{
     read_blocks, ActBlock, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, WeightBlock, QK,
 };
 pub use interleaved::{
-    dots_q4_0_x16, dots_q4k_x16, dots_q5k_x16, interleave_q4_0, interleave_q4_0_bytes,
-    interleave_q4k, interleave_q4k_bytes, BlockQ4Kx16, BlockQ4_0x16, BlockQ5Kx16, X16,
+    dots_q4_0_x16, dots_q4k_x16, dots_q5k_x16, dots_q6k_x16, interleave_q4_0,
+    interleave_q4_0_bytes, interleave_q4k, interleave_q4k_bytes, BlockQ4Kx16, BlockQ4_0x16,
+    BlockQ5Kx16, BlockQ6Kx16, X16,
 };
 pub use kquant::{ActBlockK, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, QK_K};
 

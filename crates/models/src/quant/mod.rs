@@ -37,10 +37,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
-    dots, dots_q4_0_x16, dots_q4k_x16, dots_q5k_x16, interleave_q4_0_bytes, interleave_q4k_bytes,
-    read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx16,
-    BlockQ4_0, BlockQ4_0x16, BlockQ4_1, BlockQ5K, BlockQ5Kx16, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K, X16,
+    dots, dots_q4_0_x16, dots_q4k_x16, dots_q5k_x16, dots_q6k_x16, interleave_q4_0_bytes,
+    interleave_q4k_bytes, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K, BlockQ3K,
+    BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_0x16, BlockQ4_1, BlockQ5K, BlockQ5Kx16, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ6Kx16, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K, X16,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
 use fluent_ai_candle_kernels::simd::Simd;
@@ -119,18 +119,24 @@ thread_local! {
     static ACTIVATIONS_K: RefCell<Vec<ActBlockK>> = const { RefCell::new(Vec::new()) };
     static OUTPUT: RefCell<Vec<AtomicU32>> = const { RefCell::new(Vec::new()) };
     static PAIRED: RefCell<Vec<Pair>> = const { RefCell::new(Vec::new()) };
-    /// The `Q5_K` group this worker last interleaved for a prompt (see
-    /// [`OurMatMul::matmul_q5k_prompt`]): (call, group) and its blocks.
-    static Q5K_GROUP: RefCell<InterleavedGroup> = const { RefCell::new((None, Vec::new())) };
+    /// The `Q5_K` / `Q6_K` group this worker last interleaved for a prompt (see
+    /// [`OurMatMul::matmul_prompt_x16`]).
+    static Q5K_GROUP: RefCell<InterleavedGroup<BlockQ5Kx16>> =
+        const { RefCell::new((None, Vec::new())) };
+    static Q6K_GROUP: RefCell<InterleavedGroup<BlockQ6Kx16>> =
+        const { RefCell::new((None, Vec::new())) };
 }
 
-/// A group of sixteen `Q5_K` weight rows interleaved by a worker, and which (call, group) it
-/// holds.
-type InterleavedGroup = (Option<(u64, usize)>, Vec<BlockQ5Kx16>);
+/// A group of sixteen weight rows interleaved by a worker (its blocks), and which (call,
+/// group) it holds.
+type InterleavedGroup<X> = (Option<(u64, usize)>, Vec<X>);
 
-/// Numbers the calls of [`OurMatMul::matmul_q5k_prompt`], so a worker's interleaved group
+/// An interleaved kernel: a group's blocks times 1..=4 activation rows (`dots_q5k_x16`).
+type GroupDots<X> = fn(Kernels, &[X], usize, &[&[ActBlockK]], &mut [[f32; MAX_TILE]]);
+
+/// Numbers the calls of [`OurMatMul::matmul_prompt_x16`], so a worker's interleaved group
 /// from an earlier call is never taken for this one's.
-static Q5K_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static PROMPT_X16_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Runs `f` with every matmul on this thread taking its rows as consecutive tokens of one
 /// prompt: each full group of four rows is then summed in the order of llama.cpp's repacked
@@ -208,10 +214,17 @@ fn quantize_rows<B: Kernel>(x: &[f32], k: usize, acts: &mut [B::Act], kb: usize)
 impl OurMatMul {
     /// `x` (`[m, k]`, row-major) times the weights transposed: `[m, n]`.
     fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        if let Weights::Q5K(w) = &self.weights {
-            if let Some(out) = self.matmul_q5k_prompt(w, x, m) {
-                return out;
+        let interleaved = match &self.weights {
+            Weights::Q5K(w) => {
+                self.matmul_prompt_x16(w, x, m, &Q5K_GROUP, BlockQ5Kx16::fill, dots_q5k_x16)
             }
+            Weights::Q6K(w) => {
+                self.matmul_prompt_x16(w, x, m, &Q6K_GROUP, BlockQ6Kx16::fill, dots_q6k_x16)
+            }
+            _ => None,
+        };
+        if let Some(out) = interleaved {
+            return out;
         }
         with_blocks!(
             &self.weights,
@@ -233,38 +246,48 @@ impl OurMatMul {
     }
 
     /// A prompt's rows (llama.cpp's tiled order: eight rows or more) times row-major `Q5_K`
-    /// weights under [`Simd::Avx512Vnni`] with a multiple of sixteen rows: each worker
-    /// interleaves a group of sixteen weight rows into a buffer of its own when it first
-    /// needs it ([`BlockQ5Kx16`], the copy costs about one tile's reading of the group) and
-    /// runs every activation tile of that group through the interleaved kernel, which takes
-    /// four activation rows per weight load with no horizontal sums. The same bits as the
-    /// row-major tiled kernels. Decoding keeps the row-major layout, whose one-row loop is the
-    /// faster one there (an interleaved layout for both was measured: prefill 102 → 149–178
-    /// tok/s, decode 34–37 → 28.6 at the 1B shape). `None` where this does not apply.
-    fn matmul_q5k_prompt(&self, w: &[BlockQ5K], x: &[f32], m: usize) -> Option<Vec<f32>> {
+    /// or `Q6_K` weights `w` under [`Simd::Avx512Vnni`] with a multiple of sixteen rows: each
+    /// worker interleaves a group of sixteen weight rows, its quants widened to bytes
+    /// ([`BlockQ5Kx16`], [`BlockQ6Kx16`]: `fill`), into a buffer of its own (`group_buf`)
+    /// when it first needs it, and runs every activation tile of that group through the
+    /// interleaved kernel (`dots`), which takes four activation rows per weight load with no
+    /// unpacking and no horizontal sums. The copy costs about four tiles' work; a 128-token
+    /// prompt has 32 tiles. The same bits as the row-major tiled kernels. Decoding keeps the
+    /// row-major layout, whose one-row loop is the faster one there (`Q5_K` interleaved for
+    /// both was measured: prefill 102 → 149–178 tok/s, decode 34–37 → 28.6 at the 1B shape).
+    /// `None` where this does not apply.
+    fn matmul_prompt_x16<B: Kernel<Act = ActBlockK>, X: Default + Clone + 'static>(
+        &self,
+        w: &[B],
+        x: &[f32],
+        m: usize,
+        group_buf: &'static std::thread::LocalKey<RefCell<InterleavedGroup<X>>>,
+        fill: fn(&mut X, [&B; X16]),
+        dots: GroupDots<X>,
+    ) -> Option<Vec<f32>> {
         let applies = self.kernels.simd() == Simd::Avx512Vnni
             && self.n.is_multiple_of(X16)
             && PROMPT.get()
-            && BlockQ5K::prompt_order(m, ROW_TILE_X16);
+            && B::prompt_order(m, ROW_TILE_X16);
         if !applies {
             return None;
         }
         let kb = self.k / QK_K;
-        let call = Q5K_CALLS.fetch_add(1, Ordering::Relaxed);
-        Some(self.matmul_with::<BlockQ5K>(x, m, |(acts, _), outs| {
+        let call = PROMPT_X16_CALLS.fetch_add(1, Ordering::Relaxed);
+        Some(self.matmul_with::<B>(x, m, |(acts, _), outs| {
             self.run_x16(kb, acts, outs, m, |blocks, rows, out| {
                 let group = blocks.start / kb.max(1);
-                Q5K_GROUP.with(|g| {
+                group_buf.with(|g| {
                     let (key, buf) = &mut *g.borrow_mut();
                     if *key != Some((call, group)) {
-                        buf.resize(kb, BlockQ5Kx16::default());
+                        buf.resize(kb, X::default());
                         let rows0 = group * X16;
                         for (i, x) in buf.iter_mut().enumerate() {
-                            x.fill(std::array::from_fn(|j| &w[(rows0 + j) * kb + i]));
+                            fill(x, std::array::from_fn(|j| &w[(rows0 + j) * kb + i]));
                         }
                         *key = Some((call, group));
                     }
-                    dots_q5k_x16(self.kernels, buf, kb, rows, out)
+                    dots(self.kernels, buf, kb, rows, out)
                 })
             })
         }))
@@ -876,37 +899,40 @@ mod tests {
     }
 
     #[test]
-    fn q5k_prompts_interleaved_on_the_fly_give_the_tiled_bits() {
-        // Weights of 3 super-blocks per row: two matrices of one group of sixteen rows, run in
-        // turn (a worker's interleaved group must never be reused across calls), and one of
-        // three groups; prompts of 8, 9 and 13 rows (llama.cpp's tiled order).
+    fn prompts_interleaved_on_the_fly_give_the_tiled_bits() {
+        // `Q5_K` and `Q6_K` weights of 3 super-blocks per row: two matrices of one group of
+        // sixteen rows, run in turn (a worker's interleaved group must never be reused across
+        // calls), and one of three groups; prompts of 8, 9 and 13 rows (llama.cpp's tiled
+        // order).
         let dev = Device::Cpu;
         let k = 3 * QK_K;
-        let mats: Vec<QLinear> = [(0u64, 16usize), (1, 16), (2, 48)]
-            .into_iter()
-            .map(|(s, n)| {
-                let w = Tensor::from_vec(uniform(s + 7, n * k), (n, k), &dev).unwrap();
-                both(GgmlDType::Q5K, &w).0
-            })
-            .collect();
-        for m in [8usize, 9, 13] {
-            for (i, q) in mats.iter().chain(&mats).enumerate() {
-                let Inner::Ours(op) = &q.inner else {
-                    assert!(candle_forced());
-                    return;
-                };
-                let xs = uniform(m as u64 * 31 + i as u64, m * k);
-                let twin = OurMatMul {
-                    kernels: Kernels::scalar(),
-                    ..op.as_ref().clone()
-                };
-                let fast = as_prompt(|| op.matmul(&xs, m));
-                let slow = as_prompt(|| twin.matmul(&xs, m));
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&fast), bits(&slow), "{m} rows, matrix {i}");
-                // And the tiled order is what ran: the one-row order differs somewhere.
-                let one_row = twin.matmul(&xs, m);
-                assert_ne!(bits(&one_row), bits(&slow), "{m} rows");
+        for dtype in [GgmlDType::Q5K, GgmlDType::Q6K] {
+            let mats: Vec<QLinear> = [(0u64, 16usize), (1, 16), (2, 48)]
+                .into_iter()
+                .map(|(s, n)| {
+                    let w = Tensor::from_vec(uniform(s + 7, n * k), (n, k), &dev).unwrap();
+                    both(dtype, &w).0
+                })
+                .collect();
+            for m in [8usize, 9, 13] {
+                for (i, q) in mats.iter().chain(&mats).enumerate() {
+                    let Inner::Ours(op) = &q.inner else {
+                        assert!(candle_forced());
+                        return;
+                    };
+                    let xs = uniform(m as u64 * 31 + i as u64, m * k);
+                    let twin = OurMatMul {
+                        kernels: Kernels::scalar(),
+                        ..op.as_ref().clone()
+                    };
+                    let fast = as_prompt(|| op.matmul(&xs, m));
+                    let slow = as_prompt(|| twin.matmul(&xs, m));
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&fast), bits(&slow), "{dtype:?}, {m} rows, matrix {i}");
+                    // And the tiled order is what ran: the one-row order differs somewhere.
+                    let one_row = twin.matmul(&xs, m);
+                    assert_ne!(bits(&one_row), bits(&slow), "{dtype:?}, {m} rows");
+                }
             }
         }
     }

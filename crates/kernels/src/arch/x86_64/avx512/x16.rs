@@ -18,7 +18,7 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::ActBlock;
-use crate::quant::interleaved::{BlockQ4Kx16, BlockQ4_0x16, BlockQ5Kx16, X16};
+use crate::quant::interleaved::{BlockQ4Kx16, BlockQ4_0x16, BlockQ5Kx16, BlockQ6Kx16, X16};
 use crate::quant::kquant::ActBlockK;
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
@@ -324,6 +324,97 @@ unsafe fn q5k_x16<const R: usize>(w: &[BlockQ5Kx16], a: [&[ActBlockK]; R]) -> [[
             let mins = _mm512_cvtepi32_ps(s2[r]);
             let r1 = _mm512_fmadd_ps(neg_dmin, mins, _mm512_mul_ps(_mm512_cvtepi32_ps(s1[r]), d));
             acc[r] = _mm512_fmadd_ps(r1, _mm512_set1_ps(xb[r].d), acc[r]);
+        }
+    }
+    let mut out = [[0f32; X16]; R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        // SAFETY: writes the 16 floats of `o`.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+    }
+    out
+}
+
+/// [`crate::quant::dots_q6k_x16`] under [`Simd::Avx512Vnni`] (shapes already checked).
+pub(crate) fn dots_q6k(
+    kernels: Kernels,
+    w: &[BlockQ6Kx16],
+    rows: &[&[ActBlockK]],
+    out: &mut [[f32; MAX_TILE]],
+) {
+    assert_eq!(kernels.simd(), Simd::Avx512Vnni);
+    // SAFETY: the `Kernels` token proves the CPU has AVX-512 F/VL/DQ/BW/VNNI, AVX2, FMA and
+    // F16C; the caller checked that every row holds at least `w.len()` blocks.
+    x16_rows!(rows, out, |a| unsafe { q6k_x16(w, a) });
+}
+
+/// Sixteen signed bytes, each widened to an i32 lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn widen16_signed(p: &[i8; X16]) -> __m512i {
+    // SAFETY: reads the 16 bytes of `p`.
+    _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p.as_ptr().cast()) })
+}
+
+/// The `Q6_K` group `w` (quants widened to `q + 32`) times `R` activation rows in llama.cpp's
+/// tiled order: result `r`, lane `j` is weight row `j` · activation row `r`. Per super-block
+/// and row the exact `Σ scale·(q + 32)·a` (sub-block sums by `vpdpbusd`, times the signed
+/// scale per lane) less `32·Σ scale·Σa` (pairs of scales against pairs of activation sums by
+/// `vpmaddwd`), then `fma(s·d, d_a, acc)` per lane, as
+/// [`crate::quant::kquant::dot_q6k_tiled`].
+///
+/// # Safety
+/// As [`q4k_x16`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
+unsafe fn q6k_x16<const R: usize>(w: &[BlockQ6Kx16], a: [&[ActBlockK]; R]) -> [[f32; X16]; R] {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (i, b) in w.iter().enumerate() {
+        // SAFETY: reads the 16 floats of `b.d`.
+        let d = unsafe { _mm512_loadu_ps(b.d.as_ptr()) };
+        // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
+        let xb: [&ActBlockK; R] = std::array::from_fn(|r| unsafe { a[r].get_unchecked(i) });
+        let mut sum = [_mm512_setzero_si512(); R];
+        let mut offset = [_mm512_setzero_si512(); R];
+        for c in 0..8 {
+            let (sc_a, sc_b) = (
+                widen16_signed(&b.scales[2 * c]),
+                widen16_signed(&b.scales[2 * c + 1]),
+            );
+            // The two scales as the low and high words of each lane.
+            let sc_pair = _mm512_or_si512(
+                _mm512_and_si512(sc_a, _mm512_set1_epi32(0xFFFF)),
+                _mm512_slli_epi32(sc_b, 16),
+            );
+            let mut sa = [_mm512_setzero_si512(); R];
+            let mut sb = [_mm512_setzero_si512(); R];
+            for l in 0..8 {
+                // SAFETY: the 64 bytes of `b.q[8c + l]` (64-byte aligned: the struct is).
+                let v = unsafe { _mm512_load_si512(b.q[8 * c + l].as_ptr().cast()) };
+                for r in 0..R {
+                    // SAFETY: bytes `32c + 4l .. + 4` of the 256 of `qs` (`c < 8`, `l < 8`).
+                    let x = unsafe { broadcast4(xb[r].qs.as_ptr().add(32 * c + 4 * l)) };
+                    if l < 4 {
+                        sa[r] = _mm512_dpbusd_epi32(sa[r], v, x);
+                    } else {
+                        sb[r] = _mm512_dpbusd_epi32(sb[r], v, x);
+                    }
+                }
+            }
+            for r in 0..R {
+                let s = _mm512_add_epi32(
+                    _mm512_mullo_epi32(sa[r], sc_a),
+                    _mm512_mullo_epi32(sb[r], sc_b),
+                );
+                sum[r] = _mm512_add_epi32(sum[r], s);
+                let bs = &xb[r].bsums;
+                let pair = (bs[2 * c] as u16 as i32) | ((bs[2 * c + 1] as i32) << 16);
+                let o = _mm512_madd_epi16(sc_pair, _mm512_set1_epi32(pair));
+                offset[r] = _mm512_add_epi32(offset[r], o);
+            }
+        }
+        for r in 0..R {
+            let s = _mm512_sub_epi32(sum[r], _mm512_slli_epi32(offset[r], 5));
+            let sd = _mm512_mul_ps(_mm512_cvtepi32_ps(s), d);
+            acc[r] = _mm512_fmadd_ps(sd, _mm512_set1_ps(xb[r].d), acc[r]);
         }
     }
     let mut out = [[0f32; X16]; R];
