@@ -1,6 +1,7 @@
 //! Weight rows interleaved sixteen at a time (`Q4_K`: [`BlockQ4Kx16`]; `Q4_0`:
-//! [`BlockQ4_0x16`]), the layout of the kernels that keep one output per 32-bit lane, and
-//! their dot products ([`dots_q4k_x16`], [`dots_q4_0_x16`]).
+//! [`BlockQ4_0x16`]; for prompts, `Q5_K` and `Q6_K`: [`BlockQ5Kx16`], [`BlockQ6Kx16`]), the
+//! layout of the kernels that keep one output per 32-bit lane, and their dot products
+//! ([`dots_q4k_x16`], [`dots_q4_0_x16`], [`dots_q5k_x16`], [`dots_q6k_x16`]).
 //!
 //! A row-major kernel sums each weight row's products across a register and must reduce
 //! the register to one integer per block (or per 64 values in `Q4_K`'s prompt order):
@@ -21,6 +22,12 @@
 //!   ([`super::scalar::dot_q4_0_blocks`]). These kernels compute exactly that, for a prompt
 //!   and for decoding alike, on every level (AVX-512 VNNI, AVX2, portable), so a `Q4_0`
 //!   matrix gives llama.cpp's bits wherever it repacks.
+//! * `Q5_K`, `Q6_K`: not stored interleaved. Their decode order (llama.cpp's `vec_dot`:
+//!   eight f32 lanes per row) is faster on row-major weights; a prompt's tiled order (one
+//!   exact integer per super-block and row, [`super::kquant::dot_q5k_tiled`],
+//!   [`super::kquant::dot_q6k_tiled`]) is not. So a worker copies a group of sixteen rows
+//!   into one of these blocks (`fill`, quants widened to bytes) when a prompt needs it, and
+//!   every activation tile of the prompt reuses the copy.
 //!
 //! The tests assert every level against the scalar twins.
 

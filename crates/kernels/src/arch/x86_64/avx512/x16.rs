@@ -1,5 +1,6 @@
-//! The AVX-512 VNNI builds of [`crate::quant::dots_q4k_x16`] and
-//! [`crate::quant::dots_q4_0_x16`]: sixteen interleaved weight rows, one per 32-bit lane,
+//! The AVX-512 VNNI builds of [`crate::quant::dots_q4k_x16`],
+//! [`crate::quant::dots_q4_0_x16`], [`crate::quant::dots_q5k_x16`] and
+//! [`crate::quant::dots_q6k_x16`]: sixteen interleaved weight rows, one per 32-bit lane,
 //! times up to four activation rows.
 //!
 //! `Q4_K`: per super-block and 64-value group, each of its eight 512-bit quant registers gives two
@@ -13,6 +14,13 @@
 //! `Q4_0`: per block, four quant registers give eight `vpdpbusd` (unsigned nibbles times
 //! activation bytes, in two chains); `8 · Σa` off each lane makes the exact integer of
 //! `(q - 8)·a`, fused into the lane's accumulator with `d_w · d_a`.
+//!
+//! `Q5_K` and `Q6_K` (prompts, llama.cpp's tiled order): the quants come already widened to
+//! bytes (`Q6_K`'s as `q + 32`), so each register feeds `vpdpbusd` with no unpacking; the
+//! sub-block scales are applied per lane (`vpmulld`; `Q6_K`'s are signed, one per 16 values),
+//! `Q5_K`'s mins and `Q6_K`'s `32·Σ scale·Σa` come from `vpmaddwd` of scale or min pairs
+//! against activation-sum pairs, and each super-block is fused into the lanes' accumulators
+//! as in the scalar twins.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
