@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,6 +74,8 @@ pub struct GgufFile {
     file_size: u64,
     cancel: Option<CancelToken>,
     requantize: Option<QuantizationType>,
+    /// The buffer [`GgufFile::raw_tensor`] reads into, kept for the next tensor.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -134,6 +136,7 @@ impl GgufFile {
             file_size,
             cancel: None,
             requantize: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -256,6 +259,45 @@ impl GgufFile {
             Some(quant) => requantize(name, t, quant, device),
             None => Ok(t),
         }
+    }
+
+    /// The stored bytes of tensor `name` (its GGML blocks, as in the file) with its format,
+    /// if it has shape `dims` (outermost first) and is read as stored (no
+    /// [`GgufFile::requantize_to`]); `Ok(None)` otherwise, and the caller reads it with
+    /// [`GgufFile::tensor_with_shape`]. The bytes land in one buffer reused from tensor to
+    /// tensor: reading a tensor through candle's `QTensor` makes two fresh allocations of its
+    /// size (the raw bytes, then candle's blocks), and faulting in those zeroed pages was
+    /// most of an 8B file's load time. Fails as [`GgufFile::tensor`] does.
+    pub fn raw_tensor(&mut self, name: &str, dims: &[usize]) -> Result<Option<(GgmlDType, &[u8])>> {
+        self.check_cancelled()?;
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        if self.requantize.is_some() || info.shape.dims() != dims {
+            return Ok(None);
+        }
+        let (dtype, elems) = (info.ggml_dtype, info.shape.elem_count());
+        if !elems.is_multiple_of(dtype.block_size()) {
+            return Ok(None);
+        }
+        let bad = |reason: String| ModelError::BadTensor {
+            name: name.to_string(),
+            reason,
+        };
+        let size = elems / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        if start.saturating_add(size as u64) > self.file_size {
+            return Err(bad(format!(
+                "needs {size} bytes at offset {start}, past the end of the file ({} bytes)",
+                self.file_size
+            )));
+        }
+        self.scratch.resize(size, 0);
+        self.reader
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| self.reader.read_exact(&mut self.scratch[..size]))
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Some((dtype, &self.scratch[..size])))
     }
 
     /// Reads one tensor and checks its shape (outermost dimension first, as candle orders it).

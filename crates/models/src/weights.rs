@@ -24,7 +24,8 @@ pub(crate) fn vector(
         .dequantize(device)?)
 }
 
-/// A quantized linear layer `[out, inp]`.
+/// A quantized linear layer `[out, inp]`: on the CPU, in a format with our kernels, read
+/// straight from the file's bytes ([`GgufFile::raw_tensor`], no `QTensor` in between).
 pub(crate) fn linear(
     gguf: &mut GgufFile,
     name: &str,
@@ -32,6 +33,13 @@ pub(crate) fn linear(
     inp: usize,
     device: &Device,
 ) -> Result<QLinear> {
+    if device.is_cpu() {
+        if let Some((dtype, bytes)) = gguf.raw_tensor(name, &[out, inp])? {
+            if let Some(q) = QLinear::from_bytes(dtype, (out, inp), bytes) {
+                return Ok(q?);
+            }
+        }
+    }
     let t = gguf.tensor_with_shape(name, &[out, inp], device)?;
     Ok(QLinear::from_qtensor(Arc::new(t))?)
 }

@@ -663,43 +663,54 @@ impl Weights {
 }
 
 impl QLinear {
+    /// A `[n, k]` weight matrix of format `dtype` on the CPU, read for our kernels straight
+    /// from its stored bytes (GGML's blocks, as in a GGUF file); `None` when the format has no
+    /// kernels of ours (or candle's are forced, or a row does not hold whole blocks): read it
+    /// as a `QTensor` and use [`QLinear::from_qtensor`].
+    pub fn from_bytes(
+        dtype: GgmlDType,
+        (n, k): (usize, usize),
+        bytes: &[u8],
+    ) -> Option<candle_core::Result<Self>> {
+        if candle_forced() {
+            return None;
+        }
+        // A row must hold whole blocks (GGML's own files always do).
+        let values = match dtype {
+            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
+                QK_K
+            }
+            _ => QK,
+        };
+        if !k.is_multiple_of(values) {
+            return None;
+        }
+        let kb = k / values;
+        let weights = Weights::read(dtype, bytes, n, kb)?;
+        let blocks = weights.blocks(kb, n);
+        if blocks != n * kb {
+            return Some(Err(candle_core::Error::Msg(format!(
+                "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",
+                n * kb
+            ))));
+        }
+        Some(Ok(Self {
+            inner: Inner::Ours(Arc::new(OurMatMul {
+                weights,
+                n,
+                k,
+                kernels: kernels(),
+            })),
+        }))
+    }
+
     /// Wraps a quantized `[out, in]` weight tensor, repacking it for our kernels when its
     /// format has them (and it is on the CPU).
     pub fn from_qtensor(t: Arc<QTensor>) -> candle_core::Result<Self> {
         let dims = t.shape().dims().to_vec();
-        let ours = !candle_forced() && t.device().is_cpu() && dims.len() == 2;
-        if ours {
-            let (n, k) = (dims[0], dims[1]);
-            // A row must hold whole blocks (GGML's own files always do).
-            let values = match t.dtype() {
-                GgmlDType::Q2K
-                | GgmlDType::Q3K
-                | GgmlDType::Q4K
-                | GgmlDType::Q5K
-                | GgmlDType::Q6K => QK_K,
-                _ => QK,
-            };
-            let kb = k / values;
-            let weights = match k % values {
-                0 => Weights::read(t.dtype(), &t.data()?, n, kb),
-                _ => None,
-            };
-            if let Some(weights) = weights {
-                let blocks = weights.blocks(kb, n);
-                if blocks != n * kb {
-                    candle_core::bail!(
-                        "quantized weights hold {blocks} blocks, [{n}, {k}] needs {}",
-                        n * (k / values)
-                    );
-                }
-                return Ok(Self {
-                    inner: Inner::Ours(Arc::new(OurMatMul {
-                        weights,
-                        n,
-                        k,
-                        kernels: kernels(),
-                    })),
-                });
+        if t.device().is_cpu() && dims.len() == 2 {
+            if let Some(ours) = Self::from_bytes(t.dtype(), (dims[0], dims[1]), &t.data()?) {
+                return ours;
             }
         }
         // candle's 32-value block dot products assert (in debug builds) an even number of
