@@ -74,7 +74,7 @@ pub struct GgufFile {
     file_size: u64,
     cancel: Option<CancelToken>,
     requantize: Option<QuantizationType>,
-    /// The buffer [`GgufFile::raw_tensor`] reads into, kept for the next tensor.
+    /// The bytes of the tensor [`GgufFile::raw_tensor`] read last.
     scratch: Vec<u8>,
 }
 
@@ -264,10 +264,10 @@ impl GgufFile {
     /// The stored bytes of tensor `name` (its GGML blocks, as in the file) with its format,
     /// if it has shape `dims` (outermost first) and is read as stored (no
     /// [`GgufFile::requantize_to`]); `Ok(None)` otherwise, and the caller reads it with
-    /// [`GgufFile::tensor_with_shape`]. The bytes land in one buffer reused from tensor to
-    /// tensor: reading a tensor through candle's `QTensor` makes two fresh allocations of its
-    /// size (the raw bytes, then candle's blocks), and faulting in those zeroed pages was
-    /// most of an 8B file's load time. Fails as [`GgufFile::tensor`] does.
+    /// [`GgufFile::tensor_with_shape`]. Reading a tensor through candle's `QTensor` makes two
+    /// fresh allocations of its size (the raw bytes, then candle's blocks), and faulting in
+    /// those zeroed pages was most of an 8B file's load time; this makes one. Fails as
+    /// [`GgufFile::tensor`] does.
     pub fn raw_tensor(&mut self, name: &str, dims: &[usize]) -> Result<Option<(GgmlDType, &[u8])>> {
         self.check_cancelled()?;
         let Some(info) = self.content.tensor_infos.get(name) else {
@@ -292,7 +292,11 @@ impl GgufFile {
                 self.file_size
             )));
         }
-        self.scratch.resize(size, 0);
+        // A fresh buffer per tensor, the last one freed: glibc raises its dynamic mmap
+        // threshold to the size of a freed mapped block (up to 32 MiB). With one buffer
+        // reused for every tensor it stayed at 128 KiB, so a prompt's multi-megabyte
+        // activations each became a fresh zeroed mapping: 8B prefill ran ~9% slower.
+        self.scratch = vec![0u8; size];
         self.reader
             .seek(SeekFrom::Start(start))
             .and_then(|_| self.reader.read_exact(&mut self.scratch[..size]))
