@@ -312,20 +312,9 @@ pub fn attend_row_tiled(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::f16::tests::halves;
     use crate::simd::Simd;
     use proptest::prelude::*;
-
-    fn halves(seed: u64, n: usize, mag: f32) -> Vec<f16> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                f16::from_f32(((s >> 33) as f32 / (1u64 << 31) as f32 * 2.0 - 1.0) * mag)
-            })
-            .collect()
-    }
 
     /// The row the plain way: f64 softmax of the f16 inputs' scores, weighted sum of values.
     fn reference(q: &[f32], k: Rows<'_>, v: Rows<'_>, scores: Scores) -> Vec<f64> {

@@ -161,7 +161,7 @@ pub(crate) fn scale_tail(acc: &mut [f32], s: f32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -209,7 +209,8 @@ mod tests {
         assert_ne!(left_to_right, dot(&k, &q));
     }
 
-    fn halves(seed: u64, n: usize, mag: f32) -> Vec<f16> {
+    /// `n` f16 values in `[-mag, mag)` from a generator seeded with `seed`.
+    pub(crate) fn halves(seed: u64, n: usize, mag: f32) -> Vec<f16> {
         let mut s = seed | 1;
         (0..n)
             .map(|_| {

@@ -654,6 +654,50 @@ mod tests {
     };
     use crate::quant::scalar::dot_q4_0_blocks;
     use crate::quant::tests::{Lcg, Random};
+    use proptest::test_runner::TestCaseError;
+
+    /// Four activation rows of `kb` `Q8_K` blocks, values up to `mag`.
+    fn k_rows(g: &mut Lcg, kb: usize, mag: f32) -> Vec<ActBlockK> {
+        let mut acts = vec![ActBlockK::default(); 4 * kb];
+        for a in acts.chunks_exact_mut(kb) {
+            let xs: Vec<f32> = (0..kb * QK_K).map(|_| g.unit() * mag).collect();
+            quantize_row_q8k(&xs, a);
+        }
+        acts
+    }
+
+    /// On every level this CPU has and for the first 1..=4 of `rows`, `run` (an entry point
+    /// on one group) gives `want(j, row)` (weight row `j`'s scalar twin) bit for bit.
+    fn every_level_gives<A>(
+        rows: &[&[A]],
+        run: impl Fn(Kernels, &[&[A]], &mut [[f32; MAX_TILE]]),
+        want: impl Fn(usize, &[A]) -> f32,
+    ) -> Result<(), TestCaseError> {
+        for simd in Simd::available() {
+            let kernels = Kernels::new(simd).unwrap();
+            for m in 1..=rows.len() {
+                let mut out = [[0f32; MAX_TILE]; X16];
+                run(kernels, &rows[..m], &mut out);
+                for (j, o) in out.iter().enumerate() {
+                    for (r, a) in rows[..m].iter().enumerate() {
+                        let want = want(j, a);
+                        prop_assert_eq!(
+                            o[r].to_bits(),
+                            want.to_bits(),
+                            "{:?}, {} rows, weight row {}, row {}: {} vs {}",
+                            simd,
+                            m,
+                            j,
+                            r,
+                            o[r],
+                            want
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn interleaving_round_trips() {
@@ -702,31 +746,17 @@ mod tests {
             let mut g = Lcg(seed);
             let w: Vec<BlockQ4K> = (0..X16 * kb).map(|_| BlockQ4K::random(&mut g)).collect();
             let x = interleave_q4k(&w, X16, kb).unwrap();
-            let mut acts = vec![ActBlockK::default(); 4 * kb];
-            for a in acts.chunks_exact_mut(kb) {
-                let xs: Vec<f32> = (0..kb * QK_K).map(|_| g.unit() * mag).collect();
-                quantize_row_q8k(&xs, a);
-            }
+            let acts = k_rows(&mut g, kb, mag);
             let rows: Vec<&[ActBlockK]> = acts.chunks_exact(kb).collect();
-            for simd in Simd::available() {
-                let kernels = Kernels::new(simd).unwrap();
-                for m in 1..=4 {
-                    for grouped in [false, true] {
-                        let mut out = [[0f32; MAX_TILE]; X16];
-                        dots_q4k_x16(kernels, &x, kb, &rows[..m], grouped, &mut out);
-                        for (j, o) in out.iter().enumerate() {
-                            for (r, a) in rows[..m].iter().enumerate() {
-                                let wr = &w[j * kb..(j + 1) * kb];
-                                let want = if grouped { dot_q4k_grouped(wr, a) } else { dot_q4k(wr, a) };
-                                prop_assert_eq!(
-                                    o[r].to_bits(), want.to_bits(),
-                                    "{:?}, {} rows, grouped {}, weight row {}, row {}: {} vs {}",
-                                    simd, m, grouped, j, r, o[r], want
-                                );
-                            }
-                        }
-                    }
-                }
+            for grouped in [false, true] {
+                every_level_gives(
+                    &rows,
+                    |k, rows, out| dots_q4k_x16(k, &x, kb, rows, grouped, out),
+                    |j, a| {
+                        let wr = &w[j * kb..(j + 1) * kb];
+                        if grouped { dot_q4k_grouped(wr, a) } else { dot_q4k(wr, a) }
+                    },
+                )?;
             }
         }
     }
@@ -766,23 +796,11 @@ mod tests {
                 quantize_row(&xs, a);
             }
             let rows: Vec<&[ActBlock]> = acts.chunks_exact(kb).collect();
-            for simd in Simd::available() {
-                let kernels = Kernels::new(simd).unwrap();
-                for m in 1..=4 {
-                    let mut out = [[0f32; MAX_TILE]; X16];
-                    dots_q4_0_x16(kernels, &x, kb, &rows[..m], &mut out);
-                    for (j, o) in out.iter().enumerate() {
-                        for (r, a) in rows[..m].iter().enumerate() {
-                            let want = dot_q4_0_blocks(&w[j * kb..(j + 1) * kb], a);
-                            prop_assert_eq!(
-                                o[r].to_bits(), want.to_bits(),
-                                "{:?}, {} rows, weight row {}, row {}: {} vs {}",
-                                simd, m, j, r, o[r], want
-                            );
-                        }
-                    }
-                }
-            }
+            every_level_gives(
+                &rows,
+                |k, rows, out| dots_q4_0_x16(k, &x, kb, rows, out),
+                |j, a| dot_q4_0_blocks(&w[j * kb..(j + 1) * kb], a),
+            )?;
         }
     }
 
@@ -807,29 +825,13 @@ mod tests {
                     prop_assert_eq!(x.row(j), w[j * kb + i]);
                 }
             }
-            let mut acts = vec![ActBlockK::default(); 4 * kb];
-            for a in acts.chunks_exact_mut(kb) {
-                let xs: Vec<f32> = (0..kb * QK_K).map(|_| g.unit() * mag).collect();
-                quantize_row_q8k(&xs, a);
-            }
+            let acts = k_rows(&mut g, kb, mag);
             let rows: Vec<&[ActBlockK]> = acts.chunks_exact(kb).collect();
-            for simd in Simd::available() {
-                let kernels = Kernels::new(simd).unwrap();
-                for m in 1..=4 {
-                    let mut out = [[0f32; MAX_TILE]; X16];
-                    dots_q5k_x16(kernels, &groups, kb, &rows[..m], &mut out);
-                    for (j, o) in out.iter().enumerate() {
-                        for (r, a) in rows[..m].iter().enumerate() {
-                            let want = dot_q5k_tiled(&w[j * kb..(j + 1) * kb], a);
-                            prop_assert_eq!(
-                                o[r].to_bits(), want.to_bits(),
-                                "{:?}, {} rows, weight row {}, row {}: {} vs {}",
-                                simd, m, j, r, o[r], want
-                            );
-                        }
-                    }
-                }
-            }
+            every_level_gives(
+                &rows,
+                |k, rows, out| dots_q5k_x16(k, &groups, kb, rows, out),
+                |j, a| dot_q5k_tiled(&w[j * kb..(j + 1) * kb], a),
+            )?;
         }
     }
 
@@ -856,29 +858,13 @@ mod tests {
                     }
                 }
             }
-            let mut acts = vec![ActBlockK::default(); 4 * kb];
-            for a in acts.chunks_exact_mut(kb) {
-                let xs: Vec<f32> = (0..kb * QK_K).map(|_| g.unit() * mag).collect();
-                quantize_row_q8k(&xs, a);
-            }
+            let acts = k_rows(&mut g, kb, mag);
             let rows: Vec<&[ActBlockK]> = acts.chunks_exact(kb).collect();
-            for simd in Simd::available() {
-                let kernels = Kernels::new(simd).unwrap();
-                for m in 1..=4 {
-                    let mut out = [[0f32; MAX_TILE]; X16];
-                    dots_q6k_x16(kernels, &groups, kb, &rows[..m], &mut out);
-                    for (j, o) in out.iter().enumerate() {
-                        for (r, a) in rows[..m].iter().enumerate() {
-                            let want = dot_q6k_tiled(&w[j * kb..(j + 1) * kb], a);
-                            prop_assert_eq!(
-                                o[r].to_bits(), want.to_bits(),
-                                "{:?}, {} rows, weight row {}, row {}: {} vs {}",
-                                simd, m, j, r, o[r], want
-                            );
-                        }
-                    }
-                }
-            }
+            every_level_gives(
+                &rows,
+                |k, rows, out| dots_q6k_x16(k, &groups, kb, rows, out),
+                |j, a| dot_q6k_tiled(&w[j * kb..(j + 1) * kb], a),
+            )?;
         }
     }
 

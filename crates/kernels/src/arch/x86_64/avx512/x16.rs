@@ -137,6 +137,40 @@ unsafe fn broadcast4(p: *const i8) -> __m512i {
     _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
 
+/// Sub-blocks `2g` and `2g + 1` of a `Q4_K`/`Q5_K` group: their scales widened to one i32
+/// per row, and their mins as the low and high words of one i32 per row.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn group_scales(
+    scales: &[[u8; X16]; 8],
+    mins: &[[u8; X16]; 8],
+    g: usize,
+) -> (__m512i, __m512i, __m512i) {
+    let mn = _mm512_or_si512(
+        widen16(&mins[2 * g]),
+        _mm512_slli_epi32(widen16(&mins[2 * g + 1]), 16),
+    );
+    (widen16(&scales[2 * g]), widen16(&scales[2 * g + 1]), mn)
+}
+
+/// A 64-value group's exact sums per row: `Σ scale·q·a` from the chunk sums `lo`, `hi` (sub-
+/// blocks `2g`, `2g + 1`) and [`group_scales`], and `Σ min·Σa` from the activation row's
+/// `bsums` (its sub-block pairs' sums as the low and high words of one i32, by `vpmaddwd`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn group_sums(
+    (lo, hi): (__m512i, __m512i),
+    (sc_lo, sc_hi, mn): (__m512i, __m512i, __m512i),
+    bs: &[i16; 16],
+    g: usize,
+) -> (__m512i, __m512i) {
+    let s = _mm512_add_epi32(_mm512_mullo_epi32(lo, sc_lo), _mm512_mullo_epi32(hi, sc_hi));
+    let p0 = bs[4 * g] as i32 + bs[4 * g + 1] as i32;
+    let p1 = bs[4 * g + 2] as i32 + bs[4 * g + 3] as i32;
+    let m = _mm512_madd_epi16(mn, _mm512_set1_epi32((p0 & 0xFFFF) | (p1 << 16)));
+    (s, m)
+}
+
 /// Sixteen bytes, each widened to an i32 lane.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -175,11 +209,7 @@ unsafe fn q4k_x16<const R: usize, const GROUPED: bool>(
         let mut isum = [_mm512_setzero_si512(); R];
         let mut msum = [_mm512_setzero_si512(); R];
         for g in 0..4 {
-            let (sc_lo, sc_hi) = (widen16(&b.scales[2 * g]), widen16(&b.scales[2 * g + 1]));
-            let mn = _mm512_or_si512(
-                widen16(&b.mins[2 * g]),
-                _mm512_slli_epi32(widen16(&b.mins[2 * g + 1]), 16),
-            );
+            let (sc_lo, sc_hi, mn) = group_scales(&b.scales, &b.mins, g);
             let mut lo = [_mm512_setzero_si512(); R];
             let mut hi = [_mm512_setzero_si512(); R];
             for l in 0..8 {
@@ -203,16 +233,7 @@ unsafe fn q4k_x16<const R: usize, const GROUPED: bool>(
                 }
             }
             for r in 0..R {
-                let s = _mm512_add_epi32(
-                    _mm512_mullo_epi32(lo[r], sc_lo),
-                    _mm512_mullo_epi32(hi[r], sc_hi),
-                );
-                // The activation sums of sub-blocks 2g and 2g + 1, as the low and high
-                // words of one i32.
-                let bs = &xb[r].bsums;
-                let p0 = bs[4 * g] as i32 + bs[4 * g + 1] as i32;
-                let p1 = bs[4 * g + 2] as i32 + bs[4 * g + 3] as i32;
-                let m = _mm512_madd_epi16(mn, _mm512_set1_epi32((p0 & 0xFFFF) | (p1 << 16)));
+                let (s, m) = group_sums((lo[r], hi[r]), (sc_lo, sc_hi, mn), &xb[r].bsums, g);
                 if GROUPED {
                     let xd = _mm512_set1_ps(xb[r].d);
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, xd), acc[r]);
@@ -281,11 +302,7 @@ unsafe fn q5k_x16<const R: usize>(w: &[BlockQ5Kx16], a: [&[ActBlockK]; R]) -> [[
         let mut s1 = [_mm512_setzero_si512(); R];
         let mut s2 = [_mm512_setzero_si512(); R];
         for g in 0..4 {
-            let (sc_lo, sc_hi) = (widen16(&b.scales[2 * g]), widen16(&b.scales[2 * g + 1]));
-            let mn = _mm512_or_si512(
-                widen16(&b.mins[2 * g]),
-                _mm512_slli_epi32(widen16(&b.mins[2 * g + 1]), 16),
-            );
+            let (sc_lo, sc_hi, mn) = group_scales(&b.scales, &b.mins, g);
             let mut lo = [_mm512_setzero_si512(); R];
             let mut hi = [_mm512_setzero_si512(); R];
             for l in 0..8 {
@@ -313,17 +330,8 @@ unsafe fn q5k_x16<const R: usize>(w: &[BlockQ5Kx16], a: [&[ActBlockK]; R]) -> [[
                 }
             }
             for r in 0..R {
-                let s = _mm512_add_epi32(
-                    _mm512_mullo_epi32(lo[r], sc_lo),
-                    _mm512_mullo_epi32(hi[r], sc_hi),
-                );
+                let (s, m) = group_sums((lo[r], hi[r]), (sc_lo, sc_hi, mn), &xb[r].bsums, g);
                 s1[r] = _mm512_add_epi32(s1[r], s);
-                // The activation sums of sub-blocks 2g and 2g + 1, as the low and high
-                // words of one i32.
-                let bs = &xb[r].bsums;
-                let p0 = bs[4 * g] as i32 + bs[4 * g + 1] as i32;
-                let p1 = bs[4 * g + 2] as i32 + bs[4 * g + 3] as i32;
-                let m = _mm512_madd_epi16(mn, _mm512_set1_epi32((p0 & 0xFFFF) | (p1 << 16)));
                 s2[r] = _mm512_add_epi32(s2[r], m);
             }
         }
