@@ -32,7 +32,7 @@
 //! The tests assert every level against the scalar twins.
 
 use super::blocks::{f16_bits, ActBlock, BlockQ4_0, WeightBlock};
-use super::kquant::{ActBlockK, BlockQ4K, BlockQ5K, BlockQ6K};
+use super::kquant::{q5_chunk, q6_chunk, ActBlockK, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::MAX_TILE;
 use crate::simd::{Kernels, Simd};
 
@@ -425,20 +425,11 @@ impl BlockQ5Kx16 {
     pub fn fill(&mut self, rows: [&BlockQ5K; X16]) {
         let out = self;
         for (j, b) in rows.iter().enumerate() {
-            for g in 0..4 {
-                // Chunks 2g and 2g + 1: the low and high nibbles of 32 `qs` bytes, with bits
-                // 2g and 2g + 1 of the 32 `qh` bytes as 16 (a loop the compiler vectorizes).
-                let qs = &b.qs[32 * g..32 * g + 32];
-                let (mut lo, mut hi) = ([0u8; 32], [0u8; 32]);
-                for m in 0..32 {
-                    let h = b.qh[m] >> (2 * g);
-                    lo[m] = (qs[m] & 0x0F) | ((h & 1) << 4);
-                    hi[m] = (qs[m] >> 4) | (((h >> 1) & 1) << 4);
-                }
+            for c in 0..8 {
+                let q = q5_chunk(b, c);
                 for l in 0..8 {
-                    let t = 8 * g + l;
-                    out.q[2 * t][4 * j..4 * j + 4].copy_from_slice(&lo[4 * l..4 * l + 4]);
-                    out.q[2 * t + 1][4 * j..4 * j + 4].copy_from_slice(&hi[4 * l..4 * l + 4]);
+                    let t = 8 * (c / 2) + l;
+                    out.q[2 * t + c % 2][4 * j..4 * j + 4].copy_from_slice(&q[4 * l..4 * l + 4]);
                 }
             }
             for s in 0..8 {
@@ -561,16 +552,8 @@ impl BlockQ6Kx16 {
     pub fn fill(&mut self, rows: [&BlockQ6K; X16]) {
         for (j, b) in rows.iter().enumerate() {
             for c in 0..8 {
-                let (h, t) = (c / 4, c % 4);
-                // The chunk's low four bits (nibble `t / 2` of 32 `ql` bytes) and two high
-                // bits (bits `2t..2t + 2` of 32 `qh` bytes): `q + 32` itself.
-                let ql = &b.ql[64 * h + 32 * (t & 1)..][..32];
-                let qh = &b.qh[32 * h..][..32];
-                let mut q = [0u8; 32];
-                for m in 0..32 {
-                    let low = if t < 2 { ql[m] & 0x0F } else { ql[m] >> 4 };
-                    q[m] = low | (((qh[m] >> (2 * t)) & 3) << 4);
-                }
+                // `q + 32`: the chunk's signed quants moved back to 0..64.
+                let q = q6_chunk(b, c).map(|q| (q + 32) as u8);
                 for l in 0..8 {
                     self.q[8 * c + l][4 * j..4 * j + 4].copy_from_slice(&q[4 * l..4 * l + 4]);
                 }

@@ -186,11 +186,14 @@ pub fn q6_chunk(b: &BlockQ6K, c: usize) -> [i8; 32] {
     let (h, t) = (c / 4, c % 4);
     let ql = &b.ql[64 * h + 32 * (t & 1)..][..32];
     let qh = &b.qh[32 * h..][..32];
-    std::array::from_fn(|l| {
-        let low = if t < 2 { ql[l] & 0x0F } else { ql[l] >> 4 };
-        let high = (qh[l] >> (2 * t)) & 3;
-        (low | (high << 4)) as i8 - 32
-    })
+    // Nibble `t / 2` of `ql`, bits `2t..2t + 2` of `qh` (shifts fixed for the chunk: a loop
+    // the compiler vectorizes).
+    let (low_shift, high_shift) = (4 * (t / 2), 2 * t);
+    let mut q = [0i8; 32];
+    for (q, (&l, &h)) in q.iter_mut().zip(ql.iter().zip(qh)) {
+        *q = (((l >> low_shift) & 0x0F) | (((h >> high_shift) & 3) << 4)) as i8 - 32;
+    }
+    q
 }
 
 /// Appends the block's 256 values to `out`, computed as GGML's `dequantize_row_q4_K` (and
@@ -475,14 +478,14 @@ impl WeightBlock for BlockQ2K {
 /// The unsigned quants `q` (0..32) of values `32c..32c + 32` of a `Q5_K` block.
 pub fn q5_chunk(b: &BlockQ5K, c: usize) -> [u8; 32] {
     let qs = &b.qs[32 * (c / 2)..][..32];
-    std::array::from_fn(|l| {
-        let low = if c.is_multiple_of(2) {
-            qs[l] & 0x0F
-        } else {
-            qs[l] >> 4
-        };
-        low | (((b.qh[l] >> c) & 1) << 4)
-    })
+    // The low or high nibble of `qs`, bit `c` of `qh` (shifts fixed for the chunk: a loop the
+    // compiler vectorizes).
+    let low_shift = 4 * (c % 2);
+    let mut q = [0u8; 32];
+    for (q, (&l, &h)) in q.iter_mut().zip(qs.iter().zip(&b.qh)) {
+        *q = ((l >> low_shift) & 0x0F) | (((h >> c) & 1) << 4);
+    }
+    q
 }
 
 /// The signed quants `q` (−4..4) of values `32c..32c + 32` of a `Q3_K` block.
