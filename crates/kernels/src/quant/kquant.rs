@@ -50,13 +50,14 @@
 //!   `r·d_a` unfused, and `Q2_K` is repacked there.
 //!
 //! The scalar twins follow the same order with `f32::mul_add`, so they and the AVX2 kernels
-//! return identical bits, and a row's result never depends on the other rows of a call. Both
-//! prompt orders (and `Q5_K`'s), and `Q6_K`'s one-row order for one activation row, also
-//! have an AVX-512 VNNI build
-//! ([`crate::arch::x86_64::avx512::kquant`]): 64 values per register, the sub-block scales
-//! applied by `vpdpwssd`, and in the prompt orders the exact integers of four rows fused into
-//! their accumulators together; the same integers and per-row f32 operations, so the same
-//! bits (the tests assert it).
+//! return identical bits, and a row's result never depends on the other rows of a call.
+//! `Q4_K`'s grouped prompt order and `Q6_K`'s one-row order for one activation row also have
+//! an AVX-512 VNNI build ([`crate::arch::x86_64::avx512::kquant`]): 64 values per register,
+//! the sub-block scales applied by `vpdpwssd`, and in the prompt order the exact integers of
+//! four rows fused into their accumulators together; the same integers and per-row f32
+//! operations, so the same bits (the tests assert it). The tiled order of `Q5_K` and `Q6_K`
+//! has an interleaved AVX-512 VNNI build instead ([`super::interleaved`]), for sixteen rows
+//! at a time.
 
 use half::f16;
 

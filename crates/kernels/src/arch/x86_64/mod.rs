@@ -571,16 +571,18 @@ macro_rules! dots_k {
             one_row_vnni: avx2::kquant::$rows, prompt_vnni: avx512::kquant::$pv
         );
     };
-    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, $rv:ident, $pv:ident) => {
+    ($name:ident, $block:ty, $rows:ident, $prompt_rows:ident, one_row_vnni: $rv:ident) => {
         dots_k!(
             $name, $block, $rows, $prompt_rows,
-            one_row_vnni: avx512::kquant::$rv, prompt_vnni: avx512::kquant::$pv
+            one_row_vnni: avx512::kquant::$rv, prompt_vnni: avx2::kquant::$prompt_rows
         );
     };
 }
 
 // Under AVX-512 VNNI the models keep `Q4_K` with a multiple of 16 rows interleaved
-// (`quant::interleaved`); the row-major one-row order left here runs the AVX2 loop.
+// (`quant::interleaved`); the row-major one-row order left here runs the AVX2 loop. A
+// prompt's `Q5_K` and `Q6_K` with a multiple of 16 rows go through the interleaved kernels
+// too (copied group by group), so their row-major tiled order keeps only the AVX2 loop.
 dots_k!(
     dots_q4k,
     BlockQ4K,
@@ -593,15 +595,8 @@ dots_k!(
     BlockQ6K,
     rows_q6k,
     rows_q6k_tiled,
-    rows_q6k_vnni,
-    rows_q6k_tiled_vnni
+    one_row_vnni: rows_q6k_vnni
 );
-dots_k!(
-    dots_q5k,
-    BlockQ5K,
-    rows_q5k,
-    rows_q5k_tiled,
-    prompt_vnni: rows_q5k_tiled_vnni
-);
+dots_k!(dots_q5k, BlockQ5K, rows_q5k, rows_q5k_tiled);
 dots_k!(dots_q3k, BlockQ3K, rows_q3k, rows_q3k_tiled);
 dots_k!(dots_q2k, BlockQ2K, rows_q2k, rows_q2k_tiled);

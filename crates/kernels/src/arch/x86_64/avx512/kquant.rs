@@ -1,18 +1,16 @@
-//! AVX-512 (BW, VNNI) builds of row-major K-quant loops: the prompt orders (`Q4_K` grouped,
-//! four rows, llama.cpp's repacked gemm; `Q5_K` and `Q6_K` tiled, llama.cpp's tiled matmul)
-//! and `Q6_K`'s one-row order for one activation row (decoding). The same exact integers and
-//! per-row f32 operations as the AVX2 builds in [`super::super::avx2::kquant`], so the same
-//! bits. (`Q4_K`'s decoding runs interleaved, [`super::x16`].)
+//! AVX-512 (BW, VNNI) builds of row-major K-quant loops: `Q4_K`'s prompt order (grouped, four
+//! rows, llama.cpp's repacked gemm) and `Q6_K`'s one-row order for one activation row
+//! (decoding). The same exact integers and per-row f32 operations as the AVX2 builds in
+//! [`super::super::avx2::kquant`], so the same bits. (`Q4_K`'s decoding, and the tiled prompt
+//! order of `Q5_K` and `Q6_K` with a multiple of 16 rows, run interleaved: [`super::x16`].)
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
 use crate::arch::x86_64::avx2::kquant::{hsum_f32, load, prefetch, rows_q4k_grouped, rows_q6k};
 #[cfg(doc)]
-use crate::arch::x86_64::avx2::kquant::{q4k_grouped, q6k_tiled, rows_q6k_tiled};
-#[cfg(doc)]
-use crate::arch::x86_64::avx2::kquant::{q5k_tiled, q6k, rows_q5k_tiled};
-use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ5K, BlockQ6K};
+use crate::arch::x86_64::avx2::kquant::{q4k_grouped, q6k};
+use crate::quant::kquant::{ActBlockK, BlockQ4K, BlockQ6K};
 
 /// [`rows_q4k_grouped`] with AVX-512 BW and VNNI for a full tile of four activation rows
 /// (the only tile the grouped order takes): each 64-value group of a super-block is one
@@ -207,67 +205,6 @@ unsafe fn q4k_grouped4(w: &[BlockQ4K], a: [&[ActBlockK]; 4]) -> [f32; 4] {
     out
 }
 
-/// [`rows_q6k_tiled`] with AVX-512 BW and VNNI: two 32-value chunks of a super-block per
-/// 512-bit register, their byte products summed into i16 pairs and then, times the
-/// sub-block scales, into i32 lanes by `vpdpwssd`, the `- 32` taken off through the
-/// activation sums as there; the exact integer of each row and super-block is then fused
-/// into the rows' accumulators together (lane `r` for row `r`), with the same f32
-/// operations per row as [`q6k_tiled`]: the same bits.
-///
-/// # Safety
-/// As [`rows_q4k_grouped_vnni`].
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-pub(crate) unsafe fn rows_q6k_tiled_vnni<const R: usize>(
-    w: &[BlockQ6K],
-    kb: usize,
-    a: [&[ActBlockK]; R],
-    out: &mut [[f32; crate::quant::MAX_TILE]],
-) {
-    for (c, o) in out.iter_mut().enumerate() {
-        // SAFETY: `c < out.len()` and `w` holds `out.len()` rows of `kb` blocks, every `a[r]`
-        // at least `kb` (the contract).
-        let r = unsafe { q6k_tiled_vnni::<R>(w.get_unchecked(c * kb..(c + 1) * kb), a) };
-        o[..R].copy_from_slice(&r);
-    }
-}
-
-/// One `Q6_K` weight row · `R` (1..=4) activation rows in the tiled order (see
-/// [`rows_q6k_tiled_vnni`]).
-///
-/// # Safety
-/// As [`rows_q4k_grouped_vnni`]; every `a[r]` has at least `w.len()` blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-unsafe fn q6k_tiled_vnni<const R: usize>(w: &[BlockQ6K], a: [&[ActBlockK]; R]) -> [f32; R] {
-    let unpack = Q6kUnpack::new();
-    let mut tiled = _mm_setzero_ps();
-    for (i, b) in w.iter().enumerate() {
-        prefetch(b);
-        let (q, sc, scales16) = unpack.block(b);
-        let mut g = [_mm512_setzero_si512(); 4];
-        let mut xd = [0f32; 4];
-        for r in 0..R {
-            // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
-            let x = unsafe { a[r].get_unchecked(i) };
-            let (xq, bsums) = q6k_act(x);
-            let sum = q6k_products(&q, &sc, &xq);
-            // 32 · Σ bsums·scale off the total.
-            g[r] = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(q6k_offset(bsums, scales16)));
-            xd[r] = x.d;
-        }
-        let t = _mm_mul_ps(_mm_cvtepi32_ps(reduce4(g)), _mm_set1_ps(b.d));
-        // SAFETY: reads the 4 floats of `xd`.
-        let xd = unsafe { _mm_loadu_ps(xd.as_ptr()) };
-        tiled = _mm_fmadd_ps(t, xd, tiled);
-    }
-    let mut all = [0f32; 4];
-    // SAFETY: writes the 4 floats of `all`.
-    unsafe { _mm_storeu_ps(all.as_mut_ptr(), tiled) };
-    let mut out = [0f32; R];
-    out.copy_from_slice(&all[..R]);
-    out
-}
-
 /// What unpacking a `Q6_K` block into 512-bit registers needs, built once per call.
 #[derive(Clone, Copy)]
 struct Q6kUnpack {
@@ -373,8 +310,10 @@ fn q6k_offset(bsums: __m256i, scales16: __m256i) -> __m256i {
 }
 
 /// [`rows_q6k`] with AVX-512 BW and VNNI for one activation row (decoding), each weight row
-/// read in order: every super-block unpacked as in [`rows_q6k_tiled_vnni`] into 16 exact
-/// i32 lanes whose two halves add up to the AVX2 build's eight lanes, then converted and
+/// read in order: every super-block unpacked by [`Q6kUnpack`] (two 32-value chunks per
+/// 512-bit register, byte products summed into i16 pairs and then, times the sub-block
+/// scales, by `vpdpwssd`) into 16 exact i32 lanes whose two halves add up to the AVX2 build's
+/// eight lanes, then converted and
 /// fused into the row's eight f32 lanes as there, and summed in the same order at the end:
 /// the same bits as [`q6k`]. More activation rows go through the AVX2 build.
 ///
@@ -415,105 +354,4 @@ pub(crate) unsafe fn rows_q6k_vnni<const R: usize>(
         }
         o[0] = hsum_f32(acc);
     }
-}
-
-/// [`rows_q5k_tiled`] with AVX-512 BW and VNNI: each 64-value group of a super-block is one
-/// 512-bit register as in [`rows_q4k_grouped_vnni`] (low nibbles in the lower half, high in
-/// the upper), with bit `c` of `qh` added as 16 to chunk `c`; byte products summed into i16
-/// pairs and then, times the sub-block scales, into i32 lanes by `vpdpwssd`. Per row and
-/// super-block the exact `s1 = Σ scale·q·a` and `s2 = Σ min·Σa` of the rows are reduced
-/// together and combined with the same f32 operations per row as [`q5k_tiled`]:
-/// `fma(fma(−dmin, s2, s1·d), d_a, acc)`, so the same bits.
-///
-/// # Safety
-/// As [`rows_q4k_grouped_vnni`].
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-pub(crate) unsafe fn rows_q5k_tiled_vnni<const R: usize>(
-    w: &[BlockQ5K],
-    kb: usize,
-    a: [&[ActBlockK]; R],
-    out: &mut [[f32; crate::quant::MAX_TILE]],
-) {
-    for (c, o) in out.iter_mut().enumerate() {
-        // SAFETY: `c < out.len()` and `w` holds `out.len()` rows of `kb` blocks, every `a[r]`
-        // at least `kb` (the contract).
-        let r = unsafe { q5k_tiled_vnni::<R>(w.get_unchecked(c * kb..(c + 1) * kb), a) };
-        o[..R].copy_from_slice(&r);
-    }
-}
-
-/// One `Q5_K` weight row · `R` (1..=4) activation rows in the tiled order (see
-/// [`rows_q5k_tiled_vnni`]).
-///
-/// # Safety
-/// As [`rows_q4k_grouped_vnni`]; every `a[r]` has at least `w.len()` blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512vnni")]
-unsafe fn q5k_tiled_vnni<const R: usize>(w: &[BlockQ5K], a: [&[ActBlockK]; R]) -> [f32; R] {
-    let m4 = _mm512_set1_epi8(0x0F);
-    let one = _mm512_set1_epi8(1);
-    // The upper half takes the high nibbles.
-    let shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
-    // SAFETY: this function's features include AVX-512 F.
-    let idx = unsafe { scale_index(&Q4K_SCALES) };
-    let mut tiled = _mm_setzero_ps();
-    for (i, b) in w.iter().enumerate() {
-        prefetch(b);
-        // SAFETY: reads the 8 bytes of `b.scales`, the 8 of `b.mins` and the 32 of `b.qh`.
-        let (scales, mins, qh) = unsafe {
-            (
-                _mm_loadl_epi64(b.scales.as_ptr().cast()),
-                _mm_loadl_epi64(b.mins.as_ptr().cast()),
-                _mm512_broadcast_i64x4(load(b.qh.as_ptr())),
-            )
-        };
-        let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(scales));
-        let mins = _mm_cvtepu8_epi16(mins);
-        let mut q = [_mm512_setzero_si512(); 4];
-        let mut sc = [_mm512_setzero_si512(); 4];
-        for k in 0..4 {
-            // SAFETY: bytes `32k..32k + 32` of the 128 of `b.qs` (`k < 4`).
-            let raw = _mm512_broadcast_i64x4(unsafe { load(b.qs.as_ptr().add(32 * k)) });
-            let low = _mm512_and_si512(_mm512_srlv_epi64(raw, shift), m4);
-            // Bit 2k of each `qh` byte for the lower half (chunk 2k), bit 2k + 1 for the
-            // upper (a byte's bits never cross into its neighbour: shifted then masked to
-            // bit 0), moved to bit 4.
-            let (lo, hi) = (2 * k as i64, 2 * k as i64 + 1);
-            let by = _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo);
-            let bit = _mm512_and_si512(_mm512_srlv_epi64(qh, by), one);
-            q[k] = _mm512_or_si512(low, _mm512_slli_epi16(bit, 4));
-            sc[k] = _mm512_permutexvar_epi16(idx[k], scales);
-        }
-        let mut g = [_mm512_setzero_si512(); 4];
-        let mut ms = [_mm_setzero_si128(); 4];
-        let mut xd = [0f32; 4];
-        for r in 0..R {
-            // SAFETY: `i < w.len()`, at most the length of every `a[r]` (the contract).
-            let x = unsafe { a[r].get_unchecked(i) };
-            let mut sum = _mm512_setzero_si512();
-            for k in 0..4 {
-                // SAFETY: bytes `64k..64k + 64` of the 256 of `x.qs` (`k < 4`).
-                let xq = unsafe { _mm512_loadu_si512(x.qs.as_ptr().add(64 * k).cast()) };
-                sum = _mm512_dpwssd_epi32(sum, _mm512_maddubs_epi16(q[k], xq), sc[k]);
-            }
-            g[r] = sum;
-            ms[r] = _mm_madd_epi16(subblock_sums(x), mins);
-            xd[r] = x.d;
-        }
-        let s1 = _mm_cvtepi32_ps(reduce4(g));
-        let s2 = _mm_cvtepi32_ps(_mm_hadd_epi32(
-            _mm_hadd_epi32(ms[0], ms[1]),
-            _mm_hadd_epi32(ms[2], ms[3]),
-        ));
-        let r1 = _mm_fmadd_ps(_mm_set1_ps(-b.dmin), s2, _mm_mul_ps(s1, _mm_set1_ps(b.d)));
-        // SAFETY: reads the 4 floats of `xd`.
-        let xd = unsafe { _mm_loadu_ps(xd.as_ptr()) };
-        tiled = _mm_fmadd_ps(r1, xd, tiled);
-    }
-    let mut all = [0f32; 4];
-    // SAFETY: writes the 4 floats of `all`.
-    unsafe { _mm_storeu_ps(all.as_mut_ptr(), tiled) };
-    let mut out = [0f32; R];
-    out.copy_from_slice(&all[..R]);
-    out
 }
