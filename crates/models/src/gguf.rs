@@ -276,22 +276,11 @@ impl GgufFile {
         if self.requantize.is_some() || info.shape.dims() != dims {
             return Ok(None);
         }
-        let (dtype, elems) = (info.ggml_dtype, info.shape.elem_count());
-        if !elems.is_multiple_of(dtype.block_size()) {
-            return Ok(None);
-        }
-        let bad = |reason: String| ModelError::BadTensor {
-            name: name.to_string(),
-            reason,
-        };
-        let size = elems / dtype.block_size() * dtype.type_size();
-        let start = self.content.tensor_data_offset.saturating_add(info.offset);
-        if start.saturating_add(size as u64) > self.file_size {
-            return Err(bad(format!(
-                "needs {size} bytes at offset {start}, past the end of the file ({} bytes)",
-                self.file_size
-            )));
-        }
+        // `read_header` checked that the rows split into whole blocks and that the bytes lie
+        // inside the file (a file cut short since is a read error below).
+        let dtype = info.ggml_dtype;
+        let size = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset + info.offset;
         // A fresh buffer per tensor, the last one freed: glibc raises its dynamic mmap
         // threshold to the size of a freed mapped block (up to 32 MiB). With one buffer
         // reused for every tensor it stayed at 128 KiB, so a prompt's multi-megabyte
@@ -299,9 +288,12 @@ impl GgufFile {
         self.scratch = vec![0u8; size];
         self.reader
             .seek(SeekFrom::Start(start))
-            .and_then(|_| self.reader.read_exact(&mut self.scratch[..size]))
-            .map_err(|e| bad(e.to_string()))?;
-        Ok(Some((dtype, &self.scratch[..size])))
+            .and_then(|_| self.reader.read_exact(&mut self.scratch))
+            .map_err(|e| ModelError::BadTensor {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some((dtype, &self.scratch)))
     }
 
     /// Reads one tensor and checks its shape (outermost dimension first, as candle orders it).

@@ -676,12 +676,7 @@ impl QLinear {
             return None;
         }
         // A row must hold whole blocks (GGML's own files always do).
-        let values = match dtype {
-            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
-                QK_K
-            }
-            _ => QK,
-        };
+        let values = dtype.block_size();
         if !k.is_multiple_of(values) {
             return None;
         }
