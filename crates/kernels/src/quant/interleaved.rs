@@ -416,15 +416,31 @@ impl BlockQ5Kx16 {
     /// Super-block `i` of sixteen rows: `rows[j]` is row `j`'s block.
     pub fn interleave(rows: [&BlockQ5K; X16]) -> Self {
         let mut out = Self::default();
-        out.fill(rows);
+        out.fill(Kernels::scalar(), rows);
         out
     }
 
     /// Overwrites every byte with super-block `i` of sixteen rows (`rows[j]`: row `j`'s
-    /// block): [`interleave`](Self::interleave) into a buffer that is reused.
-    pub fn fill(&mut self, rows: [&BlockQ5K; X16]) {
+    /// block): [`interleave`](Self::interleave) into a buffer that is reused. The quants go
+    /// through an AVX-512 transpose under [`Simd::Avx512Vnni`] (the level whose kernels read
+    /// this layout; about four times as fast), a portable loop otherwise: the same bytes.
+    pub fn fill(&mut self, kernels: Kernels, rows: [&BlockQ5K; X16]) {
         let out = self;
         for (j, b) in rows.iter().enumerate() {
+            out.d[j] = b.d;
+            out.dmin[j] = b.dmin;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernels.simd() == Simd::Avx512Vnni {
+            crate::arch::x86_64::avx512::x16::fill_q5k(kernels, out, rows);
+            return;
+        }
+        let _ = kernels;
+        for (j, b) in rows.iter().enumerate() {
+            for s in 0..8 {
+                out.scales[s][j] = b.scales[s];
+                out.mins[s][j] = b.mins[s];
+            }
             for c in 0..8 {
                 let q = q5_chunk(b, c);
                 for l in 0..8 {
@@ -432,12 +448,6 @@ impl BlockQ5Kx16 {
                     out.q[2 * t + c % 2][4 * j..4 * j + 4].copy_from_slice(&q[4 * l..4 * l + 4]);
                 }
             }
-            for s in 0..8 {
-                out.scales[s][j] = b.scales[s];
-                out.mins[s][j] = b.mins[s];
-            }
-            out.d[j] = b.d;
-            out.dmin[j] = b.dmin;
         }
     }
 
@@ -543,14 +553,27 @@ impl BlockQ6Kx16 {
     /// Super-block `i` of sixteen rows: `rows[j]` is row `j`'s block.
     pub fn interleave(rows: [&BlockQ6K; X16]) -> Self {
         let mut out = Self::default();
-        out.fill(rows);
+        out.fill(Kernels::scalar(), rows);
         out
     }
 
     /// Overwrites every byte with super-block `i` of sixteen rows (`rows[j]`: row `j`'s
-    /// block): [`interleave`](Self::interleave) into a buffer that is reused.
-    pub fn fill(&mut self, rows: [&BlockQ6K; X16]) {
+    /// block): [`interleave`](Self::interleave) into a buffer that is reused, the quants
+    /// through AVX-512 under [`Simd::Avx512Vnni`] as [`BlockQ5Kx16::fill`].
+    pub fn fill(&mut self, kernels: Kernels, rows: [&BlockQ6K; X16]) {
         for (j, b) in rows.iter().enumerate() {
+            self.d[j] = b.d;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernels.simd() == Simd::Avx512Vnni {
+            crate::arch::x86_64::avx512::x16::fill_q6k(kernels, self, rows);
+            return;
+        }
+        let _ = kernels;
+        for (j, b) in rows.iter().enumerate() {
+            for s in 0..16 {
+                self.scales[s][j] = b.scales[s];
+            }
             for c in 0..8 {
                 // `q + 32`: the chunk's signed quants moved back to 0..64.
                 let q = q6_chunk(b, c).map(|q| (q + 32) as u8);
@@ -558,10 +581,6 @@ impl BlockQ6Kx16 {
                     self.q[8 * c + l][4 * j..4 * j + 4].copy_from_slice(&q[4 * l..4 * l + 4]);
                 }
             }
-            for s in 0..16 {
-                self.scales[s][j] = b.scales[s];
-            }
-            self.d[j] = b.d;
         }
     }
 
@@ -807,6 +826,18 @@ mod tests {
                 for j in 0..X16 {
                     prop_assert_eq!(x.row(j), w[j * kb + i]);
                 }
+                // `fill` on every level overwrites every byte with the same group.
+                for simd in Simd::available() {
+                    let mut buf = BlockQ5Kx16 {
+                        q: [[0xA5; 64]; 64],
+                        scales: [[0x5A; X16]; 8],
+                        mins: [[0x5A; X16]; 8],
+                        d: [7.0; X16],
+                        dmin: [7.0; X16],
+                    };
+                    buf.fill(Kernels::new(simd).unwrap(), std::array::from_fn(|j| &w[j * kb + i]));
+                    prop_assert_eq!(&buf, x, "{:?}", simd);
+                }
             }
             let acts = k_rows(&mut g, kb, mag);
             let rows: Vec<&[ActBlockK]> = acts.chunks_exact(kb).collect();
@@ -839,6 +870,15 @@ mod tests {
                     for v in 0..QK_K {
                         prop_assert_eq!(x.quant(j, v), q6_chunk(want, v / 32)[v % 32] as i32);
                     }
+                }
+                for simd in Simd::available() {
+                    let mut buf = BlockQ6Kx16 {
+                        q: [[0xA5; 64]; 64],
+                        scales: [[0x5A; X16]; 16],
+                        d: [7.0; X16],
+                    };
+                    buf.fill(Kernels::new(simd).unwrap(), std::array::from_fn(|j| &w[j * kb + i]));
+                    prop_assert_eq!(&buf, x, "{:?}", simd);
                 }
             }
             let acts = k_rows(&mut g, kb, mag);

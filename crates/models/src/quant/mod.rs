@@ -262,7 +262,7 @@ impl OurMatMul {
         x: &[f32],
         m: usize,
         group_buf: &'static std::thread::LocalKey<RefCell<InterleavedGroup<X>>>,
-        fill: fn(&mut X, [&B; X16]),
+        fill: fn(&mut X, Kernels, [&B; X16]),
         dots: GroupDots<X>,
     ) -> Option<Vec<f32>> {
         let applies = self.kernels.simd() == Simd::Avx512Vnni
@@ -283,7 +283,11 @@ impl OurMatMul {
                         buf.resize(kb, X::default());
                         let rows0 = group * X16;
                         for (i, x) in buf.iter_mut().enumerate() {
-                            fill(x, std::array::from_fn(|j| &w[(rows0 + j) * kb + i]));
+                            fill(
+                                x,
+                                self.kernels,
+                                std::array::from_fn(|j| &w[(rows0 + j) * kb + i]),
+                            );
                         }
                         *key = Some((call, group));
                     }

@@ -27,7 +27,7 @@ use std::arch::x86_64::*;
 
 use crate::quant::blocks::ActBlock;
 use crate::quant::interleaved::{BlockQ4Kx16, BlockQ4_0x16, BlockQ5Kx16, BlockQ6Kx16, X16};
-use crate::quant::kquant::ActBlockK;
+use crate::quant::kquant::{ActBlockK, BlockQ5K, BlockQ6K};
 use crate::quant::MAX_TILE;
 use crate::simd::{Kernels, Simd};
 
@@ -439,4 +439,206 @@ unsafe fn q6k_x16<const R: usize>(w: &[BlockQ6Kx16], a: [&[ActBlockK]; R]) -> [[
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
     }
     out
+}
+
+/// The quants, scales and mins of [`BlockQ5Kx16::fill`] under [`Simd::Avx512Vnni`]: the
+/// same bytes as the portable loop. Each row's `qs` and `qh` are read as 32-bit words and
+/// transposed sixteen rows at a time (the word of row `j` into lane `j`), so every register
+/// of the group's layout is a few shifts and masks of two transposed words, with no per-row
+/// stores; the scales and mins are a transpose of bytes.
+pub(crate) fn fill_q5k(kernels: Kernels, out: &mut BlockQ5Kx16, rows: [&BlockQ5K; X16]) {
+    assert_eq!(kernels.simd(), Simd::Avx512Vnni);
+    // SAFETY: the `Kernels` token proves the CPU has AVX-512 F and BW.
+    unsafe { q5k_fill(out, &rows) }
+}
+
+/// [`fill_q5k`]'s body. Loops rather than closures keep every step inlined.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn q5k_fill(out: &mut BlockQ5Kx16, rows: &[&BlockQ5K; X16]) {
+    let mut sm = [_mm_setzero_si128(); X16];
+    let (mut qs_lo, mut qs_hi, mut qh) = (
+        [_mm512_setzero_si512(); X16],
+        [_mm512_setzero_si512(); X16],
+        [_mm512_setzero_si512(); X16],
+    );
+    for (j, b) in rows.iter().enumerate() {
+        sm[j] = _mm_set_epi64x(i64::from_le_bytes(b.mins), i64::from_le_bytes(b.scales));
+        // SAFETY: bytes 0..64 and 64..128 of the row's 128 `qs`, and its 32 `qh`.
+        unsafe {
+            qs_lo[j] = load64(b.qs.as_ptr());
+            qs_hi[j] = load64(b.qs.as_ptr().add(64));
+            qh[j] = _mm512_zextsi256_si512(_mm256_loadu_si256(b.qh.as_ptr().cast()));
+        }
+    }
+    let t = transpose_bytes16(&sm);
+    // SAFETY: each store writes four of the eight rows of 16 bytes of `scales` or `mins`.
+    unsafe {
+        store64(out.scales.as_mut_ptr().cast(), t[0]);
+        store64(out.scales[4..].as_mut_ptr().cast(), t[1]);
+        store64(out.mins.as_mut_ptr().cast(), t[2]);
+        store64(out.mins[4..].as_mut_ptr().cast(), t[3]);
+    }
+    let (qs_lo, qs_hi, qh) = (transpose16(&qs_lo), transpose16(&qs_hi), transpose16(&qh));
+    let (m4, bit4) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x10));
+    for c in 0..8 {
+        // Chunk `c`: the low or high nibbles of `qs` bytes `32(c/2)..`, bit `c` of `qh`.
+        let low_shift = _mm_cvtsi32_si128(4 * (c as i32 % 2));
+        for (l, &qh) in qh[..8].iter().enumerate() {
+            let t = 8 * (c / 2) + l;
+            let qs = if t < 16 { qs_lo[t] } else { qs_hi[t - 16] };
+            let low = _mm512_and_si512(_mm512_srl_epi16(qs, low_shift), m4);
+            let high = _mm512_and_si512(shift_bit_to(qh, c, 4), bit4);
+            // SAFETY: writes the 64 bytes of one register of the layout.
+            unsafe {
+                store64(
+                    out.q[2 * t + c % 2].as_mut_ptr(),
+                    _mm512_or_si512(low, high),
+                )
+            };
+        }
+    }
+}
+
+/// The quants (`q + 32`) and scales of [`BlockQ6Kx16::fill`] under [`Simd::Avx512Vnni`],
+/// as [`fill_q5k`]: the same bytes as the portable loop.
+pub(crate) fn fill_q6k(kernels: Kernels, out: &mut BlockQ6Kx16, rows: [&BlockQ6K; X16]) {
+    assert_eq!(kernels.simd(), Simd::Avx512Vnni);
+    // SAFETY: the `Kernels` token proves the CPU has AVX-512 F and BW.
+    unsafe { q6k_fill(out, &rows) }
+}
+
+/// [`fill_q6k`]'s body.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn q6k_fill(out: &mut BlockQ6Kx16, rows: &[&BlockQ6K; X16]) {
+    let mut sc = [_mm_setzero_si128(); X16];
+    let (mut ql_lo, mut ql_hi, mut qh) = (
+        [_mm512_setzero_si512(); X16],
+        [_mm512_setzero_si512(); X16],
+        [_mm512_setzero_si512(); X16],
+    );
+    for (j, b) in rows.iter().enumerate() {
+        // SAFETY: the row's 16 `scales`, bytes 0..64 and 64..128 of its 128 `ql`, its 64 `qh`.
+        unsafe {
+            sc[j] = _mm_loadu_si128(b.scales.as_ptr().cast());
+            ql_lo[j] = load64(b.ql.as_ptr());
+            ql_hi[j] = load64(b.ql.as_ptr().add(64));
+            qh[j] = load64(b.qh.as_ptr());
+        }
+    }
+    let t = transpose_bytes16(&sc);
+    for (i, t) in t.into_iter().enumerate() {
+        // SAFETY: writes rows `4i..4i + 4` of the sixteen rows of 16 bytes of `scales`.
+        unsafe { store64(out.scales[4 * i..].as_mut_ptr().cast(), t) };
+    }
+    let (ql_lo, ql_hi, qh) = (transpose16(&ql_lo), transpose16(&ql_hi), transpose16(&qh));
+    let (m4, bits45) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+    for c in 0..8 {
+        // Chunk `c` (half `h`, quarter `t`): nibble `t / 2` of `ql` bytes
+        // `64h + 32(t & 1)..`, bits `2t..2t + 2` of `qh` bytes `32h..`.
+        let (h, t) = (c / 4, c % 4);
+        let low_shift = _mm_cvtsi32_si128(4 * (t as i32 / 2));
+        for l in 0..8 {
+            let w = 8 * (t & 1) + l;
+            let ql = if h == 0 { ql_lo[w] } else { ql_hi[w] };
+            let low = _mm512_and_si512(_mm512_srl_epi16(ql, low_shift), m4);
+            let high = _mm512_and_si512(shift_bit_to(qh[8 * h + l], 2 * t, 4), bits45);
+            // SAFETY: writes the 64 bytes of one register of the layout.
+            unsafe { store64(out.q[8 * c + l].as_mut_ptr(), _mm512_or_si512(low, high)) };
+        }
+    }
+}
+
+/// `v` shifted so that bit `from` of each byte lands on bit `to` (`from, to < 8`): a 16-bit
+/// shift, whose bits crossing into the next byte land only above or below `to`'s place in
+/// it, so a mask of the bits wanted keeps each byte's own.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn shift_bit_to(v: __m512i, from: usize, to: usize) -> __m512i {
+    if from <= to {
+        _mm512_sll_epi16(v, _mm_cvtsi32_si128((to - from) as i32))
+    } else {
+        _mm512_srl_epi16(v, _mm_cvtsi32_si128((from - to) as i32))
+    }
+}
+
+/// Sixteen registers of sixteen 32-bit lanes, transposed: lane `j` of result `w` is lane `w`
+/// of `r[j]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: &[__m512i; 16]) -> [__m512i; 16] {
+    // Within each 128-bit lane `k`: `a[2p]` and `a[2p + 1]` interleave rows `2p` and
+    // `2p + 1`; then `b[4q + m]` holds word `4k + m` of rows `4q..4q + 4`.
+    let mut a = [_mm512_setzero_si512(); 16];
+    for p in 0..8 {
+        a[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+        a[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+    }
+    let mut b = [_mm512_setzero_si512(); 16];
+    for q in 0..4 {
+        let (a0, a1, a2, a3) = (a[4 * q], a[4 * q + 1], a[4 * q + 2], a[4 * q + 3]);
+        b[4 * q] = _mm512_unpacklo_epi64(a0, a2);
+        b[4 * q + 1] = _mm512_unpackhi_epi64(a0, a2);
+        b[4 * q + 2] = _mm512_unpacklo_epi64(a1, a3);
+        b[4 * q + 3] = _mm512_unpackhi_epi64(a1, a3);
+    }
+    // Then a 4×4 transpose of 128-bit lanes for each `m`: result `4k + m` takes lane `k` of
+    // `b[m]`, `b[4 + m]`, `b[8 + m]`, `b[12 + m]`.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for m in 0..4 {
+        let c0 = _mm512_shuffle_i32x4::<0x88>(b[m], b[4 + m]);
+        let c1 = _mm512_shuffle_i32x4::<0xDD>(b[m], b[4 + m]);
+        let c2 = _mm512_shuffle_i32x4::<0x88>(b[8 + m], b[12 + m]);
+        let c3 = _mm512_shuffle_i32x4::<0xDD>(b[8 + m], b[12 + m]);
+        out[m] = _mm512_shuffle_i32x4::<0x88>(c0, c2);
+        out[8 + m] = _mm512_shuffle_i32x4::<0xDD>(c0, c2);
+        out[4 + m] = _mm512_shuffle_i32x4::<0x88>(c1, c3);
+        out[12 + m] = _mm512_shuffle_i32x4::<0xDD>(c1, c3);
+    }
+    out
+}
+
+/// Sixteen rows of sixteen bytes, transposed: result `i` holds rows `4i..4i + 4` of the
+/// transpose, 16 bytes each (byte `j` of its row `s` is byte `4i + s` of `rows[j]`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn transpose_bytes16(rows: &[__m128i; 16]) -> [__m512i; 4] {
+    let mut wide = [_mm512_setzero_si512(); 16];
+    for (w, r) in wide.iter_mut().zip(rows) {
+        *w = _mm512_zextsi128_si512(*r);
+    }
+    // Lane `j` of `t[i]`: bytes `4i..4i + 4` of row `j`.
+    let t = transpose16(&wide);
+    // Within each 128-bit lane (rows `4k..4k + 4`), byte `4r + s` to `4s + r`; then dword
+    // `4k + s` to `4s + k`.
+    let bytes = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+    ));
+    let dwords = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let mut out = [_mm512_setzero_si512(); 4];
+    for (o, t) in out.iter_mut().zip(t) {
+        *o = _mm512_permutexvar_epi32(dwords, _mm512_shuffle_epi8(t, bytes));
+    }
+    out
+}
+
+/// 64 bytes at `p`, unaligned.
+///
+/// # Safety
+/// `p` is valid for reads of 64 bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load64(p: *const u8) -> __m512i {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_loadu_si512(p.cast()) }
+}
+
+/// Stores `v` as the 64 bytes at `p`, unaligned.
+///
+/// # Safety
+/// `p` is valid for writes of 64 bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store64(p: *mut u8, v: __m512i) {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_storeu_si512(p.cast(), v) }
 }
