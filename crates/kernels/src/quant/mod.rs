@@ -75,6 +75,18 @@ pub const ROW_TILE: usize = 4;
 /// pairs of rows: each weight block unpacked once for eight rows); the most any kernel takes.
 pub const MAX_TILE: usize = 8;
 
+/// Hints the CPU to bring `data` into its level-2 cache ahead of use (`prefetcht1` on
+/// x86-64, nothing elsewhere): no effect on any result. The models prefetch the next group
+/// of weight rows a prompt's interleaved kernels will copy (see
+/// [`BlockQ5Kx16::fill`](interleaved::BlockQ5Kx16::fill)), whose short rows the hardware
+/// prefetchers do not follow.
+pub fn prefetch_l2<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    crate::arch::x86_64::prefetch_l2(data);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// Quantizes one activation row into 32-value blocks ([`blocks::quantize_row`]), with
 /// AVX-512 where the chosen kernels have it (the same bits).
 pub fn quantize_acts(xs: &[f32], out: &mut [ActBlock]) {

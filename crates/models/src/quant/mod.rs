@@ -38,9 +38,9 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
 use fluent_ai_candle_kernels::quant::{
     dots, dots_q4_0_x16, dots_q4k_x16, dots_q5k_x16, dots_q6k_x16, interleave_q4_0_bytes,
-    interleave_q4k_bytes, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K, BlockQ3K,
-    BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_0x16, BlockQ4_1, BlockQ5K, BlockQ5Kx16, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ6Kx16, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K, X16,
+    interleave_q4k_bytes, prefetch_l2, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K,
+    BlockQ3K, BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_0x16, BlockQ4_1, BlockQ5K, BlockQ5Kx16,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx16, BlockQ8_0, Kernel, Pair, MAX_TILE, QK, QK_K, X16,
 };
 pub use fluent_ai_candle_kernels::simd::Kernels;
 use fluent_ai_candle_kernels::simd::Simd;
@@ -290,6 +290,10 @@ impl OurMatMul {
                             );
                         }
                         *key = Some((call, group));
+                        // The group this worker most likely copies next.
+                        if let Some(next) = w.get((rows0 + X16) * kb..(rows0 + 2 * X16) * kb) {
+                            prefetch_l2(next);
+                        }
                     }
                     dots(self.kernels, buf, kb, rows, out)
                 })

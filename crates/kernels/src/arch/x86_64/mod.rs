@@ -42,6 +42,16 @@ fn prefetch<T>(block: &T) {
     unsafe { _mm_prefetch::<_MM_HINT_T0>(p) }
 }
 
+/// [`crate::quant::prefetch_l2`] on x86-64: one `prefetcht1` per 64 bytes of `data`.
+pub(crate) fn prefetch_l2<T>(data: &[T]) {
+    let p = data.as_ptr().cast::<i8>();
+    for at in (0..std::mem::size_of_val(data)).step_by(64) {
+        // SAFETY: a prefetch is a hint that never faults and reads nothing into the program;
+        // the address is inside `data`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(at)) }
+    }
+}
+
 /// An f16 bit pattern as f32 (`vcvtph2ps`, which rounds as `half` does: exactly).
 #[inline]
 #[target_feature(enable = "f16c")]
