@@ -41,22 +41,25 @@ pub const X16: usize = 16;
 
 /// Super-block `i` of sixteen `Q4_K` weight rows (a group), interleaved: row `j`'s values
 /// are in lane `j` (bytes `4j..4j + 4` of each `qs` register, entry `j` of the per-row
-/// arrays). 2,432 bytes, as the sixteen [`BlockQ4K`]s it holds.
+/// arrays). 2,432 bytes, as the sixteen [`BlockQ4K`]s it holds. The scales come first, in
+/// the order the kernels read them, so a matrix streams from memory in one direction: with
+/// `qs` first (each block read end, then start) one thread decoding from DRAM read 19.8
+/// GB/s, with this order 23 (two threads: 36 → 37; 1B `Q4_K_M` decode +3.5%).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C, align(64))]
 pub struct BlockQ4Kx16 {
-    /// `qs[t][4j + b]` is byte `4t + b` of row `j`'s 128 quant bytes (`t < 32`): the low
-    /// nibbles of `qs[t]` are values `64(t/8) + 4(t%8) .. + 4` of each row (sub-block
-    /// `2(t/8)`), the high nibbles the 32 values after them (sub-block `2(t/8) + 1`).
-    pub qs: [[u8; 64]; 32],
-    /// `scales[s][j]`: row `j`'s scale of sub-block `s`.
-    pub scales: [[u8; X16]; 8],
-    /// `mins[s][j]`: row `j`'s min of sub-block `s`.
-    pub mins: [[u8; X16]; 8],
     /// Each row's super-block scale.
     pub d: [f32; X16],
     /// Each row's super-block scale of the mins.
     pub dmin: [f32; X16],
+    /// `scales[s][j]`: row `j`'s scale of sub-block `s`.
+    pub scales: [[u8; X16]; 8],
+    /// `mins[s][j]`: row `j`'s min of sub-block `s`.
+    pub mins: [[u8; X16]; 8],
+    /// `qs[t][4j + b]` is byte `4t + b` of row `j`'s 128 quant bytes (`t < 32`): the low
+    /// nibbles of `qs[t]` are values `64(t/8) + 4(t%8) .. + 4` of each row (sub-block
+    /// `2(t/8)`), the high nibbles the 32 values after them (sub-block `2(t/8) + 1`).
+    pub qs: [[u8; 64]; 32],
 }
 
 impl BlockQ4Kx16 {
