@@ -424,9 +424,10 @@ impl BlockQ5Kx16 {
     }
 
     /// Overwrites every byte with super-block `i` of sixteen rows (`rows[j]`: row `j`'s
-    /// block): [`interleave`](Self::interleave) into a buffer that is reused. The quants go
-    /// through an AVX-512 transpose under [`Simd::Avx512Vnni`] (the level whose kernels read
-    /// this layout; about four times as fast), a portable loop otherwise: the same bytes.
+    /// block): [`interleave`](Self::interleave) into a buffer that is reused. The quants,
+    /// scales and mins go through an AVX-512 transpose under [`Simd::Avx512Vnni`] (the level
+    /// whose kernels read this layout; twice as fast: a group of 16 rows × 4096 values from
+    /// cache in 3.0 µs against 6.2), a portable loop otherwise: the same bytes.
     pub fn fill(&mut self, kernels: Kernels, rows: [&BlockQ5K; X16]) {
         let out = self;
         for (j, b) in rows.iter().enumerate() {
@@ -561,8 +562,8 @@ impl BlockQ6Kx16 {
     }
 
     /// Overwrites every byte with super-block `i` of sixteen rows (`rows[j]`: row `j`'s
-    /// block): [`interleave`](Self::interleave) into a buffer that is reused, the quants
-    /// through AVX-512 under [`Simd::Avx512Vnni`] as [`BlockQ5Kx16::fill`].
+    /// block): [`interleave`](Self::interleave) into a buffer that is reused, the quants and
+    /// scales through AVX-512 under [`Simd::Avx512Vnni`] as [`BlockQ5Kx16::fill`].
     pub fn fill(&mut self, kernels: Kernels, rows: [&BlockQ6K; X16]) {
         for (j, b) in rows.iter().enumerate() {
             self.d[j] = b.d;
