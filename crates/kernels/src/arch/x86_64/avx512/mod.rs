@@ -118,6 +118,13 @@ pub fn pair_up(acts: &[ActBlock], m: usize, kb: usize, out: &mut Vec<Pair>) {
     }
 }
 
+/// An f16 bit pattern as f32 in all sixteen lanes (see `f16x8`).
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+fn f16x16(bits: u16) -> __m512 {
+    _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16))
+}
+
 /// The 64 quants of a pair.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -302,7 +309,7 @@ macro_rules! signed512 {
                     let $b = unsafe { w[c].get_unchecked(i) };
                     prefetch($b);
                     u[c] = $unpack;
-                    d[c] = _mm512_set1_ps(f16($b.d));
+                    d[c] = f16x16($b.d);
                 }
                 for p in 0..R / 2 {
                     // SAFETY: `pairs[p]` holds the `w[0].len()` blocks of its two rows (the contract).
@@ -374,7 +381,7 @@ pub(crate) unsafe fn q8_0<const C: usize, const R: usize>(
             let b = unsafe { w[c].get_unchecked(i) };
             prefetch(b);
             u[c] = _mm512_xor_si512(_mm512_broadcast_i64x4(load(&b.qs)), top);
-            d[c] = _mm512_set1_ps(f16(b.d));
+            d[c] = f16x16(b.d);
         }
         for p in 0..R / 2 {
             // SAFETY: `pairs[p]` holds the `w[0].len()` blocks of its two rows (the contract).
@@ -441,7 +448,20 @@ macro_rules! rows512 {
             // One row: the 256-bit kernel (a pair would leave half of each register
             // idle).
             if R == 1 {
-                for c in 0..n {
+                let wide: usize = std::env::var("W1").map(|v| v.parse().unwrap()).unwrap_or(1);
+                let mut c = 0;
+                if wide == 2 { while c + 2 <= n {
+                    let r = unsafe { vnni::$kernel::<2, R>([row(c), row(c + 1)], a) };
+                    out[c][..R].copy_from_slice(&r[0]);
+                    out[c + 1][..R].copy_from_slice(&r[1]);
+                    c += 2;
+                } }
+                if wide == 4 { while c + 4 <= n {
+                    let r = unsafe { vnni::$kernel::<4, R>([row(c), row(c + 1), row(c + 2), row(c + 3)], a) };
+                    for j in 0..4 { out[c + j][..R].copy_from_slice(&r[j]); }
+                    c += 4;
+                } }
+                for c in c..n {
                     // SAFETY: the row has `kb` blocks and `a[0]` at least `kb`; the CPU has
                     // the 256-bit kernels' instruction set (a subset of this one's).
                     let r = unsafe { vnni::$kernel::<1, R>([row(c)], a) };
