@@ -326,7 +326,7 @@ pub(crate) fn attention(
             })
         });
     };
-    candle_core::utils::barrier_pool().execute_chunked(items, work);
+    crate::pool::for_items(items, work);
     let out: Vec<f32> = out
         .iter()
         .map(|x| f32::from_bits(x.load(Ordering::Relaxed)))

@@ -81,6 +81,7 @@ pub mod gguf;
 pub mod llama;
 pub mod phi2;
 pub mod plugin;
+mod pool;
 #[cfg(feature = "pull")]
 pub mod pull;
 pub mod quant;

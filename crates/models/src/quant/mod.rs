@@ -395,7 +395,7 @@ impl OurMatMul {
                 store(outs, n, (r0, rows_here), c0, out);
             }
         };
-        candle_core::utils::barrier_pool().execute_chunked(groups * tiles, work);
+        crate::pool::for_items(groups * tiles, work);
     }
 
     /// [`run`](Self::run) for weights interleaved by sixteen rows (`kb` blocks per group):
@@ -428,7 +428,7 @@ impl OurMatMul {
                 store(outs, n, (r0, rows_here), c0, &out[..X16.min(n - c0)]);
             }
         };
-        candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(X16) * tiles, work);
+        crate::pool::for_items(n.div_ceil(X16) * tiles, work);
     }
 }
 
