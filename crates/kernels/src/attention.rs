@@ -123,7 +123,7 @@ impl<'a> Rows<'a> {
 
     /// Row `j`.
     #[inline]
-    fn row(&self, j: usize) -> &'a [f16] {
+    pub(crate) fn row(&self, j: usize) -> &'a [f16] {
         &self.data[j * self.stride..][..self.width]
     }
 }
