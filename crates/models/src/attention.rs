@@ -328,8 +328,8 @@ pub(crate) fn attention(
     };
     crate::pool::for_items(items, work);
     let out: Vec<f32> = out
-        .iter()
-        .map(|x| f32::from_bits(x.load(Ordering::Relaxed)))
+        .into_iter()
+        .map(|x| f32::from_bits(x.into_inner()))
         .collect();
     Ok(Some(Tensor::from_vec(
         out,

@@ -337,14 +337,15 @@ impl OurMatMul {
                 if outs.len() < m * n {
                     outs.resize_with(m * n, || AtomicU32::new(0));
                 }
-                let outs = &outs[..m * n];
                 PAIRED.with(|paired| {
                     let mut paired = paired.borrow_mut();
                     B::Act::pair_rows(self.kernels, &acts[..m * kb], m, kb, &mut paired);
-                    run((&acts[..m * kb], &paired), outs);
+                    run((&acts[..m * kb], &paired), &outs[..m * n]);
                 });
-                outs.iter()
-                    .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
+                // Through `get_mut` (the pool is done with them): plain loads, which vectorize.
+                outs[..m * n]
+                    .iter_mut()
+                    .map(|v| f32::from_bits(*v.get_mut()))
                     .collect()
             })
         })
