@@ -326,7 +326,7 @@ pub(crate) fn attention(
             })
         });
     };
-    crate::pool::for_items(items, work);
+    crate::pool::for_items(items, crate::pool::Split::Guided, work);
     let out: Vec<f32> = out
         .into_iter()
         .map(|x| f32::from_bits(x.into_inner()))

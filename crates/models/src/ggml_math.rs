@@ -60,7 +60,7 @@ pub(crate) fn zip_map(
             }
         }
     };
-    crate::pool::for_items(a.len().div_ceil(CHUNK), work);
+    crate::pool::for_items(a.len().div_ceil(CHUNK), crate::pool::Split::Guided, work);
     let out = out
         .into_iter()
         .map(|v| f32::from_bits(v.into_inner()))

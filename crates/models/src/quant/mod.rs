@@ -396,7 +396,7 @@ impl OurMatMul {
                 store(outs, n, (r0, rows_here), c0, out);
             }
         };
-        crate::pool::for_items(groups * tiles, work);
+        crate::pool::for_items(groups * tiles, split(tiles), work);
     }
 
     /// [`run`](Self::run) for weights interleaved by sixteen rows (`kb` blocks per group):
@@ -429,7 +429,18 @@ impl OurMatMul {
                 store(outs, n, (r0, rows_here), c0, &out[..X16.min(n - c0)]);
             }
         };
-        crate::pool::for_items(n.div_ceil(X16) * tiles, work);
+        crate::pool::for_items(n.div_ceil(X16) * tiles, split(tiles), work);
+    }
+}
+
+/// How a matmul of `tiles` activation tiles splits its items over the pool: one tile (a
+/// decode step, a small batch) streams the weights once and is bound by memory bandwidth,
+/// so each thread takes one contiguous share; more are compute-bound, guided chunks.
+fn split(tiles: usize) -> crate::pool::Split {
+    if tiles == 1 {
+        crate::pool::Split::Static
+    } else {
+        crate::pool::Split::Guided
     }
 }
 
