@@ -6,10 +6,11 @@
 //! chunk; [`Split::Guided`] hands out the remaining items divided by twice the thread count
 //! (at least one) per grab instead, so the chunks shrink as the op ends and the threads
 //! finish within about one item of each other. A decode step's matmuls are bound by memory
-//! bandwidth instead: there a thread that finishes early leaves the bandwidth to the other,
-//! and what counts is streaming the weights in long runs, so [`Split::Static`] gives each
-//! thread one contiguous share. Either way each thread walks consecutive items, which the
-//! matmuls' item orders (weight-row groups major) rely on for cache reuse.
+//! bandwidth instead, and there what counts is streaming the weights in long runs, so
+//! [`Split::Static`] gives each thread one contiguous share, which it walks front to back;
+//! a thread done with its own share takes chunks from the back of the largest one left.
+//! Either way each thread walks consecutive items, which the matmuls' item orders
+//! (weight-row groups major) rely on for cache reuse.
 
 use std::cell::Cell;
 use std::ops::Range;
