@@ -448,20 +448,7 @@ macro_rules! rows512 {
             // One row: the 256-bit kernel (a pair would leave half of each register
             // idle).
             if R == 1 {
-                let wide: usize = std::env::var("W1").map(|v| v.parse().unwrap()).unwrap_or(1);
-                let mut c = 0;
-                if wide == 2 { while c + 2 <= n {
-                    let r = unsafe { vnni::$kernel::<2, R>([row(c), row(c + 1)], a) };
-                    out[c][..R].copy_from_slice(&r[0]);
-                    out[c + 1][..R].copy_from_slice(&r[1]);
-                    c += 2;
-                } }
-                if wide == 4 { while c + 4 <= n {
-                    let r = unsafe { vnni::$kernel::<4, R>([row(c), row(c + 1), row(c + 2), row(c + 3)], a) };
-                    for j in 0..4 { out[c + j][..R].copy_from_slice(&r[j]); }
-                    c += 4;
-                } }
-                for c in c..n {
+                for c in 0..n {
                     // SAFETY: the row has `kb` blocks and `a[0]` at least `kb`; the CPU has
                     // the 256-bit kernels' instruction set (a subset of this one's).
                     let r = unsafe { vnni::$kernel::<1, R>([row(c)], a) };
