@@ -81,6 +81,16 @@ pub(crate) fn for_items(n: usize, split: Split, f: impl Fn(Range<usize>) + Sync)
                 AtomicU64::new(pack(start, end))
             })
         });
+    // Runs one range; on a panic, records it and stops the handing out (`stop`): false.
+    let run = |range: Range<usize>, stop: &dyn Fn()| {
+        let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(range))) else {
+            return true;
+        };
+        stop();
+        let mut slot = panicked.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(payload);
+        false
+    };
     pool.execute(|tid| {
         INSIDE.with(|i| i.set(true));
         let _inside = Inside;
@@ -92,12 +102,12 @@ pub(crate) fn for_items(n: usize, split: Split, f: impl Fn(Range<usize>) + Sync)
                     take(victim, false)
                 });
                 let Some(range) = got else { return };
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(range))) {
-                    for share in &shares[..threads] {
-                        share.store(0, Ordering::Relaxed);
-                    }
-                    let mut slot = panicked.lock().unwrap_or_else(|e| e.into_inner());
-                    slot.get_or_insert(payload);
+                let stop = || {
+                    shares[..threads]
+                        .iter()
+                        .for_each(|s| s.store(0, Ordering::Relaxed))
+                };
+                if !run(range, &stop) {
                     return;
                 }
             }
@@ -112,11 +122,7 @@ pub(crate) fn for_items(n: usize, split: Split, f: impl Fn(Range<usize>) + Sync)
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    let range = start..start + chunk;
-                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(range))) {
-                        cursor.store(n, Ordering::Relaxed);
-                        let mut slot = panicked.lock().unwrap_or_else(|e| e.into_inner());
-                        slot.get_or_insert(payload);
+                    if !run(start..start + chunk, &|| cursor.store(n, Ordering::Relaxed)) {
                         return;
                     }
                     start = cursor.load(Ordering::Relaxed);
@@ -138,10 +144,15 @@ fn pack(start: usize, end: usize) -> u64 {
     ((start as u64) << 32) | end as u64
 }
 
+/// The share `start..end` a word of [`pack`] holds.
+fn unpack(v: u64) -> (usize, usize) {
+    ((v >> 32) as usize, (v & 0xffff_ffff) as usize)
+}
+
 /// How many items `share` has left.
 fn left(share: &AtomicU64) -> usize {
-    let v = share.load(Ordering::Relaxed);
-    ((v & 0xffff_ffff) as usize).saturating_sub((v >> 32) as usize)
+    let (start, end) = unpack(share.load(Ordering::Relaxed));
+    end.saturating_sub(start)
 }
 
 /// A quarter of what `share` has left (at least one item), from its front (its owner) or
@@ -150,7 +161,7 @@ fn left(share: &AtomicU64) -> usize {
 fn take(share: &AtomicU64, front: bool) -> Option<Range<usize>> {
     let mut now = share.load(Ordering::Relaxed);
     loop {
-        let (start, end) = ((now >> 32) as usize, (now & 0xffff_ffff) as usize);
+        let (start, end) = unpack(now);
         if start >= end {
             return None;
         }

@@ -107,6 +107,12 @@ fn attend_row_in_regs<const N: usize>(
 ) -> f32 {
     let d = N * LANES;
     debug_assert!(N.is_multiple_of(DOT_STEP / LANES) && q.len() == d && acc.len() == d);
+    // Every row of `values` has one width: the first row checks them all.
+    assert!(
+        values.count() == 0 || values.row(0).len() >= d,
+        "value rows of {} values for a head of {d}",
+        values.row(0).len()
+    );
     let mut sum_v = [_mm512_setzero_ps(); N];
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
     for j in 0..keys.count() {
@@ -125,14 +131,9 @@ fn attend_row_in_regs<const N: usize>(
             (1.0, (score - max).exp())
         };
         let v = values.row(j);
-        assert!(
-            v.len() >= d,
-            "a value row of {} values for a head of {d}",
-            v.len()
-        );
         let s = _mm512_set1_ps(vs);
         for (i, a) in sum_v.iter_mut().enumerate() {
-            // SAFETY: `16 i + 16 <= d <= v.len()` (asserted above).
+            // SAFETY: `16 i + 16 <= d <= v.len()` (asserted for every row before the loop).
             *a = round(_mm512_fmadd_ps(unsafe { load16(v, i * LANES) }, s, *a));
         }
         sum = sum.mul_add(ms, vs);
