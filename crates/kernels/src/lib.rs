@@ -10,6 +10,7 @@
 //!   computes it (the one-row path on an f16 cache read in place, and the tiled prompt path);
 //! - [`f16`](mod@f16): the f16 vector ops it is built of (GGML's order);
 //! - [`ggml`]: RMS norm, SwiGLU, GEGLU and RoPE arithmetic as llama.cpp's CPU backend does it;
+//! - [`buf`]: the buffers weights are loaded into, on 2 MiB pages where the OS lends them;
 //! - [`simd`]: the workspace's one run-time SIMD dispatcher (`FLUENT_AI_CANDLE_SIMD`), which
 //!   the sampling crate's kernels follow too.
 //!
@@ -35,7 +36,7 @@
 //!     bytes.extend(0x3C00u16.to_le_bytes());
 //!     bytes.extend([q as u8; QK]);
 //! }
-//! let w: Vec<BlockQ8_0> = fluent_ai_candle_kernels::quant::read_blocks(&bytes);
+//! let w = fluent_ai_candle_kernels::quant::read_blocks::<BlockQ8_0>(&bytes);
 //! // The activations, quantized to 8 bits per 32 values as llama.cpp does.
 //! let x: Vec<f32> = (0..2 * QK).map(|i| if i < QK { 0.25 } else { 0.5 }).collect();
 //! let mut a = vec![Default::default(); 2];
@@ -55,6 +56,7 @@
 
 pub mod arch;
 pub mod attention;
+pub mod buf;
 pub mod f16;
 pub mod ggml;
 pub mod quant;

@@ -60,7 +60,7 @@ fn cases() -> Vec<Case> {
 /// Our twin's result for the case, then the same through `dots` under every level this CPU
 /// has (one row, the one-row order).
 fn ours<B: Kernel<Act = ActBlockK>>(c: &Case) -> Vec<f32> {
-    let w: Vec<B> = read_blocks(&c.w);
+    let w = read_blocks::<B>(&c.w);
     assert_eq!(w.len() * QK_K, c.k);
     let mut a = vec![ActBlockK::default(); c.k / QK_K];
     B::quantize(&c.x, &mut a);
@@ -139,7 +139,7 @@ fn ours_tiled<B: Kernel<Act = ActBlockK>>(line: &str) -> (Vec<u32>, Vec<Vec<u32>
     let num = |key: &str| field(line, key).parse::<usize>().unwrap();
     let (n, k, m) = (num("n"), num("k"), num("m"));
     let x = tiled_acts(num("seed") as u64, n, k, m, num("e") as i32);
-    let w: Vec<B> = read_blocks(&unhex(field(line, "w")));
+    let w = read_blocks::<B>(&unhex(field(line, "w")));
     let kb = k / QK_K;
     assert_eq!(w.len(), n * kb);
     let mut a = vec![ActBlockK::default(); m * kb];

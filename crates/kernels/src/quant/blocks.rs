@@ -6,12 +6,15 @@
 
 use half::f16;
 
+use crate::buf::WeightBuf;
+
 /// Values per block in every format here.
 pub const QK: usize = 32;
 
 /// GGML `Q4_0`: `value = d * (q - 8)`, `q` in 0..16; element `j` is the low nibble of
 /// `qs[j]`, element `j + 16` its high nibble. 18 bytes in the file.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ4_0 {
     /// The scale, as f16 bits.
     pub d: u16,
@@ -22,7 +25,7 @@ pub struct BlockQ4_0 {
 /// GGML `Q4_1`: `value = d * q + m`, `q` in 0..16; element `j` is the low nibble of
 /// `qs[j]`, element `j + 16` its high nibble. 20 bytes in the file. `repr(C)`: the kernels
 /// load `d` and `m` together.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct BlockQ4_1 {
     /// The scale, as f16 bits.
@@ -35,10 +38,14 @@ pub struct BlockQ4_1 {
 
 /// GGML `Q5_0`: `value = d * (q - 16)`, `q` in 0..32: the nibbles as in `Q4_1`, plus bit `j`
 /// of `qh` as the fifth bit of element `j`. 22 bytes in the file.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ5_0 {
     /// The scale, as f16 bits.
     pub d: u16,
+    /// Zero: the two bytes the alignment of `qh` would leave undefined, named so the block
+    /// has none (it is [`bytemuck::Pod`], as [`crate::buf::WeightBuf`] needs).
+    pub(crate) pad: u16,
     /// The fifth bit of each value (bit `j` for element `j`).
     pub qh: u32,
     /// The low four bits of each value, as nibbles.
@@ -48,7 +55,7 @@ pub struct BlockQ5_0 {
 /// GGML `Q5_1`: `value = d * q + m`, `q` in 0..32: the nibbles as in `Q4_1`, plus bit `j`
 /// of `qh` as the fifth bit of element `j`. 24 bytes in the file. `repr(C)`: the kernels load
 /// `d` and `m` together.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct BlockQ5_1 {
     /// The scale, as f16 bits.
@@ -62,7 +69,8 @@ pub struct BlockQ5_1 {
 }
 
 /// GGML `Q8_0`: `value = d * q`, `q` in -127..=127. 34 bytes in the file.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ8_0 {
     /// The scale, as f16 bits.
     pub d: u16,
@@ -103,7 +111,7 @@ impl Default for ActBlock {
 }
 
 /// A weight format read from a GGUF tensor's bytes.
-pub trait WeightBlock: Copy + Send + Sync + 'static {
+pub trait WeightBlock: bytemuck::Pod + Send + Sync + 'static {
     /// Bytes per block in the file.
     const BYTES: usize;
     /// Reads one block from exactly `Self::BYTES` bytes.
@@ -147,6 +155,7 @@ impl WeightBlock for BlockQ5_0 {
         qs.copy_from_slice(&b[6..22]);
         Self {
             d: u16_at(b, 0),
+            pad: 0,
             qh: u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
             qs,
         }
@@ -182,9 +191,11 @@ impl WeightBlock for BlockQ8_0 {
 }
 
 /// Reads every block of a tensor's bytes (`bytes.len()` a multiple of `B::BYTES`; a partial
-/// block at the end is left out).
-pub fn read_blocks<B: WeightBlock>(bytes: &[u8]) -> Vec<B> {
-    bytes.chunks_exact(B::BYTES).map(B::read).collect()
+/// block at the end is left out) into a [`WeightBuf`] (2 MiB pages where the OS lends them).
+pub fn read_blocks<B: WeightBlock>(bytes: &[u8]) -> WeightBuf<B> {
+    WeightBuf::from_fn(bytes.len() / B::BYTES, |i| {
+        B::read(&bytes[i * B::BYTES..(i + 1) * B::BYTES])
+    })
 }
 
 /// An f16 bit pattern as f32.

@@ -34,6 +34,7 @@
 use super::blocks::{f16_bits, ActBlock, BlockQ4_0, WeightBlock};
 use super::kquant::{q5_chunk, q6_chunk, ActBlockK, BlockQ4K, BlockQ5K, BlockQ6K};
 use super::MAX_TILE;
+use crate::buf::WeightBuf;
 use crate::simd::{Kernels, Simd};
 
 /// Weight rows per interleaved group.
@@ -45,7 +46,7 @@ pub const X16: usize = 16;
 /// the order the kernels read them, so a matrix streams from memory in one direction: with
 /// `qs` first (each block read end, then start) one thread decoding from DRAM read 19.8
 /// GB/s, with this order 23 (two threads: 36 → 37; 1B `Q4_K_M` decode +3.5%).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub struct BlockQ4Kx16 {
     /// Each row's super-block scale.
@@ -105,7 +106,7 @@ impl BlockQ4Kx16 {
 /// `n` row-major `Q4_K` weight rows of `kb` blocks each, interleaved by groups of sixteen
 /// (group `g`'s super-block `i` at `g·kb + i`); `None` unless `n` is a multiple of 16 and
 /// `w` holds `n·kb` blocks.
-pub fn interleave_q4k(w: &[BlockQ4K], n: usize, kb: usize) -> Option<Vec<BlockQ4Kx16>> {
+pub fn interleave_q4k(w: &[BlockQ4K], n: usize, kb: usize) -> Option<WeightBuf<BlockQ4Kx16>> {
     if !n.is_multiple_of(X16) || w.len() != n * kb {
         return None;
     }
@@ -121,7 +122,7 @@ pub fn interleave_q4k(w: &[BlockQ4K], n: usize, kb: usize) -> Option<Vec<BlockQ4
 /// [`interleave_q4k`] straight from a tensor's bytes (GGML's 144-byte blocks), with no
 /// row-major copy in between; `None` unless `n` is a multiple of 16 and `bytes` holds exactly
 /// `n·kb` blocks.
-pub fn interleave_q4k_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ4Kx16>> {
+pub fn interleave_q4k_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<WeightBuf<BlockQ4Kx16>> {
     if !n.is_multiple_of(X16) {
         return None;
     }
@@ -140,13 +141,13 @@ const ZERO_Q4K: BlockQ4K = BlockQ4K {
 
 /// `n` rows of `kb` blocks of format `B` read from a tensor's bytes and interleaved as
 /// [`interleave`] does; `None` unless `bytes` holds exactly `n·kb` blocks.
-fn interleave_bytes<B: WeightBlock, X>(
+fn interleave_bytes<B: WeightBlock, X: bytemuck::Pod>(
     bytes: &[u8],
     n: usize,
     kb: usize,
     zero: B,
     make: fn([&B; X16]) -> X,
-) -> Option<Vec<X>> {
+) -> Option<WeightBuf<X>> {
     let size = B::BYTES;
     if bytes.len() != n * kb * size {
         return None;
@@ -160,28 +161,25 @@ fn interleave_bytes<B: WeightBlock, X>(
 
 /// Groups of sixteen rows (`n` of them, `kb` blocks each; `block(row, i)`), the last padded
 /// with `zero` rows, each block of a group made by `make`.
-fn interleave<B: Copy, X>(
+fn interleave<B: Copy, X: bytemuck::Pod>(
     n: usize,
     kb: usize,
     (zero, block): (B, impl Fn(usize, usize) -> B),
     make: fn([&B; X16]) -> X,
-) -> Vec<X> {
+) -> WeightBuf<X> {
     let groups = n.div_ceil(X16);
-    let mut out = Vec::with_capacity(groups * kb);
-    for g in 0..groups {
-        for i in 0..kb {
-            let rows: [B; X16] = std::array::from_fn(|j| {
-                let row = g * X16 + j;
-                if row < n {
-                    block(row, i)
-                } else {
-                    zero
-                }
-            });
-            out.push(make(std::array::from_fn(|j| &rows[j])));
-        }
-    }
-    out
+    WeightBuf::from_fn(groups * kb, |at| {
+        let (g, i) = (at / kb, at % kb);
+        let rows: [B; X16] = std::array::from_fn(|j| {
+            let row = g * X16 + j;
+            if row < n {
+                block(row, i)
+            } else {
+                zero
+            }
+        });
+        make(std::array::from_fn(|j| &rows[j]))
+    })
 }
 
 /// The sixteen weight rows of one group (`w`: its `kb` blocks) times 1..=4 activation rows
@@ -256,7 +254,7 @@ fn portable(w: &[BlockQ4Kx16], a: &[ActBlockK], j: usize, grouped: bool) -> f32 
 /// `4t + b` of row `j`'s 16 quant bytes (`t < 4`), so the low nibbles of `qs[t]` are values
 /// `4t..4t + 4` of each row and the high nibbles values `16 + 4t..16 + 4t + 4`; `d[j]` is row
 /// `j`'s scale (f16 bits). 288 bytes, as the sixteen [`BlockQ4_0`]s it holds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct BlockQ4_0x16 {
     /// The quants, four bytes of each row per 64-byte register.
@@ -298,7 +296,7 @@ const ZERO_Q4_0: BlockQ4_0 = BlockQ4_0 { d: 0, qs: [0; 16] };
 /// (group `g`'s block `i` at `g·kb + i`), the last group padded with zero rows when `n` is
 /// not a multiple of 16 (their outputs are never read); `None` unless `w` holds `n·kb`
 /// blocks.
-pub fn interleave_q4_0(w: &[BlockQ4_0], n: usize, kb: usize) -> Option<Vec<BlockQ4_0x16>> {
+pub fn interleave_q4_0(w: &[BlockQ4_0], n: usize, kb: usize) -> Option<WeightBuf<BlockQ4_0x16>> {
     if w.len() != n * kb {
         return None;
     }
@@ -313,7 +311,7 @@ pub fn interleave_q4_0(w: &[BlockQ4_0], n: usize, kb: usize) -> Option<Vec<Block
 
 /// [`interleave_q4_0`] straight from a tensor's bytes (GGML's 18-byte blocks), with no
 /// row-major copy in between; `None` unless `bytes` holds exactly `n·kb` blocks.
-pub fn interleave_q4_0_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<Vec<BlockQ4_0x16>> {
+pub fn interleave_q4_0_bytes(bytes: &[u8], n: usize, kb: usize) -> Option<WeightBuf<BlockQ4_0x16>> {
     interleave_bytes(bytes, n, kb, ZERO_Q4_0, BlockQ4_0x16::interleave)
 }
 
@@ -723,7 +721,7 @@ mod tests {
     fn interleaving_from_bytes_is_interleaving_the_blocks() {
         let mut g = Lcg(11);
         let bytes: Vec<u8> = (0..32 * 2 * BlockQ4K::BYTES).map(|_| g.byte()).collect();
-        let blocks: Vec<BlockQ4K> = crate::quant::read_blocks(&bytes);
+        let blocks = crate::quant::read_blocks::<BlockQ4K>(&bytes);
         // Random bytes make NaN scales, which `==` never equals: compare the printed forms.
         assert_eq!(
             format!("{:?}", interleave_q4k_bytes(&bytes, 32, 2)),
@@ -731,7 +729,7 @@ mod tests {
         );
         assert!(interleave_q4k_bytes(&bytes[1..], 32, 2).is_none());
         let bytes: Vec<u8> = (0..20 * 3 * BlockQ4_0::BYTES).map(|_| g.byte()).collect();
-        let blocks: Vec<BlockQ4_0> = crate::quant::read_blocks(&bytes);
+        let blocks = crate::quant::read_blocks::<BlockQ4_0>(&bytes);
         assert_eq!(
             format!("{:?}", interleave_q4_0_bytes(&bytes, 20, 3)),
             format!("{:?}", interleave_q4_0(&blocks, 20, 3))

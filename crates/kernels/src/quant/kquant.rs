@@ -69,7 +69,8 @@ pub const QK_K: usize = 256;
 /// GGML `Q4_K` (144 bytes in the file), with its scales unpacked: value `v` of sub-block
 /// `j = v / 32` is `d·scales[j]·q − dmin·mins[j]`, `q` in 0..16. Value `64i + l` (`l < 32`) is
 /// the low nibble of `qs[32i + l]`, value `64i + 32 + l` its high nibble.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ4K {
     /// The super-block scale (the file's f16, exactly).
     pub d: f32,
@@ -87,7 +88,8 @@ pub struct BlockQ4K {
 /// 0..64. In half `h` (values `128h..128h + 128`), value `128h + 32t + l` (`t < 4`, `l < 32`)
 /// takes its low four bits from `ql[64h + 32·(t & 1) + l]` (the low nibble for `t < 2`, the
 /// high one otherwise) and its high two from bits `2t..2t + 2` of `qh[32h + l]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ6K {
     /// The super-block scale (the file's f16, exactly).
     pub d: f32,
@@ -368,7 +370,8 @@ pub fn dot_q6k_tiled(w: &[BlockQ6K], a: &[ActBlockK]) -> f32 {
 /// `j = v / 32` is `d·scales[j]·q − dmin·mins[j]`, `q` in 0..32. Value `64i + l` (`l < 32`)
 /// takes its low four bits from the low nibble of `qs[32i + l]`, value `64i + 32 + l` from its
 /// high nibble; value `32j + l` takes its fifth bit from bit `j` of `qh[l]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ5K {
     /// The super-block scale (the file's f16, exactly).
     pub d: f32,
@@ -388,7 +391,8 @@ pub struct BlockQ5K {
 /// `d·scales[v / 16]·q`, `q` in −4..4. Value `128h + 32t + l` (`h < 2`, `t < 4`, `l < 32`)
 /// takes its low two bits from bits `2t..2t + 2` of `qs[32h + l]`; `q` is those minus 4
 /// unless bit `4h + t` of `hmask[l]` is set.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ3K {
     /// The super-block scale (the file's f16, exactly).
     pub d: f32,
@@ -403,7 +407,8 @@ pub struct BlockQ3K {
 /// GGML `Q2_K` (84 bytes in the file), with its scales unpacked: value `v` of sub-block
 /// `s = v / 16` is `d·scales[s]·q − dmin·mins[s]`, `q` in 0..4: value `128h + 32t + l`
 /// (`h < 2`, `t < 4`, `l < 32`) is bits `2t..2t + 2` of `qs[32h + l]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct BlockQ2K {
     /// The super-block scale (the file's f16, exactly).
     pub d: f32,

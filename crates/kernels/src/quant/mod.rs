@@ -460,6 +460,7 @@ mod tests {
         fn random(g: &mut Lcg) -> Self {
             Self {
                 d: g.scale(0.1),
+                pad: 0,
                 qh: g.next() as u32 ^ ((g.next() as u32) << 16),
                 qs: std::array::from_fn(|_| g.byte()),
             }

@@ -30,6 +30,7 @@ mod tests {
     use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
+    use fluent_ai_candle_kernels::buf::WeightBuf;
     use fluent_ai_candle_kernels::quant::{dots, read_blocks, MAX_TILE};
     use fluent_ai_candle_kernels::simd::{Kernels, Simd};
     use proptest::prelude::*;
@@ -59,7 +60,7 @@ mod tests {
         n: usize,
         k: usize,
         dtype: GgmlDType,
-    ) -> (QTensor, Vec<B>) {
+    ) -> (QTensor, WeightBuf<B>) {
         let t = Tensor::from_vec(w.to_vec(), (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, dtype).unwrap();
         let blocks = read_blocks(&q.data().unwrap());

@@ -36,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
+use fluent_ai_candle_kernels::buf::WeightBuf;
 use fluent_ai_candle_kernels::quant::{
     dots, dots_q4_0_x16, dots_q4k_x16, dots_q5k_x16, dots_q6k_x16, interleave_q4_0_bytes,
     interleave_q4k_bytes, prefetch_l2, read_blocks, ActBlock, ActBlockK, Activation, BlockQ2K,
@@ -59,24 +60,24 @@ fn candle_forced() -> bool {
 /// Weight rows (one per output feature) in a format with our kernels.
 #[derive(Debug, Clone)]
 enum Weights {
-    Q4_0(Vec<BlockQ4_0>),
-    Q4_1(Vec<BlockQ4_1>),
-    Q5_0(Vec<BlockQ5_0>),
-    Q5_1(Vec<BlockQ5_1>),
-    Q8_0(Vec<BlockQ8_0>),
-    Q2K(Vec<BlockQ2K>),
-    Q3K(Vec<BlockQ3K>),
-    Q4K(Vec<BlockQ4K>),
+    Q4_0(WeightBuf<BlockQ4_0>),
+    Q4_1(WeightBuf<BlockQ4_1>),
+    Q5_0(WeightBuf<BlockQ5_0>),
+    Q5_1(WeightBuf<BlockQ5_1>),
+    Q8_0(WeightBuf<BlockQ8_0>),
+    Q2K(WeightBuf<BlockQ2K>),
+    Q3K(WeightBuf<BlockQ3K>),
+    Q4K(WeightBuf<BlockQ4K>),
     /// `Q4_K` rows interleaved sixteen at a time (see [`BlockQ4Kx16`]): the layout of the
     /// AVX-512 VNNI kernels, chosen at load under [`Simd::Avx512Vnni`] when the row count
     /// is a multiple of 16.
-    Q4Kx16(Vec<BlockQ4Kx16>),
+    Q4Kx16(WeightBuf<BlockQ4Kx16>),
     /// `Q4_0` rows interleaved sixteen at a time (see [`BlockQ4_0x16`]), the last group
     /// padded: llama.cpp repacks every `Q4_0` matrix whose row count is a multiple of 8 and
     /// sums it in the repacked kernels' order, which these kernels compute on every level.
-    Q4_0x16(Vec<BlockQ4_0x16>),
-    Q5K(Vec<BlockQ5K>),
-    Q6K(Vec<BlockQ6K>),
+    Q4_0x16(WeightBuf<BlockQ4_0x16>),
+    Q5K(WeightBuf<BlockQ5K>),
+    Q6K(WeightBuf<BlockQ6K>),
 }
 
 /// Runs `$body` with `$w` bound to the blocks of whichever row-major format `$weights`

@@ -1,0 +1,180 @@
+//! Weight buffers on 2 MiB pages where the OS lends them.
+//!
+//! A decoding step reads every weight once, from DRAM: ~0.6 GB per token at the 1B shape,
+//! 4.5 GB at 8B. On 4 KiB pages that is ~150,000 pages per 1B token, each a TLB miss and a
+//! place where the CPU's stream prefetchers stop and start again. On 2 MiB pages (Linux's
+//! transparent huge pages, asked for with `madvise(MADV_HUGEPAGE)`, granted where
+//! `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`) the same kernels
+//! decoded the 1B `Q4_K_M` file 14–30% faster in one process, the two layouts alternating
+//! (`docs/PERFORMANCE.md`, session 17).
+//!
+//! A [`WeightBuf`] of 2 MiB or more is an anonymous map whose data starts on a 2 MiB
+//! boundary; the whole 2 MiB pages of its data are advised as huge pages, the tail (under
+//! 2 MiB) is not, so a buffer never holds more memory than its data rounded to 4 KiB. Smaller
+//! buffers, and every buffer off Linux, are plain `Vec`s. No `unsafe`: memmap2 maps and
+//! advises, bytemuck views the bytes as blocks (`T: Pod`).
+//!
+//! ```
+//! use fluent_ai_candle_kernels::buf::WeightBuf;
+//!
+//! // 4 MiB of u32: on Linux an advised map, elsewhere a Vec; a slice either way.
+//! let w = WeightBuf::from_fn(1 << 20, |i| i as u32);
+//! assert_eq!(w.len(), 1 << 20);
+//! assert_eq!(w[12345], 12345);
+//! assert_eq!(w.clone()[..], w[..]);
+//! ```
+
+use std::fmt;
+use std::ops::Deref;
+
+use bytemuck::Pod;
+
+/// The page size asked for: x86-64's and AArch64's (4 KiB base pages) transparent huge page.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// An immutable buffer of weight blocks, filled once at load (see the module docs).
+pub struct WeightBuf<T: Pod> {
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Vec(Vec<T>),
+    #[cfg(target_os = "linux")]
+    Mapped {
+        map: memmap2::MmapMut,
+        /// Where the data starts in `map` (its first 2 MiB boundary).
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl<T: Pod> WeightBuf<T> {
+    /// A buffer of `len` items, item `i` being `f(i)`, made in order.
+    ///
+    /// # Panics
+    /// If `len` items do not fit the address space.
+    pub fn from_fn(len: usize, mut f: impl FnMut(usize) -> T) -> Self {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .expect("weight buffer larger than the address space");
+        #[cfg(target_os = "linux")]
+        if bytes >= HUGE_PAGE {
+            if let Some(mut buf) = Self::mapped(len, bytes) {
+                for (i, item) in buf.slice_mut().iter_mut().enumerate() {
+                    *item = f(i);
+                }
+                return buf;
+            }
+        }
+        Self {
+            inner: Inner::Vec((0..len).map(f).collect()),
+        }
+    }
+
+    /// An anonymous map for `len` items (`bytes` of them), its whole 2 MiB pages advised as
+    /// huge pages; `None` if the map fails (the caller falls back to a `Vec`).
+    #[cfg(target_os = "linux")]
+    fn mapped(len: usize, bytes: usize) -> Option<Self> {
+        let map = memmap2::MmapMut::map_anon(bytes.checked_add(HUGE_PAGE)?).ok()?;
+        let addr = map.as_ptr() as usize;
+        let offset = addr.next_multiple_of(HUGE_PAGE) - addr;
+        // A hint: where THP is off (`never`, or a kernel without it) it fails and the pages
+        // stay 4 KiB, which is only slower.
+        let _ = map.advise_range(
+            memmap2::Advice::HugePage,
+            offset,
+            bytes / HUGE_PAGE * HUGE_PAGE,
+        );
+        Some(Self {
+            inner: Inner::Mapped { map, offset, len },
+        })
+    }
+
+    /// The items, mutable (only while filling).
+    #[cfg(target_os = "linux")]
+    fn slice_mut(&mut self) -> &mut [T] {
+        match &mut self.inner {
+            Inner::Vec(v) => v,
+            Inner::Mapped { map, offset, len } => {
+                bytemuck::cast_slice_mut(&mut map[*offset..*offset + *len * size_of::<T>()])
+            }
+        }
+    }
+
+    /// Whether the items live in an advised map (else a `Vec`).
+    pub fn is_mapped(&self) -> bool {
+        !matches!(self.inner, Inner::Vec(_))
+    }
+}
+
+impl<T: Pod> Deref for WeightBuf<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match &self.inner {
+            Inner::Vec(v) => v,
+            #[cfg(target_os = "linux")]
+            Inner::Mapped { map, offset, len } => {
+                bytemuck::cast_slice(&map[*offset..*offset + *len * size_of::<T>()])
+            }
+        }
+    }
+}
+
+impl<T: Pod> Clone for WeightBuf<T> {
+    fn clone(&self) -> Self {
+        Self::from_fn(self.len(), |i| self[i])
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for WeightBuf<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for WeightBuf<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl<T: Pod> From<&[T]> for WeightBuf<T> {
+    fn from(items: &[T]) -> Self {
+        Self::from_fn(items.len(), |i| items[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_buffers_are_vecs_and_large_ones_maps_on_linux() {
+        let small = WeightBuf::from_fn(1000, |i| i as u16);
+        assert!(!small.is_mapped());
+        assert_eq!(
+            small.iter().map(|&v| v as usize).sum::<usize>(),
+            999 * 1000 / 2
+        );
+        let large = WeightBuf::from_fn(HUGE_PAGE / 8 * 3 + 5, |i| i as u64);
+        assert_eq!(large.is_mapped(), cfg!(target_os = "linux"));
+        assert_eq!(large.len(), HUGE_PAGE / 8 * 3 + 5);
+        assert!(large.iter().enumerate().all(|(i, &v)| v == i as u64));
+        // The data starts on a 2 MiB boundary (the pages the advice covers are whole).
+        if large.is_mapped() {
+            assert_eq!(large.as_ptr() as usize % HUGE_PAGE, 0);
+        }
+    }
+
+    #[test]
+    fn clones_and_conversions_keep_the_items() {
+        let v: Vec<u32> = (0..(HUGE_PAGE / 4 + 7) as u32).collect();
+        let b = WeightBuf::from(&v[..]);
+        assert_eq!(b[..], v[..]);
+        assert_eq!(b.clone(), b);
+        let empty = WeightBuf::<u32>::from_fn(0, |_| unreachable!());
+        assert!(empty.is_empty());
+        assert_eq!(format!("{:?}", WeightBuf::from(&[1u8, 2][..])), "[1, 2]");
+    }
+}
