@@ -23,8 +23,7 @@ fn smollm2_vocab() -> Vocabulary {
 }
 
 fn out(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("synth-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("synth-test");
     dir.join(name)
 }
 

@@ -30,8 +30,7 @@ use fluent_ai_candle_models::{decoder, GgufFile};
 const NOT_BIT_EQUAL: [(&str, usize); 1] = [("phi3 q4_k_m", 535)];
 
 fn file(arch: &str, quant: &str, seed: u64, vocab: &Vocabulary) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("synth-exact-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("synth-exact");
     let path = dir.join(format!("{arch}-{quant}-{seed}.gguf"));
     if !path.is_file() {
         let spec = SynthSpec::new(

@@ -319,10 +319,10 @@ fn phi2_tensors() -> Vec<RawTensor> {
     tensors
 }
 
-/// Writes `bytes` to a fresh file `name` under the temp dir (per process) and returns it.
+/// Writes `bytes` to a fresh file `name` in this process's [`super::scratch_dir`] and
+/// returns it.
 pub fn write_file(tag: &str, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::scratch_dir(tag);
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path

@@ -6,6 +6,33 @@ use std::path::PathBuf;
 pub mod gguf_bytes;
 pub mod tiny_hf;
 
+/// A directory for this test process's scratch files: `{tag}-{pid}` under Cargo's
+/// `CARGO_TARGET_TMPDIR` (inside the target directory, so `cargo clean` removes it), made if
+/// missing. Directories under the same tag left by test processes that have ended are removed
+/// first: the synthetic-model tests write hundreds of MB per run, and a fresh directory per
+/// process keeps test binaries running side by side out of each other's files.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let pid = std::process::id();
+    // Only where a live process can be told from an ended one (`/proc/PID`).
+    if cfg!(target_os = "linux") {
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let old = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(tag)?.strip_prefix('-')?.parse::<u32>().ok());
+            if old
+                .is_some_and(|p| p != pid && !std::path::Path::new(&format!("/proc/{p}")).exists())
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{tag}-{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Index of the first maximum (lowest id on ties), as the sampler's greedy path picks.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -98,8 +125,7 @@ pub fn write_synthetic_gguf(
             (n.clone(), QTensor::quantize(&t, dtype(shape)).unwrap())
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("{dir_tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir(dir_tag);
     let path = dir.join(name);
     let md: Vec<_> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<_> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
