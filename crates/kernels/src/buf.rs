@@ -33,7 +33,7 @@ use bytemuck::Pod;
 pub const HUGE_PAGE: usize = 2 << 20;
 
 /// An immutable buffer of weight blocks, filled once at load (see the module docs).
-pub struct WeightBuf<T: Pod> {
+pub struct WeightBuf<T: Pod + Send + Sync> {
     inner: Inner<T>,
 }
 
@@ -48,21 +48,22 @@ enum Inner<T> {
     },
 }
 
-impl<T: Pod> WeightBuf<T> {
-    /// A buffer of `len` items, item `i` being `f(i)`, made in order.
+impl<T: Pod + Send + Sync> WeightBuf<T> {
+    /// A buffer of `len` items, item `i` being `f(i)`. A mapped buffer is filled by up to
+    /// [`std::thread::available_parallelism`] threads, each a contiguous share: the first
+    /// touch of fresh memory (the kernel zeroing it, 2 MiB at a time) is most of a load's
+    /// time, and faults on different pages proceed in parallel.
     ///
     /// # Panics
-    /// If `len` items do not fit the address space.
-    pub fn from_fn(len: usize, mut f: impl FnMut(usize) -> T) -> Self {
+    /// If `len` items do not fit the address space, or where `f` panics.
+    pub fn from_fn(len: usize, f: impl Fn(usize) -> T + Sync) -> Self {
         let bytes = len
             .checked_mul(size_of::<T>())
             .expect("weight buffer larger than the address space");
         #[cfg(target_os = "linux")]
         if bytes >= HUGE_PAGE {
             if let Some(mut buf) = Self::mapped(len, bytes) {
-                for (i, item) in buf.slice_mut().iter_mut().enumerate() {
-                    *item = f(i);
-                }
+                fill_parallel(buf.slice_mut(), &f);
                 return buf;
             }
         }
@@ -107,7 +108,31 @@ impl<T: Pod> WeightBuf<T> {
     }
 }
 
-impl<T: Pod> Deref for WeightBuf<T> {
+/// `items[i] = f(i)` for every `i`, in contiguous shares of at least [`HUGE_PAGE`] bytes
+/// over up to [`std::thread::available_parallelism`] scoped threads (this one included).
+#[cfg(target_os = "linux")]
+fn fill_parallel<T: Pod + Send + Sync>(items: &mut [T], f: &(impl Fn(usize) -> T + Sync)) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let min_share = (HUGE_PAGE / size_of::<T>().max(1)).max(1);
+    let share = items.len().div_ceil(threads).max(min_share);
+    let fill = |start: usize, chunk: &mut [T]| {
+        for (i, item) in chunk.iter_mut().enumerate() {
+            *item = f(start + i);
+        }
+    };
+    std::thread::scope(|s| {
+        let mut chunks = items.chunks_mut(share).enumerate();
+        let first = chunks.next();
+        for (c, chunk) in chunks {
+            s.spawn(move || fill(c * share, chunk));
+        }
+        if let Some((_, chunk)) = first {
+            fill(0, chunk);
+        }
+    });
+}
+
+impl<T: Pod + Send + Sync> Deref for WeightBuf<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
@@ -121,25 +146,25 @@ impl<T: Pod> Deref for WeightBuf<T> {
     }
 }
 
-impl<T: Pod> Clone for WeightBuf<T> {
+impl<T: Pod + Send + Sync> Clone for WeightBuf<T> {
     fn clone(&self) -> Self {
         Self::from_fn(self.len(), |i| self[i])
     }
 }
 
-impl<T: Pod + fmt::Debug> fmt::Debug for WeightBuf<T> {
+impl<T: Pod + Send + Sync + fmt::Debug> fmt::Debug for WeightBuf<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
     }
 }
 
-impl<T: Pod + PartialEq> PartialEq for WeightBuf<T> {
+impl<T: Pod + Send + Sync + PartialEq> PartialEq for WeightBuf<T> {
     fn eq(&self, other: &Self) -> bool {
         self[..] == other[..]
     }
 }
 
-impl<T: Pod> From<&[T]> for WeightBuf<T> {
+impl<T: Pod + Send + Sync> From<&[T]> for WeightBuf<T> {
     fn from(items: &[T]) -> Self {
         Self::from_fn(items.len(), |i| items[i])
     }
@@ -174,6 +199,12 @@ mod tests {
         assert_eq!(b[..], v[..]);
         assert_eq!(b.clone(), b);
         let empty = WeightBuf::<u32>::from_fn(0, |_| unreachable!());
+        // Many shares (filled in parallel where the CPU has several cores), every item once.
+        let many = WeightBuf::from_fn(HUGE_PAGE + 3, |i| (i as u8).wrapping_mul(7));
+        assert!(many
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i as u8).wrapping_mul(7)));
         assert!(empty.is_empty());
         assert_eq!(format!("{:?}", WeightBuf::from(&[1u8, 2][..])), "[1, 2]");
     }

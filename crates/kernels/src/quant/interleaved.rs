@@ -141,7 +141,7 @@ const ZERO_Q4K: BlockQ4K = BlockQ4K {
 
 /// `n` rows of `kb` blocks of format `B` read from a tensor's bytes and interleaved as
 /// [`interleave`] does; `None` unless `bytes` holds exactly `n·kb` blocks.
-fn interleave_bytes<B: WeightBlock, X: bytemuck::Pod>(
+fn interleave_bytes<B: WeightBlock, X: bytemuck::Pod + Send + Sync>(
     bytes: &[u8],
     n: usize,
     kb: usize,
@@ -161,10 +161,10 @@ fn interleave_bytes<B: WeightBlock, X: bytemuck::Pod>(
 
 /// Groups of sixteen rows (`n` of them, `kb` blocks each; `block(row, i)`), the last padded
 /// with `zero` rows, each block of a group made by `make`.
-fn interleave<B: Copy, X: bytemuck::Pod>(
+fn interleave<B: Copy + Sync, X: bytemuck::Pod + Send + Sync>(
     n: usize,
     kb: usize,
-    (zero, block): (B, impl Fn(usize, usize) -> B),
+    (zero, block): (B, impl Fn(usize, usize) -> B + Sync),
     make: fn([&B; X16]) -> X,
 ) -> WeightBuf<X> {
     let groups = n.div_ceil(X16);
