@@ -79,12 +79,16 @@ impl<T: Pod + Send + Sync> WeightBuf<T> {
         let map = memmap2::MmapMut::map_anon(bytes.checked_add(HUGE_PAGE)?).ok()?;
         let addr = map.as_ptr() as usize;
         let offset = addr.next_multiple_of(HUGE_PAGE) - addr;
-        // A hint: where THP is off (`never`, or a kernel without it) it fails and the pages
-        // stay 4 KiB, which is only slower.
+        // Hints: where THP is off (`never`, or a kernel without it) they fail and the pages
+        // stay 4 KiB, which is only slower. The rest of the map (the data's last partial
+        // 2 MiB and the unused alignment slack) is kept off huge pages, also where THP is
+        // `always`, so the buffer holds no more memory than its data.
+        let huge = bytes / HUGE_PAGE * HUGE_PAGE;
+        let _ = map.advise_range(memmap2::Advice::HugePage, offset, huge);
         let _ = map.advise_range(
-            memmap2::Advice::HugePage,
-            offset,
-            bytes / HUGE_PAGE * HUGE_PAGE,
+            memmap2::Advice::NoHugePage,
+            offset + huge,
+            map.len() - offset - huge,
         );
         Some(Self {
             inner: Inner::Mapped { map, offset, len },
