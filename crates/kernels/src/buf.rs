@@ -60,6 +60,8 @@ impl<T: Pod + Send + Sync> WeightBuf<T> {
         let bytes = len
             .checked_mul(size_of::<T>())
             .expect("weight buffer larger than the address space");
+        #[cfg(not(target_os = "linux"))]
+        let _ = bytes;
         #[cfg(target_os = "linux")]
         if bytes >= HUGE_PAGE {
             if let Some(mut buf) = Self::mapped(len, bytes) {
