@@ -5,7 +5,7 @@
 //! place where the CPU's stream prefetchers stop and start again. On 2 MiB pages (Linux's
 //! transparent huge pages, asked for with `madvise(MADV_HUGEPAGE)`, granted where
 //! `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`) the same kernels
-//! decoded the 1B `Q4_K_M` file 14–30% faster in one process, the two layouts alternating
+//! decoded the 1B `Q4_K_M` file 7–13% faster in one process, the two layouts alternating
 //! (`docs/PERFORMANCE.md`, session 17).
 //!
 //! A [`WeightBuf`] of 2 MiB or more is an anonymous map whose data starts on a 2 MiB
@@ -205,13 +205,13 @@ mod tests {
         assert_eq!(b[..], v[..]);
         assert_eq!(b.clone(), b);
         let empty = WeightBuf::<u32>::from_fn(0, |_| unreachable!());
+        assert!(empty.is_empty());
         // Many shares (filled in parallel where the CPU has several cores), every item once.
         let many = WeightBuf::from_fn(HUGE_PAGE + 3, |i| (i as u8).wrapping_mul(7));
         assert!(many
             .iter()
             .enumerate()
             .all(|(i, &v)| v == (i as u8).wrapping_mul(7)));
-        assert!(empty.is_empty());
         assert_eq!(format!("{:?}", WeightBuf::from(&[1u8, 2][..])), "[1, 2]");
     }
 }
