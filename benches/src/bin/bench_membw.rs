@@ -3,12 +3,19 @@
 //!
 //! Reads a buffer of `--mb` MiB (default 1024, far beyond any cache) on `--threads` threads
 //! (default: candle's thread count, as the decoders use), each summing its own contiguous
-//! share as `u64` words in 8 independent lanes; best of 5 passes after one warm-up pass. With
-//! `--json`: `{"bench": "membw", "read_gb_s", "mib", "threads", "passes"}` (GB = 10⁹ bytes).
+//! share as `u64` words; best of 5 passes after one warm-up pass. The buffer is a
+//! [`WeightBuf`], the memory the models' weights live in (2 MiB pages where the kernel's
+//! transparent huge pages allow), so `read_gb_s` is the bound for the weights as they are
+//! held; the same read over a plain `Vec` (4 KiB pages) follows as `read_gb_s_4k`. On this
+//! project's AMD EPYC VM the 4 KiB figure read 10–20% lower (docs/PERFORMANCE.md, session 18).
+//! With `--json`: `{"bench": "membw", "read_gb_s", "read_gb_s_4k", "huge_pages", "mib",
+//! "threads", "passes"}` (GB = 10⁹ bytes; `huge_pages`: whether the buffer was mapped and
+//! advised for 2 MiB pages).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use fluent_ai_candle_kernels::buf::WeightBuf;
 
 const PASSES: usize = 5;
 
@@ -33,6 +40,7 @@ fn main() -> Result<()> {
         .transpose()
         .context("--mb takes a whole number of MiB")?
         .unwrap_or(1024);
+    anyhow::ensure!(mib > 0, "--mb takes a whole number of MiB above 0");
     fluent_ai_candle_models::init_cpu_threads();
     let threads: usize = value("--threads")
         .map(|v| v.parse())
@@ -42,10 +50,40 @@ fn main() -> Result<()> {
         .max(1);
     let words = mib * (1 << 20) / 8;
     // Distinct values, written once, so every page is really backed.
-    let buf: Vec<u64> = (0..words as u64)
-        .map(|i| i.wrapping_mul(0x9e37_79b9))
-        .collect();
-    let share = words.div_ceil(threads);
+    let value_at = |i: usize| (i as u64).wrapping_mul(0x9e37_79b9);
+    let huge = WeightBuf::from_fn(words, value_at);
+    let read_gb_s = best_read(&huge, threads);
+    let huge_pages = huge.is_mapped();
+    drop(huge);
+    let plain: Vec<u64> = (0..words).map(value_at).collect();
+    let read_gb_s_4k = best_read(&plain, threads);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "membw",
+                "read_gb_s": read_gb_s,
+                "read_gb_s_4k": read_gb_s_4k,
+                "huge_pages": huge_pages,
+                "mib": mib,
+                "threads": threads,
+                "passes": PASSES,
+            })
+        );
+    } else {
+        println!(
+            "memory read bandwidth: {read_gb_s:.1} GB/s ({mib} MiB, {threads} threads, best of \
+             {PASSES}; {} pages), {read_gb_s_4k:.1} GB/s on 4 KiB pages",
+            if huge_pages { "2 MiB" } else { "4 KiB" }
+        );
+    }
+    Ok(())
+}
+
+/// The best of [`PASSES`] reads of `buf` (after one warm-up), each thread summing its own
+/// contiguous share, in GB/s.
+fn best_read(buf: &[u64], threads: usize) -> f64 {
+    let share = buf.len().div_ceil(threads).max(1);
     let pass = || {
         let t = Instant::now();
         let total = std::thread::scope(|s| {
@@ -58,26 +96,10 @@ fn main() -> Result<()> {
                 .map(|h| h.join().unwrap_or(0))
                 .fold(0u64, u64::wrapping_add)
         });
-        (t.elapsed().as_secs_f64(), std::hint::black_box(total))
+        std::hint::black_box(total);
+        t.elapsed().as_secs_f64()
     };
     pass();
-    let best = (0..PASSES).map(|_| pass().0).fold(f64::INFINITY, f64::min);
-    let gb_s = (words * 8) as f64 / best / 1e9;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "bench": "membw",
-                "read_gb_s": gb_s,
-                "mib": mib,
-                "threads": threads,
-                "passes": PASSES,
-            })
-        );
-    } else {
-        println!(
-            "memory read bandwidth: {gb_s:.1} GB/s ({mib} MiB, {threads} threads, best of {PASSES})"
-        );
-    }
-    Ok(())
+    let best = (0..PASSES).map(|_| pass()).fold(f64::INFINITY, f64::min);
+    std::mem::size_of_val(buf) as f64 / best / 1e9
 }
