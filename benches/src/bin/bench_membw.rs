@@ -74,7 +74,7 @@ fn main() -> Result<()> {
         println!(
             "memory read bandwidth: {read_gb_s:.1} GB/s ({mib} MiB, {threads} threads, best of \
              {PASSES}; {} pages), {read_gb_s_4k:.1} GB/s on 4 KiB pages",
-            if huge_pages { "2 MiB" } else { "4 KiB" }
+            if huge_pages { "advised 2 MiB" } else { "4 KiB" }
         );
     }
     Ok(())
